@@ -1,1 +1,47 @@
-fn main() {}
+//! `plexus`: the command-line entry point of the Plexus integration engine.
+//!
+//! Each subcommand lives in its own module under `cli/`, with a clap `Args`
+//! struct and a `run` function; this file only dispatches.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Plexus, a healthcare integration engine (HL7 v2, FHIR R4).
+#[derive(Debug, Parser)]
+#[command(name = "plexus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with HL7 v2 files: inspect, validate, get a field, build an ACK.
+    #[command(subcommand)]
+    Hl7(cli::hl7::Hl7Command),
+    /// Convert between HL7 v2 and FHIR R4, or apply mapping rules.
+    #[command(subcommand)]
+    Convert(cli::convert::ConvertCommand),
+    /// Patient synchronisation between FHIR servers.
+    #[command(subcommand)]
+    Sync(cli::sync::SyncCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Hl7(cmd) => cli::hl7::run(cmd),
+        Command::Convert(cmd) => cli::convert::run(cmd),
+        Command::Sync(cmd) => cli::sync::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Filter expressions over HL7 v2 paths.

@@ -1,0 +1,1 @@
+//! Transform steps: built-in field steps and sandboxed JavaScript.
