@@ -1,0 +1,1 @@
+//! Destinations: where a channel delivers (one file per connector).

@@ -1,0 +1,1 @@
+//! Sources: where a channel receives messages (one file per connector).
