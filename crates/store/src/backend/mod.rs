@@ -1,0 +1,30 @@
+//! Backend selection by URL scheme.
+
+use std::sync::Arc;
+
+use crate::{Result, Store, StoreError, StoreOptions};
+
+/// Opens the backend that `url`'s scheme names.
+pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    validate_options(&options)?;
+    match scheme.as_str() {
+        "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" => {
+            Err(StoreError::InvalidUrl(format!("the {scheme} backend is not built yet")))
+        }
+        _ => Err(StoreError::InvalidUrl(format!(
+            "expected sqlite://, postgres:// or mysql://, got {:?}",
+            scheme
+        ))),
+    }
+}
+
+fn validate_options(options: &StoreOptions) -> Result<()> {
+    if options.pool_size == 0 {
+        return Err(StoreError::invalid("pool_size", "must be at least 1"));
+    }
+    if options.max_batch == 0 {
+        return Err(StoreError::invalid("max_batch", "must be at least 1"));
+    }
+    Ok(())
+}
