@@ -1,0 +1,358 @@
+//! Borrowed views of a message's tree: segment, field, repetition,
+//! component, sub-component.
+//!
+//! Views are two words and a copy of the delimiters; they borrow the
+//! message's buffer, so walking a message allocates nothing. Every level has
+//! `raw()` (the bytes as written, separators of deeper levels included) and
+//! `text()` (decoded escapes and character set of the node's first leaf, the
+//! same convention as [`Message::get`]).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use memchr::{memchr, memchr_iter};
+
+use crate::message::{Message, is_header_name};
+use crate::{Charset, Delimiters, escape};
+
+/// Whether a value is there, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Presence {
+    /// Not in the message: the segment ends before the field, or there is no
+    /// such repetition, component or sub-component.
+    Absent,
+    /// Present with no value (`||`).
+    Empty,
+    /// The explicit null `""`: the sender says "delete this value".
+    Null,
+    /// Present with a value.
+    Valued,
+}
+
+impl Presence {
+    /// The presence of a node with these raw bytes.
+    pub fn of(raw: &[u8]) -> Presence {
+        match raw {
+            b"" => Presence::Empty,
+            b"\"\"" => Presence::Null,
+            _ => Presence::Valued,
+        }
+    }
+}
+
+/// What decoding needs: the delimiters and the character set.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ctx {
+    pub(crate) delims: Delimiters,
+    pub(crate) charset: Charset,
+}
+
+impl Ctx {
+    pub(crate) fn text<'a>(&self, raw: &'a [u8]) -> Cow<'a, str> {
+        match escape::decode(raw, &self.delims) {
+            Cow::Borrowed(b) => self.charset.decode(b),
+            Cow::Owned(v) => Cow::Owned(self.charset.decode_owned(v)),
+        }
+    }
+
+    /// Text of the first leaf under `raw` at `level` (0 field, 1 repetition,
+    /// 2 component, 3 sub-component).
+    fn leaf_text<'a>(&self, mut raw: &'a [u8], level: u8) -> Cow<'a, str> {
+        let d = &self.delims;
+        for sep in [d.repetition, d.component, d.subcomponent].iter().skip(level as usize) {
+            raw = first_part(raw, *sep);
+        }
+        self.text(raw)
+    }
+}
+
+#[inline]
+fn first_part(raw: &[u8], sep: u8) -> &[u8] {
+    &raw[..memchr(sep, raw).unwrap_or(raw.len())]
+}
+
+/// The `n`th (1-based) part of `raw` split on `sep`.
+#[inline]
+pub(crate) fn nth_part(raw: &[u8], sep: u8, n: usize) -> Option<&[u8]> {
+    if n == 1 {
+        return Some(first_part(raw, sep));
+    }
+    let mut start = 0;
+    let mut count = 1;
+    for i in memchr_iter(sep, raw) {
+        if count == n {
+            return Some(&raw[start..i]);
+        }
+        start = i + 1;
+        count += 1;
+    }
+    (count == n && n != 0).then(|| &raw[start..])
+}
+
+fn count_parts(raw: &[u8], sep: u8) -> usize {
+    memchr_iter(sep, raw).count() + 1
+}
+
+/// One segment of a [`Message`].
+#[derive(Clone, Copy)]
+pub struct Segment<'a> {
+    pub(crate) msg: &'a Message,
+    pub(crate) index: usize,
+}
+
+impl<'a> Segment<'a> {
+    fn span(&self) -> &'a crate::message::SegmentSpan {
+        &self.msg.segments[self.index]
+    }
+
+    fn seps(&self) -> &'a [u32] {
+        let s = self.span();
+        &self.msg.seps[s.seps_start as usize..(s.seps_start + s.seps_len) as usize]
+    }
+
+    /// The segment name (`PID`).
+    pub fn name(&self) -> &'a str {
+        std::str::from_utf8(&self.span().name).unwrap_or_default()
+    }
+
+    /// Position in the message, 0-based (MSH is 0).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Which occurrence of its name this segment is, 1-based (`OBX(3)` is 3).
+    pub fn occurrence(&self) -> usize {
+        let name = self.span().name;
+        self.msg.segments[..=self.index]
+            .iter()
+            .filter(|s| s.name == name)
+            .count()
+    }
+
+    /// Whether this is MSH, FHS or BHS, whose fields 1 and 2 are the
+    /// delimiters.
+    pub fn is_header(&self) -> bool {
+        is_header_name(&self.span().name)
+    }
+
+    /// The whole segment as written, without its terminator.
+    pub fn raw(&self) -> &'a [u8] {
+        let s = self.span();
+        &self.msg.buf[s.start as usize..s.end as usize]
+    }
+
+    /// Number of fields present (a trailing empty field counts: `PID|1|`
+    /// has two). For MSH this counts MSH-1.
+    pub fn field_count(&self) -> usize {
+        let n = self.seps().len() - 1;
+        if self.is_header() { n + 1 } else { n }
+    }
+
+    /// Field `n` (1-based, as in the standard: MSH-1 is the field
+    /// separator, MSH-2 the encoding characters). `None` when the segment
+    /// ends before it.
+    ///
+    /// ```
+    /// use hl7v2::Message;
+    /// let msg = Message::parse("MSH|^~\\&|APP\rPID|1||42").unwrap();
+    /// let msh = msg.segment("MSH").unwrap();
+    /// assert_eq!(msh.field(1).unwrap().raw(), b"|");
+    /// assert_eq!(msh.field(2).unwrap().raw(), b"^~\\&");
+    /// assert_eq!(msh.field(3).unwrap().raw(), b"APP");
+    /// let pid = msg.segment("PID").unwrap();
+    /// assert_eq!(pid.field_count(), 3);
+    /// assert_eq!(pid.field(3).unwrap().text(), "42");
+    /// assert!(pid.field(4).is_none());
+    /// ```
+    pub fn field(&self, n: usize) -> Option<Field<'a>> {
+        let seps = self.seps();
+        let buf = &self.msg.buf;
+        let mut ctx = self.msg.ctx();
+        let k = if self.is_header() {
+            let at = self.span().start as usize + 3;
+            match n {
+                0 => return None,
+                1 => {
+                    ctx.delims = ctx.delims.opaque();
+                    return Some(Field { raw: &buf[at..at + 1], ctx });
+                }
+                2 => ctx.delims = ctx.delims.opaque(),
+                _ => {}
+            }
+            n - 1
+        } else {
+            n
+        };
+        if k == 0 || k >= seps.len() {
+            return None;
+        }
+        let raw = &buf[seps[k - 1] as usize + 1..seps[k] as usize];
+        Some(Field { raw, ctx })
+    }
+
+    /// The fields in order, from field 1.
+    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+        let seg = *self;
+        (1..=seg.field_count()).filter_map(move |n| seg.field(n))
+    }
+
+    /// The text of field `n`'s first leaf (as [`Message::get`] reads
+    /// `SEG-n`); `None` when the field is absent.
+    pub fn get(&self, n: usize) -> Option<Cow<'a, str>> {
+        self.field(n).map(|f| f.text())
+    }
+}
+
+impl fmt::Debug for Segment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name())
+            .field("index", &self.index)
+            .field("fields", &self.field_count())
+            .finish()
+    }
+}
+
+macro_rules! node_common {
+    ($ty:ident, $level:expr) => {
+        impl<'a> $ty<'a> {
+            /// The bytes as written (escapes not decoded; deeper separators
+            /// included).
+            pub fn raw(&self) -> &'a [u8] {
+                self.raw
+            }
+            /// Decoded text (escapes, then the character set) of this node's
+            /// first leaf: the whole value for a simple one.
+            pub fn text(&self) -> Cow<'a, str> {
+                self.ctx.leaf_text(self.raw, $level)
+            }
+            /// Whether it is empty (`||`).
+            pub fn is_empty(&self) -> bool {
+                self.raw.is_empty()
+            }
+            /// Whether it is the explicit null `""`.
+            pub fn is_null(&self) -> bool {
+                self.raw == b"\"\""
+            }
+            /// Empty, null or valued (a node you hold is never absent).
+            pub fn presence(&self) -> Presence {
+                Presence::of(self.raw)
+            }
+        }
+
+        impl fmt::Debug for $ty<'_> {
+            /// The length only: values are patient data.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("bytes", &self.raw.len())
+                    .finish()
+            }
+        }
+    };
+}
+
+/// One field: all its repetitions.
+#[derive(Clone, Copy)]
+pub struct Field<'a> {
+    pub(crate) raw: &'a [u8],
+    pub(crate) ctx: Ctx,
+}
+node_common!(Field, 0);
+
+impl<'a> Field<'a> {
+    /// The repetitions (a field always has at least one, possibly empty).
+    pub fn repetitions(&self) -> impl Iterator<Item = Repetition<'a>> + 'a {
+        let ctx = self.ctx;
+        self.raw
+            .split(move |&b| b == ctx.delims.repetition)
+            .map(move |raw| Repetition { raw, ctx })
+    }
+    /// Repetition `n`, 1-based.
+    pub fn repetition(&self, n: usize) -> Option<Repetition<'a>> {
+        nth_part(self.raw, self.ctx.delims.repetition, n).map(|raw| Repetition { raw, ctx: self.ctx })
+    }
+    /// Number of repetitions.
+    pub fn repetition_count(&self) -> usize {
+        count_parts(self.raw, self.ctx.delims.repetition)
+    }
+    /// Component `n` of the first repetition.
+    pub fn component(&self, n: usize) -> Option<Component<'a>> {
+        self.repetition(1)?.component(n)
+    }
+}
+
+/// One repetition of a field.
+#[derive(Clone, Copy)]
+pub struct Repetition<'a> {
+    pub(crate) raw: &'a [u8],
+    pub(crate) ctx: Ctx,
+}
+node_common!(Repetition, 1);
+
+impl<'a> Repetition<'a> {
+    /// The components.
+    pub fn components(&self) -> impl Iterator<Item = Component<'a>> + 'a {
+        let ctx = self.ctx;
+        self.raw
+            .split(move |&b| b == ctx.delims.component)
+            .map(move |raw| Component { raw, ctx })
+    }
+    /// Component `n`, 1-based.
+    pub fn component(&self, n: usize) -> Option<Component<'a>> {
+        nth_part(self.raw, self.ctx.delims.component, n).map(|raw| Component { raw, ctx: self.ctx })
+    }
+    /// Number of components.
+    pub fn component_count(&self) -> usize {
+        count_parts(self.raw, self.ctx.delims.component)
+    }
+}
+
+/// One component.
+#[derive(Clone, Copy)]
+pub struct Component<'a> {
+    pub(crate) raw: &'a [u8],
+    pub(crate) ctx: Ctx,
+}
+node_common!(Component, 2);
+
+impl<'a> Component<'a> {
+    /// The sub-components.
+    pub fn subcomponents(&self) -> impl Iterator<Item = SubComponent<'a>> + 'a {
+        let ctx = self.ctx;
+        self.raw
+            .split(move |&b| b == ctx.delims.subcomponent)
+            .map(move |raw| SubComponent { raw, ctx })
+    }
+    /// Sub-component `n`, 1-based.
+    pub fn subcomponent(&self, n: usize) -> Option<SubComponent<'a>> {
+        nth_part(self.raw, self.ctx.delims.subcomponent, n).map(|raw| SubComponent { raw, ctx: self.ctx })
+    }
+    /// Number of sub-components.
+    pub fn subcomponent_count(&self) -> usize {
+        count_parts(self.raw, self.ctx.delims.subcomponent)
+    }
+}
+
+/// One sub-component: a leaf.
+#[derive(Clone, Copy)]
+pub struct SubComponent<'a> {
+    pub(crate) raw: &'a [u8],
+    pub(crate) ctx: Ctx,
+}
+node_common!(SubComponent, 3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nth_part_counts_from_one_and_keeps_empty_parts() {
+        assert_eq!(nth_part(b"a^^c", b'^', 1), Some(&b"a"[..]));
+        assert_eq!(nth_part(b"a^^c", b'^', 2), Some(&b""[..]));
+        assert_eq!(nth_part(b"a^^c", b'^', 3), Some(&b"c"[..]));
+        assert_eq!(nth_part(b"a^^c", b'^', 4), None);
+        assert_eq!(nth_part(b"a^^c", b'^', 0), None);
+        assert_eq!(nth_part(b"", b'^', 1), Some(&b""[..]));
+        assert_eq!(nth_part(b"", b'^', 2), None);
+    }
+}
