@@ -83,9 +83,9 @@ fn oru_r01_01_reads_header_patient_and_observations() {
         .collect();
     assert_eq!(obx5, ["https://testurl.com", "App5", "27268008", "https://testurl.com", "27"]);
     assert_eq!(msg.get("OBX(5)-5(2)").as_deref(), Some("25"));
-    // PV1-13 holds "A\T\E": the escape decodes to the sub-component separator.
-    assert_eq!(msg.get_raw("PV1-13"), Some(&br"NHS Provider-General (inc.A\T\E-this Hosp)"[..]));
-    assert_eq!(msg.get("PV1-13").as_deref(), Some("NHS Provider-General (inc.A&E-this Hosp)"));
+    // PV1-14 holds "A\T\E": the escape decodes to the sub-component separator.
+    assert_eq!(msg.get_raw("PV1-14"), Some(&br"NHS Provider-General (inc.A\T\E-this Hosp)"[..]));
+    assert_eq!(msg.get("PV1-14").as_deref(), Some("NHS Provider-General (inc.A&E-this Hosp)"));
     assert_eq!(msg.presence("OBX(2)-3"), Presence::Empty);
     assert_eq!(msg.presence("OBX(2)-99"), Presence::Absent);
     assert_eq!(msg.presence("OBX(6)-1"), Presence::Absent);
