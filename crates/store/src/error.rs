@@ -64,6 +64,12 @@ pub enum StoreError {
     #[error("store is closed")]
     Closed,
 
+    /// The group commit this request was part of failed as a whole (BEGIN
+    /// or COMMIT); nothing of the request was stored. Carries the batch's
+    /// error, shared by every request of the batch.
+    #[error("group commit failed: {0}")]
+    Batch(#[source] std::sync::Arc<StoreError>),
+
     /// An error from the database driver; [`StoreError::class`] inspects it to
     /// tell a busy database from a broken query.
     #[error("database error: {0}")]
@@ -92,6 +98,7 @@ impl StoreError {
             | StoreError::NotFound(_)
             | StoreError::InvalidCursor => ErrorClass::Permanent,
             StoreError::Closed => ErrorClass::Transient,
+            StoreError::Batch(e) => e.class(),
             StoreError::Database(e) => classify_sqlx(e),
         }
     }

@@ -1,5 +1,9 @@
 //! Backend selection by URL scheme.
 
+mod common;
+mod sqlite;
+mod writer;
+
 use std::sync::Arc;
 
 use crate::{Result, Store, StoreError, StoreOptions};
@@ -9,7 +13,8 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     validate_options(&options)?;
     match scheme.as_str() {
-        "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" => {
+        "sqlite" => sqlite::open(url, options).await,
+        "postgres" | "postgresql" | "mysql" | "mariadb" => {
             Err(StoreError::InvalidUrl(format!("the {scheme} backend is not built yet")))
         }
         _ => Err(StoreError::InvalidUrl(format!(

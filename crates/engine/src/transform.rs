@@ -1,1 +1,0 @@
-//! Transform steps: built-in field steps and sandboxed JavaScript.
