@@ -1,1 +1,38 @@
-//! placeholder
+//! FHIR R4 for Plexus: resources as JSON values, the reference graph, a REST
+//! client, and patient synchronisation between two servers.
+//!
+//! Resources stay `serde_json::Value` from end to end (with the
+//! `preserve_order` feature, so element order survives): unknown elements
+//! and vendor extensions pass through untouched, which a typed model cannot
+//! promise.
+//!
+//! - [`resource`]: identity (`Type/id`), identifiers, content comparison.
+//! - [`reference`]: every Reference anywhere in a resource (extensions and
+//!   contained resources included), classified and rewritten.
+//! - [`bundle`]: batch and transaction Bundles, search pages, responses.
+//! - [`ServerConfig`] / [`FhirClient`]: one configured server and its REST
+//!   client (paging, conditional create/update, transactions, retries,
+//!   OAuth2 client credentials and SMART Backend Services).
+//! - [`sync`]: the patient synchronisation flow (search candidates, sync one
+//!   patient with chosen resource types, idempotently, with a report).
+
+pub mod bundle;
+pub mod reference;
+pub mod resource;
+pub mod sync;
+
+mod auth;
+mod client;
+mod config;
+mod error;
+
+pub use client::{
+    Capabilities, ClientStats, FhirClient, Search, SearchResults, Support, WriteOutcome,
+    backoff_delay, parse_retry_after,
+};
+pub use config::{
+    AuthConfig, ClientAuthMethod, ConfigProblem, JwtAlgorithm, MAX_ASSERTION_LIFETIME_SECS,
+    RetryConfig, ServerConfig,
+};
+pub use error::{ErrorClass, FhirError, OperationOutcome, OutcomeIssue, RequestContext};
+pub use resource::ResourceKey;

@@ -1,0 +1,1 @@
+//! Patient synchronisation (being written).
