@@ -10,7 +10,7 @@ use crate::{DelimiterError, Message, PathError};
 /// segment it was found in. When the MSH segment itself was readable (the
 /// problem is further down), [`header`](ParseError::header) gives a message
 /// holding just that MSH, so the receiver can still answer with a proper
-/// AE/AR acknowledgement (see [`crate::ack::nak_for_parse_error`]).
+/// AE/AR acknowledgement (see [`Ack::for_parse_error`](crate::ack::Ack::for_parse_error)).
 ///
 /// The `Display` text names positions, never message content, so it is safe
 /// to log.
@@ -42,7 +42,7 @@ pub enum ParseErrorKind {
     /// The first segment is not MSH.
     #[error("the message does not start with an MSH segment")]
     MissingHeader,
-    /// The input starts with FHS or BHS: split it with [`crate::batch::Batch`].
+    /// The input starts with FHS or BHS: split it with `Batch::parse`.
     #[error("the input is a batch (FHS/BHS), not a single message")]
     Batch,
     /// MSH ends before MSH-1 and MSH-2 are complete.

@@ -24,14 +24,19 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ack;
 mod charset;
 mod delimiters;
 mod edit;
 mod element;
 mod error;
+mod issue;
 pub mod escape;
 mod message;
+#[cfg(feature = "codec")]
+pub mod mllp;
 mod path;
+mod version;
 
 pub use charset::Charset;
 pub use delimiters::{DelimiterError, Delimiters};
@@ -40,3 +45,5 @@ pub use element::{Component, Field, Presence, Repetition, Segment, SubComponent}
 pub use error::{EditError, ParseError, ParseErrorKind};
 pub use message::{Message, MessageType};
 pub use path::{MAX_INDEX, Path, PathError, ToPath};
+pub use issue::{ErrorCode, Issue, Location, Severity};
+pub use version::Version;

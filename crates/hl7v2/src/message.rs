@@ -162,6 +162,32 @@ impl Message {
         Ok(msg)
     }
 
+    /// A message from bytes this crate wrote in the standard form with
+    /// constant segment names (ACKs, batches). Indexing cannot fail on them;
+    /// should it ever, the header alone is returned rather than panicking.
+    pub(crate) fn from_built(buf: Vec<u8>, delims: Delimiters) -> Message {
+        let mut msg = Message {
+            buf,
+            delims,
+            charset: Charset::Ascii,
+            segments: Vec::new(),
+            seps: Vec::new(),
+            normalized: true,
+        };
+        match msg.reindex(0) {
+            Ok(()) => msg,
+            Err(_) => {
+                debug_assert!(false, "built message does not index");
+                Message::new(delims)
+            }
+        }
+    }
+
+    /// The version id (MSH-12-1) parsed, when it is a valid `2.x[.y]`.
+    pub fn version_id(&self) -> Option<crate::Version> {
+        crate::Version::parse(&self.version()?)
+    }
+
     /// Rebuilds the index from `start`. On error the index holds the
     /// segments before the bad one.
     pub(crate) fn reindex(&mut self, start: usize) -> Result<(), ParseError> {

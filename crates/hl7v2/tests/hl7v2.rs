@@ -103,3 +103,63 @@ fn bom_fixture_is_read_as_utf8_and_keeps_its_bom_on_encode() {
     assert_eq!(msg.get("MSH-15").as_deref(), Some(" "));
     assert!(!msg.to_standard_form().starts_with(b"\xEF\xBB\xBF"));
 }
+
+/// A real TCP connection on 127.0.0.1: a sender writes framed fixtures in
+/// odd-sized chunks with junk between frames, the receiver decodes them with
+/// FramedRead, answers each with an ACK built from it, and the sender decodes
+/// the ACKs.
+#[cfg(feature = "codec")]
+#[tokio::test]
+async fn mllp_over_tcp_carries_every_fixture_and_its_ack() {
+    use futures::{SinkExt, StreamExt};
+    use hl7v2::ack::{Ack, AckCode};
+    use hl7v2::mllp::MllpCodec;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let messages: Vec<Vec<u8>> = fixtures().into_iter().map(|(_, b)| b).collect();
+    let expected = messages.clone();
+
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (read, write) = socket.into_split();
+        let mut frames = FramedRead::new(read, MllpCodec::default());
+        let mut acks = FramedWrite::new(write, MllpCodec::default());
+        let mut received = Vec::new();
+        while let Some(frame) = frames.next().await {
+            let frame = frame.unwrap();
+            let msg = hl7v2::Message::parse(frame.to_vec()).unwrap();
+            let ack = Ack::new(AckCode::ApplicationAccept, "ACK1", "20261121120000").for_message(&msg);
+            acks.send(ack.encode()).await.unwrap();
+            received.push(frame.to_vec());
+        }
+        (received, frames.decoder().skipped_bytes())
+    });
+
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut wire = Vec::new();
+    for m in &messages {
+        wire.extend_from_slice(b"\r\n");
+        wire.push(0x0b);
+        wire.extend_from_slice(m);
+        wire.extend_from_slice(b"\x1c\x0d");
+    }
+    for chunk in wire.chunks(997) {
+        socket.write_all(chunk).await.unwrap();
+    }
+    let (read, mut write) = socket.into_split();
+    let mut acks = FramedRead::new(read, MllpCodec::default());
+    for m in &messages {
+        let ack = acks.next().await.unwrap().unwrap();
+        let ack = hl7v2::Message::parse(ack.to_vec()).unwrap();
+        let original = hl7v2::Message::parse(m.clone()).unwrap();
+        assert_eq!(ack.get("MSA-1").as_deref(), Some("AA"));
+        assert_eq!(ack.get_raw("MSA-2"), original.get_raw("MSH-10"));
+    }
+    write.shutdown().await.unwrap();
+    let (received, skipped) = server.await.unwrap();
+    assert_eq!(received, expected);
+    assert_eq!(skipped, 2 * messages.len() as u64);
+}
