@@ -52,6 +52,7 @@
 //!   output: FHIR forbids empty elements.
 
 mod path;
+pub(crate) use path::prune_empty as prune;
 mod transform;
 
 use std::fmt;

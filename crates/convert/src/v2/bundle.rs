@@ -1,0 +1,117 @@
+//! The transaction Bundle under construction, with deterministic ids.
+//!
+//! Re-sending a message must update, not duplicate. Every resource gets a
+//! `fullUrl` of `urn:uuid:<uuid>` where the uuid is a hash of the resource
+//! type and its identifying fields (the patient's identifier, the order
+//! number, the observation code ...), so the same message always yields the
+//! same Bundle and references between entries stay stable. The request is
+//! conditional where the resource has a business identifier
+//! (`PUT Patient?identifier=system|value`: the server finds the existing
+//! resource by identifier), and an update by id otherwise
+//! (`PUT Observation/<hash>`: the id itself is derived from identifying
+//! fields). Resources updated conditionally carry no `id`, because a server
+//! must reject a body whose id differs from the one it found.
+
+use sha2::{Digest, Sha256};
+use serde_json::{Map, Value, json};
+
+use super::datatypes::identifier_token;
+use crate::options::Hl7ToFhirOptions;
+
+/// A resource type and the deterministic uuid of one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ref {
+    pub full_url: String,
+}
+
+impl Ref {
+    /// A FHIR Reference to this entry.
+    pub fn reference(&self) -> Value {
+        json!({"reference": self.full_url})
+    }
+}
+
+/// The Bundle being built.
+#[derive(Debug)]
+pub(crate) struct Ctx<'o> {
+    pub opts: &'o Hl7ToFhirOptions,
+    entries: Vec<Value>,
+}
+
+/// The deterministic uuid for `kind` + `identity`.
+pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(kind.as_bytes());
+    h.update([0]);
+    h.update(identity.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // A version-8 ("custom") uuid: valid RFC 9562 syntax, derived, not random.
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+impl<'o> Ctx<'o> {
+    pub fn new(opts: &'o Hl7ToFhirOptions) -> Self {
+        Ctx { opts, entries: Vec::with_capacity(16) }
+    }
+
+    /// Adds `resource` (its `resourceType` set first). `identity` is the
+    /// text of its identifying fields; `identifier` the business identifier
+    /// used for a conditional update, if it has one. Adding the same type and
+    /// identity twice keeps the first (a practitioner named in PV1-7 and in
+    /// an OBX is one resource).
+    pub fn add(&mut self, kind: &str, identity: &str, identifier: Option<&Value>, resource: Value) -> Ref {
+        let uuid = stable_uuid(kind, identity);
+        let full_url = format!("urn:uuid:{uuid}");
+        if self.entries.iter().any(|e| e["fullUrl"] == full_url.as_str()) {
+            return Ref { full_url };
+        }
+        // Only a system-qualified identifier is safe to search by: a bare
+        // value ("1134") may belong to another authority's record.
+        let token = identifier.filter(|i| i.get("system").is_some_and(Value::is_string)).and_then(identifier_token);
+        let mut body = Map::new();
+        body.insert("resourceType".into(), Value::String(kind.to_string()));
+        let url = match &token {
+            Some(t) => format!("{kind}?identifier={t}"),
+            None => {
+                let id = uuid.simple().to_string();
+                body.insert("id".into(), Value::String(id.clone()));
+                format!("{kind}/{id}")
+            }
+        };
+        if let Value::Object(fields) = resource {
+            for (k, v) in fields {
+                if k != "resourceType" && k != "id" {
+                    body.insert(k, v);
+                }
+            }
+        }
+        self.entries.push(json!({
+            "fullUrl": full_url,
+            "resource": Value::Object(body),
+            "request": {"method": "PUT", "url": url},
+        }));
+        Ref { full_url }
+    }
+
+    /// Mutable access to an added resource (to add results to a report).
+    pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Value> {
+        self.entries
+            .iter_mut()
+            .find(|e| e["fullUrl"] == r.full_url.as_str())
+            .and_then(|e| e.get_mut("resource"))
+    }
+
+    /// The finished transaction Bundle, empty elements pruned.
+    pub fn finish(self, bundle_identity: &str) -> Value {
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "id": stable_uuid("Bundle", bundle_identity).simple().to_string(),
+            "type": "transaction",
+            "entry": self.entries,
+        });
+        crate::rules::prune(&mut bundle);
+        bundle
+    }
+}

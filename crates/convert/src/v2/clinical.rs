@@ -1,0 +1,1047 @@
+//! Orders, results, documents, appointments and immunizations: ORU^R01
+//! (DiagnosticReport, Observation, Specimen), ORM^O01 (ServiceRequest),
+//! MDM^T02/T06 (DocumentReference), SIU^S12-S26 (Appointment) and VXU^V04
+//! (Immunization).
+//!
+//! Each walks the message's segments in order, keeping the group it is in
+//! (the OBR an OBX belongs to, the SPM a specimen OBX follows), because
+//! HL7 v2 expresses grouping only by position.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::bundle::{Ctx, Ref};
+use super::datatypes::{cwe, date, date_time, decimal, ei, instant};
+use super::patient::{Subject, location, organization, practitioner};
+use super::view::{Msg, Node, Seg};
+use crate::error::ConvertError;
+use crate::terminology;
+
+/// What an OBX value becomes.
+enum ObxValue {
+    /// `value[x]` members (and components for repetitions).
+    Value(Vec<(&'static str, Value)>),
+    /// An ED or RP: an Attachment, not an Observation value in R4.
+    Attachment(Value),
+    None,
+}
+
+fn quantity(value: Value, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
+    let code = units.c(1).text();
+    let text = units.c(2).text();
+    let mnemonic = units.c(3).text();
+    let unit = if text.is_empty() { code.clone() } else { text };
+    let ucum = mnemonic.eq_ignore_ascii_case("UCUM")
+        || (mnemonic.is_empty() && terminology::looks_ucum(&code))
+        || opts.code_systems.get(mnemonic.as_ref()).is_some_and(|s| s == "http://unitsofmeasure.org");
+    if ucum && !code.is_empty() {
+        json!({"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": code})
+    } else {
+        json!({"value": value, "unit": unit})
+    }
+}
+
+/// SN (structured numeric): `comparator^num1^separator^num2`.
+fn structured_numeric(n: Node<'_>, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Option<(&'static str, Value)> {
+    let comparator = n.c(1).text();
+    let num1 = n.c(2).text();
+    let sep = n.c(3).text();
+    let num2 = n.c(4).text();
+    match (sep.as_ref(), num2.is_empty()) {
+        ("", true) | ("+", true) => {
+            let v = decimal(&num1)?;
+            let mut q = quantity(v, units, opts);
+            let comp = match comparator.as_ref() {
+                "<" | "<=" | ">=" | ">" => Value::String(comparator.into_owned()),
+                "" | "=" => Value::Null,
+                _ => return None,
+            };
+            if let Some(o) = q.as_object_mut() {
+                o.insert("comparator".into(), comp);
+            }
+            Some(("valueQuantity", q))
+        }
+        ("-", false) => Some((
+            "valueRange",
+            json!({"low": quantity(decimal(&num1)?, units, opts), "high": quantity(decimal(&num2)?, units, opts)}),
+        )),
+        (":" | "/", false) => Some((
+            "valueRatio",
+            json!({"numerator": {"value": decimal(&num1)?}, "denominator": {"value": decimal(&num2)?}}),
+        )),
+        _ => None,
+    }
+}
+
+/// An NM value written with a comparator (`<5`, `>=10`), as feeds do.
+fn comparator_quantity(t: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Option<(&'static str, Value)> {
+    let t = t.trim();
+    for comp in ["<=", ">=", "<", ">"] {
+        if let Some(rest) = t.strip_prefix(comp) {
+            let mut q = quantity(decimal(rest)?, units, opts);
+            q.as_object_mut()?.insert("comparator".into(), Value::String(comp.into()));
+            return Some(("valueQuantity", q));
+        }
+    }
+    None
+}
+
+/// A MIME type from an ED/RP type and subtype.
+fn mime(kind: &str, subtype: &str) -> String {
+    let sub = subtype.to_ascii_lowercase();
+    if sub.contains('/') {
+        return sub;
+    }
+    match (kind.to_ascii_uppercase().as_str(), sub.as_str()) {
+        (_, "pdf") => "application/pdf".into(),
+        (_, "octet-stream") => "application/octet-stream".into(),
+        (_, "rtf") => "application/rtf".into(),
+        (_, "html") => "text/html".into(),
+        (_, "xml") => "application/xml".into(),
+        (_, "jpeg" | "jpg") => "image/jpeg".into(),
+        (_, "png") => "image/png".into(),
+        (_, "tiff") => "image/tiff".into(),
+        (_, "gif") => "image/gif".into(),
+        ("TEXT" | "TX", _) => "text/plain".into(),
+        ("IMAGE" | "IM", "") => "image/*".into(),
+        ("APPLICATION" | "AP", s) if !s.is_empty() => format!("application/{s}"),
+        ("IMAGE" | "IM", s) => format!("image/{s}"),
+        ("AUDIO" | "AU", s) if !s.is_empty() => format!("audio/{s}"),
+        ("VIDEO" | "VI", s) if !s.is_empty() => format!("video/{s}"),
+        _ => "application/octet-stream".into(),
+    }
+}
+
+/// ED (encapsulated data) to an Attachment. The data is validated, because a
+/// FHIR base64Binary that does not decode is invalid.
+fn ed_attachment(n: Node<'_>, path: &str) -> Result<Value, ConvertError> {
+    let content_type = mime(&n.c(2).text(), &n.c(3).text());
+    let encoding = n.c(4).text().to_ascii_uppercase();
+    let raw = n.c(5).whole();
+    let data: String = match encoding.as_str() {
+        "BASE64" | "B64" => {
+            let clean: String = raw.chars().filter(|c| !c.is_whitespace()).collect();
+            if clean.is_empty() {
+                String::new()
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(&clean)
+                    .map_err(|e| ConvertError::Invalid { path: path.into(), reason: format!("ED data is not base64: {e}") })?;
+                clean
+            }
+        }
+        "HEX" => {
+            let bytes = hex::decode(raw.trim())
+                .map_err(|e| ConvertError::Invalid { path: path.into(), reason: format!("ED data is not hex: {e}") })?;
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        }
+        // "A" (ASCII) and anything else: the text itself.
+        _ => base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
+    };
+    Ok(json!({"contentType": content_type, "data": data}))
+}
+
+fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions) -> Result<ObxValue, ConvertError> {
+    let kind = obx.f(2).text();
+    let field = obx.f(5);
+    let units = obx.f(6).first();
+    let reps: Vec<Node<'_>> = field.reps().collect();
+    if reps.is_empty() {
+        return Ok(ObxValue::None);
+    }
+    let one = |n: Node<'_>| -> Option<(&'static str, Value)> {
+        match kind.as_ref() {
+            "NM" => match decimal(&n.text()) {
+                Some(v) => Some(("valueQuantity", quantity(v, units, opts))),
+                // Feeds put "<5" in NM: read it as SN rather than drop it.
+                None => comparator_quantity(&n.text(), units, opts)
+                    .or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
+            },
+            "SN" => structured_numeric(n, units, opts).or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
+            "CE" | "CWE" | "CNE" | "CF" | "CV" => Some(("valueCodeableConcept", cwe(n, "", opts))),
+            "DT" => Some(("valueDateTime", date(&n.text()))),
+            "DTM" | "TS" => Some(("valueDateTime", date_time(&n.text(), opts))),
+            "TM" => {
+                let t = n.text();
+                let t = t.trim();
+                let ok = t.len() >= 4 && t[..4].bytes().all(|b| b.is_ascii_digit());
+                ok.then(|| {
+                    let sec = t.get(4..6).filter(|s| s.bytes().all(|b| b.is_ascii_digit())).unwrap_or("00");
+                    ("valueTime", Value::String(format!("{}:{}:{sec}", &t[..2], &t[2..4])))
+                })
+            }
+            _ => Some(("valueString", Value::String(n.whole().into_owned()))),
+        }
+    };
+    match kind.as_ref() {
+        "ED" => return ed_attachment(reps[0], path).map(ObxValue::Attachment),
+        "RP" => {
+            let n = reps[0];
+            let url = n.c(1).text();
+            return Ok(ObxValue::Attachment(json!({
+                "contentType": mime(&n.c(3).text(), &n.c(4).text()),
+                "url": url,
+            })));
+        }
+        // Text types: repetitions are lines of one text.
+        "ST" | "TX" | "FT" | "" => {
+            let text: Vec<String> = reps.iter().map(|r| r.whole().into_owned()).collect();
+            return Ok(ObxValue::Value(vec![("valueString", Value::String(text.join("\n")))]));
+        }
+        _ => {}
+    }
+    let mut out = Vec::new();
+    for (i, r) in reps.into_iter().enumerate() {
+        if let Some((k, v)) = one(r) {
+            // The first repetition is the value; further ones become
+            // components with the same code (Observation has one value[x]).
+            out.push((if i == 0 { k } else { "component" }, if i == 0 { v } else { json!({k: v}) }));
+        }
+    }
+    Ok(ObxValue::Value(out))
+}
+
+/// OBX-7 reference range: `low-high`, `<high`, `>low`, or text.
+fn reference_range(text: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
+    let t = text.trim();
+    if t.is_empty() {
+        return Value::Null;
+    }
+    let simple = |v: Value| {
+        let mut q = quantity(v, units, opts);
+        if let Some(o) = q.as_object_mut() {
+            o.remove("comparator");
+        }
+        q
+    };
+    if let Some((lo, hi)) = t.split_once('-').filter(|(lo, _)| !lo.trim().is_empty())
+        && let (Some(l), Some(h)) = (decimal(lo), decimal(hi))
+    {
+        return json!({"low": simple(l), "high": simple(h), "text": t});
+    }
+    for (prefix, key) in [("<=", "high"), ("<", "high"), (">=", "low"), (">", "low")] {
+        if let Some(rest) = t.strip_prefix(prefix)
+            && let Some(v) = decimal(rest)
+        {
+            return json!({key: simple(v), "text": t});
+        }
+    }
+    json!({"text": t})
+}
+
+fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
+    let code = n.c(1).text();
+    if code.is_empty() {
+        return Value::Null;
+    }
+    if let Some(over) = opts.table("0078", &code) {
+        return json!({"coding": [{"system": terminology::INTERPRETATION_SYSTEM, "code": over}]});
+    }
+    let mnemonic = n.c(3).text();
+    let v2_flag = mnemonic.is_empty() || mnemonic.eq_ignore_ascii_case("HL70078");
+    if v2_flag && terminology::interpretation_known(&code) {
+        json!({"coding": [{"system": terminology::INTERPRETATION_SYSTEM, "code": code, "display": n.c(2).text()}]})
+    } else {
+        cwe(n, "", opts)
+    }
+}
+
+fn nte_text(seg: &Seg<'_>) -> String {
+    seg.f(3).reps().map(|r| r.whole().into_owned()).collect::<Vec<_>>().join("\n")
+}
+
+fn refs(subject: &Subject) -> (Value, Value) {
+    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
+}
+
+/// One OBX as an Observation. Returns its reference, or the attachment for
+/// ED/RP values.
+enum ObxOut {
+    Observation(Ref),
+    Attachment(Value),
+    Nothing,
+}
+
+struct ObsContext<'a> {
+    group_key: String,
+    default_time: Option<Node<'a>>,
+    specimen: Option<Ref>,
+    part_of: Option<Ref>,
+}
+
+fn observation(
+    ctx: &mut Ctx<'_>,
+    subject: &Subject,
+    obx: &Seg<'_>,
+    notes: &[String],
+    group: &ObsContext<'_>,
+    position: usize,
+) -> Result<ObxOut, ConvertError> {
+    let opts = ctx.opts;
+    let path = format!("OBX({position})-5");
+    let code = cwe(obx.f(3).first(), "", opts);
+    let value = obx_value(obx, &path, opts)?;
+    let values = match value {
+        ObxValue::Attachment(a) => return Ok(ObxOut::Attachment(a)),
+        ObxValue::None => Vec::new(),
+        ObxValue::Value(v) => v,
+    };
+    if code.is_null() {
+        if values.is_empty() {
+            return Ok(ObxOut::Nothing);
+        }
+        return Err(ConvertError::Missing { path: format!("OBX({position})-3 (observation identifier)") });
+    }
+    let mut performers: Vec<Value> =
+        obx.f(16).reps().filter_map(|r| practitioner(ctx, r)).map(|r| r.reference()).collect();
+    performers.extend(organization(ctx, obx.f(23).first()).map(|r| r.reference()));
+    let opts = ctx.opts;
+    let (patient, encounter) = refs(subject);
+    let status_code = obx.f(11).text();
+    let status = opts
+        .table("0085", &status_code)
+        .map(str::to_string)
+        .unwrap_or_else(|| terminology::observation_status(&status_code).to_string());
+    let mut effective = date_time(&obx.f(14).text(), opts);
+    if effective.is_null()
+        && let Some(t) = group.default_time
+    {
+        effective = date_time(&t.text(), opts);
+    }
+    let units = obx.f(6).first();
+    let mut resource = json!({
+        "identifier": [ei(obx.f(21).first(), "", opts)],
+        "partOf": group.part_of.as_ref().map(|r| json!([r.reference()])),
+        "status": status,
+        "code": code,
+        "subject": patient,
+        "encounter": encounter,
+        "effectiveDateTime": effective,
+        "performer": performers,
+    });
+    let obj = resource.as_object_mut().ok_or_else(|| ConvertError::Invalid {
+        path: path.clone(),
+        reason: "internal: observation is not an object".into(),
+    })?;
+    let mut components = Vec::new();
+    for (k, v) in values {
+        if k == "component" {
+            let mut c = json!({"code": obj["code"].clone()});
+            if let (Some(c), Some(vals)) = (c.as_object_mut(), v.as_object()) {
+                c.extend(vals.clone());
+            }
+            components.push(c);
+        } else {
+            obj.insert(k.to_string(), v);
+        }
+    }
+    obj.insert("interpretation".into(), Value::Array(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()));
+    obj.insert("note".into(), Value::Array(notes.iter().map(|n| json!({"text": n})).collect()));
+    obj.insert("bodySite".into(), cwe(obx.f(20).first(), "", opts));
+    obj.insert("method".into(), cwe(obx.f(17).first(), "", opts));
+    obj.insert("specimen".into(), group.specimen.as_ref().map(Ref::reference).unwrap_or(Value::Null));
+    obj.insert("referenceRange".into(), json!([reference_range(&obx.f(7).text(), units, opts)]));
+    obj.insert("component".into(), Value::Array(components));
+    let key = format!(
+        "{}|OBX|{}|{}|{}",
+        group.group_key,
+        obx.f(3).c(1).text(),
+        obx.f(3).c(3).text(),
+        obx.f(4).text()
+    );
+    Ok(ObxOut::Observation(ctx.add("Observation", &key, None, resource)))
+}
+
+/// Collects OBX segments with their NTEs from `segments[start..]` until a
+/// segment that is neither OBX, NTE nor PRT... of the group.
+struct Pending<'m> {
+    obx: Seg<'m>,
+    notes: Vec<String>,
+    position: usize,
+}
+
+fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str) -> Ref {
+    let opts = ctx.opts;
+    let ids = spm.f(2).first();
+    // SPM-2 is an EIP: placer EI in component 1, filler EI in component 2,
+    // each with its sub-components.
+    let ei_of = |c: usize, kind: &str| {
+        let n = ids.c(c);
+        let value = n.s(1).text();
+        if value.is_empty() {
+            return Value::Null;
+        }
+        json!({
+            "type": {"coding": [{"system": terminology::v2_table("0203"), "code": kind}]},
+            "system": super::datatypes::authority_system(&n.s(2).text(), &n.s(3).text(), &n.s(4).text(), opts),
+            "value": value,
+        })
+    };
+    let placer = ei_of(1, "PLAC");
+    let filler = ei_of(2, "FILL");
+    let collected = spm.f(17).first();
+    let (start, end) = (date_time(&collected.c(1).text(), opts), date_time(&collected.c(2).text(), opts));
+    let collection = json!({
+        "collectedDateTime": if end.is_null() { start.clone() } else { Value::Null },
+        "collectedPeriod": if end.is_null() { Value::Null } else { json!({"start": start, "end": end}) },
+        "method": cwe(spm.f(7).first(), "0488", opts),
+        "bodySite": cwe(spm.f(8).first(), "", opts),
+    });
+    let key = format!("{}|SPM|{}|{}", group_key, ids.c(1).s(1).text(), ids.c(2).s(1).text());
+    let identifier = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let resource = json!({
+        "identifier": [placer, filler],
+        "type": cwe(spm.f(4).first(), "0487", opts),
+        "subject": subject.patient.reference(),
+        "receivedTime": date_time(&spm.f(18).text(), opts),
+        "collection": collection,
+        "condition": spm.f(24).reps().map(|r| cwe(r, "0493", opts)).collect::<Vec<_>>(),
+        "note": [{"text": spm.f(14).whole()}],
+    });
+    let conditional = (!identifier.is_null()).then_some(&identifier);
+    ctx.add("Specimen", &key, conditional, resource)
+}
+
+fn order_identifiers(orc: Option<&Seg<'_>>, obr: Option<&Seg<'_>>, opts: &crate::options::Hl7ToFhirOptions) -> (Value, Value) {
+    let pick = |o: Option<Node<'_>>, b: Option<Node<'_>>, kind: &str| match (o, b) {
+        (Some(o), _) if !o.is_empty() => ei(o.first(), kind, opts),
+        (_, Some(b)) if !b.is_empty() => ei(b.first(), kind, opts),
+        _ => Value::Null,
+    };
+    (
+        pick(orc.map(|s| s.f(2)), obr.map(|s| s.f(2)), "PLAC"),
+        pick(orc.map(|s| s.f(3)), obr.map(|s| s.f(3)), "FILL"),
+    )
+}
+
+fn key_of(identifier: &Value) -> String {
+    format!(
+        "{}|{}",
+        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
+        identifier.get("value").and_then(Value::as_str).unwrap_or("")
+    )
+}
+
+struct Report<'m> {
+    orc: Option<Seg<'m>>,
+    obr: Seg<'m>,
+    index: usize,
+    notes: Vec<String>,
+    results: Vec<Value>,
+    specimens: Vec<Value>,
+    forms: Vec<Value>,
+    key: String,
+    identifier: Value,
+    placer: Value,
+}
+
+fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
+    let opts = ctx.opts;
+    let obr = &r.obr;
+    let status_code = obr.f(25).text();
+    let status = opts
+        .table("0123", &status_code)
+        .map(str::to_string)
+        .unwrap_or_else(|| terminology::report_status(&status_code).to_string());
+    let mut code = cwe(obr.f(4).first(), "", opts);
+    if code.is_null() {
+        code = json!({"text": "unknown"});
+    }
+    let (patient, encounter) = refs(subject);
+    let (start, end) = (date_time(&obr.f(7).text(), opts), date_time(&obr.f(8).text(), opts));
+    let resource = json!({
+        "identifier": [r.placer, r.identifier.clone()],
+        "status": status,
+        "category": [cwe(obr.f(24).first(), "0074", opts)],
+        "code": code,
+        "subject": patient,
+        "encounter": encounter,
+        "effectiveDateTime": if end.is_null() { start.clone() } else { Value::Null },
+        "effectivePeriod": if end.is_null() { Value::Null } else { json!({"start": start, "end": end}) },
+        "issued": instant(&obr.f(22).text(), opts),
+        "specimen": r.specimens,
+        "result": r.results,
+        "conclusion": r.notes.join("\n"),
+        "presentedForm": r.forms,
+    });
+    let _ = (r.orc, r.index);
+    let conditional = r.identifier.get("system").is_some().then_some(&r.identifier);
+    ctx.add("DiagnosticReport", &r.key, conditional, resource);
+}
+
+/// A standalone DocumentReference for an ED/RP OBX outside any OBR.
+fn attachment_document(ctx: &mut Ctx<'_>, subject: &Subject, obx: &Seg<'_>, attachment: Value, position: usize) {
+    let opts = ctx.opts;
+    let (patient, encounter) = refs(subject);
+    let key = format!("{}|OBX-ED|{}|{}", subject.key, position, obx.f(3).c(1).text());
+    let resource = json!({
+        "status": "current",
+        "type": cwe(obx.f(3).first(), "", opts),
+        "subject": patient,
+        "content": [{"attachment": attachment}],
+        "context": {"encounter": [encounter]},
+    });
+    ctx.add("DocumentReference", &key, None, resource);
+}
+
+/// ORU^R01: one DiagnosticReport per OBR with its Observations and
+/// Specimens; OBX before the first OBR are patient-level Observations.
+pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+    let mut report: Option<Report<'_>> = None;
+    let mut orc: Option<Seg<'_>> = None;
+    let mut pending: Option<Pending<'_>> = None;
+    let mut spm: Option<Ref> = None;
+    let mut obx_count = 0usize;
+    let mut obr_count = 0usize;
+
+    // Flushes the pending OBX into the current report (or standalone).
+    fn flush<'m>(
+        ctx: &mut Ctx<'_>,
+        subject: &Subject,
+        pending: &mut Option<Pending<'m>>,
+        report: &mut Option<Report<'m>>,
+        spm: &Option<Ref>,
+    ) -> Result<(), ConvertError> {
+        let Some(p) = pending.take() else { return Ok(()) };
+        let group = match report.as_ref() {
+            Some(r) => ObsContext {
+                group_key: r.key.clone(),
+                default_time: Some(r.obr.f(7)),
+                specimen: spm.clone(),
+                part_of: None,
+            },
+            None => ObsContext { group_key: subject.key.clone(), default_time: None, specimen: None, part_of: None },
+        };
+        match observation(ctx, subject, &p.obx, &p.notes, &group, p.position)? {
+            ObxOut::Observation(r) => {
+                if let Some(rep) = report.as_mut() {
+                    rep.results.push(r.reference());
+                }
+            }
+            ObxOut::Attachment(a) => match report.as_mut() {
+                Some(rep) => rep.forms.push(a),
+                None => attachment_document(ctx, subject, &p.obx, a, p.position),
+            },
+            ObxOut::Nothing => {}
+        }
+        Ok(())
+    }
+
+    for seg in &msg.segments {
+        match seg.name {
+            "ORC" => {
+                flush(ctx, subject, &mut pending, &mut report, &spm)?;
+                orc = Some(*seg);
+            }
+            "OBR" => {
+                flush(ctx, subject, &mut pending, &mut report, &spm)?;
+                if let Some(r) = report.take() {
+                    finish_report(ctx, subject, r);
+                }
+                spm = None;
+                obr_count += 1;
+                let (placer, filler) = order_identifiers(orc.as_ref(), Some(seg), ctx.opts);
+                let identifier = if filler.is_null() { placer.clone() } else { filler };
+                let key = if identifier.is_null() {
+                    format!("{}|OBR|{}|{}", subject.key, seg.f(4).c(1).text(), seg.f(7).text())
+                } else {
+                    key_of(&identifier)
+                };
+                let placer = if key_of(&placer) == key_of(&identifier) { Value::Null } else { placer };
+                report = Some(Report {
+                    orc: orc.take(),
+                    obr: *seg,
+                    index: obr_count,
+                    notes: Vec::new(),
+                    results: Vec::new(),
+                    specimens: Vec::new(),
+                    forms: Vec::new(),
+                    key,
+                    identifier,
+                    placer,
+                });
+            }
+            "OBX" => {
+                flush(ctx, subject, &mut pending, &mut report, &spm)?;
+                obx_count += 1;
+                pending = Some(Pending { obx: *seg, notes: Vec::new(), position: obx_count });
+            }
+            "NTE" => match (pending.as_mut(), report.as_mut()) {
+                (Some(p), _) => p.notes.push(nte_text(seg)),
+                (None, Some(r)) => r.notes.push(nte_text(seg)),
+                _ => {}
+            },
+            "SPM" => {
+                flush(ctx, subject, &mut pending, &mut report, &spm)?;
+                if let Some(r) = report.as_mut() {
+                    let s = specimen(ctx, subject, seg, &r.key);
+                    r.specimens.push(s.reference());
+                    spm = Some(s);
+                }
+            }
+            // PRT, TQ1, CTD, FT1, CTI, TXA ... carry nothing this mapping uses.
+            _ => {}
+        }
+    }
+    flush(ctx, subject, &mut pending, &mut report, &spm)?;
+    if let Some(r) = report.take() {
+        finish_report(ctx, subject, r);
+    }
+    if obr_count == 0 && obx_count == 0 {
+        return Err(ConvertError::Missing { path: "OBR segment (ORU^R01 has no result)".into() });
+    }
+    Ok(())
+}
+
+fn order_status(orc: Option<&Seg<'_>>) -> &'static str {
+    let Some(orc) = orc else { return "unknown" };
+    match orc.f(5).text().as_ref() {
+        "A" | "CM" => return "completed",
+        "CA" | "DC" | "RP" => return "revoked",
+        "ER" => return "entered-in-error",
+        "HD" => return "on-hold",
+        "IP" | "SC" => return "active",
+        _ => {}
+    }
+    match orc.f(1).text().as_ref() {
+        "NW" | "XO" | "XX" | "SC" | "SN" => "active",
+        "CA" | "OC" | "DC" | "OD" | "CR" => "revoked",
+        "HD" | "OH" => "on-hold",
+        _ => "unknown",
+    }
+}
+
+fn priority(code: &str) -> &'static str {
+    match code {
+        "S" => "stat",
+        "A" => "asap",
+        "R" => "routine",
+        "T" | "P" | "C" => "urgent",
+        _ => "",
+    }
+}
+
+/// ORM^O01: a ServiceRequest per ORC/OBR, with the order's NTEs as notes and
+/// its OBXs as supporting Observations.
+pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+    struct Order<'m> {
+        orc: Option<Seg<'m>>,
+        obr: Option<Seg<'m>>,
+        tq1: Option<Seg<'m>>,
+        notes: Vec<String>,
+        obx: Vec<(Seg<'m>, usize)>,
+    }
+    let mut orders: Vec<Order<'_>> = Vec::new();
+    let mut obx_count = 0;
+    for seg in &msg.segments {
+        match seg.name {
+            "ORC" => orders.push(Order { orc: Some(*seg), obr: None, tq1: None, notes: Vec::new(), obx: Vec::new() }),
+            "OBR" | "RQD" | "RXO" => match orders.last_mut() {
+                Some(o) if o.obr.is_none() => o.obr = Some(*seg),
+                _ => orders.push(Order { orc: None, obr: Some(*seg), tq1: None, notes: Vec::new(), obx: Vec::new() }),
+            },
+            "TQ1" => {
+                if let Some(o) = orders.last_mut() {
+                    o.tq1.get_or_insert(*seg);
+                }
+            }
+            "NTE" => {
+                if let Some(o) = orders.last_mut()
+                    && o.obx.is_empty()
+                {
+                    o.notes.push(nte_text(seg));
+                }
+            }
+            "OBX" => {
+                obx_count += 1;
+                if let Some(o) = orders.last_mut() {
+                    o.obx.push((*seg, obx_count));
+                }
+            }
+            _ => {}
+        }
+    }
+    if orders.is_empty() {
+        return Err(ConvertError::Missing { path: "ORC or OBR segment".into() });
+    }
+    for (n, order) in orders.iter().enumerate() {
+        let opts = ctx.opts;
+        let (placer, filler) = order_identifiers(order.orc.as_ref(), order.obr.as_ref(), opts);
+        let identity = if !filler.is_null() { filler.clone() } else { placer.clone() };
+        let key = if identity.is_null() { format!("{}|ORDER|{n}", subject.key) } else { key_of(&identity) };
+        let obr = order.obr.as_ref();
+        let code = obr.map(|o| cwe(o.f(4).first(), "", opts)).unwrap_or(Value::Null);
+        let code = if code.is_null() { json!({"text": "unknown"}) } else { code };
+        let requester = match order.orc.as_ref().map(|o| o.f(12)).filter(|f| !f.is_empty()) {
+            Some(f) => practitioner(ctx, f.first()),
+            None => obr.and_then(|o| practitioner(ctx, o.f(16).first())),
+        };
+        let group = ObsContext { group_key: key.clone(), default_time: None, specimen: None, part_of: None };
+        let mut supporting = Vec::new();
+        for (obx, pos) in &order.obx {
+            if let ObxOut::Observation(r) = observation(ctx, subject, obx, &[], &group, *pos)? {
+                supporting.push(r.reference());
+            }
+        }
+        let opts = ctx.opts;
+        let (patient, encounter) = refs(subject);
+        let tq1 = order.tq1.as_ref();
+        let prio = tq1
+            .map(|t| t.f(9).c(1).text().into_owned())
+            .or_else(|| order.orc.as_ref().map(|o| o.f(7).c(6).text().into_owned()))
+            .unwrap_or_default();
+        let resource = json!({
+            "identifier": [placer, filler],
+            "status": order_status(order.orc.as_ref()),
+            "intent": "order",
+            "priority": priority(&prio),
+            "code": code,
+            "subject": patient,
+            "encounter": encounter,
+            "occurrenceDateTime": tq1.map(|t| date_time(&t.f(7).text(), opts)).unwrap_or(Value::Null),
+            "authoredOn": order.orc.as_ref().map(|o| date_time(&o.f(9).text(), opts)).unwrap_or(Value::Null),
+            "requester": requester.map(|r| r.reference()),
+            "reasonCode": obr.map(|o| o.f(31).reps().map(|r| cwe(r, "", opts)).collect::<Vec<_>>()),
+            "supportingInfo": supporting,
+            "note": order.notes.iter().map(|t| json!({"text": t})).collect::<Vec<_>>(),
+        });
+        let conditional = identity.get("system").is_some().then_some(&identity);
+        ctx.add("ServiceRequest", &key, conditional, resource);
+    }
+    Ok(())
+}
+
+/// MDM^T02/T06: a DocumentReference from TXA, the document from the OBXs
+/// (text lines joined, or an ED's data). T06 (addendum) relates to the
+/// parent document (TXA-13).
+pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
+    let txa = msg.seg("TXA").ok_or_else(|| ConvertError::Missing { path: "TXA segment".into() })?;
+    let opts = ctx.opts;
+    let mut text_lines: Vec<String> = Vec::new();
+    let mut attachments: Vec<Value> = Vec::new();
+    for (i, obx) in msg.all("OBX").enumerate() {
+        let path = format!("OBX({})-5", i + 1);
+        match obx.f(2).text().as_ref() {
+            "ED" => {
+                // An ED without data still says what the document is (its
+                // type); the attachment is kept so the reference is not lost.
+                attachments.push(ed_attachment(obx.f(5).first(), &path)?);
+            }
+            "RP" => {
+                if let ObxValue::Attachment(a) = obx_value(obx, &path, opts)? {
+                    attachments.push(a);
+                }
+            }
+            "TX" | "FT" | "ST" | "" => text_lines.extend(obx.f(5).reps().map(|r| r.whole().into_owned())),
+            // Other types (HD, CE ...) describe the document, not its content.
+            _ => {}
+        }
+    }
+    let created = date_time(&txa.f(6).text(), opts);
+    if !text_lines.is_empty() {
+        let content_type = match txa.f(3).text().as_ref() {
+            "" | "TX" | "FT" | "text" => "text/plain".to_string(),
+            other => mime("TEXT", other),
+        };
+        attachments.insert(
+            0,
+            json!({
+                "contentType": content_type,
+                "data": base64::engine::general_purpose::STANDARD.encode(text_lines.join("\n")),
+            }),
+        );
+    }
+    if attachments.is_empty() {
+        return Err(ConvertError::Missing { path: "OBX-5 (the document content of the MDM message)".into() });
+    }
+    let mut authors: Vec<Value> = Vec::new();
+    for f in [5, 9] {
+        for r in txa.f(f).reps() {
+            if let Some(p) = practitioner(ctx, r) {
+                authors.push(p.reference());
+            }
+        }
+    }
+    let authenticator = practitioner(ctx, txa.f(22).first());
+    let opts = ctx.opts;
+    let master = ei(txa.f(12).first(), "", opts);
+    let doc_status = match txa.f(17).text().as_ref() {
+        "AU" | "LA" => "final",
+        "DI" | "DO" | "IP" | "IN" | "PA" => "preliminary",
+        _ => "",
+    };
+    let status = match txa.f(19).text().as_ref() {
+        "OB" | "RE" => "superseded",
+        "CA" => "entered-in-error",
+        _ => "current",
+    };
+    let parent = ei(txa.f(13).first(), "", opts);
+    let relates = if event == "T06" && !parent.is_null() {
+        json!([{"code": "appends", "target": {"identifier": parent}}])
+    } else {
+        Value::Null
+    };
+    let (patient, encounter) = refs(subject);
+    let key = if master.is_null() {
+        format!("{}|TXA|{}|{}", subject.key, txa.f(2).c(1).text(), txa.f(6).text())
+    } else {
+        key_of(&master)
+    };
+    let created_for_attachment = created.clone();
+    let resource = json!({
+        "masterIdentifier": master.clone(),
+        "identifier": [ei(txa.f(16).first(), "", opts)],
+        "status": status,
+        "docStatus": doc_status,
+        "type": cwe(txa.f(2).first(), "0270", opts),
+        "subject": patient,
+        "date": instant(&txa.f(4).text(), opts),
+        "author": authors,
+        "authenticator": authenticator.map(|a| a.reference()),
+        "relatesTo": relates,
+        "description": txa.f(25).text(),
+        "content": attachments.into_iter().map(|mut a| {
+            if let Some(o) = a.as_object_mut() {
+                o.insert("creation".into(), created_for_attachment.clone());
+            }
+            json!({"attachment": a})
+        }).collect::<Vec<_>>(),
+        "context": {"encounter": [encounter], "period": {"start": created}},
+    });
+    // masterIdentifier is not searchable as `identifier`, so update by id.
+    ctx.add("DocumentReference", &key, None, resource);
+    Ok(())
+}
+
+/// SIU^S12-S26: an Appointment from SCH/TQ1 and the resources AIS/AIG/AIL/AIP.
+pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
+    let sch = msg.seg("SCH").ok_or_else(|| ConvertError::Missing { path: "SCH segment".into() })?;
+    let opts = ctx.opts;
+    let placer = ei(sch.f(1).first(), "PLAC", opts);
+    let filler = ei(sch.f(2).first(), "FILL", opts);
+    let filler_status = sch.f(25).c(1).text();
+    let status = match opts.table("0278", &filler_status) {
+        Some(s) => s.to_string(),
+        None => match filler_status.as_ref() {
+            "Booked" | "Overbook" | "Confirmed" => "booked",
+            "Cancelled" | "Deleted" | "Dc" => "cancelled",
+            "Complete" => "fulfilled",
+            "Noshow" => "noshow",
+            "Pending" => "pending",
+            "Waitlist" => "waitlist",
+            "Started" => "arrived",
+            _ => match event {
+                "S15" | "S17" => "cancelled",
+                "S26" => "noshow",
+                _ => "booked",
+            },
+        }
+        .to_string(),
+    };
+    let tq1 = msg.seg("TQ1");
+    let timing = sch.f(11).first();
+    let start_raw = tq1.map(|t| t.f(7).text()).filter(|t| !t.is_empty()).unwrap_or_else(|| timing.c(4).text());
+    let end_raw = tq1.map(|t| t.f(8).text()).filter(|t| !t.is_empty()).unwrap_or_else(|| timing.c(5).text());
+    let mut participants = vec![json!({"actor": subject.patient.reference(), "status": "accepted"})];
+    for ail in msg.all("AIL") {
+        if let Some(l) = location(ctx, ail.f(3).first()) {
+            participants.push(json!({"actor": l.reference(), "status": "accepted"}));
+        }
+    }
+    for aip in msg.all("AIP") {
+        let opts = ctx.opts;
+        let role = cwe(aip.f(4).first(), "0286", opts);
+        if let Some(p) = practitioner(ctx, aip.f(3).first()) {
+            participants.push(json!({"type": [role], "actor": p.reference(), "status": "accepted"}));
+        }
+    }
+    for aig in msg.all("AIG") {
+        let opts = ctx.opts;
+        let res = aig.f(3).first();
+        let name = if res.c(2).is_empty() { res.c(1).text() } else { res.c(2).text() };
+        if !name.is_empty() {
+            participants.push(json!({"type": [cwe(aig.f(4).first(), "", opts)],
+                                     "actor": {"display": name}, "status": "accepted"}));
+        }
+    }
+    let opts = ctx.opts;
+    let services: Vec<Value> = msg.all("AIS").map(|a| cwe(a.f(3).first(), "", opts)).collect();
+    let notes: Vec<String> = {
+        // NTEs directly after SCH/TQ1 are the appointment's comment.
+        let mut out = Vec::new();
+        let mut in_header = false;
+        for s in &msg.segments {
+            match s.name {
+                "SCH" | "TQ1" => in_header = true,
+                "NTE" if in_header => out.push(nte_text(s)),
+                _ => in_header = false,
+            }
+        }
+        out
+    };
+    let duration = sch.f(9).text().parse::<u32>().ok().filter(|d| *d > 0);
+    let duration_min = match sch.f(10).c(1).text().to_ascii_lowercase().as_str() {
+        "min" | "m" | "minutes" => duration,
+        "h" | "hr" | "hours" => duration.map(|d| d * 60),
+        "s" | "sec" => duration.map(|d| d.div_ceil(60)),
+        _ => None,
+    };
+    let identity = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let key = if identity.is_null() { format!("{}|SCH|{}", subject.key, start_raw) } else { key_of(&identity) };
+    let resource = json!({
+        "identifier": [placer, filler],
+        "status": status,
+        "serviceType": services,
+        "appointmentType": cwe(sch.f(8).first(), "0276", opts),
+        "reasonCode": [cwe(sch.f(7).first(), "", opts)],
+        "description": sch.f(6).c(2).text(),
+        "start": instant(&start_raw, opts),
+        "end": instant(&end_raw, opts),
+        "minutesDuration": duration_min,
+        "comment": notes.join("\n"),
+        "participant": participants,
+    });
+    let conditional = identity.get("system").is_some().then_some(&identity);
+    ctx.add("Appointment", &key, conditional, resource);
+    Ok(())
+}
+
+/// VXU^V04: an Immunization per RXA (route and site from RXR), its OBXs as
+/// Observations part of it.
+pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+    let segs = &msg.segments;
+    let mut found = false;
+    let mut orc: Option<Seg<'_>> = None;
+    let mut obx_count = 0;
+    let mut i = 0;
+    while i < segs.len() {
+        let seg = segs[i];
+        match seg.name {
+            "ORC" => orc = Some(seg),
+            "OBX" => obx_count += 1,
+            "RXA" => {
+                found = true;
+                let rxr = segs.get(i + 1).filter(|s| s.name == "RXR").copied();
+                let imm = immunization(ctx, subject, &seg, rxr.as_ref(), orc.as_ref())?;
+                let group = ObsContext {
+                    group_key: format!("{}|RXA|{}", subject.key, imm.full_url),
+                    default_time: Some(seg.f(3)),
+                    specimen: None,
+                    part_of: Some(imm),
+                };
+                let mut j = i + 1;
+                while j < segs.len() && !matches!(segs[j].name, "RXA" | "ORC") {
+                    if segs[j].name == "OBX" {
+                        obx_count += 1;
+                        let notes: Vec<String> = segs[j + 1..]
+                            .iter()
+                            .take_while(|s| s.name == "NTE")
+                            .map(nte_text)
+                            .collect();
+                        observation(ctx, subject, &segs[j], &notes, &group, obx_count)?;
+                    }
+                    j += 1;
+                }
+                i = j;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if !found {
+        return Err(ConvertError::Missing { path: "RXA segment".into() });
+    }
+    Ok(())
+}
+
+fn immunization(
+    ctx: &mut Ctx<'_>,
+    subject: &Subject,
+    rxa: &Seg<'_>,
+    rxr: Option<&Seg<'_>>,
+    orc: Option<&Seg<'_>>,
+) -> Result<Ref, ConvertError> {
+    let opts = ctx.opts;
+    let vaccine = cwe(rxa.f(5).first(), "", opts);
+    if vaccine.is_null() {
+        return Err(ConvertError::Missing { path: "RXA-5 (administered code)".into() });
+    }
+    let when = date_time(&rxa.f(3).text(), opts);
+    if when.is_null() {
+        return Err(ConvertError::Missing { path: "RXA-3 (date/time start of administration)".into() });
+    }
+    let status = match rxa.f(20).text().as_ref() {
+        "RE" | "NA" => "not-done",
+        "" | "CP" | "PA" => "completed",
+        _ => "completed",
+    };
+    let amount = rxa.f(6).text();
+    let dose = match decimal(&amount) {
+        // 999 means "amount unknown" in immunization messages.
+        Some(v) if amount.trim() != "999" => quantity(v, rxa.f(7).first(), opts),
+        _ => Value::Null,
+    };
+    let info_source = rxa.f(9).first();
+    let primary = match info_source.c(1).text().as_ref() {
+        "00" => Value::Bool(true),
+        "" => Value::Null,
+        _ => Value::Bool(false),
+    };
+    let report_origin = if primary == Value::Bool(false) { cwe(info_source, "", opts) } else { Value::Null };
+    let manufacturer = {
+        let m = rxa.f(17).first();
+        let code = m.c(1).text();
+        if code.is_empty() {
+            None
+        } else {
+            let sys = if m.c(3).is_empty() { None } else { terminology::system_uri(&m.c(3).text()) };
+            let identifier = json!({"system": sys, "value": code});
+            let key = key_of(&identifier);
+            let resource = json!({"identifier": [identifier.clone()], "active": true, "name": m.c(2).text()});
+            Some(ctx.add("Organization", &key, Some(&identifier), resource))
+        }
+    };
+    let mut performers = Vec::new();
+    for (field, function) in [(10, "AP"), (12, "OP")] {
+        let node = if field == 12 { orc.map(|o| o.f(12)) } else { Some(rxa.f(10)) };
+        if let Some(node) = node
+            && let Some(p) = practitioner(ctx, node.first())
+        {
+            performers.push(json!({
+                "function": {"coding": [{"system": terminology::v2_table("0443"), "code": function}]},
+                "actor": p.reference(),
+            }));
+        }
+    }
+    let opts = ctx.opts;
+    let (placer, filler) = order_identifiers(orc, None, opts);
+    let identity = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let key = if identity.is_null() {
+        format!("{}|RXA|{}|{}", subject.key, rxa.f(5).c(1).text(), rxa.f(3).text())
+    } else {
+        key_of(&identity)
+    };
+    let (patient, encounter) = refs(subject);
+    let resource = json!({
+        "identifier": [placer, filler],
+        "status": status,
+        "statusReason": cwe(rxa.f(18).first(), "", opts),
+        "vaccineCode": vaccine,
+        "patient": patient,
+        "encounter": encounter,
+        "occurrenceDateTime": when,
+        "recorded": date_time(&rxa.f(22).text(), opts),
+        "primarySource": primary,
+        "reportOrigin": report_origin,
+        "manufacturer": manufacturer.map(|m| m.reference()),
+        "lotNumber": rxa.f(15).text(),
+        "expirationDate": date(&rxa.f(16).text()),
+        "site": rxr.map(|r| cwe(r.f(2).first(), "0163", opts)),
+        "route": rxr.map(|r| cwe(r.f(1).first(), "0162", opts)),
+        "doseQuantity": dose,
+        "performer": performers,
+    });
+    let conditional = identity.get("system").is_some().then_some(&identity);
+    Ok(ctx.add("Immunization", &key, conditional, resource))
+}

@@ -1,0 +1,565 @@
+//! HL7 v2 data types to FHIR data types (the "Datatype Maps" of the HL7
+//! v2-to-FHIR Implementation Guide): DTM, CX, XPN, XAD, XTN, CWE, XCN, XON,
+//! HD, EI.
+//!
+//! Each function returns `Value::Null` (or None) for an empty input and may
+//! leave null members inside what it returns; the Bundle is pruned once at
+//! the end, which is cheaper and simpler than testing every member here.
+
+use serde_json::{Map, Value, json};
+
+use super::view::Node;
+use crate::options::Hl7ToFhirOptions;
+use crate::terminology;
+
+fn s(n: Node<'_>) -> Value {
+    match n.text() {
+        t if t.is_empty() => Value::Null,
+        t => Value::String(t.into_owned()),
+    }
+}
+
+/// Parses `+hh:mm`, `+hhmm`, `Z` into `+hh:mm`.
+pub fn parse_offset(off: &str) -> Option<String> {
+    if off == "Z" {
+        return Some("+00:00".into());
+    }
+    let (sign, rest) = off.split_at_checked(1)?;
+    if sign != "+" && sign != "-" {
+        return None;
+    }
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m) = (digits[..2].parse::<u32>().ok()?, digits[2..].parse::<u32>().ok()?);
+    if h > 14 || m > 59 || (h == 14 && m > 0) {
+        return None;
+    }
+    Some(format!("{sign}{}:{}", &digits[..2], &digits[2..]))
+}
+
+/// A v2 date/time split into its parts, as far as it is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct V2Time<'a> {
+    date: String,
+    /// `hh:mm:ss[.fff]` when any time is given.
+    time: Option<String>,
+    offset: Option<String>,
+    _raw: &'a str,
+}
+
+/// Parses a DTM/TS/DT value: `YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]`.
+/// None when malformed (a value that is not a date is not guessed at).
+pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
+    let raw = raw.trim();
+    let (body, offset) = match raw.find(['+', '-']) {
+        Some(at) => (&raw[..at], Some(parse_offset(&raw[at..])?)),
+        None => (raw, None),
+    };
+    let (digits, frac) = match body.split_once('.') {
+        Some((d, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => (d, Some(f)),
+        Some(_) => return None,
+        None => (body, None),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![4, 6, 8, 10, 12, 14].contains(&digits.len()) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| digits.get(r).and_then(|x| x.parse::<u32>().ok());
+    let year = &digits[..4];
+    if year == "0000" {
+        return None;
+    }
+    let mut date = year.to_string();
+    if let Some(m) = num(4..6) {
+        if !(1..=12).contains(&m) {
+            return None;
+        }
+        date.push_str(&format!("-{m:02}"));
+    }
+    if let Some(d) = num(6..8) {
+        if !(1..=31).contains(&d) {
+            return None;
+        }
+        date.push_str(&format!("-{d:02}"));
+    }
+    let time = match num(8..10) {
+        None => None,
+        Some(h) => {
+            let mi = num(10..12).unwrap_or(0);
+            let se = num(12..14).unwrap_or(0);
+            if h > 23 || mi > 59 || se > 59 {
+                return None;
+            }
+            let mut t = format!("{h:02}:{mi:02}:{se:02}");
+            if let Some(f) = frac {
+                t.push('.');
+                t.push_str(f);
+            }
+            Some(t)
+        }
+    };
+    Some(V2Time { date, time, offset, _raw: raw })
+}
+
+/// FHIR `dateTime` from a v2 DTM. A time needs an offset (the value's or
+/// `default_offset`); without one only the date is kept.
+pub(crate) fn date_time(raw: &str, opts: &Hl7ToFhirOptions) -> Value {
+    let Some(t) = parse_dtm(raw) else { return Value::Null };
+    let offset = t.offset.clone().or_else(|| opts.default_offset.as_deref().and_then(parse_offset));
+    match (t.time, offset) {
+        (Some(time), Some(off)) if t.date.len() == 10 => Value::String(format!("{}T{time}{off}", t.date)),
+        _ => Value::String(t.date),
+    }
+}
+
+/// FHIR `date` from a v2 DT/DTM (the time is dropped).
+pub(crate) fn date(raw: &str) -> Value {
+    parse_dtm(raw).map(|t| Value::String(t.date)).unwrap_or(Value::Null)
+}
+
+/// FHIR `instant`: needs a full date, a time and an offset, else null.
+pub(crate) fn instant(raw: &str, opts: &Hl7ToFhirOptions) -> Value {
+    match date_time(raw, opts) {
+        Value::String(s) if s.len() > 10 => Value::String(s),
+        _ => Value::Null,
+    }
+}
+
+/// The Identifier.system for an assigning authority (HD) given as its
+/// namespace id, universal id and universal id type.
+pub(crate) fn authority_system(ns: &str, uid: &str, uid_type: &str, opts: &Hl7ToFhirOptions) -> Value {
+    if let Some(sys) = opts.identifier_systems.get(ns).or_else(|| opts.identifier_systems.get(uid)) {
+        return Value::String(sys.clone());
+    }
+    if !uid.is_empty() {
+        match uid_type.to_ascii_uppercase().as_str() {
+            "ISO" if terminology::is_oid(uid) => return Value::String(format!("urn:oid:{uid}")),
+            "UUID" | "GUID" if uuid::Uuid::parse_str(uid).is_ok() => {
+                return Value::String(format!("urn:uuid:{}", uid.to_ascii_lowercase()));
+            }
+            "URI" | "URL" if uid.contains(':') => return Value::String(uid.to_string()),
+            _ if terminology::is_oid(uid) => return Value::String(format!("urn:oid:{uid}")),
+            _ => {}
+        }
+    }
+    let name = if ns.is_empty() { uid } else { ns };
+    if name.is_empty() {
+        return Value::Null;
+    }
+    Value::String(format!("{}{}", opts.unknown_authority_prefix, uri_safe(name)))
+}
+
+/// Percent-encodes what may not appear in a URI.
+pub(crate) fn uri_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn hd_system(hd: Node<'_>, opts: &Hl7ToFhirOptions) -> Value {
+    authority_system(&hd.s(1).text(), &hd.s(2).text(), &hd.s(3).text(), opts)
+}
+
+/// A CWE-typed `type` for Identifier.type (table 0203).
+fn identifier_type(code: &str) -> Value {
+    if code.is_empty() {
+        return Value::Null;
+    }
+    json!({"coding": [{"system": terminology::v2_table("0203"), "code": code}]})
+}
+
+/// CX to Identifier.
+pub(crate) fn cx(n: Node<'_>, opts: &Hl7ToFhirOptions) -> Value {
+    let value = n.c(1).text();
+    if value.is_empty() {
+        return Value::Null;
+    }
+    let auth = n.c(4);
+    json!({
+        "type": identifier_type(&n.c(5).text()),
+        "system": hd_system(auth, opts),
+        "value": value,
+        "period": {"start": date(&n.c(7).text()), "end": date(&n.c(8).text())},
+        "assigner": {"display": s(auth.s(1))},
+    })
+}
+
+/// EI (entity identifier) to Identifier, with an optional type code (table 0203).
+pub(crate) fn ei(n: Node<'_>, type_code: &str, opts: &Hl7ToFhirOptions) -> Value {
+    let value = n.c(1).text();
+    if value.is_empty() {
+        return Value::Null;
+    }
+    json!({
+        "type": identifier_type(type_code),
+        "system": authority_system(&n.c(2).text(), &n.c(3).text(), &n.c(4).text(), opts),
+        "value": value,
+    })
+}
+
+/// The `system|value` search token of an Identifier, escaped for a FHIR
+/// search parameter (`\`, `,`, `|`, `$`) and for a URL query.
+pub(crate) fn identifier_token(identifier: &Value) -> Option<String> {
+    let value = identifier.get("value")?.as_str()?;
+    let esc = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '\\' | ',' | '|' | '$' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                _ => out.push(c),
+            }
+        }
+        query_escape(&out)
+    };
+    Some(match identifier.get("system").and_then(Value::as_str) {
+        Some(sys) => format!("{}|{}", esc(sys), esc(value)),
+        None => esc(value),
+    })
+}
+
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:/\\@!*'(),".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Table 0200 name type to HumanName.use (the IG's ConceptMap).
+fn name_use(code: &str) -> Value {
+    match code {
+        "L" => json!("official"),
+        "D" => json!("usual"),
+        "M" => json!("maiden"),
+        "N" => json!("nickname"),
+        "S" => json!("anonymous"),
+        "TEMP" => json!("temp"),
+        "NOUSE" | "BAD" => json!("old"),
+        _ => Value::Null,
+    }
+}
+
+/// XPN to HumanName.
+pub(crate) fn xpn(n: Node<'_>) -> Value {
+    let family = n.c(1).s(1).text();
+    let given = n.c(2).text();
+    if family.is_empty() && given.is_empty() && n.c(3).is_empty() {
+        return Value::Null;
+    }
+    let period = if n.c(12).is_empty() && n.c(13).is_empty() {
+        json!({"start": date(&n.c(10).s(1).text()), "end": date(&n.c(10).s(2).text())})
+    } else {
+        json!({"start": date(&n.c(12).text()), "end": date(&n.c(13).text())})
+    };
+    json!({
+        "use": name_use(&n.c(7).text()),
+        "family": family,
+        "given": [given, s(n.c(3))],
+        "prefix": [s(n.c(5))],
+        "suffix": [s(n.c(4)), s(n.c(6))],
+        "period": period,
+    })
+}
+
+/// XAD to Address.
+pub(crate) fn xad(n: Node<'_>) -> Value {
+    let street = n.c(1).s(1).text();
+    if street.is_empty() && n.c(3).is_empty() && n.c(5).is_empty() && n.c(6).is_empty() && n.c(2).is_empty() {
+        return Value::Null;
+    }
+    let kind = n.c(7).text();
+    let (use_, type_) = match kind.as_ref() {
+        "H" | "P" => ("home", ""),
+        "B" | "O" => ("work", ""),
+        "C" => ("temp", ""),
+        "BA" => ("old", ""),
+        "BI" => ("billing", ""),
+        "M" => ("", "postal"),
+        "SH" => ("", "physical"),
+        _ => ("", ""),
+    };
+    let period = if n.c(13).is_empty() && n.c(14).is_empty() {
+        json!({"start": date(&n.c(12).s(1).text()), "end": date(&n.c(12).s(2).text())})
+    } else {
+        json!({"start": date(&n.c(13).text()), "end": date(&n.c(14).text())})
+    };
+    json!({
+        "use": use_,
+        "type": type_,
+        "line": [street, s(n.c(2))],
+        "city": s(n.c(3)),
+        "district": s(n.c(9)),
+        "state": s(n.c(4)),
+        "postalCode": s(n.c(5)),
+        "country": s(n.c(6)),
+        "period": period,
+    })
+}
+
+/// XTN to ContactPoint. `default_use` applies when XTN-2 is empty (PID-13
+/// is home, PID-14 work).
+pub(crate) fn xtn(n: Node<'_>, default_use: &str) -> Value {
+    let equip = n.c(3).text();
+    let email = matches!(equip.as_ref(), "Internet" | "X.400" | "NET");
+    let value = if email && !n.c(4).is_empty() {
+        n.c(4).text().into_owned()
+    } else if !n.c(1).is_empty() {
+        n.c(1).text().into_owned()
+    } else if !n.c(12).is_empty() {
+        n.c(12).text().into_owned()
+    } else {
+        let mut v = String::new();
+        for (c, pre) in [(5, "+"), (6, "("), (7, "")] {
+            let t = n.c(c).text();
+            if !t.is_empty() {
+                if !v.is_empty() {
+                    v.push(' ');
+                }
+                v.push_str(pre);
+                v.push_str(&t);
+                if c == 6 {
+                    v.push(')');
+                }
+            }
+        }
+        let ext = n.c(8).text();
+        if !ext.is_empty() && !v.is_empty() {
+            v.push_str(" ext. ");
+            v.push_str(&ext);
+        }
+        v
+    };
+    if value.is_empty() {
+        return Value::Null;
+    }
+    let system = match equip.as_ref() {
+        "PH" | "CP" | "SAT" => "phone",
+        "FX" => "fax",
+        "BP" => "pager",
+        "Internet" | "X.400" | "NET" => "email",
+        "" if email || value.contains('@') => "email",
+        "" => "phone",
+        _ => "other",
+    };
+    let use_ = match (n.c(2).text().as_ref(), equip.as_ref()) {
+        (_, "CP") => "mobile",
+        ("PRN" | "ORN" | "VHN", _) => "home",
+        ("WPN", _) => "work",
+        ("", _) => default_use,
+        _ => "",
+    };
+    let rank = n.c(18).text().parse::<u32>().ok().filter(|r| *r > 0);
+    json!({
+        "system": system,
+        "value": value,
+        "use": use_,
+        "rank": rank,
+        "period": {"start": date(&n.c(13).text()), "end": date(&n.c(14).text())},
+    })
+}
+
+/// A Coding; the system from the v2 mnemonic (options first) or
+/// `default_table` when the mnemonic is empty.
+pub(crate) fn coding(code: &str, display: &str, mnemonic: &str, default_table: &str, opts: &Hl7ToFhirOptions) -> Value {
+    let code = code.trim();
+    if code.is_empty() {
+        return Value::Null;
+    }
+    let system = if mnemonic.is_empty() {
+        (!default_table.is_empty()).then(|| terminology::v2_table(default_table))
+    } else {
+        opts.code_systems.get(mnemonic).cloned().or_else(|| terminology::system_uri(mnemonic))
+    };
+    json!({"system": system, "code": code, "display": display.trim()})
+}
+
+/// CWE/CE/CNE to CodeableConcept (primary and alternate coding, original
+/// text). `default_table` names the v2 table the field is bound to, used
+/// when CWE-3 is empty.
+pub(crate) fn cwe(n: Node<'_>, default_table: &str, opts: &Hl7ToFhirOptions) -> Value {
+    if n.is_empty() {
+        return Value::Null;
+    }
+    let primary = coding(&n.c(1).text(), &n.c(2).text(), &n.c(3).text(), default_table, opts);
+    let alternate = coding(&n.c(4).text(), &n.c(5).text(), &n.c(6).text(), "", opts);
+    let original = n.c(9).text();
+    let text = if !original.is_empty() {
+        Value::String(original.into_owned())
+    } else if primary.is_null() {
+        s(n.c(2))
+    } else {
+        Value::Null
+    };
+    if primary.is_null() && alternate.is_null() && text.is_null() {
+        return Value::Null;
+    }
+    json!({"coding": [primary, alternate], "text": text})
+}
+
+/// A CodeableConcept with only text.
+pub(crate) fn text_concept(t: &str) -> Value {
+    let t = t.trim();
+    if t.is_empty() { Value::Null } else { json!({"text": t}) }
+}
+
+/// XCN to (Identifier, HumanName) for a Practitioner.
+pub(crate) fn xcn(n: Node<'_>, opts: &Hl7ToFhirOptions) -> (Value, Value) {
+    let id = n.c(1).text();
+    let identifier = if id.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "type": identifier_type(&n.c(13).text()),
+            "system": hd_system(n.c(9), opts),
+            "value": id,
+        })
+    };
+    let family = n.c(2).s(1).text();
+    let name = if family.is_empty() && n.c(3).is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "use": name_use(&n.c(10).text()),
+            "family": family,
+            "given": [s(n.c(3)), s(n.c(4))],
+            "prefix": [s(n.c(6))],
+            "suffix": [s(n.c(5)), s(n.c(7))],
+        })
+    };
+    (identifier, name)
+}
+
+/// XON to (Identifier, name) for an Organization.
+pub(crate) fn xon(n: Node<'_>, opts: &Hl7ToFhirOptions) -> (Value, Value) {
+    let id = if n.c(10).is_empty() { n.c(3).text() } else { n.c(10).text() };
+    let identifier = if id.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "type": identifier_type(&n.c(7).text()),
+            "system": hd_system(n.c(6), opts),
+            "value": id,
+        })
+    };
+    (identifier, s(n.c(1)))
+}
+
+/// The parts of a PL (person location) that name a place, most general
+/// first: facility, building, floor, point of care, room, bed.
+pub(crate) fn pl_name(n: Node<'_>) -> Option<String> {
+    let parts: Vec<String> = [4, 7, 8, 1, 2, 3]
+        .into_iter()
+        .map(|c| n.c(c).text().into_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// The location-physical-type code of the most specific PL part given.
+pub(crate) fn pl_physical_type(n: Node<'_>) -> Value {
+    let (code, display) = if !n.c(3).is_empty() {
+        ("bd", "Bed")
+    } else if !n.c(2).is_empty() {
+        ("ro", "Room")
+    } else if !n.c(1).is_empty() {
+        ("wa", "Ward")
+    } else if !n.c(8).is_empty() {
+        ("lvl", "Level")
+    } else if !n.c(7).is_empty() {
+        ("bu", "Building")
+    } else {
+        ("si", "Site")
+    };
+    json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/location-physical-type",
+                       "code": code, "display": display}]})
+}
+
+/// A decimal for JSON from v2 NM text; None when not a number.
+pub(crate) fn decimal(t: &str) -> Option<Value> {
+    let t = t.trim();
+    let t = t.strip_prefix('+').unwrap_or(t);
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') {
+        return None;
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(Value::from(i));
+    }
+    let f = t.parse::<f64>().ok().filter(|f| f.is_finite())?;
+    serde_json::Number::from_f64(f).map(Value::Number)
+}
+
+/// Builds an object from pairs, skipping nulls (for hot paths where a
+/// json! with many nulls would allocate for nothing).
+#[allow(dead_code)]
+pub(crate) fn obj<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        if !v.is_null() {
+            m.insert(k.to_string(), v);
+        }
+    }
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v2::view::{Node, Seps};
+
+    fn opts() -> Hl7ToFhirOptions {
+        Hl7ToFhirOptions::default()
+    }
+
+    #[test]
+    fn dates_keep_precision_and_offset() {
+        let o = opts();
+        assert_eq!(date_time("198808181126+0215", &o), json!("1988-08-18T11:26:00+02:15"));
+        assert_eq!(date_time("20120314235954.325-0500", &o), json!("2012-03-14T23:59:54.325-05:00"));
+        assert_eq!(date_time("201203", &o), json!("2012-03"));
+        assert_eq!(date_time("2012", &o), json!("2012"));
+        assert_eq!(date_time("20120314", &o), json!("2012-03-14"));
+        // No offset and none configured: the date only, never a guessed zone.
+        assert_eq!(date_time("20150208113419", &o), json!("2015-02-08"));
+        let with = Hl7ToFhirOptions { default_offset: Some("+01:00".into()), ..opts() };
+        assert_eq!(date_time("20150208113419", &with), json!("2015-02-08T11:34:19+01:00"));
+        for bad in ["2012131", "20121301", "2012-03-14", "20120314+99", "0000", "abc", ""] {
+            assert_eq!(date_time(bad, &o), Value::Null, "{bad}");
+        }
+        assert_eq!(instant("20120314", &o), Value::Null);
+    }
+
+    #[test]
+    fn identifier_systems_come_from_the_assigning_authority() {
+        let seps = Seps::default();
+        let o = opts();
+        let id = cx(Node::new("PATID1234^5^M11^test1&2.16.1&HCD^MR^GOOD HEALTH HOSPITAL", seps), &o);
+        assert_eq!(id["system"], "urn:oid:2.16.1");
+        assert_eq!(id["value"], "PATID1234");
+        assert_eq!(id["type"]["coding"][0]["code"], "MR");
+        let id = cx(Node::new("123456789^^^USSSA^SS", seps), &o);
+        assert_eq!(id["system"], "urn:plexus:authority:USSSA");
+        let mut o2 = opts();
+        o2.identifier_systems.insert("USSSA".into(), "http://hl7.org/fhir/sid/us-ssn".into());
+        assert_eq!(cx(Node::new("123456789^^^USSSA^SS", seps), &o2)["system"], "http://hl7.org/fhir/sid/us-ssn");
+    }
+
+    #[test]
+    fn search_tokens_escape_separators() {
+        let t = identifier_token(&json!({"system": "urn:oid:1.2", "value": "a|b,c d"})).unwrap();
+        assert_eq!(t, "urn:oid:1.2|a\\%7Cb\\,c%20d");
+    }
+}

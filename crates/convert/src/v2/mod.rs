@@ -1,0 +1,105 @@
+//! HL7 v2 to FHIR R4: a message becomes a transaction Bundle.
+//!
+//! Dispatch is by MSH-9 (type and trigger event); each supported event maps
+//! its segments following the HL7 v2-to-FHIR Implementation Guide's message,
+//! segment and datatype maps where they speak, simplified where noted in the
+//! mappers. Every message gives a Patient (PID); the event decides the rest.
+//! The output is deterministic: no clock, no randomness; ids are hashes of
+//! identifying fields (see [`bundle`]).
+
+pub(crate) mod bundle;
+mod clinical;
+pub(crate) mod datatypes;
+mod patient;
+pub(crate) mod view;
+
+use serde_json::Value;
+
+use crate::error::ConvertError;
+use crate::options::Hl7ToFhirOptions;
+use bundle::Ctx;
+use view::Msg;
+
+/// The message types and events [`convert`] supports, for error messages.
+pub const SUPPORTED: &str = "supported: ADT^A01 A02 A03 A04 A05 A08 A11 A13 A28 A31 A40, ORU^R01, ORM^O01, \
+     SIU^S12 S13 S14 S15 S26, MDM^T02 T06, VXU^V04";
+
+/// Converts a message (its text) to a transaction Bundle.
+pub(crate) fn convert(text: &str, opts: &Hl7ToFhirOptions) -> Result<Value, ConvertError> {
+    opts.validate()?;
+    let msg = Msg::parse(text).ok_or_else(|| ConvertError::NotHl7("it does not start with an MSH segment".into()))?;
+    let msh = msg.seg("MSH").ok_or_else(|| ConvertError::NotHl7("no MSH segment".into()))?;
+    let kind = msh.f(9).c(1).text().into_owned();
+    let mut event = msh.f(9).c(2).text().into_owned();
+    if event.is_empty()
+        && let Some(evn) = msg.seg("EVN")
+    {
+        event = evn.f(1).text().into_owned();
+    }
+    let message_type = format!("{kind}^{event}");
+    let supported = match kind.as_str() {
+        "ADT" => matches!(
+            event.as_str(),
+            "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31" | "A40"
+        ),
+        "ORU" => event == "R01",
+        "ORM" => event == "O01",
+        "SIU" => matches!(event.as_str(), "S12" | "S13" | "S14" | "S15" | "S26"),
+        "MDM" => matches!(event.as_str(), "T02" | "T06"),
+        "VXU" => event == "V04",
+        _ => false,
+    };
+    if !supported {
+        return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED });
+    }
+    let pid = msg.seg("PID").ok_or_else(|| ConvertError::Missing { path: "PID segment".into() })?;
+    let mut ctx = Ctx::new(opts);
+    let mut subject = patient::patient(&mut ctx, pid, msg.seg("PD1"))?;
+    let with_visit = !(kind == "ADT" && matches!(event.as_str(), "A28" | "A31" | "A40"));
+    if with_visit {
+        patient::encounter(&mut ctx, &mut subject, msg.seg("PV1"), msg.seg("PV2"), &event);
+    }
+    match kind.as_str() {
+        "ADT" => {
+            if event == "A40" {
+                let mrg = msg.seg("MRG").ok_or_else(|| ConvertError::Missing { path: "MRG segment".into() })?;
+                patient::merge(&mut ctx, &subject, mrg)?;
+            } else {
+                for nk1 in msg.all("NK1") {
+                    patient::related_person(&mut ctx, &subject, nk1);
+                }
+                for al1 in msg.all("AL1") {
+                    patient::allergy(&mut ctx, &subject, al1);
+                }
+                for dg1 in msg.all("DG1") {
+                    patient::condition(&mut ctx, &subject, dg1);
+                }
+                for in1 in msg.all("IN1") {
+                    patient::coverage(&mut ctx, &subject, in1);
+                }
+            }
+        }
+        "ORU" => clinical::oru(&mut ctx, &msg, &subject)?,
+        "ORM" => {
+            for al1 in msg.all("AL1") {
+                patient::allergy(&mut ctx, &subject, al1);
+            }
+            for dg1 in msg.all("DG1") {
+                patient::condition(&mut ctx, &subject, dg1);
+            }
+            clinical::orm(&mut ctx, &msg, &subject)?;
+        }
+        "SIU" => clinical::siu(&mut ctx, &msg, &subject, &event)?,
+        "MDM" => clinical::mdm(&mut ctx, &msg, &subject, &event)?,
+        "VXU" => {
+            for nk1 in msg.all("NK1") {
+                patient::related_person(&mut ctx, &subject, nk1);
+            }
+            clinical::vxu(&mut ctx, &msg, &subject)?;
+        }
+        _ => return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED }),
+    }
+    // The Bundle's own id: sender and control id identify the message.
+    let identity = format!("{}|{}|{}", msh.f(3).text(), msh.f(4).text(), msh.f(10).text());
+    Ok(ctx.finish(&identity))
+}

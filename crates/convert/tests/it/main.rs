@@ -1,0 +1,6 @@
+//! Integration tests of plexus-convert (one binary: golden files, FHIR
+//! validation by an external validator, FHIR -> HL7 v2 with a peer MLLP
+//! listener, round trips).
+
+mod golden;
+mod support;
