@@ -1,0 +1,655 @@
+//! Matching the source's resources to the target's, and planning the
+//! writes.
+//!
+//! **Match keys.** A resource is matched by a business identifier when it
+//! has a usable one: system and value present, not `use = old`, not a
+//! social security number (it would go into URLs and the target's access
+//! logs), and unique among the synced resources of its type (Synthea's
+//! ExplanationOfBenefits all share one claim-group identifier, which would
+//! match every one of them). `official` identifiers are preferred, then
+//! medical record numbers (type `MR`), then `usual`, then document order.
+//! A resource without one gets a provenance identifier, system
+//! `urn:plexus:source:<source name>`, value `<Type>/<id>` on the source,
+//! added to the resource written, so the next run finds it again.
+//!
+//! **Look-up.** One search per type and identifier system, values OR-ed
+//! (`identifier=s|a,s|b`), all in one batch: the target's current copies
+//! come back in one or two requests. A key matching two target resources,
+//! or two source resources matching one target resource, is ambiguous: the
+//! resource fails rather than overwrite the wrong record.
+//!
+//! **Desired content.** The source resource without `id` and without the
+//! server-managed parts of `meta`, with the provenance identifier when it
+//! needs one, and every reference rewritten: to `Type/<target id>` when the
+//! target has the resource, to the `urn:uuid:` placeholder of the resource
+//! being created otherwise (the transaction resolves placeholders; the
+//! one-by-one writer replaces them as targets get ids). A reference to a
+//! resource that is not synced (missing on the source, beyond the depth
+//! limit) is removed, keeping its display text: pointing it at the source's
+//! id could name a different resource in the target. A resource referencing
+//! a resource that failed fails too. The desired content is compared with
+//! the target's copy ignoring `meta`: equal means unchanged, not written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{Map, Value, json};
+use url::Url;
+
+use crate::client::{FhirClient, Search};
+use crate::error::{ErrorClass, FhirError};
+use crate::reference::{self, RefTarget, Rewrite};
+use crate::resource::{self, ResourceKey};
+
+use super::collect::Collected;
+
+/// How a resource is found in the target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct MatchKey {
+    pub system: String,
+    pub value: String,
+    /// True for the provenance identifier Plexus adds.
+    pub provenance: bool,
+}
+
+impl MatchKey {
+    /// The token search value `system|value`, escaped.
+    pub fn token(&self) -> String {
+        format!(
+            "{}|{}",
+            resource::escape_search_value(&self.system),
+            resource::escape_search_value(&self.value)
+        )
+    }
+}
+
+/// The provenance identifier system for resources from `source`.
+pub(crate) fn provenance_system(source: &str) -> String {
+    format!("urn:plexus:source:{source}")
+}
+
+/// What to do with one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    /// Not in the target: create it.
+    Create,
+    /// In the target with other content: update it.
+    Update { target_id: String, version_id: Option<String> },
+    /// In the target with the same content.
+    Unchanged { target_id: String },
+    /// Cannot be synced.
+    Fail { class: ErrorClass, reason: String },
+}
+
+impl Action {
+    pub fn target_id(&self) -> Option<&str> {
+        match self {
+            Action::Update { target_id, .. } | Action::Unchanged { target_id } => Some(target_id),
+            _ => None,
+        }
+    }
+}
+
+/// One resource's plan.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub source: ResourceKey,
+    pub key: MatchKey,
+    pub action: Action,
+    /// What the target should hold (no `id`); references to resources
+    /// being created are their placeholders.
+    pub desired: Value,
+    /// The placeholder (`urn:uuid:...`) other resources use for this one
+    /// while it is being created.
+    pub placeholder: String,
+    /// Synced resources this one references (for ordering).
+    pub depends_on: Vec<ResourceKey>,
+}
+
+/// The whole plan, in the collected order.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub items: Vec<Planned>,
+    pub index: HashMap<ResourceKey, usize>,
+    /// References removed (to resources not synced), for the report.
+    pub removed_references: BTreeMap<ResourceKey, usize>,
+}
+
+impl Plan {
+    pub fn get(&self, key: &ResourceKey) -> Option<&Planned> {
+        self.index.get(key).map(|&i| &self.items[i])
+    }
+
+    pub fn count(&self, f: impl Fn(&Action) -> bool) -> usize {
+        self.items.iter().filter(|p| f(&p.action)).count()
+    }
+}
+
+/// Chooses each resource's match key.
+pub(crate) fn match_keys(collected: &Collected, source_name: &str) -> HashMap<ResourceKey, MatchKey> {
+    // (type, system, value) -> how many synced resources carry it.
+    let mut seen: HashMap<(String, String, String), usize> = HashMap::new();
+    for (key, r) in &collected.resources {
+        let mut once = HashSet::new();
+        for id in resource::identifiers(r) {
+            if let (Some(s), Some(v)) = (id.system, id.value)
+                && once.insert((s.clone(), v.clone()))
+            {
+                *seen.entry((key.resource_type.clone(), s, v)).or_default() += 1;
+            }
+        }
+    }
+    let provenance = provenance_system(source_name);
+    collected
+        .resources
+        .iter()
+        .map(|(key, r)| {
+            let best = resource::identifiers(r)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(pos, id)| {
+                    let system = id.system.clone().filter(|s| !s.is_empty())?;
+                    let value = id.value.clone().filter(|v| !v.is_empty())?;
+                    if id.use_.as_deref() == Some("old")
+                        || id.type_code.as_deref() == Some("SS")
+                        || system == "http://hl7.org/fhir/sid/us-ssn"
+                        || system == provenance
+                    {
+                        return None;
+                    }
+                    if seen.get(&(key.resource_type.clone(), system.clone(), value.clone())) != Some(&1) {
+                        return None;
+                    }
+                    let rank = match (id.use_.as_deref(), id.type_code.as_deref()) {
+                        (Some("official"), _) => 0,
+                        (_, Some("MR")) => 1,
+                        (Some("usual"), _) => 2,
+                        _ => 3,
+                    };
+                    Some((rank, pos, system, value))
+                })
+                .min_by_key(|(rank, pos, _, _)| (*rank, *pos));
+            let chosen = match best {
+                Some((_, _, system, value)) => MatchKey { system, value, provenance: false },
+                None => MatchKey { system: provenance.clone(), value: key.to_string(), provenance: true },
+            };
+            (key.clone(), chosen)
+        })
+        .collect()
+}
+
+/// A target resource found by the look-up.
+#[derive(Debug, Clone)]
+pub(crate) struct TargetCopy {
+    pub id: String,
+    pub resource: Value,
+}
+
+/// For each match key (by type), the target resources carrying it.
+pub(crate) type Lookup = HashMap<(String, String), Vec<TargetCopy>>;
+
+/// Searches the target for every key: one search per (type, system), values
+/// OR-ed in chunks, all through `get_many` (one batch when it can).
+pub(crate) async fn look_up(
+    target: &FhirClient,
+    keys: &HashMap<ResourceKey, MatchKey>,
+) -> Result<Lookup, FhirError> {
+    const VALUES_PER_SEARCH: usize = 40;
+    let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (source, key) in keys {
+        groups
+            .entry((source.resource_type.clone(), key.system.clone()))
+            .or_default()
+            .push(key.value.clone());
+    }
+    let mut searches = Vec::new();
+    for ((resource_type, system), mut values) in groups {
+        values.sort();
+        values.dedup();
+        for chunk in values.chunks(VALUES_PER_SEARCH) {
+            let tokens: Vec<String> = chunk
+                .iter()
+                .map(|v| {
+                    MatchKey { system: system.clone(), value: v.clone(), provenance: false }.token()
+                })
+                .collect();
+            searches.push(
+                Search::new(resource_type.clone())
+                    .param("identifier", tokens.join(","))
+                    .param("_count", (chunk.len() * 2 + 10).to_string()),
+            );
+        }
+    }
+    let urls: Vec<String> = searches.iter().map(Search::relative_url).collect();
+    let answers = target.get_many(&urls).await?;
+    let wanted: HashSet<(String, String, String)> = keys
+        .iter()
+        .map(|(s, k)| (s.resource_type.clone(), k.system.clone(), k.value.clone()))
+        .collect();
+    let mut found: Lookup = HashMap::new();
+    for (search, answer) in searches.iter().zip(answers) {
+        let results = target.remaining_pages(Some(search), answer?).await?;
+        for r in results.resources {
+            let (Some(t), Some(id)) = (resource::resource_type(&r), resource::id(&r)) else { continue };
+            if t != search.resource_type() {
+                continue;
+            }
+            let mut once = HashSet::new();
+            for ident in resource::identifiers(&r) {
+                let (Some(s), Some(v)) = (ident.system, ident.value) else { continue };
+                let k = (t.to_owned(), s, v);
+                if wanted.contains(&k) && once.insert(k.clone()) {
+                    let copies = found.entry((k.0.clone(), token_of(&k.1, &k.2))).or_default();
+                    if !copies.iter().any(|c| c.id == id) {
+                        copies.push(TargetCopy { id: id.to_owned(), resource: r.clone() });
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn token_of(system: &str, value: &str) -> String {
+    MatchKey { system: system.to_owned(), value: value.to_owned(), provenance: false }.token()
+}
+
+/// Types whose `identifier` is a single element (0..1) in R4.
+const SINGLE_IDENTIFIER_TYPES: &[&str] = &["Bundle", "Composition", "QuestionnaireResponse"];
+
+/// Builds the plan from what was read, the match keys and the look-up.
+pub(crate) fn plan(
+    collected: &Collected,
+    keys: &HashMap<ResourceKey, MatchKey>,
+    lookup: &Lookup,
+    source_base: &Url,
+) -> Plan {
+    let mut plan = Plan::default();
+
+    // 1. Match: which target resource is each source resource?
+    let mut claimed: HashMap<(String, String), Vec<ResourceKey>> = HashMap::new();
+    let mut matched: HashMap<ResourceKey, Result<Option<TargetCopy>, String>> = HashMap::new();
+    for (source, _) in &collected.resources {
+        let Some(key) = keys.get(source) else { continue };
+        let copies = lookup
+            .get(&(source.resource_type.clone(), key.token()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let m = match copies {
+            [] => Ok(None),
+            [one] => {
+                claimed
+                    .entry((source.resource_type.clone(), one.id.clone()))
+                    .or_default()
+                    .push(source.clone());
+                Ok(Some(one.clone()))
+            }
+            many => Err(format!(
+                "ambiguous match: {} {} resources in the target carry its identifier ({})",
+                many.len(),
+                source.resource_type,
+                if key.provenance { "provenance identifier" } else { "business identifier" },
+            )),
+        };
+        matched.insert(source.clone(), m);
+    }
+    for ((t, id), sources) in &claimed {
+        if sources.len() > 1 {
+            for s in sources {
+                matched.insert(
+                    s.clone(),
+                    Err(format!(
+                        "ambiguous match: {t}/{id} in the target carries the identifiers of {} source resources",
+                        sources.len()
+                    )),
+                );
+            }
+        }
+    }
+
+    // 2. Failures propagate to every resource that references a failed one.
+    let deps: HashMap<ResourceKey, Vec<ResourceKey>> = collected
+        .resources
+        .iter()
+        .map(|(k, r)| {
+            let d = reference::local_targets(r, source_base)
+                .into_iter()
+                .filter(|t| collected.index.contains_key(t) && t != k)
+                .collect();
+            (k.clone(), d)
+        })
+        .collect();
+    let mut failed: HashMap<ResourceKey, String> = matched
+        .iter()
+        .filter_map(|(k, m)| m.as_ref().err().map(|e| (k.clone(), e.clone())))
+        .collect();
+    loop {
+        let newly: Vec<(ResourceKey, String)> = deps
+            .iter()
+            .filter(|(k, _)| !failed.contains_key(*k))
+            .filter_map(|(k, d)| {
+                d.iter()
+                    .find(|t| failed.contains_key(*t))
+                    .map(|t| (k.clone(), format!("references {t}, which cannot be synced")))
+            })
+            .collect();
+        if newly.is_empty() {
+            break;
+        }
+        failed.extend(newly);
+    }
+
+    // 3. Placeholders for everything that will be created.
+    let placeholders: HashMap<ResourceKey, String> = collected
+        .resources
+        .iter()
+        .map(|(k, _)| (k.clone(), format!("urn:uuid:{}", uuid::Uuid::new_v4())))
+        .collect();
+    let target_ref = |k: &ResourceKey| -> Option<String> {
+        match matched.get(k) {
+            Some(Ok(Some(copy))) => Some(format!("{}/{}", k.resource_type, copy.id)),
+            Some(Ok(None)) => placeholders.get(k).cloned(),
+            _ => None,
+        }
+    };
+
+    // 4. Desired content and action.
+    for (source, r) in &collected.resources {
+        let Some(key) = keys.get(source) else { continue };
+        let placeholder = placeholders.get(source).cloned().unwrap_or_default();
+        let mut desired = r.clone();
+        let mut removed = 0;
+        if let Some(obj) = desired.as_object_mut() {
+            obj.remove("id");
+            strip_server_meta(obj);
+            if key.provenance {
+                add_identifier(obj, &source.resource_type, key);
+            }
+        }
+        reference::rewrite_references(&mut desired, &mut |reference| {
+            match reference::classify(reference, source_base) {
+                RefTarget::Local(k) if collected.index.contains_key(&k) => match target_ref(&k) {
+                    Some(t) => Rewrite::Replace(t),
+                    None => Rewrite::Keep, // the resource fails anyway (step 2)
+                },
+                RefTarget::Local(_) => {
+                    removed += 1;
+                    Rewrite::Remove
+                }
+                _ => Rewrite::Keep,
+            }
+        });
+        if removed > 0 {
+            plan.removed_references.insert(source.clone(), removed);
+        }
+        let action = if let Some(reason) = failed.get(source) {
+            Action::Fail { class: ErrorClass::Permanent, reason: reason.clone() }
+        } else {
+            match matched.get(source) {
+                Some(Ok(Some(copy))) if resource::same_content(&desired, &copy.resource) => {
+                    Action::Unchanged { target_id: copy.id.clone() }
+                }
+                Some(Ok(Some(copy))) => Action::Update {
+                    target_id: copy.id.clone(),
+                    version_id: resource::version_id(&copy.resource).map(str::to_owned),
+                },
+                _ => Action::Create,
+            }
+        };
+        plan.index.insert(source.clone(), plan.items.len());
+        plan.items.push(Planned {
+            source: source.clone(),
+            key: key.clone(),
+            action,
+            desired,
+            placeholder,
+            depends_on: deps.get(source).cloned().unwrap_or_default(),
+        });
+    }
+    plan
+}
+
+/// Drops what a server manages in `meta` (version, lastUpdated, source);
+/// profiles, tags and security labels stay. An emptied `meta` goes.
+fn strip_server_meta(obj: &mut Map<String, Value>) {
+    if let Some(Value::Object(meta)) = obj.get_mut("meta") {
+        for k in ["versionId", "lastUpdated", "source"] {
+            meta.remove(k);
+        }
+        if meta.is_empty() {
+            obj.remove("meta");
+        }
+    }
+}
+
+fn add_identifier(obj: &mut Map<String, Value>, resource_type: &str, key: &MatchKey) {
+    let ident = json!({"system": key.system, "value": key.value});
+    if SINGLE_IDENTIFIER_TYPES.contains(&resource_type) {
+        obj.entry("identifier").or_insert(ident);
+        return;
+    }
+    match obj.get_mut("identifier") {
+        Some(Value::Array(list)) => {
+            let present = list.iter().any(|i| {
+                i.get("system").and_then(Value::as_str) == Some(key.system.as_str())
+                    && i.get("value").and_then(Value::as_str) == Some(key.value.as_str())
+            });
+            if !present {
+                list.push(ident);
+            }
+        }
+        _ => {
+            obj.insert("identifier".into(), Value::Array(vec![ident]));
+        }
+    }
+}
+
+/// Strongly connected components of the resources to write, dependencies
+/// first (Tarjan's algorithm emits them in that order). Edges go from a
+/// resource to the resources it references that are being created: only
+/// those constrain the order, as the others already have target ids.
+pub(crate) fn write_order(plan: &Plan, to_write: &[usize]) -> Vec<Vec<usize>> {
+    let in_set: HashSet<usize> = to_write.iter().copied().collect();
+    let edges: HashMap<usize, Vec<usize>> = to_write
+        .iter()
+        .map(|&i| {
+            let targets = plan.items[i]
+                .depends_on
+                .iter()
+                .filter_map(|k| plan.index.get(k).copied())
+                .filter(|j| in_set.contains(j) && plan.items[*j].action == Action::Create)
+                .collect();
+            (i, targets)
+        })
+        .collect();
+    Tarjan::run(to_write, &edges)
+}
+
+struct Tarjan<'a> {
+    edges: &'a HashMap<usize, Vec<usize>>,
+    index: HashMap<usize, usize>,
+    low: HashMap<usize, usize>,
+    on_stack: HashSet<usize>,
+    stack: Vec<usize>,
+    next: usize,
+    out: Vec<Vec<usize>>,
+}
+
+impl<'a> Tarjan<'a> {
+    fn run(nodes: &[usize], edges: &'a HashMap<usize, Vec<usize>>) -> Vec<Vec<usize>> {
+        let mut t = Tarjan {
+            edges,
+            index: HashMap::new(),
+            low: HashMap::new(),
+            on_stack: HashSet::new(),
+            stack: Vec::new(),
+            next: 0,
+            out: Vec::new(),
+        };
+        for &n in nodes {
+            if !t.index.contains_key(&n) {
+                t.visit(n);
+            }
+        }
+        t.out
+    }
+
+    /// Iterative, so a long reference chain cannot overflow the stack.
+    fn visit(&mut self, root: usize) {
+        let mut work: Vec<(usize, usize)> = vec![(root, 0)];
+        self.open(root);
+        while let Some(&mut (node, ref mut pos)) = work.last_mut() {
+            let succ = self.edges.get(&node).and_then(|e| e.get(*pos)).copied();
+            if let Some(next) = succ {
+                *pos += 1;
+                if !self.index.contains_key(&next) {
+                    self.open(next);
+                    work.push((next, 0));
+                } else if self.on_stack.contains(&next) {
+                    let l = self.low[&node].min(self.index[&next]);
+                    self.low.insert(node, l);
+                }
+                continue;
+            }
+            work.pop();
+            if let Some(&(parent, _)) = work.last() {
+                let l = self.low[&parent].min(self.low[&node]);
+                self.low.insert(parent, l);
+            }
+            if self.low[&node] == self.index[&node] {
+                let mut component = Vec::new();
+                while let Some(m) = self.stack.pop() {
+                    self.on_stack.remove(&m);
+                    component.push(m);
+                    if m == node {
+                        break;
+                    }
+                }
+                component.reverse();
+                self.out.push(component);
+            }
+        }
+    }
+
+    fn open(&mut self, n: usize) {
+        self.index.insert(n, self.next);
+        self.low.insert(n, self.next);
+        self.next += 1;
+        self.stack.push(n);
+        self.on_stack.insert(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected(resources: Vec<Value>) -> Collected {
+        let mut c = Collected::default();
+        for r in resources {
+            let k = ResourceKey::of(&r).expect("key");
+            c.index.insert(k.clone(), c.resources.len());
+            c.resources.push((k, r));
+        }
+        c
+    }
+
+    fn base() -> Url {
+        Url::parse("http://ehr/fhir").expect("url")
+    }
+
+    #[test]
+    fn match_key_prefers_official_then_mr_and_skips_shared_ssn_and_old() {
+        let c = collected(vec![
+            json!({"resourceType": "Patient", "id": "p", "identifier": [
+                {"system": "urn:synthea", "value": "1"},
+                {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999", "type": {"coding": [{"code": "SS"}]}},
+                {"system": "urn:mrn", "value": "M1", "type": {"coding": [{"code": "MR"}]}},
+                {"system": "urn:old", "value": "O", "use": "old"}]}),
+            json!({"resourceType": "ExplanationOfBenefit", "id": "e1", "identifier": [
+                {"system": "urn:group", "value": "9"}, {"system": "urn:claim", "value": "a"}]}),
+            json!({"resourceType": "ExplanationOfBenefit", "id": "e2", "identifier": [
+                {"system": "urn:group", "value": "9"}, {"system": "urn:claim", "value": "b"}]}),
+            json!({"resourceType": "Observation", "id": "o1"}),
+        ]);
+        let keys = match_keys(&c, "ehr");
+        let get = |t: &str, id: &str| keys[&ResourceKey::new(t, id)].clone();
+        assert_eq!(get("Patient", "p").value, "M1");
+        assert_eq!(get("ExplanationOfBenefit", "e1").value, "a");
+        assert_eq!(get("ExplanationOfBenefit", "e2").value, "b");
+        let o = get("Observation", "o1");
+        assert!(o.provenance);
+        assert_eq!((o.system.as_str(), o.value.as_str()), ("urn:plexus:source:ehr", "Observation/o1"));
+    }
+
+    #[test]
+    fn plan_rewrites_references_removes_unsynced_ones_and_detects_unchanged() {
+        let c = collected(vec![
+            json!({"resourceType": "Patient", "id": "p", "identifier": [{"system": "urn:mrn", "value": "1"}]}),
+            json!({"resourceType": "Observation", "id": "o", "meta": {"versionId": "3", "profile": ["x"]},
+                   "subject": {"reference": "http://ehr/fhir/Patient/p"},
+                   "performer": [{"reference": "Practitioner/gone", "display": "Dr"}]}),
+        ]);
+        let keys = match_keys(&c, "ehr");
+        let mut lookup = Lookup::new();
+        lookup.insert(
+            ("Patient".into(), "urn:mrn|1".into()),
+            vec![TargetCopy {
+                id: "T1".into(),
+                resource: json!({"resourceType": "Patient", "id": "T1", "meta": {"versionId": "8"},
+                                 "identifier": [{"system": "urn:mrn", "value": "1"}]}),
+            }],
+        );
+        let p = plan(&c, &keys, &lookup, &base());
+        let patient = p.get(&ResourceKey::new("Patient", "p")).expect("planned");
+        assert_eq!(patient.action, Action::Unchanged { target_id: "T1".into() });
+        let obs = p.get(&ResourceKey::new("Observation", "o")).expect("planned");
+        assert_eq!(obs.action, Action::Create);
+        assert_eq!(
+            obs.desired,
+            json!({"resourceType": "Observation", "meta": {"profile": ["x"]},
+                   "subject": {"reference": "Patient/T1"},
+                   "performer": [{"display": "Dr"}],
+                   "identifier": [{"system": "urn:plexus:source:ehr", "value": "Observation/o"}]})
+        );
+        assert_eq!(p.removed_references.get(&ResourceKey::new("Observation", "o")), Some(&1));
+    }
+
+    #[test]
+    fn ambiguous_match_fails_the_resource_and_its_dependents() {
+        let c = collected(vec![
+            json!({"resourceType": "Practitioner", "id": "dr", "identifier": [{"system": "urn:npi", "value": "5"}]}),
+            json!({"resourceType": "Encounter", "id": "e", "participant": [{"individual": {"reference": "Practitioner/dr"}}]}),
+            json!({"resourceType": "Observation", "id": "o", "encounter": {"reference": "Encounter/e"}}),
+            json!({"resourceType": "Observation", "id": "free"}),
+        ]);
+        let keys = match_keys(&c, "ehr");
+        let copy = |id: &str| TargetCopy { id: id.into(), resource: json!({"resourceType": "Practitioner", "id": id}) };
+        let mut lookup = Lookup::new();
+        lookup.insert(("Practitioner".into(), "urn:npi|5".into()), vec![copy("a"), copy("b")]);
+        let p = plan(&c, &keys, &lookup, &base());
+        for id in [("Practitioner", "dr"), ("Encounter", "e"), ("Observation", "o")] {
+            let item = p.get(&ResourceKey::new(id.0, id.1)).expect("planned");
+            assert!(matches!(item.action, Action::Fail { .. }), "{id:?}: {:?}", item.action);
+        }
+        assert_eq!(p.get(&ResourceKey::new("Observation", "free")).map(|i| &i.action), Some(&Action::Create));
+    }
+
+    #[test]
+    fn write_order_puts_dependencies_first_and_groups_cycles() {
+        // a -> b -> c -> b (cycle b,c), d independent; all created.
+        let c = collected(vec![
+            json!({"resourceType": "Observation", "id": "a", "hasMember": [{"reference": "Observation/b"}]}),
+            json!({"resourceType": "Observation", "id": "b", "hasMember": [{"reference": "Observation/c"}]}),
+            json!({"resourceType": "Observation", "id": "c", "hasMember": [{"reference": "Observation/b"}]}),
+            json!({"resourceType": "Observation", "id": "d"}),
+        ]);
+        let keys = match_keys(&c, "ehr");
+        let p = plan(&c, &keys, &Lookup::new(), &base());
+        let order = write_order(&p, &[0, 1, 2, 3]);
+        let pos = |i: usize| order.iter().position(|scc| scc.contains(&i)).expect("in order");
+        assert_eq!(order.len(), 3);
+        assert_eq!(pos(1), pos(2), "b and c form one component");
+        assert!(pos(1) < pos(0), "b before a");
+        assert_eq!(order[pos(1)].len(), 2);
+    }
+}
