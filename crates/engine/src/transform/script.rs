@@ -1,0 +1,504 @@
+//! The JavaScript step: one QuickJS runtime per run, in a sandbox.
+//!
+//! Why a fresh runtime and context for every message: a context keeps the
+//! script's globals, so reusing one would let one message's run influence
+//! the next (a counter, a cached value, a patched built-in), which breaks
+//! both isolation between patients and the determinism retries rely on.
+//! Creating a runtime and a full context costs about 0.1 ms in a release
+//! build, small beside what a script does and what delivery costs.
+//!
+//! The sandbox is what QuickJS does not have rather than what we remove:
+//! rquickjs links only the engine (no quickjs-libc, so no `std`/`os`
+//! modules, `print`, timers, files or sockets), and no module loader is
+//! installed, so `import()` fails. The only objects that reach outside are
+//! the ones installed here (`msg`, `channelMap`, `destinationSet`,
+//! `logger`), and they touch only this run's copy of the message, map and
+//! routing, which are written back only if the script succeeds.
+//!
+//! Limits: the runtime's memory limit (QuickJS refuses allocations past
+//! it), its stack limit (a RangeError past it), and a deadline checked by
+//! the interrupt handler QuickJS calls regularly while running bytecode
+//! (also inside promise jobs).
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hl7v2::{Delimiters, Message, Path, Presence};
+use rquickjs::context::EvalOptions;
+use rquickjs::convert::Coerced;
+use rquickjs::function::Opt;
+use rquickjs::{CaughtError, CatchResultExt, Context, Ctx, Exception, FromJs, Function, Object, Runtime, Value};
+
+use super::{TransformContext, TransformError, TransformOutcome, remove_segments, segment_ref};
+
+/// The script is run as the body of a function, as Mirth does, so `return`
+/// works and `var`s stay local. The prefix has no newline so line numbers
+/// are the script's own; columns on line 1 are shifted by its length.
+const PREFIX: &str = "(function(){";
+/// The suffix starts on a new line so a `//` comment on the script's last
+/// line cannot swallow it.
+const SUFFIX: &str = "\n})()";
+
+/// Longest text a `logger` call writes (characters).
+const MAX_LOG_CHARS: usize = 2000;
+
+/// A step's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) timeout: Duration,
+    pub(crate) memory_bytes: usize,
+    pub(crate) stack_bytes: usize,
+}
+
+/// A compiled (syntax-checked) script.
+#[derive(Debug)]
+pub(crate) struct Script {
+    /// The script wrapped in [`PREFIX`] and [`SUFFIX`].
+    wrapped: String,
+    /// Shown as the file name in QuickJS's stack traces: the script's file,
+    /// or the step's config path for an inline script.
+    label: String,
+    limits: Limits,
+}
+
+/// What the run's JavaScript objects read and write. Shared by the native
+/// functions installed in the context; written back to the caller's message,
+/// context and outcome only when the script succeeds.
+struct State {
+    msg: Message,
+    channel_map: BTreeMap<String, String>,
+    outcome: TransformOutcome,
+    step: String,
+    channel: String,
+    message_id: String,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+/// How a run failed, before it is turned into a [`TransformError`].
+enum Failure {
+    /// An exception: its name and message and where QuickJS says it was.
+    Thrown { message: String, line: Option<u32>, column: Option<u32> },
+    /// An uncaught `null`/`undefined`: what QuickJS throws when it runs out
+    /// of memory so completely that it cannot allocate the error object.
+    Nullish,
+    /// The engine could not be set up.
+    Engine(String),
+}
+
+impl Script {
+    pub(crate) fn new(source: String, label: String, limits: Limits) -> Script {
+        Script { wrapped: format!("{PREFIX}{source}{SUFFIX}"), label, limits }
+    }
+
+    /// Parses the script without running it (the wrapper function is
+    /// created, not called). `Err` is the message for `plexus check`.
+    pub(crate) fn check_syntax(&self) -> Result<(), String> {
+        let definition = &self.wrapped[..self.wrapped.len() - 2]; // drop the call "()"
+        let runtime = self.runtime().map_err(|e| format!("the JavaScript engine could not start: {e}"))?;
+        let deadline = Instant::now() + self.limits.timeout.max(Duration::from_secs(1));
+        let interrupted = Rc::new(Cell::new(false));
+        set_deadline(&runtime, deadline, &interrupted);
+        let context = Context::full(&runtime).map_err(|e| format!("the JavaScript engine could not start: {e}"))?;
+        let result = context.with(|cx| {
+            let evaluated: Result<Value, _> = cx.eval_with_options(definition, self.eval_options()).catch(&cx);
+            evaluated.map(|_| ()).map_err(|e| self.failure(&cx, e))
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(Failure::Thrown { message, line, column }) => {
+                Err(format!("does not compile{}: {message}", super::at(line, column)))
+            }
+            Err(Failure::Nullish) => Err("does not compile: the memory limit is too small to parse it".into()),
+            Err(Failure::Engine(e)) => Err(format!("the JavaScript engine could not start: {e}")),
+        }
+    }
+
+    /// Runs the script on `msg` (a copy, written back on success).
+    pub(crate) fn run(
+        &self,
+        step: &str,
+        msg: &mut Message,
+        ctx: &mut TransformContext,
+        outcome: &mut TransformOutcome,
+    ) -> Result<(), TransformError> {
+        let engine_error = |reason: String| TransformError::Engine { step: step.to_owned(), reason };
+        let runtime = self.runtime().map_err(|e| engine_error(e.to_string()))?;
+        let interrupted = Rc::new(Cell::new(false));
+        set_deadline(&runtime, Instant::now() + self.limits.timeout, &interrupted);
+        let state: Shared = Rc::new(RefCell::new(State {
+            msg: msg.clone(),
+            channel_map: ctx.channel_map.clone(),
+            outcome: outcome.clone(),
+            step: step.to_owned(),
+            channel: ctx.channel.clone(),
+            message_id: ctx.message_id.clone(),
+        }));
+        let result = match Context::full(&runtime) {
+            Err(e) => Err(Failure::Engine(e.to_string())),
+            Ok(context) => context.with(|cx| {
+                install(&cx, &state).map_err(|e| Failure::Engine(format!("installing the script's objects: {e}")))?;
+                let evaluated: Result<Value, _> =
+                    cx.eval_with_options(self.wrapped.as_str(), self.eval_options()).catch(&cx);
+                evaluated.map_err(|e| self.failure(&cx, e))?;
+                // Promise callbacks the script queued run now, still under
+                // the deadline; the run is over when none is left.
+                while cx.execute_pending_job() {}
+                Ok(())
+            }),
+        };
+        if interrupted.get() {
+            return Err(TransformError::Timeout { step: step.to_owned(), limit: self.limits.timeout });
+        }
+        match result {
+            Ok(()) => {
+                let mut s = state.borrow_mut();
+                *msg = std::mem::replace(&mut s.msg, Message::new(Delimiters::default()));
+                ctx.channel_map = std::mem::take(&mut s.channel_map);
+                *outcome = std::mem::take(&mut s.outcome);
+                Ok(())
+            }
+            Err(Failure::Nullish) => {
+                Err(TransformError::MemoryLimit { step: step.to_owned(), limit_bytes: self.limits.memory_bytes })
+            }
+            Err(Failure::Thrown { message, .. }) if is_out_of_memory(&message) => {
+                Err(TransformError::MemoryLimit { step: step.to_owned(), limit_bytes: self.limits.memory_bytes })
+            }
+            Err(Failure::Thrown { message, line, column }) => {
+                Err(TransformError::Script { step: step.to_owned(), message, line, column })
+            }
+            Err(Failure::Engine(reason)) => Err(engine_error(reason)),
+        }
+    }
+
+    /// A runtime for one run; dropping it frees everything the script made.
+    fn runtime(&self) -> rquickjs::Result<Runtime> {
+        let runtime = Runtime::new()?;
+        runtime.set_memory_limit(self.limits.memory_bytes);
+        runtime.set_max_stack_size(self.limits.stack_bytes);
+        Ok(runtime)
+    }
+
+    fn eval_options(&self) -> EvalOptions {
+        let mut options = EvalOptions::default();
+        options.global = true;
+        options.strict = false;
+        options.backtrace_barrier = true;
+        options.promise = false;
+        options.filename = Some(self.label.clone());
+        options
+    }
+
+    /// Reads what was thrown: name, message, and the line and column of the
+    /// first stack frame in this script.
+    fn failure<'js>(&self, cx: &Ctx<'js>, error: CaughtError<'js>) -> Failure {
+        match error {
+            CaughtError::Exception(e) => {
+                let name: Option<String> = e.as_object().get("name").ok();
+                let message = e.message().unwrap_or_default();
+                let message = match name {
+                    Some(n) if !n.is_empty() && !message.starts_with(&n) => format!("{n}: {message}"),
+                    _ => message,
+                };
+                let (line, column) = e.stack().map(|s| self.position(&s)).unwrap_or_default();
+                Failure::Thrown { message, line, column }
+            }
+            CaughtError::Value(v) if v.is_null() || v.is_undefined() => Failure::Nullish,
+            CaughtError::Value(v) => {
+                let shown = Coerced::<String>::from_js(cx, v).map(|c| c.0).unwrap_or_else(|_| "a value".into());
+                Failure::Thrown { message: format!("uncaught exception: {}", truncate(&shown)), line: None, column: None }
+            }
+            CaughtError::Error(e) => Failure::Thrown { message: e.to_string(), line: None, column: None },
+        }
+    }
+
+    /// The first `label:LINE:COL` in a QuickJS stack trace, with the column
+    /// of line 1 corrected for [`PREFIX`].
+    fn position(&self, stack: &str) -> (Option<u32>, Option<u32>) {
+        let needle = format!("{}:", self.label);
+        for (i, _) in stack.match_indices(&needle) {
+            let rest = &stack[i + needle.len()..];
+            let line_text: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            let Ok(line) = line_text.parse::<u32>() else { continue };
+            let column = rest[line_text.len()..]
+                .strip_prefix(':')
+                .map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>())
+                .and_then(|c| c.parse::<u32>().ok())
+                .map(|c| if line == 1 { c.saturating_sub(PREFIX.len() as u32).max(1) } else { c });
+            return (Some(line), column);
+        }
+        (None, None)
+    }
+}
+
+fn set_deadline(runtime: &Runtime, deadline: Instant, interrupted: &Rc<Cell<bool>>) {
+    let flag = Rc::clone(interrupted);
+    runtime.set_interrupt_handler(Some(Box::new(move || {
+        let stop = Instant::now() >= deadline;
+        if stop {
+            flag.set(true);
+        }
+        stop
+    })));
+}
+
+fn is_out_of_memory(message: &str) -> bool {
+    message.ends_with("out of memory")
+}
+
+fn truncate(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(MAX_LOG_CHARS) {
+        None => Cow::Borrowed(text),
+        Some((i, _)) => Cow::Owned(format!("{}...", &text[..i])),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The objects scripts see.
+
+/// Borrows the run's state, or throws if it is already borrowed (it cannot
+/// be: native functions do not call back into JavaScript while holding it,
+/// but a panic must never unwind through QuickJS).
+fn state<'a, 'js>(cx: &Ctx<'js>, shared: &'a Shared) -> rquickjs::Result<std::cell::RefMut<'a, State>> {
+    shared.try_borrow_mut().map_err(|_| Exception::throw_internal(cx, "re-entrant call into the message"))
+}
+
+fn parse_path(cx: &Ctx<'_>, function: &str, text: &str) -> rquickjs::Result<Path> {
+    Path::parse(text).map_err(|e| {
+        Exception::throw_type(
+            cx,
+            &format!("{function}: invalid path {text:?}: expected {} at character {}", e.reason, e.position + 1),
+        )
+    })
+}
+
+/// A value given to `set`/`put`: `null` and `undefined` are the empty
+/// string, anything else is converted as JavaScript's `String(value)` does.
+fn text_of<'js>(cx: &Ctx<'js>, value: Opt<Value<'js>>) -> rquickjs::Result<String> {
+    match value.0 {
+        None => Ok(String::new()),
+        Some(v) if v.is_null() || v.is_undefined() => Ok(String::new()),
+        Some(v) => Ok(Coerced::<String>::from_js(cx, v)?.0),
+    }
+}
+
+fn install<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<()> {
+    let globals = cx.globals();
+    globals.set("msg", message_object(cx, shared)?)?;
+    globals.set("channelMap", channel_map_object(cx, shared)?)?;
+    globals.set("destinationSet", destination_set_object(cx, shared)?)?;
+    globals.set("logger", logger_object(cx, shared)?)?;
+    Ok(())
+}
+
+fn message_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Object<'js>> {
+    let msg = Object::new(cx.clone())?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "get",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, path: String| -> rquickjs::Result<String> {
+            let path = parse_path(&cx, "msg.get", &path)?;
+            let st = state(&cx, &s)?;
+            Ok(st.msg.valued(path).map(Cow::into_owned).unwrap_or_default())
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "exists",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, target: String| -> rquickjs::Result<bool> {
+            if let Some((name, occurrence)) = segment_ref(&target) {
+                let st = state(&cx, &s)?;
+                return Ok(st.msg.segment_occurrence(name, occurrence.unwrap_or(1)).is_some());
+            }
+            let path = parse_path(&cx, "msg.exists", &target)?;
+            let st = state(&cx, &s)?;
+            Ok(st.msg.presence(path) == Presence::Valued)
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "set",
+        Function::new(
+            cx.clone(),
+            move |cx: Ctx<'js>, path: String, value: Opt<Value<'js>>| -> rquickjs::Result<()> {
+                // Convert first: String(value) may run the script's own
+                // toString, which may call msg.get.
+                let value = text_of(&cx, value)?;
+                let path = parse_path(&cx, "msg.set", &path)?;
+                let mut st = state(&cx, &s)?;
+                st.msg
+                    .set(path, &value)
+                    .map_err(|e| Exception::throw_message(&cx, &format!("msg.set({path}): {e}")))
+            },
+        )?,
+    )?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "delete",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, target: String| -> rquickjs::Result<()> {
+            if let Some((name, occurrence)) = segment_ref(&target) {
+                if name == "MSH" {
+                    return Err(Exception::throw_message(&cx, "msg.delete: the MSH segment cannot be deleted"));
+                }
+                let mut st = state(&cx, &s)?;
+                remove_segments(&mut st.msg, name, occurrence);
+                return Ok(());
+            }
+            let path = parse_path(&cx, "msg.delete", &target)?;
+            let mut st = state(&cx, &s)?;
+            super::clear(&mut st.msg, &path)
+                .map_err(|e| Exception::throw_message(&cx, &format!("msg.delete({path}): {e}")))
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "count",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, name: String| -> rquickjs::Result<u32> {
+            let st = state(&cx, &s)?;
+            Ok(u32::try_from(st.msg.segments_named(&name).count()).unwrap_or(u32::MAX))
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "addSegment",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, raw: String| -> rquickjs::Result<()> {
+            let mut st = state(&cx, &s)?;
+            st.msg
+                .push_segment(raw.as_bytes())
+                .map(|_| ())
+                .map_err(|e| Exception::throw_message(&cx, &format!("msg.addSegment: {e}")))
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    msg.set(
+        "toString",
+        Function::new(cx.clone(), move |cx: Ctx<'js>| -> rquickjs::Result<String> {
+            let st = state(&cx, &s)?;
+            Ok(String::from_utf8_lossy(&st.msg.to_standard_form()).into_owned())
+        })?,
+    )?;
+    Ok(msg)
+}
+
+fn channel_map_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Object<'js>> {
+    let map = Object::new(cx.clone())?;
+
+    let s = Rc::clone(shared);
+    map.set(
+        "get",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, key: Coerced<String>| -> rquickjs::Result<Option<String>> {
+            Ok(state(&cx, &s)?.channel_map.get(&key.0).cloned())
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    map.set(
+        "put",
+        Function::new(
+            cx.clone(),
+            move |cx: Ctx<'js>, key: Coerced<String>, value: Opt<Value<'js>>| -> rquickjs::Result<Option<String>> {
+                let value = text_of(&cx, value)?;
+                Ok(state(&cx, &s)?.channel_map.insert(key.0, value))
+            },
+        )?,
+    )?;
+
+    let s = Rc::clone(shared);
+    map.set(
+        "containsKey",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, key: Coerced<String>| -> rquickjs::Result<bool> {
+            Ok(state(&cx, &s)?.channel_map.contains_key(&key.0))
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    map.set(
+        "remove",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, key: Coerced<String>| -> rquickjs::Result<Option<String>> {
+            Ok(state(&cx, &s)?.channel_map.remove(&key.0))
+        })?,
+    )?;
+    Ok(map)
+}
+
+fn destination_set_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Object<'js>> {
+    let set = Object::new(cx.clone())?;
+
+    let s = Rc::clone(shared);
+    set.set(
+        "removeAllExcept",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, names: Value<'js>| -> rquickjs::Result<()> {
+            let names: Vec<String> = match names.as_array() {
+                Some(array) => array
+                    .iter::<Coerced<String>>()
+                    .map(|n| n.map(|c| c.0))
+                    .collect::<rquickjs::Result<_>>()?,
+                None => vec![Coerced::<String>::from_js(&cx, names)?.0],
+            };
+            let mut st = state(&cx, &s)?;
+            let step = format!("{} (destinationSet.removeAllExcept)", st.step);
+            st.outcome.keep_only(names.iter().map(String::as_str), &step);
+            Ok(())
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    set.set(
+        "remove",
+        Function::new(cx.clone(), move |cx: Ctx<'js>, name: Coerced<String>| -> rquickjs::Result<()> {
+            let mut st = state(&cx, &s)?;
+            let step = format!("{} (destinationSet.remove)", st.step);
+            st.outcome.remove(&name.0, &step);
+            Ok(())
+        })?,
+    )?;
+
+    let s = Rc::clone(shared);
+    set.set(
+        "removeAll",
+        Function::new(cx.clone(), move |cx: Ctx<'js>| -> rquickjs::Result<()> {
+            let mut st = state(&cx, &s)?;
+            let step = format!("{} (destinationSet.removeAll)", st.step);
+            st.outcome.remove_all(&step);
+            Ok(())
+        })?,
+    )?;
+    Ok(set)
+}
+
+fn logger_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Object<'js>> {
+    let logger = Object::new(cx.clone())?;
+    for level in ["debug", "info", "warn", "error"] {
+        let s = Rc::clone(shared);
+        logger.set(
+            level,
+            Function::new(cx.clone(), move |cx: Ctx<'js>, text: Opt<Value<'js>>| -> rquickjs::Result<()> {
+                let text = text_of(&cx, text)?;
+                let st = state(&cx, &s)?;
+                // Always debug: scripts log field values, and patient data
+                // must not reach the log at info or above.
+                tracing::debug!(
+                    target: "plexus::script",
+                    channel = %st.channel,
+                    message_id = %st.message_id,
+                    step = %st.step,
+                    level,
+                    "{}",
+                    truncate(&text)
+                );
+                Ok(())
+            })?,
+        )?;
+    }
+    Ok(logger)
+}
