@@ -26,8 +26,16 @@ pub use error::{ConvertError, ErrorClass};
 pub use options::{FhirToHl7Options, Hl7ToFhirOptions, TargetMessage};
 pub use v2::SUPPORTED;
 
-/// Converts an HL7 v2 message (its text; CR, LF or CRLF between segments)
-/// to a FHIR R4 transaction Bundle.
+/// Converts an HL7 v2 message to a FHIR R4 transaction Bundle.
+///
+/// Dispatches on MSH-9; an unsupported type or event is
+/// [`ConvertError::UnsupportedMessage`] naming it. See [`SUPPORTED`].
+pub fn hl7_to_fhir(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Result<serde_json::Value, ConvertError> {
+    v2::convert(message, options)
+}
+
+/// Parses `message` (CR, LF or CRLF between segments) and converts it like
+/// [`hl7_to_fhir`].
 ///
 /// ```
 /// let msg = "MSH|^~\\&|LAB|HOSP|||20240101120000+0100||ADT^A04^ADT_A01|1|P|2.5.1\r\
@@ -37,5 +45,6 @@ pub use v2::SUPPORTED;
 /// assert_eq!(bundle["entry"][0]["request"]["url"], "Patient?identifier=urn:oid:1.2.3|123");
 /// ```
 pub fn hl7_to_fhir_text(message: &str, options: &Hl7ToFhirOptions) -> Result<serde_json::Value, ConvertError> {
-    v2::convert(message, options)
+    let parsed = hl7v2::Message::parse(message.as_bytes()).map_err(|e| ConvertError::NotHl7(e.to_string()))?;
+    v2::convert(&parsed, options)
 }

@@ -277,7 +277,14 @@ pub(crate) fn xpn(n: Node<'_>) -> Value {
 
 /// XAD to Address.
 pub(crate) fn xad(n: Node<'_>) -> Value {
-    let street = n.c(1).s(1).text();
+    // SAD: street address, street name, dwelling number. Senders split a
+    // street either way; joining the parts keeps the whole line.
+    let sad = n.c(1);
+    let street = [sad.s(1).text(), sad.s(2).text(), sad.s(3).text()]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     if street.is_empty() && n.c(3).is_empty() && n.c(5).is_empty() && n.c(6).is_empty() && n.c(2).is_empty() {
         return Value::Null;
     }
@@ -518,7 +525,7 @@ pub(crate) fn obj<const N: usize>(pairs: [(&str, Value); N]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v2::view::{Node, Seps};
+    use crate::v2::view::tests::node;
 
     fn opts() -> Hl7ToFhirOptions {
         Hl7ToFhirOptions::default()
@@ -544,17 +551,16 @@ mod tests {
 
     #[test]
     fn identifier_systems_come_from_the_assigning_authority() {
-        let seps = Seps::default();
         let o = opts();
-        let id = cx(Node::new("PATID1234^5^M11^test1&2.16.1&HCD^MR^GOOD HEALTH HOSPITAL", seps), &o);
+        let id = cx(node("PATID1234^5^M11^test1&2.16.1&HCD^MR^GOOD HEALTH HOSPITAL"), &o);
         assert_eq!(id["system"], "urn:oid:2.16.1");
         assert_eq!(id["value"], "PATID1234");
         assert_eq!(id["type"]["coding"][0]["code"], "MR");
-        let id = cx(Node::new("123456789^^^USSSA^SS", seps), &o);
+        let id = cx(node("123456789^^^USSSA^SS"), &o);
         assert_eq!(id["system"], "urn:plexus:authority:USSSA");
         let mut o2 = opts();
         o2.identifier_systems.insert("USSSA".into(), "http://hl7.org/fhir/sid/us-ssn".into());
-        assert_eq!(cx(Node::new("123456789^^^USSSA^SS", seps), &o2)["system"], "http://hl7.org/fhir/sid/us-ssn");
+        assert_eq!(cx(node("123456789^^^USSSA^SS"), &o2)["system"], "http://hl7.org/fhir/sid/us-ssn");
     }
 
     #[test]

@@ -24,10 +24,10 @@ use view::Msg;
 pub const SUPPORTED: &str = "supported: ADT^A01 A02 A03 A04 A05 A08 A11 A13 A28 A31 A40, ORU^R01, ORM^O01, \
      SIU^S12 S13 S14 S15 S26, MDM^T02 T06, VXU^V04";
 
-/// Converts a message (its text) to a transaction Bundle.
-pub(crate) fn convert(text: &str, opts: &Hl7ToFhirOptions) -> Result<Value, ConvertError> {
+/// Converts a parsed message to a transaction Bundle.
+pub(crate) fn convert(message: &hl7v2::Message, opts: &Hl7ToFhirOptions) -> Result<Value, ConvertError> {
     opts.validate()?;
-    let msg = Msg::parse(text).ok_or_else(|| ConvertError::NotHl7("it does not start with an MSH segment".into()))?;
+    let msg = Msg::new(message);
     let msh = msg.seg("MSH").ok_or_else(|| ConvertError::NotHl7("no MSH segment".into()))?;
     let kind = msh.f(9).c(1).text().into_owned();
     let mut event = msh.f(9).c(2).text().into_owned();

@@ -107,20 +107,6 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
         .or_else(|| terminology::gender(&gender_code).map(str::to_string));
     let language = cwe(pid.f(15).first(), "0296", opts);
 
-    let mut general = Vec::new();
-    if let Some(pd1) = pd1 {
-        for org in pd1.f(3).reps() {
-            if let Some(r) = organization(ctx, org) {
-                general.push(r.reference());
-            }
-        }
-        for doc in pd1.f(4).reps() {
-            if let Some(r) = practitioner(ctx, doc) {
-                general.push(r.reference());
-            }
-        }
-    }
-    let opts = ctx.opts;
     let resource = json!({
         "identifier": identifiers,
         "active": true,
@@ -136,9 +122,28 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
         "multipleBirthInteger": birth_order,
         "multipleBirthBoolean": if birth_order.is_none() { multiple } else { Value::Null },
         "communication": if language.is_null() { Value::Null } else { json!([{"language": language, "preferred": true}]) },
-        "generalPractitioner": general,
     });
+    // The Patient goes first in the Bundle (readers expect it there); its
+    // general practitioners (PD1) are added after it and linked back.
     let patient = ctx.add("Patient", &key, primary.as_ref(), resource);
+    let mut general = Vec::new();
+    if let Some(pd1) = pd1 {
+        for org in pd1.f(3).reps() {
+            if let Some(r) = organization(ctx, org) {
+                general.push(r.reference());
+            }
+        }
+        for doc in pd1.f(4).reps() {
+            if let Some(r) = practitioner(ctx, doc) {
+                general.push(r.reference());
+            }
+        }
+    }
+    if !general.is_empty()
+        && let Some(Value::Object(p)) = ctx.resource_mut(&patient)
+    {
+        p.insert("generalPractitioner".into(), Value::Array(general));
+    }
     Ok(Subject { patient, key, encounter: None })
 }
 

@@ -1,32 +1,45 @@
-//! A borrowed, lazily split view of an HL7 v2 message for the mappers.
+//! A borrowed, lazily split view of an [`hl7v2::Message`] for the mappers.
 //!
 //! The mappers read hundreds of leaves per message, mostly by position
 //! (`PID-5` repetition 2, component 1, sub-component 1), and most of them are
-//! empty. This view keeps each node as a `&str` slice of the message and
-//! splits it on demand, so reading a leaf costs a few `memchr`-like scans of a
-//! short field and allocates only when an escape sequence must be decoded.
-//! Nothing here can panic on malformed input: a missing field, repetition,
-//! component or sub-component reads as empty.
+//! empty. The hl7v2 crate has already indexed segments and fields; this view
+//! keeps each node below a field as a byte slice of the message and splits
+//! it on demand, so reading a leaf costs a scan of a short field and
+//! allocates only when an escape sequence or a non-UTF-8 character set must
+//! be decoded (both done by hl7v2: `escape::decode`, then the MSH-18
+//! charset). Nothing here can panic on malformed input: a missing field,
+//! repetition, component or sub-component reads as empty.
 
 use std::borrow::Cow;
 
-/// The separators of a message (MSH-1 and MSH-2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seps {
-    pub field: char,
-    pub component: char,
-    pub repetition: char,
-    pub escape: char,
-    pub subcomponent: char,
+use hl7v2::{Charset, Delimiters, Message};
+
+/// What splitting and decoding need, copied into every node.
+#[derive(Debug, Clone, Copy)]
+struct Cx {
+    delims: Delimiters,
+    charset: Charset,
+    component: u8,
+    repetition: u8,
+    subcomponent: u8,
 }
 
-impl Default for Seps {
-    fn default() -> Self {
-        Seps { field: '|', component: '^', repetition: '~', escape: '\\', subcomponent: '&' }
+impl Cx {
+    fn of(msg: &Message) -> Cx {
+        let d = *msg.delimiters();
+        // A missing delimiter is stored as the field separator, which never
+        // occurs inside a field: splitting on it finds nothing.
+        Cx {
+            delims: d,
+            charset: msg.charset(),
+            component: d.component(),
+            repetition: d.repetition().unwrap_or(d.field()),
+            subcomponent: d.subcomponent().unwrap_or(d.field()),
+        }
     }
 }
 
-/// A parsed message: segments in order.
+/// A message: its segments in order.
 #[derive(Debug, Clone)]
 pub(crate) struct Msg<'a> {
     pub segments: Vec<Seg<'a>>,
@@ -37,57 +50,30 @@ pub(crate) struct Msg<'a> {
 pub(crate) struct Seg<'a> {
     /// Segment id, e.g. `PID`.
     pub name: &'a str,
-    /// The segment text after the name and its field separator.
-    body: &'a str,
-    seps: Seps,
+    seg: hl7v2::Segment<'a>,
+    cx: Cx,
 }
 
 /// A node: a field, one repetition, a component or a sub-component.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Node<'a> {
-    raw: &'a str,
-    seps: Seps,
+    raw: &'a [u8],
+    cx: Cx,
 }
 
-fn nth(raw: &str, sep: char, n: usize) -> &str {
+fn nth(raw: &[u8], sep: u8, n: usize) -> &[u8] {
     // n is 1-based; an out-of-range n reads as empty.
     if n == 0 {
-        return "";
+        return b"";
     }
-    raw.split(sep).nth(n - 1).unwrap_or("")
+    raw.split(|b| *b == sep).nth(n - 1).unwrap_or(b"")
 }
 
 impl<'a> Msg<'a> {
-    /// Splits `text` into segments (CR, LF or CRLF between them). Returns
-    /// None when it does not start with an MSH segment with separators.
-    pub fn parse(text: &'a str) -> Option<Msg<'a>> {
-        let text = text.trim_start_matches(['\u{feff}', '\r', '\n', ' ']);
-        let bytes = text.as_bytes();
-        if !text.starts_with("MSH") || bytes.len() < 8 {
-            return None;
-        }
-        let field = text[3..].chars().next()?;
-        let enc: Vec<char> = text[3 + field.len_utf8()..].chars().take_while(|c| *c != field).take(4).collect();
-        let get = |i: usize| enc.get(i).copied().unwrap_or(field);
-        let seps = Seps {
-            field,
-            component: get(0),
-            repetition: get(1),
-            escape: get(2),
-            subcomponent: get(3),
-        };
-        let segments = text
-            .split(['\r', '\n'])
-            .filter(|line| line.len() >= 3)
-            .map(|line| {
-                let (name, body) = match line.find(field) {
-                    Some(at) => (&line[..at], &line[at + field.len_utf8()..]),
-                    None => (line, ""),
-                };
-                Seg { name: name.trim(), body, seps }
-            })
-            .collect();
-        Some(Msg { segments })
+    /// The view of `msg`.
+    pub fn new(msg: &'a Message) -> Msg<'a> {
+        let cx = Cx::of(msg);
+        Msg { segments: msg.segments().map(|seg| Seg { name: seg.name(), seg, cx }).collect() }
     }
 
     /// The first segment named `name`.
@@ -102,141 +88,89 @@ impl<'a> Msg<'a> {
 }
 
 impl<'a> Seg<'a> {
-    /// Field `n` (1-based as in HL7). For MSH, field 1 is the field separator
-    /// and field 2 the encoding characters, as the standard counts them.
+    /// Field `n` (1-based as in HL7; MSH-1 is the field separator).
     pub fn f(&self, n: usize) -> Node<'a> {
-        let raw = if self.name == "MSH" {
-            match n {
-                0 => "",
-                // MSH-1 cannot be a slice of the body; callers never need it.
-                1 => "",
-                _ => nth(self.body, self.seps.field, n - 1),
-            }
-        } else {
-            nth(self.body, self.seps.field, n)
-        };
-        Node { raw, seps: self.seps }
+        let raw = self.seg.field(n).map(|f| f.raw()).unwrap_or(b"");
+        Node { raw, cx: self.cx }
     }
-
 }
 
 impl<'a> Node<'a> {
-    /// A node over any text (for callers that already hold a component).
-    #[cfg(test)]
-    pub fn new(raw: &'a str, seps: Seps) -> Node<'a> {
-        Node { raw, seps }
-    }
-
     /// Whether nothing (or only the HL7 null `""`) is here.
     pub fn is_empty(&self) -> bool {
-        self.raw.is_empty() || self.raw == "\"\""
+        self.raw.is_empty() || self.raw == b"\"\""
     }
 
-    /// The repetitions of a field (one, possibly empty, when not repeated).
+    /// The repetitions of a field (empty ones skipped).
     pub fn reps(&self) -> impl Iterator<Item = Node<'a>> + 'a {
-        let seps = self.seps;
-        self.raw.split(seps.repetition).map(move |raw| Node { raw, seps }).filter(|n| !n.is_empty())
+        let cx = self.cx;
+        self.raw.split(move |b| *b == cx.repetition).map(move |raw| Node { raw, cx }).filter(|n| !n.is_empty())
     }
 
     /// The first repetition.
     pub fn first(&self) -> Node<'a> {
-        Node { raw: self.raw.split(self.seps.repetition).next().unwrap_or(""), seps: self.seps }
+        Node { raw: nth(self.raw, self.cx.repetition, 1), cx: self.cx }
     }
 
     /// Component `n` (1-based) of the first repetition.
     pub fn c(&self, n: usize) -> Node<'a> {
-        Node { raw: nth(self.first().raw, self.seps.component, n), seps: self.seps }
+        Node { raw: nth(self.first().raw, self.cx.component, n), cx: self.cx }
     }
 
     /// Sub-component `n` (1-based) of this component.
     pub fn s(&self, n: usize) -> Node<'a> {
-        Node { raw: nth(self.raw, self.seps.subcomponent, n), seps: self.seps }
+        Node { raw: nth(self.raw, self.cx.subcomponent, n), cx: self.cx }
     }
 
-    /// The decoded text of this node's first leaf (a component read as a
-    /// value means its first sub-component, as HL7 says a composite read as a
-    /// primitive does). Empty for the HL7 null `""`.
+    /// The decoded, trimmed text of this node's first leaf (a composite read
+    /// as a primitive means its first sub-component, as HL7 says). Empty for
+    /// the HL7 null `""`.
     pub fn text(&self) -> Cow<'a, str> {
-        let leaf = self.raw.split([self.seps.subcomponent, self.seps.repetition]).next().unwrap_or("");
-        let leaf = if self.raw.contains(self.seps.component) {
-            leaf.split(self.seps.component).next().unwrap_or("")
-        } else {
-            leaf
-        };
-        if leaf == "\"\"" {
+        let cx = self.cx;
+        let leaf = self
+            .raw
+            .split(|b| *b == cx.repetition || *b == cx.component || *b == cx.subcomponent)
+            .next()
+            .unwrap_or(b"");
+        if leaf == b"\"\"" {
             return Cow::Borrowed("");
         }
-        unescape(leaf.trim(), &self.seps)
+        match self.decode(leaf.trim_ascii()) {
+            Cow::Borrowed(s) => Cow::Borrowed(s),
+            Cow::Owned(s) if s.trim() != s => Cow::Owned(s.trim().to_string()),
+            owned => owned,
+        }
     }
 
     /// The decoded text with every separator kept (for free text such as
     /// TX/FT values and ED data where `^` can only be a component break).
     pub fn whole(&self) -> Cow<'a, str> {
-        unescape(self.raw, &self.seps)
+        self.decode(self.raw)
     }
 
-}
-
-/// Decodes the standard escapes; formatting escapes stay as written.
-pub(crate) fn unescape<'a>(raw: &'a str, seps: &Seps) -> Cow<'a, str> {
-    let esc = seps.escape;
-    if esc == seps.field || !raw.contains(esc) {
-        return Cow::Borrowed(raw);
-    }
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(at) = rest.find(esc) {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + esc.len_utf8()..];
-        let Some(end) = after.find(esc) else {
-            // A lone escape character is kept literally.
-            out.push(esc);
-            rest = after;
-            continue;
-        };
-        let seq = &after[..end];
-        match seq {
-            "F" => out.push(seps.field),
-            "S" => out.push(seps.component),
-            "T" => out.push(seps.subcomponent),
-            "R" => out.push(seps.repetition),
-            "E" => out.push(esc),
-            ".br" => out.push('\n'),
-            _ if seq.len() >= 3 && seq.starts_with('X') && seq.len() % 2 == 1 => {
-                let hex = &seq[1..];
-                let bytes: Option<Vec<u8>> = (0..hex.len())
-                    .step_by(2)
-                    .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-                    .collect();
-                match bytes.map(String::from_utf8) {
-                    Some(Ok(s)) => out.push_str(&s),
-                    _ => {
-                        out.push(esc);
-                        out.push_str(seq);
-                        out.push(esc);
-                    }
-                }
-            }
-            _ => {
-                out.push(esc);
-                out.push_str(seq);
-                out.push(esc);
-            }
+    fn decode(&self, raw: &'a [u8]) -> Cow<'a, str> {
+        match hl7v2::escape::decode(raw, &self.cx.delims) {
+            Cow::Borrowed(b) => self.cx.charset.decode(b),
+            Cow::Owned(v) => Cow::Owned(self.cx.charset.decode(&v).into_owned()),
         }
-        rest = &after[end + esc.len_utf8()..];
     }
-    out.push_str(rest);
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A node over `raw` with the default delimiters (for unit tests).
+    pub(crate) fn node(raw: &'static str) -> Node<'static> {
+        let msg: &'static Message = Box::leak(Box::new(Message::parse("MSH|^~\\&|T").unwrap()));
+        Node { raw: raw.as_bytes(), cx: Cx::of(msg) }
+    }
 
     #[test]
     fn reads_fields_components_and_subcomponents() {
-        let m = Msg::parse("MSH|^~\\&|APP|FAC|||20200101||ADT^A01^ADT_A01|1|P|2.5\nPID|1||123^^^HOSP&1.2.3&ISO^MR~456^^^SSA^SS||Doe^John\\T\\Jr^Q\n")
+        let m = Message::parse("MSH|^~\\&|APP|FAC|||20200101||ADT^A01^ADT_A01|1|P|2.5\nPID|1||123^^^HOSP&1.2.3&ISO^MR~456^^^SSA^SS||Doe^John\\T\\Jr^Q\n")
             .unwrap();
+        let m = Msg::new(&m);
         let msh = m.seg("MSH").unwrap();
         assert_eq!(msh.f(3).text(), "APP");
         assert_eq!(msh.f(9).c(2).text(), "A01");
@@ -252,19 +186,17 @@ mod tests {
 
     #[test]
     fn hl7_null_and_missing_read_empty() {
-        let m = Msg::parse("MSH|^~\\&|A\rPID|1|\"\"|").unwrap();
+        let m = Message::parse("MSH|^~\\&|A\rPID|1|\"\"|").unwrap();
+        let m = Msg::new(&m);
         assert!(m.seg("PID").unwrap().f(2).is_empty());
         assert_eq!(m.seg("PID").unwrap().f(2).text(), "");
         assert!(m.seg("OBX").is_none());
-        assert!(Msg::parse("PID|1").is_none());
-        assert!(Msg::parse("MSH").is_none());
     }
 
     #[test]
-    fn escapes_decode_and_unknown_ones_stay() {
-        let s = Seps::default();
-        assert_eq!(unescape(r"A\T\E \F\ \S\ \R\ \E\", &s), "A&E | ^ ~ \\");
-        assert_eq!(unescape(r"x\.br\y\X41\", &s), "x\nyA");
-        assert_eq!(unescape(r"\H\bold\N\ C:\dir", &s), r"\H\bold\N\ C:\dir");
+    fn text_is_trimmed_and_escapes_decoded() {
+        assert_eq!(node("Ann Arbor ^MI").c(1).text(), "Ann Arbor");
+        assert_eq!(node(r"A\T\E \F\ 1").text(), "A&E | 1");
+        assert_eq!(node(r"x\.br\y").whole(), "x\ny");
     }
 }
