@@ -36,6 +36,7 @@ mod message;
 #[cfg(feature = "codec")]
 pub mod mllp;
 mod path;
+pub mod validate;
 mod version;
 
 pub use charset::Charset;
