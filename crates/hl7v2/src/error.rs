@@ -42,7 +42,7 @@ pub enum ParseErrorKind {
     /// The first segment is not MSH.
     #[error("the message does not start with an MSH segment")]
     MissingHeader,
-    /// The input starts with FHS or BHS: split it with `Batch::parse`.
+    /// The input starts with FHS or BHS: split it with [`BatchFile::parse`](crate::batch::BatchFile::parse).
     #[error("the input is a batch (FHS/BHS), not a single message")]
     Batch,
     /// MSH ends before MSH-1 and MSH-2 are complete.

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod ack;
+pub mod batch;
 mod charset;
 mod delimiters;
 mod edit;
