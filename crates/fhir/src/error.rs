@@ -165,8 +165,14 @@ impl FhirError {
         match self {
             FhirError::Config { .. } => ErrorClass::Config,
             FhirError::Status { status, outcome, .. } => {
-                if is_transient_status(*status)
-                    || outcome.as_ref().is_some_and(OperationOutcome::is_transient)
+                let outcome = outcome.as_ref();
+                // A 409/412 is a version conflict (run again with fresh
+                // data) unless the server says the condition matched
+                // several resources: that fails the same way every time.
+                if outcome.is_some_and(OperationOutcome::is_ambiguous) {
+                    ErrorClass::Permanent
+                } else if is_transient_status(*status)
+                    || outcome.is_some_and(OperationOutcome::is_transient)
                 {
                     ErrorClass::Transient
                 } else {
@@ -273,6 +279,13 @@ impl OperationOutcome {
     /// The diagnostics (or details text) of every issue, in order.
     pub fn diagnostics(&self) -> Vec<&str> {
         self.issues.iter().filter_map(|i| i.text()).collect()
+    }
+
+    /// True when some error issue says a condition matched several
+    /// resources (`multiple-matches`) or a resource already exists
+    /// (`duplicate`).
+    pub fn is_ambiguous(&self) -> bool {
+        self.issues.iter().any(|i| matches!(i.code.as_str(), "multiple-matches" | "duplicate"))
     }
 
     /// True when some error issue says a retry may help (`transient`,
@@ -388,6 +401,15 @@ mod tests {
         for s in [400, 401, 403, 404, 410, 422, 501] {
             assert_eq!(status_error(s, None).class(), ErrorClass::Permanent, "{s}");
         }
+    }
+
+    #[test]
+    fn multiple_matches_make_a_412_permanent() {
+        let oo = OperationOutcome::from_value(&json!({"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "multiple-matches",
+                       "details": {"text": "Multiple resources found matching condition"}}]}));
+        assert_eq!(status_error(412, oo).class(), ErrorClass::Permanent);
+        assert_eq!(status_error(412, None).class(), ErrorClass::Transient);
     }
 
     #[test]

@@ -103,7 +103,14 @@ pub(crate) async fn collect(
     if use_searches {
         let searches: Vec<Search> = types
             .iter()
-            .map(|t| Search::new(*t).param("patient", patient_id).param("_count", source.page_size().to_string()))
+            .map(|t| {
+                // `Patient/id` rather than the bare id: both are valid FHIR,
+                // and some servers (the Medplum-based peer) match only the
+                // typed form.
+                Search::new(*t)
+                    .param("patient", format!("Patient/{patient_id}"))
+                    .param("_count", source.page_size().to_string())
+            })
             .collect();
         let mut urls = vec![format!("Patient/{patient_id}")];
         urls.extend(searches.iter().map(Search::relative_url));

@@ -1,0 +1,1 @@
+//! Authentication against token endpoints served by the tests.
