@@ -74,6 +74,30 @@ struct State {
     step: String,
     channel: String,
     message_id: String,
+    /// What the message and the channel map may grow to: the script's
+    /// memory limit. They live outside QuickJS's heap, so without this a
+    /// loop of `msg.addSegment` could grow Rust memory without bound.
+    budget: usize,
+    /// Set when a write was refused for exceeding `budget`; the run then
+    /// fails with [`TransformError::MemoryLimit`] even if the script caught
+    /// the exception.
+    over_budget: bool,
+}
+
+impl State {
+    fn map_bytes(&self) -> usize {
+        self.channel_map.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// Refuses (and remembers) a write that would take the message and the
+    /// channel map past the budget.
+    fn reserve(&mut self, cx: &Ctx<'_>, extra: usize) -> rquickjs::Result<()> {
+        if self.msg.as_bytes().len() + self.map_bytes() + extra > self.budget {
+            self.over_budget = true;
+            return Err(Exception::throw_internal(cx, "out of memory: the message and channel map would exceed the script's memory limit"));
+        }
+        Ok(())
+    }
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -136,6 +160,8 @@ impl Script {
             step: step.to_owned(),
             channel: ctx.channel.clone(),
             message_id: ctx.message_id.clone(),
+            budget: self.limits.memory_bytes,
+            over_budget: false,
         }));
         let result = match Context::full(&runtime) {
             Err(e) => Err(Failure::Engine(e.to_string())),
@@ -150,6 +176,11 @@ impl Script {
                 Ok(())
             }),
         };
+        // A refused write comes first: a script that caught it may then
+        // have run into its deadline, but the budget was the cause.
+        if state.borrow().over_budget {
+            return Err(TransformError::MemoryLimit { step: step.to_owned(), limit_bytes: self.limits.memory_bytes });
+        }
         if interrupted.get() {
             return Err(TransformError::Timeout { step: step.to_owned(), limit: self.limits.timeout });
         }
@@ -332,6 +363,7 @@ fn message_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Objec
                 let value = text_of(&cx, value)?;
                 let path = parse_path(&cx, "msg.set", &path)?;
                 let mut st = state(&cx, &s)?;
+                st.reserve(&cx, value.len())?;
                 st.msg
                     .set(path, &value)
                     .map_err(|e| Exception::throw_message(&cx, &format!("msg.set({path}): {e}")))
@@ -372,6 +404,7 @@ fn message_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Objec
         "addSegment",
         Function::new(cx.clone(), move |cx: Ctx<'js>, raw: String| -> rquickjs::Result<()> {
             let mut st = state(&cx, &s)?;
+            st.reserve(&cx, raw.len())?;
             st.msg
                 .push_segment(raw.as_bytes())
                 .map(|_| ())
@@ -408,7 +441,9 @@ fn channel_map_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<O
             cx.clone(),
             move |cx: Ctx<'js>, key: Coerced<String>, value: Opt<Value<'js>>| -> rquickjs::Result<Option<String>> {
                 let value = text_of(&cx, value)?;
-                Ok(state(&cx, &s)?.channel_map.insert(key.0, value))
+                let mut st = state(&cx, &s)?;
+                st.reserve(&cx, key.0.len() + value.len())?;
+                Ok(st.channel_map.insert(key.0, value))
             },
         )?,
     )?;

@@ -480,6 +480,21 @@ fn js_memory_bomb_is_stopped_by_the_memory_limit() {
 }
 
 #[test]
+fn js_cannot_grow_the_message_or_channel_map_past_the_memory_limit() {
+    // Both live outside QuickJS's heap; the same limit applies to them.
+    for grower in [
+        "var chunk = 'x'.repeat(512 * 1024);\nfor (;;) { msg.addSegment('ZZZ|' + chunk); }",
+        "var chunk = 'x'.repeat(512 * 1024);\nfor (var i = 0; ; i++) { channelMap.put('k' + i, chunk); }",
+        "var chunk = 'x'.repeat(512 * 1024);\nfor (var i = 1; ; i++) { try { msg.set('ZZZ(' + i + ')-1', chunk); } catch (e) {} }",
+    ] {
+        // The last one catches the refusal and loops on until its deadline:
+        // the refusal is still what is reported.
+        let e = run_err(&js_with(grower, 500, 8));
+        assert_eq!(e, TransformError::MemoryLimit { step: "t[0]".into(), limit_bytes: 8 * 1024 * 1024 }, "{grower}");
+    }
+}
+
+#[test]
 fn js_deep_recursion_is_stopped_by_the_stack_limit() {
     match run_err(&js("function f(n) { return f(n + 1) + 1; }\nf(0);")) {
         TransformError::Script { message, line, .. } => {
