@@ -20,6 +20,7 @@ mod error;
 mod options;
 pub mod rules;
 pub mod terminology;
+mod to_v2;
 mod v2;
 
 pub use error::{ConvertError, ErrorClass};
@@ -47,4 +48,34 @@ pub fn hl7_to_fhir(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Resu
 pub fn hl7_to_fhir_text(message: &str, options: &Hl7ToFhirOptions) -> Result<serde_json::Value, ConvertError> {
     let parsed = hl7v2::Message::parse(message.as_bytes()).map_err(|e| ConvertError::NotHl7(e.to_string()))?;
     v2::convert(&parsed, options)
+}
+
+/// Converts FHIR R4 (a Bundle of any type, or one resource) to an HL7 v2
+/// message of type `target` (version `options.version`, 2.5.1 by default).
+///
+/// References resolve inside the input only; an attachment given by URL must
+/// be a Binary in the input. MSH-7 and MSH-10 come from the options or the
+/// input, so the same input gives the same message.
+///
+/// ```
+/// use serde_json::json;
+/// let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+///   {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient",
+///     "identifier": [{"system": "urn:oid:1.2.3", "value": "42"}], "gender": "female"}},
+///   {"resource": {"resourceType": "Observation", "status": "final",
+///     "subject": {"reference": "urn:uuid:p1"}, "effectiveDateTime": "2024-05-01T08:30:00+02:00",
+///     "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0", "display": "Glucose"}]},
+///     "valueQuantity": {"value": 95, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"}}}
+/// ]});
+/// let msg = convert::fhir_to_hl7(&bundle, convert::TargetMessage::OruR01, &Default::default()).unwrap();
+/// assert_eq!(msg.get("OBX-5").as_deref(), Some("95"));
+/// assert_eq!(msg.get("OBX-3-3").as_deref(), Some("LN"));
+/// assert_eq!(msg.get("PID-3-4-2").as_deref(), Some("1.2.3"));
+/// ```
+pub fn fhir_to_hl7(
+    input: &serde_json::Value,
+    target: TargetMessage,
+    options: &FhirToHl7Options,
+) -> Result<hl7v2::Message, ConvertError> {
+    to_v2::convert(input, target, options)
 }

@@ -1,0 +1,307 @@
+//! FHIR data types to HL7 v2 composites (the reverse of the v2-to-FHIR
+//! datatype maps): dateTime to DTM, CodeableConcept/Coding to CWE,
+//! Identifier to CX/EI, HumanName to XPN/XCN, Address to XAD,
+//! ContactPoint to XTN, Quantity units to CWE (UCUM).
+
+use serde_json::Value;
+
+use super::SegW;
+use crate::options::FhirToHl7Options;
+use crate::terminology;
+
+/// A string member.
+pub(crate) fn st<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// A JSON number or string as HL7 NM text (as written, no float noise).
+pub(crate) fn num(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// FHIR date/dateTime/instant to v2 DTM: `2012-03-14T23:59:54.325-05:00`
+/// becomes `20120314235954.325-0500`; a date keeps its precision. None when
+/// malformed.
+pub(crate) fn v2_time(t: &str) -> Option<String> {
+    let t = t.trim();
+    if t.is_empty() {
+        return None;
+    }
+    let (date, time) = match t.split_once('T') {
+        Some((d, tm)) => (d, Some(tm)),
+        None => (t, None),
+    };
+    let digits: String = date.chars().filter(|c| *c != '-').collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![4, 6, 8].contains(&digits.len()) {
+        return None;
+    }
+    let mut out = digits;
+    if let Some(tm) = time {
+        let (clock, offset) = if let Some(c) = tm.strip_suffix('Z') {
+            (c, "+0000".to_string())
+        } else if let Some(at) = tm.rfind(['+', '-']) {
+            (&tm[..at], tm[at..].replace(':', ""))
+        } else {
+            (tm, String::new())
+        };
+        let (hms, frac) = match clock.split_once('.') {
+            Some((h, f)) => (h, Some(f)),
+            None => (clock, None),
+        };
+        let hms: String = hms.chars().filter(|c| *c != ':').collect();
+        if !hms.bytes().all(|b| b.is_ascii_digit()) || ![4, 6].contains(&hms.len()) {
+            return None;
+        }
+        out.push_str(&hms);
+        if let Some(f) = frac.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit())) {
+            out.push('.');
+            out.push_str(&f[..f.len().min(4)]);
+        }
+        out.push_str(&offset);
+    }
+    Some(out)
+}
+
+/// The v2 mnemonic for a system URI (the built-in table; the URI itself
+/// when unknown, so the meaning is not lost).
+pub(crate) fn mnemonic(system: &str) -> String {
+    if system.is_empty() {
+        return String::new();
+    }
+    terminology::system_mnemonic(system).unwrap_or_else(|| system.to_string())
+}
+
+/// Writes a Coding as CWE components starting at component `first` (1 for
+/// the primary triple, 4 for the alternate).
+fn coding_at(seg: &mut SegW, f: usize, r: usize, first: usize, coding: &Value) {
+    seg.at(f, r, first, 1, st(coding, "code"));
+    seg.at(f, r, first + 1, 1, st(coding, "display"));
+    seg.at(f, r, first + 2, 1, &mnemonic(st(coding, "system")));
+}
+
+/// CodeableConcept to CWE at field `f`, repetition `r`: the first two
+/// codings, then the text as original text (CWE-9, from 2.5).
+pub(crate) fn cwe(seg: &mut SegW, f: usize, r: usize, concept: &Value, opts: &FhirToHl7Options) {
+    let codings: Vec<&Value> = concept.get("coding").and_then(Value::as_array).into_iter().flatten().collect();
+    let text = st(concept, "text");
+    match codings.first() {
+        Some(first) => {
+            coding_at(seg, f, r, 1, first);
+            if let Some(second) = codings.get(1) {
+                coding_at(seg, f, r, 4, second);
+            }
+            if !opts.version.starts_with("2.3") && !opts.version.starts_with("2.4") {
+                seg.at(f, r, 9, 1, text);
+            }
+        }
+        // Text only: HL7 puts it in the text component.
+        None => {
+            seg.at(f, r, 2, 1, text);
+        }
+    }
+}
+
+/// A Coding (not a CodeableConcept) to CWE.
+pub(crate) fn coding(seg: &mut SegW, f: usize, r: usize, c: &Value) {
+    coding_at(seg, f, r, 1, c);
+}
+
+/// The HD (namespace, universal id, type) for an Identifier.system.
+pub(crate) fn authority(identifier: &Value, opts: &FhirToHl7Options) -> (String, String, String) {
+    let system = st(identifier, "system");
+    let assigner = identifier.pointer("/assigner/display").and_then(Value::as_str).unwrap_or("").to_string();
+    if let Some(ns) = opts.assigning_authorities.get(system) {
+        return (ns.clone(), String::new(), String::new());
+    }
+    if let Some(oid) = system.strip_prefix("urn:oid:") {
+        return (assigner, oid.to_string(), "ISO".into());
+    }
+    if let Some(ns) = system.strip_prefix("urn:plexus:authority:") {
+        return (percent_decode(ns), String::new(), String::new());
+    }
+    if system.is_empty() {
+        return (assigner, String::new(), String::new());
+    }
+    (assigner, system.to_string(), "URI".into())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Identifier to CX at field `f`, repetition `r`.
+pub(crate) fn cx(seg: &mut SegW, f: usize, r: usize, identifier: &Value, opts: &FhirToHl7Options) {
+    seg.at(f, r, 1, 1, st(identifier, "value"));
+    let (ns, uid, kind) = authority(identifier, opts);
+    seg.at(f, r, 4, 1, &ns).at(f, r, 4, 2, &uid).at(f, r, 4, 3, &kind);
+    let type_code = identifier.pointer("/type/coding/0/code").and_then(Value::as_str).unwrap_or("");
+    seg.at(f, r, 5, 1, type_code);
+}
+
+/// Identifier to EI at field `f`.
+pub(crate) fn ei(seg: &mut SegW, f: usize, identifier: &Value, opts: &FhirToHl7Options) {
+    seg.put(f, 1, st(identifier, "value"));
+    let (ns, uid, kind) = authority(identifier, opts);
+    seg.put(f, 2, &ns).put(f, 3, &uid).put(f, 4, &kind);
+}
+
+fn name_use(u: &str) -> &'static str {
+    match u {
+        "official" => "L",
+        "usual" => "D",
+        "maiden" => "M",
+        "nickname" => "N",
+        "anonymous" => "S",
+        "temp" => "TEMP",
+        "old" => "NOUSE",
+        _ => "",
+    }
+}
+
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.get(key).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect()
+}
+
+/// HumanName to XPN at field `f`, repetition `r`.
+pub(crate) fn xpn(seg: &mut SegW, f: usize, r: usize, name: &Value) {
+    let given = strings(name, "given");
+    let family = st(name, "family");
+    if family.is_empty() && given.is_empty() {
+        // Only a text name: HL7 has no text component, the family holds it.
+        seg.at(f, r, 1, 1, st(name, "text"));
+        return;
+    }
+    seg.at(f, r, 1, 1, family);
+    seg.at(f, r, 2, 1, given.first().map(String::as_str).unwrap_or(""));
+    seg.at(f, r, 3, 1, &given.iter().skip(1).cloned().collect::<Vec<_>>().join(" "));
+    seg.at(f, r, 4, 1, strings(name, "suffix").first().map(String::as_str).unwrap_or(""));
+    seg.at(f, r, 5, 1, strings(name, "prefix").first().map(String::as_str).unwrap_or(""));
+    seg.at(f, r, 7, 1, name_use(st(name, "use")));
+}
+
+/// A Practitioner (or any resource with identifier and name) to XCN.
+pub(crate) fn xcn(seg: &mut SegW, f: usize, r: usize, who: &Value, opts: &FhirToHl7Options) {
+    if let Some(id) = who.pointer("/identifier/0") {
+        seg.at(f, r, 1, 1, st(id, "value"));
+        let (ns, uid, kind) = authority(id, opts);
+        seg.at(f, r, 9, 1, &ns).at(f, r, 9, 2, &uid).at(f, r, 9, 3, &kind);
+    }
+    if let Some(name) = who.pointer("/name/0") {
+        let given = strings(name, "given");
+        seg.at(f, r, 2, 1, st(name, "family"));
+        seg.at(f, r, 3, 1, given.first().map(String::as_str).unwrap_or(""));
+        seg.at(f, r, 4, 1, &given.iter().skip(1).cloned().collect::<Vec<_>>().join(" "));
+        seg.at(f, r, 5, 1, strings(name, "suffix").first().map(String::as_str).unwrap_or(""));
+        seg.at(f, r, 6, 1, strings(name, "prefix").first().map(String::as_str).unwrap_or(""));
+    } else if let Some(display) = who.get("display").and_then(Value::as_str) {
+        seg.at(f, r, 2, 1, display);
+    }
+}
+
+/// Address to XAD at field `f`, repetition `r`.
+pub(crate) fn xad(seg: &mut SegW, f: usize, r: usize, a: &Value) {
+    let lines = strings(a, "line");
+    seg.at(f, r, 1, 1, lines.first().map(String::as_str).unwrap_or(""));
+    seg.at(f, r, 2, 1, &lines.iter().skip(1).cloned().collect::<Vec<_>>().join(", "));
+    seg.at(f, r, 3, 1, st(a, "city"));
+    seg.at(f, r, 4, 1, st(a, "state"));
+    seg.at(f, r, 5, 1, st(a, "postalCode"));
+    seg.at(f, r, 6, 1, st(a, "country"));
+    let kind = match (st(a, "use"), st(a, "type")) {
+        (_, "postal") => "M",
+        ("home", _) => "H",
+        ("work", _) => "O",
+        ("temp", _) => "C",
+        ("old", _) => "BA",
+        ("billing", _) => "BI",
+        (_, "physical") => "SH",
+        _ => "",
+    };
+    seg.at(f, r, 7, 1, kind);
+    seg.at(f, r, 9, 1, st(a, "district"));
+}
+
+/// ContactPoint to XTN at field `f`, repetition `r`.
+pub(crate) fn xtn(seg: &mut SegW, f: usize, r: usize, cp: &Value) {
+    let value = st(cp, "value");
+    let system = st(cp, "system");
+    let use_ = st(cp, "use");
+    let equipment = match (system, use_) {
+        ("email", _) => "Internet",
+        ("fax", _) => "FX",
+        ("pager", _) => "BP",
+        ("phone" | "sms", "mobile") => "CP",
+        ("phone" | "sms", _) => "PH",
+        ("url", _) => "X.400",
+        _ => "",
+    };
+    let code = match (system, use_) {
+        ("email", _) => "NET",
+        (_, "work") => "WPN",
+        (_, "home" | "mobile") => "PRN",
+        _ => "",
+    };
+    if system == "email" {
+        seg.at(f, r, 4, 1, value);
+    } else {
+        seg.at(f, r, 1, 1, value);
+    }
+    seg.at(f, r, 2, 1, code).at(f, r, 3, 1, equipment);
+}
+
+/// Quantity units to CWE (OBX-6): UCUM code with its unit text.
+pub(crate) fn units(seg: &mut SegW, f: usize, q: &Value) {
+    let code = st(q, "code");
+    let unit = st(q, "unit");
+    let system = st(q, "system");
+    if code.is_empty() {
+        seg.put(f, 1, unit);
+        return;
+    }
+    seg.put(f, 1, code).put(f, 2, unit).put(f, 3, &mnemonic(system));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fhir_times_become_dtm_with_precision_and_offset() {
+        assert_eq!(v2_time("2012-03-14T23:59:54.325-05:00").as_deref(), Some("20120314235954.325-0500"));
+        assert_eq!(v2_time("2010-03-01T06:22:41Z").as_deref(), Some("20100301062241+0000"));
+        assert_eq!(v2_time("1988-08-18").as_deref(), Some("19880818"));
+        assert_eq!(v2_time("1988-08").as_deref(), Some("198808"));
+        assert_eq!(v2_time("1988").as_deref(), Some("1988"));
+        assert_eq!(v2_time("yesterday"), None);
+        assert_eq!(v2_time("2012-03-14T23"), None);
+    }
+
+    #[test]
+    fn identifier_systems_become_assigning_authorities() {
+        let o = FhirToHl7Options::default();
+        let id = serde_json::json!({"system": "urn:oid:2.16.1", "value": "1"});
+        assert_eq!(authority(&id, &o), (String::new(), "2.16.1".into(), "ISO".into()));
+        let id = serde_json::json!({"system": "urn:plexus:authority:GHH%20OE", "value": "1"});
+        assert_eq!(authority(&id, &o).0, "GHH OE");
+        let id = serde_json::json!({"system": "https://github.com/synthetichealth/synthea", "value": "1"});
+        assert_eq!(authority(&id, &o).2, "URI");
+    }
+}

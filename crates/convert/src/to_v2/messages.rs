@@ -1,0 +1,863 @@
+//! The message builders: which resources become which segments, and how
+//! observations are grouped under OBRs.
+
+use std::collections::HashSet;
+
+use base64::Engine as _;
+use chrono::DateTime;
+use hl7v2::Message;
+use serde_json::Value;
+
+use super::datatypes::{coding, cwe, cx, ei, num, st, units, v2_time, xad, xcn, xpn, xtn};
+use super::{Input, SegW};
+use crate::error::ConvertError;
+use crate::options::{FhirToHl7Options, TargetMessage};
+use crate::terminology;
+
+fn missing(path: &str) -> ConvertError {
+    ConvertError::Missing { path: path.into() }
+}
+
+fn rtype(r: &Value) -> &str {
+    st(r, "resourceType")
+}
+
+/// Whether resource `r` is about `patient` (or names no patient at all).
+fn about(input: &Input<'_>, r: &Value, patient: &Value) -> bool {
+    for key in ["subject", "patient"] {
+        if let Some(reference) = r.get(key) {
+            return match input.resolve(reference) {
+                Some(p) => std::ptr::eq(p, patient),
+                // A reference outside the input: keep it if it names the
+                // patient's id.
+                None => {
+                    let id = st(patient, "id");
+                    !id.is_empty() && st(reference, "reference").ends_with(&format!("Patient/{id}"))
+                }
+            };
+        }
+    }
+    true
+}
+
+/// MSH-7: the option, else the newest time in the input (never the clock).
+fn message_time(input: &Input<'_>, opts: &FhirToHl7Options) -> Result<String, ConvertError> {
+    if !opts.message_time.is_empty() {
+        return Ok(opts.message_time.clone());
+    }
+    let mut best: Option<DateTime<chrono::FixedOffset>> = None;
+    let mut consider = |t: Option<&str>| {
+        if let Some(dt) = t.and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            && best.is_none_or(|b| dt > b)
+        {
+            best = Some(dt);
+        }
+    };
+    consider(input.timestamp);
+    for r in &input.resources {
+        for key in ["issued", "effectiveDateTime", "effectiveInstant", "date", "authoredOn", "occurrenceDateTime", "recorded"] {
+            consider(r.get(key).and_then(Value::as_str));
+        }
+        consider(r.pointer("/effectivePeriod/start").and_then(Value::as_str));
+        consider(r.pointer("/meta/lastUpdated").and_then(Value::as_str));
+        consider(r.get("start").and_then(Value::as_str));
+    }
+    best.and_then(|b| v2_time(&b.to_rfc3339()))
+        .ok_or_else(|| missing("message time: give FhirToHl7Options.message_time (the input holds no full time)"))
+}
+
+/// Builds the message.
+pub(crate) fn build(
+    input: &Input<'_>,
+    target: TargetMessage,
+    opts: &FhirToHl7Options,
+    control_id: &str,
+) -> Result<Message, ConvertError> {
+    let (code, event, structure) = target.msh9();
+    let time = message_time(input, opts)?;
+    let encode = |e: hl7v2::EditError| ConvertError::Encode(e.to_string());
+    let mut msg = Message::builder()
+        .sender(&opts.sending_application, &opts.sending_facility)
+        .receiver(&opts.receiving_application, &opts.receiving_facility)
+        .timestamp(&time)
+        .message_type(code, event, structure)
+        .control_id(control_id)
+        .processing_id(&opts.processing_id)
+        .version(&opts.version)
+        .build()
+        .map_err(encode)?;
+    let patient = input.patient().ok_or_else(|| missing("Patient (the input has none)"))?;
+    let segments = match target {
+        TargetMessage::OruR01 => oru(input, patient, opts)?,
+        TargetMessage::MdmT02 => mdm(input, patient, opts, &time)?,
+        TargetMessage::AdtA04 | TargetMessage::AdtA08 => adt(input, patient, opts, event, &time)?,
+        TargetMessage::SiuS12 => siu(input, patient, opts)?,
+        TargetMessage::RasO17 => ras(input, patient, opts)?,
+    };
+    let non_ascii = segments.iter().any(|s| s.encode(msg.delimiters()).iter().any(|b| *b >= 0x80));
+    if non_ascii {
+        msg.set("MSH-18", "UNICODE UTF-8").map_err(encode)?;
+    }
+    for s in &segments {
+        s.push(&mut msg)?;
+    }
+    Ok(msg)
+}
+
+fn pid(patient: &Value, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
+    let mut s = SegW::new("PID");
+    s.put(1, 1, "1");
+    let ids: Vec<&Value> = patient.get("identifier").and_then(Value::as_array).into_iter().flatten().collect();
+    for (i, id) in ids.iter().enumerate() {
+        cx(&mut s, 3, i + 1, id, opts);
+    }
+    if ids.is_empty() {
+        // PID-3 is required; the resource id is the only identity left.
+        let id = st(patient, "id");
+        if id.is_empty() {
+            return Err(missing("Patient.identifier (PID-3 is required)"));
+        }
+        s.put(3, 1, id);
+    }
+    for (i, name) in patient.get("name").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        xpn(&mut s, 5, i + 1, name);
+    }
+    let birth_time = patient
+        .pointer("/_birthDate/extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|e| st(e, "url") == "http://hl7.org/fhir/StructureDefinition/patient-birthTime")
+        .map(|e| st(e, "valueDateTime"));
+    let birth = birth_time.filter(|t| !t.is_empty()).unwrap_or(st(patient, "birthDate"));
+    s.put(7, 1, &v2_time(birth).unwrap_or_default());
+    s.put(8, 1, if patient.get("gender").is_some() { terminology::gender_v2(st(patient, "gender")) } else { "" });
+    for (i, a) in patient.get("address").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        xad(&mut s, 11, i + 1, a);
+    }
+    let (mut home, mut work) = (0, 0);
+    for cp in patient.get("telecom").and_then(Value::as_array).into_iter().flatten() {
+        if st(cp, "use") == "work" {
+            work += 1;
+            xtn(&mut s, 14, work, cp);
+        } else {
+            home += 1;
+            xtn(&mut s, 13, home, cp);
+        }
+    }
+    let comms: Vec<&Value> = patient.get("communication").and_then(Value::as_array).into_iter().flatten().collect();
+    if let Some(c) = comms.iter().find(|c| c.get("preferred") == Some(&Value::Bool(true))).or(comms.first())
+        && let Some(lang) = c.get("language")
+    {
+        cwe(&mut s, 15, 1, lang, opts);
+    }
+    if let Some(m) = patient.get("maritalStatus") {
+        cwe(&mut s, 16, 1, m, opts);
+    }
+    match patient.get("multipleBirthInteger").or(patient.get("multipleBirthBoolean")) {
+        Some(Value::Bool(b)) => {
+            s.put(24, 1, if *b { "Y" } else { "N" });
+        }
+        Some(n @ Value::Number(_)) => {
+            s.put(24, 1, "Y").put(25, 1, &n.to_string());
+        }
+        _ => {}
+    }
+    if let Some(t) = patient.get("deceasedDateTime").and_then(Value::as_str) {
+        s.put(29, 1, &v2_time(t).unwrap_or_default()).put(30, 1, "Y");
+    } else if let Some(b) = patient.get("deceasedBoolean").and_then(Value::as_bool) {
+        s.put(30, 1, if b { "Y" } else { "N" });
+    }
+    Ok(s)
+}
+
+fn encounter_class(code: &str) -> &'static str {
+    match code {
+        "IMP" | "ACUTE" | "NONAC" => "I",
+        "AMB" | "VR" | "HH" | "FLD" => "O",
+        "EMER" => "E",
+        "PRENC" => "P",
+        "OBSENC" => "B",
+        "SS" => "O",
+        _ => "U",
+    }
+}
+
+/// PV1 from an Encounter, or `PV1|1|U` (class unknown) when required and
+/// there is none.
+fn pv1(input: &Input<'_>, encounter: Option<&Value>, opts: &FhirToHl7Options) -> SegW {
+    let mut s = SegW::new("PV1");
+    s.put(1, 1, "1");
+    let Some(enc) = encounter else {
+        s.put(2, 1, "U");
+        return s;
+    };
+    s.put(2, 1, encounter_class(enc.pointer("/class/code").and_then(Value::as_str).unwrap_or("")));
+    if let Some(loc) = enc.pointer("/location/0/location") {
+        let name = input.resolve(loc).map(|l| st(l, "name")).unwrap_or_else(|| st(loc, "display"));
+        s.put(3, 1, name);
+    }
+    for p in enc.get("participant").and_then(Value::as_array).into_iter().flatten() {
+        let code = p.pointer("/type/0/coding/0/code").and_then(Value::as_str).unwrap_or("");
+        let field = match code {
+            "ATND" | "PPRF" => 7,
+            "REF" => 8,
+            "CON" => 9,
+            "ADM" => 17,
+            _ => continue,
+        };
+        if let Some(who) = p.get("individual").and_then(|i| input.resolve(i))
+            && !s.has(field)
+        {
+            xcn(&mut s, field, 1, who, opts);
+        }
+    }
+    if let Some(id) = enc.pointer("/identifier/0") {
+        cx(&mut s, 19, 1, id, opts);
+    }
+    s.put(44, 1, &enc.pointer("/period/start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+    s.put(45, 1, &enc.pointer("/period/end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+    s
+}
+
+fn status_v2(obs: &Value) -> &'static str {
+    if obs.get("dataAbsentReason").is_some() && obs.get("status").is_none() {
+        return "X";
+    }
+    terminology::observation_status_v2(st(obs, "status"))
+}
+
+fn effective(obs: &Value) -> Option<String> {
+    obs.get("effectiveDateTime")
+        .or(obs.get("effectiveInstant"))
+        .or(obs.pointer("/effectivePeriod/start"))
+        .and_then(Value::as_str)
+        .and_then(v2_time)
+}
+
+/// Writes value[x] of `v` (an Observation or a component) into OBX-2/5/6.
+fn put_value(s: &mut SegW, v: &Value, opts: &FhirToHl7Options) {
+    if let Some(q) = v.get("valueQuantity") {
+        let value = num(q.get("value"));
+        match st(q, "comparator") {
+            "" => {
+                s.put(2, 1, "NM").put(5, 1, &value);
+            }
+            comp => {
+                s.put(2, 1, "SN").put(5, 1, comp).put(5, 2, &value);
+            }
+        }
+        units(s, 6, q);
+    } else if let Some(c) = v.get("valueCodeableConcept") {
+        s.put(2, 1, if opts.version.starts_with("2.3") || opts.version.starts_with("2.4") { "CE" } else { "CWE" });
+        cwe(s, 5, 1, c, opts);
+    } else if let Some(t) = v.get("valueString").and_then(Value::as_str) {
+        let lines: Vec<&str> = t.split('\n').collect();
+        // Several lines travel as TX repetitions (one per line), which
+        // receivers display as lines; one short line is ST.
+        if lines.len() > 1 || t.len() > 199 {
+            s.put(2, 1, "TX");
+            for (i, line) in lines.iter().enumerate() {
+                s.at(5, i + 1, 1, 1, line);
+            }
+        } else {
+            s.put(2, 1, "ST").put(5, 1, t);
+        }
+    } else if let Some(b) = v.get("valueBoolean").and_then(Value::as_bool) {
+        s.put(2, 1, "CWE");
+        let (code, display) = if b { ("Y", "Yes") } else { ("N", "No") };
+        s.put(5, 1, code).put(5, 2, display).put(5, 3, "HL70136");
+    } else if let Some(i) = v.get("valueInteger") {
+        s.put(2, 1, "NM").put(5, 1, &num(Some(i)));
+    } else if let Some(r) = v.get("valueRange") {
+        s.put(2, 1, "SN").put(5, 2, &num(r.pointer("/low/value"))).put(5, 3, "-").put(5, 4, &num(r.pointer("/high/value")));
+        if let Some(low) = r.get("low") {
+            units(s, 6, low);
+        }
+    } else if let Some(r) = v.get("valueRatio") {
+        s.put(2, 1, "SN")
+            .put(5, 2, &num(r.pointer("/numerator/value")))
+            .put(5, 3, ":")
+            .put(5, 4, &num(r.pointer("/denominator/value")));
+    } else if let Some(t) = v.get("valueDateTime").and_then(Value::as_str) {
+        let dtm = v2_time(t).unwrap_or_default();
+        s.put(2, 1, if dtm.len() <= 8 { "DT" } else { "DTM" }).put(5, 1, &dtm);
+    } else if let Some(t) = v.get("valueTime").and_then(Value::as_str) {
+        s.put(2, 1, "TM").put(5, 1, &t.replace(':', ""));
+    } else if let Some(p) = v.get("valuePeriod") {
+        s.put(2, 1, "DR")
+            .put(5, 1, &p.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default())
+            .put(5, 2, &p.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+    }
+}
+
+fn reference_range(s: &mut SegW, obs: &Value) {
+    let Some(rr) = obs.pointer("/referenceRange/0") else { return };
+    let text = st(rr, "text");
+    let low = num(rr.pointer("/low/value"));
+    let high = num(rr.pointer("/high/value"));
+    let range = match (low.is_empty(), high.is_empty()) {
+        _ if !text.is_empty() => text.to_string(),
+        (false, false) => format!("{low}-{high}"),
+        (false, true) => format!(">{low}"),
+        (true, false) => format!("<{high}"),
+        (true, true) => String::new(),
+    };
+    s.put(7, 1, &range);
+}
+
+fn device_ids(device: &Value) -> (String, String) {
+    let udi = device.pointer("/udiCarrier/0/deviceIdentifier").and_then(Value::as_str).unwrap_or("");
+    let id = device.pointer("/identifier/0/value").and_then(Value::as_str).unwrap_or(udi);
+    let id = if id.is_empty() { st(device, "distinctIdentifier") } else { id };
+    (id.to_string(), udi.to_string())
+}
+
+fn version_at_least(opts: &FhirToHl7Options, minor: u32) -> bool {
+    opts.version.strip_prefix("2.").and_then(|m| m.split('.').next()?.parse::<u32>().ok()).is_some_and(|m| m >= minor)
+}
+
+/// OBX (one per value, one per component), their NTEs and, from 2.7, a
+/// PRT for the device.
+fn obx_group(input: &Input<'_>, obs: &Value, ordinal: usize, set_id: &mut usize, opts: &FhirToHl7Options, out: &mut Vec<SegW>) {
+    let mut rows: Vec<(&Value, &Value, String)> = Vec::new();
+    let has_value = obs.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("value")));
+    let code = obs.get("code").unwrap_or(&Value::Null);
+    let components: Vec<&Value> = obs.get("component").and_then(Value::as_array).into_iter().flatten().collect();
+    if has_value || components.is_empty() {
+        rows.push((obs, code, String::new()));
+    }
+    for c in &components {
+        rows.push((c, c.get("code").unwrap_or(&Value::Null), ordinal.to_string()));
+    }
+    let device = obs.get("device").and_then(|d| input.resolve(d));
+    let performers: Vec<&Value> =
+        obs.get("performer").and_then(Value::as_array).into_iter().flatten().filter_map(|p| input.resolve(p)).collect();
+    for (source, code, sub_id) in rows {
+        *set_id += 1;
+        let mut s = SegW::new("OBX");
+        s.put(1, 1, &set_id.to_string());
+        put_value(&mut s, source, opts);
+        cwe(&mut s, 3, 1, code, opts);
+        s.put(4, 1, &sub_id);
+        reference_range(&mut s, source);
+        for (i, interp) in source.get("interpretation").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            if let Some(c) = interp.pointer("/coding/0") {
+                let mut c = c.clone();
+                // Table 0078 and v3 ObservationInterpretation share codes.
+                if st(&c, "system") == terminology::INTERPRETATION_SYSTEM
+                    && let Some(o) = c.as_object_mut()
+                {
+                    o.insert("system".into(), Value::String(terminology::v2_table("0078")));
+                }
+                coding(&mut s, 8, i + 1, &c);
+            }
+        }
+        s.put(11, 1, status_v2(obs));
+        s.put(14, 1, &effective(obs).unwrap_or_default());
+        let mut n = 0;
+        for p in &performers {
+            if rtype(p) == "Practitioner" || rtype(p) == "PractitionerRole" {
+                n += 1;
+                xcn(&mut s, 16, n, p, opts);
+            }
+        }
+        if let Some(m) = obs.get("method") {
+            cwe(&mut s, 17, 1, m, opts);
+        }
+        if let Some(d) = device {
+            let (id, _) = device_ids(d);
+            s.put(18, 1, &id);
+        }
+        s.put(19, 1, &obs.get("issued").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+        out.push(s);
+    }
+    for (i, note) in obs.get("note").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let mut s = SegW::new("NTE");
+        s.put(1, 1, &(i + 1).to_string()).put(3, 1, st(note, "text"));
+        out.push(s);
+    }
+    if let Some(d) = device
+        && version_at_least(opts, 7)
+    {
+        let (id, udi) = device_ids(d);
+        let mut s = SegW::new("PRT");
+        s.put(2, 1, "AD").put(4, 1, "EQUIP").put(4, 2, "Equipment").put(4, 3, "HL70912");
+        s.put(10, 1, &id).put(16, 1, &udi);
+        s.put(17, 1, &d.get("manufactureDate").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+        s.put(18, 1, &d.get("expirationDate").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+        s.put(19, 1, st(d, "lotNumber")).put(20, 1, st(d, "serialNumber"));
+        s.put(21, 1, d.pointer("/udiCarrier/0/carrierHRF").and_then(Value::as_str).unwrap_or(""));
+        out.push(s);
+    }
+}
+
+/// One OBR with its members.
+struct Group<'a> {
+    report: Option<&'a Value>,
+    code: Value,
+    observations: Vec<&'a Value>,
+    documents: Vec<Value>,
+}
+
+fn group_status(g: &Group<'_>) -> &'static str {
+    if let Some(r) = g.report {
+        return terminology::report_status_v2(st(r, "status"));
+    }
+    let statuses: Vec<&str> = g.observations.iter().map(|o| st(o, "status")).collect();
+    if statuses.iter().any(|s| matches!(*s, "corrected" | "amended")) {
+        "C"
+    } else if statuses.contains(&"preliminary") {
+        "P"
+    } else {
+        "F"
+    }
+}
+
+/// An attachment's data: inline, or from a Binary in the input.
+fn attachment_data(input: &Input<'_>, a: &Value, path: &str) -> Result<(String, String), ConvertError> {
+    let content_type = st(a, "contentType").to_string();
+    if let Some(d) = a.get("data").and_then(Value::as_str) {
+        return Ok((content_type, d.to_string()));
+    }
+    let url = st(a, "url");
+    if !url.is_empty()
+        && let Some(bin) = input.resolve(&serde_json::json!({"reference": url}))
+        && rtype(bin) == "Binary"
+    {
+        let ct = if content_type.is_empty() { st(bin, "contentType").to_string() } else { content_type };
+        let data = st(bin, "data");
+        if !data.is_empty() {
+            return Ok((ct, data.to_string()));
+        }
+    }
+    Err(ConvertError::Invalid {
+        path: path.into(),
+        reason: "the attachment has no data and its url is not a Binary in the input (nothing is fetched)".into(),
+    })
+}
+
+/// An ED OBX-5 from an attachment: `^AP^pdf^Base64^data`.
+fn ed_obx(set_id: usize, code: &Value, content_type: &str, data: &str, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
+    let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(&clean).map_err(|e| ConvertError::Invalid {
+        path: "attachment.data".into(),
+        reason: format!("not base64: {e}"),
+    })?;
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let (major, minor) = mime.split_once('/').unwrap_or(("application", "octet-stream"));
+    let kind = match major {
+        "image" => "IM",
+        "audio" => "AU",
+        "text" => "TEXT",
+        "video" => "NS",
+        _ => "AP",
+    };
+    let mut s = SegW::new("OBX");
+    s.put(1, 1, &set_id.to_string()).put(2, 1, "ED");
+    cwe(&mut s, 3, 1, code, opts);
+    s.put(5, 2, kind).put(5, 3, minor).put(5, 4, "Base64").put(5, 5, &clean);
+    s.put(11, 1, "F");
+    Ok(s)
+}
+
+fn doc_code(doc: &Value) -> Value {
+    match doc.get("type") {
+        Some(t) => t.clone(),
+        None => serde_json::json!({"text": "Document"}),
+    }
+}
+
+/// ORU^R01: DiagnosticReports (each an OBR with its results and presented
+/// forms as ED OBX), panels (an Observation with hasMember), the remaining
+/// Observations grouped by encounter and time, DocumentReferences (an OBR
+/// with an ED OBX each).
+fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Vec<SegW>, ConvertError> {
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    let mut used: HashSet<*const Value> = HashSet::new();
+    for report in input.of_type("DiagnosticReport").filter(|r| about(input, r, patient)) {
+        let observations: Vec<&Value> =
+            report.get("result").and_then(Value::as_array).into_iter().flatten().filter_map(|r| input.resolve(r)).collect();
+        used.extend(observations.iter().map(|o| *o as *const Value));
+        let mut documents = Vec::new();
+        for (i, form) in report.get("presentedForm").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let (ct, data) = attachment_data(input, form, &format!("DiagnosticReport.presentedForm[{i}]"))?;
+            documents.push(serde_json::json!([ct, data]));
+        }
+        groups.push(Group { report: Some(report), code: report.get("code").cloned().unwrap_or(Value::Null), observations, documents });
+    }
+    let observations: Vec<&Value> =
+        input.of_type("Observation").filter(|o| about(input, o, patient) && !used.contains(&(*o as *const Value))).collect();
+    // Panels: an Observation with members and no value of its own.
+    for panel in &observations {
+        let members: Vec<&Value> =
+            panel.get("hasMember").and_then(Value::as_array).into_iter().flatten().filter_map(|r| input.resolve(r)).collect();
+        let has_value = panel.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("value") || k == "component"));
+        if members.is_empty() || has_value {
+            continue;
+        }
+        used.insert(*panel as *const Value);
+        used.extend(members.iter().map(|m| *m as *const Value));
+        groups.push(Group { report: None, code: panel.get("code").cloned().unwrap_or(Value::Null), observations: members, documents: Vec::new() });
+    }
+    // The rest: one OBR per encounter and time, in input order.
+    let mut loose: Vec<(String, Vec<&Value>)> = Vec::new();
+    for obs in observations.into_iter().filter(|o| !used.contains(&(*o as *const Value))) {
+        let key = format!("{}|{}", obs.pointer("/encounter/reference").and_then(Value::as_str).unwrap_or(""), effective(obs).unwrap_or_default());
+        match loose.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(obs),
+            None => loose.push((key, vec![obs])),
+        }
+    }
+    for (_, list) in loose {
+        let code = if list.len() == 1 {
+            list[0].get("code").cloned().unwrap_or(Value::Null)
+        } else {
+            // A batch of unrelated results: the category names it.
+            list[0].pointer("/category/0").cloned().unwrap_or_else(|| serde_json::json!({"text": "Observations"}))
+        };
+        groups.push(Group { report: None, code, observations: list, documents: Vec::new() });
+    }
+    for (i, doc) in input.of_type("DocumentReference").filter(|d| about(input, d, patient)).enumerate() {
+        let mut documents = Vec::new();
+        for (j, c) in doc.get("content").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let a = c.get("attachment").unwrap_or(&Value::Null);
+            let (ct, data) = attachment_data(input, a, &format!("DocumentReference[{i}].content[{j}].attachment"))?;
+            documents.push(serde_json::json!([ct, data]));
+        }
+        groups.push(Group { report: None, code: doc_code(doc), observations: Vec::new(), documents });
+    }
+    if groups.is_empty() {
+        return Err(ConvertError::UnsupportedFhir {
+            target: "ORU^R01",
+            reason: "no DiagnosticReport, Observation or DocumentReference about the patient".into(),
+        });
+    }
+    let mut out = vec![pid(patient, opts)?];
+    // PV1 only when every result belongs to the same encounter.
+    let encounters: HashSet<&str> = groups
+        .iter()
+        .flat_map(|g| g.observations.iter().copied().chain(g.report))
+        .filter_map(|r| r.pointer("/encounter/reference").and_then(Value::as_str))
+        .collect();
+    if encounters.len() == 1
+        && let Some(enc) = encounters.iter().next().and_then(|r| input.resolve(&serde_json::json!({"reference": r})))
+    {
+        out.push(pv1(input, Some(enc), opts));
+    }
+    for (n, g) in groups.iter().enumerate() {
+        let mut obr = SegW::new("OBR");
+        obr.put(1, 1, &(n + 1).to_string());
+        if let Some(r) = g.report {
+            for id in r.get("identifier").and_then(Value::as_array).into_iter().flatten() {
+                let kind = id.pointer("/type/coding/0/code").and_then(Value::as_str).unwrap_or("FILL");
+                let field = if kind == "PLAC" { 2 } else { 3 };
+                if !obr.has(field) {
+                    ei(&mut obr, field, id, opts);
+                }
+            }
+        }
+        if g.code.is_null() {
+            obr.put(4, 2, "Results");
+        } else {
+            cwe(&mut obr, 4, 1, &g.code, opts);
+        }
+        let when = g.report.and_then(effective).or_else(|| g.observations.iter().find_map(|o| effective(o)));
+        obr.put(7, 1, &when.unwrap_or_default());
+        let issued = g.report.or(g.observations.first().copied()).and_then(|r| r.get("issued")).and_then(Value::as_str);
+        obr.put(22, 1, &issued.and_then(v2_time).unwrap_or_default());
+        obr.put(25, 1, group_status(g));
+        out.push(obr);
+        if let Some(conclusion) = g.report.map(|r| st(r, "conclusion")).filter(|c| !c.is_empty()) {
+            let mut nte = SegW::new("NTE");
+            nte.put(1, 1, "1").put(3, 1, conclusion);
+            out.push(nte);
+        }
+        let mut set_id = 0;
+        for (k, obs) in g.observations.iter().enumerate() {
+            obx_group(input, obs, k + 1, &mut set_id, opts, &mut out);
+        }
+        for d in &g.documents {
+            set_id += 1;
+            out.push(ed_obx(set_id, &g.code, d[0].as_str().unwrap_or(""), d[1].as_str().unwrap_or(""), opts)?);
+        }
+    }
+    Ok(out)
+}
+
+fn encounter_of<'a>(input: &Input<'a>, r: &Value) -> Option<&'a Value> {
+    r.get("encounter")
+        .or(r.pointer("/context/encounter/0"))
+        .and_then(|e| input.resolve(e))
+}
+
+/// MDM^T02: TXA from the DocumentReference, its content as ED OBX (base64).
+fn mdm(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, time: &str) -> Result<Vec<SegW>, ConvertError> {
+    let doc = input
+        .of_type("DocumentReference")
+        .find(|d| about(input, d, patient))
+        .ok_or_else(|| ConvertError::UnsupportedFhir { target: "MDM^T02", reason: "no DocumentReference about the patient".into() })?;
+    let mut evn = SegW::new("EVN");
+    evn.put(1, 1, "T02").put(2, 1, time);
+    let mut out = vec![evn, pid(patient, opts)?, pv1(input, encounter_of(input, doc), opts)];
+    let mut txa = SegW::new("TXA");
+    txa.put(1, 1, "1");
+    let code = doc_code(doc);
+    cwe(&mut txa, 2, 1, &code, opts);
+    let first_ct = doc.pointer("/content/0/attachment/contentType").and_then(Value::as_str).unwrap_or("");
+    txa.put(3, 1, if first_ct.starts_with("text/plain") { "TX" } else { "AP" });
+    let date = st(doc, "date");
+    txa.put(4, 1, &v2_time(date).unwrap_or_default());
+    if let Some(author) = doc.pointer("/author/0").and_then(|a| input.resolve(a)) {
+        xcn(&mut txa, 5, 1, author, opts);
+        xcn(&mut txa, 9, 1, author, opts);
+    }
+    let created = doc.pointer("/content/0/attachment/creation").and_then(Value::as_str).unwrap_or(date);
+    txa.put(6, 1, &v2_time(created).unwrap_or_default());
+    let unique = doc.get("masterIdentifier").or(doc.pointer("/identifier/0"));
+    match unique {
+        Some(id) => ei(&mut txa, 12, id, opts),
+        None => {
+            // TXA-12 is required: the resource id identifies the document.
+            txa.put(12, 1, st(doc, "id"));
+        }
+    }
+    if !txa.has(12) {
+        return Err(missing("DocumentReference.masterIdentifier, identifier or id (TXA-12 is required)"));
+    }
+    if let Some(parent) = doc.pointer("/relatesTo/0/target/identifier") {
+        ei(&mut txa, 13, parent, opts);
+    }
+    let completion = match st(doc, "docStatus") {
+        "final" | "amended" => "AU",
+        "preliminary" => "IP",
+        "entered-in-error" => "DI",
+        _ => "DO",
+    };
+    txa.put(17, 1, completion);
+    txa.put(19, 1, match st(doc, "status") {
+        "superseded" => "OB",
+        "entered-in-error" => "CA",
+        _ => "AV",
+    });
+    out.push(txa);
+    let mut n = 0;
+    for (j, c) in doc.get("content").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let a = c.get("attachment").unwrap_or(&Value::Null);
+        let (ct, data) = attachment_data(input, a, &format!("DocumentReference.content[{j}].attachment"))?;
+        n += 1;
+        out.push(ed_obx(n, &code, &ct, &data, opts)?);
+    }
+    if n == 0 {
+        return Err(missing("DocumentReference.content"));
+    }
+    Ok(out)
+}
+
+/// ADT^A04/A08: the Patient (PID, PD1 with the general practitioner, NK1 from
+/// contacts) and the first Encounter (PV1, `U` when none).
+fn adt(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, event: &str, time: &str) -> Result<Vec<SegW>, ConvertError> {
+    let mut evn = SegW::new("EVN");
+    evn.put(1, 1, event).put(2, 1, time);
+    let mut out = vec![evn, pid(patient, opts)?];
+    if let Some(gp) = patient.pointer("/generalPractitioner/0").and_then(|r| input.resolve(r))
+        && rtype(gp) != "Organization"
+    {
+        let mut pd1 = SegW::new("PD1");
+        xcn(&mut pd1, 4, 1, gp, opts);
+        out.push(pd1);
+    }
+    for (i, contact) in patient.get("contact").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let mut nk1 = SegW::new("NK1");
+        nk1.put(1, 1, &(i + 1).to_string());
+        if let Some(name) = contact.get("name") {
+            xpn(&mut nk1, 2, 1, name);
+        }
+        if let Some(rel) = contact.pointer("/relationship/0") {
+            cwe(&mut nk1, 3, 1, rel, opts);
+        }
+        if let Some(a) = contact.get("address") {
+            xad(&mut nk1, 4, 1, a);
+        }
+        for (j, cp) in contact.get("telecom").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            xtn(&mut nk1, 5, j + 1, cp);
+        }
+        out.push(nk1);
+    }
+    let encounter = input.of_type("Encounter").find(|e| about(input, e, patient));
+    out.push(pv1(input, encounter, opts));
+    Ok(out)
+}
+
+/// SIU^S12: SCH/TQ1 from the Appointment, RGS with AIS (service type), AIL
+/// (locations) and AIP (practitioners).
+fn siu(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Vec<SegW>, ConvertError> {
+    let appt = input
+        .of_type("Appointment")
+        .next()
+        .ok_or_else(|| ConvertError::UnsupportedFhir { target: "SIU^S12", reason: "no Appointment in the input".into() })?;
+    let start = appt.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default();
+    let end = appt.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default();
+    let mut practitioners = Vec::new();
+    let mut locations = Vec::new();
+    for p in appt.get("participant").and_then(Value::as_array).into_iter().flatten() {
+        let Some(actor) = p.get("actor") else { continue };
+        match input.resolve(actor) {
+            Some(r) if rtype(r) == "Practitioner" || rtype(r) == "PractitionerRole" => practitioners.push((r, p)),
+            Some(r) if rtype(r) == "Location" => locations.push(st(r, "name").to_string()),
+            None if st(actor, "reference").starts_with("Location/") => locations.push(st(actor, "display").to_string()),
+            _ => {}
+        }
+    }
+    let mut sch = SegW::new("SCH");
+    let ids: Vec<&Value> = appt.get("identifier").and_then(Value::as_array).into_iter().flatten().collect();
+    for id in &ids {
+        let kind = id.pointer("/type/coding/0/code").and_then(Value::as_str).unwrap_or("");
+        let field = if kind == "PLAC" { 1 } else { 2 };
+        if !sch.has(field) {
+            ei(&mut sch, field, id, opts);
+        }
+    }
+    if ids.is_empty() {
+        sch.put(2, 1, st(appt, "id"));
+    }
+    // SCH-6 (event reason) is required: the reason, else the type, else text.
+    match appt.pointer("/reasonCode/0").or(appt.get("appointmentType")) {
+        Some(c) => cwe(&mut sch, 6, 1, c, opts),
+        None => {
+            sch.put(6, 2, "Appointment booked");
+        }
+    }
+    if let Some(r) = appt.pointer("/reasonCode/0") {
+        cwe(&mut sch, 7, 1, r, opts);
+    }
+    if let Some(t) = appt.get("appointmentType") {
+        cwe(&mut sch, 8, 1, t, opts);
+    }
+    let minutes = num(appt.get("minutesDuration"));
+    if !minutes.is_empty() {
+        sch.put(9, 1, &minutes).put(10, 1, "min");
+    }
+    sch.put(11, 4, &start).put(11, 5, &end);
+    if let Some((who, _)) = practitioners.first() {
+        xcn(&mut sch, 16, 1, who, opts);
+        xcn(&mut sch, 20, 1, who, opts);
+    }
+    sch.put(25, 1, match st(appt, "status") {
+        "booked" => "Booked",
+        "cancelled" => "Cancelled",
+        "fulfilled" => "Complete",
+        "noshow" => "Noshow",
+        "pending" | "proposed" => "Pending",
+        "waitlist" => "Waitlist",
+        "arrived" | "checked-in" => "Started",
+        _ => "",
+    });
+    let mut out = vec![sch];
+    let mut tq1 = SegW::new("TQ1");
+    tq1.put(1, 1, "1").put(7, 1, &start).put(8, 1, &end);
+    out.push(tq1);
+    if let Some(c) = appt.get("comment").and_then(Value::as_str) {
+        let mut nte = SegW::new("NTE");
+        nte.put(1, 1, "1").put(3, 1, c);
+        out.push(nte);
+    }
+    out.push(pid(patient, opts)?);
+    let mut rgs = SegW::new("RGS");
+    rgs.put(1, 1, "1").put(2, 1, "A");
+    out.push(rgs);
+    for (i, svc) in appt.get("serviceType").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let mut ais = SegW::new("AIS");
+        ais.put(1, 1, &(i + 1).to_string()).put(2, 1, "A");
+        cwe(&mut ais, 3, 1, svc, opts);
+        ais.put(4, 1, &start);
+        out.push(ais);
+    }
+    for (i, name) in locations.iter().enumerate() {
+        let mut ail = SegW::new("AIL");
+        ail.put(1, 1, &(i + 1).to_string()).put(2, 1, "A").put(3, 1, name).put(6, 1, &start);
+        out.push(ail);
+    }
+    for (i, (who, part)) in practitioners.iter().enumerate() {
+        let mut aip = SegW::new("AIP");
+        aip.put(1, 1, &(i + 1).to_string()).put(2, 1, "A");
+        xcn(&mut aip, 3, 1, who, opts);
+        if let Some(role) = part.pointer("/type/0") {
+            cwe(&mut aip, 4, 1, role, opts);
+        }
+        aip.put(6, 1, &start);
+        out.push(aip);
+    }
+    Ok(out)
+}
+
+/// RAS^O17: an ORC/RXA/RXR per MedicationAdministration.
+fn ras(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Vec<SegW>, ConvertError> {
+    let admins: Vec<&Value> = input.of_type("MedicationAdministration").filter(|m| about(input, m, patient)).collect();
+    if admins.is_empty() {
+        return Err(ConvertError::UnsupportedFhir {
+            target: "RAS^O17",
+            reason: "no MedicationAdministration about the patient".into(),
+        });
+    }
+    let mut out = vec![pid(patient, opts)?];
+    if let Some(enc) = admins.first().and_then(|a| a.get("context")).and_then(|c| input.resolve(c)) {
+        out.push(pv1(input, Some(enc), opts));
+    }
+    for (i, ma) in admins.iter().enumerate() {
+        let mut orc = SegW::new("ORC");
+        orc.put(1, 1, "RE");
+        if let Some(id) = ma.get("request").and_then(|r| input.resolve(r)).and_then(|r| r.pointer("/identifier/0")) {
+            ei(&mut orc, 2, id, opts);
+        }
+        if let Some(id) = ma.pointer("/identifier/0") {
+            ei(&mut orc, 3, id, opts);
+        }
+        out.push(orc);
+        let mut rxa = SegW::new("RXA");
+        rxa.put(1, 1, "0").put(2, 1, &(i + 1).to_string());
+        let start = ma
+            .get("effectiveDateTime")
+            .or(ma.pointer("/effectivePeriod/start"))
+            .and_then(Value::as_str)
+            .and_then(v2_time)
+            .ok_or_else(|| missing(&format!("MedicationAdministration[{i}].effective[x] (RXA-3 is required)")))?;
+        let end = ma.pointer("/effectivePeriod/end").and_then(Value::as_str).and_then(v2_time).unwrap_or_else(|| start.clone());
+        rxa.put(3, 1, &start).put(4, 1, &end);
+        let medication = ma
+            .get("medicationCodeableConcept")
+            .or_else(|| ma.get("medicationReference").and_then(|r| input.resolve(r)).and_then(|m| m.get("code")))
+            .ok_or_else(|| missing(&format!("MedicationAdministration[{i}].medication[x] (RXA-5 is required)")))?;
+        cwe(&mut rxa, 5, 1, medication, opts);
+        // An unknown dose stays empty: a placeholder number could be read as
+        // an amount given.
+        if let Some(dose) = ma.pointer("/dosage/dose") {
+            rxa.put(6, 1, &num(dose.get("value")));
+            units(&mut rxa, 7, dose);
+        }
+        if let Some(who) = ma.pointer("/performer/0/actor").and_then(|a| input.resolve(a)) {
+            xcn(&mut rxa, 10, 1, who, opts);
+        }
+        rxa.put(20, 1, match st(ma, "status") {
+            "completed" => "CP",
+            "not-done" => "NA",
+            "in-progress" | "on-hold" | "stopped" => "PA",
+            _ => "",
+        });
+        rxa.put(21, 1, "A");
+        out.push(rxa);
+        let mut rxr = SegW::new("RXR");
+        match ma.pointer("/dosage/route") {
+            Some(route) => cwe(&mut rxr, 1, 1, route, opts),
+            None => {
+                // RXR-1 is required; say explicitly that the route is unknown.
+                rxr.put(1, 1, "UNK").put(1, 2, "unknown").put(1, 3, "NULLFL");
+            }
+        }
+        if let Some(site) = ma.pointer("/dosage/site") {
+            cwe(&mut rxr, 2, 1, site, opts);
+        }
+        out.push(rxr);
+    }
+    Ok(out)
+}
