@@ -1,5 +1,6 @@
-//! Integration tests of the HL7 v2 crate against the sample messages in
-//! tests/fixtures (see PROVENANCE.md there).
+//! Every sample message: parse, round trip, read, validate, acknowledge,
+//! and carry over MLLP.
+
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ fn fixtures_dir() -> PathBuf {
 }
 
 /// Every .hl7 fixture, sorted by name.
-fn fixtures() -> Vec<(String, Vec<u8>)> {
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
     let mut all: Vec<_> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")
         .map(|e| e.expect("dir entry").path())
