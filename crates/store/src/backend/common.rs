@@ -627,6 +627,48 @@ pub(crate) fn transition(outcome: Outcome, attempt: u32, policy: &RetryPolicy, n
     }
 }
 
+/// Which of a message's deliveries a replay moves back to the queue.
+pub(crate) fn split_replayable(rows: &[(i64, String)]) -> Result<(Vec<DeliveryId>, Vec<DeliveryId>)> {
+    let mut replayed = Vec::new();
+    let mut skipped = Vec::new();
+    for (id, state) in rows {
+        match parse_state(state)? {
+            DeliveryState::Sent | DeliveryState::Error | DeliveryState::Dead => replayed.push(DeliveryId(*id)),
+            _ => skipped.push(DeliveryId(*id)),
+        }
+    }
+    Ok((replayed, skipped))
+}
+
+pub(crate) fn replay_audit(req: &ReplayRequest, replayed: &[DeliveryId]) -> NewAuditEvent {
+    let ids: Vec<String> = replayed.iter().map(ToString::to_string).collect();
+    let mut detail = format!("deliveries [{}]", ids.join(", "));
+    if let Some(d) = &req.destination {
+        detail.push_str(&format!(" of destination {d}"));
+    }
+    if let Some(r) = &req.reason {
+        detail.push_str(": ");
+        detail.push_str(r);
+    }
+    NewAuditEvent {
+        actor: req.actor.clone(),
+        action: "replay".into(),
+        message_id: Some(req.message_id),
+        delivery_id: (replayed.len() == 1).then(|| replayed[0]),
+        detail: Some(detail),
+    }
+}
+
+pub(crate) fn check_dead_letterable(state: DeliveryState) -> Result<()> {
+    match state {
+        DeliveryState::Error | DeliveryState::Queued => Ok(()),
+        DeliveryState::InFlight => {
+            Err(StoreError::invalid("delivery", "it is in flight; wait for its outcome or its lease to expire"))
+        }
+        s => Err(StoreError::invalid("delivery", format!("it is already final ({s})"))),
+    }
+}
+
 // -------------------------------------------------------------- search ----
 
 /// A bind value of a dynamically built query.

@@ -1,6 +1,7 @@
 //! Backend selection by URL scheme.
 
 mod common;
+mod shared;
 mod sqlite;
 mod writer;
 

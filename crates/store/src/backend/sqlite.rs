@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::common::*;
+use super::shared::{question_marks, read_side, write_side};
 use super::writer::{self, Done, Op};
 use crate::clock::{from_micros, to_delta, to_micros};
 use crate::model::*;
@@ -31,11 +32,6 @@ use crate::{Clock, Result, SqliteSynchronous as Sync, Store, StoreError, StoreOp
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Rows per multi-row INSERT: 64 rows of at most 16 columns stay far below
-/// SQLite's 32,766 bound variables.
-const INSERT_CHUNK: usize = 64;
-/// Values per `IN (...)` list.
-const IN_CHUNK: usize = 500;
 
 /// A store on a local SQLite file.
 #[derive(Debug)]
@@ -133,93 +129,19 @@ impl Store for SqliteStore {
     }
 
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>> {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT id, at, actor, action, message_id, delivery_id, detail FROM audit_events WHERE 1 = 1",
-        );
-        if let Some(m) = query.message_id {
-            qb.push(" AND message_id = ").push_bind(m.0);
-        }
-        if let Some(before) = query.before_id {
-            qb.push(" AND id < ").push_bind(before);
-        }
-        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(page_limit(query.limit, 100)));
-        let rows: Vec<AuditRow> = qb.build_query_as().fetch_all(&self.readers).await?;
-        Ok(rows.into_iter().map(AuditRow::into_event).collect())
+        read_audit_events(&self.readers, query).await
     }
 
     async fn get_message(&self, id: MessageId) -> Result<Option<MessageDetail>> {
-        // One read transaction: a consistent snapshot of message, deliveries
-        // and attempts even while the writer commits.
-        let mut tx = self.readers.begin().await?;
-        let row: Option<SqliteRow> = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS}, m.raw, m.ack FROM messages m WHERE m.id = ?"
-        )))
-        .bind(id.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let message = MessageRow::from_row(&row)?;
-        let raw: Option<Vec<u8>> = row.try_get("raw")?;
-        let ack: Option<Vec<u8>> = row.try_get("ack")?;
-        let patient_ids: Vec<String> =
-            sqlx::query_scalar("SELECT patient_id FROM message_patients WHERE message_id = ? ORDER BY patient_id")
-                .bind(id.0)
-                .fetch_all(&mut *tx)
-                .await?;
-        let deliveries: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ? ORDER BY id"
-        )))
-        .bind(id.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        let attempts: Vec<AttemptRow> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id IN \
-             (SELECT id FROM deliveries WHERE message_id = ?) ORDER BY delivery_id, number"
-        )))
-        .bind(id.0)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        assemble_detail(message, raw, ack, patient_ids, deliveries, attempts).map(Some)
+        read_message(&self.readers, id).await
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage> {
-        let s = build_search(query)?;
-        let mut q = sqlx::query_as::<_, MessageRow>(AssertSqlSafe(s.sql));
-        for p in s.params {
-            q = match p {
-                Param::I64(v) => q.bind(v),
-                Param::Text(v) => q.bind(v),
-                Param::Uuid(v) => q.bind(v),
-            };
-        }
-        let mut conn = self.readers.acquire().await?;
-        let rows = q.fetch_all(&mut *conn).await?;
-        let ids: Vec<Uuid> = rows.iter().take(s.limit).map(|r| r.id).collect();
-        let summaries = if ids.is_empty() {
-            Vec::new()
-        } else {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT id, message_id, destination, state, attempts FROM deliveries WHERE message_id IN (",
-            );
-            let mut sep = qb.separated(", ");
-            for id in &ids {
-                sep.push_bind(*id);
-            }
-            qb.push(") ORDER BY id");
-            qb.build_query_as::<DeliverySummaryRow>().fetch_all(&mut *conn).await?
-        };
-        Ok(finish_page(rows, s.limit, group_summaries(summaries)?))
+        read_search(&self.readers, query).await
     }
 
     async fn counts(&self) -> Result<Vec<StateCount>> {
-        let rows: Vec<CountRow> = sqlx::query_as(
-            "SELECT channel, destination, state, COUNT(*) AS n FROM deliveries \
-             GROUP BY channel, destination, state ORDER BY channel, destination, state",
-        )
-        .fetch_all(&self.readers)
-        .await?;
-        rows.into_iter().map(CountRow::into_count).collect()
+        read_counts(&self.readers).await
     }
 
     async fn retention_batch(&self, request: &RetentionRequest) -> Result<RetentionBatch> {
@@ -266,6 +188,9 @@ async fn end_savepoint<T>(conn: &mut SqliteConnection, result: Result<T>) -> Res
     exec(conn, "RELEASE op").await?;
     result
 }
+
+read_side!(Sqlite, SqlitePool, question_marks);
+write_side!(Sqlite, SqliteConnection, question_marks, "", "");
 
 /// The writer task's state.
 struct Writer {
@@ -322,7 +247,7 @@ impl Writer {
 
         if !accepts.is_empty() {
             let messages: Vec<&NewMessage> = accepts.iter().map(|(m, _)| m).collect();
-            let bulk = savepoint!(self.conn, accept_all(&mut self.conn, &messages, now, self.window).await);
+            let bulk = savepoint!(self.conn, insert_batch(&mut self.conn, &messages, now, self.window).await);
             match bulk {
                 Ok((results, queued)) => {
                     wake |= queued;
@@ -335,7 +260,7 @@ impl Writer {
                     // so that only the culprit gets the error.
                     warn!(error = %e, batch = messages.len(), "bulk accept failed, retrying one by one");
                     for (m, reply) in accepts {
-                        let one = savepoint!(self.conn, accept_all(&mut self.conn, &[&m], now, self.window).await);
+                        let one = savepoint!(self.conn, insert_batch(&mut self.conn, &[&m], now, self.window).await);
                         done.push(Done::new(reply, one.map(|(mut r, q)| {
                             wake |= q;
                             r.remove(0)
@@ -373,7 +298,7 @@ impl Writer {
         let conn = &mut self.conn;
         match op {
             Op::Accept(m, reply) => {
-                let r = savepoint!(*conn, accept_all(conn, &[&m], now, self.window).await);
+                let r = savepoint!(*conn, insert_batch(conn, &[&m], now, self.window).await);
                 Done::new(reply, r.map(|(mut v, q)| {
                     *wake |= q;
                     v.remove(0)
@@ -402,116 +327,8 @@ impl Writer {
     }
 }
 
-/// Inserts a batch of messages (duplicates excluded) with bulk INSERTs.
-/// Returns each message's answer and whether any queued delivery was
-/// created.
-async fn accept_all(
-    conn: &mut SqliteConnection,
-    messages: &[&NewMessage],
-    now: DateTime<Utc>,
-    window: Duration,
-) -> Result<(Vec<Accepted>, bool)> {
-    let cutoff = window_start(now, window);
-    let mut existing = Vec::new();
-    for chunk in control_ids(messages).chunks(IN_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT id, channel, sender_key, control_id, received_at, ack FROM messages WHERE control_id IN (",
-        );
-        let mut sep = qb.separated(", ");
-        for cid in chunk {
-            sep.push_bind(*cid);
-        }
-        qb.push(") AND received_at >= ").push_bind(cutoff);
-        existing.extend(qb.build_query_as::<OriginalRow>().fetch_all(&mut *conn).await?);
-    }
-    let plans = plan_batch(messages, existing);
-    let inserts: Vec<&Prepared<'_>> =
-        plans.iter().filter_map(|p| if let Plan::Insert(p) = p { Some(p) } else { None }).collect();
-    insert_messages(conn, &inserts, to_micros(now)).await?;
-    let queued = inserts.iter().any(|p| p.has_queued());
-    let answers = plans
-        .into_iter()
-        .map(|p| match p {
-            Plan::Insert(p) => Accepted::Stored { id: MessageId(p.id) },
-            Plan::Duplicate(d) => d,
-        })
-        .collect();
-    Ok((answers, queued))
-}
-
 async fn exec(conn: &mut SqliteConnection, sql: &'static str) -> Result<()> {
     sqlx::query(sql).execute(conn).await?;
-    Ok(())
-}
-
-async fn insert_messages(conn: &mut SqliteConnection, inserts: &[&Prepared<'_>], now: i64) -> Result<()> {
-    for chunk in inserts.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO messages (id, channel, received_at, accepted_at, peer_addr, content_type, size, sha256, \
-             control_id, sender_key, message_type, event, order_key, ack, raw) ",
-        );
-        qb.push_values(chunk, |mut b, p| {
-            let m = p.message;
-            b.push_bind(p.id)
-                .push_bind(&m.channel)
-                .push_bind(to_micros(m.received_at))
-                .push_bind(now)
-                .push_bind(&m.peer_addr)
-                .push_bind(&m.content_type)
-                .push_bind(p.size())
-                .push_bind(&p.sha256)
-                .push_bind(&m.control_id)
-                .push_bind(&m.sender_key)
-                .push_bind(&m.message_type)
-                .push_bind(&m.event)
-                .push_bind(&m.order_key)
-                .push_bind(&m.ack)
-                .push_bind(&m.raw);
-        });
-        qb.build().execute(&mut *conn).await?;
-    }
-
-    let patients: Vec<(Uuid, &str)> = inserts
-        .iter()
-        .flat_map(|p| {
-            let mut ids: Vec<&str> = p.message.patient_ids.iter().map(String::as_str).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids.into_iter().map(move |pid| (p.id, pid))
-        })
-        .collect();
-    for chunk in patients.chunks(INSERT_CHUNK * 4) {
-        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO message_patients (message_id, patient_id) ");
-        qb.push_values(chunk, |mut b, (id, pid)| {
-            b.push_bind(*id).push_bind(*pid);
-        });
-        qb.build().execute(&mut *conn).await?;
-    }
-
-    let deliveries: Vec<(&Prepared<'_>, &NewDelivery)> =
-        inserts.iter().flat_map(|p| p.message.deliveries.iter().map(move |d| (*p, d))).collect();
-    for chunk in deliveries.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (message_id, channel, destination, queue_key, state, next_attempt_at, \
-             filter_rule, created_at, updated_at) ",
-        );
-        qb.push_values(chunk, |mut b, (p, d)| {
-            let (state, rule) = match &d.initial {
-                InitialState::Queued => ("queued", None),
-                InitialState::Filtered { rule } => ("filtered", Some(rule.as_str())),
-            };
-            b.push_bind(p.id)
-                .push_bind(&p.message.channel)
-                .push_bind(&d.destination)
-                .push_bind(&p.queue_key)
-                .push_bind(state)
-                .push_bind(now)
-                .push_bind(rule)
-                .push_bind(now)
-                .push_bind(now);
-        });
-        qb.build().execute(&mut *conn).await?;
-    }
     Ok(())
 }
 
@@ -522,7 +339,7 @@ async fn insert_messages(conn: &mut SqliteConnection, inserts: &[&Prepared<'_>],
 /// overtake one being sent).
 const CLAIM_CANDIDATES: &str = "\
 SELECT d.id, d.state, d.total_attempts, d.lease_owner, d.lease_started_at, d.lease_expires_at
-FROM deliveries d INDEXED BY deliveries_queue
+FROM deliveries d
 WHERE d.channel = ?1 AND d.destination = ?2
   AND d.state IN ('queued', 'in_flight', 'error')
   AND ((d.state = 'queued' AND d.next_attempt_at <= ?3)
@@ -539,329 +356,13 @@ ORDER BY d.id
 LIMIT ?4";
 
 /// The earliest future moment a delivery of this destination becomes due.
-const NEXT_DUE: &str = "\
-SELECT MIN(CASE WHEN state = 'queued' THEN next_attempt_at ELSE lease_expires_at END)
-FROM deliveries INDEXED BY deliveries_queue
-WHERE channel = ?1 AND destination = ?2 AND state IN ('queued', 'in_flight', 'error')
-  AND ((state = 'queued' AND next_attempt_at > ?3) OR (state = 'in_flight' AND lease_expires_at > ?3))";
-
 async fn claim(conn: &mut SqliteConnection, req: ClaimRequest, now: DateTime<Utc>) -> Result<Claim> {
-    let now_us = to_micros(now);
     let candidates: Vec<CandidateRow> = sqlx::query_as(CLAIM_CANDIDATES)
         .bind(&req.channel)
         .bind(&req.destination)
-        .bind(now_us)
+        .bind(to_micros(now))
         .bind(i64::from(req.max))
         .fetch_all(&mut *conn)
         .await?;
-    let next_due = if candidates.len() < req.max as usize {
-        let t: Option<i64> = sqlx::query_scalar(NEXT_DUE)
-            .bind(&req.channel)
-            .bind(&req.destination)
-            .bind(now_us)
-            .fetch_one(&mut *conn)
-            .await?;
-        t.map(from_micros)
-    } else {
-        None
-    };
-    if candidates.is_empty() {
-        return Ok(Claim { deliveries: Vec::new(), next_due });
-    }
-
-    // A lease that ran out is an attempt that ended without an outcome: log
-    // it so the operator sees the crashed or stuck worker.
-    for c in candidates.iter().filter(|c| c.state == "in_flight") {
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, reason) \
-             VALUES (?, ?, ?, ?, ?, 'lease_expired', 'lease expired without an outcome')",
-        )
-        .bind(c.id)
-        .bind(c.total_attempts)
-        .bind(c.lease_owner.as_deref().unwrap_or(""))
-        .bind(c.lease_started_at.unwrap_or(now_us))
-        .bind(c.lease_expires_at.unwrap_or(now_us))
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let lease = LeaseToken(rand::random::<i64>());
-    let expires = to_micros(now + to_delta(req.lease));
-    let mut qb = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET state = 'in_flight', lease_token = ");
-    qb.push_bind(lease.0)
-        .push(", lease_owner = ")
-        .push_bind(&req.worker)
-        .push(", lease_started_at = ")
-        .push_bind(now_us)
-        .push(", lease_expires_at = ")
-        .push_bind(expires)
-        .push(", attempts = attempts + 1, total_attempts = total_attempts + 1, updated_at = ")
-        .push_bind(now_us)
-        .push(" WHERE id IN (");
-    let mut sep = qb.separated(", ");
-    for c in &candidates {
-        sep.push_bind(c.id);
-    }
-    qb.push(")");
-    qb.build().execute(&mut *conn).await?;
-
-    let mut qb = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT {CLAIMED_COLUMNS} FROM deliveries d JOIN messages m ON m.id = d.message_id WHERE d.id IN ("
-    ));
-    let mut sep = qb.separated(", ");
-    for c in &candidates {
-        sep.push_bind(c.id);
-    }
-    qb.push(") ORDER BY d.id");
-    let rows: Vec<ClaimedRow> = qb.build_query_as().fetch_all(&mut *conn).await?;
-    let deliveries = rows.into_iter().map(|r| r.into_claimed(lease)).collect::<Result<Vec<_>>>()?;
-    Ok(Claim { deliveries, next_due })
-}
-
-const LEASE_ROW: &str = "SELECT state, lease_token, lease_expires_at, lease_owner, lease_started_at, attempts, \
-     total_attempts FROM deliveries WHERE id = ?";
-
-async fn complete(
-    conn: &mut SqliteConnection,
-    delivery: DeliveryId,
-    lease: LeaseToken,
-    outcome: Outcome,
-    policy: RetryPolicy,
-    now: DateTime<Utc>,
-) -> Result<Completion> {
-    let now_us = to_micros(now);
-    let row: Option<LeaseRow> = sqlx::query_as(LEASE_ROW).bind(delivery.0).fetch_optional(&mut *conn).await?;
-    let row = match row {
-        Some(r) if r.holds(lease, now_us) => r,
-        Some(_) => return Err(StoreError::LeaseLost(delivery)),
-        None => return Err(StoreError::NotFound(format!("delivery {delivery}"))),
-    };
-    let attempt = u32::try_from(row.attempts.max(1)).unwrap_or(u32::MAX);
-    let t = transition(outcome, attempt, &policy, now);
-    sqlx::query(
-        "UPDATE deliveries SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at), lease_token = NULL, \
-         lease_owner = NULL, lease_started_at = NULL, lease_expires_at = NULL, filter_rule = ?, error_class = ?, \
-         error_reason = ?, transformed = ?, updated_at = ? WHERE id = ?",
-    )
-    .bind(t.state.as_str())
-    .bind(t.next_attempt_at)
-    .bind(&t.filter_rule)
-    .bind(t.error_class)
-    .bind(&t.error_reason)
-    .bind(&t.transformed)
-    .bind(now_us)
-    .bind(delivery.0)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, error_class, reason, \
-         response_kind, response_status, response_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(delivery.0)
-    .bind(row.total_attempts)
-    .bind(row.lease_owner.as_deref().unwrap_or(""))
-    .bind(row.lease_started_at.unwrap_or(now_us))
-    .bind(now_us)
-    .bind(t.attempt_outcome)
-    .bind(t.error_class)
-    .bind(t.error_reason.as_ref().or(t.filter_rule.as_ref()))
-    .bind(t.response.0)
-    .bind(t.response.1)
-    .bind(&t.response.2)
-    .execute(&mut *conn)
-    .await?;
-    Ok(Completion { state: t.state, next_attempt_at: t.next_attempt_at.map(from_micros) })
-}
-
-async fn extend(
-    conn: &mut SqliteConnection,
-    delivery: DeliveryId,
-    lease: LeaseToken,
-    by: Duration,
-    now: DateTime<Utc>,
-) -> Result<DateTime<Utc>> {
-    let expires = now + to_delta(by);
-    let done = sqlx::query(
-        "UPDATE deliveries SET lease_expires_at = ?, updated_at = ? \
-         WHERE id = ? AND state = 'in_flight' AND lease_token = ? AND lease_expires_at > ?",
-    )
-    .bind(to_micros(expires))
-    .bind(to_micros(now))
-    .bind(delivery.0)
-    .bind(lease.0)
-    .bind(to_micros(now))
-    .execute(conn)
-    .await?;
-    if done.rows_affected() == 1 { Ok(expires) } else { Err(StoreError::LeaseLost(delivery)) }
-}
-
-async fn replay(conn: &mut SqliteConnection, req: ReplayRequest, now: DateTime<Utc>) -> Result<ReplayResult> {
-    let now_us = to_micros(now);
-    let deleted: Option<Option<i64>> = sqlx::query_scalar("SELECT contents_deleted_at FROM messages WHERE id = ?")
-        .bind(req.message_id.0)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match deleted {
-        None => return Err(StoreError::NotFound(format!("message {}", req.message_id))),
-        Some(Some(_)) => return Err(StoreError::invalid("message_id", "its contents were removed by retention")),
-        Some(None) => {}
-    }
-    let mut qb = QueryBuilder::<Sqlite>::new("SELECT id, state FROM deliveries WHERE message_id = ");
-    qb.push_bind(req.message_id.0);
-    if let Some(d) = &req.destination {
-        qb.push(" AND destination = ").push_bind(d);
-    }
-    qb.push(" ORDER BY id");
-    let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
-    if rows.is_empty() {
-        return Err(StoreError::NotFound(format!("deliveries of message {}", req.message_id)));
-    }
-    let (replayed, skipped) = split_replayable(&rows)?;
-    for id in &replayed {
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = ?, lease_token = NULL, \
-             lease_owner = NULL, lease_started_at = NULL, lease_expires_at = NULL, error_class = NULL, \
-             error_reason = NULL, updated_at = ? WHERE id = ?",
-        )
-        .bind(now_us)
-        .bind(now_us)
-        .bind(id.0)
-        .execute(&mut *conn)
-        .await?;
-    }
-    let event = replay_audit(&req, &replayed);
-    insert_audit(conn, &event, now).await?;
-    Ok(ReplayResult { replayed, skipped })
-}
-
-/// Which of a message's deliveries a replay moves back to the queue.
-pub(crate) fn split_replayable(rows: &[(i64, String)]) -> Result<(Vec<DeliveryId>, Vec<DeliveryId>)> {
-    let mut replayed = Vec::new();
-    let mut skipped = Vec::new();
-    for (id, state) in rows {
-        match parse_state(state)? {
-            DeliveryState::Sent | DeliveryState::Error | DeliveryState::Dead => replayed.push(DeliveryId(*id)),
-            _ => skipped.push(DeliveryId(*id)),
-        }
-    }
-    Ok((replayed, skipped))
-}
-
-pub(crate) fn replay_audit(req: &ReplayRequest, replayed: &[DeliveryId]) -> NewAuditEvent {
-    let ids: Vec<String> = replayed.iter().map(ToString::to_string).collect();
-    let mut detail = format!("deliveries [{}]", ids.join(", "));
-    if let Some(d) = &req.destination {
-        detail.push_str(&format!(" of destination {d}"));
-    }
-    if let Some(r) = &req.reason {
-        detail.push_str(": ");
-        detail.push_str(r);
-    }
-    NewAuditEvent {
-        actor: req.actor.clone(),
-        action: "replay".into(),
-        message_id: Some(req.message_id),
-        delivery_id: (replayed.len() == 1).then(|| replayed[0]),
-        detail: Some(detail),
-    }
-}
-
-async fn dead_letter(
-    conn: &mut SqliteConnection,
-    delivery: DeliveryId,
-    actor: String,
-    reason: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let row: Option<(String, Uuid)> = sqlx::query_as("SELECT state, message_id FROM deliveries WHERE id = ?")
-        .bind(delivery.0)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some((state, message_id)) = row else {
-        return Err(StoreError::NotFound(format!("delivery {delivery}")));
-    };
-    check_dead_letterable(parse_state(&state)?)?;
-    sqlx::query(
-        "UPDATE deliveries SET state = 'dead', error_reason = COALESCE(?, error_reason), updated_at = ? WHERE id = ?",
-    )
-    .bind(reason.as_deref().map(clip_reason))
-    .bind(to_micros(now))
-    .bind(delivery.0)
-    .execute(&mut *conn)
-    .await?;
-    let event = NewAuditEvent {
-        actor,
-        action: "dead_letter".into(),
-        message_id: Some(MessageId(message_id)),
-        delivery_id: Some(delivery),
-        detail: reason,
-    };
-    validate_audit(&event)?;
-    insert_audit(conn, &event, now).await
-}
-
-pub(crate) fn check_dead_letterable(state: DeliveryState) -> Result<()> {
-    match state {
-        DeliveryState::Error | DeliveryState::Queued => Ok(()),
-        DeliveryState::InFlight => {
-            Err(StoreError::invalid("delivery", "it is in flight; wait for its outcome or its lease to expire"))
-        }
-        s => Err(StoreError::invalid("delivery", format!("it is already final ({s})"))),
-    }
-}
-
-async fn insert_audit(conn: &mut SqliteConnection, e: &NewAuditEvent, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("INSERT INTO audit_events (at, actor, action, message_id, delivery_id, detail) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(to_micros(now))
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(e.message_id.map(|m| m.0))
-        .bind(e.delivery_id.map(|d| d.0))
-        .bind(e.detail.as_deref().map(clip_reason))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn retention(conn: &mut SqliteConnection, req: RetentionRequest, now: DateTime<Utc>) -> Result<RetentionBatch> {
-    let contents_only = req.mode == RetentionMode::Contents;
-    let sql = format!(
-        "SELECT m.id FROM messages m {index} WHERE m.received_at < ? {extra} \
-         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state IN {OPEN_STATES}) \
-         ORDER BY m.received_at LIMIT ?",
-        index = if contents_only { "INDEXED BY messages_contents_time" } else { "INDEXED BY messages_time" },
-        extra = if contents_only { "AND m.contents_deleted_at IS NULL" } else { "" },
-    );
-    let ids: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
-        .bind(to_micros(req.older_than))
-        .bind(i64::from(req.batch_size))
-        .fetch_all(&mut *conn)
-        .await?;
-    if ids.is_empty() {
-        return Ok(RetentionBatch { messages: 0, more: false });
-    }
-    let list = placeholders(ids.len());
-    let statements: Vec<String> = if contents_only {
-        vec![
-            format!("UPDATE attempts SET response_text = NULL WHERE delivery_id IN (SELECT id FROM deliveries WHERE message_id IN ({list}))"),
-            format!("UPDATE deliveries SET transformed = NULL WHERE message_id IN ({list})"),
-            format!("UPDATE messages SET raw = NULL, ack = NULL, contents_deleted_at = {} WHERE id IN ({list})", to_micros(now)),
-        ]
-    } else {
-        vec![
-            format!("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE message_id IN ({list}))"),
-            format!("DELETE FROM deliveries WHERE message_id IN ({list})"),
-            format!("DELETE FROM message_patients WHERE message_id IN ({list})"),
-            format!("DELETE FROM messages WHERE id IN ({list})"),
-        ]
-    };
-    for sql in statements {
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in &ids {
-            q = q.bind(*id);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    let n = ids.len() as u64;
-    Ok(RetentionBatch { messages: n, more: n == u64::from(req.batch_size) })
+    claim_with(conn, &req, now, candidates).await
 }
