@@ -27,12 +27,13 @@
 //!             | "null" "(" path ")"          the value is the explicit null ""
 //!             | operand "==" operand
 //!             | operand "!=" operand
-//!             | operand "=~" string          regular expression search
-//!             | operand "!~" string          no match of the regular expression
+//!             | operand "=~" regex           regular expression search
+//!             | operand "!~" regex           no match of the regular expression
 //!             | operand "in" list
 //!             | operand "not" "in" list
 //! operand    := path | string
 //! list       := "[" ( string ( "," string )* ","? )? "]"
+//! regex      := "/" ... "/" | string         in /.../ only \/ is an escape: /^\d{6}$/
 //! target     := path | segment               a segment: PID, OBX(2)
 //! path       := Terser style: PID-5-1, PID-3(2)-4-2, OBX(3)-5, MSH-9-2 (or PID.5.1)
 //! string     := '"' ... '"' | "'" ... "'"    escapes: \" \' \\ \n \r \t \u{1F600}
@@ -42,7 +43,8 @@
 //! case; white space is free. Comparisons are exact and case-sensitive (use
 //! `=~ "(?i)^adt$"` for a case-insensitive test). Regular expressions use the
 //! `regex` crate's syntax and search anywhere in the value unless anchored
-//! with `^` and `$`.
+//! with `^` and `$`; write them between slashes (`PID-7 =~ /^19\d\d/`) so
+//! backslashes need no doubling, or as a string (`"^19\\d\\d"`).
 //!
 //! # What a path reads
 //!
@@ -277,6 +279,8 @@ enum Tok {
     NotMatch,
     /// A string literal, escapes decoded.
     Str(String),
+    /// A `/regular expression/`, as written (only `\/` unescaped).
+    Regex(String),
     /// A keyword or a path (anything starting with a letter).
     Word(String),
     End,
@@ -307,6 +311,7 @@ impl Token {
             Tok::Match => "`=~`".into(),
             Tok::NotMatch => "`!~`".into(),
             Tok::Str(s) => format!("the string {s:?}"),
+            Tok::Regex(r) => format!("the regular expression /{r}/"),
             Tok::Word(w) => format!("`{w}`"),
             Tok::End => "the end of the rule".into(),
         }
@@ -347,6 +352,10 @@ fn lex(source: &str) -> Result<Vec<Token>, FilterError> {
             ('"' | '\'', _) => {
                 let (text, len) = lex_string(&chars, i)?;
                 push(Tok::Str(text), len)
+            }
+            ('/', _) => {
+                let (text, len) = lex_regex(&chars, i)?;
+                push(Tok::Regex(text), len)
             }
             (c, _) if c.is_ascii_alphabetic() => {
                 let len = word_len(&chars[i..]);
@@ -411,7 +420,7 @@ fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), FilterErr
                 let unknown = || {
                     FilterError::new(
                         escape_column,
-                        "unknown escape: expected \\\", \\', \\\\, \\n, \\r, \\t or \\u{...}",
+                        "unknown escape: expected \\\", \\', \\\\, \\n, \\r, \\t or \\u{...} (write a regular expression as /.../)",
                     )
                 };
                 match chars.get(i + 1) {
@@ -447,6 +456,35 @@ fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), FilterErr
                 i += 2;
             }
             c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Reads a `/regular expression/` starting at its opening slash; returns
+/// the pattern (with `\/` turned into `/`, every other backslash kept for
+/// the regex engine) and the literal's length in characters.
+fn lex_regex(chars: &[char], start: usize) -> Result<(String, usize), FilterError> {
+    let mut out = String::new();
+    let mut i = start + 1;
+    loop {
+        match (chars.get(i), chars.get(i + 1)) {
+            (None, _) => {
+                return Err(FilterError::new(start + 1, "unterminated regular expression: expected a closing /"));
+            }
+            (Some('/'), _) => return Ok((out, i + 1 - start)),
+            (Some('\\'), Some('/')) => {
+                out.push('/');
+                i += 2;
+            }
+            (Some('\\'), Some(&next)) => {
+                out.push('\\');
+                out.push(next);
+                i += 2;
+            }
+            (Some(&c), _) => {
                 out.push(c);
                 i += 1;
             }
@@ -576,6 +614,10 @@ impl Parser {
                 })
             }
             Tok::Word(_) | Tok::Str(_) => self.comparison(),
+            Tok::Regex(_) => Err(FilterError::new(
+                t.column,
+                "a /regular expression/ can only follow `=~` or `!~`, as in PID-7 =~ /^19/",
+            )),
             _ => Err(FilterError::new(
                 t.column,
                 format!("expected a path, a string, `(`, `!` or a function, found {}", t.describe()),
@@ -596,7 +638,7 @@ impl Parser {
             Tok::NotEq => Compare::Ne(self.operand()?),
             Tok::Match | Tok::NotMatch => {
                 let pattern = self.advance();
-                let Tok::Str(text) = &pattern.kind else {
+                let (Tok::Str(text) | Tok::Regex(text)) = &pattern.kind else {
                     return Err(FilterError::new(
                         pattern.column,
                         format!("expected a regular expression in a string after {}, found {}", op.describe(), pattern.describe()),
@@ -629,6 +671,10 @@ impl Parser {
         let t = self.advance();
         match t.kind {
             Tok::Str(s) => Ok(Operand::Literal(s)),
+            Tok::Regex(_) => Err(FilterError::new(
+                t.column,
+                format!("expected a path or a string, found {} (compare with a regular expression using `=~`)", t.describe()),
+            )),
             Tok::Word(w) => match target(&w, t.column)? {
                 Target::Path(p) => Ok(Operand::Path(p)),
                 Target::Segment(..) => Err(FilterError::new(
@@ -801,6 +847,15 @@ mod tests {
     }
 
     #[test]
+    fn regular_expressions_between_slashes_keep_backslashes() {
+        assert!(eval(r"PID-7 =~ /^19\d{2}0101$/"));
+        assert!(eval(r"PID-7 !~ /^20/"));
+        assert!(eval(r#"PID-7 =~ "^19\\d""#), "a string needs doubled backslashes");
+        assert!(eval(r"OBX(1)-6 =~ /^g\/dL$/"), r"\/ is a slash");
+        assert!(eval(r"MSH-9-1 =~ /(?i)adt/ && MSH-9-2 =~ /A0[148]/"));
+    }
+
+    #[test]
     fn string_escapes() {
         let rule = Filter::compile(r#"PID-5-1 == "a\"b\\c\n\t\u{E9}'" || PID-5-1 == 'it\'s'"#).unwrap();
         let Expr::Or(parts) = &rule.expr else { panic!("{:?}", rule.expr) };
@@ -829,6 +884,11 @@ mod tests {
             (r#"PID-8 not ["F"]"#, 11, "expected `in` after `not`"),
             (r#"PID-8 =~ "(""#, 10, "invalid regular expression"),
             (r#"PID-8 =~ PID-9"#, 10, "expected a regular expression"),
+            (r"PID-8 =~ /^F", 10, "unterminated regular expression"),
+            (r"PID-8 =~ /(/", 10, "invalid regular expression"),
+            (r"PID-8 == /F/", 10, "using `=~`"),
+            (r"/F/ =~ PID-8", 1, "can only follow `=~` or `!~`"),
+            (r#"PID-7 =~ "^19\d""#, 14, "write a regular expression as /.../"),
             (r#"PID-0 == "F""#, 5, "invalid path `PID-0`"),
             (r#"pid-8 == "F""#, 1, "invalid path `pid-8`"),
             (r#"PID == "F""#, 1, "found the segment name `PID`"),
