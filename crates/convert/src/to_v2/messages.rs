@@ -317,8 +317,8 @@ fn version_at_least(opts: &FhirToHl7Options, minor: u32) -> bool {
     opts.version.strip_prefix("2.").and_then(|m| m.split('.').next()?.parse::<u32>().ok()).is_some_and(|m| m >= minor)
 }
 
-/// OBX (one per value, one per component), their NTEs and, from 2.7, a
-/// PRT for the device.
+/// OBX (one per value, one per component), from 2.7 a PRT for the device,
+/// then the NTEs (the order of ORU_R01's OBSERVATION group).
 fn obx_group(input: &Input<'_>, obs: &Value, ordinal: usize, set_id: &mut usize, opts: &FhirToHl7Options, out: &mut Vec<SegW>) {
     let mut rows: Vec<(&Value, &Value, String)> = Vec::new();
     let has_value = obs.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("value")));
@@ -372,11 +372,6 @@ fn obx_group(input: &Input<'_>, obs: &Value, ordinal: usize, set_id: &mut usize,
         s.put(19, 1, &obs.get("issued").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
         out.push(s);
     }
-    for (i, note) in obs.get("note").and_then(Value::as_array).into_iter().flatten().enumerate() {
-        let mut s = SegW::new("NTE");
-        s.put(1, 1, &(i + 1).to_string()).put(3, 1, st(note, "text"));
-        out.push(s);
-    }
     if let Some(d) = device
         && version_at_least(opts, 7)
     {
@@ -388,6 +383,11 @@ fn obx_group(input: &Input<'_>, obs: &Value, ordinal: usize, set_id: &mut usize,
         s.put(18, 1, &d.get("expirationDate").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
         s.put(19, 1, st(d, "lotNumber")).put(20, 1, st(d, "serialNumber"));
         s.put(21, 1, d.pointer("/udiCarrier/0/carrierHRF").and_then(Value::as_str).unwrap_or(""));
+        out.push(s);
+    }
+    for (i, note) in obs.get("note").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let mut s = SegW::new("NTE");
+        s.put(1, 1, &(i + 1).to_string()).put(3, 1, st(note, "text"));
         out.push(s);
     }
 }

@@ -4,4 +4,5 @@
 
 mod golden;
 mod support;
+mod to_v2;
 mod validate;
