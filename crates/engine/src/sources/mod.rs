@@ -1,1 +1,118 @@
 //! Sources: where a channel receives messages (one file per connector).
+//!
+//! # Design
+//!
+//! A source only *receives*: it frames the bytes (MLLP blocks, an HTTP
+//! body), hands each message to the channel's [`Ingest`](crate::ingest::Ingest)
+//! path, and writes back what that path answers. The ingest path parses,
+//! validates, extracts metadata, builds the ACK and stores the message with
+//! its ACK before returning, so a source can never acknowledge a message
+//! that is not durably stored.
+//!
+//! Each connector has a serde `XxxSourceConfig` (`deny_unknown_fields`),
+//! gathered in the closed enum [`SourceConfig`] tagged by `type`, and a
+//! `run` function that does the I/O until the shutdown signal: only sources
+//! get that signal (they stop accepting and finish the commits in flight),
+//! the rest of the engine drains behind them.
+
+pub mod http;
+pub mod mllp;
+pub mod tls;
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::config::ConfigErrors;
+use crate::config::de::{self, PathBuf as CfgPath};
+
+pub use http::HttpSourceConfig;
+pub use mllp::MllpSourceConfig;
+pub use tls::TlsServerConfig;
+
+/// Configuration of a channel's source, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    /// HL7 v2 over MLLP (TCP, optional TLS).
+    Mllp(MllpSourceConfig),
+    /// `POST /channels/{name}/messages` over HTTP.
+    Http(HttpSourceConfig),
+}
+
+impl SourceConfig {
+    /// The connector's name as written in `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Mllp(_) => "mllp",
+            SourceConfig::Http(_) => "http",
+        }
+    }
+
+    /// The address this source listens on by itself, if any (an `http`
+    /// source without `listen` shares the API listener).
+    pub fn own_listener(&self) -> Option<SocketAddr> {
+        match self {
+            SourceConfig::Mllp(c) => Some(c.listen),
+            SourceConfig::Http(c) => c.listen,
+        }
+    }
+
+    /// Whether the source can carry JSON bodies.
+    pub fn accepts_json(&self) -> bool {
+        matches!(self, SourceConfig::Http(_))
+    }
+
+    /// One line for summaries: `mllp 127.0.0.1:2575 (tls)`.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceConfig::Mllp(c) => {
+                let tls = match &c.tls {
+                    Some(t) if t.client_ca_file.is_some() => " (tls, client certificates)",
+                    Some(_) => " (tls)",
+                    None => "",
+                };
+                format!("mllp {}{tls}", c.listen)
+            }
+            SourceConfig::Http(c) => match c.listen {
+                Some(addr) => format!("http {addr}"),
+                None => "http (api listener)".to_string(),
+            },
+        }
+    }
+}
+
+/// Compiles a `source` table: dispatched on `type` so that errors inside
+/// keep their field paths.
+pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -> Option<SourceConfig> {
+    let toml::Value::Table(mut table) = value else {
+        errors.push(path.to_string(), format!("must be a table, found {}", de::type_name(&value)));
+        return None;
+    };
+    let config = match table.remove("type") {
+        Some(toml::Value::String(kind)) => match kind.as_str() {
+            "mllp" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Mllp),
+            "http" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Http),
+            other => {
+                errors.push(
+                    path.key("type").to_string(),
+                    format!("unknown source type {other:?}, expected mllp or http"),
+                );
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(path.key("type").to_string(), format!("must be a string, found {}", de::type_name(&other)));
+            None
+        }
+        None => {
+            errors.push(path.key("type").to_string(), "required: mllp or http");
+            None
+        }
+    }?;
+    match &config {
+        SourceConfig::Mllp(c) => c.validate(path, errors),
+        SourceConfig::Http(c) => c.validate(path, errors),
+    }
+    Some(config)
+}

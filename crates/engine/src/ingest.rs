@@ -1,0 +1,524 @@
+//! The ingest path: what happens to a message between a source reading it
+//! and the answer going back.
+//!
+//! # Design
+//!
+//! The path is short and predictable, because the sender waits on it:
+//!
+//! 1. **parse** the bytes (HL7 v2) or check them (JSON);
+//! 2. **validate** (structure, required fields, data types) and apply the
+//!    channel's policy: `reject` answers AR, `error` answers AE, `accept`
+//!    stores the message anyway and answers AA with the problems as
+//!    warnings;
+//! 3. **extract** the metadata the store indexes: control id (MSH-10),
+//!    sender key (MSH-3/MSH-4), message type and event (MSH-9), order key
+//!    (the channel's path, `PID-3-1` by default) and patient identifiers
+//!    (every PID-3 repetition);
+//! 4. **build the ACK** (original or enhanced mode, following MSH-15/16);
+//! 5. **store** the message, its ACK and one queued delivery per destination
+//!    in one commit ([`store::Store::accept`], group-committed with the
+//!    other connections' messages), or learn it is a duplicate and take the
+//!    original's ACK;
+//! 6. only then return the ACK for the source to send.
+//!
+//! A message that is not stored is never acknowledged positively: a failed
+//! commit answers AE (CE) with an ERR saying the message was not stored, so
+//! the sender retries. Filters and transforms do not run here; the
+//! destination workers run them at delivery time ([`crate::worker`]).
+//!
+//! Nothing here logs patient data: log lines carry the channel, the store's
+//! message id, the control id, counts and error kinds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use store::{Accepted, MessageId, NewDelivery, NewMessage, Store};
+use tracing::{debug, warn};
+
+use crate::config::{AckMode, ChannelConfig, ContentKind, OrderKey, ValidationPolicy};
+
+use crate::destinations::{ChannelInjector, InjectError, Injected, Injection};
+
+pub use hl7v2::ack::{AckCode, Outcome as AckOutcome};
+
+/// One message as a source received it.
+#[derive(Clone)]
+pub struct Received {
+    /// The bytes, exactly as received (one MLLP frame's payload, one HTTP
+    /// body).
+    pub bytes: Vec<u8>,
+    /// The sender's address.
+    pub peer: Option<String>,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+    /// For JSON content: a caller-chosen key (HTTP `Idempotency-Key`) that
+    /// plays the role of MSH-10 for duplicate detection.
+    pub idempotency_key: Option<String>,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("len", &self.bytes.len())
+            .field("peer", &self.peer)
+            .field("received_at", &self.received_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Received {
+    /// Bytes received now from `peer`.
+    pub fn now(bytes: Vec<u8>, peer: Option<String>) -> Self {
+        Received { bytes, peer, received_at: Utc::now(), idempotency_key: None }
+    }
+}
+
+/// What the ingest path did with an HL7 v2 message: the ACK to send back.
+#[derive(Debug, Clone)]
+pub struct Hl7Outcome {
+    /// Stored, errored or rejected, whatever the acknowledgement mode.
+    pub outcome: AckOutcome,
+    /// The code in MSA-1 of `ack`.
+    pub code: Option<AckCode>,
+    /// The whole ACK message (segments separated by `\r`), or `None` when
+    /// the sender asked for no accept acknowledgement in this case
+    /// (enhanced mode, MSH-15 = NE, ER or SU).
+    pub ack: Option<Vec<u8>>,
+    /// The store's id, when the message is stored (or a duplicate of a
+    /// stored one).
+    pub message_id: Option<MessageId>,
+    /// True when it was a duplicate and the original ACK is replayed.
+    pub duplicate: bool,
+    /// True when the message was fine but the store failed: the answer is
+    /// AE/CE and the sender should send it again later.
+    pub store_failed: bool,
+}
+
+impl Hl7Outcome {
+    fn negative(outcome: AckOutcome, ack: Option<(AckCode, Vec<u8>)>, store_failed: bool) -> Self {
+        let (code, ack) = match ack {
+            Some((c, a)) => (Some(c), Some(a)),
+            None => (None, None),
+        };
+        Hl7Outcome { outcome, code, ack, message_id: None, duplicate: false, store_failed }
+    }
+}
+
+/// What the ingest path did with a JSON message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonOutcome {
+    /// Stored (or a duplicate of a stored one).
+    Stored {
+        /// The store's id.
+        message_id: MessageId,
+        /// True for a duplicate.
+        duplicate: bool,
+    },
+    /// Not a valid document for the channel: nothing stored.
+    Invalid(String),
+    /// The store failed: nothing stored, the sender should retry.
+    Unavailable(String),
+}
+
+/// Counters of one channel's ingest path (the metrics endpoint and the
+/// end-to-end tests read them).
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Messages stored.
+    pub accepted: AtomicU64,
+    /// Duplicates answered with the original ACK.
+    pub duplicates: AtomicU64,
+    /// Messages answered AE/CE (validation under `error`, parse errors,
+    /// store failures).
+    pub errors: AtomicU64,
+    /// Messages answered AR/CR.
+    pub rejected: AtomicU64,
+    /// Stored despite validation problems (`validation = "accept"`).
+    pub flagged: AtomicU64,
+}
+
+/// One channel's ingest path.
+#[derive(Debug)]
+pub struct ChannelIngest {
+    name: String,
+    content: ContentKind,
+    validation: ValidationPolicy,
+    ack_mode: AckMode,
+    order_key: OrderKey,
+    destinations: Vec<String>,
+    store: Arc<dyn Store>,
+    stats: IngestStats,
+    /// Where the ACK's control ids come from: unique per process start.
+    ack_ids: AckIds,
+}
+
+impl ChannelIngest {
+    /// The ingest path of `channel`, storing into `store`.
+    pub fn new(channel: &ChannelConfig, store: Arc<dyn Store>) -> Self {
+        ChannelIngest {
+            name: channel.name.clone(),
+            content: channel.content,
+            validation: channel.validation,
+            ack_mode: channel.ack_mode,
+            order_key: channel.order_key.clone(),
+            destinations: channel.destinations.iter().map(|d| d.name.clone()).collect(),
+            store,
+            stats: IngestStats::default(),
+            ack_ids: AckIds::new(),
+        }
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the channel carries.
+    pub fn content(&self) -> ContentKind {
+        self.content
+    }
+
+    /// The channel's counters.
+    pub fn stats(&self) -> &IngestStats {
+        &self.stats
+    }
+
+    /// Parses, validates, stores and acknowledges one HL7 v2 message.
+    /// Always returns an answer; the ACK is positive only if the message
+    /// is durably stored.
+    pub async fn ingest_hl7(&self, received: Received) -> Hl7Outcome {
+        let message = match hl7v2::Message::parse(received.bytes.as_slice()) {
+            Ok(m) => m,
+            Err(e) => {
+                let outcome = match self.validation {
+                    ValidationPolicy::Reject => AckOutcome::Rejected,
+                    _ => AckOutcome::Errored,
+                };
+                debug!(channel = %self.name, error = %e, "message does not parse");
+                self.count(outcome);
+                let mode = e.header().map_or(hl7v2::ack::AckMode::Original, |h| self.mode(h));
+                let ack = self
+                    .code(mode, outcome)
+                    .map(|code| (code, ack::for_parse_error(&e, &received.bytes, code, &self.ack_ids.next())));
+                return Hl7Outcome::negative(outcome, ack, false);
+            }
+        };
+        let mode = self.mode(&message);
+        let control_id = message.control_id().map(|c| c.into_owned()).filter(|c| !c.is_empty());
+
+        let (issues, verdict) = ack::validate(&message);
+        let flagged = verdict != AckOutcome::Accepted;
+        if flagged && self.validation != ValidationPolicy::Accept {
+            // `error` keeps the validator's verdict: content errors are AE,
+            // an unsupported type, event, processing id or version is AR as
+            // the standard says. `reject` answers AR to everything.
+            let outcome = match self.validation {
+                ValidationPolicy::Reject => AckOutcome::Rejected,
+                _ => verdict,
+            };
+            debug!(channel = %self.name, control_id = control_id.as_deref().unwrap_or(""),
+                   issues = issues.len(), "message fails validation");
+            self.count(outcome);
+            let ack =
+                self.code(mode, outcome).map(|code| (code, ack::build(&message, code, &issues, &self.ack_ids.next())));
+            return Hl7Outcome::negative(outcome, ack, false);
+        }
+
+        // Accepted (with the problems as warnings under `accept`).
+        let warnings = ack::as_warnings(issues);
+        let code = self.code(mode, AckOutcome::Accepted);
+        let ack_bytes = code.map(|code| ack::build(&message, code, &warnings, &self.ack_ids.next()));
+        let new = NewMessage {
+            channel: self.name.clone(),
+            received_at: received.received_at,
+            peer_addr: received.peer.clone(),
+            content_type: self.content.media_type().to_string(),
+            control_id: control_id.clone(),
+            sender_key: sender_key(&message),
+            message_type: message.get("MSH-9-1").map(|s| s.into_owned()).filter(|s| !s.is_empty()),
+            event: message.get("MSH-9-2").map(|s| s.into_owned()).filter(|s| !s.is_empty()),
+            order_key: match &self.order_key {
+                OrderKey::Path(p) => message.get(*p).map(|s| s.into_owned()).filter(|s| !s.is_empty()),
+                OrderKey::None => None,
+            },
+            patient_ids: patient_ids(&message),
+            ack: ack_bytes.clone(),
+            deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
+            raw: received.bytes,
+        };
+        match self.store.accept(new).await {
+            Ok(Accepted::Stored { id }) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                if flagged {
+                    self.stats.flagged.fetch_add(1, Ordering::Relaxed);
+                }
+                debug!(channel = %self.name, message_id = %id, "message stored");
+                Hl7Outcome {
+                    outcome: AckOutcome::Accepted,
+                    code,
+                    ack: ack_bytes,
+                    message_id: Some(id),
+                    duplicate: false,
+                    store_failed: false,
+                }
+            }
+            Ok(Accepted::Duplicate { original, ack: stored }) => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                debug!(channel = %self.name, message_id = %original, "duplicate: replaying the original ACK");
+                // The original ACK is what the sender was told the first
+                // time; if retention removed it, the fresh one says the same.
+                let ack = stored.or(ack_bytes);
+                let code = ack.as_deref().and_then(ack::code_of).or(code);
+                Hl7Outcome {
+                    outcome: AckOutcome::Accepted,
+                    code,
+                    ack,
+                    message_id: Some(original),
+                    duplicate: true,
+                    store_failed: false,
+                }
+            }
+            Err(e) => {
+                warn!(channel = %self.name, error = %e, class = ?e.class(), "storing a message failed; answering with an error");
+                self.count(AckOutcome::Errored);
+                let ack = self
+                    .code(mode, AckOutcome::Errored)
+                    .map(|code| (code, ack::store_failure(&message, code, &self.ack_ids.next())));
+                Hl7Outcome::negative(AckOutcome::Errored, ack, true)
+            }
+        }
+    }
+
+    /// The AR for a frame over the source's size limit, built from the
+    /// start of the discarded frame (`head`).
+    pub fn oversized_nak(&self, head: &[u8], max: usize) -> Vec<u8> {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        ack::oversized_nak(head, max, &self.ack_ids.next())
+    }
+
+    fn mode(&self, message: &hl7v2::Message) -> hl7v2::ack::AckMode {
+        match self.ack_mode {
+            AckMode::Auto | AckMode::Msh15 => hl7v2::ack::AckMode::of(message),
+            AckMode::Original => hl7v2::ack::AckMode::Original,
+        }
+    }
+
+    /// The code to answer with, or `None` for no answer (only under
+    /// `ack_mode = "msh15"`, when MSH-15 asks for none in this case).
+    fn code(&self, mode: hl7v2::ack::AckMode, outcome: AckOutcome) -> Option<AckCode> {
+        use hl7v2::ack::AckMode as Mode;
+        if self.ack_mode == AckMode::Msh15 {
+            return mode.immediate(outcome);
+        }
+        Some(match (mode, outcome) {
+            (Mode::Original, AckOutcome::Accepted) => AckCode::ApplicationAccept,
+            (Mode::Original, AckOutcome::Errored) => AckCode::ApplicationError,
+            (Mode::Original, AckOutcome::Rejected) => AckCode::ApplicationReject,
+            (Mode::Enhanced { .. }, AckOutcome::Accepted) => AckCode::CommitAccept,
+            (Mode::Enhanced { .. }, AckOutcome::Errored) => AckCode::CommitError,
+            (Mode::Enhanced { .. }, AckOutcome::Rejected) => AckCode::CommitReject,
+        })
+    }
+
+    /// Checks and stores one JSON message (`content = "json"` or `"fhir"`).
+    pub async fn ingest_json(&self, received: Received) -> JsonOutcome {
+        let doc: serde_json::Value = match serde_json::from_slice(&received.bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return JsonOutcome::Invalid(format!("the body is not JSON: {e}"));
+            }
+        };
+        let resource_type = doc.get("resourceType").and_then(|v| v.as_str()).map(str::to_owned);
+        if self.content == ContentKind::Fhir && resource_type.is_none() {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return JsonOutcome::Invalid("a FHIR resource needs a string `resourceType`".to_string());
+        }
+        drop(doc);
+        let new = NewMessage {
+            channel: self.name.clone(),
+            received_at: received.received_at,
+            peer_addr: received.peer.clone(),
+            content_type: self.content.media_type().to_string(),
+            control_id: received.idempotency_key.clone(),
+            sender_key: String::new(),
+            message_type: resource_type,
+            event: None,
+            order_key: None,
+            patient_ids: Vec::new(),
+            ack: None,
+            deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
+            raw: received.bytes,
+        };
+        match self.store.accept(new).await {
+            Ok(Accepted::Stored { id }) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                JsonOutcome::Stored { message_id: id, duplicate: false }
+            }
+            Ok(Accepted::Duplicate { original, .. }) => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                JsonOutcome::Stored { message_id: original, duplicate: true }
+            }
+            Err(e) => {
+                warn!(channel = %self.name, error = %e, class = ?e.class(), "storing a message failed");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                JsonOutcome::Unavailable(format!("the message could not be stored ({e}); retry later"))
+            }
+        }
+    }
+
+    fn count(&self, outcome: AckOutcome) {
+        match outcome {
+            AckOutcome::Rejected => self.stats.rejected.fetch_add(1, Ordering::Relaxed),
+            AckOutcome::Errored => self.stats.errors.fetch_add(1, Ordering::Relaxed),
+            AckOutcome::Accepted => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// MSH-3 and MSH-4 (their first components) joined: who sent it.
+fn sender_key(message: &hl7v2::Message) -> String {
+    let app = message.get("MSH-3").unwrap_or_default();
+    let facility = message.get("MSH-4").unwrap_or_default();
+    format!("{app}^{facility}")
+}
+
+/// The first component of every PID-3 repetition (the patient's
+/// identifiers: MRN, and others the sender lists).
+fn patient_ids(message: &hl7v2::Message) -> Vec<String> {
+    let mut ids = Vec::new();
+    if let Some(field) = message.segment("PID").and_then(|s| s.field(3)) {
+        for rep in field.repetitions() {
+            if let Some(c) = rep.component(1) {
+                let id = c.text();
+                if !id.is_empty() && !ids.iter().any(|x: &String| x == id.as_ref()) {
+                    ids.push(id.into_owned());
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// Every channel's ingest path, by name: what sources and `channel`
+/// destinations hand messages to.
+#[derive(Debug, Default)]
+pub struct Ingest {
+    channels: HashMap<String, Arc<ChannelIngest>>,
+}
+
+impl Ingest {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Ingest::default()
+    }
+
+    /// Registers a channel's path.
+    pub fn insert(&mut self, channel: Arc<ChannelIngest>) {
+        self.channels.insert(channel.name.clone(), channel);
+    }
+
+    /// A channel's path.
+    pub fn channel(&self, name: &str) -> Option<&Arc<ChannelIngest>> {
+        self.channels.get(name)
+    }
+
+    /// Every channel's path.
+    pub fn channels(&self) -> impl Iterator<Item = &Arc<ChannelIngest>> {
+        self.channels.values()
+    }
+}
+
+/// The runtime's side of `channel` destinations: injecting is ingesting
+/// into the target channel, exactly as its source would.
+///
+/// Built before the channels are known (destinations are built first), and
+/// filled in once they are.
+#[derive(Debug, Default)]
+pub struct Injector {
+    ingest: std::sync::OnceLock<Arc<Ingest>>,
+}
+
+impl Injector {
+    /// An injector that fails with `Unavailable` until [`set`](Self::set).
+    pub fn new() -> Self {
+        Injector::default()
+    }
+
+    /// Connects the injector to the running channels.
+    pub fn set(&self, ingest: Arc<Ingest>) {
+        let _ = self.ingest.set(ingest);
+    }
+}
+
+#[async_trait]
+impl ChannelInjector for Injector {
+    async fn inject(&self, message: Injected<'_>) -> Result<Injection, InjectError> {
+        let Some(ingest) = self.ingest.get() else {
+            return Err(InjectError::Unavailable { reason: "the engine is starting".into(), retry_after: None });
+        };
+        let Some(channel) = ingest.channel(message.target) else {
+            return Err(InjectError::UnknownChannel(message.target.to_string()));
+        };
+        let received = Received {
+            bytes: message.content.to_vec(),
+            peer: Some(format!("channel:{}", message.origin_channel)),
+            received_at: Utc::now(),
+            idempotency_key: Some(format!("{}:{}", message.origin_channel, message.origin_message_id)),
+        };
+        match channel.content() {
+            ContentKind::Hl7v2 => {
+                let out = channel.ingest_hl7(received).await;
+                match out.message_id {
+                    Some(id) if out.outcome == AckOutcome::Accepted => Ok(Injection {
+                        message_id: id.to_string(),
+                        ack_code: out.code.map(|c| c.as_str().to_string()),
+                        duplicate: out.duplicate,
+                    }),
+                    _ if out.store_failed => Err(InjectError::Unavailable {
+                        reason: format!("channel {:?} could not store the message", message.target),
+                        retry_after: None,
+                    }),
+                    _ => Err(InjectError::Rejected(format!(
+                        "channel {:?} answered {}",
+                        message.target,
+                        out.code.map_or("no ACK", |c| c.as_str())
+                    ))),
+                }
+            }
+            ContentKind::Json | ContentKind::Fhir => match channel.ingest_json(received).await {
+                JsonOutcome::Stored { message_id, duplicate } => {
+                    Ok(Injection { message_id: message_id.to_string(), ack_code: None, duplicate })
+                }
+                JsonOutcome::Invalid(reason) => Err(InjectError::Rejected(reason)),
+                JsonOutcome::Unavailable(reason) => Err(InjectError::Unavailable { reason, retry_after: None }),
+            },
+        }
+    }
+}
+
+/// Control ids for the ACKs this process sends: a per-start prefix and a
+/// counter, so they are unique without a clock or coordination.
+#[derive(Debug)]
+struct AckIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl AckIds {
+    fn new() -> Self {
+        let start = uuid::Uuid::now_v7().simple().to_string();
+        // The last hex digits of a v7 UUID are random; 8 of them identify a
+        // process start well enough for humans reading logs.
+        AckIds { prefix: start[start.len() - 8..].to_string(), next: AtomicU64::new(1) }
+    }
+
+    fn next(&self) -> String {
+        format!("{}{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+mod ack;

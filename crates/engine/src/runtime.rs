@@ -1,0 +1,337 @@
+//! The running engine: the store, every channel's ingest path, sources,
+//! destination workers and the HTTP listener, started from a [`Config`] and
+//! stopped in order.
+//!
+//! # Start
+//!
+//! 1. Open the store (creating and migrating it).
+//! 2. Register every enabled channel's ingest path, and connect the
+//!    injector that `channel` destinations use to it.
+//! 3. Build every destination (the connectors' I/O: folders, TLS, clients)
+//!    and spawn its workers.
+//! 4. Bind the sources and the HTTP listener, then report ready.
+//!
+//! Any failure before the engine is ready stops what was started and
+//! returns the error: a half-started engine never accepts messages.
+//!
+//! # Stop
+//!
+//! Only sources get the shutdown signal first (vector's model): they stop
+//! accepting and finish the commits in flight, so every message that got an
+//! AA is stored. Then the workers stop claiming and finish the deliveries
+//! they hold (up to a grace period; a delivery still running after it is
+//! abandoned and its lease expires, so it is delivered again later). Last,
+//! the store is closed. Queued deliveries stay queued for the next start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use store::{SqliteSynchronous, Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, Synchronous};
+use crate::destinations::{BuildContext, DestinationError};
+use crate::ingest::{ChannelIngest, Ingest, Injector};
+use crate::sources::SourceConfig;
+use crate::sources::http::{self as http_source, HttpChannel};
+use crate::sources::mllp::{MllpStats, SourceError};
+use crate::worker::{ChannelStage, DestinationWorkers};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] store::StoreError),
+    /// A destination could not be built.
+    #[error("channel {channel:?} destination {destination:?}: {source}")]
+    Destination {
+        /// The channel.
+        channel: String,
+        /// The destination.
+        destination: String,
+        /// What failed.
+        source: DestinationError,
+    },
+    /// A source could not start.
+    #[error("channel {channel:?} source: {source}")]
+    Source {
+        /// The channel.
+        channel: String,
+        /// What failed.
+        source: SourceError,
+    },
+    /// The HTTP listener could not be bound.
+    #[error("listening on {addr} ({what}): {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// `api` or the channel it serves.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    ingest: Arc<Ingest>,
+    ready: Arc<AtomicBool>,
+    stop_sources: CancellationToken,
+    stop_workers: CancellationToken,
+    sources: JoinSet<()>,
+    workers: JoinSet<()>,
+    api_addr: SocketAddr,
+    source_addrs: HashMap<String, SocketAddr>,
+    mllp_stats: HashMap<String, Arc<MllpStats>>,
+}
+
+impl Engine {
+    /// Starts everything `config` describes. Returns once every listener is
+    /// bound and the engine is ready.
+    pub async fn start(config: Config) -> Result<Engine, StartError> {
+        let store = store::open(&config.store.resolved_url(&config.base_dir), store_options(&config)).await?;
+        info!(backend = config.store.backend_name(), "store open");
+        Self::start_with_store(config, store).await
+    }
+
+    /// Starts the engine on a store opened by the caller (tests, embedding);
+    /// `config.store` is ignored.
+    pub async fn start_with_store(config: Config, store: Arc<dyn Store>) -> Result<Engine, StartError> {
+        let started = std::time::Instant::now();
+
+        let mut engine = Engine {
+            store: Arc::clone(&store),
+            ingest: Arc::new(Ingest::new()),
+            ready: Arc::new(AtomicBool::new(false)),
+            stop_sources: CancellationToken::new(),
+            stop_workers: CancellationToken::new(),
+            sources: JoinSet::new(),
+            workers: JoinSet::new(),
+            api_addr: config.api.listen,
+            source_addrs: HashMap::new(),
+            mllp_stats: HashMap::new(),
+        };
+        match engine.start_components(config).await {
+            Ok(()) => {
+                engine.ready.store(true, Ordering::Release);
+                info!(elapsed_ms = started.elapsed().as_millis() as u64, "engine ready");
+                Ok(engine)
+            }
+            Err(e) => {
+                engine.shutdown(Duration::from_secs(5)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_components(&mut self, config: Config) -> Result<(), StartError> {
+        let Config { api, channels, base_dir, .. } = config;
+        let channels: Vec<_> = channels.into_iter().filter(|c| c.enabled).collect();
+
+        let mut ingest = Ingest::new();
+        for c in &channels {
+            ingest.insert(Arc::new(ChannelIngest::new(c, Arc::clone(&self.store))));
+        }
+        let ingest = Arc::new(ingest);
+        self.ingest = Arc::clone(&ingest);
+        let injector = Arc::new(Injector::new());
+        injector.set(Arc::clone(&ingest));
+
+        let node = node_name();
+        let mut sources = Vec::new();
+        for channel in channels {
+            let stage = Arc::new(ChannelStage {
+                name: channel.name.clone(),
+                content: channel.content,
+                filter: channel.filter,
+                transform: Arc::new(channel.transform),
+            });
+            for d in channel.destinations {
+                let ctx = BuildContext::new(&channel.name, &d.name)
+                    .with_base_dir(base_dir.clone())
+                    .with_injector(injector.clone());
+                let destination = d.connector.build(&ctx).await.map_err(|source| StartError::Destination {
+                    channel: channel.name.clone(),
+                    destination: d.name.clone(),
+                    source,
+                })?;
+                let workers = Arc::new(DestinationWorkers {
+                    channel: Arc::clone(&stage),
+                    name: d.name,
+                    destination,
+                    filter: d.filter,
+                    transform: Arc::new(d.transform),
+                    retry: d.retry.to_store_policy(),
+                    lease: d.lease.get(),
+                    workers: d.workers,
+                    store: Arc::clone(&self.store),
+                    node: node.clone(),
+                });
+                workers.spawn(&self.stop_workers, &mut self.workers);
+            }
+            sources.push((channel.name, channel.source));
+        }
+
+        // Sources last: nothing is accepted before the workers exist.
+        let mut on_api = Vec::new();
+        let mut own_http: Vec<(SocketAddr, HttpChannel)> = Vec::new();
+        for (name, source) in sources {
+            let Some(channel_ingest) = ingest.channel(&name).cloned() else { continue };
+            match source {
+                SourceConfig::Mllp(c) => {
+                    let source = c
+                        .bind(&base_dir, channel_ingest)
+                        .await
+                        .map_err(|source| StartError::Source { channel: name.clone(), source })?;
+                    if let Ok(addr) = source.local_addr() {
+                        info!(channel = %name, %addr, tls = c.tls.is_some(), "mllp source listening");
+                        self.source_addrs.insert(name.clone(), addr);
+                    }
+                    self.mllp_stats.insert(name.clone(), source.stats());
+                    self.sources.spawn(source.run(self.stop_sources.clone()));
+                }
+                SourceConfig::Http(c) => {
+                    let served = HttpChannel { ingest: channel_ingest, max_body_size: c.max_body_size.as_usize() };
+                    match c.listen {
+                        Some(addr) => own_http.push((addr, served)),
+                        None => on_api.push(served),
+                    }
+                }
+            }
+        }
+        for (addr, served) in own_http {
+            let name = served.ingest.name().to_string();
+            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen {
+                addr,
+                what: format!("channel {name:?}"),
+                source,
+            })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            info!(channel = %name, addr = %bound, "http source listening");
+            self.source_addrs.insert(name, bound);
+            self.serve_http(listener, http_source::router(vec![served]));
+        }
+        let listener = TcpListener::bind(api.listen).await.map_err(|source| StartError::Listen {
+            addr: api.listen,
+            what: "api".into(),
+            source,
+        })?;
+        self.api_addr = listener.local_addr().unwrap_or(api.listen);
+        for c in &on_api {
+            self.source_addrs.insert(c.ingest.name().to_string(), self.api_addr);
+        }
+        let app = health_router(Arc::clone(&self.ready)).merge(http_source::router(on_api));
+        info!(addr = %self.api_addr, "api listening");
+        self.serve_http(listener, app);
+        Ok(())
+    }
+
+    fn serve_http(&mut self, listener: TcpListener, app: Router) {
+        let stop = self.stop_sources.clone();
+        self.sources.spawn(async move {
+            let service = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await {
+                warn!(error = %e, "http listener failed");
+            }
+        });
+    }
+
+    /// The address the API (and HTTP ingest) listens on.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The address a channel's source listens on (the API's for an `http`
+    /// source without a listener of its own).
+    pub fn source_addr(&self, channel: &str) -> Option<SocketAddr> {
+        self.source_addrs.get(channel).copied()
+    }
+
+    /// The store the engine runs on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Every channel's ingest path (and counters).
+    pub fn ingest(&self) -> &Arc<Ingest> {
+        &self.ingest
+    }
+
+    /// Counters of a channel's MLLP source.
+    pub fn mllp_stats(&self, channel: &str) -> Option<&Arc<MllpStats>> {
+        self.mllp_stats.get(channel)
+    }
+
+    /// Stops the engine in order (see the module documentation). Workers
+    /// get `grace` to finish the deliveries they hold.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.ready.store(false, Ordering::Release);
+        self.stop_sources.cancel();
+        while self.sources.join_next().await.is_some() {}
+        info!("sources stopped; every acknowledged message is stored");
+        self.stop_workers.cancel();
+        let drained = tokio::time::timeout(grace, async { while self.workers.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(grace = ?grace, "workers still busy after the grace period; their deliveries will be retried after the lease expires");
+            self.workers.abort_all();
+            while self.workers.join_next().await.is_some() {}
+        }
+        self.store.close().await;
+        info!("engine stopped");
+    }
+}
+
+fn store_options(config: &Config) -> StoreOptions {
+    StoreOptions {
+        sqlite_synchronous: match config.store.synchronous {
+            Synchronous::Full => SqliteSynchronous::Full,
+            Synchronous::Normal => SqliteSynchronous::Normal,
+        },
+        pool_size: config.store.pool_size,
+        duplicate_window: config.store.duplicate_window.get(),
+        ..StoreOptions::default()
+    }
+}
+
+/// `/healthz` (the process is up) and `/readyz` (the engine accepts
+/// messages; 503 while starting and stopping).
+fn health_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.load(Ordering::Acquire);
+            async move {
+                if ready {
+                    (StatusCode::OK, "ready\n").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+                }
+            }
+        }),
+    )
+}
+
+/// Names this process in the store's attempt log: the host name and the
+/// process id.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "plexus".to_string());
+    format!("{host}:{}", std::process::id())
+}

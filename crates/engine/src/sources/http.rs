@@ -1,0 +1,201 @@
+//! The `http` source: `POST /channels/{name}/messages`.
+//!
+//! ```toml
+//! [channels.lab-http.source]
+//! type = "http"
+//! # listen = "0.0.0.0:8081"   # own listener; by default the API listener
+//! max_body_size = "16MiB"
+//! ```
+//!
+//! HL7 v2 channels take a body of type `x-application/hl7-v2+er7`,
+//! `application/hl7-v2` or `text/plain` and answer with the ACK as the body
+//! (`x-application/hl7-v2+er7`) and a status that follows MSA-1: 200 for
+//! AA/CA, 400 for AR/CR, 500 for AE/CE (503 when the store could not take
+//! the message, so the client retries). JSON and FHIR channels take
+//! `application/json` or `application/fhir+json` and answer 202 with
+//! `{"message_id": ..., "duplicate": ...}`; problems are JSON too (RFC 9457
+//! problem details, or a FHIR OperationOutcome for FHIR channels). An
+//! `Idempotency-Key` header makes a JSON POST safe to retry: the same key
+//! within the store's duplicate window is stored once.
+//!
+//! The handler is the same whether it is mounted on the API listener or on
+//! the source's own: [`router`] serves the channels it is given.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::de::PathBuf as CfgPath;
+use crate::config::{ByteSize, ConfigErrors, ContentKind};
+use crate::destinations::HL7_V2_CONTENT_TYPE;
+use crate::ingest::{AckOutcome, ChannelIngest, JsonOutcome, Received};
+
+/// Configuration of an `http` source.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Address and port of a listener of its own. When absent, the channel
+    /// is served on the API listener (`[api] listen`).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The largest body accepted; larger ones get 413. Default `16MiB`.
+    #[serde(default = "default_max_body_size")]
+    pub max_body_size: ByteSize,
+}
+
+fn default_max_body_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+impl HttpSourceConfig {
+    /// Checks the settings (no I/O).
+    pub fn validate(&self, path: &CfgPath, errors: &mut ConfigErrors) {
+        if self.max_body_size.0 == 0 {
+            errors.push(path.key("max_body_size").to_string(), "must be more than 0");
+        }
+    }
+}
+
+/// One channel served over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpChannel {
+    /// Its ingest path.
+    pub ingest: Arc<ChannelIngest>,
+    /// Its body limit.
+    pub max_body_size: usize,
+}
+
+#[derive(Debug, Clone)]
+struct HttpState {
+    channels: Arc<HashMap<String, HttpChannel>>,
+}
+
+/// The routes for `channels`: `POST /channels/{name}/messages`. The router
+/// needs `ConnectInfo<SocketAddr>` (serve it with
+/// `into_make_service_with_connect_info`) to record the sender's address.
+pub fn router(channels: Vec<HttpChannel>) -> Router {
+    // The largest per-channel limit bounds what axum buffers; each handler
+    // then checks its own channel's limit.
+    let limit = channels.iter().map(|c| c.max_body_size).max().unwrap_or(0);
+    let channels: HashMap<String, HttpChannel> =
+        channels.into_iter().map(|c| (c.ingest.name().to_string(), c)).collect();
+    Router::new()
+        .route("/channels/{name}/messages", post(post_message))
+        .layer(DefaultBodyLimit::max(limit.max(1)))
+        .with_state(HttpState { channels: Arc::new(channels) })
+}
+
+async fn post_message(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(channel) = state.channels.get(&name) else {
+        return problem(
+            ContentKind::Json,
+            StatusCode::NOT_FOUND,
+            "no such channel",
+            "no http source serves this channel",
+        );
+    };
+    let kind = channel.ingest.content();
+    if body.len() > channel.max_body_size {
+        return problem(kind, StatusCode::PAYLOAD_TOO_LARGE, "body too large", "the body exceeds max_body_size");
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let peer = Some(peer.to_string());
+    match kind {
+        ContentKind::Hl7v2 => {
+            if !matches!(media.as_str(), "x-application/hl7-v2+er7" | "application/hl7-v2" | "text/plain") {
+                return problem(
+                    kind,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported media type",
+                    "send HL7 v2 as x-application/hl7-v2+er7 or text/plain",
+                );
+            }
+            let out = channel.ingest.ingest_hl7(Received::now(body.to_vec(), peer)).await;
+            let status = match out.outcome {
+                AckOutcome::Accepted => StatusCode::OK,
+                AckOutcome::Rejected => StatusCode::BAD_REQUEST,
+                AckOutcome::Errored if out.store_failed => StatusCode::SERVICE_UNAVAILABLE,
+                AckOutcome::Errored => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let mut response = (status, out.ack.unwrap_or_default()).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(HL7_V2_CONTENT_TYPE));
+            response
+        }
+        ContentKind::Json | ContentKind::Fhir => {
+            if !matches!(media.as_str(), "application/json" | "application/fhir+json") {
+                return problem(
+                    kind,
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported media type",
+                    "send application/json or application/fhir+json",
+                );
+            }
+            let mut received = Received::now(body.to_vec(), peer);
+            received.idempotency_key = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty() && v.len() <= 200);
+            match channel.ingest.ingest_json(received).await {
+                JsonOutcome::Stored { message_id, duplicate } => (
+                    StatusCode::ACCEPTED,
+                    axum::Json(json!({ "message_id": message_id.to_string(), "duplicate": duplicate })),
+                )
+                    .into_response(),
+                JsonOutcome::Invalid(detail) => problem(kind, StatusCode::BAD_REQUEST, "invalid message", &detail),
+                JsonOutcome::Unavailable(detail) => {
+                    problem(kind, StatusCode::SERVICE_UNAVAILABLE, "message not stored", &detail)
+                }
+            }
+        }
+    }
+}
+
+/// A JSON problem: RFC 9457 problem details, or an OperationOutcome for
+/// FHIR channels. `detail` never holds message content.
+fn problem(kind: ContentKind, status: StatusCode, title: &str, detail: &str) -> Response {
+    let (body, media) = match kind {
+        ContentKind::Fhir => {
+            let code = match status {
+                StatusCode::NOT_FOUND => "not-found",
+                StatusCode::PAYLOAD_TOO_LARGE => "too-costly",
+                StatusCode::SERVICE_UNAVAILABLE => "transient",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "not-supported",
+                _ => "invalid",
+            };
+            (
+                json!({
+                    "resourceType": "OperationOutcome",
+                    "issue": [{ "severity": "error", "code": code, "diagnostics": format!("{title}: {detail}") }]
+                }),
+                "application/fhir+json",
+            )
+        }
+        _ => (
+            json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail }),
+            "application/problem+json",
+        ),
+    };
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+    response
+}

@@ -1,0 +1,317 @@
+//! Destination workers: claim deliveries from the store, filter and
+//! transform them, send them, record the outcome.
+//!
+//! # Design
+//!
+//! Each destination runs `workers` tasks. A worker claims a batch of
+//! deliveries from the store as leases; the store only hands out the head of
+//! each order key and never two deliveries of one key, so the deliveries of
+//! a batch belong to different keys and are processed concurrently (which
+//! also lets their completions share group commits), while one patient's
+//! messages still go out strictly one after the other, in arrival order.
+//!
+//! For each delivery the worker parses the stored message and runs, in this
+//! order: the channel's filter rules, the channel's transform steps, the
+//! destination's filter rules, the destination's transform steps; then it
+//! sends the result and completes the delivery as `Filtered` (with the rule
+//! that dropped it), `Sent` (with the response and the transformed content)
+//! or `Failed` (with the error's class and reason; the store applies the
+//! retry policy). Filters and transforms run here, at delivery time, rather
+//! than at the source, to keep the acknowledging path short; a retry runs
+//! them again, which is why transforms must be deterministic functions of
+//! the message.
+//!
+//! A worker with nothing to claim sleeps until the store reports new work
+//! ([`store::Store::changes`]), until the next retry or lease expiry the
+//! store announced, or at most [`IDLE_POLL`] (other processes sharing a
+//! PostgreSQL store do not wake this one). It never busy-polls.
+//!
+//! On shutdown a worker finishes the batch it holds and stops; deliveries
+//! it has not claimed stay queued for the next start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use store::{ClaimRequest, ClaimedDelivery, FailureClass, Outcome, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::ContentKind;
+use crate::destinations::{Destination, Outbound};
+use crate::filter::{Filter, first_rejecting};
+use crate::transform::{Transform, TransformContext};
+
+/// The longest an idle worker sleeps without looking at the store.
+pub const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// The most deliveries one claim takes (each of a different order key).
+pub const CLAIM_BATCH: u32 = 32;
+
+/// What every destination of a channel applies first.
+#[derive(Debug)]
+pub struct ChannelStage {
+    /// The channel's name.
+    pub name: String,
+    /// What the channel carries.
+    pub content: ContentKind,
+    /// Channel filter rules.
+    pub filter: Vec<Filter>,
+    /// Channel transform steps.
+    pub transform: Arc<Transform>,
+}
+
+/// One destination's runtime, shared by its workers.
+#[derive(Debug)]
+pub struct DestinationWorkers {
+    /// The channel's stage.
+    pub channel: Arc<ChannelStage>,
+    /// The destination's name within the channel.
+    pub name: String,
+    /// The built connector.
+    pub destination: Destination,
+    /// Destination filter rules.
+    pub filter: Vec<Filter>,
+    /// Destination transform steps.
+    pub transform: Arc<Transform>,
+    /// Applied by the store on failures.
+    pub retry: store::RetryPolicy,
+    /// How long a claim is held.
+    pub lease: Duration,
+    /// Worker tasks to run.
+    pub workers: usize,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Names workers in the attempt log: `host/channel/destination/N`.
+    pub node: String,
+}
+
+impl DestinationWorkers {
+    /// Spawns the worker tasks; they stop when `shutdown` is cancelled.
+    pub fn spawn(self: &Arc<Self>, shutdown: &CancellationToken, tasks: &mut tokio::task::JoinSet<()>) {
+        for index in 0..self.workers {
+            let this = Arc::clone(self);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { this.run(index, shutdown).await });
+        }
+    }
+
+    async fn run(self: Arc<Self>, index: usize, shutdown: CancellationToken) {
+        let request = ClaimRequest {
+            channel: self.channel.name.clone(),
+            destination: self.name.clone(),
+            max: CLAIM_BATCH,
+            lease: self.lease,
+            worker: format!("{}/{}/{}/{index}", self.node, self.channel.name, self.name),
+        };
+        let mut changes = self.store.changes();
+        let mut failures: u32 = 0;
+        debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker started");
+        while !shutdown.is_cancelled() {
+            // Mark the current change count as seen *before* claiming, so a
+            // message committed during the claim still wakes the wait below.
+            changes.borrow_and_update();
+            let claim = match self.store.claim(&request).await {
+                Ok(c) => {
+                    failures = 0;
+                    c
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = error_backoff(failures);
+                    warn!(
+                        channel = %self.channel.name, destination = %self.name,
+                        error = %e, class = ?e.class(), retry_in = ?delay,
+                        "claiming deliveries failed"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            if claim.deliveries.is_empty() {
+                let wait = until(claim.next_due).min(IDLE_POLL);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = changes.changed() => {
+                        if r.is_err() {
+                            // The store was closed: nothing more to claim.
+                            break;
+                        }
+                    }
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            // Different order keys: safe to run side by side. A shutdown
+            // signal lets the batch finish; its deliveries are complete or,
+            // if the process dies first, their leases expire.
+            join_all(claim.deliveries.into_iter().map(|d| self.handle(d))).await;
+        }
+        debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker stopped");
+    }
+
+    /// Processes one claimed delivery and records its outcome.
+    async fn handle(&self, delivery: ClaimedDelivery) {
+        let id = delivery.id;
+        let lease = delivery.lease;
+        let message_id = delivery.message_id;
+        let attempt = delivery.attempt;
+        let outcome = self.process(delivery).await;
+        let summary = describe(&outcome);
+        match self.store.complete(id, lease, outcome, &self.retry).await {
+            Ok(done) => {
+                debug!(
+                    channel = %self.channel.name, destination = %self.name, %message_id,
+                    delivery = %id, attempt, outcome = summary, state = done.state.as_str(),
+                    "delivery completed"
+                );
+                if matches!(done.state, store::DeliveryState::Error | store::DeliveryState::Dead) {
+                    warn!(
+                        channel = %self.channel.name, destination = %self.name, %message_id,
+                        delivery = %id, attempt, state = done.state.as_str(),
+                        "delivery failed for good"
+                    );
+                }
+            }
+            Err(store::StoreError::LeaseLost(_)) => {
+                // Another worker took it over after our lease ran out; its
+                // attempt counts, ours is void.
+                warn!(channel = %self.channel.name, destination = %self.name, %message_id, delivery = %id,
+                      "lease lost before completion; the delivery will be attempted again");
+            }
+            Err(e) => {
+                warn!(channel = %self.channel.name, destination = %self.name, %message_id, delivery = %id,
+                      error = %e, "recording a delivery outcome failed; it will be attempted again when the lease expires");
+            }
+        }
+    }
+
+    /// Filters, transforms and sends one delivery, returning what to record.
+    /// Never panics on stored content: a message that no longer parses, a
+    /// failing script, an unreachable receiver all become outcomes.
+    pub async fn process(&self, delivery: ClaimedDelivery) -> Outcome {
+        let (content, transformed) = match self.channel.content {
+            ContentKind::Hl7v2 => match self.prepare_hl7(&delivery).await {
+                Prepared::Send { content, changed } => {
+                    let transformed = changed.then(|| content.clone());
+                    (content, transformed)
+                }
+                Prepared::Filtered(rule) => return Outcome::Filtered { rule },
+                Prepared::Failed(reason) => {
+                    return Outcome::Failed { class: FailureClass::Permanent, reason, response: None };
+                }
+            },
+            ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), None),
+        };
+        let message_id = delivery.message_id.to_string();
+        let out = Outbound {
+            content: &content,
+            content_type: &delivery.content_type,
+            message_id: &message_id,
+            channel: &self.channel.name,
+            control_id: delivery.control_id.as_deref(),
+            received_at: delivery.received_at,
+        };
+        match self.destination.send(&out).await {
+            Ok(response) => Outcome::Sent { response: Some(response.to_store()), transformed },
+            Err(e) => {
+                // The error's text may quote the receiver's answer: it goes
+                // to the store (read through the API), the log gets its kind.
+                info!(
+                    channel = %self.channel.name, destination = %self.name, message_id = %delivery.message_id,
+                    attempt = delivery.attempt, kind = e.kind(), class = ?e.class(),
+                    "delivery attempt failed"
+                );
+                e.to_outcome()
+            }
+        }
+    }
+
+    async fn prepare_hl7(&self, delivery: &ClaimedDelivery) -> Prepared {
+        let mut message = match hl7v2::Message::parse(delivery.raw.as_slice()) {
+            Ok(m) => m,
+            Err(e) => return Prepared::Failed(format!("the stored message does not parse: {e}")),
+        };
+        let mut changed = false;
+        // One context for both stages, so the channel map a channel script
+        // fills is there for the destination's steps (as in Mirth).
+        let mut ctx = TransformContext::new(&self.channel.name, &delivery.message_id.to_string());
+        let stages: [(&[Filter], &Arc<Transform>, &str); 2] = [
+            (&self.channel.filter, &self.channel.transform, "channel"),
+            (&self.filter, &self.transform, "destination"),
+        ];
+        for (filter, transform, level) in stages {
+            if let Some(rule) = first_rejecting(filter, &message) {
+                return Prepared::Filtered(format!("{level} filter: {}", rule.source()));
+            }
+            if transform.is_empty() {
+                continue;
+            }
+            match Arc::clone(transform).apply_blocking(message, ctx).await {
+                Ok((m, c, outcome)) => {
+                    message = m;
+                    ctx = c;
+                    changed = true;
+                    if !outcome.routes_to(&self.name) {
+                        let by = outcome.routed_by().unwrap_or(level);
+                        return Prepared::Filtered(format!("routed elsewhere by {by}"));
+                    }
+                }
+                Err(e) => return Prepared::Failed(format!("{level} transform: {e}")),
+            }
+        }
+        Prepared::Send { content: message.encode(), changed }
+    }
+}
+
+enum Prepared {
+    Send { content: Vec<u8>, changed: bool },
+    Filtered(String),
+    Failed(String),
+}
+
+fn describe(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Sent { .. } => "sent",
+        Outcome::Filtered { .. } => "filtered",
+        Outcome::Failed { class: FailureClass::Transient, .. } => "failed (transient)",
+        Outcome::Failed { class: FailureClass::Permanent, .. } => "failed (permanent)",
+    }
+}
+
+/// How long until `due` (zero if past, [`IDLE_POLL`] if none).
+fn until(due: Option<DateTime<Utc>>) -> Duration {
+    match due {
+        Some(t) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+        None => IDLE_POLL,
+    }
+}
+
+/// Backoff after consecutive store errors: 100 ms doubling to 5 s.
+fn error_backoff(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.min(7).saturating_sub(1));
+    Duration::from_millis(ms.min(5000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_backoff_grows_and_caps() {
+        assert_eq!(error_backoff(1), Duration::from_millis(100));
+        assert_eq!(error_backoff(2), Duration::from_millis(200));
+        assert_eq!(error_backoff(6), Duration::from_millis(3200));
+        assert_eq!(error_backoff(60), Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn until_is_zero_for_past_times() {
+        assert_eq!(until(Some(Utc::now() - chrono::TimeDelta::seconds(3))), Duration::ZERO);
+        assert_eq!(until(None), IDLE_POLL);
+        assert!(until(Some(Utc::now() + chrono::TimeDelta::seconds(2))) <= Duration::from_secs(2));
+    }
+}

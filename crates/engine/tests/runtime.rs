@@ -1,0 +1,706 @@
+//! The engine end to end inside one process: real sockets on 127.0.0.1:0,
+//! a real SQLite file in a temp dir, real destinations.
+//!
+//! The binary's own end-to-end tests (crates/plexus/tests) cover the same
+//! promises through `plexus serve` and peers written by others; these are
+//! the quick, precise ones.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use engine::config::Config;
+use engine::runtime::Engine;
+use hl7v2::mllp::MllpCodec;
+use store::{DeliveryState, SearchQuery, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// A small valid ADT^A08 for patient `mrn`, control id `control_id`.
+fn adt(control_id: &str, mrn: &str) -> String {
+    format!(
+        "MSH|^~\\&|REG|HOSP|EHR|HOSP|20261121120000||ADT^A08^ADT_A01|{control_id}|P|2.5.1\r\
+         EVN|A08|20261121120000\r\
+         PID|1||{mrn}^^^HOSP^MR||DOE^JANE||19800101|F\r\
+         PV1|1|I\r"
+    )
+}
+
+fn oru(control_id: &str, mrn: &str) -> String {
+    format!(
+        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261121120000||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r\
+         PID|1||{mrn}^^^HOSP^MR||DOE^JANE\r\
+         OBR|1||F1|GLU^Glucose\r\
+         OBX|1|NM|GLU^Glucose||5.4|mmol/L|||||F\r"
+    )
+}
+
+struct Harness {
+    engine: Option<Engine>,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts an engine whose config is the store and API lines plus `body`.
+    /// `{dir}` in `body` is replaced with the temp dir.
+    async fn start(body: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(config(dir.path(), body)).await.unwrap_or_else(|e| panic!("start: {e}"));
+        Harness { engine: Some(engine), dir }
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.as_ref().unwrap()
+    }
+
+    fn addr(&self, channel: &str) -> SocketAddr {
+        self.engine().source_addr(channel).unwrap()
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.engine().store()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    async fn stop(mut self) -> tempfile::TempDir {
+        self.engine.take().unwrap().shutdown(Duration::from_secs(5)).await;
+        self.dir
+    }
+}
+
+fn config(dir: &Path, body: &str) -> Config {
+    let text = format!(
+        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
+        dir.display(),
+        body.replace("{dir}", &dir.display().to_string())
+    );
+    let mut config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
+    config.base_dir = dir.to_path_buf();
+    config
+}
+
+const ARCHIVE: &str = r#"
+[channels.adt-in.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+frame_timeout = "1s"
+idle_timeout = "3s"
+max_message_size = "4KiB"
+[[channels.adt-in.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+file_name = "${control_id}.hl7"
+"#;
+
+/// An MLLP client that writes raw bytes and reads framed answers.
+struct Client {
+    stream: TcpStream,
+    codec: MllpCodec,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        Client { stream: TcpStream::connect(addr).await.unwrap(), codec: MllpCodec::default(), buf: BytesMut::new() }
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    async fn send(&mut self, messages: &[&str]) {
+        let mut out = BytesMut::new();
+        for m in messages {
+            self.codec.encode(m.as_bytes(), &mut out).unwrap();
+        }
+        self.write_raw(&out).await;
+    }
+
+    /// The next answer, or `None` when the server closed the connection.
+    async fn read(&mut self) -> Option<hl7v2::Message> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf).unwrap() {
+                return Some(hl7v2::Message::parse(frame.to_vec()).expect("a well-formed ACK"));
+            }
+            let read = tokio::time::timeout(Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("an answer within 30 s");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+fn field(msg: &hl7v2::Message, path: &str) -> String {
+    msg.get(path).map(|v| v.into_owned()).unwrap_or_default()
+}
+
+/// Waits (up to 30 s, polling) until `check` holds. Not a timing assertion:
+/// delivery is asynchronous, and 30 s only bounds a hung test.
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn stored(store: &Arc<dyn Store>, control_id: &str) -> Vec<store::MessageSummary> {
+    let query = SearchQuery { control_id: Some(control_id.to_string()), ..SearchQuery::default() };
+    store.search(&query).await.unwrap().items
+}
+
+#[tokio::test]
+async fn pipelined_frames_each_get_their_ack_in_order() {
+    let h = Harness::start(ARCHIVE).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let messages: Vec<String> = (1..=5).map(|i| adt(&format!("PIPE{i}"), &format!("MRN{}", i % 2))).collect();
+    let refs: Vec<&str> = messages.iter().map(String::as_str).collect();
+    c.send(&refs).await; // one write: five frames
+    for i in 1..=5 {
+        let ack = c.read().await.expect("ack");
+        assert_eq!(field(&ack, "MSA-1"), "AA");
+        assert_eq!(field(&ack, "MSA-2"), format!("PIPE{i}"));
+        assert_eq!(field(&ack, "MSH-9-1"), "ACK");
+        // Stored before its ACK was written.
+        assert_eq!(stored(h.store(), &format!("PIPE{i}")).await.len(), 1);
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn accepted_messages_reach_the_file_destination() {
+    let h = Harness::start(ARCHIVE).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let m = adt("FILE1", "MRN1");
+    c.send(&[&m]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+    let file = h.path("out/FILE1.hl7");
+    eventually("the file destination writes FILE1.hl7", || file.exists()).await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), m);
+    let summary = &stored(h.store(), "FILE1").await[0];
+    let store = Arc::clone(h.store());
+    let id = summary.id;
+    let mut state = None;
+    for _ in 0..100 {
+        let d = store.get_message(id).await.unwrap().unwrap();
+        state = Some(d.deliveries[0].state);
+        if state == Some(DeliveryState::Sent) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, Some(DeliveryState::Sent));
+    assert_eq!(summary.order_key.as_deref(), Some("MRN1"));
+    assert_eq!(summary.sender_key, "REG^HOSP");
+    assert_eq!((summary.message_type.as_deref(), summary.event.as_deref()), (Some("ADT"), Some("A08")));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_gets_the_original_ack_and_is_stored_once() {
+    let h = Harness::start(ARCHIVE).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let m = adt("DUP1", "MRN1");
+    c.send(&[&m]).await;
+    let first = c.read().await.unwrap();
+    c.send(&[&m]).await;
+    let second = c.read().await.unwrap();
+    assert_eq!(first.as_bytes(), second.as_bytes(), "the original ACK, byte for byte");
+    assert_eq!(stored(h.store(), "DUP1").await.len(), 1);
+    let stats = h.engine().ingest().channel("adt-in").unwrap().stats();
+    assert_eq!(stats.duplicates.load(std::sync::atomic::Ordering::Relaxed), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_frames_get_a_nak_and_the_connection_keeps_serving() {
+    let h = Harness::start(ARCHIVE).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+
+    // No MSH at all: AE with an ERR, MSA-2 empty (nothing to echo).
+    c.send(&["PID|1||123\rPV1|1|I\r"]).await;
+    let nak = c.read().await.unwrap();
+    assert_eq!(field(&nak, "MSA-1"), "AE");
+    assert_eq!(field(&nak, "MSA-2"), "");
+    assert!(nak.segment("ERR").is_some(), "the NAK says what is wrong");
+
+    // A readable MSH with a broken segment further down: MSA-2 echoes it.
+    c.send(&["MSH|^~\\&|A|B|C|D|20261121||ADT^A08|BROKEN1|P|2.5.1\rP!D|1\r"]).await;
+    let nak = c.read().await.unwrap();
+    assert_eq!((field(&nak, "MSA-1").as_str(), field(&nak, "MSA-2").as_str()), ("AE", "BROKEN1"));
+
+    // Garbage between frames is skipped and counted.
+    c.write_raw(b"\r\n garbage \x00\xff").await;
+    let ok = adt("AFTER1", "MRN1");
+    c.send(&[&ok]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-2"), "AFTER1");
+
+    // Over max_message_size (4 KiB): AR naming its control id, and the
+    // connection goes on.
+    let big = format!("{}NTE|1||{}\r", adt("BIG1", "MRN1"), "x".repeat(6000));
+    c.send(&[&big]).await;
+    let nak = c.read().await.unwrap();
+    assert_eq!((field(&nak, "MSA-1").as_str(), field(&nak, "MSA-2").as_str()), ("AR", "BIG1"));
+    let ok = adt("AFTER2", "MRN1");
+    c.send(&[&ok]).await;
+    let ack = c.read().await.unwrap();
+    assert_eq!((field(&ack, "MSA-1").as_str(), field(&ack, "MSA-2").as_str()), ("AA", "AFTER2"));
+
+    assert!(stored(h.store(), "BROKEN1").await.is_empty(), "a NAKed message is not stored");
+    assert!(stored(h.store(), "BIG1").await.is_empty());
+    let stats = h.engine().mllp_stats("adt-in").unwrap();
+    assert!(stats.skipped_bytes.load(std::sync::atomic::Ordering::Relaxed) >= 12);
+    assert_eq!(stats.oversized.load(std::sync::atomic::Ordering::Relaxed), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_loris_is_closed_while_others_are_served() {
+    let h = Harness::start(ARCHIVE).await;
+    let addr = h.addr("adt-in");
+    let mut slow = Client::connect(addr).await;
+    slow.write_raw(b"\x0bMSH|^~\\&|").await;
+    let trickle = tokio::spawn(async move {
+        // One byte every 200 ms: never idle, but the frame never completes
+        // within frame_timeout (1 s).
+        for _ in 0..100 {
+            if slow.stream.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        slow.read().await
+    });
+    let mut other = Client::connect(addr).await;
+    let m = adt("OTHER1", "MRN1");
+    other.send(&[&m]).await;
+    assert_eq!(field(&other.read().await.unwrap(), "MSA-1"), "AA");
+    assert!(trickle.await.unwrap().is_none(), "the slow connection is closed without an answer");
+    let stats = h.engine().mllp_stats("adt-in").unwrap();
+    assert_eq!(stats.timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_closing_inside_a_frame_is_counted_and_others_go_on() {
+    let h = Harness::start(ARCHIVE).await;
+    let addr = h.addr("adt-in");
+    let mut c = Client::connect(addr).await;
+    c.write_raw(b"\x0bMSH|^~\\&|A|B|C|D|20261121||ADT^A08|TRUNC1|P|2.5.1\rPID|1").await;
+    drop(c);
+    let mut other = Client::connect(addr).await;
+    let m = adt("OTHER2", "MRN2");
+    other.send(&[&m]).await;
+    assert_eq!(field(&other.read().await.unwrap(), "MSA-1"), "AA");
+    let stats = Arc::clone(h.engine().mllp_stats("adt-in").unwrap());
+    eventually("the truncated frame is counted", || stats.truncated.load(std::sync::atomic::Ordering::Relaxed) == 1)
+        .await;
+    assert!(stored(h.store(), "TRUNC1").await.is_empty());
+    h.stop().await;
+}
+
+/// A store whose accepts fail (a full disk, a lost database), delegating
+/// everything else to a real store.
+#[derive(Debug)]
+struct FailingAccepts(Arc<dyn Store>);
+
+#[async_trait]
+impl Store for FailingAccepts {
+    fn backend(&self) -> store::Backend {
+        self.0.backend()
+    }
+    async fn accept(&self, _message: store::NewMessage) -> store::Result<store::Accepted> {
+        Err(store::StoreError::Closed)
+    }
+    async fn claim(&self, r: &store::ClaimRequest) -> store::Result<store::Claim> {
+        self.0.claim(r).await
+    }
+    async fn complete(
+        &self,
+        d: store::DeliveryId,
+        l: store::LeaseToken,
+        o: store::Outcome,
+        p: &store::RetryPolicy,
+    ) -> store::Result<store::Completion> {
+        self.0.complete(d, l, o, p).await
+    }
+    async fn extend_lease(
+        &self,
+        d: store::DeliveryId,
+        l: store::LeaseToken,
+        by: Duration,
+    ) -> store::Result<chrono::DateTime<chrono::Utc>> {
+        self.0.extend_lease(d, l, by).await
+    }
+    async fn replay(&self, r: store::ReplayRequest) -> store::Result<store::ReplayResult> {
+        self.0.replay(r).await
+    }
+    async fn dead_letter(&self, d: store::DeliveryId, actor: &str, reason: Option<String>) -> store::Result<()> {
+        self.0.dead_letter(d, actor, reason).await
+    }
+    async fn record_audit(&self, e: store::NewAuditEvent) -> store::Result<()> {
+        self.0.record_audit(e).await
+    }
+    async fn audit_events(&self, q: &store::AuditQuery) -> store::Result<Vec<store::AuditEvent>> {
+        self.0.audit_events(q).await
+    }
+    async fn get_message(&self, id: store::MessageId) -> store::Result<Option<store::MessageDetail>> {
+        self.0.get_message(id).await
+    }
+    async fn search(&self, q: &SearchQuery) -> store::Result<store::SearchPage> {
+        self.0.search(q).await
+    }
+    async fn counts(&self) -> store::Result<Vec<store::StateCount>> {
+        self.0.counts().await
+    }
+    async fn retention_batch(&self, r: &store::RetentionRequest) -> store::Result<store::RetentionBatch> {
+        self.0.retention_batch(r).await
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.changes()
+    }
+    async fn close(&self) {
+        self.0.close().await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_answers_ae_never_aa() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), ARCHIVE);
+    let url = config.store.resolved_url(&config.base_dir);
+    let real = store::open(&url, store::StoreOptions::default()).await.unwrap();
+    let engine = Engine::start_with_store(config, Arc::new(FailingAccepts(real))).await.unwrap();
+    let mut c = Client::connect(engine.source_addr("adt-in").unwrap()).await;
+    let m = adt("NOSTORE1", "MRN1");
+    c.send(&[&m]).await;
+    let nak = c.read().await.unwrap();
+    assert_eq!((field(&nak, "MSA-1").as_str(), field(&nak, "MSA-2").as_str()), ("AE", "NOSTORE1"));
+    assert_eq!(field(&nak, "ERR-3-1"), "207");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn filters_and_transforms_run_at_delivery_time() {
+    let body = r#"
+[channels.adt-in]
+filter = ['MSH-9-1 == "ADT"']
+[[channels.adt-in.transform]]
+type = "set"
+path = "MSH-5"
+value = "ARCHIVE"
+[channels.adt-in.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+[[channels.adt-in.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+file_name = "${control_id}.hl7"
+[[channels.adt-in.destinations]]
+name = "females"
+type = "file"
+directory = "out-f"
+file_name = "${control_id}.hl7"
+filter = ['PID-8 == "F"']
+"#;
+    let h = Harness::start(body).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let a = adt("T1", "MRN1");
+    let male = adt("T2", "MRN2").replace("|F\r", "|M\r");
+    let lab = oru("T3", "MRN3");
+    c.send(&[&a, &male, &lab]).await;
+    for _ in 0..3 {
+        assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA", "filters never change the ACK");
+    }
+    let (t1, t2, t1f) = (h.path("out/T1.hl7"), h.path("out/T2.hl7"), h.path("out-f/T1.hl7"));
+    eventually("deliveries", || t1.exists() && t2.exists() && t1f.exists()).await;
+    let written = hl7v2::Message::parse(std::fs::read(&t1).unwrap()).unwrap();
+    assert_eq!(field(&written, "MSH-5"), "ARCHIVE", "the channel transform ran");
+    assert!(!h.path("out-f/T2.hl7").exists());
+
+    // The ORU was filtered by the channel rule, for both destinations,
+    // with the rule recorded.
+    let store = Arc::clone(h.store());
+    let id = stored(&store, "T3").await[0].id;
+    let mut detail = store.get_message(id).await.unwrap().unwrap();
+    for _ in 0..100 {
+        if detail.deliveries.iter().all(|d| d.state == DeliveryState::Filtered) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        detail = store.get_message(id).await.unwrap().unwrap();
+    }
+    for d in &detail.deliveries {
+        assert_eq!(d.state, DeliveryState::Filtered);
+        assert_eq!(d.filter_rule.as_deref(), Some("channel filter: MSH-9-1 == \"ADT\""));
+    }
+    // The male patient reached the archive but was filtered by the
+    // destination rule of "females".
+    let id = stored(&store, "T2").await[0].id;
+    let mut states = Vec::new();
+    for _ in 0..100 {
+        let detail = store.get_message(id).await.unwrap().unwrap();
+        states = detail.deliveries.iter().map(|d| (d.destination.clone(), d.state, d.filter_rule.clone())).collect();
+        if states.iter().all(|(_, s, _)| *s != DeliveryState::Queued && *s != DeliveryState::InFlight) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            ("archive".to_string(), DeliveryState::Sent, None),
+            ("females".to_string(), DeliveryState::Filtered, Some("destination filter: PID-8 == \"F\"".to_string())),
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_destination_injects_into_another_channel() {
+    let body = r#"
+[channels.adt-in.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+[[channels.adt-in.destinations]]
+name = "fan-out"
+type = "channel"
+channel = "copies"
+[channels.copies.source]
+type = "http"
+[[channels.copies.destinations]]
+name = "archive"
+type = "file"
+directory = "copies"
+file_name = "${control_id}.hl7"
+"#;
+    let h = Harness::start(body).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let m = adt("INJ1", "MRN1");
+    c.send(&[&m]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+    let file = h.path("copies/INJ1.hl7");
+    eventually("the injected copy is delivered", || file.exists()).await;
+    let found = stored(h.store(), "INJ1").await;
+    let mut channels: Vec<&str> = found.iter().map(|m| m.channel.as_str()).collect();
+    channels.sort();
+    assert_eq!(channels, ["adt-in", "copies"]);
+    h.stop().await;
+}
+
+/// An MLLP receiver that records the control ids it gets, in order, and
+/// answers AA.
+async fn recording_receiver() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut codec = MllpCodec::default();
+                let mut buf = BytesMut::new();
+                loop {
+                    while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                        let msg = hl7v2::Message::parse(frame.to_vec()).unwrap();
+                        log.lock().unwrap().push((field(&msg, "PID-3-1"), field(&msg, "MSH-10")));
+                        let ack = hl7v2::ack::Ack::new(hl7v2::ack::AckCode::ApplicationAccept, "R", "20261121")
+                            .for_message(&msg);
+                        let mut out = BytesMut::new();
+                        codec.encode(ack.as_bytes(), &mut out).unwrap();
+                        if socket.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match socket.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn each_patients_messages_arrive_in_order_with_several_workers() {
+    let (receiver, seen) = recording_receiver().await;
+    let body = format!(
+        r#"
+[channels.adt-in.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+[[channels.adt-in.destinations]]
+name = "downstream"
+type = "mllp"
+address = "{receiver}"
+workers = 4
+"#
+    );
+    let h = Harness::start(&body).await;
+    let addr = h.addr("adt-in");
+    // Three senders, interleaving five patients.
+    let mut senders = Vec::new();
+    for s in 0..3 {
+        senders.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            for i in 0..20 {
+                let m = adt(&format!("S{s}-{i:02}"), &format!("P{}", (i + s) % 5));
+                c.send(&[&m]).await;
+                assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    eventually("all 60 delivered", || seen.lock().unwrap().len() >= 60).await;
+    // Per patient, the receiver saw each sender's messages in the order
+    // that sender sent them (the order they were acknowledged).
+    let seen = seen.lock().unwrap().clone();
+    for p in 0..5 {
+        let ids: Vec<&str> =
+            seen.iter().filter(|(mrn, _)| *mrn == format!("P{p}")).map(|(_, id)| id.as_str()).collect();
+        for s in 0..3 {
+            let mine: Vec<&str> = ids.iter().copied().filter(|id| id.starts_with(&format!("S{s}-"))).collect();
+            let mut sorted = mine.clone();
+            sorted.sort();
+            assert_eq!(mine, sorted, "patient P{p}, sender S{s}");
+        }
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_http_source_answers_with_the_ack_and_status() {
+    let body = r#"
+[channels.http-in.source]
+type = "http"
+[[channels.http-in.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+[channels.json-in]
+content = "fhir"
+[channels.json-in.source]
+type = "http"
+[[channels.json-in.destinations]]
+name = "archive"
+type = "file"
+directory = "json"
+file_name = "${message_id}.json"
+"#;
+    let h = Harness::start(body).await;
+    let base = format!("http://{}", h.engine().api_addr());
+    let client = reqwest::Client::new();
+    let post = |path: &str, ct: &str, body: String| {
+        client.post(format!("{base}{path}")).header("content-type", ct).body(body).send()
+    };
+
+    let r = post("/channels/http-in/messages", "x-application/hl7-v2+er7", adt("H1", "MRN1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ack = hl7v2::Message::parse(r.bytes().await.unwrap().to_vec()).unwrap();
+    assert_eq!((field(&ack, "MSA-1").as_str(), field(&ack, "MSA-2").as_str()), ("AA", "H1"));
+
+    let r = post("/channels/http-in/messages", "text/plain", "PID|1\r".into()).await.unwrap();
+    assert_eq!(r.status(), 500, "AE maps to 500");
+    let r = post("/channels/http-in/messages", "application/json", "{}".into()).await.unwrap();
+    assert_eq!(r.status(), 415);
+    let r = post("/channels/nope/messages", "text/plain", adt("H2", "MRN1")).await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = post("/channels/json-in/messages", "application/fhir+json", r#"{"resourceType":"Patient"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["duplicate"], false);
+    let r = post("/channels/json-in/messages", "application/fhir+json", r#"{"no":"type"}"#.into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["resourceType"], "OperationOutcome");
+
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn queued_deliveries_survive_a_restart() {
+    // A destination that cannot deliver yet (its folder is a file), then a
+    // restart with a working one: the queued message goes out.
+    let blocked = r#"
+[channels.adt-in.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+[[channels.adt-in.destinations]]
+name = "archive"
+type = "mllp"
+address = "127.0.0.1:9"
+retry = { initial_backoff = "100ms", max_backoff = "200ms" }
+"#;
+    let h = Harness::start(blocked).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let m = adt("KEEP1", "MRN1");
+    c.send(&[&m]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+    let dir = h.stop().await;
+
+    let (receiver, seen) = recording_receiver().await;
+    let working = blocked.replace("127.0.0.1:9", &receiver.to_string());
+    let engine = Engine::start(config(dir.path(), &working)).await.unwrap();
+    eventually("the queued message is delivered after the restart", || {
+        seen.lock().unwrap().iter().any(|(_, id)| id == "KEEP1")
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_validation_policy_decides_between_ae_ar_and_accepting() {
+    // PID-8 "X" is not in table 0001 and PID-7 has month 13: content errors.
+    let invalid = |id: &str| adt(id, "MRN9").replace("19800101|F", "19801301|X");
+    let body = |policy: &str| format!("[channels.adt-in]\nvalidation = \"{policy}\"\n{ARCHIVE}");
+    for (policy, code, stored_count) in [("error", "AE", 0), ("reject", "AR", 0), ("accept", "AA", 1)] {
+        let h = Harness::start(&body(policy)).await;
+        let mut c = Client::connect(h.addr("adt-in")).await;
+        let id = format!("V-{policy}");
+        c.send(&[&invalid(&id)]).await;
+        let ack = c.read().await.unwrap();
+        assert_eq!(field(&ack, "MSA-1"), code, "validation = {policy}");
+        assert_eq!(field(&ack, "MSA-2"), id);
+        let errs: Vec<String> =
+            ack.segments_named("ERR").map(|s| String::from_utf8_lossy(s.raw()).into_owned()).collect();
+        assert!(errs.iter().any(|e| e.contains("PID^1^7") && e.contains("102")), "{policy}: {errs:?}");
+        assert!(errs.iter().any(|e| e.contains("PID^1^8") && e.contains("103")), "{policy}: {errs:?}");
+        if policy == "accept" {
+            assert!(errs.iter().all(|e| e.contains("|W|")), "warnings under accept: {errs:?}");
+        }
+        assert_eq!(stored(h.store(), &id).await.len(), stored_count, "{policy}");
+        h.stop().await;
+    }
+    // An unsupported version is a reject even under `error`.
+    let h = Harness::start(&body("error")).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    c.send(&[&adt("V-VER", "MRN9").replace("|P|2.5.1\r", "|P|9.9\r")]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AR");
+    h.stop().await;
+}
