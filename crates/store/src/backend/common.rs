@@ -238,6 +238,21 @@ fn prepare(id: Uuid, message: &NewMessage) -> Prepared<'_> {
     }
 }
 
+/// A 64-bit lock key for one duplicate key (channel, sender, control id),
+/// for databases that lock by number (PostgreSQL advisory locks). A hash
+/// collision only makes two unrelated batches wait for each other.
+pub(crate) fn dedup_lock_key(channel: &str, sender_key: &str, control_id: &str) -> i64 {
+    let mut h = Sha256::new();
+    for part in [channel, sender_key, control_id] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
 /// The start of the duplicate window as stored micros.
 pub(crate) fn window_start(now: DateTime<Utc>, window: std::time::Duration) -> i64 {
     to_micros(now) - i64::try_from(window.as_micros()).unwrap_or(i64::MAX / 2)

@@ -1,6 +1,7 @@
 //! Backend selection by URL scheme.
 
 mod common;
+mod postgres;
 mod shared;
 mod sqlite;
 mod writer;
@@ -15,7 +16,8 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     validate_options(&options)?;
     match scheme.as_str() {
         "sqlite" => sqlite::open(url, options).await,
-        "postgres" | "postgresql" | "mysql" | "mariadb" => {
+        "postgres" | "postgresql" => postgres::open(url, options).await,
+        "mysql" | "mariadb" => {
             Err(StoreError::InvalidUrl(format!("the {scheme} backend is not built yet")))
         }
         _ => Err(StoreError::InvalidUrl(format!(
