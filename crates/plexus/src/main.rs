@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cli;
+mod logging;
 
 /// Plexus, a healthcare integration engine (HL7 v2, FHIR R4).
 #[derive(Debug, Parser)]
@@ -19,6 +20,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the engine: listen, store, deliver, until SIGTERM/SIGINT.
+    Serve(cli::serve::ServeArgs),
+    /// Check a configuration file and print every error with its path.
+    Check(cli::check::CheckArgs),
     /// Work with HL7 v2 files: inspect, validate, get a field, build an ACK.
     #[command(subcommand)]
     Hl7(cli::hl7::Hl7Command),
@@ -33,6 +38,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Check(args) => cli::check::run(args),
         Command::Hl7(cmd) => cli::hl7::run(cmd),
         Command::Convert(cmd) => cli::convert::run(cmd),
         Command::Sync(cmd) => cli::sync::run(cmd),

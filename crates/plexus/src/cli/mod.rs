@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod check;
 pub mod convert;
 pub mod hl7;
+pub mod serve;
 pub mod sync;
