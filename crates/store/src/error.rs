@@ -59,6 +59,11 @@ pub enum StoreError {
     #[error("invalid search cursor")]
     InvalidCursor,
 
+    /// The database is busy: a lock another process holds was not released
+    /// in time.
+    #[error("store busy: {0}")]
+    Busy(&'static str),
+
     /// The store was closed (shutdown) while the request was pending. The
     /// request was not committed.
     #[error("store is closed")]
@@ -97,7 +102,7 @@ impl StoreError {
             | StoreError::LeaseLost(_)
             | StoreError::NotFound(_)
             | StoreError::InvalidCursor => ErrorClass::Permanent,
-            StoreError::Closed => ErrorClass::Transient,
+            StoreError::Closed | StoreError::Busy(_) => ErrorClass::Transient,
             StoreError::Batch(e) => e.class(),
             StoreError::Database(e) => classify_sqlx(e),
         }

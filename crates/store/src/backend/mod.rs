@@ -1,6 +1,7 @@
 //! Backend selection by URL scheme.
 
 mod common;
+mod mysql;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -17,9 +18,7 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     match scheme.as_str() {
         "sqlite" => sqlite::open(url, options).await,
         "postgres" | "postgresql" => postgres::open(url, options).await,
-        "mysql" | "mariadb" => {
-            Err(StoreError::InvalidUrl(format!("the {scheme} backend is not built yet")))
-        }
+        "mysql" | "mariadb" => mysql::open(url, options).await,
         _ => Err(StoreError::InvalidUrl(format!(
             "expected sqlite://, postgres:// or mysql://, got {:?}",
             scheme
