@@ -382,6 +382,12 @@ impl FhirClient {
         self.inner.transactions
     }
 
+    /// Whether [`get_many`](FhirClient::get_many) will use batch Bundles:
+    /// enabled in the config and not refused by the server so far.
+    pub fn batches_active(&self) -> bool {
+        self.inner.batches && !self.inner.batches_rejected.load(Ordering::Relaxed)
+    }
+
     /// A clone sharing this client's connections, token cache and
     /// configuration, with its own request counters starting at zero: give
     /// one to each job to count its requests alone.
@@ -638,7 +644,7 @@ impl FhirClient {
     ) -> Result<Vec<Result<Value, FhirError>>, FhirError> {
         let mut results = Vec::with_capacity(urls.len());
         let mut chunks = urls.chunks(self.inner.max_batch_entries.max(1));
-        while self.inner.batches && !self.inner.batches_rejected.load(Ordering::Relaxed) {
+        while self.batches_active() {
             let Some(chunk) = chunks.next() else { return Ok(results) };
             let entries: Vec<_> = chunk.iter().map(|u| bundle::BundleEntry::get(u.clone())).collect();
             match self.batch(&bundle::batch(&entries)).await {

@@ -188,12 +188,36 @@ pub(crate) struct TargetCopy {
 pub(crate) type Lookup = HashMap<(String, String), Vec<TargetCopy>>;
 
 /// Searches the target for every key: one search per (type, system), values
-/// OR-ed in chunks, all through `get_many` (one batch when it can).
+/// OR-ed, all through `get_many` (one batch when it can).
+///
+/// A search costs a server about the same whatever the number of values
+/// (it scans or probes an index per resource, not per value), so values go
+/// into as few searches as a URL allows: long ones inside a batch Bundle,
+/// where the URL travels in the body, short ones when each search is its
+/// own GET (servers refuse request lines over about 8 KB).
 pub(crate) async fn look_up(
     target: &FhirClient,
     keys: &HashMap<ResourceKey, MatchKey>,
 ) -> Result<Lookup, FhirError> {
-    const VALUES_PER_SEARCH: usize = 40;
+    const IN_BATCH: usize = 16 * 1024;
+    const ALONE: usize = 4 * 1024;
+    if target.batches_active() {
+        match look_up_with(target, keys, IN_BATCH).await {
+            // The server refused the batch on this very call and the long
+            // searches went out one by one: shorten them.
+            Err(_) if !target.batches_active() => look_up_with(target, keys, ALONE).await,
+            result => result,
+        }
+    } else {
+        look_up_with(target, keys, ALONE).await
+    }
+}
+
+async fn look_up_with(
+    target: &FhirClient,
+    keys: &HashMap<ResourceKey, MatchKey>,
+    url_budget: usize,
+) -> Result<Lookup, FhirError> {
     let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (source, key) in keys {
         groups
@@ -205,19 +229,30 @@ pub(crate) async fn look_up(
     for ((resource_type, system), mut values) in groups {
         values.sort();
         values.dedup();
-        for chunk in values.chunks(VALUES_PER_SEARCH) {
-            let tokens: Vec<String> = chunk
-                .iter()
-                .map(|v| {
-                    MatchKey { system: system.clone(), value: v.clone(), provenance: false }.token()
-                })
-                .collect();
-            searches.push(
-                Search::new(resource_type.clone())
-                    .param("identifier", tokens.join(","))
-                    .param("_count", (chunk.len() * 2 + 10).to_string()),
-            );
+        let mut tokens: Vec<String> = Vec::new();
+        let mut length = 0;
+        let flush = |tokens: &mut Vec<String>, searches: &mut Vec<Search>| {
+            if !tokens.is_empty() {
+                searches.push(
+                    Search::new(resource_type.clone())
+                        .param("identifier", tokens.join(","))
+                        .param("_count", (tokens.len() * 2 + 10).to_string()),
+                );
+                tokens.clear();
+            }
+        };
+        for v in values {
+            let token = token_of(&system, &v);
+            // Percent-encoding at most triples a token.
+            let cost = token.len() * 3 + 1;
+            if length + cost > url_budget {
+                flush(&mut tokens, &mut searches);
+                length = 0;
+            }
+            length += cost;
+            tokens.push(token);
         }
+        flush(&mut tokens, &mut searches);
     }
     let urls: Vec<String> = searches.iter().map(Search::relative_url).collect();
     let answers = target.get_many(&urls).await?;
