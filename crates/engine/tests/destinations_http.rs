@@ -1,0 +1,336 @@
+//! The HTTP destination against an axum server on 127.0.0.1:0 that checks
+//! headers, authentication and the HMAC signature the way a receiver would,
+//! and answers with the statuses a test asks for.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use engine::destinations::{
+    BuildContext, DeliveryError, Destination, DestinationConfig, ErrorClass, Outbound, ResponseKind,
+};
+use hmac::{KeyInit, Mac};
+
+/// One request as the server received it.
+#[derive(Debug, Clone)]
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+#[derive(Clone, Default)]
+struct Server {
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+const HMAC_KEY: &str = "test-hmac-key-not-a-real-secret";
+
+/// The receiver side of the documented HMAC scheme, written from the
+/// documentation: `sha256=hex(HMAC-SHA256(key, timestamp + "." + body))`,
+/// compared in constant time, timestamps older than 5 minutes refused.
+fn verify_hmac(headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    let timestamp = headers.get("x-plexus-timestamp").and_then(|v| v.to_str().ok()).ok_or("no timestamp")?;
+    let seconds: i64 = timestamp.parse().map_err(|_| "bad timestamp")?;
+    if (chrono::Utc::now().timestamp() - seconds).abs() > 300 {
+        return Err("stale timestamp");
+    }
+    let signature = headers
+        .get("x-plexus-signature")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("sha256="))
+        .ok_or("no signature")?;
+    let signature = hex::decode(signature).map_err(|_| "signature is not hex")?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC_KEY.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&signature).map_err(|_| "signature mismatch")
+}
+
+async fn record(State(server): State<Server>, headers: HeaderMap, body: Bytes) -> Received {
+    let received = Received { headers, body };
+    server.received.lock().unwrap().push(received.clone());
+    received
+}
+
+async fn ok(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    record(state, headers, body).await;
+    (StatusCode::CREATED, "{\"id\":\"r-1\"}").into_response()
+}
+
+async fn hmac_checked(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = record(state, headers, body).await;
+    match verify_hmac(&r.headers, &r.body) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(why) => (StatusCode::UNAUTHORIZED, why).into_response(),
+    }
+}
+
+async fn bearer_checked(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = record(state, headers, body).await;
+    match r.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some("Bearer tok-123") => StatusCode::OK.into_response(),
+        _ => StatusCode::UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn too_many(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    record(state, headers, body).await;
+    (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "7")], "slow down").into_response()
+}
+
+async fn unavailable(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    record(state, headers, body).await;
+    (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response()
+}
+
+async fn bad_request(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    record(state, headers, body).await;
+    (StatusCode::BAD_REQUEST, "{\"error\":\"PID-3 is required\"}").into_response()
+}
+
+async fn redirect(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    record(state, headers, body).await;
+    (StatusCode::TEMPORARY_REDIRECT, [("location", "/ok")]).into_response()
+}
+
+async fn slow(state: State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    record(state, headers, body).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    StatusCode::OK.into_response()
+}
+
+async fn start() -> (String, Server) {
+    let server = Server::default();
+    let app = axum::Router::new()
+        .route("/ok", post(ok).put(ok))
+        .route("/hmac", post(hmac_checked))
+        .route("/bearer", post(bearer_checked))
+        .route("/429", post(too_many))
+        .route("/503", post(unavailable))
+        .route("/400", post(bad_request))
+        .route("/307", post(redirect))
+        .route("/slow", post(slow))
+        .with_state(server.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, server)
+}
+
+const HL7: &[u8] = b"MSH|^~\\&|PLEXUS|HOSP|CRM|HOSP|20261121093000||ADT^A01^ADT_A01|H1|P|2.5.1\rPID|1||PX1^^^HOSP^MR\r";
+
+fn outbound() -> Outbound<'static> {
+    Outbound {
+        content: HL7,
+        content_type: "x-application/hl7-v2+er7",
+        message_id: "0190f0a1-0000-7000-8000-0000000000aa",
+        channel: "adt-in",
+        control_id: Some("H1"),
+        received_at: chrono::Utc::now(),
+    }
+}
+
+async fn build(toml_text: &str) -> Destination {
+    let config: DestinationConfig = toml::from_str(toml_text).unwrap();
+    let mut errors = engine::config::ConfigErrors::default();
+    config.validate("destination", &mut errors);
+    assert!(errors.is_empty(), "{errors}");
+    config.build(&BuildContext::new("adt-in", "crm")).await.unwrap()
+}
+
+#[tokio::test]
+async fn raw_body_with_headers_and_content_type() {
+    let (base, server) = start().await;
+    let dest = build(&format!(
+        "type = \"http\"\nurl = \"{base}/ok\"\nheaders = {{ \"X-Source\" = \"plexus\", \"X-Api-Key\" = \"k-1\" }}\n"
+    ))
+    .await;
+    let response = dest.send(&outbound()).await.unwrap();
+    assert_eq!(response.kind, ResponseKind::Http(201));
+    assert_eq!(response.summary, "HTTP 201");
+    assert_eq!(response.body.as_deref(), Some("{\"id\":\"r-1\"}"));
+    let received = server.received.lock().unwrap();
+    let r = &received[0];
+    assert_eq!(r.body.as_ref(), HL7, "the message as it is");
+    assert_eq!(r.headers["content-type"], "x-application/hl7-v2+er7");
+    assert_eq!(r.headers["x-source"], "plexus");
+    assert_eq!(r.headers["x-api-key"], "k-1");
+    assert!(r.headers["user-agent"].to_str().unwrap().starts_with("plexus/"));
+}
+
+#[tokio::test]
+async fn method_put_and_a_templated_json_body() {
+    let (base, server) = start().await;
+    let dest = build(&format!(
+        r#"
+        type = "http"
+        url = "{base}/ok"
+        method = "put"
+        content_type = "application/json"
+        body = '{{"id": {{{{ message_id|tojson }}}}, "control_id": {{{{ control_id|tojson }}}}, "channel": {{{{ channel|tojson }}}}, "hl7": {{{{ message|tojson }}}}}}'
+        "#
+    ))
+    .await;
+    dest.send(&outbound()).await.unwrap();
+    let received = server.received.lock().unwrap();
+    let r = &received[0];
+    assert_eq!(r.headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(json["id"], "0190f0a1-0000-7000-8000-0000000000aa");
+    assert_eq!(json["control_id"], "H1");
+    assert_eq!(json["channel"], "adt-in");
+    assert_eq!(json["hl7"].as_str().unwrap().as_bytes(), HL7);
+}
+
+#[tokio::test]
+async fn bearer_token_is_sent() {
+    let (base, _server) = start().await;
+    let dest = build(&format!(
+        "type = \"http\"\nurl = \"{base}/bearer\"\nauth = {{ type = \"bearer\", token = \"tok-123\" }}\n"
+    ))
+    .await;
+    assert_eq!(dest.send(&outbound()).await.unwrap().summary, "HTTP 200");
+
+    let wrong =
+        build(&format!("type = \"http\"\nurl = \"{base}/bearer\"\nauth = {{ type = \"bearer\", token = \"nope\" }}\n"))
+            .await;
+    let err = wrong.send(&outbound()).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::HttpStatus { status: 401, .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+}
+
+#[tokio::test]
+async fn basic_auth_is_sent() {
+    let (base, server) = start().await;
+    let dest = build(&format!(
+        "type = \"http\"\nurl = \"{base}/ok\"\nauth = {{ type = \"basic\", username = \"plexus\", password = \"pw:1\" }}\n"
+    ))
+    .await;
+    dest.send(&outbound()).await.unwrap();
+    let received = server.received.lock().unwrap();
+    use base64::Engine as _;
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("plexus:pw:1"));
+    assert_eq!(received[0].headers["authorization"], expected.as_str());
+}
+
+#[tokio::test]
+async fn hmac_signed_requests_verify_on_the_receiver() {
+    let (base, server) = start().await;
+    let dest = build(&format!(
+        "type = \"http\"\nurl = \"{base}/hmac\"\nauth = {{ type = \"hmac\", secret = \"{HMAC_KEY}\" }}\n"
+    ))
+    .await;
+    let response = dest.send(&outbound()).await.unwrap();
+    assert_eq!(response.summary, "HTTP 204");
+
+    // The same request with a tampered body fails verification: the
+    // signature covers the body.
+    let received = server.received.lock().unwrap().pop().unwrap();
+    let mut tampered = received.body.to_vec();
+    tampered[0] = b'X';
+    assert_eq!(verify_hmac(&received.headers, &tampered), Err("signature mismatch"));
+
+    let wrong_key =
+        build(&format!("type = \"http\"\nurl = \"{base}/hmac\"\nauth = {{ type = \"hmac\", secret = \"other\" }}\n"))
+            .await;
+    let err = wrong_key.send(&outbound()).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::HttpStatus { status: 401, .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn status_429_is_transient_with_retry_after() {
+    let (base, _server) = start().await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{base}/429\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    assert_eq!(err.to_string(), "HTTP 429");
+}
+
+#[tokio::test]
+async fn status_503_is_transient() {
+    let (base, _server) = start().await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{base}/503\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(err.retry_after(), None);
+}
+
+#[tokio::test]
+async fn status_400_is_permanent_and_keeps_the_body() {
+    let (base, _server) = start().await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{base}/400\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(err.failure_class(), store::FailureClass::Permanent);
+    // The body may quote the message: it is kept with the attempt, not in
+    // the reason.
+    assert_eq!(err.to_string(), "HTTP 400");
+    assert_eq!(
+        err.to_store_response(),
+        Some(store::Response::Http { status: 400, body_excerpt: "{\"error\":\"PID-3 is required\"}".into() })
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (base, server) = start().await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{base}/307\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::HttpStatus { status: 307, .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(server.received.lock().unwrap().len(), 1, "only the first request was made");
+}
+
+#[tokio::test]
+async fn a_slow_receiver_times_out_as_transient() {
+    let (base, _server) = start().await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{base}/slow\"\ntimeout = \"200ms\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.kind(), "timeout", "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    let port = testkit::free_port();
+    let dest = build(&format!("type = \"http\"\nurl = \"http://127.0.0.1:{port}/x\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.kind(), "connect", "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+}
+
+#[tokio::test]
+async fn a_failing_template_is_permanent_and_sends_nothing() {
+    let (base, server) = start().await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{base}/ok\"\nbody = \"{{{{ no_such_value }}}}\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.kind(), "content");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(server.received.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn validation_reports_every_problem() {
+    let config: DestinationConfig = toml::from_str(
+        "type = \"http\"\nurl = \"not a url\"\nbody = \"{% if %}\"\nheaders = { \"bad name\" = \"x\" }\n",
+    )
+    .unwrap();
+    let mut errors = engine::config::ConfigErrors::default();
+    config.validate("channel \"adt-in\".destination[1]", &mut errors);
+    let paths: Vec<_> = errors.0.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            "channel \"adt-in\".destination[1].url",
+            "channel \"adt-in\".destination[1].headers.bad name",
+            "channel \"adt-in\".destination[1].body",
+        ]
+    );
+    assert!(errors.0[0].message.starts_with("not a URL"), "{}", errors.0[0].message);
+}
