@@ -122,6 +122,9 @@ fn pid(patient: &Value, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
     for (i, name) in patient.get("name").and_then(Value::as_array).into_iter().flatten().enumerate() {
         xpn(&mut s, 5, i + 1, name);
     }
+    if !s.has(5) {
+        return Err(missing("Patient.name (PID-5 is required)"));
+    }
     let birth_time = patient
         .pointer("/_birthDate/extension")
         .and_then(Value::as_array)
@@ -397,7 +400,7 @@ struct Group<'a> {
     report: Option<&'a Value>,
     code: Value,
     observations: Vec<&'a Value>,
-    documents: Vec<Value>,
+    documents: Vec<(Content, String)>,
 }
 
 fn group_status(g: &Group<'_>) -> &'static str {
@@ -414,36 +417,36 @@ fn group_status(g: &Group<'_>) -> &'static str {
     }
 }
 
-/// An attachment's data: inline, or from a Binary in the input.
-fn attachment_data(input: &Input<'_>, a: &Value, path: &str) -> Result<(String, String), ConvertError> {
+/// What an attachment becomes in OBX-5.
+enum Content {
+    /// Inline data (or a Binary's) as base64: an ED.
+    Data { content_type: String, data: String },
+    /// A URL outside the input: an RP (reference pointer), since nothing is
+    /// fetched.
+    Pointer { content_type: String, url: String },
+}
+
+/// An attachment's content: inline, from a Binary in the input, or a pointer.
+fn attachment_content(input: &Input<'_>, a: &Value) -> Content {
     let content_type = st(a, "contentType").to_string();
     if let Some(d) = a.get("data").and_then(Value::as_str) {
-        return Ok((content_type, d.to_string()));
+        return Content::Data { content_type, data: d.to_string() };
     }
     let url = st(a, "url");
-    if !url.is_empty()
-        && let Some(bin) = input.resolve(&serde_json::json!({"reference": url}))
+    if let Some(bin) = (!url.is_empty()).then(|| input.resolve(&serde_json::json!({"reference": url}))).flatten()
         && rtype(bin) == "Binary"
     {
         let ct = if content_type.is_empty() { st(bin, "contentType").to_string() } else { content_type };
-        let data = st(bin, "data");
-        if !data.is_empty() {
-            return Ok((ct, data.to_string()));
-        }
+        return Content::Data { content_type: ct, data: st(bin, "data").to_string() };
     }
-    Err(ConvertError::Invalid {
-        path: path.into(),
-        reason: "the attachment has no data and its url is not a Binary in the input (nothing is fetched)".into(),
-    })
+    if url.is_empty() {
+        // No content at all: an ED that still says what the document is.
+        return Content::Data { content_type, data: String::new() };
+    }
+    Content::Pointer { content_type, url: url.to_string() }
 }
 
-/// An ED OBX-5 from an attachment: `^AP^pdf^Base64^data`.
-fn ed_obx(set_id: usize, code: &Value, content_type: &str, data: &str, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
-    let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(&clean).map_err(|e| ConvertError::Invalid {
-        path: "attachment.data".into(),
-        reason: format!("not base64: {e}"),
-    })?;
+fn mime_parts(content_type: &str) -> (&'static str, String) {
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let (major, minor) = mime.split_once('/').unwrap_or(("application", "octet-stream"));
     let kind = match major {
@@ -453,10 +456,30 @@ fn ed_obx(set_id: usize, code: &Value, content_type: &str, data: &str, opts: &Fh
         "video" => "NS",
         _ => "AP",
     };
+    (kind, minor.to_string())
+}
+
+/// An OBX for an attachment: ED `^AP^pdf^Base64^data`, or RP
+/// `url^^AP^pdf`. Invalid base64 is an error naming `path`.
+fn content_obx(set_id: usize, code: &Value, content: &Content, path: &str, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
     let mut s = SegW::new("OBX");
-    s.put(1, 1, &set_id.to_string()).put(2, 1, "ED");
+    s.put(1, 1, &set_id.to_string());
     cwe(&mut s, 3, 1, code, opts);
-    s.put(5, 2, kind).put(5, 3, minor).put(5, 4, "Base64").put(5, 5, &clean);
+    match content {
+        Content::Data { content_type, data } => {
+            let clean: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+            base64::engine::general_purpose::STANDARD.decode(&clean).map_err(|e| ConvertError::Invalid {
+                path: format!("{path}.data"),
+                reason: format!("not base64: {e}"),
+            })?;
+            let (kind, minor) = mime_parts(content_type);
+            s.put(2, 1, "ED").put(5, 2, kind).put(5, 3, &minor).put(5, 4, "Base64").put(5, 5, &clean);
+        }
+        Content::Pointer { content_type, url } => {
+            let (kind, minor) = mime_parts(content_type);
+            s.put(2, 1, "RP").put(5, 1, url).put(5, 3, kind).put(5, 4, &minor);
+        }
+    }
     s.put(11, 1, "F");
     Ok(s)
 }
@@ -481,8 +504,7 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         used.extend(observations.iter().map(|o| *o as *const Value));
         let mut documents = Vec::new();
         for (i, form) in report.get("presentedForm").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            let (ct, data) = attachment_data(input, form, &format!("DiagnosticReport.presentedForm[{i}]"))?;
-            documents.push(serde_json::json!([ct, data]));
+            documents.push((attachment_content(input, form), format!("DiagnosticReport.presentedForm[{i}]")));
         }
         groups.push(Group { report: Some(report), code: report.get("code").cloned().unwrap_or(Value::Null), observations, documents });
     }
@@ -522,8 +544,7 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         let mut documents = Vec::new();
         for (j, c) in doc.get("content").and_then(Value::as_array).into_iter().flatten().enumerate() {
             let a = c.get("attachment").unwrap_or(&Value::Null);
-            let (ct, data) = attachment_data(input, a, &format!("DocumentReference[{i}].content[{j}].attachment"))?;
-            documents.push(serde_json::json!([ct, data]));
+            documents.push((attachment_content(input, a), format!("DocumentReference[{i}].content[{j}].attachment")));
         }
         groups.push(Group { report: None, code: doc_code(doc), observations: Vec::new(), documents });
     }
@@ -577,9 +598,9 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         for (k, obs) in g.observations.iter().enumerate() {
             obx_group(input, obs, k + 1, &mut set_id, opts, &mut out);
         }
-        for d in &g.documents {
+        for (content, path) in &g.documents {
             set_id += 1;
-            out.push(ed_obx(set_id, &g.code, d[0].as_str().unwrap_or(""), d[1].as_str().unwrap_or(""), opts)?);
+            out.push(content_obx(set_id, &g.code, content, path, opts)?);
         }
     }
     Ok(out)
@@ -644,9 +665,9 @@ fn mdm(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, time: &str) 
     let mut n = 0;
     for (j, c) in doc.get("content").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let a = c.get("attachment").unwrap_or(&Value::Null);
-        let (ct, data) = attachment_data(input, a, &format!("DocumentReference.content[{j}].attachment"))?;
         n += 1;
-        out.push(ed_obx(n, &code, &ct, &data, opts)?);
+        let path = format!("DocumentReference.content[{j}].attachment");
+        out.push(content_obx(n, &code, &attachment_content(input, a), &path, opts)?);
     }
     if n == 0 {
         return Err(missing("DocumentReference.content"));

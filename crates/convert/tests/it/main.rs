@@ -3,6 +3,7 @@
 //! listener, round trips).
 
 mod golden;
+mod round_trip;
 mod support;
 mod to_v2;
 mod validate;

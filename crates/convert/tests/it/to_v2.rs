@@ -211,14 +211,35 @@ fn a_document_with_a_binary_becomes_mdm_t02_and_an_oru_with_an_ed_obx() {
 }
 
 #[test]
-fn an_attachment_url_outside_the_input_is_an_error_naming_the_path() {
+fn an_attachment_url_outside_the_input_becomes_a_reference_pointer() {
     let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "identifier": [{"value": "1"}]}},
+        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "identifier": [{"value": "1"}], "name": [{"family": "X"}]}},
         {"resource": {"resourceType": "DocumentReference", "id": "d1", "status": "current", "date": "2024-05-02T10:00:00Z",
             "subject": {"reference": "urn:uuid:p"},
-            "content": [{"attachment": {"url": "https://elsewhere.example/doc.pdf"}}]}}]});
+            "content": [{"attachment": {"contentType": "application/pdf", "url": "https://elsewhere.example/doc.pdf"}}]}}]});
+    let msg = fhir_to_hl7(&bundle, TargetMessage::MdmT02, &Default::default()).unwrap();
+    assert_valid(&msg, "MDM with RP");
+    assert_eq!(msg.get("OBX-2").as_deref(), Some("RP"));
+    assert_eq!(msg.get("OBX-5-1").as_deref(), Some("https://elsewhere.example/doc.pdf"));
+    assert_eq!(msg.get("OBX-5-4").as_deref(), Some("pdf"));
+}
+
+#[test]
+fn a_patient_without_a_name_is_an_error_naming_the_field() {
+    let bundle = json!({"resourceType": "Patient", "identifier": [{"value": "1"}], "meta": {"lastUpdated": "2024-01-01T00:00:00Z"}});
+    let err = fhir_to_hl7(&bundle, TargetMessage::AdtA08, &Default::default()).unwrap_err().to_string();
+    assert_eq!(err, "required Patient.name (PID-5 is required) is missing");
+}
+
+#[test]
+fn attachment_data_that_is_not_base64_is_an_error_naming_the_path() {
+    let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "identifier": [{"value": "1"}], "name": [{"family": "X"}]}},
+        {"resource": {"resourceType": "DocumentReference", "id": "d1", "status": "current", "date": "2024-05-02T10:00:00Z",
+            "subject": {"reference": "urn:uuid:p"},
+            "content": [{"attachment": {"contentType": "text/plain", "data": "not base64!"}}]}}]});
     let err = fhir_to_hl7(&bundle, TargetMessage::MdmT02, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("DocumentReference.content[0].attachment"), "{err}");
+    assert!(err.contains("DocumentReference.content[0].attachment.data"), "{err}");
 }
 
 fn base64_of(bytes: &[u8]) -> String {
