@@ -145,7 +145,9 @@ impl<'a> Segment<'a> {
     /// has two). For MSH this counts MSH-1.
     pub fn field_count(&self) -> usize {
         let n = self.seps().len() - 1;
-        if self.is_header() { n + 1 } else { n }
+        // A header segment counts MSH-1 only when the separator is there: a
+        // bare `BHS` line has no fields at all.
+        if self.is_header() && n > 0 { n + 1 } else { n }
     }
 
     /// Field `n` (1-based, as in the standard: MSH-1 is the field
@@ -169,6 +171,9 @@ impl<'a> Segment<'a> {
         let buf = &self.msg.buf;
         let mut ctx = self.msg.ctx();
         let k = if self.is_header() {
+            if seps.len() < 2 {
+                return None;
+            }
             let at = self.span().start as usize + 3;
             match n {
                 0 => return None,
@@ -344,6 +349,20 @@ node_common!(SubComponent, 3);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_named_segment_without_field_separator_has_no_fields() {
+        // Found by fuzzing: a bare `BHS` line inside a message.
+        let msg = Message::parse("MSH|^~\\&|A\rBHS\rMSH").unwrap();
+        for index in [1, 2] {
+            let seg = msg.segment_at(index).unwrap();
+            assert_eq!(seg.field_count(), 0);
+            assert!(seg.field(1).is_none());
+            assert!(seg.field(2).is_none());
+            assert_eq!(seg.fields().count(), 0);
+        }
+        assert_eq!(msg.get("BHS-1"), None);
+    }
 
     #[test]
     fn nth_part_counts_from_one_and_keeps_empty_parts() {
