@@ -84,7 +84,11 @@ impl Db {
 
 /// Where SQLite files go: the target dir (on the real disk, unlike a tmpfs
 /// /tmp would be), so that fsync costs what it costs in production.
+/// `PLEXUS_BENCH_DIR` overrides it (e.g. /dev/shm to measure CPU cost alone).
 fn bench_dir() -> std::path::PathBuf {
+    if let Ok(d) = std::env::var("PLEXUS_BENCH_DIR") {
+        return std::path::PathBuf::from(d);
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/store-bench");
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -180,9 +180,27 @@ macro_rules! write_side {
             Ok((answers, queued))
         }
 
-        async fn insert_messages(conn: &mut $conn, inserts: &[&Prepared<'_>], now: i64) -> Result<()> {
+        /// Starts the next statement: a builder of its own, or (`chain`,
+        /// SQLite only) appended after `; ` to the last builder, so that a
+        /// whole batch runs in one call.
+        fn next_statement<'s>(statements: &'s mut Vec<QueryBuilder<$db>>, chain: bool, head: &str) -> &'s mut QueryBuilder<$db> {
+            let separator = if chain && !statements.is_empty() {
+                "; "
+            } else {
+                statements.push(QueryBuilder::<$db>::new(""));
+                ""
+            };
+            let last = statements.len() - 1;
+            let qb = &mut statements[last];
+            qb.push(separator).push(head);
+            qb
+        }
+
+        /// Appends the INSERT statements for `inserts` (messages, patient
+        /// identifiers, deliveries; 64 rows per statement) to `statements`.
+        fn push_inserts<'q>(statements: &mut Vec<QueryBuilder<$db>>, chain: bool, inserts: &[&Prepared<'q>], now: i64) {
             for chunk in inserts.chunks(INSERT_CHUNK) {
-                let mut qb = QueryBuilder::<$db>::new(
+                let qb = next_statement(statements, chain,
                     "INSERT INTO messages (id, channel, received_at, accepted_at, peer_addr, content_type, size, sha256, \
                      control_id, sender_key, message_type, event, order_key, ack, raw) ",
                 );
@@ -204,7 +222,6 @@ macro_rules! write_side {
                         .push_bind(&m.ack)
                         .push_bind(&m.raw);
                 });
-                qb.build().execute(&mut *conn).await?;
             }
 
             let patients: Vec<(Uuid, &str)> = inserts
@@ -217,17 +234,16 @@ macro_rules! write_side {
                 })
                 .collect();
             for chunk in patients.chunks(INSERT_CHUNK * 4) {
-                let mut qb = QueryBuilder::<$db>::new("INSERT INTO message_patients (message_id, patient_id) ");
+                let qb = next_statement(statements, chain, "INSERT INTO message_patients (message_id, patient_id) ");
                 qb.push_values(chunk, |mut b, (id, pid)| {
                     b.push_bind(*id).push_bind(*pid);
                 });
-                qb.build().execute(&mut *conn).await?;
             }
 
             let deliveries: Vec<(&Prepared<'_>, &NewDelivery)> =
                 inserts.iter().flat_map(|p| p.message.deliveries.iter().map(move |d| (*p, d))).collect();
             for chunk in deliveries.chunks(INSERT_CHUNK) {
-                let mut qb = QueryBuilder::<$db>::new(
+                let qb = next_statement(statements, chain,
                     "INSERT INTO deliveries (message_id, channel, destination, queue_key, state, next_attempt_at, \
                      filter_rule, created_at, updated_at) ",
                 );
@@ -246,11 +262,18 @@ macro_rules! write_side {
                         .push_bind(now)
                         .push_bind(now);
                 });
+            }
+        }
+
+        #[allow(dead_code)]
+        async fn insert_messages(conn: &mut $conn, inserts: &[&Prepared<'_>], now: i64) -> Result<()> {
+            let mut statements = Vec::new();
+            push_inserts(&mut statements, false, inserts, now);
+            for mut qb in statements {
                 qb.build().execute(&mut *conn).await?;
             }
             Ok(())
         }
-
 
         /// The earliest future moment a delivery of this destination becomes
         /// due (a retry time or a lease expiry).
