@@ -112,7 +112,9 @@ impl BatchFile {
         // Byte range of the message being collected.
         let mut current: Option<(usize, usize)> = None;
         let mut index = 0usize;
-        let mut finish_message = |current: &mut Option<(usize, usize)>, batch: &mut Option<Batch>| -> Result<(), BatchError> {
+        let mut finish_message = |current: &mut Option<(usize, usize)>,
+                                  batch: &mut Option<Batch>|
+         -> Result<(), BatchError> {
             if let Some((from, to)) = current.take() {
                 let msg = Message::parse(&buf[from..to]).map_err(|error| BatchError::Message {
                     index,
@@ -129,7 +131,11 @@ impl BatchFile {
         while pos < buf.len() {
             let end = memchr::memchr2(b'\r', b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
             let line = &buf[pos..end];
-            let next = if end + 1 < buf.len() && buf[end] == b'\r' && buf[end + 1] == b'\n' { end + 2 } else { end + 1 };
+            let next = if end + 1 < buf.len() && buf[end] == b'\r' && buf[end + 1] == b'\n' {
+                end + 2
+            } else {
+                end + 1
+            };
             if line.iter().all(|&b| b == b' ' || b == b'\t') {
                 pos = next;
                 continue;
@@ -196,20 +202,30 @@ impl BatchFile {
                     ErrorCode::SegmentSequenceError,
                     format!("batch {n} has a BHS but no BTS"),
                 )),
-                (None, Some(_)) if self.batches.len() > 1 || self.header.is_some() => issues.push(Issue::error(
-                    Location::segment("BHS", n),
-                    ErrorCode::SegmentSequenceError,
-                    format!("batch {n} has a BTS but no BHS"),
-                )),
+                (None, Some(_)) if self.batches.len() > 1 || self.header.is_some() => {
+                    issues.push(Issue::error(
+                        Location::segment("BHS", n),
+                        ErrorCode::SegmentSequenceError,
+                        format!("batch {n} has a BTS but no BHS"),
+                    ))
+                }
                 _ => {}
             }
-            if let Some(count) = b.trailer.as_ref().and_then(|t| t.get("BTS-1")).filter(|c| !c.is_empty())
+            if let Some(count) = b
+                .trailer
+                .as_ref()
+                .and_then(|t| t.get("BTS-1"))
+                .filter(|c| !c.is_empty())
                 && count.trim().parse::<usize>().ok() != Some(b.messages.len())
             {
                 issues.push(Issue::error(
                     Location::field("BTS", n, 1),
                     ErrorCode::DataTypeError,
-                    format!("BTS-1 says {} messages, batch {n} has {}", count.trim(), b.messages.len()),
+                    format!(
+                        "BTS-1 says {} messages, batch {n} has {}",
+                        count.trim(),
+                        b.messages.len()
+                    ),
                 ));
             }
         }
@@ -220,13 +236,21 @@ impl BatchFile {
                 "the file has an FHS but no FTS",
             ));
         }
-        if let Some(count) = self.trailer.as_ref().and_then(|t| t.get("FTS-1")).filter(|c| !c.is_empty())
+        if let Some(count) = self
+            .trailer
+            .as_ref()
+            .and_then(|t| t.get("FTS-1"))
+            .filter(|c| !c.is_empty())
             && count.trim().parse::<usize>().ok() != Some(self.batches.len())
         {
             issues.push(Issue::error(
                 Location::field("FTS", 1, 1),
                 ErrorCode::DataTypeError,
-                format!("FTS-1 says {} batches, the file has {}", count.trim(), self.batches.len()),
+                format!(
+                    "FTS-1 says {} batches, the file has {}",
+                    count.trim(),
+                    self.batches.len()
+                ),
             ));
         }
         issues
@@ -269,7 +293,10 @@ fn header_segment(out: &mut Vec<u8>, name: &[u8], e: &Envelope, d: &Delimiters) 
         &e.comment,
         &e.control_id,
     ];
-    let used = values.iter().rposition(|v| !v.is_empty()).map_or(0, |i| i + 1);
+    let used = values
+        .iter()
+        .rposition(|v| !v.is_empty())
+        .map_or(0, |i| i + 1);
     for v in &values[..used] {
         out.push(d.field());
         out.extend_from_slice(&escape::encode(v.as_bytes(), d));
@@ -339,16 +366,28 @@ mod tests {
         let m = Message::parse(M).unwrap();
         let ms = [m.clone(), m.clone()];
         let bytes = build_file(
-            &Envelope { name: "f.hl7".into(), ..Envelope::default() },
-            &[(Envelope::default(), &ms[..]), (Envelope::default(), &ms[..1])],
+            &Envelope {
+                name: "f.hl7".into(),
+                ..Envelope::default()
+            },
+            &[
+                (Envelope::default(), &ms[..]),
+                (Envelope::default(), &ms[..1]),
+            ],
         );
         let file = BatchFile::parse(&bytes).unwrap();
         assert_eq!(file.batches.len(), 2);
         assert_eq!(file.batches[0].messages.len(), 2);
         assert_eq!(file.batches[1].messages.len(), 1);
-        assert_eq!(file.trailer.as_ref().unwrap().get("FTS-1").as_deref(), Some("2"));
+        assert_eq!(
+            file.trailer.as_ref().unwrap().get("FTS-1").as_deref(),
+            Some("2")
+        );
         assert!(file.issues().is_empty());
-        assert_eq!(file.messages().next().unwrap().get("PID-3").as_deref(), Some("9"));
+        assert_eq!(
+            file.messages().next().unwrap().get("PID-3").as_deref(),
+            Some("9")
+        );
     }
 
     #[test]
@@ -377,11 +416,16 @@ mod tests {
             Err(BatchError::Envelope { .. })
         ));
         match BatchFile::parse(format!("{M}\r{M}\rbad|1")) {
-            Err(BatchError::Message { index: 1, error, .. }) => {
+            Err(BatchError::Message {
+                index: 1, error, ..
+            }) => {
                 assert_eq!(error.kind(), &crate::ParseErrorKind::InvalidSegmentName);
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(BatchFile::parse("PID|1"), Err(BatchError::Header(_))));
+        assert!(matches!(
+            BatchFile::parse("PID|1"),
+            Err(BatchError::Header(_))
+        ));
     }
 }

@@ -243,7 +243,10 @@ mod tests {
             Delimiters::from_parts(b'\r', b"^~\\&"),
             Err(DelimiterError::NotPunctuation)
         );
-        assert_eq!(Delimiters::from_parts(b'|', b""), Err(DelimiterError::Missing));
+        assert_eq!(
+            Delimiters::from_parts(b'|', b""),
+            Err(DelimiterError::Missing)
+        );
         assert_eq!(
             Delimiters::from_parts(b'|', b"^~\\&#!"),
             Err(DelimiterError::TooMany)

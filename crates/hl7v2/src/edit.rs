@@ -80,10 +80,13 @@ impl Message {
     /// ```
     pub fn set(&mut self, path: impl ToPath, value: &str) -> Result<(), EditError> {
         let path = path.to_path()?;
-        let bytes = self.charset.encode(value).map_err(|character| EditError::Unrepresentable {
-            character,
-            charset: self.charset.msh18(),
-        })?;
+        let bytes = self
+            .charset
+            .encode(value)
+            .map_err(|character| EditError::Unrepresentable {
+                character,
+                charset: self.charset.msh18(),
+            })?;
         let escaped = escape::encode(&bytes, &self.delims).into_owned();
         self.write(&path, &escaped, Depth::Leaf)
     }
@@ -136,12 +139,20 @@ impl Message {
             ),
             Depth::Node => {
                 let comp = path.component.or(path.subcomponent.map(|_| 1));
-                (path.field_repetition.or(comp.map(|_| 1)), comp, path.subcomponent)
+                (
+                    path.field_repetition.or(comp.map(|_| 1)),
+                    comp,
+                    path.subcomponent,
+                )
             }
         };
         // A write may need a delimiter the message lacks only when it goes
         // past the first part of that level.
-        for (n, sep) in [(rep, d.repetition), (comp, d.component), (sub, d.subcomponent)] {
+        for (n, sep) in [
+            (rep, d.repetition),
+            (comp, d.component),
+            (sub, d.subcomponent),
+        ] {
             if n.unwrap_or(1) > 1 && sep == d.field {
                 return Err(EditError::MissingDelimiter {
                     path: path.to_string(),
@@ -174,7 +185,11 @@ impl Message {
         // SEG-1 ...; for MSH the first item after the name is MSH-2.
         let field_index = if header { path.field } else { path.field + 1 } as usize;
         let mut levels = vec![(d.field, field_index)];
-        for (n, sep) in [(rep, d.repetition), (comp, d.component), (sub, d.subcomponent)] {
+        for (n, sep) in [
+            (rep, d.repetition),
+            (comp, d.component),
+            (sub, d.subcomponent),
+        ] {
             if let Some(n) = n {
                 levels.push((sep, n as usize));
             }
@@ -275,7 +290,11 @@ impl Message {
     }
 
     /// Replaces the segment at `index` (not MSH) with one given whole.
-    pub fn replace_segment_raw(&mut self, index: usize, raw: impl AsRef<[u8]>) -> Result<(), EditError> {
+    pub fn replace_segment_raw(
+        &mut self,
+        index: usize,
+        raw: impl AsRef<[u8]>,
+    ) -> Result<(), EditError> {
         let raw = raw.as_ref();
         self.check_segment(raw)?;
         if index == 0 || index >= self.segments.len() {
@@ -314,10 +333,14 @@ impl Message {
         }
         let name = &raw[..raw.len().min(3)];
         if !is_segment_name(name) || raw.get(3).is_some_and(|&b| b != self.delims.field) {
-            return Err(EditError::Segment("does not start with a segment name and the field separator"));
+            return Err(EditError::Segment(
+                "does not start with a segment name and the field separator",
+            ));
         }
         if is_header_name(name) {
-            return Err(EditError::Segment("MSH, FHS and BHS cannot be added to a message"));
+            return Err(EditError::Segment(
+                "MSH, FHS and BHS cannot be added to a message",
+            ));
         }
         Ok(())
     }
@@ -391,7 +414,8 @@ impl MessageBuilder {
     }
     /// Sets a value by path (escaped when built).
     pub fn set(mut self, path: &str, value: &str) -> Self {
-        self.steps.push(Step::Set(path.to_owned(), value.to_owned()));
+        self.steps
+            .push(Step::Set(path.to_owned(), value.to_owned()));
         self
     }
     /// Appends a segment given whole, already encoded.
@@ -461,7 +485,10 @@ mod tests {
     #[test]
     fn splice_pads_each_level() {
         assert_eq!(splice(b"PID|1", &[(b'|', 3)], b"x"), b"PID|1|x");
-        assert_eq!(splice(b"PID|1", &[(b'|', 3), (b'~', 2), (b'^', 2)], b"x"), b"PID|1|~^x");
+        assert_eq!(
+            splice(b"PID|1", &[(b'|', 3), (b'~', 2), (b'^', 2)], b"x"),
+            b"PID|1|~^x"
+        );
         assert_eq!(splice(b"a^b^c", &[(b'^', 2)], b"X"), b"a^X^c");
     }
 
@@ -492,7 +519,10 @@ mod tests {
         assert_eq!(msg.get("PID-5").as_deref(), Some("Müller"));
         assert_eq!(
             msg.set("PID-6", "日本"),
-            Err(EditError::Unrepresentable { character: '日', charset: "8859/1" })
+            Err(EditError::Unrepresentable {
+                character: '日',
+                charset: "8859/1"
+            })
         );
     }
 }

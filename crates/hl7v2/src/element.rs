@@ -59,7 +59,10 @@ impl Ctx {
     /// 2 component, 3 sub-component).
     fn leaf_text<'a>(&self, mut raw: &'a [u8], level: u8) -> Cow<'a, str> {
         let d = &self.delims;
-        for sep in [d.repetition, d.component, d.subcomponent].iter().skip(level as usize) {
+        for sep in [d.repetition, d.component, d.subcomponent]
+            .iter()
+            .skip(level as usize)
+        {
             raw = first_part(raw, *sep);
         }
         self.text(raw)
@@ -179,7 +182,10 @@ impl<'a> Segment<'a> {
                 0 => return None,
                 1 => {
                     ctx.delims = ctx.delims.opaque();
-                    return Some(Field { raw: &buf[at..at + 1], ctx });
+                    return Some(Field {
+                        raw: &buf[at..at + 1],
+                        ctx,
+                    });
                 }
                 2 => ctx.delims = ctx.delims.opaque(),
                 _ => {}
@@ -274,7 +280,8 @@ impl<'a> Field<'a> {
     }
     /// Repetition `n`, 1-based.
     pub fn repetition(&self, n: usize) -> Option<Repetition<'a>> {
-        nth_part(self.raw, self.ctx.delims.repetition, n).map(|raw| Repetition { raw, ctx: self.ctx })
+        nth_part(self.raw, self.ctx.delims.repetition, n)
+            .map(|raw| Repetition { raw, ctx: self.ctx })
     }
     /// Number of repetitions.
     pub fn repetition_count(&self) -> usize {
@@ -330,7 +337,8 @@ impl<'a> Component<'a> {
     }
     /// Sub-component `n`, 1-based.
     pub fn subcomponent(&self, n: usize) -> Option<SubComponent<'a>> {
-        nth_part(self.raw, self.ctx.delims.subcomponent, n).map(|raw| SubComponent { raw, ctx: self.ctx })
+        nth_part(self.raw, self.ctx.delims.subcomponent, n)
+            .map(|raw| SubComponent { raw, ctx: self.ctx })
     }
     /// Number of sub-components.
     pub fn subcomponent_count(&self) -> usize {

@@ -105,7 +105,11 @@ impl ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at byte {}, segment {}", self.kind, self.offset, self.segment)?;
+        write!(
+            f,
+            "{} at byte {}, segment {}",
+            self.kind, self.offset, self.segment
+        )?;
         if let Some(field) = self.field {
             write!(f, ", field {field}")?;
         }

@@ -171,7 +171,11 @@ impl From<Path> for Location {
 impl fmt::Display for Location {
     /// Path style: `PID(1)-7`, `OBX(3)-5(2)-1`, `ORC(2)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.segment.is_empty() { "?" } else { &self.segment })?;
+        f.write_str(if self.segment.is_empty() {
+            "?"
+        } else {
+            &self.segment
+        })?;
         if let Some(n) = self.occurrence {
             write!(f, "({n})")?;
         }
@@ -209,7 +213,11 @@ pub struct Issue {
 
 impl Issue {
     /// An error at `location`.
-    pub fn error(location: impl Into<Option<Location>>, code: ErrorCode, message: impl Into<String>) -> Issue {
+    pub fn error(
+        location: impl Into<Option<Location>>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Issue {
         Issue {
             location: location.into(),
             code,
@@ -220,7 +228,11 @@ impl Issue {
     }
 
     /// A warning at `location`.
-    pub fn warning(location: impl Into<Option<Location>>, code: ErrorCode, message: impl Into<String>) -> Issue {
+    pub fn warning(
+        location: impl Into<Option<Location>>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Issue {
         Issue {
             severity: Severity::Warning,
             ..Issue::error(location, code, message)
@@ -240,6 +252,13 @@ impl fmt::Display for Issue {
         if let Some(l) = &self.location {
             write!(f, "{l}: ")?;
         }
-        write!(f, "{} {}: {} ({})", self.code.code(), self.code.text(), self.message, self.severity.code())
+        write!(
+            f,
+            "{} {}: {} ({})",
+            self.code.code(),
+            self.code.text(),
+            self.message,
+            self.severity.code()
+        )
     }
 }

@@ -31,8 +31,8 @@ mod delimiters;
 mod edit;
 mod element;
 mod error;
-mod issue;
 pub mod escape;
+mod issue;
 mod message;
 #[cfg(feature = "codec")]
 pub mod mllp;
@@ -45,7 +45,7 @@ pub use delimiters::{DelimiterError, Delimiters};
 pub use edit::MessageBuilder;
 pub use element::{Component, Field, Presence, Repetition, Segment, SubComponent};
 pub use error::{EditError, ParseError, ParseErrorKind};
+pub use issue::{ErrorCode, Issue, Location, Severity};
 pub use message::{Message, MessageType};
 pub use path::{MAX_INDEX, Path, PathError, ToPath};
-pub use issue::{ErrorCode, Issue, Location, Severity};
 pub use version::Version;

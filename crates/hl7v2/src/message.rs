@@ -89,7 +89,11 @@ fn is_blank(line: &[u8]) -> bool {
 /// Skips a UTF-8 byte-order mark and any white space or line breaks before
 /// the first segment.
 pub(crate) fn skip_preamble(buf: &[u8]) -> usize {
-    let mut i = if buf.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    let mut i = if buf.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
     while i < buf.len() && matches!(buf[i], b' ' | b'\t' | b'\r' | b'\n') {
         i += 1;
     }
@@ -480,7 +484,9 @@ impl Message {
     /// ```
     pub fn presence(&self, path: impl ToPath) -> Presence {
         match path.to_path() {
-            Ok(path) => self.node(&path, true).map_or(Presence::Absent, Presence::of),
+            Ok(path) => self
+                .node(&path, true)
+                .map_or(Presence::Absent, Presence::of),
             Err(_) => Presence::Absent,
         }
     }

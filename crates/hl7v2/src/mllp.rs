@@ -205,7 +205,8 @@ impl Decoder for MllpCodec {
                             return Ok(Some(frame));
                         }
                         None if window > limit => {
-                            let first_line = memchr::memchr2(b'\r', b'\n', &src[..window]).unwrap_or(window);
+                            let first_line =
+                                memchr::memchr2(b'\r', b'\n', &src[..window]).unwrap_or(window);
                             let head = Bytes::copy_from_slice(&src[..first_line.min(HEAD_BYTES)]);
                             self.skip(src, window);
                             self.state = State::Discarding;
@@ -284,7 +285,11 @@ mod tests {
             while let Some(f) = codec.decode(&mut buf).unwrap() {
                 frames.push(f.to_vec());
             }
-            assert_eq!(frames, [b"MSH|1\rPID|1".to_vec(), b"MSH|2".to_vec()], "cut at {cut}");
+            assert_eq!(
+                frames,
+                [b"MSH|1\rPID|1".to_vec(), b"MSH|2".to_vec()],
+                "cut at {cut}"
+            );
             assert_eq!(codec.skipped_bytes(), 6, "cut at {cut}");
         }
     }
@@ -302,13 +307,22 @@ mod tests {
     #[test]
     fn oversized_frame_is_an_error_then_decoding_resumes() {
         let mut codec = MllpCodec::new(8);
-        let frames = decode_all(&mut codec, b"\x0bMSH|123\rPID|toolong\x1c\x0d\x0bMSH|ok\x1c\x0d");
+        let frames = decode_all(
+            &mut codec,
+            b"\x0bMSH|123\rPID|toolong\x1c\x0d\x0bMSH|ok\x1c\x0d",
+        );
         assert_eq!(
             frames,
-            [Err("MLLP frame exceeds the limit of 8 bytes".into()), Ok(b"MSH|ok".to_vec())]
+            [
+                Err("MLLP frame exceeds the limit of 8 bytes".into()),
+                Ok(b"MSH|ok".to_vec())
+            ]
         );
         // A frame of exactly the limit is fine.
-        assert_eq!(decode_all(&mut codec, b"\x0b12345678\x1c\x0d"), [Ok(b"12345678".to_vec())]);
+        assert_eq!(
+            decode_all(&mut codec, b"\x0b12345678\x1c\x0d"),
+            [Ok(b"12345678".to_vec())]
+        );
     }
 
     #[test]

@@ -65,7 +65,8 @@ impl Path {
         };
         let bytes = text.as_bytes();
         let mut i = usize::from(bytes.first() == Some(&b'/'));
-        if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphabetic()) {
+        if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphabetic())
+        {
             i += 1;
         }
         let name = bytes

@@ -16,8 +16,8 @@
 //! so one misplaced segment yields one issue and matching carries on.
 //! Required items skipped over are reported as missing.
 
-use crate::issue::{ErrorCode, Issue, Location};
 use crate::Version;
+use crate::issue::{ErrorCode, Issue, Location};
 
 type Name = [u8; 3];
 
@@ -38,7 +38,10 @@ pub(crate) struct Item {
 
 /// Parses the abstract syntax; `Err` names the byte position.
 pub(crate) fn parse(text: &str) -> Result<Vec<Item>, usize> {
-    let mut p = Parser { b: text.as_bytes(), i: 0 };
+    let mut p = Parser {
+        b: text.as_bytes(),
+        i: 0,
+    };
     let items = p.seq(None)?;
     p.ws();
     if p.i != p.b.len() {
@@ -133,7 +136,11 @@ impl Parser<'_> {
         }
         self.i += 1;
         let start = self.i;
-        while self.b.get(self.i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
+        while self
+            .b
+            .get(self.i)
+            .is_some_and(|c| c.is_ascii_digit() || *c == b'.')
+        {
             self.i += 1;
         }
         let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| start)?;
@@ -190,7 +197,10 @@ impl Item {
                 (s, message)
             }
             Node::Choice(ns) => {
-                let all: Vec<_> = ns.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+                let all: Vec<_> = ns
+                    .iter()
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
                 let message = format!("one of {} is required", all.join(", "));
                 (all.first().cloned().unwrap_or_default(), message)
             }
@@ -198,7 +208,10 @@ impl Item {
                 .iter()
                 .find(|it| it.exists(v) && !it.optional)
                 .or_else(|| items.iter().find(|it| it.exists(v)))
-                .map_or((String::new(), "a required group is missing".into()), |it| it.describe(v)),
+                .map_or(
+                    (String::new(), "a required group is missing".into()),
+                    |it| it.describe(v),
+                ),
         }
     }
 }
@@ -238,7 +251,11 @@ impl Matcher<'_> {
             let n = self.occurrence_so_far(&name) + 1;
             Location::segment(&name, n)
         });
-        self.push(Issue::error(location, ErrorCode::SegmentSequenceError, message));
+        self.push(Issue::error(
+            location,
+            ErrorCode::SegmentSequenceError,
+            message,
+        ));
     }
 
     /// Reports required items in `items[from..to]` that were not matched
@@ -286,8 +303,15 @@ impl Matcher<'_> {
             }
             let name = String::from_utf8_lossy(&s).into_owned();
             let n = self.occurrence_so_far(&name) + 1;
-            let message = format!("segment {name} is not expected here in {} ({})", self.structure, self.version);
-            self.push(Issue::error(Location::segment(&name, n), ErrorCode::SegmentSequenceError, message));
+            let message = format!(
+                "segment {name} is not expected here in {} ({})",
+                self.structure, self.version
+            );
+            self.push(Issue::error(
+                Location::segment(&name, n),
+                ErrorCode::SegmentSequenceError,
+                message,
+            ));
             self.pos += 1;
         }
     }

@@ -64,8 +64,14 @@ const STRUCTURES: &[(&str, &str)] = &[
          [{ROL}]@2.4 [{DB1}] [{OBX [{PRT}]@2.7}] [{AL1}] [{DG1}] [DRG] [{PR1 [{ROL}]}] [{GT1}] \
          [{IN1 [IN2] [{IN3}] [{ROL}]@2.4}] [ACC] [UB1] [UB2]",
     ),
-    ("ADT_A09", "MSH [{SFT}]@2.5 [UAC]@2.7 EVN PID [PD1] PV1 [PV2] [{DB1}] [{OBX}] [{DG1}]"),
-    ("ADT_A39", "MSH [{SFT}]@2.5 [UAC]@2.7 EVN {PID [PD1] MRG [PV1]}"),
+    (
+        "ADT_A09",
+        "MSH [{SFT}]@2.5 [UAC]@2.7 EVN PID [PD1] PV1 [PV2] [{DB1}] [{OBX}] [{DG1}]",
+    ),
+    (
+        "ADT_A39",
+        "MSH [{SFT}]@2.5 [UAC]@2.7 EVN {PID [PD1] MRG [PV1]}",
+    ),
     (
         "ORU_R01",
         "MSH [{SFT}]@2.5 [UAC]@2.7 {[PID [PD1] [{PRT}]@2.7 [{NTE}] [{NK1}] [{ARV}]@2.6 \
@@ -112,10 +118,17 @@ const TRIGGERS: &[(&str, &[&str], &str)] = &[
     ("ORM", &["O01"], "ORM_O01"),
     (
         "SIU",
-        &["S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23", "S24", "S26"],
+        &[
+            "S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23",
+            "S24", "S26",
+        ],
         "SIU_S12",
     ),
-    ("MDM", &["T01", "T03", "T05", "T07", "T09", "T11"], "MDM_T01"),
+    (
+        "MDM",
+        &["T01", "T03", "T05", "T07", "T09", "T11"],
+        "MDM_T01",
+    ),
     ("MDM", &["T02", "T04", "T06", "T08", "T10"], "MDM_T02"),
     ("VXU", &["V04"], "VXU_V04"),
 ];
@@ -145,7 +158,10 @@ fn grammars() -> &'static Vec<(&'static str, Vec<grammar::Item>)> {
             .iter()
             .filter_map(|(name, text)| {
                 let parsed = grammar::parse(text);
-                debug_assert!(parsed.is_ok(), "structure {name} does not parse: {parsed:?}");
+                debug_assert!(
+                    parsed.is_ok(),
+                    "structure {name} does not parse: {parsed:?}"
+                );
                 parsed.ok().map(|g| (*name, g))
             })
             .collect()
@@ -202,10 +218,15 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
     let declared = text(&msh, 9, 1, 3);
     if !declared.is_empty() && declared != structure {
         issues.push(Issue {
-            location: Some(Location { component: Some(3), ..Location::field("MSH", 1, 9) }),
+            location: Some(Location {
+                component: Some(3),
+                ..Location::field("MSH", 1, 9)
+            }),
             code: ErrorCode::TableValueNotFound,
             severity: Severity::Warning,
-            message: format!("MSH-9-3 {declared} is not the structure of {code}^{trigger} ({structure})"),
+            message: format!(
+                "MSH-9-3 {declared} is not the structure of {code}^{trigger} ({structure})"
+            ),
             diagnostic: None,
         });
     }
@@ -253,12 +274,21 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         return Version::V2_5;
     };
     let at = |field: u32| Location::field("MSH", 1, field);
-    let at_component = |field: u32, c: u32| Location { component: Some(c), ..at(field) };
+    let at_component = |field: u32, c: u32| Location {
+        component: Some(c),
+        ..at(field)
+    };
     let raw_version = text(&msh, 12, 1, 1);
     let version = Version::parse(&raw_version);
     let rules_version = version.unwrap_or(Version::V2_5);
 
-    let missing = |f: u32| Issue::error(at(f), ErrorCode::RequiredFieldMissing, format!("MSH-{f} is required"));
+    let missing = |f: u32| {
+        Issue::error(
+            at(f),
+            ErrorCode::RequiredFieldMissing,
+            format!("MSH-{f} is required"),
+        )
+    };
     let code = text(&msh, 9, 1, 1);
     let trigger = text(&msh, 9, 1, 2);
     if code.is_empty() {
@@ -313,7 +343,11 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
             issues.push(missing(7));
         }
     } else if let Err(why) = check_dtm(&timestamp) {
-        issues.push(Issue::error(at(7), ErrorCode::DataTypeError, format!("MSH-7 is not a valid DTM: {why}")));
+        issues.push(Issue::error(
+            at(7),
+            ErrorCode::DataTypeError,
+            format!("MSH-7 is not a valid DTM: {why}"),
+        ));
     }
     for f in [15u32, 16] {
         let v = text(&msh, f as usize, 1, 1);

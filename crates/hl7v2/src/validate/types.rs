@@ -1,7 +1,7 @@
 //! Data types, built-in tables and the field rules of the validated segments.
 
-use crate::issue::{ErrorCode, Issue, Location};
 use crate::Version;
+use crate::issue::{ErrorCode, Issue, Location};
 
 /// Checks a DTM (and the first component of a TS): `YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]`,
 /// with real calendar and clock ranges.
@@ -115,7 +115,10 @@ fn date_parts(d: &[u8]) -> Result<(), &'static str> {
 /// ```
 pub fn check_nm(value: &str) -> Result<(), &'static str> {
     let b = value.as_bytes();
-    let b = b.strip_prefix(b"+").or_else(|| b.strip_prefix(b"-")).unwrap_or(b);
+    let b = b
+        .strip_prefix(b"+")
+        .or_else(|| b.strip_prefix(b"-"))
+        .unwrap_or(b);
     let dots = b.iter().filter(|&&c| c == b'.').count();
     let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
     if dots > 1 || digits == 0 || digits + dots != b.len() {
@@ -145,25 +148,29 @@ pub(crate) const T0001: &[&str] = &["A", "F", "M", "N", "O", "U"];
 pub(crate) const T0008: &[&str] = &["AA", "AE", "AR", "CA", "CE", "CR"];
 /// HL7 table 0076, message type.
 pub(crate) const T0076: &[&str] = &[
-    "ACK", "ADR", "ADT", "BAR", "BPS", "BRP", "BRT", "BTS", "CCF", "CCI", "CCM", "CCQ", "CCU", "CQU", "CRM", "CSU",
-    "DBC", "DBU", "DEL", "DFT", "DOC", "DPR", "DRC", "DRG", "DSR", "EAC", "EAN", "EAR", "EHC", "ESR", "ESU", "INR",
-    "INU", "LSR", "LSU", "MDM", "MFD", "MFK", "MFN", "MFQ", "MFR", "NMD", "NMQ", "NMR", "OMB", "OMD", "OMG", "OMI",
-    "OML", "OMN", "OMP", "OMQ", "OMS", "OPL", "OPR", "OPU", "ORA", "ORB", "ORD", "ORF", "ORG", "ORI", "ORL", "ORM",
-    "ORN", "ORP", "ORR", "ORS", "ORU", "ORX", "OSM", "OSQ", "OSR", "OSU", "OUL", "PEX", "PGL", "PIN", "PMU", "PPG",
-    "PPP", "PPR", "PPT", "PPV", "PRR", "PTR", "QBP", "QCK", "QCN", "QRF", "QRY", "QSB", "QSX", "QVR", "RAR", "RAS",
-    "RCI", "RCL", "RDE", "RDR", "RDS", "RDY", "REF", "RER", "RGR", "RGV", "ROC", "ROD", "ROR", "RPA", "RPI", "RPL",
-    "RPR", "RQA", "RQC", "RQI", "RQP", "RRA", "RRD", "RRE", "RRG", "RRI", "RSP", "RTB", "SCN", "SDN", "SDR", "SIU",
-    "SLN", "SLR", "SMD", "SQM", "SQR", "SRM", "SRR", "SSR", "SSU", "STC", "STI", "SUR", "TBR", "TCR", "TCU", "UDM",
-    "VXQ", "VXR", "VXU", "VXX",
+    "ACK", "ADR", "ADT", "BAR", "BPS", "BRP", "BRT", "BTS", "CCF", "CCI", "CCM", "CCQ", "CCU",
+    "CQU", "CRM", "CSU", "DBC", "DBU", "DEL", "DFT", "DOC", "DPR", "DRC", "DRG", "DSR", "EAC",
+    "EAN", "EAR", "EHC", "ESR", "ESU", "INR", "INU", "LSR", "LSU", "MDM", "MFD", "MFK", "MFN",
+    "MFQ", "MFR", "NMD", "NMQ", "NMR", "OMB", "OMD", "OMG", "OMI", "OML", "OMN", "OMP", "OMQ",
+    "OMS", "OPL", "OPR", "OPU", "ORA", "ORB", "ORD", "ORF", "ORG", "ORI", "ORL", "ORM", "ORN",
+    "ORP", "ORR", "ORS", "ORU", "ORX", "OSM", "OSQ", "OSR", "OSU", "OUL", "PEX", "PGL", "PIN",
+    "PMU", "PPG", "PPP", "PPR", "PPT", "PPV", "PRR", "PTR", "QBP", "QCK", "QCN", "QRF", "QRY",
+    "QSB", "QSX", "QVR", "RAR", "RAS", "RCI", "RCL", "RDE", "RDR", "RDS", "RDY", "REF", "RER",
+    "RGR", "RGV", "ROC", "ROD", "ROR", "RPA", "RPI", "RPL", "RPR", "RQA", "RQC", "RQI", "RQP",
+    "RRA", "RRD", "RRE", "RRG", "RRI", "RSP", "RTB", "SCN", "SDN", "SDR", "SIU", "SLN", "SLR",
+    "SMD", "SQM", "SQR", "SRM", "SRR", "SSR", "SSU", "STC", "STI", "SUR", "TBR", "TCR", "TCU",
+    "UDM", "VXQ", "VXR", "VXU", "VXX",
 ];
 /// HL7 table 0085, observation result status.
-pub(crate) const T0085: &[&str] = &["A", "C", "D", "F", "I", "N", "O", "P", "R", "S", "U", "W", "X"];
+pub(crate) const T0085: &[&str] = &[
+    "A", "C", "D", "F", "I", "N", "O", "P", "R", "S", "U", "W", "X",
+];
 /// HL7 table 0103, processing id.
 pub(crate) const T0103: &[&str] = &["D", "P", "T"];
 /// HL7 table 0104, version id.
 pub(crate) const T0104: &[&str] = &[
-    "2.0", "2.0D", "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2",
-    "2.9",
+    "2.0", "2.0D", "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1",
+    "2.8", "2.8.1", "2.8.2", "2.9",
 ];
 /// HL7 table 0155, accept/application acknowledgment conditions.
 pub(crate) const T0155: &[&str] = &["AL", "ER", "NE", "SU"];
@@ -201,7 +208,9 @@ pub(crate) fn is_event(code: &str) -> bool {
     match b {
         [letter, d1, d2] if d1.is_ascii_digit() && d2.is_ascii_digit() => {
             let n = (d1 - b'0') * 10 + (d2 - b'0');
-            RANGES.iter().any(|&(l, lo, hi)| l == *letter && (lo..=hi).contains(&n))
+            RANGES
+                .iter()
+                .any(|&(l, lo, hi)| l == *letter && (lo..=hi).contains(&n))
         }
         _ => false,
     }
@@ -232,7 +241,12 @@ pub(crate) struct Rule {
 
 const ALWAYS: Option<Version> = Some(Version::V2_3);
 
-const fn rule(segment: &'static str, field: u32, kind: Kind, required_since: Option<Version>) -> Rule {
+const fn rule(
+    segment: &'static str,
+    field: u32,
+    kind: Kind,
+    required_since: Option<Version>,
+) -> Rule {
     Rule {
         segment,
         field,
@@ -242,7 +256,12 @@ const fn rule(segment: &'static str, field: u32, kind: Kind, required_since: Opt
     }
 }
 
-const fn coded(segment: &'static str, field: u32, required_since: Option<Version>, table: (&'static str, &'static [&'static str])) -> Rule {
+const fn coded(
+    segment: &'static str,
+    field: u32,
+    required_since: Option<Version>,
+    table: (&'static str, &'static [&'static str]),
+) -> Rule {
     Rule {
         segment,
         field,
@@ -351,11 +370,25 @@ pub(crate) fn check(rule: &Rule, value: &str, segment: &str, at: Location) -> Op
         Kind::Ts => check_dtm(value).map_err(|w| ("DTM", w)),
     };
     if let Err((ty, why)) = result {
-        return Some(Issue::error(at, ErrorCode::DataTypeError, format!("{field} is not a valid {ty}: {why}")));
+        return Some(Issue::error(
+            at,
+            ErrorCode::DataTypeError,
+            format!("{field} is not a valid {ty}: {why}"),
+        ));
     }
     let (table, values) = rule.table?;
-    let known = if table == "0003" { is_event(value) } else { values.contains(&value) };
-    (!known).then(|| Issue::error(at, ErrorCode::TableValueNotFound, format!("{field} is not in HL7 table {table}")))
+    let known = if table == "0003" {
+        is_event(value)
+    } else {
+        values.contains(&value)
+    };
+    (!known).then(|| {
+        Issue::error(
+            at,
+            ErrorCode::TableValueNotFound,
+            format!("{field} is not in HL7 table {table}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -364,7 +397,9 @@ mod tests {
 
     #[test]
     fn event_table_covers_the_fixture_triggers_and_refuses_typos() {
-        for e in ["A01", "A62", "R01", "O01", "S26", "T11", "V04", "PC1", "PCL", "Z99"] {
+        for e in [
+            "A01", "A62", "R01", "O01", "S26", "T11", "V04", "PC1", "PCL", "Z99",
+        ] {
             assert!(is_event(e), "{e}");
         }
         for e in ["A63", "A00", "R1", "PC0", "XYZ", "a01", ""] {
@@ -374,10 +409,31 @@ mod tests {
 
     #[test]
     fn dtm_edges() {
-        for ok in ["2000", "200002", "20000229", "2000022923", "200002292359", "20000229235959", "20000229235959.1", "20261121-1400"] {
+        for ok in [
+            "2000",
+            "200002",
+            "20000229",
+            "2000022923",
+            "200002292359",
+            "20000229235959",
+            "20000229235959.1",
+            "20261121-1400",
+        ] {
             assert_eq!(check_dtm(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "19000229", "2026132", "2026112124", "202611212360", "20261121235960", "20261121235959.12345", "20261121+1500", "20261121+0160", "2026-11-21", "20261121 "] {
+        for bad in [
+            "",
+            "19000229",
+            "2026132",
+            "2026112124",
+            "202611212360",
+            "20261121235960",
+            "20261121235959.12345",
+            "20261121+1500",
+            "20261121+0160",
+            "2026-11-21",
+            "20261121 ",
+        ] {
             assert!(check_dtm(bad).is_err(), "{bad}");
         }
     }

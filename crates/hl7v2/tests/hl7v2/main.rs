@@ -3,4 +3,5 @@
 //! real TCP sockets.
 
 mod fixtures;
+mod messy;
 mod properties;

@@ -23,8 +23,11 @@ fn join(parts: Vec<String>, sep: char) -> String {
 /// A field: repetitions of components of sub-components.
 fn field() -> impl Strategy<Value = String> {
     prop::collection::vec(
-        prop::collection::vec(prop::collection::vec(leaf(), 1..3).prop_map(|s| join(s, '&')), 1..4)
-            .prop_map(|c| join(c, '^')),
+        prop::collection::vec(
+            prop::collection::vec(leaf(), 1..3).prop_map(|s| join(s, '&')),
+            1..4,
+        )
+        .prop_map(|c| join(c, '^')),
         1..3,
     )
     .prop_map(|r| join(r, '~'))
@@ -32,7 +35,13 @@ fn field() -> impl Strategy<Value = String> {
 
 fn segment() -> impl Strategy<Value = String> {
     (
-        prop_oneof![Just("PID"), Just("OBX"), Just("NTE"), Just("ZX1"), Just("PV1")],
+        prop_oneof![
+            Just("PID"),
+            Just("OBX"),
+            Just("NTE"),
+            Just("ZX1"),
+            Just("PV1")
+        ],
         prop::collection::vec(field(), 0..8),
     )
         .prop_map(|(name, fields)| {
@@ -57,7 +66,8 @@ fn message() -> impl Strategy<Value = (Vec<String>, Vec<&'static str>, bool)> {
     })
 }
 
-const MSH: &str = "MSH|^~\\&|APP|FAC|RCV|RFAC|20261121120000||ADT^A08|CTRL|P|2.5.1|||||||UNICODE UTF-8";
+const MSH: &str =
+    "MSH|^~\\&|APP|FAC|RCV|RFAC|20261121120000||ADT^A08|CTRL|P|2.5.1|||||||UNICODE UTF-8";
 
 fn assemble(segments: &[String], seps: &[&str], trailing: bool) -> String {
     let mut text = MSH.to_string();
@@ -226,7 +236,9 @@ fn exercise(bytes: &[u8]) {
                 }
             }
             let issues = hl7v2::validate::validate(&msg);
-            let ack = Ack::new(AckCode::ApplicationError, "A", "20261121").issues(&issues).for_message(&msg);
+            let ack = Ack::new(AckCode::ApplicationError, "A", "20261121")
+                .issues(&issues)
+                .for_message(&msg);
             assert!(Message::parse(ack.encode()).is_ok());
             let _ = msg.get("PID-5-1");
             let _ = msg.set("PID-5-1", "x");
@@ -235,7 +247,8 @@ fn exercise(bytes: &[u8]) {
         }
         Err(e) => {
             assert!(e.offset() <= bytes.len());
-            let nak = Ack::new(AckCode::ApplicationReject, "N", "20261121").for_parse_error(&e, bytes);
+            let nak =
+                Ack::new(AckCode::ApplicationReject, "N", "20261121").for_parse_error(&e, bytes);
             assert!(Message::parse(nak.encode()).is_ok());
         }
     }
