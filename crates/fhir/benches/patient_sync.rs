@@ -54,6 +54,7 @@ fn main() {
     let mut first = Vec::new();
     let mut second = Vec::new();
     let mut naive = Vec::new();
+    let mut naive_create = Vec::new();
     let mut mode = None;
     for run in 0..runs {
         let target_peer = FhirPeer::start("bench").expect("target peer");
@@ -70,7 +71,11 @@ fn main() {
 
         let naive_peer = FhirPeer::start("bench").expect("naive peer");
         let target = client("naive", &naive_peer.base_url);
-        naive.push(rt.block_on(one_request_per_resource(&ehr, &target, &patient_id)));
+        naive.push(rt.block_on(one_request_per_resource(&ehr, &target, &patient_id, true)));
+        drop(naive_peer);
+        let naive_peer = FhirPeer::start("bench").expect("naive peer");
+        let target = client("naive", &naive_peer.base_url);
+        naive_create.push(rt.block_on(one_request_per_resource(&ehr, &target, &patient_id, false)));
         eprintln!("run {}/{runs} done", run + 1);
     }
 
@@ -96,7 +101,8 @@ fn main() {
     };
     row(&format!("plexus sync, first run ({:?})", mode.expect("a run")), &first);
     row("plexus sync, second run (nothing to write)", &second);
-    row("one request per resource, first run", &naive);
+    row("one request per resource (conditional update)", &naive);
+    row("one request per resource (plain create)", &naive_create);
 }
 
 fn figures(report: &sync::SyncReport) -> Figures {
@@ -129,9 +135,16 @@ async fn load(ehr: &FhirClient) -> String {
 }
 
 /// The naive sync: GET the patient, one search per type (every page), GET
-/// each referenced resource not yet read, then one conditional update per
-/// resource in dependency order, keyed by a provenance identifier.
-async fn one_request_per_resource(ehr: &FhirClient, target: &FhirClient, patient_id: &str) -> Figures {
+/// each referenced resource not yet read, then one write per resource in
+/// dependency order: a conditional update keyed by a provenance identifier
+/// (idempotent, what an accelerator does), or a plain create (fast but
+/// duplicates everything on the next run).
+async fn one_request_per_resource(
+    ehr: &FhirClient,
+    target: &FhirClient,
+    patient_id: &str,
+    conditional: bool,
+) -> Figures {
     let ehr = ehr.counted();
     let target = target.counted();
     let started = Instant::now();
@@ -200,7 +213,11 @@ async fn one_request_per_resource(ehr: &FhirClient, target: &FhirClient, patient
             },
             _ => Rewrite::Keep,
         });
-        let written = target.conditional_update(&r, &[("identifier", &token)]).await.expect("write");
+        let written = if conditional {
+            target.conditional_update(&r, &[("identifier", &token)]).await.expect("write")
+        } else {
+            target.create(&r).await.expect("write")
+        };
         target_ids.insert(k.clone(), written.key.expect("id").id);
     }
     let wall = started.elapsed();

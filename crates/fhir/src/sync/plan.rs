@@ -243,8 +243,8 @@ async fn look_up_with(
         };
         for v in values {
             let token = token_of(&system, &v);
-            // Percent-encoding at most triples a token.
-            let cost = token.len() * 3 + 1;
+            // Its length in the URL, percent-encoded, plus the comma.
+            let cost = url::form_urlencoded::byte_serialize(token.as_bytes()).map(str::len).sum::<usize>() + 3;
             if length + cost > url_budget {
                 flush(&mut tokens, &mut searches);
                 length = 0;
