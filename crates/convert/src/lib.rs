@@ -61,7 +61,7 @@ pub fn hl7_to_fhir_text(message: &str, options: &Hl7ToFhirOptions) -> Result<ser
 /// use serde_json::json;
 /// let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
 ///   {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient",
-///     "identifier": [{"system": "urn:oid:1.2.3", "value": "42"}], "gender": "female"}},
+///     "identifier": [{"system": "urn:oid:1.2.3", "value": "42"}], "name": [{"family": "Doe"}]}},
 ///   {"resource": {"resourceType": "Observation", "status": "final",
 ///     "subject": {"reference": "urn:uuid:p1"}, "effectiveDateTime": "2024-05-01T08:30:00+02:00",
 ///     "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0", "display": "Glucose"}]},

@@ -57,6 +57,14 @@ impl Default for Hl7ToFhirOptions {
 }
 
 impl Hl7ToFhirOptions {
+    /// Reads options from TOML (the same keys as the engine config embeds),
+    /// checked with [`Hl7ToFhirOptions::validate`].
+    pub fn from_toml(text: &str) -> Result<Self, ConvertError> {
+        let opts: Self = toml::from_str(text).map_err(|e| ConvertError::Options(e.to_string()))?;
+        opts.validate()?;
+        Ok(opts)
+    }
+
     /// Checks the options (called by the converter; the engine calls it when
     /// it loads its config).
     pub fn validate(&self) -> Result<(), ConvertError> {
@@ -162,6 +170,13 @@ pub struct FhirToHl7Options {
     /// Identifier.system URI to the v2 assigning authority written in CX-4
     /// (the reverse of `identifier_systems` of the other direction).
     pub assigning_authorities: BTreeMap<String, String>,
+}
+
+impl FhirToHl7Options {
+    /// Reads options from TOML.
+    pub fn from_toml(text: &str) -> Result<Self, ConvertError> {
+        toml::from_str(text).map_err(|e| ConvertError::Options(e.to_string()))
+    }
 }
 
 impl Default for FhirToHl7Options {

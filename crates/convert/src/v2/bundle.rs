@@ -103,12 +103,14 @@ impl<'o> Ctx<'o> {
             .and_then(|e| e.get_mut("resource"))
     }
 
-    /// The finished transaction Bundle, empty elements pruned.
-    pub fn finish(self, bundle_identity: &str) -> Value {
+    /// The finished transaction Bundle, empty elements pruned. `timestamp`
+    /// is the message's own time (MSH-7), never the clock.
+    pub fn finish(self, bundle_identity: &str, timestamp: Value) -> Value {
         let mut bundle = json!({
             "resourceType": "Bundle",
             "id": stable_uuid("Bundle", bundle_identity).simple().to_string(),
             "type": "transaction",
+            "timestamp": timestamp,
             "entry": self.entries,
         });
         crate::rules::prune(&mut bundle);

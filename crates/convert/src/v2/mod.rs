@@ -101,5 +101,6 @@ pub(crate) fn convert(message: &hl7v2::Message, opts: &Hl7ToFhirOptions) -> Resu
     }
     // The Bundle's own id: sender and control id identify the message.
     let identity = format!("{}|{}|{}", msh.f(3).text(), msh.f(4).text(), msh.f(10).text());
-    Ok(ctx.finish(&identity))
+    let timestamp = datatypes::instant(&msh.f(7).text(), opts);
+    Ok(ctx.finish(&identity, timestamp))
 }
