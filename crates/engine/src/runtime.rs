@@ -52,34 +52,34 @@ use crate::worker::{ChannelStage, DestinationWorkers};
 pub enum StartError {
     /// The store could not be opened.
     #[error("opening the store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
     /// A destination could not be built.
-    #[error("channel {channel:?} destination {destination:?}: {source}")]
+    #[error("channel {channel:?} destination {destination:?}: {error}")]
     Destination {
         /// The channel.
         channel: String,
         /// The destination.
         destination: String,
         /// What failed.
-        source: DestinationError,
+        error: DestinationError,
     },
     /// A source could not start.
-    #[error("channel {channel:?} source: {source}")]
+    #[error("channel {channel:?} source: {error}")]
     Source {
         /// The channel.
         channel: String,
         /// What failed.
-        source: SourceError,
+        error: SourceError,
     },
     /// The HTTP listener could not be bound.
-    #[error("listening on {addr} ({what}): {source}")]
+    #[error("listening on {addr} ({what}): {error}")]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// `api` or the channel it serves.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -102,7 +102,9 @@ impl Engine {
     /// Starts everything `config` describes. Returns once every listener is
     /// bound and the engine is ready.
     pub async fn start(config: Config) -> Result<Engine, StartError> {
-        let store = store::open(&config.store.resolved_url(&config.base_dir), store_options(&config)).await?;
+        let url = config.store.resolved_url(&config.base_dir);
+        create_sqlite_folder(&url).map_err(StartError::Store)?;
+        let store = store::open(&url, store_options(&config)).await.map_err(StartError::Store)?;
         info!(backend = config.store.backend_name(), "store open");
         Self::start_with_store(config, store).await
     }
@@ -163,10 +165,10 @@ impl Engine {
                 let ctx = BuildContext::new(&channel.name, &d.name)
                     .with_base_dir(base_dir.clone())
                     .with_injector(injector.clone());
-                let destination = d.connector.build(&ctx).await.map_err(|source| StartError::Destination {
+                let destination = d.connector.build(&ctx).await.map_err(|error| StartError::Destination {
                     channel: channel.name.clone(),
                     destination: d.name.clone(),
-                    source,
+                    error,
                 })?;
                 let workers = Arc::new(DestinationWorkers {
                     channel: Arc::clone(&stage),
@@ -195,7 +197,7 @@ impl Engine {
                     let source = c
                         .bind(&base_dir, channel_ingest)
                         .await
-                        .map_err(|source| StartError::Source { channel: name.clone(), source })?;
+                        .map_err(|error| StartError::Source { channel: name.clone(), error })?;
                     if let Ok(addr) = source.local_addr() {
                         info!(channel = %name, %addr, tls = c.tls.is_some(), "mllp source listening");
                         self.source_addrs.insert(name.clone(), addr);
@@ -214,20 +216,20 @@ impl Engine {
         }
         for (addr, served) in own_http {
             let name = served.ingest.name().to_string();
-            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen {
+            let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen {
                 addr,
                 what: format!("channel {name:?}"),
-                source,
+                error,
             })?;
             let bound = listener.local_addr().unwrap_or(addr);
             info!(channel = %name, addr = %bound, "http source listening");
             self.source_addrs.insert(name, bound);
             self.serve_http(listener, http_source::router(vec![served]));
         }
-        let listener = TcpListener::bind(api.listen).await.map_err(|source| StartError::Listen {
+        let listener = TcpListener::bind(api.listen).await.map_err(|error| StartError::Listen {
             addr: api.listen,
             what: "api".into(),
-            source,
+            error,
         })?;
         self.api_addr = listener.local_addr().unwrap_or(api.listen);
         for c in &on_api {
@@ -291,6 +293,21 @@ impl Engine {
         }
         self.store.close().await;
         info!("engine stopped");
+    }
+}
+
+/// Creates the folder of a SQLite database file, so that a fresh install
+/// with `sqlite://plexus-data/plexus.db` starts without set-up.
+fn create_sqlite_folder(url: &str) -> Result<(), store::StoreError> {
+    let Some(rest) = url.strip_prefix("sqlite://") else { return Ok(()) };
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    match std::path::Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+            .map_err(|e| store::StoreError::InvalidUrl(format!("cannot create the folder {}: {e}", dir.display()))),
+        _ => Ok(()),
     }
 }
 

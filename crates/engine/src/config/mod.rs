@@ -209,12 +209,12 @@ fn default_api_listen() -> SocketAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file was read but is not a valid configuration.
     #[error("{0}")]
@@ -264,7 +264,7 @@ impl Config {
     /// there too (the only I/O besides reading the file itself).
     pub fn load(path: &Path) -> Result<Config, LoadError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+            std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.to_path_buf(), error })?;
         let base_dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),

@@ -138,7 +138,7 @@ impl MllpSourceConfig {
             None => None,
         };
         let listener =
-            TcpListener::bind(self.listen).await.map_err(|source| SourceError::Bind { addr: self.listen, source })?;
+            TcpListener::bind(self.listen).await.map_err(|error| SourceError::Bind { addr: self.listen, error })?;
         Ok(MllpSource {
             listener,
             tls,
@@ -158,12 +158,12 @@ impl MllpSourceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The address is in use, not local, or not permitted.
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The TLS files are missing or unusable.
     #[error(transparent)]

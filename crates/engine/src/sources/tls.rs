@@ -56,14 +56,14 @@ pub enum ClientCertMode {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("{field}: reading {path}: {source}")]
+    #[error("{field}: reading {path}: {error}")]
     Read {
         /// The config field naming the file.
         field: &'static str,
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file was read but does not hold what it should.
     #[error("{field}: {reason}")]
@@ -141,7 +141,7 @@ fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
 
 fn read(base_dir: &Path, path: &Path, field: &'static str) -> Result<Vec<u8>, TlsError> {
     let full = resolve(base_dir, path);
-    std::fs::read(&full).map_err(|source| TlsError::Read { field, path: full, source })
+    std::fs::read(&full).map_err(|error| TlsError::Read { field, path: full, error })
 }
 
 fn read_certs(
