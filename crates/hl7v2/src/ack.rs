@@ -78,6 +78,11 @@ impl AckCode {
 }
 
 /// What happened to a message, independent of the acknowledgement mode.
+///
+/// ```
+/// use hl7v2::ack::{AckMode, AckCode, Outcome};
+/// assert_eq!(AckMode::Original.immediate(Outcome::Rejected), Some(AckCode::ApplicationReject));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Stored / processed.
@@ -89,6 +94,13 @@ pub enum Outcome {
 }
 
 /// HL7 table 0155: when an acknowledgement is wanted (MSH-15, MSH-16).
+///
+/// ```
+/// use hl7v2::ack::{AckCondition, Outcome};
+/// let c = AckCondition::parse("ER").unwrap();
+/// assert!(!c.wants(Outcome::Accepted));
+/// assert!(c.wants(Outcome::Errored));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AckCondition {
     /// AL: always.

@@ -14,7 +14,7 @@ use crate::issue::{ErrorCode, Issue, Location};
 use crate::message::{read_delimiters, skip_preamble};
 use crate::{Delimiters, Message, ParseError, escape};
 
-/// One batch: its BHS and BTS (each a one-segment [`Message`], read with
+/// One batch (see [`BatchFile`] for an example): its BHS and BTS (each a one-segment [`Message`], read with
 /// paths such as `BHS-11`), and its messages.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
@@ -54,6 +54,11 @@ pub struct BatchFile {
 }
 
 /// Why a batch file could not be split.
+///
+/// ```
+/// use hl7v2::batch::{BatchError, BatchFile};
+/// assert!(matches!(BatchFile::parse("BHS|^~\\&\rPID|1"), Err(BatchError::Stray { offset: 9 })));
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
@@ -257,7 +262,8 @@ impl BatchFile {
     }
 }
 
-/// Values for an FHS or BHS header (fields 3 to 11; all optional).
+/// Values for an FHS or BHS header (fields 3 to 11; all optional); see
+/// [`build_batch`] for an example.
 #[derive(Debug, Clone, Default)]
 pub struct Envelope {
     /// FHS-3 / BHS-3.

@@ -56,6 +56,11 @@ impl fmt::Debug for Delimiters {
 }
 
 /// Why a set of delimiters was refused.
+///
+/// ```
+/// use hl7v2::{DelimiterError, Delimiters};
+/// assert_eq!(Delimiters::new(b'|', b'^', b'~', b'\\', b'^'), Err(DelimiterError::Duplicate));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DelimiterError {

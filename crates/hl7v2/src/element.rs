@@ -16,6 +16,13 @@ use crate::message::{Message, is_header_name};
 use crate::{Charset, Delimiters, escape};
 
 /// Whether a value is there, and how.
+///
+/// ```
+/// use hl7v2::Presence;
+/// assert_eq!(Presence::of(b""), Presence::Empty);
+/// assert_eq!(Presence::of(b"\"\""), Presence::Null);
+/// assert_eq!(Presence::of(b"F"), Presence::Valued);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Presence {
     /// Not in the message: the segment ends before the field, or there is no
@@ -97,6 +104,15 @@ fn count_parts(raw: &[u8], sep: u8) -> usize {
 }
 
 /// One segment of a [`Message`].
+///
+/// ```
+/// use hl7v2::Message;
+/// let msg = Message::parse("MSH|^~\\&|A\rOBX|1|NM|718-7||13.5\rOBX|2|NM|4544-3||40.1").unwrap();
+/// let obx = msg.segments_named("OBX").nth(1).unwrap();
+/// assert_eq!((obx.name(), obx.index(), obx.occurrence()), ("OBX", 2, 2));
+/// assert_eq!(obx.get(5).as_deref(), Some("40.1"));
+/// assert_eq!(obx.raw(), b"OBX|2|NM|4544-3||40.1");
+/// ```
 #[derive(Clone, Copy)]
 pub struct Segment<'a> {
     pub(crate) msg: &'a Message,
@@ -263,6 +279,16 @@ macro_rules! node_common {
 }
 
 /// One field: all its repetitions.
+///
+/// ```
+/// use hl7v2::Message;
+/// let msg = Message::parse("MSH|^~\\&|A\rPID|1||111^^^H^MR~222^^^S^SS").unwrap();
+/// let ids = msg.segment("PID").unwrap().field(3).unwrap();
+/// assert_eq!(ids.repetition_count(), 2);
+/// let kinds: Vec<_> = ids.repetitions().map(|r| r.component(5).unwrap().text()).collect();
+/// assert_eq!(kinds, ["MR", "SS"]);
+/// assert_eq!(ids.text(), "111"); // first leaf
+/// ```
 #[derive(Clone, Copy)]
 pub struct Field<'a> {
     pub(crate) raw: &'a [u8],
@@ -294,6 +320,15 @@ impl<'a> Field<'a> {
 }
 
 /// One repetition of a field.
+///
+/// ```
+/// use hl7v2::Message;
+/// let msg = Message::parse("MSH|^~\\&|A\rPID|1||||Doe^Jane^^^Dr").unwrap();
+/// let name = msg.segment("PID").unwrap().field(5).unwrap().repetition(1).unwrap();
+/// assert_eq!(name.component_count(), 5);
+/// assert_eq!(name.component(5).unwrap().text(), "Dr");
+/// assert!(name.component(3).unwrap().is_empty());
+/// ```
 #[derive(Clone, Copy)]
 pub struct Repetition<'a> {
     pub(crate) raw: &'a [u8],
@@ -320,6 +355,14 @@ impl<'a> Repetition<'a> {
 }
 
 /// One component.
+///
+/// ```
+/// use hl7v2::Message;
+/// let msg = Message::parse("MSH|^~\\&|A\rPID|1||42^^^HOSP&1.2.3&ISO").unwrap();
+/// let authority = msg.segment("PID").unwrap().field(3).unwrap().component(4).unwrap();
+/// let parts: Vec<_> = authority.subcomponents().map(|s| s.text()).collect();
+/// assert_eq!(parts, ["HOSP", "1.2.3", "ISO"]);
+/// ```
 #[derive(Clone, Copy)]
 pub struct Component<'a> {
     pub(crate) raw: &'a [u8],
@@ -347,6 +390,14 @@ impl<'a> Component<'a> {
 }
 
 /// One sub-component: a leaf.
+///
+/// ```
+/// use hl7v2::Message;
+/// let msg = Message::parse("MSH|^~\\&|A\rPID|1||42^^^A\\T\\B&1.2").unwrap();
+/// let sub = msg.segment("PID").unwrap().field(3).unwrap().component(4).unwrap().subcomponent(1).unwrap();
+/// assert_eq!(sub.raw(), b"A\\T\\B");
+/// assert_eq!(sub.text(), "A&B");
+/// ```
 #[derive(Clone, Copy)]
 pub struct SubComponent<'a> {
     pub(crate) raw: &'a [u8],

@@ -33,6 +33,11 @@ pub struct ParseError {
 }
 
 /// What kind of problem a [`ParseError`] is.
+///
+/// ```
+/// use hl7v2::{Message, ParseErrorKind};
+/// assert_eq!(Message::parse("PID|1").unwrap_err().kind(), &ParseErrorKind::MissingHeader);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseErrorKind {
@@ -131,6 +136,13 @@ impl fmt::Debug for ParseError {
 
 /// Why an edit ([`Message::set`] and friends) was refused. The message is
 /// unchanged when an edit fails.
+///
+/// ```
+/// use hl7v2::{EditError, Message};
+/// let mut msg = Message::parse("MSH|^~\\&|A").unwrap();
+/// assert_eq!(msg.set("MSH-2", "x"), Err(EditError::Delimiters));
+/// assert!(matches!(msg.set("NTE(3)-1", "x"), Err(EditError::NoSuchSegment { .. })));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EditError {

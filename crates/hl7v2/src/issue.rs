@@ -10,6 +10,13 @@ use std::fmt;
 use crate::Path;
 
 /// HL7 table 0357, message error condition codes.
+///
+/// ```
+/// use hl7v2::ErrorCode;
+/// assert_eq!(ErrorCode::RequiredFieldMissing.code(), 101);
+/// assert_eq!(ErrorCode::UnsupportedVersionId.text(), "Unsupported version id");
+/// assert!(!ErrorCode::UnsupportedVersionId.is_content_error());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -92,6 +99,12 @@ impl ErrorCode {
 }
 
 /// HL7 table 0516, error severity.
+///
+/// ```
+/// use hl7v2::Severity;
+/// assert_eq!(Severity::Warning.code(), "W");
+/// assert!(Severity::Error > Severity::Warning);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Severity {
     /// I: information; the message was processed.
@@ -119,6 +132,12 @@ impl Severity {
 /// Where an issue is: a segment (by name and occurrence), optionally a field,
 /// repetition, component and sub-component (all 1-based), as ERR-2 (ERL)
 /// and the 2.3 ERR-1 (ELD) report it.
+///
+/// ```
+/// use hl7v2::{Location, Path};
+/// assert_eq!(Location::field("OBX", 3, 5).to_string(), "OBX(3)-5");
+/// assert_eq!(Location::from(Path::parse("PID-3(2)-4").unwrap()).to_string(), "PID(1)-3(2)-4");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Location {
     /// Segment name; empty when the segment could not be named (an
@@ -197,6 +216,12 @@ impl fmt::Display for Location {
 
 /// One problem: where, which HL7 error code, how severe, and a message for
 /// people (no patient data).
+///
+/// ```
+/// use hl7v2::{ErrorCode, Issue, Location};
+/// let issue = Issue::error(Location::field("PID", 1, 7), ErrorCode::DataTypeError, "PID-7 is not a valid DTM");
+/// assert_eq!(issue.to_string(), "PID(1)-7: 102 Data type error: PID-7 is not a valid DTM (E)");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Issue {
     /// Where it is; `None` for the message as a whole.

@@ -67,6 +67,12 @@ pub struct Message {
 }
 
 /// MSH-9: message code, trigger event and message structure.
+///
+/// ```
+/// let msg = hl7v2::Message::parse("MSH|^~\\&|A||||||SIU^S12^SIU_S12|1|P|2.5").unwrap();
+/// let t = msg.message_type().unwrap();
+/// assert_eq!((&*t.code, &*t.trigger, &*t.structure), ("SIU", "S12", "SIU_S12"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageType<'a> {
     /// MSH-9-1, e.g. `ADT`.

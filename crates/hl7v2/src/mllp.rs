@@ -35,7 +35,8 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// How much of an oversized frame's first segment is kept for the NAK.
 const HEAD_BYTES: usize = 4096;
 
-/// Whether a failure is worth retrying, bad data, or bad configuration.
+/// Whether a failure is worth retrying or the data is bad (see
+/// [`MllpError::class`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
     /// The connection failed: retry on a new one.
@@ -45,6 +46,16 @@ pub enum ErrorClass {
 }
 
 /// Errors of the MLLP codec.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use hl7v2::mllp::{ErrorClass, MllpCodec, MllpError};
+/// use tokio_util::codec::Decoder;
+/// let mut codec = MllpCodec::new(4);
+/// let err = codec.decode(&mut BytesMut::from(&b"\x0bMSH|^~\\&"[..])).unwrap_err();
+/// assert!(matches!(err, MllpError::FrameTooLarge { limit: 4, .. }));
+/// assert_eq!(err.class(), ErrorClass::Permanent);
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MllpError {

@@ -44,6 +44,11 @@ pub struct Path {
 }
 
 /// Why a path could not be parsed.
+///
+/// ```
+/// let e = hl7v2::Path::parse("PID-x").unwrap_err();
+/// assert_eq!((e.position, e.reason), (4, "a number"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid path {path:?} at character {position}: {reason}")]
 pub struct PathError {
@@ -260,6 +265,13 @@ impl FromStr for Path {
 
 /// Anything a [`Message`](crate::Message) accepts as a path: a [`Path`] or
 /// its text.
+///
+/// ```
+/// use hl7v2::{Path, ToPath};
+/// let p = Path::parse("PID-5").unwrap();
+/// assert_eq!("PID-5".to_path().unwrap(), p);
+/// assert_eq!(p.to_path().unwrap(), p);
+/// ```
 pub trait ToPath {
     /// The parsed path.
     fn to_path(&self) -> Result<Path, PathError>;
