@@ -24,6 +24,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Check a configuration file and print every error with its path.
     Check(cli::check::CheckArgs),
+    /// Send HL7 v2 messages over MLLP and report the ACKs; a load generator.
+    Send(cli::send::SendArgs),
     /// Work with HL7 v2 files: inspect, validate, get a field, build an ACK.
     #[command(subcommand)]
     Hl7(cli::hl7::Hl7Command),
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Check(args) => cli::check::run(args),
+        Command::Send(args) => cli::send::run(args),
         Command::Hl7(cmd) => cli::hl7::run(cmd),
         Command::Convert(cmd) => cli::convert::run(cmd),
         Command::Sync(cmd) => cli::sync::run(cmd),
