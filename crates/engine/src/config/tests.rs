@@ -346,3 +346,20 @@ fn script_files_are_read_relative_to_the_config_file() {
     };
     assert_eq!(errs.0[0].path, "channel \"adt-in\".transform[0].file");
 }
+
+#[test]
+fn every_example_compiles_with_its_variables_set() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env = |name: &str| (name == "PARTNER_TOKEN").then(|| "t".to_string());
+        Config::from_toml_str_with_env(&text, &env).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 2, "examples/*.toml");
+}
