@@ -31,6 +31,9 @@ enum Reply {
     Close,
     /// Answer AA and close the connection afterwards.
     AckThenClose,
+    /// Answer CA then AA in one write (enhanced mode: commit, then
+    /// application acknowledgment).
+    CommitThenAccept,
 }
 
 type Behaviour = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
@@ -106,6 +109,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Reply::Ack(code) => ack(code, &id),
             Reply::WrongId => ack("AA", "SOMETHING-ELSE"),
             Reply::AckThenClose => ack("AA", &id),
+            Reply::CommitThenAccept => [ack("CA", &id), ack("AA", &id)].concat(),
             Reply::Silent => {
                 // Hold the connection open without answering.
                 tokio::time::sleep(StdDuration::from_secs(3600)).await;
@@ -284,6 +288,18 @@ async fn a_pooled_connection_closed_by_the_receiver_is_replaced_transparently() 
     }
     assert_eq!(seen.messages().len(), 3, "each message delivered once");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_second_ack_for_the_previous_message_is_not_taken_for_the_next() {
+    let (address, seen) = listener(|_| Reply::CommitThenAccept).await;
+    let dest = build(quick(&address)).await;
+    for n in 0..3 {
+        let content = message(&format!("E{n}"));
+        let response = dest.send(&outbound(&content)).await.unwrap();
+        assert_eq!(response.summary, "CA", "message {n}");
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1, "the stale AA did not cost a reconnect");
 }
 
 #[tokio::test]

@@ -20,11 +20,15 @@
 //! `idle_timeout` are closed rather than reused, since receivers commonly
 //! drop idle peers without telling them.
 //!
-//! When a reused connection turns out to be dead (the write fails, or it
-//! closes before any answer), the message is sent once more on a fresh
-//! connection within the same attempt: the receiver closed it while idle,
-//! so it most likely never saw the message, and a receiver that did is
-//! expected to deduplicate on MSH-10.
+//! Before an idle connection is reused, whatever it received meanwhile is
+//! read without waiting: a close (the receiver dropped it) makes the send
+//! open a new one, and stray frames (an application ACK following a commit
+//! ACK, a duplicate answer) are discarded so they are not taken for the
+//! next message's answer. When a reused connection still turns out to be
+//! dead (the write fails, or it closes before any answer), the message is
+//! sent once more on a fresh connection within the same attempt: the
+//! receiver closed it while idle, so it most likely never saw the message,
+//! and a receiver that did is expected to deduplicate on MSH-10.
 //!
 //! Failed connection attempts back off exponentially with jitter
 //! (`reconnect_backoff` doubling up to `reconnect_backoff_max`), shared by
@@ -345,15 +349,22 @@ impl MllpDestination {
         outcome
     }
 
+    /// An idle connection that is still open, if any.
     fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < self.idle_timeout {
-                return Some(entry.conn);
-            }
+        loop {
+            let entry = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.pop()?
+            };
             // Too old: the receiver has likely dropped it; drop it here too.
+            if entry.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            let mut conn = entry.conn;
+            if drain_stale(&mut conn, &self.label) {
+                return Some(conn);
+            }
         }
-        None
     }
 
     fn put_idle(&self, conn: Conn) {
@@ -446,6 +457,24 @@ impl MllpDestination {
                 ack: excerpt,
             }),
             other => Err(DeliveryError::BadAck { reason: format!("MSA-1 {other:?} is not an acknowledgment code") }),
+        }
+    }
+}
+
+/// Reads, without waiting, whatever an idle connection has received since
+/// its last exchange: frames are stale answers (a receiver sending a commit
+/// ACK then an application ACK, or a duplicate) and are discarded so they
+/// are not taken for the next message's ACK; end of stream or an error
+/// means the receiver closed it. True when the connection is still usable.
+fn drain_stale(conn: &mut Conn, label: &str) -> bool {
+    use futures::FutureExt as _;
+    loop {
+        match conn.next().now_or_never() {
+            None => return true,
+            Some(Some(Ok(_frame))) => {
+                debug!(destination = %label, "discarding an unsolicited frame on an idle connection")
+            }
+            Some(Some(Err(_)) | None) => return false,
         }
     }
 }
