@@ -19,9 +19,22 @@ use serde_json::Value;
 use testkit::FhirPeer;
 
 const TYPES: &[&str] = &[
-    "Organization", "Practitioner", "Encounter", "Observation", "DiagnosticReport", "Condition",
-    "Procedure", "Immunization", "MedicationRequest", "CarePlan", "CareTeam", "Goal", "Claim",
-    "ExplanationOfBenefit", "Device", "ImagingStudy",
+    "Organization",
+    "Practitioner",
+    "Encounter",
+    "Observation",
+    "DiagnosticReport",
+    "Condition",
+    "Procedure",
+    "Immunization",
+    "MedicationRequest",
+    "CarePlan",
+    "CareTeam",
+    "Goal",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Device",
+    "ImagingStudy",
 ];
 
 fn client(name: &str, base: &str) -> FhirClient {
@@ -44,8 +57,14 @@ fn main() {
     if testkit::peers_or_skip("bench fhir patient_sync").is_none() {
         return;
     }
-    let runs: usize = std::env::var("PLEXUS_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runs: usize = std::env::var("PLEXUS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let ehr_peer = FhirPeer::start("bench fhir patient_sync").expect("ehr peer");
     let ehr = client("ehr", &ehr_peer.base_url);
     let patient_id = rt.block_on(load(&ehr));
@@ -59,12 +78,24 @@ fn main() {
     for run in 0..runs {
         let target_peer = FhirPeer::start("bench").expect("target peer");
         let target = client("crm", &target_peer.base_url);
-        let report = rt.block_on(sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress));
+        let report = rt.block_on(sync::sync_patient(
+            &ehr,
+            &target,
+            &patient_id,
+            &options,
+            &sync::NoProgress,
+        ));
         assert_eq!(report.status, sync::SyncStatus::Succeeded, "{report:#?}");
         assert_eq!(report.totals().created, 319);
         mode = Some(report.write_mode);
         first.push(figures(&report));
-        let report = rt.block_on(sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress));
+        let report = rt.block_on(sync::sync_patient(
+            &ehr,
+            &target,
+            &patient_id,
+            &options,
+            &sync::NoProgress,
+        ));
         assert_eq!(report.totals().unchanged, 319);
         second.push(figures(&report));
         drop(target_peer);
@@ -79,14 +110,25 @@ fn main() {
         eprintln!("run {}/{runs} done", run + 1);
     }
 
-    println!("patient sync, Synthea bundle (319 resources), EHR and target = fhir-server.js peers on loopback, {runs} runs, medians");
+    println!(
+        "patient sync, Synthea bundle (319 resources), EHR and target = fhir-server.js peers on loopback, {runs} runs, medians"
+    );
     println!(
         "{:<44} {:>9} {:>20} {:>16} {:>11} {:>15} {:>10}",
-        "approach", "wall ms", "fetch/match/write ms", "EHR req (+page)", "target req", "total requests", "resources"
+        "approach",
+        "wall ms",
+        "fetch/match/write ms",
+        "EHR req (+page)",
+        "target req",
+        "total requests",
+        "resources"
     );
     let row = |name: &str, f: &[Figures]| {
         let m = median(f);
-        let phases = m.phases.map(|(f, mt, w)| format!("{f}/{mt}/{w}")).unwrap_or_else(|| "-".into());
+        let phases = m
+            .phases
+            .map(|(f, mt, w)| format!("{f}/{mt}/{w}"))
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<44} {:>9.1} {:>20} {:>11} (+{}) {:>11} {:>15} {:>10}",
             name,
@@ -99,7 +141,10 @@ fn main() {
             m.resources
         );
     };
-    row(&format!("plexus sync, first run ({:?})", mode.expect("a run")), &first);
+    row(
+        &format!("plexus sync, first run ({:?})", mode.expect("a run")),
+        &first,
+    );
     row("plexus sync, second run (nothing to write)", &second);
     row("one request per resource (conditional update)", &naive);
     row("one request per resource (plain create)", &naive_create);
@@ -108,7 +153,11 @@ fn main() {
 fn figures(report: &sync::SyncReport) -> Figures {
     Figures {
         wall: Duration::from_millis(report.timings.total_ms),
-        phases: Some((report.timings.fetch_ms, report.timings.match_ms, report.timings.write_ms)),
+        phases: Some((
+            report.timings.fetch_ms,
+            report.timings.match_ms,
+            report.timings.write_ms,
+        )),
         source_requests: report.requests.source.requests,
         source_paging: report.requests.source.paging_requests,
         target_requests: report.requests.target.requests,
@@ -123,8 +172,12 @@ fn median(figures: &[Figures]) -> Figures {
 }
 
 async fn load(ehr: &FhirClient) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/synthea-patient-bundle.json");
-    let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/synthea-patient-bundle.json"
+    );
+    let bundle: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
     let response = ehr.transaction(&bundle).await.expect("load");
     fhir::bundle::entry_responses(&response)
         .iter()
@@ -202,7 +255,9 @@ async fn one_request_per_resource(
         obj.remove("id");
         obj.remove("meta");
         let token = format!("urn:plexus:naive|{k}");
-        let ids = obj.entry("identifier").or_insert_with(|| Value::Array(Vec::new()));
+        let ids = obj
+            .entry("identifier")
+            .or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(list) = ids {
             list.push(serde_json::json!({"system": "urn:plexus:naive", "value": k.to_string()}));
         }
@@ -214,7 +269,10 @@ async fn one_request_per_resource(
             _ => Rewrite::Keep,
         });
         let written = if conditional {
-            target.conditional_update(&r, &[("identifier", &token)]).await.expect("write")
+            target
+                .conditional_update(&r, &[("identifier", &token)])
+                .await
+                .expect("write")
         } else {
             target.create(&r).await.expect("write")
         };

@@ -72,7 +72,10 @@ impl Authorizer {
         http: reqwest::Client,
         secrets: SecretLookup<'_>,
     ) -> Result<Authorizer, FhirError> {
-        let config_error = |reason: String| FhirError::Config { server: server.to_owned(), reason };
+        let config_error = |reason: String| FhirError::Config {
+            server: server.to_owned(),
+            reason,
+        };
         let secret = |var: &str, what: &str| -> Result<Secret, FhirError> {
             match secrets(var) {
                 Some(v) if !v.is_empty() => Ok(Secret(v)),
@@ -83,7 +86,10 @@ impl Authorizer {
         };
         match config {
             AuthConfig::None => Ok(Authorizer::None),
-            AuthConfig::Basic { username, password_env } => {
+            AuthConfig::Basic {
+                username,
+                password_env,
+            } => {
                 let password = secret(password_env, "the Basic auth password")?;
                 let encoded = base64::engine::general_purpose::STANDARD
                     .encode(format!("{username}:{}", password.expose()));
@@ -95,7 +101,9 @@ impl Authorizer {
                 let token = secret(token_env, "the bearer token")?;
                 Ok(Authorizer::Static(
                     sensitive_header(&format!("Bearer {}", token.expose())).ok_or_else(|| {
-                        config_error(format!("the token in {token_env} has characters not allowed in a header"))
+                        config_error(format!(
+                            "the token in {token_env} has characters not allowed in a header"
+                        ))
                     })?,
                 ))
             }
@@ -136,7 +144,10 @@ impl Authorizer {
                 let pem = match (private_key_env, private_key_file) {
                     (Some(var), None) => secret(var, "the SMART private key")?,
                     (None, Some(path)) => Secret(std::fs::read_to_string(path).map_err(|e| {
-                        config_error(format!("cannot read private_key_file {}: {e}", path.display()))
+                        config_error(format!(
+                            "cannot read private_key_file {}: {e}",
+                            path.display()
+                        ))
                     })?),
                     _ => {
                         return Err(config_error(
@@ -149,10 +160,12 @@ impl Authorizer {
                     JwtAlgorithm::ES384 => EncodingKey::from_ec_pem(pem.expose().as_bytes()),
                 }
                 .map_err(|e| {
-                    config_error(format!("the private key is not a valid {algorithm:?} PEM key: {e}"))
+                    config_error(format!(
+                        "the private key is not a valid {algorithm:?} PEM key: {e}"
+                    ))
                 })?;
-                let lifetime = (*assertion_lifetime_secs)
-                    .clamp(1, crate::config::MAX_ASSERTION_LIFETIME_SECS);
+                let lifetime =
+                    (*assertion_lifetime_secs).clamp(1, crate::config::MAX_ASSERTION_LIFETIME_SECS);
                 Ok(Authorizer::Token(Arc::new(TokenSource::new(
                     server,
                     http,
@@ -226,13 +239,24 @@ enum Grant {
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Grant::ClientCredentials { token_url, client_id, client_auth, .. } => f
+            Grant::ClientCredentials {
+                token_url,
+                client_id,
+                client_auth,
+                ..
+            } => f
                 .debug_struct("ClientCredentials")
                 .field("token_url", &token_url.as_str())
                 .field("client_id", client_id)
                 .field("client_auth", client_auth)
                 .finish_non_exhaustive(),
-            Grant::SmartBackend { client_id, token_url, algorithm, kid, .. } => f
+            Grant::SmartBackend {
+                client_id,
+                token_url,
+                algorithm,
+                kid,
+                ..
+            } => f
                 .debug_struct("SmartBackend")
                 .field("client_id", client_id)
                 .field("token_url", &token_url.as_ref().map(Url::as_str))
@@ -337,12 +361,23 @@ impl TokenSource {
     }
 
     fn auth_error(&self, reason: String, status: Option<u16>, transient: bool) -> FhirError {
-        FhirError::Auth { server: self.server.clone(), reason, status, transient }
+        FhirError::Auth {
+            server: self.server.clone(),
+            reason,
+            status,
+            transient,
+        }
     }
 
     async fn fetch(&self) -> Result<CachedToken, FhirError> {
         let (token_url, form): (Url, Vec<(&str, String)>) = match &self.grant {
-            Grant::ClientCredentials { token_url, client_id, client_secret, client_auth, scopes } => {
+            Grant::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                client_auth,
+                scopes,
+            } => {
                 let mut form = vec![("grant_type", "client_credentials".to_owned())];
                 if !scopes.is_empty() {
                     form.push(("scope", scopes.clone()));
@@ -381,22 +416,36 @@ impl TokenSource {
         } = &self.grant
         {
             // RFC 6749 §2.3.1: both parts form-urlencoded before Basic.
-            let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let encode =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
                 "{}:{}",
                 encode(client_id),
                 encode(client_secret.expose())
             ));
-            let header = sensitive_header(&format!("Basic {credentials}"))
-                .ok_or_else(|| self.auth_error("client credentials not usable in a header".into(), None, false))?;
+            let header = sensitive_header(&format!("Basic {credentials}")).ok_or_else(|| {
+                self.auth_error(
+                    "client credentials not usable in a header".into(),
+                    None,
+                    false,
+                )
+            })?;
             request = request.header(http::header::AUTHORIZATION, header);
         }
         let response = request.send().await.map_err(|e| {
-            self.auth_error(format!("token endpoint unreachable: {}", without_url(&e)), None, true)
+            self.auth_error(
+                format!("token endpoint unreachable: {}", without_url(&e)),
+                None,
+                true,
+            )
         })?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| {
-            self.auth_error(format!("reading the token response: {}", without_url(&e)), Some(status), true)
+            self.auth_error(
+                format!("reading the token response: {}", without_url(&e)),
+                Some(status),
+                true,
+            )
         })?;
         if !(200..300).contains(&status) {
             // RFC 6749 §5.2 error response: error and error_description only.
@@ -417,7 +466,11 @@ impl TokenSource {
             ));
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            self.auth_error("token endpoint answer has no access_token".into(), Some(status), false)
+            self.auth_error(
+                "token endpoint answer has no access_token".into(),
+                Some(status),
+                false,
+            )
         })?;
         if let Some(kind) = &parsed.token_type
             && !kind.eq_ignore_ascii_case("bearer")
@@ -428,11 +481,17 @@ impl TokenSource {
                 false,
             ));
         }
-        let header = sensitive_header(&format!("Bearer {}", parsed.access_token)).ok_or_else(|| {
-            self.auth_error("the access token has characters not allowed in a header".into(), Some(status), false)
-        })?;
+        let header =
+            sensitive_header(&format!("Bearer {}", parsed.access_token)).ok_or_else(|| {
+                self.auth_error(
+                    "the access token has characters not allowed in a header".into(),
+                    Some(status),
+                    false,
+                )
+            })?;
         let expires_in = parsed.expires_in.as_ref().and_then(|v| {
-            v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
         });
         let refresh_at = expires_in.map(|secs| {
             Instant::now() + Duration::from_secs(secs).saturating_sub(self.refresh_before)
@@ -452,7 +511,9 @@ impl TokenSource {
             .get_or_try_init(|| async {
                 let mut url = self.base_url.clone();
                 url.path_segments_mut()
-                    .map_err(|_| self.auth_error("base_url cannot have a path".into(), None, false))?
+                    .map_err(|_| {
+                        self.auth_error("base_url cannot have a path".into(), None, false)
+                    })?
                     .pop_if_empty()
                     .extend([".well-known", "smart-configuration"]);
                 let response = self
@@ -477,7 +538,11 @@ impl TokenSource {
                     ));
                 }
                 let doc: Value = response.json().await.map_err(|_| {
-                    self.auth_error("smart-configuration is not JSON".into(), Some(status), false)
+                    self.auth_error(
+                        "smart-configuration is not JSON".into(),
+                        Some(status),
+                        false,
+                    )
                 })?;
                 doc.get("token_endpoint")
                     .and_then(Value::as_str)
@@ -495,12 +560,20 @@ impl TokenSource {
     }
 
     fn assertion(&self, token_url: &Url) -> Result<String, FhirError> {
-        let Grant::SmartBackend { client_id, algorithm, kid, key, assertion_lifetime, .. } =
-            &self.grant
+        let Grant::SmartBackend {
+            client_id,
+            algorithm,
+            kid,
+            key,
+            assertion_lifetime,
+            ..
+        } = &self.grant
         else {
             return Err(self.auth_error("not a SMART grant".into(), None, false));
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let claims = AssertionClaims {
             iss: client_id.clone(),
             sub: client_id.clone(),

@@ -111,7 +111,11 @@ fn bundle(kind: &str, entries: &[BundleEntry]) -> Value {
 
 /// The entries of a Bundle (empty when it has none).
 pub fn entries(bundle: &Value) -> &[Value] {
-    bundle.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// The resources of a search page that matched the search (`search.mode`
@@ -128,7 +132,10 @@ pub fn search_includes(page: &Value) -> impl Iterator<Item = &Value> {
 
 fn search_resources(page: &Value, keep: fn(Option<&str>) -> bool) -> impl Iterator<Item = &Value> {
     entries(page).iter().filter_map(move |e| {
-        let mode = e.get("search").and_then(|s| s.get("mode")).and_then(Value::as_str);
+        let mode = e
+            .get("search")
+            .and_then(|s| s.get("mode"))
+            .and_then(Value::as_str);
         let resource = e.get("resource")?;
         let is_outcome =
             resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome");
@@ -208,9 +215,17 @@ pub fn entry_responses(response: &Value) -> Vec<EntryResponse> {
         .iter()
         .map(|e| {
             let r = e.get("response");
-            let text = |k: &str| r.and_then(|r| r.get(k)).and_then(Value::as_str).map(str::to_owned);
+            let text = |k: &str| {
+                r.and_then(|r| r.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
             let status = text("status")
-                .and_then(|s| s.split_whitespace().next().and_then(|code| code.parse().ok()))
+                .and_then(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|code| code.parse().ok())
+                })
                 .unwrap_or(0);
             let resource = e.get("resource").cloned();
             let outcome = r
@@ -254,13 +269,13 @@ mod tests {
     #[test]
     fn search_page_separates_matches_includes_and_outcomes() {
         let page = json!({"resourceType": "Bundle", "type": "searchset", "total": 3,
-            "link": [{"relation": "self", "url": "a"}, {"relation": "next", "url": "b"}],
-            "entry": [
-                {"resource": {"resourceType": "Observation", "id": "1"}, "search": {"mode": "match"}},
-                {"resource": {"resourceType": "Observation", "id": "2"}},
-                {"resource": {"resourceType": "Patient", "id": "p"}, "search": {"mode": "include"}},
-                {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
-            ]});
+        "link": [{"relation": "self", "url": "a"}, {"relation": "next", "url": "b"}],
+        "entry": [
+            {"resource": {"resourceType": "Observation", "id": "1"}, "search": {"mode": "match"}},
+            {"resource": {"resourceType": "Observation", "id": "2"}},
+            {"resource": {"resourceType": "Patient", "id": "p"}, "search": {"mode": "include"}},
+            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
+        ]});
         assert_eq!(search_matches(&page).count(), 2);
         assert_eq!(search_includes(&page).count(), 1);
         assert_eq!(next_link(&page), Some("b"));
@@ -278,13 +293,19 @@ mod tests {
         assert_eq!(r[0].status, 201);
         assert_eq!(r[0].written_key(), Some(ResourceKey::new("Patient", "7")));
         assert!(!r[1].is_success());
-        assert_eq!(r[1].outcome.as_ref().map(|o| o.diagnostics()), Some(vec!["bad"]));
+        assert_eq!(
+            r[1].outcome.as_ref().map(|o| o.diagnostics()),
+            Some(vec!["bad"])
+        );
     }
 
     #[test]
     fn locations_absolute_relative_and_versioned() {
         for (loc, want) in [
-            ("http://h/fhir/R4/Observation/5/_history/2", Some(("Observation", "5"))),
+            (
+                "http://h/fhir/R4/Observation/5/_history/2",
+                Some(("Observation", "5")),
+            ),
             ("Observation/5", Some(("Observation", "5"))),
             ("/fhir/R4/Observation/5", Some(("Observation", "5"))),
             ("nonsense", None),

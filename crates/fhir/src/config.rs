@@ -266,7 +266,10 @@ impl ServerConfig {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut problem = |path: &str, message: &str| {
-            problems.push(ConfigProblem { path: path.to_owned(), message: message.to_owned() })
+            problems.push(ConfigProblem {
+                path: path.to_owned(),
+                message: message.to_owned(),
+            })
         };
         if !matches!(self.base_url.scheme(), "http" | "https") {
             problem("base_url", "must be an http or https URL");
@@ -287,14 +290,20 @@ impl ServerConfig {
             problem("max_batch_entries", "must be at least 1");
         }
         if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
-            problem("retry.initial_backoff_ms", "must not exceed retry.max_backoff_ms");
+            problem(
+                "retry.initial_backoff_ms",
+                "must not exceed retry.max_backoff_ms",
+            );
         }
         let env_name_ok = |name: &str| {
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         };
         match &self.auth {
             AuthConfig::None => {}
-            AuthConfig::Basic { username, password_env } => {
+            AuthConfig::Basic {
+                username,
+                password_env,
+            } => {
                 if username.is_empty() {
                     problem("auth.username", "must not be empty");
                 }
@@ -307,7 +316,12 @@ impl ServerConfig {
                     problem("auth.token_env", "must be an environment variable name");
                 }
             }
-            AuthConfig::ClientCredentials { token_url, client_id, client_secret_env, .. } => {
+            AuthConfig::ClientCredentials {
+                token_url,
+                client_id,
+                client_secret_env,
+                ..
+            } => {
                 if !matches!(token_url.scheme(), "http" | "https") {
                     problem("auth.token_url", "must be an http or https URL");
                 }
@@ -315,7 +329,10 @@ impl ServerConfig {
                     problem("auth.client_id", "must not be empty");
                 }
                 if !env_name_ok(client_secret_env) {
-                    problem("auth.client_secret_env", "must be an environment variable name");
+                    problem(
+                        "auth.client_secret_env",
+                        "must be an environment variable name",
+                    );
                 }
             }
             AuthConfig::SmartBackend {
@@ -330,7 +347,10 @@ impl ServerConfig {
                 if client_id.is_empty() {
                     problem("auth.client_id", "must not be empty");
                 }
-                if token_url.as_ref().is_some_and(|u| !matches!(u.scheme(), "http" | "https")) {
+                if token_url
+                    .as_ref()
+                    .is_some_and(|u| !matches!(u.scheme(), "http" | "https"))
+                {
                     problem("auth.token_url", "must be an http or https URL");
                 }
                 if kid.is_empty() {
@@ -341,9 +361,10 @@ impl ServerConfig {
                         "auth",
                         "needs exactly one of private_key_env and private_key_file",
                     ),
-                    (Some(env), None) if !env_name_ok(env) => {
-                        problem("auth.private_key_env", "must be an environment variable name")
-                    }
+                    (Some(env), None) if !env_name_ok(env) => problem(
+                        "auth.private_key_env",
+                        "must be an environment variable name",
+                    ),
                     _ => {}
                 }
                 if *assertion_lifetime_secs == 0
@@ -461,11 +482,18 @@ mod tests {
         .expect("parses");
         assert!(matches!(
             &f.fhir_servers["b"].auth,
-            AuthConfig::ClientCredentials { client_auth: ClientAuthMethod::ClientSecretPost, .. }
+            AuthConfig::ClientCredentials {
+                client_auth: ClientAuthMethod::ClientSecretPost,
+                ..
+            }
         ));
         assert!(matches!(
             &f.fhir_servers["c"].auth,
-            AuthConfig::SmartBackend { algorithm: JwtAlgorithm::ES384, token_url: None, .. }
+            AuthConfig::SmartBackend {
+                algorithm: JwtAlgorithm::ES384,
+                token_url: None,
+                ..
+            }
         ));
         for server in f.fhir_servers.values() {
             assert!(server.validate().is_empty(), "{:?}", server.validate());

@@ -67,7 +67,11 @@ pub struct RequestContext {
 
 impl fmt::Display for RequestContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { self.path.as_str() };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            self.path.as_str()
+        };
         write!(f, "{}: {} {}", self.server, self.method, path)
     }
 }
@@ -164,7 +168,9 @@ impl FhirError {
     pub fn class(&self) -> ErrorClass {
         match self {
             FhirError::Config { .. } => ErrorClass::Config,
-            FhirError::Status { status, outcome, .. } => {
+            FhirError::Status {
+                status, outcome, ..
+            } => {
                 let outcome = outcome.as_ref();
                 // A 409/412 is a version conflict (run again with fresh
                 // data) unless the server says the condition matched
@@ -273,7 +279,11 @@ impl OperationOutcome {
     /// One line: each issue as `severity code: text at expression`, joined
     /// with `; `.
     pub fn summary(&self) -> String {
-        self.issues.iter().map(OutcomeIssue::summary).collect::<Vec<_>>().join("; ")
+        self.issues
+            .iter()
+            .map(OutcomeIssue::summary)
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The diagnostics (or details text) of every issue, in order.
@@ -285,7 +295,9 @@ impl OperationOutcome {
     /// resources (`multiple-matches`) or a resource already exists
     /// (`duplicate`).
     pub fn is_ambiguous(&self) -> bool {
-        self.issues.iter().any(|i| matches!(i.code.as_str(), "multiple-matches" | "duplicate"))
+        self.issues
+            .iter()
+            .any(|i| matches!(i.code.as_str(), "multiple-matches" | "duplicate"))
     }
 
     /// True when some error issue says a retry may help (`transient`,
@@ -308,7 +320,12 @@ impl OutcomeIssue {
             value
                 .get(key)
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut expression = strings("expression");
@@ -378,7 +395,10 @@ mod tests {
         }))
         .expect("an OperationOutcome");
         assert_eq!(oo.issues.len(), 2);
-        assert_eq!(oo.diagnostics(), vec!["birthDate is not a date", "from details"]);
+        assert_eq!(
+            oo.diagnostics(),
+            vec!["birthDate is not a date", "from details"]
+        );
         assert_eq!(oo.issues[1].expression, vec!["Patient.gender"]);
         assert_eq!(
             oo.summary(),
@@ -431,6 +451,9 @@ mod tests {
             "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad gender"}]
         }));
         let msg = status_error(400, oo).to_string();
-        assert_eq!(msg, "ehr: GET Patient/1: HTTP 400: error invalid: bad gender");
+        assert_eq!(
+            msg,
+            "ehr: GET Patient/1: HTTP 400: error invalid: bad gender"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct ResourceKey {
 impl ResourceKey {
     /// `Type/id`, without checking either part.
     pub fn new(resource_type: impl Into<String>, id: impl Into<String>) -> ResourceKey {
-        ResourceKey { resource_type: resource_type.into(), id: id.into() }
+        ResourceKey {
+            resource_type: resource_type.into(),
+            id: id.into(),
+        }
     }
 
     /// The key of `resource`, when it has a `resourceType` and an `id`.
@@ -41,7 +44,8 @@ impl ResourceKey {
             (Some("_history"), Some(v), None) if is_valid_id(v) => {}
             _ => return None,
         }
-        (is_valid_type(resource_type) && is_valid_id(id)).then(|| ResourceKey::new(resource_type, id))
+        (is_valid_type(resource_type) && is_valid_id(id))
+            .then(|| ResourceKey::new(resource_type, id))
     }
 }
 
@@ -63,7 +67,10 @@ pub fn id(resource: &Value) -> Option<&str> {
 
 /// `meta.versionId`, when present.
 pub fn version_id(resource: &Value) -> Option<&str> {
-    resource.get("meta").and_then(|m| m.get("versionId")).and_then(Value::as_str)
+    resource
+        .get("meta")
+        .and_then(|m| m.get("versionId"))
+        .and_then(Value::as_str)
 }
 
 /// True for a FHIR resource type name: an upper-case ASCII letter followed
@@ -80,7 +87,9 @@ pub fn is_valid_type(name: &str) -> bool {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// Whether two resources have the same content, ignoring `meta` (version,
@@ -94,7 +103,9 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
             let a_len = a.iter().filter(relevant).count();
             let b_len = b.iter().filter(relevant).count();
             a_len == b_len
-                && a.iter().filter(relevant).all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
+                && a.iter()
+                    .filter(relevant)
+                    .all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -111,7 +122,9 @@ fn json_eq(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -148,7 +161,10 @@ pub fn identifiers(resource: &Value) -> Vec<IdentifierRef> {
                 .and_then(Value::as_array)
                 .and_then(|c| c.iter().find_map(|c| c.get("code").and_then(Value::as_str)))
                 .map(str::to_owned),
-            type_text: kind.and_then(|t| t.get("text")).and_then(Value::as_str).map(str::to_owned),
+            type_text: kind
+                .and_then(|t| t.get("text"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         }
     };
     match resource.get("identifier") {
@@ -178,13 +194,25 @@ mod tests {
 
     #[test]
     fn key_parse_accepts_plain_and_versioned_references() {
-        assert_eq!(ResourceKey::parse("Patient/123"), Some(ResourceKey::new("Patient", "123")));
+        assert_eq!(
+            ResourceKey::parse("Patient/123"),
+            Some(ResourceKey::new("Patient", "123"))
+        );
         assert_eq!(
             ResourceKey::parse("Observation/a-b.c/_history/7"),
             Some(ResourceKey::new("Observation", "a-b.c"))
         );
-        for bad in ["Patient", "patient/1", "Patient/", "Patient/1/x", "Patient/a b", "#x",
-                    "Patient?identifier=x", "Patient/1/_history/", "../etc/passwd"] {
+        for bad in [
+            "Patient",
+            "patient/1",
+            "Patient/",
+            "Patient/1/x",
+            "Patient/a b",
+            "#x",
+            "Patient?identifier=x",
+            "Patient/1/_history/",
+            "../etc/passwd",
+        ] {
             assert_eq!(ResourceKey::parse(bad), None, "{bad}");
         }
     }
@@ -202,7 +230,8 @@ mod tests {
         let d = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}]});
         let e = json!({"resourceType": "Patient", "name": [{"given": ["B", "A"]}]});
         assert!(!same_content(&d, &e));
-        let f = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}], "gender": "male"});
+        let f =
+            json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}], "gender": "male"});
         assert!(!same_content(&d, &f));
     }
 

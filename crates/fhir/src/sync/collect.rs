@@ -63,13 +63,22 @@ pub(crate) async fn collect(
     progress: &dyn ProgressSink,
 ) -> Result<Collected, FhirError> {
     let mut collected = Collected::default();
-    progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::FetchClinical });
-    let types: Vec<&str> =
-        options.resource_types.iter().map(String::as_str).filter(|t| *t != "Patient").collect();
+    progress.on_event(&ProgressEvent::Phase {
+        phase: SyncPhase::FetchClinical,
+    });
+    let types: Vec<&str> = options
+        .resource_types
+        .iter()
+        .map(String::as_str)
+        .filter(|t| *t != "Patient")
+        .collect();
 
     let mut use_searches = true;
     if options.fetch == ClinicalFetch::Everything {
-        let type_list = std::iter::once("Patient").chain(types.iter().copied()).collect::<Vec<_>>().join(",");
+        let type_list = std::iter::once("Patient")
+            .chain(types.iter().copied())
+            .collect::<Vec<_>>()
+            .join(",");
         let count = source.page_size().to_string();
         match source
             .patient_everything(patient_id, &[("_type", &type_list), ("_count", &count)])
@@ -116,7 +125,9 @@ pub(crate) async fn collect(
         urls.extend(searches.iter().map(Search::relative_url));
         let mut answers = source.get_many(&urls).await?.into_iter();
         let patient = answers.next().unwrap_or_else(|| {
-            Err(FhirError::InvalidRequest("no answer for the patient".into()))
+            Err(FhirError::InvalidRequest(
+                "no answer for the patient".into(),
+            ))
         })?;
         if crate::resource::resource_type(&patient) != Some("Patient") {
             return Err(FhirError::InvalidRequest(format!(
@@ -144,7 +155,9 @@ pub(crate) async fn collect(
             }
         }
     }
-    progress.on_event(&ProgressEvent::Fetched { resources: collected.resources.len() });
+    progress.on_event(&ProgressEvent::Fetched {
+        resources: collected.resources.len(),
+    });
 
     // Reference levels.
     let base = source.base_url().clone();
@@ -167,7 +180,9 @@ pub(crate) async fn collect(
             break;
         }
         depth += 1;
-        progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::FetchReferences });
+        progress.on_event(&ProgressEvent::Phase {
+            phase: SyncPhase::FetchReferences,
+        });
         let wanted: Vec<ResourceKey> = wanted.into_iter().collect();
         let urls: Vec<String> = wanted.iter().map(ResourceKey::to_string).collect();
         let answers = source.get_many(&urls).await?;
@@ -195,7 +210,9 @@ pub(crate) async fn collect(
                 }
             }
         }
-        progress.on_event(&ProgressEvent::Fetched { resources: collected.resources.len() });
+        progress.on_event(&ProgressEvent::Fetched {
+            resources: collected.resources.len(),
+        });
     }
     Ok(collected)
 }

@@ -165,7 +165,10 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
-            resource_types: DEFAULT_RESOURCE_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            resource_types: DEFAULT_RESOURCE_TYPES
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
             max_reference_depth: 3,
             fetch: ClinicalFetch::PerType,
             write_concurrency: 4,
@@ -255,14 +258,21 @@ pub async fn search_patients(
     limit: usize,
 ) -> Result<Candidates, FhirError> {
     if query.family.trim().is_empty() && query.identifier.is_none() {
-        return Err(FhirError::InvalidRequest("a family name or an identifier is required".into()));
+        return Err(FhirError::InvalidRequest(
+            "a family name or an identifier is required".into(),
+        ));
     }
     let limit = limit.clamp(1, 1000);
     let mut search = Search::new("Patient");
     if !query.family.trim().is_empty() {
         search = search.param("family", query.family.trim());
     }
-    if let Some(given) = query.given.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
+    if let Some(given) = query
+        .given
+        .as_deref()
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+    {
         search = search.param("given", given);
     }
     if let Some(date) = &query.birth_date {
@@ -282,12 +292,19 @@ pub async fn search_patients(
     if let Some(identifier) = &query.identifier {
         search = search.param("identifier", identifier.as_str());
     }
-    let page = source.search(&search.param("_count", limit.to_string())).await?;
-    let candidates: Vec<PatientCandidate> =
-        bundle::search_matches(&page).filter_map(candidate).take(limit).collect();
+    let page = source
+        .search(&search.param("_count", limit.to_string()))
+        .await?;
+    let candidates: Vec<PatientCandidate> = bundle::search_matches(&page)
+        .filter_map(candidate)
+        .take(limit)
+        .collect();
     let truncated = bundle::next_link(&page).is_some()
         || bundle::total(&page).is_some_and(|t| t > candidates.len() as u64);
-    Ok(Candidates { candidates, truncated })
+    Ok(Candidates {
+        candidates,
+        truncated,
+    })
 }
 
 fn candidate(patient: &Value) -> Option<PatientCandidate> {
@@ -298,13 +315,21 @@ fn candidate(patient: &Value) -> Option<PatientCandidate> {
     let strings = |v: &Value, k: &str| -> Vec<String> {
         v.get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let preferred = |key: &str, uses: &[&str]| -> Option<Value> {
         let list = patient.get(key)?.as_array()?;
         uses.iter()
-            .find_map(|u| list.iter().find(|x| x.get("use").and_then(Value::as_str) == Some(u)))
+            .find_map(|u| {
+                list.iter()
+                    .find(|x| x.get("use").and_then(Value::as_str) == Some(u))
+            })
             .or_else(|| list.first())
             .cloned()
     };
@@ -329,11 +354,19 @@ fn candidate(patient: &Value) -> Option<PatientCandidate> {
     let phones: Vec<&Value> = patient
         .get("telecom")
         .and_then(Value::as_array)
-        .map(|t| t.iter().filter(|c| c.get("system").and_then(Value::as_str) == Some("phone")).collect())
+        .map(|t| {
+            t.iter()
+                .filter(|c| c.get("system").and_then(Value::as_str) == Some("phone"))
+                .collect()
+        })
         .unwrap_or_default();
     let phone = ["home", "mobile"]
         .iter()
-        .find_map(|u| phones.iter().find(|p| p.get("use").and_then(Value::as_str) == Some(u)))
+        .find_map(|u| {
+            phones
+                .iter()
+                .find(|p| p.get("use").and_then(Value::as_str) == Some(u))
+        })
         .or(phones.first())
         .and_then(|p| text(p, "value"));
     Some(PatientCandidate {
@@ -368,15 +401,33 @@ pub async fn sync_patient(
     let started = Instant::now();
     let source = source.counted();
     let target = target.counted();
-    let mut report = SyncReport::new(source.name(), target.name(), patient_id, &options.resource_types);
+    let mut report = SyncReport::new(
+        source.name(),
+        target.name(),
+        patient_id,
+        &options.resource_types,
+    );
     tracing::info!(source = %source.name(), target = %target.name(), types = options.resource_types.len(), "patient sync started");
-    if let Err(e) = run(&source, &target, patient_id, options, progress, &mut report, started).await {
+    if let Err(e) = run(
+        &source,
+        &target,
+        patient_id,
+        options,
+        progress,
+        &mut report,
+        started,
+    )
+    .await
+    {
         report.status = SyncStatus::Failed;
         report.error = Some(RunError::from(&e));
     } else if !report.failures.is_empty() || !report.fetch_errors.is_empty() {
         report.status = SyncStatus::PartiallyFailed;
     }
-    report.requests = RequestCounts { source: source.stats(), target: target.stats() };
+    report.requests = RequestCounts {
+        source: source.stats(),
+        target: target.stats(),
+    };
     report.finished_at = Utc::now();
     report.timings.total_ms = elapsed_ms(started);
     let totals = report.totals();
@@ -412,10 +463,18 @@ async fn run(
     started: Instant,
 ) -> Result<(), FhirError> {
     if !resource::is_valid_id(patient_id) {
-        return Err(FhirError::InvalidRequest(format!("invalid patient id {patient_id:?}")));
+        return Err(FhirError::InvalidRequest(format!(
+            "invalid patient id {patient_id:?}"
+        )));
     }
-    if let Some(bad) = options.resource_types.iter().find(|t| !resource::is_valid_type(t)) {
-        return Err(FhirError::InvalidRequest(format!("invalid resource type {bad:?}")));
+    if let Some(bad) = options
+        .resource_types
+        .iter()
+        .find(|t| !resource::is_valid_type(t))
+    {
+        return Err(FhirError::InvalidRequest(format!(
+            "invalid resource type {bad:?}"
+        )));
     }
 
     // 1. Fetch.
@@ -434,12 +493,16 @@ async fn run(
         ));
     }
     for (key, reason) in &collected.missing {
-        report.warnings.push(format!("referenced {key} was not synced ({reason}): references to it were left out"));
+        report.warnings.push(format!(
+            "referenced {key} was not synced ({reason}): references to it were left out"
+        ));
     }
 
     // 2-3. Match and plan.
     let match_started = Instant::now();
-    progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::Match });
+    progress.on_event(&ProgressEvent::Phase {
+        phase: SyncPhase::Match,
+    });
     let keys = plan::match_keys(&collected, source.name());
     let lookup = plan::look_up(target, &keys).await?;
     let mut current = plan::plan(&collected, &keys, &lookup, source.base_url());
@@ -457,13 +520,18 @@ async fn run(
         failed: current.count(|a| matches!(a, Action::Fail { .. })),
     });
     // The first plan decides how each resource is counted (module docs).
-    let first: HashMap<ResourceKey, Action> =
-        current.items.iter().map(|p| (p.source.clone(), p.action.clone())).collect();
+    let first: HashMap<ResourceKey, Action> = current
+        .items
+        .iter()
+        .map(|p| (p.source.clone(), p.action.clone()))
+        .collect();
     report.timings.match_ms = elapsed_ms(match_started);
 
     // 4. Write.
     let write_started = Instant::now();
-    progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::Write });
+    progress.on_event(&ProgressEvent::Phase {
+        phase: SyncPhase::Write,
+    });
     let mut written: HashMap<ResourceKey, Written> = HashMap::new();
     let mut indexes = write::to_write(&current);
     let total = indexes.len();
@@ -505,8 +573,14 @@ async fn run(
         }
         if !done {
             report.write_mode = WriteMode::Individual;
-            let results =
-                write::individual(target, &current, &indexes, options.write_concurrency, progress).await;
+            let results = write::individual(
+                target,
+                &current,
+                &indexes,
+                options.write_concurrency,
+                progress,
+            )
+            .await;
             written.extend(results);
         }
     }
@@ -518,7 +592,9 @@ async fn run(
         let planned = first.get(key).unwrap_or(&item.action);
         let outcome = written.get(key);
         let target_id = match outcome {
-            Some(Written::Created { target_id } | Written::Updated { target_id }) => Some(target_id.clone()),
+            Some(Written::Created { target_id } | Written::Updated { target_id }) => {
+                Some(target_id.clone())
+            }
             _ => item.action.target_id().map(str::to_owned),
         };
         let failure = match (outcome, &item.action) {

@@ -73,7 +73,10 @@ pub(crate) enum Action {
     /// Not in the target: create it.
     Create,
     /// In the target with other content: update it.
-    Update { target_id: String, version_id: Option<String> },
+    Update {
+        target_id: String,
+        version_id: Option<String>,
+    },
     /// In the target with the same content.
     Unchanged { target_id: String },
     /// Cannot be synced.
@@ -125,7 +128,10 @@ impl Plan {
 }
 
 /// Chooses each resource's match key.
-pub(crate) fn match_keys(collected: &Collected, source_name: &str) -> HashMap<ResourceKey, MatchKey> {
+pub(crate) fn match_keys(
+    collected: &Collected,
+    source_name: &str,
+) -> HashMap<ResourceKey, MatchKey> {
     // (type, system, value) -> how many synced resources carry it.
     let mut seen: HashMap<(String, String, String), usize> = HashMap::new();
     for (key, r) in &collected.resources {
@@ -156,7 +162,9 @@ pub(crate) fn match_keys(collected: &Collected, source_name: &str) -> HashMap<Re
                     {
                         return None;
                     }
-                    if seen.get(&(key.resource_type.clone(), system.clone(), value.clone())) != Some(&1) {
+                    if seen.get(&(key.resource_type.clone(), system.clone(), value.clone()))
+                        != Some(&1)
+                    {
                         return None;
                     }
                     let rank = match (id.use_.as_deref(), id.type_code.as_deref()) {
@@ -169,8 +177,16 @@ pub(crate) fn match_keys(collected: &Collected, source_name: &str) -> HashMap<Re
                 })
                 .min_by_key(|(rank, pos, _, _)| (*rank, *pos));
             let chosen = match best {
-                Some((_, _, system, value)) => MatchKey { system, value, provenance: false },
-                None => MatchKey { system: provenance.clone(), value: key.to_string(), provenance: true },
+                Some((_, _, system, value)) => MatchKey {
+                    system,
+                    value,
+                    provenance: false,
+                },
+                None => MatchKey {
+                    system: provenance.clone(),
+                    value: key.to_string(),
+                    provenance: true,
+                },
             };
             (key.clone(), chosen)
         })
@@ -184,8 +200,15 @@ pub(crate) struct TargetCopy {
     pub resource: Value,
 }
 
-/// For each match key (by type), the target resources carrying it.
-pub(crate) type Lookup = HashMap<(String, String), Vec<TargetCopy>>;
+/// What the target holds for the match keys.
+#[derive(Debug, Default)]
+pub(crate) struct Lookup {
+    /// For each (type, match token), the target resources carrying it.
+    pub found: HashMap<(String, String), Vec<TargetCopy>>,
+    /// Types the target refused to search (no `identifier` search
+    /// parameter, say), with its error: their resources cannot be matched.
+    pub failed_types: HashMap<String, String>,
+}
 
 /// Searches the target for every key: one search per (type, system), values
 /// OR-ed, all through `get_many` (one batch when it can).
@@ -244,7 +267,10 @@ async fn look_up_with(
         for v in values {
             let token = token_of(&system, &v);
             // Its length in the URL, percent-encoded, plus the comma.
-            let cost = url::form_urlencoded::byte_serialize(token.as_bytes()).map(str::len).sum::<usize>() + 3;
+            let cost = url::form_urlencoded::byte_serialize(token.as_bytes())
+                .map(str::len)
+                .sum::<usize>()
+                + 3;
             if length + cost > url_budget {
                 flush(&mut tokens, &mut searches);
                 length = 0;
@@ -260,32 +286,60 @@ async fn look_up_with(
         .iter()
         .map(|(s, k)| (s.resource_type.clone(), k.system.clone(), k.value.clone()))
         .collect();
-    let mut found: Lookup = HashMap::new();
+    let mut lookup = Lookup::default();
     for (search, answer) in searches.iter().zip(answers) {
-        let results = target.remaining_pages(Some(search), answer?).await?;
+        let results = match answer {
+            Ok(page) => target.remaining_pages(Some(search), page).await,
+            Err(e) => Err(e),
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(e) if e.class() == ErrorClass::Transient => return Err(e),
+            Err(e) => {
+                lookup
+                    .failed_types
+                    .insert(search.resource_type().to_owned(), e.to_string());
+                continue;
+            }
+        };
         for r in results.resources {
-            let (Some(t), Some(id)) = (resource::resource_type(&r), resource::id(&r)) else { continue };
+            let (Some(t), Some(id)) = (resource::resource_type(&r), resource::id(&r)) else {
+                continue;
+            };
             if t != search.resource_type() {
                 continue;
             }
             let mut once = HashSet::new();
             for ident in resource::identifiers(&r) {
-                let (Some(s), Some(v)) = (ident.system, ident.value) else { continue };
+                let (Some(s), Some(v)) = (ident.system, ident.value) else {
+                    continue;
+                };
                 let k = (t.to_owned(), s, v);
                 if wanted.contains(&k) && once.insert(k.clone()) {
-                    let copies = found.entry((k.0.clone(), token_of(&k.1, &k.2))).or_default();
+                    let copies = lookup
+                        .found
+                        .entry((k.0.clone(), token_of(&k.1, &k.2)))
+                        .or_default();
                     if !copies.iter().any(|c| c.id == id) {
-                        copies.push(TargetCopy { id: id.to_owned(), resource: r.clone() });
+                        copies.push(TargetCopy {
+                            id: id.to_owned(),
+                            resource: r.clone(),
+                        });
                     }
                 }
             }
         }
     }
-    Ok(found)
+    Ok(lookup)
 }
 
 fn token_of(system: &str, value: &str) -> String {
-    MatchKey { system: system.to_owned(), value: value.to_owned(), provenance: false }.token()
+    MatchKey {
+        system: system.to_owned(),
+        value: value.to_owned(),
+        provenance: false,
+    }
+    .token()
 }
 
 /// Types whose `identifier` is a single element (0..1) in R4.
@@ -304,8 +358,18 @@ pub(crate) fn plan(
     let mut claimed: HashMap<(String, String), Vec<ResourceKey>> = HashMap::new();
     let mut matched: HashMap<ResourceKey, Result<Option<TargetCopy>, String>> = HashMap::new();
     for (source, _) in &collected.resources {
-        let Some(key) = keys.get(source) else { continue };
+        let Some(key) = keys.get(source) else {
+            continue;
+        };
+        if let Some(reason) = lookup.failed_types.get(&source.resource_type) {
+            matched.insert(
+                source.clone(),
+                Err(format!("the target cannot be searched for it: {reason}")),
+            );
+            continue;
+        }
         let copies = lookup
+            .found
             .get(&(source.resource_type.clone(), key.token()))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
@@ -322,7 +386,11 @@ pub(crate) fn plan(
                 "ambiguous match: {} {} resources in the target carry its identifier ({})",
                 many.len(),
                 source.resource_type,
-                if key.provenance { "provenance identifier" } else { "business identifier" },
+                if key.provenance {
+                    "provenance identifier"
+                } else {
+                    "business identifier"
+                },
             )),
         };
         matched.insert(source.clone(), m);
@@ -389,7 +457,9 @@ pub(crate) fn plan(
 
     // 4. Desired content and action.
     for (source, r) in &collected.resources {
-        let Some(key) = keys.get(source) else { continue };
+        let Some(key) = keys.get(source) else {
+            continue;
+        };
         let placeholder = placeholders.get(source).cloned().unwrap_or_default();
         let mut desired = r.clone();
         let mut removed = 0;
@@ -417,11 +487,16 @@ pub(crate) fn plan(
             plan.removed_references.insert(source.clone(), removed);
         }
         let action = if let Some(reason) = failed.get(source) {
-            Action::Fail { class: ErrorClass::Permanent, reason: reason.clone() }
+            Action::Fail {
+                class: ErrorClass::Permanent,
+                reason: reason.clone(),
+            }
         } else {
             match matched.get(source) {
                 Some(Ok(Some(copy))) if resource::same_content(&desired, &copy.resource) => {
-                    Action::Unchanged { target_id: copy.id.clone() }
+                    Action::Unchanged {
+                        target_id: copy.id.clone(),
+                    }
                 }
                 Some(Ok(Some(copy))) => Action::Update {
                     target_id: copy.id.clone(),
@@ -613,7 +688,10 @@ mod tests {
         assert_eq!(get("ExplanationOfBenefit", "e2").value, "b");
         let o = get("Observation", "o1");
         assert!(o.provenance);
-        assert_eq!((o.system.as_str(), o.value.as_str()), ("urn:plexus:source:ehr", "Observation/o1"));
+        assert_eq!(
+            (o.system.as_str(), o.value.as_str()),
+            ("urn:plexus:source:ehr", "Observation/o1")
+        );
     }
 
     #[test]
@@ -625,8 +703,8 @@ mod tests {
                    "performer": [{"reference": "Practitioner/gone", "display": "Dr"}]}),
         ]);
         let keys = match_keys(&c, "ehr");
-        let mut lookup = Lookup::new();
-        lookup.insert(
+        let mut lookup = Lookup::default();
+        lookup.found.insert(
             ("Patient".into(), "urn:mrn|1".into()),
             vec![TargetCopy {
                 id: "T1".into(),
@@ -636,8 +714,15 @@ mod tests {
         );
         let p = plan(&c, &keys, &lookup, &base());
         let patient = p.get(&ResourceKey::new("Patient", "p")).expect("planned");
-        assert_eq!(patient.action, Action::Unchanged { target_id: "T1".into() });
-        let obs = p.get(&ResourceKey::new("Observation", "o")).expect("planned");
+        assert_eq!(
+            patient.action,
+            Action::Unchanged {
+                target_id: "T1".into()
+            }
+        );
+        let obs = p
+            .get(&ResourceKey::new("Observation", "o"))
+            .expect("planned");
         assert_eq!(obs.action, Action::Create);
         assert_eq!(
             obs.desired,
@@ -646,7 +731,11 @@ mod tests {
                    "performer": [{"display": "Dr"}],
                    "identifier": [{"system": "urn:plexus:source:ehr", "value": "Observation/o"}]})
         );
-        assert_eq!(p.removed_references.get(&ResourceKey::new("Observation", "o")), Some(&1));
+        assert_eq!(
+            p.removed_references
+                .get(&ResourceKey::new("Observation", "o")),
+            Some(&1)
+        );
     }
 
     #[test]
@@ -658,15 +747,58 @@ mod tests {
             json!({"resourceType": "Observation", "id": "free"}),
         ]);
         let keys = match_keys(&c, "ehr");
-        let copy = |id: &str| TargetCopy { id: id.into(), resource: json!({"resourceType": "Practitioner", "id": id}) };
-        let mut lookup = Lookup::new();
-        lookup.insert(("Practitioner".into(), "urn:npi|5".into()), vec![copy("a"), copy("b")]);
+        let copy = |id: &str| TargetCopy {
+            id: id.into(),
+            resource: json!({"resourceType": "Practitioner", "id": id}),
+        };
+        let mut lookup = Lookup::default();
+        lookup.found.insert(
+            ("Practitioner".into(), "urn:npi|5".into()),
+            vec![copy("a"), copy("b")],
+        );
         let p = plan(&c, &keys, &lookup, &base());
-        for id in [("Practitioner", "dr"), ("Encounter", "e"), ("Observation", "o")] {
+        for id in [
+            ("Practitioner", "dr"),
+            ("Encounter", "e"),
+            ("Observation", "o"),
+        ] {
             let item = p.get(&ResourceKey::new(id.0, id.1)).expect("planned");
-            assert!(matches!(item.action, Action::Fail { .. }), "{id:?}: {:?}", item.action);
+            assert!(
+                matches!(item.action, Action::Fail { .. }),
+                "{id:?}: {:?}",
+                item.action
+            );
         }
-        assert_eq!(p.get(&ResourceKey::new("Observation", "free")).map(|i| &i.action), Some(&Action::Create));
+        assert_eq!(
+            p.get(&ResourceKey::new("Observation", "free"))
+                .map(|i| &i.action),
+            Some(&Action::Create)
+        );
+    }
+
+    #[test]
+    fn a_type_the_target_cannot_search_fails_with_its_dependents_only() {
+        let c = collected(vec![
+            json!({"resourceType": "Linkage", "id": "l"}),
+            json!({"resourceType": "Observation", "id": "o", "focus": [{"reference": "Linkage/l"}]}),
+            json!({"resourceType": "Observation", "id": "free"}),
+        ]);
+        let keys = match_keys(&c, "ehr");
+        let mut lookup = Lookup::default();
+        lookup.failed_types.insert(
+            "Linkage".into(),
+            "HTTP 400: unknown parameter identifier".into(),
+        );
+        let p = plan(&c, &keys, &lookup, &base());
+        let action = |t: &str, id: &str| p.get(&ResourceKey::new(t, id)).map(|i| i.action.clone());
+        assert!(
+            matches!(action("Linkage", "l"), Some(Action::Fail { reason, .. }) if reason.contains("unknown parameter"))
+        );
+        assert!(matches!(
+            action("Observation", "o"),
+            Some(Action::Fail { .. })
+        ));
+        assert_eq!(action("Observation", "free"), Some(Action::Create));
     }
 
     #[test]
@@ -679,9 +811,14 @@ mod tests {
             json!({"resourceType": "Observation", "id": "d"}),
         ]);
         let keys = match_keys(&c, "ehr");
-        let p = plan(&c, &keys, &Lookup::new(), &base());
+        let p = plan(&c, &keys, &Lookup::default(), &base());
         let order = write_order(&p, &[0, 1, 2, 3]);
-        let pos = |i: usize| order.iter().position(|scc| scc.contains(&i)).expect("in order");
+        let pos = |i: usize| {
+            order
+                .iter()
+                .position(|scc| scc.contains(&i))
+                .expect("in order")
+        };
         assert_eq!(order.len(), 3);
         assert_eq!(pos(1), pos(2), "b and c form one component");
         assert!(pos(1) < pos(0), "b before a");

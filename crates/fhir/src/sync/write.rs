@@ -63,7 +63,10 @@ pub(crate) async fn transaction(
             let item = &plan.items[i];
             let t = &item.source.resource_type;
             match &item.action {
-                Action::Update { target_id, version_id } => {
+                Action::Update {
+                    target_id,
+                    version_id,
+                } => {
                     let mut resource = item.desired.clone();
                     set_id(&mut resource, target_id);
                     BundleEntry {
@@ -78,7 +81,11 @@ pub(crate) async fn transaction(
                 _ => BundleEntry {
                     full_url: Some(item.placeholder.clone()),
                     resource: Some(item.desired.clone()),
-                    method: if conditional { EntryMethod::Put } else { EntryMethod::Post },
+                    method: if conditional {
+                        EntryMethod::Put
+                    } else {
+                        EntryMethod::Post
+                    },
                     url: if conditional {
                         format!("{t}?identifier={}", encode_query_value(&item.key.token()))
                     } else {
@@ -118,7 +125,9 @@ pub(crate) async fn transaction(
                         Written::Updated { target_id: k.id }
                     }
                 }
-                (_, Some(id)) => Written::Updated { target_id: id.to_owned() },
+                (_, Some(id)) => Written::Updated {
+                    target_id: id.to_owned(),
+                },
                 _ => Written::Failed {
                     class: ErrorClass::Permanent,
                     reason: "the transaction response gives no id for it".into(),
@@ -134,7 +143,9 @@ pub(crate) async fn transaction(
                 reason: format!(
                     "HTTP {}{}",
                     r.status,
-                    r.outcome.map(|o| format!(": {}", o.summary())).unwrap_or_default()
+                    r.outcome
+                        .map(|o| format!(": {}", o.summary()))
+                        .unwrap_or_default()
                 ),
             }
         };
@@ -212,7 +223,14 @@ async fn write_component(
     for &i in component {
         let item = &plan.items[i];
         if let Some(reason) = failed_dependency(plan, item, outcomes) {
-            record(outcomes, item.source.clone(), Written::Failed { class: ErrorClass::Permanent, reason });
+            record(
+                outcomes,
+                item.source.clone(),
+                Written::Failed {
+                    class: ErrorClass::Permanent,
+                    reason,
+                },
+            );
             continue;
         }
         let (content, incomplete) = finish_content(plan, &item.desired, resolved, component);
@@ -220,8 +238,10 @@ async fn write_component(
         match outcome {
             Ok((written, version)) => {
                 if let Written::Created { target_id } | Written::Updated { target_id } = &written {
-                    lock(resolved)
-                        .insert(item.placeholder.clone(), format!("{}/{target_id}", item.source.resource_type));
+                    lock(resolved).insert(
+                        item.placeholder.clone(),
+                        format!("{}/{target_id}", item.source.resource_type),
+                    );
                     if incomplete {
                         pending.push((i, version));
                     }
@@ -235,7 +255,9 @@ async fn write_component(
     for (i, version) in pending {
         let item = &plan.items[i];
         let Some(target_id) = lock(outcomes).get(&item.source).and_then(|w| match w {
-            Written::Created { target_id } | Written::Updated { target_id } => Some(target_id.clone()),
+            Written::Created { target_id } | Written::Updated { target_id } => {
+                Some(target_id.clone())
+            }
             Written::Failed { .. } => None,
         }) else {
             continue;
@@ -247,7 +269,9 @@ async fn write_component(
                 item.source.clone(),
                 Written::Failed {
                     class: ErrorClass::Permanent,
-                    reason: "written without some references: a resource of its reference cycle failed".into(),
+                    reason:
+                        "written without some references: a resource of its reference cycle failed"
+                            .into(),
                 },
             );
             continue;
@@ -270,7 +294,10 @@ async fn write_one(
     mut content: Value,
 ) -> Result<(Written, Option<String>), FhirError> {
     let outcome: WriteOutcome = match &item.action {
-        Action::Update { target_id, version_id } => {
+        Action::Update {
+            target_id,
+            version_id,
+        } => {
             set_id(&mut content, target_id);
             match version_id {
                 Some(v) => target.update_if_match(&content, v).await?,
@@ -279,7 +306,9 @@ async fn write_one(
         }
         _ => {
             let token = item.key.token();
-            target.conditional_update(&content, &[("identifier", token.as_str())]).await?
+            target
+                .conditional_update(&content, &[("identifier", token.as_str())])
+                .await?
         }
     };
     let target_id = outcome
@@ -317,7 +346,10 @@ fn finish_content(
     let mut content = desired.clone();
     let resolved = lock(resolved);
     let mut incomplete = false;
-    let in_component: Vec<&str> = component.iter().map(|&i| plan.items[i].placeholder.as_str()).collect();
+    let in_component: Vec<&str> = component
+        .iter()
+        .map(|&i| plan.items[i].placeholder.as_str())
+        .collect();
     reference::rewrite_references(&mut content, &mut |r| {
         if !r.starts_with("urn:uuid:") {
             return Rewrite::Keep;
@@ -326,7 +358,11 @@ fn finish_content(
             Some(t) => Rewrite::Replace(t.clone()),
             None => {
                 incomplete = true;
-                if in_component.contains(&r) { Rewrite::Remove } else { Rewrite::Keep }
+                if in_component.contains(&r) {
+                    Rewrite::Remove
+                } else {
+                    Rewrite::Keep
+                }
             }
         }
     });
@@ -347,7 +383,10 @@ fn failed_dependency(
 }
 
 fn failure(e: &FhirError) -> Written {
-    Written::Failed { class: e.class(), reason: e.to_string() }
+    Written::Failed {
+        class: e.class(),
+        reason: e.to_string(),
+    }
 }
 
 fn record(outcomes: &Mutex<HashMap<ResourceKey, Written>>, key: ResourceKey, written: Written) {

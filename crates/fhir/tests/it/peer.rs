@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fhir::reference::{self, RefTarget};
-use fhir::sync::{self, ClinicalFetch, PatientQuery, SyncOptions, SyncReport, SyncStatus, WriteMode};
+use fhir::sync::{
+    self, ClinicalFetch, PatientQuery, SyncOptions, SyncReport, SyncStatus, WriteMode,
+};
 use fhir::{FhirClient, ResourceKey, Search};
 use serde_json::{Value, json};
 use testkit::FhirPeer;
@@ -20,9 +22,23 @@ use crate::support::{all_of_type, client, fast_config, load_ehr};
 
 /// The resource types of the Synthea bundle.
 const BUNDLE_TYPES: &[&str] = &[
-    "Patient", "Organization", "Practitioner", "Encounter", "Observation", "DiagnosticReport",
-    "Condition", "Procedure", "Immunization", "MedicationRequest", "CarePlan", "CareTeam", "Goal",
-    "Claim", "ExplanationOfBenefit", "Device", "ImagingStudy",
+    "Patient",
+    "Organization",
+    "Practitioner",
+    "Encounter",
+    "Observation",
+    "DiagnosticReport",
+    "Condition",
+    "Procedure",
+    "Immunization",
+    "MedicationRequest",
+    "CarePlan",
+    "CareTeam",
+    "Goal",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Device",
+    "ImagingStudy",
 ];
 
 fn peers(suite: &str) -> Option<(FhirPeer, FhirPeer)> {
@@ -58,22 +74,40 @@ fn assert_references_resolve(all: &BTreeMap<ResourceKey, Value>, base: &url::Url
         let contained: Vec<&str> = r
             .get("contained")
             .and_then(Value::as_array)
-            .map(|c| c.iter().filter_map(|x| x.get("id").and_then(Value::as_str)).collect())
+            .map(|c| {
+                c.iter()
+                    .filter_map(|x| x.get("id").and_then(Value::as_str))
+                    .collect()
+            })
             .unwrap_or_default();
         for site in reference::references(r) {
             checked += 1;
             match reference::classify(&site.reference, base) {
                 RefTarget::Contained(id) => {
-                    assert!(id.is_empty() || contained.contains(&id.as_str()), "{key} {}: #{id}", site.path)
+                    assert!(
+                        id.is_empty() || contained.contains(&id.as_str()),
+                        "{key} {}: #{id}",
+                        site.path
+                    )
                 }
                 RefTarget::Local(target) => {
-                    assert!(all.contains_key(&target), "{key} {}: {target} is not in the target", site.path)
+                    assert!(
+                        all.contains_key(&target),
+                        "{key} {}: {target} is not in the target",
+                        site.path
+                    )
                 }
-                other => panic!("{key} {}: reference {other:?} cannot resolve in the target", site.path),
+                other => panic!(
+                    "{key} {}: reference {other:?} cannot resolve in the target",
+                    site.path
+                ),
             }
         }
     }
-    assert!(checked > 1000, "the bundle has thousands of references; checked {checked}");
+    assert!(
+        checked > 1000,
+        "the bundle has thousands of references; checked {checked}"
+    );
 }
 
 /// The identifiers of each resource of `all` (without Plexus's provenance
@@ -122,7 +156,9 @@ fn assert_counts(report: &SyncReport, created: u64, updated: u64, unchanged: u64
 
 #[tokio::test]
 async fn synthea_patient_syncs_completely_and_idempotently() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer sync") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer sync") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
@@ -135,7 +171,9 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
         birth_date: Some("1945-12-10".into()),
         ..PatientQuery::default()
     };
-    let found = sync::search_patients(&ehr, &query, 10).await.expect("search");
+    let found = sync::search_patients(&ehr, &query, 10)
+        .await
+        .expect("search");
     assert_eq!(found.candidates.len(), 1);
     assert!(!found.truncated);
     let c = &found.candidates[0];
@@ -144,20 +182,39 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
     assert_eq!(c.birth_date.as_deref(), Some("1945-12-10"));
     assert_eq!(c.gender.as_deref(), Some("male"));
     assert_eq!(c.identifiers.len(), 5);
-    assert!(c.address.as_deref().is_some_and(|a| a.contains("Massachusetts") || a.contains("MA")));
+    assert!(
+        c.address
+            .as_deref()
+            .is_some_and(|a| a.contains("Massachusetts") || a.contains("MA"))
+    );
     assert!(c.phone.is_some());
-    let brekkes = sync::search_patients(&ehr, &PatientQuery { family: "Brekke".into(), ..Default::default() }, 10)
-        .await
-        .expect("search");
-    assert_eq!(brekkes.candidates.len(), 2, "prefix match finds Derek Brekke too");
+    let brekkes = sync::search_patients(
+        &ehr,
+        &PatientQuery {
+            family: "Brekke".into(),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .expect("search");
+    assert_eq!(
+        brekkes.candidates.len(),
+        2,
+        "prefix match finds Derek Brekke too"
+    );
 
     // First sync: everything created, in one transaction or the fallbacks.
-    let report = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let report =
+        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert_counts(&report, 319, 0, 0);
     assert!(report.fetch_errors.is_empty() && report.failures.is_empty());
     let source_requests = report.requests.source.requests - report.requests.source.paging_requests;
-    assert!(source_requests <= 15, "{source_requests} requests to the EHR besides paging");
+    assert!(
+        source_requests <= 15,
+        "{source_requests} requests to the EHR besides paging"
+    );
 
     // The target holds the same resources per type as the EHR's record of
     // this patient (the EHR also has 25 other patients).
@@ -175,25 +232,31 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
     let mut ehr_ids = identifiers_by_type(&ehr_all);
     ehr_ids.insert(
         "Patient".into(),
-        vec![serde_json::to_string(&
-            ehr_all[&ResourceKey::new("Patient", patient_id.as_str())]["identifier"]
-                .as_array()
-                .expect("identifiers")
-                .iter()
-                .collect::<Vec<_>>(),
-        )
-        .expect("json")],
+        vec![
+            serde_json::to_string(
+                &ehr_all[&ResourceKey::new("Patient", patient_id.as_str())]["identifier"]
+                    .as_array()
+                    .expect("identifiers")
+                    .iter()
+                    .collect::<Vec<_>>(),
+            )
+            .expect("json"),
+        ],
     );
     assert_eq!(identifiers_by_type(&target_all), ehr_ids);
     let target_patient = report.target_patient_id.clone().expect("target patient id");
     assert!(target_all.contains_key(&ResourceKey::new("Patient", target_patient.as_str())));
 
     // Second sync: nothing to write.
-    let again = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let again =
+        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(again.status, SyncStatus::Succeeded);
     assert_counts(&again, 0, 0, 319);
     assert_eq!(again.write_mode, WriteMode::Nothing);
-    assert_eq!(again.target_patient_id.as_deref(), Some(target_patient.as_str()));
+    assert_eq!(
+        again.target_patient_id.as_deref(),
+        Some(target_patient.as_str())
+    );
     assert_eq!(snapshot(&target).await.len(), target_all.len());
 
     // One Observation changes in the EHR: exactly one update.
@@ -206,7 +269,8 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
     let value = obs["valueQuantity"]["value"].as_f64().expect("value");
     obs["valueQuantity"]["value"] = json!(value + 1.5);
     ehr.update(&obs).await.expect("change the Observation");
-    let third = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let third =
+        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(third.status, SyncStatus::Succeeded, "{third:#?}");
     assert_counts(&third, 0, 1, 318);
     assert_eq!(third.per_type["Observation"].updated, 1);
@@ -217,20 +281,30 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
         .expect("search the copy");
     let copies: Vec<&Value> = fhir::bundle::search_matches(&copy).collect();
     assert_eq!(copies.len(), 1);
-    assert_eq!(copies[0]["valueQuantity"]["value"].as_f64(), Some(value + 1.5));
-    assert_eq!(snapshot(&target).await.len(), target_all.len(), "no duplicates");
+    assert_eq!(
+        copies[0]["valueQuantity"]["value"].as_f64(),
+        Some(value + 1.5)
+    );
+    assert_eq!(
+        snapshot(&target).await.len(),
+        target_all.len(),
+        "no duplicates"
+    );
 }
 
 #[tokio::test]
 async fn sync_writes_one_by_one_when_transactions_are_disabled() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer one-by-one") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer one-by-one") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let mut config = fast_config(&target_peer.base_url);
     config.transactions = false;
     let target = FhirClient::new("crm", &config).expect("client");
     let patient_id = load_ehr(&ehr).await;
 
-    let report = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let report =
+        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert_eq!(report.write_mode, WriteMode::Individual);
     assert_counts(&report, 319, 0, 0);
@@ -238,7 +312,8 @@ async fn sync_writes_one_by_one_when_transactions_are_disabled() {
     assert_eq!(target_all.len(), 319);
     assert_references_resolve(&target_all, target.base_url());
 
-    let again = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let again =
+        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_counts(&again, 0, 0, 319);
 }
 
@@ -247,7 +322,9 @@ async fn sync_writes_one_by_one_when_transactions_are_disabled() {
 /// in a transaction: placeholders.
 #[tokio::test]
 async fn reference_cycle_is_created_then_updated() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer cycle") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer cycle") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let patient = ehr
         .create(&json!({"resourceType": "Patient", "name": [{"family": "Cycle"}]}))
@@ -258,12 +335,19 @@ async fn reference_cycle_is_created_then_updated() {
         json!({"resourceType": "Observation", "status": "final", "code": {"text": code},
                "subject": {"reference": format!("Patient/{pid}")}})
     };
-    let a = ehr.create(&obs("a")).await.expect("a").resource.expect("body");
+    let a = ehr
+        .create(&obs("a"))
+        .await
+        .expect("a")
+        .resource
+        .expect("body");
     let mut b = obs("b");
-    b["hasMember"] = json!([{"reference": format!("Observation/{}", a["id"].as_str().expect("id"))}]);
+    b["hasMember"] =
+        json!([{"reference": format!("Observation/{}", a["id"].as_str().expect("id"))}]);
     let b = ehr.create(&b).await.expect("b").resource.expect("body");
     let mut a2 = a.clone();
-    a2["hasMember"] = json!([{"reference": format!("Observation/{}", b["id"].as_str().expect("id"))}]);
+    a2["hasMember"] =
+        json!([{"reference": format!("Observation/{}", b["id"].as_str().expect("id"))}]);
     ehr.update(&a2).await.expect("close the cycle");
 
     for transactions in [false, true] {
@@ -271,17 +355,30 @@ async fn reference_cycle_is_created_then_updated() {
         config.transactions = transactions;
         // A fresh target namespace per mode: a different source name gives
         // different provenance identifiers.
-        let target = FhirClient::new(if transactions { "crm-tx" } else { "crm-1by1" }, &config).expect("client");
-        let source = FhirClient::new(if transactions { "ehr-tx" } else { "ehr-1by1" }, &fast_config(&ehr_peer.base_url))
+        let target = FhirClient::new(if transactions { "crm-tx" } else { "crm-1by1" }, &config)
             .expect("client");
-        let report =
-            sync::sync_patient(&source, &target, &pid, &SyncOptions::for_types(&["Observation"]), &sync::NoProgress)
-                .await;
+        let source = FhirClient::new(
+            if transactions { "ehr-tx" } else { "ehr-1by1" },
+            &fast_config(&ehr_peer.base_url),
+        )
+        .expect("client");
+        let report = sync::sync_patient(
+            &source,
+            &target,
+            &pid,
+            &SyncOptions::for_types(&["Observation"]),
+            &sync::NoProgress,
+        )
+        .await;
         assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
         assert_counts(&report, 3, 0, 0);
         assert_eq!(
             report.write_mode,
-            if transactions { WriteMode::Transaction } else { WriteMode::Individual },
+            if transactions {
+                WriteMode::Transaction
+            } else {
+                WriteMode::Individual
+            },
             "the peer refuses conditional transactions over 8 entries, not this one of 3: {:?}",
             report.warnings
         );
@@ -290,39 +387,75 @@ async fn reference_cycle_is_created_then_updated() {
             let target = target.clone();
             let token = format!("{system}|Observation/{id}");
             async move {
-                let page = target.search(&Search::new("Observation").param("identifier", token)).await.expect("search");
-                fhir::bundle::search_matches(&page).next().cloned().expect("copy")
+                let page = target
+                    .search(&Search::new("Observation").param("identifier", token))
+                    .await
+                    .expect("search");
+                fhir::bundle::search_matches(&page)
+                    .next()
+                    .cloned()
+                    .expect("copy")
             }
         };
         let ta = find(a["id"].as_str().expect("id")).await;
         let tb = find(b["id"].as_str().expect("id")).await;
         let member = |o: &Value| o["hasMember"][0]["reference"].as_str().map(str::to_owned);
-        assert_eq!(member(&ta), Some(format!("Observation/{}", tb["id"].as_str().expect("id"))));
-        assert_eq!(member(&tb), Some(format!("Observation/{}", ta["id"].as_str().expect("id"))));
-        let again =
-            sync::sync_patient(&source, &target, &pid, &SyncOptions::for_types(&["Observation"]), &sync::NoProgress)
-                .await;
+        assert_eq!(
+            member(&ta),
+            Some(format!("Observation/{}", tb["id"].as_str().expect("id")))
+        );
+        assert_eq!(
+            member(&tb),
+            Some(format!("Observation/{}", ta["id"].as_str().expect("id")))
+        );
+        let again = sync::sync_patient(
+            &source,
+            &target,
+            &pid,
+            &SyncOptions::for_types(&["Observation"]),
+            &sync::NoProgress,
+        )
+        .await;
         assert_counts(&again, 0, 0, 3);
     }
 }
 
 #[tokio::test]
 async fn references_beyond_the_depth_limit_are_left_out_not_dangling() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer depth") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer depth") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let options = SyncOptions { max_reference_depth: 0, ..SyncOptions::for_types(&["Immunization"]) };
+    let options = SyncOptions {
+        max_reference_depth: 0,
+        ..SyncOptions::for_types(&["Immunization"])
+    };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
-    assert_eq!(report.per_type.keys().collect::<Vec<_>>(), vec!["Immunization", "Patient"]);
+    assert_eq!(
+        report.per_type.keys().collect::<Vec<_>>(),
+        vec!["Immunization", "Patient"]
+    );
     assert_counts(&report, 14, 0, 0);
-    assert!(report.warnings.iter().any(|w| w.contains("depth limit")), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("depth limit")),
+        "{:?}",
+        report.warnings
+    );
     let immunizations = all_of_type(&target, "Immunization").await;
     assert_eq!(immunizations.len(), 13);
     for i in &immunizations {
-        assert!(i.get("encounter").is_none(), "the Encounter reference was left out");
-        assert!(i["patient"]["reference"].as_str().is_some_and(|r| r.starts_with("Patient/")));
+        assert!(
+            i.get("encounter").is_none(),
+            "the Encounter reference was left out"
+        );
+        assert!(
+            i["patient"]["reference"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Patient/"))
+        );
     }
 
     // With depth 1 the Encounters come along, and their Practitioners and
@@ -332,12 +465,21 @@ async fn references_beyond_the_depth_limit_are_left_out_not_dangling() {
         .iter()
         .filter_map(|i| i["encounter"]["reference"].as_str().map(str::to_owned))
         .collect();
-    let options = SyncOptions { max_reference_depth: 1, ..SyncOptions::for_types(&["Immunization"]) };
+    let options = SyncOptions {
+        max_reference_depth: 1,
+        ..SyncOptions::for_types(&["Immunization"])
+    };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
-    assert_eq!(report.per_type["Encounter"].created as usize, encounters.len());
+    assert_eq!(
+        report.per_type["Encounter"].created as usize,
+        encounters.len()
+    );
     assert_eq!(report.per_type["Patient"].unchanged, 1);
-    assert_eq!(report.per_type["Immunization"].updated, 13, "now with their encounter");
+    assert_eq!(
+        report.per_type["Immunization"].updated, 13,
+        "now with their encounter"
+    );
     let mut all = BTreeMap::new();
     for t in ["Patient", "Immunization", "Encounter"] {
         for r in all_of_type(&target, t).await {
@@ -359,24 +501,42 @@ fn assert_local_references_resolve(all: &BTreeMap<ResourceKey, Value>, base: &ur
 
 #[tokio::test]
 async fn everything_falls_back_to_searches_on_a_server_without_it() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer everything") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer everything") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let options = SyncOptions { fetch: ClinicalFetch::Everything, ..all_types() };
+    let options = SyncOptions {
+        fetch: ClinicalFetch::Everything,
+        ..all_types()
+    };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
-    assert!(report.warnings.iter().any(|w| w.contains("$everything")), "{:?}", report.warnings);
+    assert!(
+        report.warnings.iter().any(|w| w.contains("$everything")),
+        "{:?}",
+        report.warnings
+    );
     assert_counts(&report, 319, 0, 0);
 }
 
 #[tokio::test]
 async fn all_clinical_types_search_without_errors() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer all types") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer all types") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let report = sync::sync_patient(&ehr, &target, &patient_id, &SyncOptions::all_types(), &sync::NoProgress).await;
+    let report = sync::sync_patient(
+        &ehr,
+        &target,
+        &patient_id,
+        &SyncOptions::all_types(),
+        &sync::NoProgress,
+    )
+    .await;
     assert!(report.fetch_errors.is_empty(), "{:#?}", report.fetch_errors);
     assert_eq!(report.status, SyncStatus::Succeeded);
     assert_counts(&report, 319, 0, 0);
@@ -384,10 +544,19 @@ async fn all_clinical_types_search_without_errors() {
 
 #[tokio::test]
 async fn unknown_patient_fails_the_run_with_not_found() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer unknown patient") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer unknown patient") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
-    let report = sync::sync_patient(&ehr, &target, "no-such-patient", &SyncOptions::default(), &sync::NoProgress).await;
+    let report = sync::sync_patient(
+        &ehr,
+        &target,
+        "no-such-patient",
+        &SyncOptions::default(),
+        &sync::NoProgress,
+    )
+    .await;
     assert_eq!(report.status, SyncStatus::Failed);
     let error = report.error.expect("error");
     assert_eq!(error.class, fhir::ErrorClass::Permanent);
@@ -397,7 +566,9 @@ async fn unknown_patient_fails_the_run_with_not_found() {
 
 #[tokio::test]
 async fn progress_events_cover_every_phase() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer progress") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer progress") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
@@ -408,10 +579,24 @@ async fn progress_events_cover_every_phase() {
     let events = events.into_inner().expect("events");
     use sync::{ProgressEvent as E, SyncPhase as P};
     for phase in [P::FetchClinical, P::FetchReferences, P::Match, P::Write] {
-        assert!(events.contains(&E::Phase { phase }), "{phase:?} in {events:?}");
+        assert!(
+            events.contains(&E::Phase { phase }),
+            "{phase:?} in {events:?}"
+        );
     }
-    assert!(events.contains(&E::Planned { create: 319, update: 0, unchanged: 0, failed: 0 }));
-    assert_eq!(events.last(), Some(&E::Written { done: 319, total: 319 }));
+    assert!(events.contains(&E::Planned {
+        create: 319,
+        update: 0,
+        unchanged: 0,
+        failed: 0
+    }));
+    assert_eq!(
+        events.last(),
+        Some(&E::Written {
+            done: 319,
+            total: 319
+        })
+    );
     // Events serialise for the dashboard stream.
     let json = serde_json::to_value(&events[0]).expect("json");
     assert_eq!(json["event"], "phase");
@@ -421,13 +606,18 @@ async fn progress_events_cover_every_phase() {
 
 #[tokio::test]
 async fn client_interactions_against_the_peer() {
-    let Some(peer) = FhirPeer::start("fhir::peer client") else { return };
+    let Some(peer) = FhirPeer::start("fhir::peer client") else {
+        return;
+    };
     let c = client("peer", &peer.base_url);
 
     // No /metadata: empty capabilities, not an error.
     let caps = c.capabilities().await.expect("capabilities");
     assert!(caps.statement().is_none());
-    assert_eq!(caps.system_interaction("transaction"), fhir::Support::Unknown);
+    assert_eq!(
+        caps.system_interaction("transaction"),
+        fhir::Support::Unknown
+    );
 
     let system = format!("urn:test:{}", testkit::unique_name("mrn"));
     let patient = json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "1"}],
@@ -438,12 +628,21 @@ async fn client_interactions_against_the_peer() {
     let v1 = created.version_id.clone().expect("version");
 
     let read = c.read("Patient", &key.id).await.expect("read");
-    assert_eq!(read["extension"][0]["valueString"], "kept", "unknown extensions pass through");
-    assert_eq!(c.vread("Patient", &key.id, &v1).await.expect("vread")["id"], key.id.as_str());
+    assert_eq!(
+        read["extension"][0]["valueString"], "kept",
+        "unknown extensions pass through"
+    );
+    assert_eq!(
+        c.vread("Patient", &key.id, &v1).await.expect("vread")["id"],
+        key.id.as_str()
+    );
 
     // Conditional create matches the existing one.
     let token = format!("{system}|1");
-    let again = c.create_if_none_exist(&patient, &[("identifier", &token)]).await.expect("conditional create");
+    let again = c
+        .create_if_none_exist(&patient, &[("identifier", &token)])
+        .await
+        .expect("conditional create");
     assert_eq!(again.status, 200);
     assert_eq!(again.key.as_ref(), Some(&key));
 
@@ -452,35 +651,52 @@ async fn client_interactions_against_the_peer() {
     changed["gender"] = json!("female");
     let updated = c.update_if_match(&changed, &v1).await.expect("update");
     assert_eq!(updated.status, 200);
-    let stale = c.update_if_match(&changed, &v1).await.expect_err("stale version");
+    let stale = c
+        .update_if_match(&changed, &v1)
+        .await
+        .expect_err("stale version");
     assert!(matches!(stale.status(), Some(409 | 412)), "{stale}");
     assert_eq!(stale.class(), fhir::ErrorClass::Transient);
 
     // Conditional update: match updates, no match creates.
     let cu = c
-        .conditional_update(&json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "1"}],
-                                    "name": [{"family": "Conditional"}]}), &[("identifier", &token)])
+        .conditional_update(
+            &json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "1"}],
+                                    "name": [{"family": "Conditional"}]}),
+            &[("identifier", &token)],
+        )
         .await
         .expect("conditional update");
     assert_eq!((cu.status, cu.key.as_ref()), (200, Some(&key)));
     let token2 = format!("{system}|2");
     let cu2 = c
-        .conditional_update(&json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "2"}]}),
-                            &[("identifier", &token2)])
+        .conditional_update(
+            &json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "2"}]}),
+            &[("identifier", &token2)],
+        )
         .await
         .expect("conditional create by update");
     assert!(cu2.created());
 
     // Paging: the peer sends no next links, so the client pages by _offset.
     for i in 0..5 {
-        c.create(&json!({"resourceType": "Patient", "name": [{"family": format!("Pager{i}")}],
-                         "identifier": [{"system": system, "value": format!("p{i}")}]}))
-            .await
-            .expect("create");
+        c.create(
+            &json!({"resourceType": "Patient", "name": [{"family": format!("Pager{i}")}],
+                         "identifier": [{"system": system, "value": format!("p{i}")}]}),
+        )
+        .await
+        .expect("create");
     }
     let stats_before = c.stats();
     let all = c
-        .search_all(&Search::new("Patient").param("identifier", format!("{system}|p0,{system}|p1,{system}|p2,{system}|p3,{system}|p4")).param("_count", "2"))
+        .search_all(
+            &Search::new("Patient")
+                .param(
+                    "identifier",
+                    format!("{system}|p0,{system}|p1,{system}|p2,{system}|p3,{system}|p4"),
+                )
+                .param("_count", "2"),
+        )
         .await
         .expect("search all");
     assert_eq!(all.resources.len(), 5);
@@ -489,7 +705,10 @@ async fn client_interactions_against_the_peer() {
 
     // Batch reads: one found, one missing.
     let answers = c
-        .get_many(&[format!("Patient/{}", key.id), "Patient/does-not-exist".into()])
+        .get_many(&[
+            format!("Patient/{}", key.id),
+            "Patient/does-not-exist".into(),
+        ])
         .await
         .expect("batch");
     assert!(answers[0].is_ok());
@@ -499,35 +718,57 @@ async fn client_interactions_against_the_peer() {
     c.delete("Patient", &key.id).await.expect("delete");
     let gone = c.read("Patient", &key.id).await.expect_err("deleted");
     assert!(gone.is_not_found(), "{gone}");
-    c.delete("Patient", &key.id).await.expect("deleting twice is fine");
+    c.delete("Patient", &key.id)
+        .await
+        .expect("deleting twice is fine");
 
     // A request the server rejects: the OperationOutcome comes back typed
     // (the peer puts its message in details.text).
-    let bad = c.search(&Search::new("Patient").param("birthdate", "xyz")).await.expect_err("bad date");
+    let bad = c
+        .search(&Search::new("Patient").param("birthdate", "xyz"))
+        .await
+        .expect_err("bad date");
     assert_eq!(bad.status(), Some(400));
     assert_eq!(bad.class(), fhir::ErrorClass::Permanent);
     let outcome = bad.outcome().expect("outcome");
-    assert!(outcome.diagnostics().iter().any(|d| d.contains("Invalid format for date")), "{outcome:?}");
+    assert!(
+        outcome
+            .diagnostics()
+            .iter()
+            .any(|d| d.contains("Invalid format for date")),
+        "{outcome:?}"
+    );
     assert!(bad.to_string().contains("Invalid format for date"), "{bad}");
     // The request is named by method and path, never with its query (the
     // diagnostics are the server's own words).
-    assert!(bad.to_string().starts_with("peer: GET Patient: HTTP 400: "), "{bad}");
+    assert!(
+        bad.to_string().starts_with("peer: GET Patient: HTTP 400: "),
+        "{bad}"
+    );
 
     // A conditional update matching two resources: 412, and permanent.
     for _ in 0..2 {
-        c.create(&json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "dup"}]}))
-            .await
-            .expect("create");
+        c.create(
+            &json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "dup"}]}),
+        )
+        .await
+        .expect("create");
     }
     let dup = format!("{system}|dup");
     let ambiguous = c
         .conditional_update(&json!({"resourceType": "Patient"}), &[("identifier", &dup)])
         .await
         .expect_err("ambiguous");
-    assert_eq!((ambiguous.status(), ambiguous.class()), (Some(412), fhir::ErrorClass::Permanent));
+    assert_eq!(
+        (ambiguous.status(), ambiguous.class()),
+        (Some(412), fhir::ErrorClass::Permanent)
+    );
 
     // $everything is not supported by the peer.
-    let everything = c.patient_everything(&cu2.key.expect("key").id, &[]).await.expect_err("unsupported");
+    let everything = c
+        .patient_everything(&cu2.key.expect("key").id, &[])
+        .await
+        .expect_err("unsupported");
     assert!(everything.is_unsupported(), "{everything}");
 }
 
@@ -536,15 +777,35 @@ async fn conditional_transaction_over_the_peers_limit_falls_back_and_converges()
     // The regression this guards: the peer refuses a conditional transaction
     // of more than 8 entries before writing anything; the sync must fall
     // back to a plain transaction and still write each resource once.
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer fallback") else { return };
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer fallback") else {
+        return;
+    };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let report = sync::sync_patient(&ehr, &target, &patient_id, &SyncOptions::for_types(&["Condition"]), &sync::NoProgress).await;
+    let report = sync::sync_patient(
+        &ehr,
+        &target,
+        &patient_id,
+        &SyncOptions::for_types(&["Condition"]),
+        &sync::NoProgress,
+    )
+    .await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert_eq!(report.write_mode, WriteMode::PlainTransaction);
-    assert!(report.warnings.iter().any(|w| w.contains("strict isolation")), "{:?}", report.warnings);
-    let created: HashMap<&str, u64> = report.per_type.iter().map(|(t, c)| (t.as_str(), c.created)).collect();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("strict isolation")),
+        "{:?}",
+        report.warnings
+    );
+    let created: HashMap<&str, u64> = report
+        .per_type
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.created))
+        .collect();
     assert_eq!(created["Condition"], 10);
     assert_eq!(all_of_type(&target, "Condition").await.len(), 10);
 }

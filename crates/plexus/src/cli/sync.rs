@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use fhir::sync::{self, PatientQuery, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus};
+use fhir::sync::{
+    self, PatientQuery, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus,
+};
 use fhir::{FhirClient, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -139,14 +141,18 @@ pub fn run(cmd: SyncCommand) -> anyhow::Result<ExitCode> {
 
 /// Reads and checks every `[fhir_servers.*]` table; all problems at once.
 fn load_servers(path: &Path) -> anyhow::Result<BTreeMap<String, ServerConfig>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: ServersFile =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let problems: Vec<String> = file
         .fhir_servers
         .iter()
         .flat_map(|(name, server)| {
-            server.validate().into_iter().map(move |p| format!("fhir_servers.{name}.{p}"))
+            server
+                .validate()
+                .into_iter()
+                .map(move |p| format!("fhir_servers.{name}.{p}"))
         })
         .collect();
     if !problems.is_empty() {
@@ -155,13 +161,21 @@ fn load_servers(path: &Path) -> anyhow::Result<BTreeMap<String, ServerConfig>> {
     Ok(file.fhir_servers)
 }
 
-fn client(servers: &BTreeMap<String, ServerConfig>, name: &str, path: &Path) -> anyhow::Result<FhirClient> {
+fn client(
+    servers: &BTreeMap<String, ServerConfig>,
+    name: &str,
+    path: &Path,
+) -> anyhow::Result<FhirClient> {
     let Some(config) = servers.get(name) else {
         let known: Vec<&str> = servers.keys().map(String::as_str).collect();
         bail!(
             "{} has no [fhir_servers.{name}] (it has: {})",
             path.display(),
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         );
     };
     Ok(FhirClient::new(name, config)?)
@@ -201,7 +215,10 @@ async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
             for id in &c.identifiers {
                 println!(
                     "   identifier: {}{}|{}",
-                    id.kind.as_deref().map(|k| format!("{k} ")).unwrap_or_default(),
+                    id.kind
+                        .as_deref()
+                        .map(|k| format!("{k} "))
+                        .unwrap_or_default(),
                     id.system.as_deref().unwrap_or(""),
                     id.value.as_deref().unwrap_or("")
                 );
@@ -211,7 +228,11 @@ async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
             println!("(more patients match: narrow the search, or raise --limit)");
         }
     }
-    Ok(if found.candidates.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if found.candidates.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn options(args: &PatientArgs) -> SyncOptions {
@@ -219,7 +240,11 @@ fn options(args: &PatientArgs) -> SyncOptions {
         [] => SyncOptions::default(),
         [all] if all.eq_ignore_ascii_case("all") => SyncOptions::all_types(),
         types => SyncOptions::for_types(
-            &types.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect::<Vec<_>>(),
+            &types
+                .iter()
+                .map(|t| t.trim())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>(),
         ),
     };
     options.max_reference_depth = args.depth;
@@ -234,7 +259,10 @@ async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
     let source = client(&servers, &args.source, &args.common.config)?;
     let target = client(&servers, &args.target, &args.common.config)?;
     if source.base_url() == target.base_url() {
-        bail!("source and target are the same server ({})", source.base_url());
+        bail!(
+            "source and target are the same server ({})",
+            source.base_url()
+        );
     }
     let options = options(&args);
     let bar = progress_bar();
@@ -246,7 +274,11 @@ async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
-    Ok(if report.status == SyncStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.status == SyncStatus::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// A bar on stderr when it is a terminal; hidden otherwise (pipes, CI).
@@ -267,8 +299,15 @@ fn show(bar: &ProgressBar, event: &ProgressEvent) {
             SyncPhase::Match => "looking up the target",
             SyncPhase::Write => "writing",
         }),
-        ProgressEvent::Fetched { resources } => bar.set_message(format!("read {resources} resources")),
-        ProgressEvent::Planned { create, update, unchanged, failed } => {
+        ProgressEvent::Fetched { resources } => {
+            bar.set_message(format!("read {resources} resources"))
+        }
+        ProgressEvent::Planned {
+            create,
+            update,
+            unchanged,
+            failed,
+        } => {
             bar.set_style(
                 ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -300,9 +339,15 @@ fn print_report(report: &SyncReport) {
         println!("error ({}): {}", e.class, e.message);
     }
     if !report.per_type.is_empty() {
-        println!("{:<28} {:>8} {:>8} {:>8} {:>10} {:>7}", "type", "fetched", "created", "updated", "unchanged", "failed");
+        println!(
+            "{:<28} {:>8} {:>8} {:>8} {:>10} {:>7}",
+            "type", "fetched", "created", "updated", "unchanged", "failed"
+        );
         for (t, c) in &report.per_type {
-            println!("{t:<28} {:>8} {:>8} {:>8} {:>10} {:>7}", c.fetched, c.created, c.updated, c.unchanged, c.failed);
+            println!(
+                "{t:<28} {:>8} {:>8} {:>8} {:>10} {:>7}",
+                c.fetched, c.created, c.updated, c.unchanged, c.failed
+            );
         }
         let t = report.totals();
         println!(
@@ -314,7 +359,10 @@ fn print_report(report: &SyncReport) {
         println!("failed {} ({}): {}", f.source, f.class, f.reason);
     }
     for f in &report.fetch_errors {
-        println!("could not read {} ({}): {}", f.resource_type, f.class, f.reason);
+        println!(
+            "could not read {} ({}): {}",
+            f.resource_type, f.class, f.reason
+        );
     }
     for w in &report.warnings {
         println!("warning: {w}");
@@ -361,12 +409,21 @@ mod tests {
         )
         .expect("write");
         let err = load_servers(&path).expect_err("two problems").to_string();
-        assert!(err.contains("fhir_servers.crm.page_size: must be at least 1"), "{err}");
+        assert!(
+            err.contains("fhir_servers.crm.page_size: must be at least 1"),
+            "{err}"
+        );
         assert!(err.contains("fhir_servers.crm.auth.token_env"), "{err}");
 
-        std::fs::write(&path, "[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:1/fhir\"\n").expect("write");
+        std::fs::write(
+            &path,
+            "[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:1/fhir\"\n",
+        )
+        .expect("write");
         let servers = load_servers(&path).expect("valid");
-        let err = client(&servers, "crm", &path).expect_err("unknown").to_string();
+        let err = client(&servers, "crm", &path)
+            .expect_err("unknown")
+            .to_string();
         assert!(err.contains("no [fhir_servers.crm] (it has: ehr)"), "{err}");
     }
 
@@ -379,16 +436,39 @@ mod tests {
             c: SyncCommand,
         }
         let parse = |extra: &[&str]| {
-            let mut argv = vec!["t", "patient", "--config", "c.toml", "--source", "a", "--target", "b", "--patient", "1"];
+            let mut argv = vec![
+                "t",
+                "patient",
+                "--config",
+                "c.toml",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--patient",
+                "1",
+            ];
             argv.extend_from_slice(extra);
             match T::parse_from(argv).c {
                 SyncCommand::Patient(p) => options(&p),
                 SyncCommand::Search(_) => unreachable!("parsed a patient command"),
             }
         };
-        assert_eq!(parse(&[]).resource_types.len(), sync::DEFAULT_RESOURCE_TYPES.len());
-        assert_eq!(parse(&["--resources", "Observation,Condition"]).resource_types, vec!["Observation", "Condition"]);
-        assert_eq!(parse(&["--resources", "all"]).resource_types.len(), sync::ALL_RESOURCE_TYPES.len());
-        assert_eq!(parse(&["--depth", "1", "--everything"]).fetch, sync::ClinicalFetch::Everything);
+        assert_eq!(
+            parse(&[]).resource_types.len(),
+            sync::DEFAULT_RESOURCE_TYPES.len()
+        );
+        assert_eq!(
+            parse(&["--resources", "Observation,Condition"]).resource_types,
+            vec!["Observation", "Condition"]
+        );
+        assert_eq!(
+            parse(&["--resources", "all"]).resource_types.len(),
+            sync::ALL_RESOURCE_TYPES.len()
+        );
+        assert_eq!(
+            parse(&["--depth", "1", "--everything"]).fetch,
+            sync::ClinicalFetch::Everything
+        );
     }
 }
