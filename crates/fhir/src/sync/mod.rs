@@ -407,7 +407,7 @@ pub async fn sync_patient(
         patient_id,
         &options.resource_types,
     );
-    tracing::info!(source = %source.name(), target = %target.name(), types = options.resource_types.len(), "patient sync started");
+    tracing::info!(source_server = %source.name(), target_server = %target.name(), types = options.resource_types.len(), "patient sync started");
     if let Err(e) = run(
         &source,
         &target,
@@ -432,8 +432,8 @@ pub async fn sync_patient(
     report.timings.total_ms = elapsed_ms(started);
     let totals = report.totals();
     tracing::info!(
-        source = %source.name(),
-        target = %target.name(),
+        source_server = %source.name(),
+        target_server = %target.name(),
         status = ?report.status,
         error_class = report.error.as_ref().map(|e| e.class.as_str()),
         fetched = totals.fetched,
@@ -551,8 +551,17 @@ async fn run(
                     done = true;
                     break;
                 }
-                Err(e) if e.class() == ErrorClass::Permanent => {
-                    tracing::info!(target = %target.name(), status = e.status(), "target refused the transaction; falling back");
+                // Refused, or a version conflict (the target changed since
+                // the look-up): either way look again and go on.
+                Err(e)
+                    if e.class() == ErrorClass::Permanent
+                        || matches!(e.status(), Some(409 | 412)) =>
+                {
+                    tracing::info!(
+                        target_server = %target.name(),
+                        status = e.status(),
+                        "target refused the transaction; falling back"
+                    );
                     report.warnings.push(format!(
                         "the target refused the {} transaction ({}); looked up again and fell back",
                         if conditional { "conditional" } else { "plain" },

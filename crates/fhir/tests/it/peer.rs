@@ -809,3 +809,101 @@ async fn conditional_transaction_over_the_peers_limit_falls_back_and_converges()
     assert_eq!(created["Condition"], 10);
     assert_eq!(all_of_type(&target, "Condition").await.len(), 10);
 }
+
+/// The peer's transactions are not atomic: a transaction whose last entry
+/// fails leaves the earlier entries written. Here the target's copy of a
+/// Condition changes between the sync's look-up and its write, so the
+/// version-checked update (the last entry) fails after the two new
+/// Observations before it were created. The sync must look again, not
+/// create them twice, and still update the Condition; the report counts
+/// what this run did.
+#[tokio::test]
+async fn partly_applied_transaction_converges_without_duplicates() {
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer partial transaction") else {
+        return;
+    };
+    let ehr = client("ehr", &ehr_peer.base_url);
+    let target = client("crm", &target_peer.base_url);
+    let pid = ehr
+        .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "partial"}]}))
+        .await
+        .expect("patient")
+        .key
+        .expect("key")
+        .id;
+    let subject = json!({"reference": format!("Patient/{pid}")});
+    let mut condition = ehr
+        .create(&json!({"resourceType": "Condition", "subject": subject, "code": {"text": "v1"}}))
+        .await
+        .expect("condition")
+        .resource
+        .expect("body");
+    let types = SyncOptions::for_types(&["Observation", "Condition"]);
+    let first = sync::sync_patient(&ehr, &target, &pid, &types, &sync::NoProgress).await;
+    assert_counts(&first, 2, 0, 0);
+
+    // In the EHR: two new Observations, and the Condition changes.
+    for code in ["a", "b"] {
+        ehr.create(
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": code},
+                           "subject": subject}),
+        )
+        .await
+        .expect("observation");
+    }
+    condition["code"]["text"] = json!("v2");
+    ehr.update(&condition).await.expect("change the condition");
+
+    // When the sync starts writing, someone edits the target's copy.
+    let target_url = target_peer.base_url.clone();
+    let edited = std::sync::atomic::AtomicBool::new(false);
+    let hook = |e: &sync::ProgressEvent| {
+        if *e
+            != (sync::ProgressEvent::Phase {
+                phase: sync::SyncPhase::Write,
+            })
+            || edited.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let url = target_url.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let other = client("someone-else", &url);
+                let mut copy = all_of_type(&other, "Condition")
+                    .await
+                    .pop()
+                    .expect("the copy");
+                copy["note"] = json!([{"text": "edited in the target"}]);
+                other.update(&copy).await.expect("edit");
+            });
+        })
+        .join()
+        .expect("edit thread");
+    };
+    let report = sync::sync_patient(&ehr, &target, &pid, &types, &hook).await;
+    assert!(edited.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("refused the conditional transaction") && w.contains("HTTP 412")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(report.per_type["Observation"].created, 2, "{report:#?}");
+    assert_eq!(report.per_type["Condition"].updated, 1);
+    assert_eq!(
+        all_of_type(&target, "Observation").await.len(),
+        2,
+        "created once, not twice"
+    );
+    let conditions = all_of_type(&target, "Condition").await;
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0]["code"]["text"], "v2");
+}
