@@ -249,8 +249,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn bench_backend(kind: &'static str, base: Option<&str>) {
     let options = || StoreOptions { sqlite_synchronous: SqliteSynchronous::Full, ..StoreOptions::default() };
-    let cases: [(&str, usize, usize); 2] = [("accept, 1 producer", 1, 4_000), ("accept, 32 producers", 32, 64_000)];
-    for (name, producers, total) in cases {
+    // PLEXUS_BENCH_CASES=accept1,accept32,claim,peer picks cases (all by default).
+    let cases_env = std::env::var("PLEXUS_BENCH_CASES").ok();
+    let case = |c: &str| cases_env.as_deref().is_none_or(|o| o.split(',').any(|x| x == c));
+    let cases: [(&str, &str, usize, usize); 2] =
+        [("accept1", "accept, 1 producer", 1, 4_000), ("accept32", "accept, 32 producers", 32, 64_000)];
+    for (id, name, producers, total) in cases {
+        if !case(id) {
+            continue;
+        }
         let mut rates = Vec::new();
         for _ in 0..ROUNDS {
             let db = Db::create(kind, base).await;
@@ -260,6 +267,9 @@ async fn bench_backend(kind: &'static str, base: Option<&str>) {
             db.drop_db().await;
         }
         println!("{kind:<9} {name:<34} {:>9.0} msgs/s  (runs: {})", median(rates.clone()), fmt_runs(&rates));
+    }
+    if !case("claim") {
+        return;
     }
     let mut rates = Vec::new();
     for _ in 0..ROUNDS {
@@ -275,6 +285,9 @@ async fn bench_backend(kind: &'static str, base: Option<&str>) {
         median(rates.clone()),
         fmt_runs(&rates)
     );
+    if !case("peer") {
+        return;
+    }
     let mut rates = Vec::new();
     for _ in 0..ROUNDS {
         let db = Db::create(kind, base).await;

@@ -62,9 +62,7 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
         .busy_timeout(Duration::from_secs(10))
         .statement_cache_capacity(512)
         // Savepoint and statement journals in memory, not in temp files.
-        .pragma("temp_store", "memory")
-        // 64 MiB of page cache: the indexes' hot pages stay in memory.
-        .pragma("cache_size", "-65536");
+        .pragma("temp_store", "memory");
 
     let mut conn = connect.connect().await.map_err(open_error)?;
     MIGRATOR.run(&mut conn).await?;
