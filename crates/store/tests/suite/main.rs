@@ -5,6 +5,7 @@
 //! claim test and the query-plan checks.
 
 mod behaviour;
+mod crash;
 mod support;
 
 on_every_backend!(
