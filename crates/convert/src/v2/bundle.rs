@@ -12,8 +12,8 @@
 //! fields). Resources updated conditionally carry no `id`, because a server
 //! must reject a body whose id differs from the one it found.
 
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use serde_json::{Map, Value, json};
 
 use super::datatypes::identifier_token;
 use crate::options::Hl7ToFhirOptions;
@@ -27,7 +27,7 @@ pub(crate) struct Ref {
 impl Ref {
     /// A FHIR Reference to this entry.
     pub fn reference(&self) -> Value {
-        json!({"reference": self.full_url})
+        obj!{"reference" => self.full_url.as_str()}
     }
 }
 
@@ -36,6 +36,9 @@ impl Ref {
 pub(crate) struct Ctx<'o> {
     pub opts: &'o Hl7ToFhirOptions,
     entries: Vec<Value>,
+    /// The fullUrl of each entry, beside it: looking one up in the entry
+    /// itself would hash a map key per entry per addition.
+    urls: Vec<String>,
 }
 
 /// The deterministic uuid for `kind` + `identity`.
@@ -53,7 +56,11 @@ pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
 
 impl<'o> Ctx<'o> {
     pub fn new(opts: &'o Hl7ToFhirOptions) -> Self {
-        Ctx { opts, entries: Vec::with_capacity(16) }
+        Ctx {
+            opts,
+            entries: Vec::with_capacity(16),
+            urls: Vec::with_capacity(16),
+        }
     }
 
     /// Adds `resource` (its `resourceType` set first). `identity` is the
@@ -61,15 +68,23 @@ impl<'o> Ctx<'o> {
     /// used for a conditional update, if it has one. Adding the same type and
     /// identity twice keeps the first (a practitioner named in PV1-7 and in
     /// an OBX is one resource).
-    pub fn add(&mut self, kind: &str, identity: &str, identifier: Option<&Value>, resource: Value) -> Ref {
+    pub fn add(
+        &mut self,
+        kind: &str,
+        identity: &str,
+        identifier: Option<&Value>,
+        resource: Value,
+    ) -> Ref {
         let uuid = stable_uuid(kind, identity);
         let full_url = format!("urn:uuid:{uuid}");
-        if self.entries.iter().any(|e| e["fullUrl"] == full_url.as_str()) {
+        if self.urls.contains(&full_url) {
             return Ref { full_url };
         }
         // Only a system-qualified identifier is safe to search by: a bare
         // value ("1134") may belong to another authority's record.
-        let token = identifier.filter(|i| i.get("system").is_some_and(Value::is_string)).and_then(identifier_token);
+        let token = identifier
+            .filter(|i| i.get("system").is_some_and(Value::is_string))
+            .and_then(identifier_token);
         let mut body = Map::new();
         body.insert("resourceType".into(), Value::String(kind.to_string()));
         let url = match &token {
@@ -87,32 +102,31 @@ impl<'o> Ctx<'o> {
                 }
             }
         }
-        self.entries.push(json!({
-            "fullUrl": full_url,
-            "resource": Value::Object(body),
-            "request": {"method": "PUT", "url": url},
-        }));
+        self.urls.push(full_url.clone());
+        self.entries.push(obj!{
+            "fullUrl" => full_url.as_str(),
+            "resource" => Value::Object(body),
+            "request" => obj!{"method" => "PUT", "url" => url},
+        });
         Ref { full_url }
     }
 
     /// Mutable access to an added resource (to add results to a report).
     pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Value> {
-        self.entries
-            .iter_mut()
-            .find(|e| e["fullUrl"] == r.full_url.as_str())
-            .and_then(|e| e.get_mut("resource"))
+        let at = self.urls.iter().position(|u| *u == r.full_url)?;
+        self.entries.get_mut(at).and_then(|e| e.get_mut("resource"))
     }
 
     /// The finished transaction Bundle, empty elements pruned. `timestamp`
     /// is the message's own time (MSH-7), never the clock.
     pub fn finish(self, bundle_identity: &str, timestamp: Value) -> Value {
-        let mut bundle = json!({
-            "resourceType": "Bundle",
-            "id": stable_uuid("Bundle", bundle_identity).simple().to_string(),
-            "type": "transaction",
-            "timestamp": timestamp,
-            "entry": self.entries,
-        });
+        let mut bundle = obj!{
+            "resourceType" => "Bundle",
+            "id" => stable_uuid("Bundle", bundle_identity).simple().to_string(),
+            "type" => "transaction",
+            "timestamp" => timestamp,
+            "entry" => self.entries,
+        };
         crate::rules::prune(&mut bundle);
         bundle
     }

@@ -8,7 +8,7 @@
 //! HL7 v2 expresses grouping only by position.
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::bundle::{Ctx, Ref};
 use super::datatypes::{cwe, date, date_time, decimal, ei, instant};
@@ -33,16 +33,23 @@ fn quantity(value: Value, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptio
     let unit = if text.is_empty() { code.clone() } else { text };
     let ucum = mnemonic.eq_ignore_ascii_case("UCUM")
         || (mnemonic.is_empty() && terminology::looks_ucum(&code))
-        || opts.code_systems.get(mnemonic.as_ref()).is_some_and(|s| s == "http://unitsofmeasure.org");
+        || opts
+            .code_systems
+            .get(mnemonic.as_ref())
+            .is_some_and(|s| s == "http://unitsofmeasure.org");
     if ucum && !code.is_empty() {
-        json!({"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": code})
+        obj!{"value" => value, "unit" => unit, "system" => "http://unitsofmeasure.org", "code" => code}
     } else {
-        json!({"value": value, "unit": unit})
+        obj!{"value" => value, "unit" => unit}
     }
 }
 
 /// SN (structured numeric): `comparator^num1^separator^num2`.
-fn structured_numeric(n: Node<'_>, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Option<(&'static str, Value)> {
+fn structured_numeric(
+    n: Node<'_>,
+    units: Node<'_>,
+    opts: &crate::options::Hl7ToFhirOptions,
+) -> Option<(&'static str, Value)> {
     let comparator = n.c(1).text();
     let num1 = n.c(2).text();
     let sep = n.c(3).text();
@@ -63,23 +70,34 @@ fn structured_numeric(n: Node<'_>, units: Node<'_>, opts: &crate::options::Hl7To
         }
         ("-", false) => Some((
             "valueRange",
-            json!({"low": quantity(decimal(&num1)?, units, opts), "high": quantity(decimal(&num2)?, units, opts)}),
+            obj!{
+                "low" => quantity(decimal(&num1)?, units, opts),
+                "high" => quantity(decimal(&num2)?, units, opts),
+            },
         )),
         (":" | "/", false) => Some((
             "valueRatio",
-            json!({"numerator": {"value": decimal(&num1)?}, "denominator": {"value": decimal(&num2)?}}),
+            obj!{
+                "numerator" => obj!{"value" => decimal(&num1)?},
+                "denominator" => obj!{"value" => decimal(&num2)?},
+            },
         )),
         _ => None,
     }
 }
 
 /// An NM value written with a comparator (`<5`, `>=10`), as feeds do.
-fn comparator_quantity(t: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Option<(&'static str, Value)> {
+fn comparator_quantity(
+    t: &str,
+    units: Node<'_>,
+    opts: &crate::options::Hl7ToFhirOptions,
+) -> Option<(&'static str, Value)> {
     let t = t.trim();
     for comp in ["<=", ">=", "<", ">"] {
         if let Some(rest) = t.strip_prefix(comp) {
             let mut q = quantity(decimal(rest)?, units, opts);
-            q.as_object_mut()?.insert("comparator".into(), Value::String(comp.into()));
+            q.as_object_mut()?
+                .insert("comparator".into(), Value::String(comp.into()));
             return Some(("valueQuantity", q));
         }
     }
@@ -126,22 +144,31 @@ fn ed_attachment(n: Node<'_>, path: &str) -> Result<Value, ConvertError> {
             } else {
                 base64::engine::general_purpose::STANDARD
                     .decode(&clean)
-                    .map_err(|e| ConvertError::Invalid { path: path.into(), reason: format!("ED data is not base64: {e}") })?;
+                    .map_err(|e| ConvertError::Invalid {
+                        path: path.into(),
+                        reason: format!("ED data is not base64: {e}"),
+                    })?;
                 clean
             }
         }
         "HEX" => {
-            let bytes = hex::decode(raw.trim())
-                .map_err(|e| ConvertError::Invalid { path: path.into(), reason: format!("ED data is not hex: {e}") })?;
+            let bytes = hex::decode(raw.trim()).map_err(|e| ConvertError::Invalid {
+                path: path.into(),
+                reason: format!("ED data is not hex: {e}"),
+            })?;
             base64::engine::general_purpose::STANDARD.encode(bytes)
         }
         // "A" (ASCII) and anything else: the text itself.
         _ => base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
     };
-    Ok(json!({"contentType": content_type, "data": data}))
+    Ok(obj!{"contentType" => content_type, "data" => data})
 }
 
-fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions) -> Result<ObxValue, ConvertError> {
+fn obx_value(
+    obx: &Seg<'_>,
+    path: &str,
+    opts: &crate::options::Hl7ToFhirOptions,
+) -> Result<ObxValue, ConvertError> {
     let kind = obx.f(2).text();
     let field = obx.f(5);
     let units = obx.f(6).first();
@@ -157,7 +184,8 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
                 None => comparator_quantity(&n.text(), units, opts)
                     .or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
             },
-            "SN" => structured_numeric(n, units, opts).or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
+            "SN" => structured_numeric(n, units, opts)
+                .or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
             "CE" | "CWE" | "CNE" | "CF" | "CV" => Some(("valueCodeableConcept", cwe(n, "", opts))),
             "DT" => Some(("valueDateTime", date(&n.text()))),
             "DTM" | "TS" => Some(("valueDateTime", date_time(&n.text(), opts))),
@@ -166,8 +194,14 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
                 let t = t.trim();
                 let ok = t.len() >= 4 && t[..4].bytes().all(|b| b.is_ascii_digit());
                 ok.then(|| {
-                    let sec = t.get(4..6).filter(|s| s.bytes().all(|b| b.is_ascii_digit())).unwrap_or("00");
-                    ("valueTime", Value::String(format!("{}:{}:{sec}", &t[..2], &t[2..4])))
+                    let sec = t
+                        .get(4..6)
+                        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                        .unwrap_or("00");
+                    (
+                        "valueTime",
+                        Value::String(format!("{}:{}:{sec}", &t[..2], &t[2..4])),
+                    )
                 })
             }
             _ => Some(("valueString", Value::String(n.whole().into_owned()))),
@@ -178,15 +212,17 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
         "RP" => {
             let n = reps[0];
             let url = n.c(1).text();
-            return Ok(ObxValue::Attachment(json!({
-                "contentType": mime(&n.c(3).text(), &n.c(4).text()),
-                "url": url,
-            })));
+            return Ok(ObxValue::Attachment(
+                obj!{"contentType" => mime(&n.c(3).text(), &n.c(4).text()), "url" => url},
+            ));
         }
         // Text types: repetitions are lines of one text.
         "ST" | "TX" | "FT" | "" => {
             let text: Vec<String> = reps.iter().map(|r| r.whole().into_owned()).collect();
-            return Ok(ObxValue::Value(vec![("valueString", Value::String(text.join("\n")))]));
+            return Ok(ObxValue::Value(vec![(
+                "valueString",
+                Value::String(text.join("\n")),
+            )]));
         }
         _ => {}
     }
@@ -195,7 +231,14 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
         if let Some((k, v)) = one(r) {
             // The first repetition is the value; further ones become
             // components with the same code (Observation has one value[x]).
-            out.push((if i == 0 { k } else { "component" }, if i == 0 { v } else { json!({k: v}) }));
+            out.push((
+                if i == 0 { k } else { "component" },
+                if i == 0 {
+                    v
+                } else {
+                    Value::Object(std::iter::once((k.to_string(), v)).collect())
+                },
+            ));
         }
     }
     Ok(ObxValue::Value(out))
@@ -217,16 +260,19 @@ fn reference_range(text: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhir
     if let Some((lo, hi)) = t.split_once('-').filter(|(lo, _)| !lo.trim().is_empty())
         && let (Some(l), Some(h)) = (decimal(lo), decimal(hi))
     {
-        return json!({"low": simple(l), "high": simple(h), "text": t});
+        return obj!{"low" => simple(l), "high" => simple(h), "text" => t};
     }
     for (prefix, key) in [("<=", "high"), ("<", "high"), (">=", "low"), (">", "low")] {
         if let Some(rest) = t.strip_prefix(prefix)
             && let Some(v) = decimal(rest)
         {
-            return json!({key: simple(v), "text": t});
+            let mut range = serde_json::Map::new();
+            range.insert(key.to_string(), simple(v));
+            range.insert("text".into(), Value::String(t.to_string()));
+            return Value::Object(range);
         }
     }
-    json!({"text": t})
+    obj!{"text" => t}
 }
 
 fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
@@ -235,23 +281,42 @@ fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value
         return Value::Null;
     }
     if let Some(over) = opts.table("0078", &code) {
-        return json!({"coding": [{"system": terminology::INTERPRETATION_SYSTEM, "code": over}]});
+        return obj!{"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over}]};
     }
     let mnemonic = n.c(3).text();
     let v2_flag = mnemonic.is_empty() || mnemonic.eq_ignore_ascii_case("HL70078");
     if v2_flag && terminology::interpretation_known(&code) {
-        json!({"coding": [{"system": terminology::INTERPRETATION_SYSTEM, "code": code, "display": n.c(2).text()}]})
+        obj!{
+            "coding" => arr![
+                obj!{
+                    "system" => terminology::INTERPRETATION_SYSTEM,
+                    "code" => code,
+                    "display" => n.c(2).text(),
+                },
+            ],
+        }
     } else {
         cwe(n, "", opts)
     }
 }
 
 fn nte_text(seg: &Seg<'_>) -> String {
-    seg.f(3).reps().map(|r| r.whole().into_owned()).collect::<Vec<_>>().join("\n")
+    seg.f(3)
+        .reps()
+        .map(|r| r.whole().into_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn refs(subject: &Subject) -> (Value, Value) {
-    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
+    (
+        subject.patient.reference(),
+        subject
+            .encounter
+            .as_ref()
+            .map(Ref::reference)
+            .unwrap_or(Value::Null),
+    )
 }
 
 /// One OBX as an Observation. Returns its reference, or the attachment for
@@ -290,10 +355,16 @@ fn observation(
         if values.is_empty() {
             return Ok(ObxOut::Nothing);
         }
-        return Err(ConvertError::Missing { path: format!("OBX({position})-3 (observation identifier)") });
+        return Err(ConvertError::Missing {
+            path: format!("OBX({position})-3 (observation identifier)"),
+        });
     }
-    let mut performers: Vec<Value> =
-        obx.f(16).reps().filter_map(|r| practitioner(ctx, r)).map(|r| r.reference()).collect();
+    let mut performers: Vec<Value> = obx
+        .f(16)
+        .reps()
+        .filter_map(|r| practitioner(ctx, r))
+        .map(|r| r.reference())
+        .collect();
     performers.extend(organization(ctx, obx.f(23).first()).map(|r| r.reference()));
     let opts = ctx.opts;
     let (patient, encounter) = refs(subject);
@@ -309,24 +380,26 @@ fn observation(
         effective = date_time(&t.text(), opts);
     }
     let units = obx.f(6).first();
-    let mut resource = json!({
-        "identifier": [ei(obx.f(21).first(), "", opts)],
-        "partOf": group.part_of.as_ref().map(|r| json!([r.reference()])),
-        "status": status,
-        "code": code,
-        "subject": patient,
-        "encounter": encounter,
-        "effectiveDateTime": effective,
-        "performer": performers,
-    });
-    let obj = resource.as_object_mut().ok_or_else(|| ConvertError::Invalid {
-        path: path.clone(),
-        reason: "internal: observation is not an object".into(),
-    })?;
+    let mut resource = obj!{
+        "identifier" => arr![ei(obx.f(21).first(), "", opts)],
+        "partOf" => group.part_of.as_ref().map(|r| arr![r.reference()]),
+        "status" => status,
+        "code" => code,
+        "subject" => patient,
+        "encounter" => encounter,
+        "effectiveDateTime" => effective,
+        "performer" => performers,
+    };
+    let obj = resource
+        .as_object_mut()
+        .ok_or_else(|| ConvertError::Invalid {
+            path: path.clone(),
+            reason: "internal: observation is not an object".into(),
+        })?;
     let mut components = Vec::new();
     for (k, v) in values {
         if k == "component" {
-            let mut c = json!({"code": obj["code"].clone()});
+            let mut c = obj!{"code" => obj["code"].clone()};
             if let (Some(c), Some(vals)) = (c.as_object_mut(), v.as_object()) {
                 c.extend(vals.clone());
             }
@@ -335,12 +408,28 @@ fn observation(
             obj.insert(k.to_string(), v);
         }
     }
-    obj.insert("interpretation".into(), Value::Array(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()));
-    obj.insert("note".into(), Value::Array(notes.iter().map(|n| json!({"text": n})).collect()));
+    obj.insert(
+        "interpretation".into(),
+        Value::Array(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()),
+    );
+    obj.insert(
+        "note".into(),
+        Value::Array(notes.iter().map(|n| obj!{"text" => n.as_str()}).collect()),
+    );
     obj.insert("bodySite".into(), cwe(obx.f(20).first(), "", opts));
     obj.insert("method".into(), cwe(obx.f(17).first(), "", opts));
-    obj.insert("specimen".into(), group.specimen.as_ref().map(Ref::reference).unwrap_or(Value::Null));
-    obj.insert("referenceRange".into(), json!([reference_range(&obx.f(7).text(), units, opts)]));
+    obj.insert(
+        "specimen".into(),
+        group
+            .specimen
+            .as_ref()
+            .map(Ref::reference)
+            .unwrap_or(Value::Null),
+    );
+    obj.insert(
+        "referenceRange".into(),
+        arr![reference_range(&obx.f(7).text(), units, opts)],
+    );
     obj.insert("component".into(), Value::Array(components));
     let key = format!(
         "{}|OBX|{}|{}|{}",
@@ -349,7 +438,12 @@ fn observation(
         obx.f(3).c(3).text(),
         obx.f(4).text()
     );
-    Ok(ObxOut::Observation(ctx.add("Observation", &key, None, resource)))
+    Ok(ObxOut::Observation(ctx.add(
+        "Observation",
+        &key,
+        None,
+        resource,
+    )))
 }
 
 /// Collects OBX segments with their NTEs from `segments[start..]` until a
@@ -371,38 +465,54 @@ fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str
         if value.is_empty() {
             return Value::Null;
         }
-        json!({
-            "type": {"coding": [{"system": terminology::v2_table("0203"), "code": kind}]},
-            "system": super::datatypes::authority_system(&n.s(2).text(), &n.s(3).text(), &n.s(4).text(), opts),
-            "value": value,
-        })
+        obj!{
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => kind}]},
+            "system" => super::datatypes::authority_system(&n.s(2).text(), &n.s(3).text(), &n.s(4).text(), opts),
+            "value" => value,
+        }
     };
     let placer = ei_of(1, "PLAC");
     let filler = ei_of(2, "FILL");
     let collected = spm.f(17).first();
-    let (start, end) = (date_time(&collected.c(1).text(), opts), date_time(&collected.c(2).text(), opts));
-    let collection = json!({
-        "collectedDateTime": if end.is_null() { start.clone() } else { Value::Null },
-        "collectedPeriod": if end.is_null() { Value::Null } else { json!({"start": start, "end": end}) },
-        "method": cwe(spm.f(7).first(), "0488", opts),
-        "bodySite": cwe(spm.f(8).first(), "", opts),
-    });
-    let key = format!("{}|SPM|{}|{}", group_key, ids.c(1).s(1).text(), ids.c(2).s(1).text());
-    let identifier = if filler.is_null() { placer.clone() } else { filler.clone() };
-    let resource = json!({
-        "identifier": [placer, filler],
-        "type": cwe(spm.f(4).first(), "0487", opts),
-        "subject": subject.patient.reference(),
-        "receivedTime": date_time(&spm.f(18).text(), opts),
-        "collection": collection,
-        "condition": spm.f(24).reps().map(|r| cwe(r, "0493", opts)).collect::<Vec<_>>(),
-        "note": [{"text": spm.f(14).whole()}],
-    });
+    let (start, end) = (
+        date_time(&collected.c(1).text(), opts),
+        date_time(&collected.c(2).text(), opts),
+    );
+    let collection = obj!{
+        "collectedDateTime" => if end.is_null() { start.clone() } else { Value::Null },
+        "collectedPeriod" => if end.is_null() { Value::Null } else { obj!{"start" => start, "end" => end} },
+        "method" => cwe(spm.f(7).first(), "0488", opts),
+        "bodySite" => cwe(spm.f(8).first(), "", opts),
+    };
+    let key = format!(
+        "{}|SPM|{}|{}",
+        group_key,
+        ids.c(1).s(1).text(),
+        ids.c(2).s(1).text()
+    );
+    let identifier = if filler.is_null() {
+        placer.clone()
+    } else {
+        filler.clone()
+    };
+    let resource = obj!{
+        "identifier" => arr![placer, filler],
+        "type" => cwe(spm.f(4).first(), "0487", opts),
+        "subject" => subject.patient.reference(),
+        "receivedTime" => date_time(&spm.f(18).text(), opts),
+        "collection" => collection,
+        "condition" => spm.f(24).reps().map(|r| cwe(r, "0493", opts)).collect::<Vec<_>>(),
+        "note" => arr![obj!{"text" => spm.f(14).whole()}],
+    };
     let conditional = (!identifier.is_null()).then_some(&identifier);
     ctx.add("Specimen", &key, conditional, resource)
 }
 
-fn order_identifiers(orc: Option<&Seg<'_>>, obr: Option<&Seg<'_>>, opts: &crate::options::Hl7ToFhirOptions) -> (Value, Value) {
+fn order_identifiers(
+    orc: Option<&Seg<'_>>,
+    obr: Option<&Seg<'_>>,
+    opts: &crate::options::Hl7ToFhirOptions,
+) -> (Value, Value) {
     let pick = |o: Option<Node<'_>>, b: Option<Node<'_>>, kind: &str| match (o, b) {
         (Some(o), _) if !o.is_empty() => ei(o.first(), kind, opts),
         (_, Some(b)) if !b.is_empty() => ei(b.first(), kind, opts),
@@ -417,8 +527,14 @@ fn order_identifiers(orc: Option<&Seg<'_>>, obr: Option<&Seg<'_>>, opts: &crate:
 fn key_of(identifier: &Value) -> String {
     format!(
         "{}|{}",
-        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
-        identifier.get("value").and_then(Value::as_str).unwrap_or("")
+        identifier
+            .get("system")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        identifier
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     )
 }
 
@@ -445,42 +561,60 @@ fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
         .unwrap_or_else(|| terminology::report_status(&status_code).to_string());
     let mut code = cwe(obr.f(4).first(), "", opts);
     if code.is_null() {
-        code = json!({"text": "unknown"});
+        code = obj!{"text" => "unknown"};
     }
     let (patient, encounter) = refs(subject);
-    let (start, end) = (date_time(&obr.f(7).text(), opts), date_time(&obr.f(8).text(), opts));
-    let resource = json!({
-        "identifier": [r.placer, r.identifier.clone()],
-        "status": status,
-        "category": [cwe(obr.f(24).first(), "0074", opts)],
-        "code": code,
-        "subject": patient,
-        "encounter": encounter,
-        "effectiveDateTime": if end.is_null() { start.clone() } else { Value::Null },
-        "effectivePeriod": if end.is_null() { Value::Null } else { json!({"start": start, "end": end}) },
-        "issued": instant(&obr.f(22).text(), opts),
-        "specimen": r.specimens,
-        "result": r.results,
-        "conclusion": r.notes.join("\n"),
-        "presentedForm": r.forms,
-    });
+    let (start, end) = (
+        date_time(&obr.f(7).text(), opts),
+        date_time(&obr.f(8).text(), opts),
+    );
+    let resource = obj!{
+        "identifier" => arr![r.placer, r.identifier.clone()],
+        "status" => status,
+        "category" => arr![cwe(obr.f(24).first(), "0074", opts)],
+        "code" => code,
+        "subject" => patient,
+        "encounter" => encounter,
+        "effectiveDateTime" => if end.is_null() { start.clone() } else { Value::Null },
+        "effectivePeriod" => if end.is_null() { Value::Null } else { obj!{"start" => start, "end" => end} },
+        "issued" => instant(&obr.f(22).text(), opts),
+        "specimen" => r.specimens,
+        "result" => r.results,
+        "conclusion" => r.notes.join("\n"),
+        "presentedForm" => r.forms,
+    };
     let _ = (r.orc, r.index);
-    let conditional = r.identifier.get("system").is_some().then_some(&r.identifier);
+    let conditional = r
+        .identifier
+        .get("system")
+        .is_some()
+        .then_some(&r.identifier);
     ctx.add("DiagnosticReport", &r.key, conditional, resource);
 }
 
 /// A standalone DocumentReference for an ED/RP OBX outside any OBR.
-fn attachment_document(ctx: &mut Ctx<'_>, subject: &Subject, obx: &Seg<'_>, attachment: Value, position: usize) {
+fn attachment_document(
+    ctx: &mut Ctx<'_>,
+    subject: &Subject,
+    obx: &Seg<'_>,
+    attachment: Value,
+    position: usize,
+) {
     let opts = ctx.opts;
     let (patient, encounter) = refs(subject);
-    let key = format!("{}|OBX-ED|{}|{}", subject.key, position, obx.f(3).c(1).text());
-    let resource = json!({
-        "status": "current",
-        "type": cwe(obx.f(3).first(), "", opts),
-        "subject": patient,
-        "content": [{"attachment": attachment}],
-        "context": {"encounter": [encounter]},
-    });
+    let key = format!(
+        "{}|OBX-ED|{}|{}",
+        subject.key,
+        position,
+        obx.f(3).c(1).text()
+    );
+    let resource = obj!{
+        "status" => "current",
+        "type" => cwe(obx.f(3).first(), "", opts),
+        "subject" => patient,
+        "content" => arr![obj!{"attachment" => attachment}],
+        "context" => obj!{"encounter" => arr![encounter]},
+    };
     ctx.add("DocumentReference", &key, None, resource);
 }
 
@@ -502,7 +636,9 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         report: &mut Option<Report<'m>>,
         spm: &Option<Ref>,
     ) -> Result<(), ConvertError> {
-        let Some(p) = pending.take() else { return Ok(()) };
+        let Some(p) = pending.take() else {
+            return Ok(());
+        };
         let group = match report.as_ref() {
             Some(r) => ObsContext {
                 group_key: r.key.clone(),
@@ -510,7 +646,12 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 specimen: spm.clone(),
                 part_of: None,
             },
-            None => ObsContext { group_key: subject.key.clone(), default_time: None, specimen: None, part_of: None },
+            None => ObsContext {
+                group_key: subject.key.clone(),
+                default_time: None,
+                specimen: None,
+                part_of: None,
+            },
         };
         match observation(ctx, subject, &p.obx, &p.notes, &group, p.position)? {
             ObxOut::Observation(r) => {
@@ -541,13 +682,26 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 spm = None;
                 obr_count += 1;
                 let (placer, filler) = order_identifiers(orc.as_ref(), Some(seg), ctx.opts);
-                let identifier = if filler.is_null() { placer.clone() } else { filler };
+                let identifier = if filler.is_null() {
+                    placer.clone()
+                } else {
+                    filler
+                };
                 let key = if identifier.is_null() {
-                    format!("{}|OBR|{}|{}", subject.key, seg.f(4).c(1).text(), seg.f(7).text())
+                    format!(
+                        "{}|OBR|{}|{}",
+                        subject.key,
+                        seg.f(4).c(1).text(),
+                        seg.f(7).text()
+                    )
                 } else {
                     key_of(&identifier)
                 };
-                let placer = if key_of(&placer) == key_of(&identifier) { Value::Null } else { placer };
+                let placer = if key_of(&placer) == key_of(&identifier) {
+                    Value::Null
+                } else {
+                    placer
+                };
                 report = Some(Report {
                     orc: orc.take(),
                     obr: *seg,
@@ -564,7 +718,11 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
             "OBX" => {
                 flush(ctx, subject, &mut pending, &mut report, &spm)?;
                 obx_count += 1;
-                pending = Some(Pending { obx: *seg, notes: Vec::new(), position: obx_count });
+                pending = Some(Pending {
+                    obx: *seg,
+                    notes: Vec::new(),
+                    position: obx_count,
+                });
             }
             "NTE" => match (pending.as_mut(), report.as_mut()) {
                 (Some(p), _) => p.notes.push(nte_text(seg)),
@@ -588,7 +746,9 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         finish_report(ctx, subject, r);
     }
     if obr_count == 0 && obx_count == 0 {
-        return Err(ConvertError::Missing { path: "OBR segment (ORU^R01 has no result)".into() });
+        return Err(ConvertError::Missing {
+            path: "OBR segment (ORU^R01 has no result)".into(),
+        });
     }
     Ok(())
 }
@@ -635,10 +795,22 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
     let mut obx_count = 0;
     for seg in &msg.segments {
         match seg.name {
-            "ORC" => orders.push(Order { orc: Some(*seg), obr: None, tq1: None, notes: Vec::new(), obx: Vec::new() }),
+            "ORC" => orders.push(Order {
+                orc: Some(*seg),
+                obr: None,
+                tq1: None,
+                notes: Vec::new(),
+                obx: Vec::new(),
+            }),
             "OBR" | "RQD" | "RXO" => match orders.last_mut() {
                 Some(o) if o.obr.is_none() => o.obr = Some(*seg),
-                _ => orders.push(Order { orc: None, obr: Some(*seg), tq1: None, notes: Vec::new(), obx: Vec::new() }),
+                _ => orders.push(Order {
+                    orc: None,
+                    obr: Some(*seg),
+                    tq1: None,
+                    notes: Vec::new(),
+                    obx: Vec::new(),
+                }),
             },
             "TQ1" => {
                 if let Some(o) = orders.last_mut() {
@@ -662,21 +834,47 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         }
     }
     if orders.is_empty() {
-        return Err(ConvertError::Missing { path: "ORC or OBR segment".into() });
+        return Err(ConvertError::Missing {
+            path: "ORC or OBR segment".into(),
+        });
     }
     for (n, order) in orders.iter().enumerate() {
         let opts = ctx.opts;
         let (placer, filler) = order_identifiers(order.orc.as_ref(), order.obr.as_ref(), opts);
-        let identity = if !filler.is_null() { filler.clone() } else { placer.clone() };
-        let key = if identity.is_null() { format!("{}|ORDER|{n}", subject.key) } else { key_of(&identity) };
+        let identity = if !filler.is_null() {
+            filler.clone()
+        } else {
+            placer.clone()
+        };
+        let key = if identity.is_null() {
+            format!("{}|ORDER|{n}", subject.key)
+        } else {
+            key_of(&identity)
+        };
         let obr = order.obr.as_ref();
-        let code = obr.map(|o| cwe(o.f(4).first(), "", opts)).unwrap_or(Value::Null);
-        let code = if code.is_null() { json!({"text": "unknown"}) } else { code };
-        let requester = match order.orc.as_ref().map(|o| o.f(12)).filter(|f| !f.is_empty()) {
+        let code = obr
+            .map(|o| cwe(o.f(4).first(), "", opts))
+            .unwrap_or(Value::Null);
+        let code = if code.is_null() {
+            obj!{"text" => "unknown"}
+        } else {
+            code
+        };
+        let requester = match order
+            .orc
+            .as_ref()
+            .map(|o| o.f(12))
+            .filter(|f| !f.is_empty())
+        {
             Some(f) => practitioner(ctx, f.first()),
             None => obr.and_then(|o| practitioner(ctx, o.f(16).first())),
         };
-        let group = ObsContext { group_key: key.clone(), default_time: None, specimen: None, part_of: None };
+        let group = ObsContext {
+            group_key: key.clone(),
+            default_time: None,
+            specimen: None,
+            part_of: None,
+        };
         let mut supporting = Vec::new();
         for (obx, pos) in &order.obx {
             if let ObxOut::Observation(r) = observation(ctx, subject, obx, &[], &group, *pos)? {
@@ -690,21 +888,21 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
             .map(|t| t.f(9).c(1).text().into_owned())
             .or_else(|| order.orc.as_ref().map(|o| o.f(7).c(6).text().into_owned()))
             .unwrap_or_default();
-        let resource = json!({
-            "identifier": [placer, filler],
-            "status": order_status(order.orc.as_ref()),
-            "intent": "order",
-            "priority": priority(&prio),
-            "code": code,
-            "subject": patient,
-            "encounter": encounter,
-            "occurrenceDateTime": tq1.map(|t| date_time(&t.f(7).text(), opts)).unwrap_or(Value::Null),
-            "authoredOn": order.orc.as_ref().map(|o| date_time(&o.f(9).text(), opts)).unwrap_or(Value::Null),
-            "requester": requester.map(|r| r.reference()),
-            "reasonCode": obr.map(|o| o.f(31).reps().map(|r| cwe(r, "", opts)).collect::<Vec<_>>()),
-            "supportingInfo": supporting,
-            "note": order.notes.iter().map(|t| json!({"text": t})).collect::<Vec<_>>(),
-        });
+        let resource = obj!{
+            "identifier" => arr![placer, filler],
+            "status" => order_status(order.orc.as_ref()),
+            "intent" => "order",
+            "priority" => priority(&prio),
+            "code" => code,
+            "subject" => patient,
+            "encounter" => encounter,
+            "occurrenceDateTime" => tq1.map(|t| date_time(&t.f(7).text(), opts)).unwrap_or(Value::Null),
+            "authoredOn" => order.orc.as_ref().map(|o| date_time(&o.f(9).text(), opts)).unwrap_or(Value::Null),
+            "requester" => requester.map(|r| r.reference()),
+            "reasonCode" => obr.map(|o| o.f(31).reps().map(|r| cwe(r, "", opts)).collect::<Vec<_>>()),
+            "supportingInfo" => supporting,
+            "note" => order.notes.iter().map(|t| obj!{"text" => t.as_str()}).collect::<Vec<_>>(),
+        };
         let conditional = identity.get("system").is_some().then_some(&identity);
         ctx.add("ServiceRequest", &key, conditional, resource);
     }
@@ -714,8 +912,15 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
 /// MDM^T02/T06: a DocumentReference from TXA, the document from the OBXs
 /// (text lines joined, or an ED's data). T06 (addendum) relates to the
 /// parent document (TXA-13).
-pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
-    let txa = msg.seg("TXA").ok_or_else(|| ConvertError::Missing { path: "TXA segment".into() })?;
+pub(crate) fn mdm(
+    ctx: &mut Ctx<'_>,
+    msg: &Msg<'_>,
+    subject: &Subject,
+    event: &str,
+) -> Result<(), ConvertError> {
+    let txa = msg.seg("TXA").ok_or_else(|| ConvertError::Missing {
+        path: "TXA segment".into(),
+    })?;
     let opts = ctx.opts;
     let mut text_lines: Vec<String> = Vec::new();
     let mut attachments: Vec<Value> = Vec::new();
@@ -732,7 +937,9 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
                     attachments.push(a);
                 }
             }
-            "TX" | "FT" | "ST" | "" => text_lines.extend(obx.f(5).reps().map(|r| r.whole().into_owned())),
+            "TX" | "FT" | "ST" | "" => {
+                text_lines.extend(obx.f(5).reps().map(|r| r.whole().into_owned()))
+            }
             // Other types (HD, CE ...) describe the document, not its content.
             _ => {}
         }
@@ -745,14 +952,16 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
         };
         attachments.insert(
             0,
-            json!({
-                "contentType": content_type,
-                "data": base64::engine::general_purpose::STANDARD.encode(text_lines.join("\n")),
-            }),
+            obj!{
+                "contentType" => content_type,
+                "data" => base64::engine::general_purpose::STANDARD.encode(text_lines.join("\n")),
+            },
         );
     }
     if attachments.is_empty() {
-        return Err(ConvertError::Missing { path: "OBX-5 (the document content of the MDM message)".into() });
+        return Err(ConvertError::Missing {
+            path: "OBX-5 (the document content of the MDM message)".into(),
+        });
     }
     let mut authors: Vec<Value> = Vec::new();
     for f in [5, 9] {
@@ -777,45 +986,61 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
     };
     let parent = ei(txa.f(13).first(), "", opts);
     let relates = if event == "T06" && !parent.is_null() {
-        json!([{"code": "appends", "target": {"identifier": parent}}])
+        arr![obj!{"code" => "appends", "target" => obj!{"identifier" => parent}}]
     } else {
         Value::Null
     };
     let (patient, encounter) = refs(subject);
     let key = if master.is_null() {
-        format!("{}|TXA|{}|{}", subject.key, txa.f(2).c(1).text(), txa.f(6).text())
+        format!(
+            "{}|TXA|{}|{}",
+            subject.key,
+            txa.f(2).c(1).text(),
+            txa.f(6).text()
+        )
     } else {
         key_of(&master)
     };
     let created_for_attachment = created.clone();
-    let resource = json!({
-        "masterIdentifier": master.clone(),
-        "identifier": [ei(txa.f(16).first(), "", opts)],
-        "status": status,
-        "docStatus": doc_status,
-        "type": cwe(txa.f(2).first(), "0270", opts),
-        "subject": patient,
-        "date": instant(&txa.f(4).text(), opts),
-        "author": authors,
-        "authenticator": authenticator.map(|a| a.reference()),
-        "relatesTo": relates,
-        "description": txa.f(25).text(),
-        "content": attachments.into_iter().map(|mut a| {
+    let content: Vec<Value> = attachments
+        .into_iter()
+        .map(|mut a| {
             if let Some(o) = a.as_object_mut() {
                 o.insert("creation".into(), created_for_attachment.clone());
             }
-            json!({"attachment": a})
-        }).collect::<Vec<_>>(),
-        "context": {"encounter": [encounter], "period": {"start": created}},
-    });
+            obj! {"attachment" => a}
+        })
+        .collect();
+    let resource = obj!{
+        "masterIdentifier" => master.clone(),
+        "identifier" => arr![ei(txa.f(16).first(), "", opts)],
+        "status" => status,
+        "docStatus" => doc_status,
+        "type" => cwe(txa.f(2).first(), "0270", opts),
+        "subject" => patient,
+        "date" => instant(&txa.f(4).text(), opts),
+        "author" => authors,
+        "authenticator" => authenticator.map(|a| a.reference()),
+        "relatesTo" => relates,
+        "description" => txa.f(25).text(),
+        "content" => content,
+        "context" => obj!{"encounter" => arr![encounter], "period" => obj!{"start" => created}},
+    };
     // masterIdentifier is not searchable as `identifier`, so update by id.
     ctx.add("DocumentReference", &key, None, resource);
     Ok(())
 }
 
 /// SIU^S12-S26: an Appointment from SCH/TQ1 and the resources AIS/AIG/AIL/AIP.
-pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
-    let sch = msg.seg("SCH").ok_or_else(|| ConvertError::Missing { path: "SCH segment".into() })?;
+pub(crate) fn siu(
+    ctx: &mut Ctx<'_>,
+    msg: &Msg<'_>,
+    subject: &Subject,
+    event: &str,
+) -> Result<(), ConvertError> {
+    let sch = msg.seg("SCH").ok_or_else(|| ConvertError::Missing {
+        path: "SCH segment".into(),
+    })?;
     let opts = ctx.opts;
     let placer = ei(sch.f(1).first(), "PLAC", opts);
     let filler = ei(sch.f(2).first(), "FILL", opts);
@@ -840,32 +1065,51 @@ pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
     };
     let tq1 = msg.seg("TQ1");
     let timing = sch.f(11).first();
-    let start_raw = tq1.map(|t| t.f(7).text()).filter(|t| !t.is_empty()).unwrap_or_else(|| timing.c(4).text());
-    let end_raw = tq1.map(|t| t.f(8).text()).filter(|t| !t.is_empty()).unwrap_or_else(|| timing.c(5).text());
-    let mut participants = vec![json!({"actor": subject.patient.reference(), "status": "accepted"})];
+    let start_raw = tq1
+        .map(|t| t.f(7).text())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| timing.c(4).text());
+    let end_raw = tq1
+        .map(|t| t.f(8).text())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| timing.c(5).text());
+    let mut participants =
+        vec![obj!{"actor" => subject.patient.reference(), "status" => "accepted"}];
     for ail in msg.all("AIL") {
         if let Some(l) = location(ctx, ail.f(3).first()) {
-            participants.push(json!({"actor": l.reference(), "status": "accepted"}));
+            participants.push(obj!{"actor" => l.reference(), "status" => "accepted"});
         }
     }
     for aip in msg.all("AIP") {
         let opts = ctx.opts;
         let role = cwe(aip.f(4).first(), "0286", opts);
         if let Some(p) = practitioner(ctx, aip.f(3).first()) {
-            participants.push(json!({"type": [role], "actor": p.reference(), "status": "accepted"}));
+            participants.push(
+                obj!{"type" => arr![role], "actor" => p.reference(), "status" => "accepted"},
+            );
         }
     }
     for aig in msg.all("AIG") {
         let opts = ctx.opts;
         let res = aig.f(3).first();
-        let name = if res.c(2).is_empty() { res.c(1).text() } else { res.c(2).text() };
+        let name = if res.c(2).is_empty() {
+            res.c(1).text()
+        } else {
+            res.c(2).text()
+        };
         if !name.is_empty() {
-            participants.push(json!({"type": [cwe(aig.f(4).first(), "", opts)],
-                                     "actor": {"display": name}, "status": "accepted"}));
+            participants.push(obj!{
+                "type" => arr![cwe(aig.f(4).first(), "", opts)],
+                "actor" => obj!{"display" => name},
+                "status" => "accepted",
+            });
         }
     }
     let opts = ctx.opts;
-    let services: Vec<Value> = msg.all("AIS").map(|a| cwe(a.f(3).first(), "", opts)).collect();
+    let services: Vec<Value> = msg
+        .all("AIS")
+        .map(|a| cwe(a.f(3).first(), "", opts))
+        .collect();
     let notes: Vec<String> = {
         // NTEs directly after SCH/TQ1 are the appointment's comment.
         let mut out = Vec::new();
@@ -886,21 +1130,29 @@ pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
         "s" | "sec" => duration.map(|d| d.div_ceil(60)),
         _ => None,
     };
-    let identity = if filler.is_null() { placer.clone() } else { filler.clone() };
-    let key = if identity.is_null() { format!("{}|SCH|{}", subject.key, start_raw) } else { key_of(&identity) };
-    let resource = json!({
-        "identifier": [placer, filler],
-        "status": status,
-        "serviceType": services,
-        "appointmentType": cwe(sch.f(8).first(), "0276", opts),
-        "reasonCode": [cwe(sch.f(7).first(), "", opts)],
-        "description": sch.f(6).c(2).text(),
-        "start": instant(&start_raw, opts),
-        "end": instant(&end_raw, opts),
-        "minutesDuration": duration_min,
-        "comment": notes.join("\n"),
-        "participant": participants,
-    });
+    let identity = if filler.is_null() {
+        placer.clone()
+    } else {
+        filler.clone()
+    };
+    let key = if identity.is_null() {
+        format!("{}|SCH|{}", subject.key, start_raw)
+    } else {
+        key_of(&identity)
+    };
+    let resource = obj!{
+        "identifier" => arr![placer, filler],
+        "status" => status,
+        "serviceType" => services,
+        "appointmentType" => cwe(sch.f(8).first(), "0276", opts),
+        "reasonCode" => arr![cwe(sch.f(7).first(), "", opts)],
+        "description" => sch.f(6).c(2).text(),
+        "start" => instant(&start_raw, opts),
+        "end" => instant(&end_raw, opts),
+        "minutesDuration" => duration_min,
+        "comment" => notes.join("\n"),
+        "participant" => participants,
+    };
     let conditional = identity.get("system").is_some().then_some(&identity);
     ctx.add("Appointment", &key, conditional, resource);
     Ok(())
@@ -950,7 +1202,9 @@ pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         i += 1;
     }
     if !found {
-        return Err(ConvertError::Missing { path: "RXA segment".into() });
+        return Err(ConvertError::Missing {
+            path: "RXA segment".into(),
+        });
     }
     Ok(())
 }
@@ -965,11 +1219,15 @@ fn immunization(
     let opts = ctx.opts;
     let vaccine = cwe(rxa.f(5).first(), "", opts);
     if vaccine.is_null() {
-        return Err(ConvertError::Missing { path: "RXA-5 (administered code)".into() });
+        return Err(ConvertError::Missing {
+            path: "RXA-5 (administered code)".into(),
+        });
     }
     let when = date_time(&rxa.f(3).text(), opts);
     if when.is_null() {
-        return Err(ConvertError::Missing { path: "RXA-3 (date/time start of administration)".into() });
+        return Err(ConvertError::Missing {
+            path: "RXA-3 (date/time start of administration)".into(),
+        });
     }
     let status = match rxa.f(20).text().as_ref() {
         "RE" | "NA" => "not-done",
@@ -988,60 +1246,81 @@ fn immunization(
         "" => Value::Null,
         _ => Value::Bool(false),
     };
-    let report_origin = if primary == Value::Bool(false) { cwe(info_source, "", opts) } else { Value::Null };
+    let report_origin = if primary == Value::Bool(false) {
+        cwe(info_source, "", opts)
+    } else {
+        Value::Null
+    };
     let manufacturer = {
         let m = rxa.f(17).first();
         let code = m.c(1).text();
         if code.is_empty() {
             None
         } else {
-            let sys = if m.c(3).is_empty() { None } else { terminology::system_uri(&m.c(3).text()) };
-            let identifier = json!({"system": sys, "value": code});
+            let sys = if m.c(3).is_empty() {
+                None
+            } else {
+                terminology::system_uri(&m.c(3).text())
+            };
+            let identifier = obj!{"system" => sys, "value" => code};
             let key = key_of(&identifier);
-            let resource = json!({"identifier": [identifier.clone()], "active": true, "name": m.c(2).text()});
+            let resource = obj!{"identifier" => arr![identifier.clone()], "active" => true, "name" => m.c(2).text()};
             Some(ctx.add("Organization", &key, Some(&identifier), resource))
         }
     };
     let mut performers = Vec::new();
     for (field, function) in [(10, "AP"), (12, "OP")] {
-        let node = if field == 12 { orc.map(|o| o.f(12)) } else { Some(rxa.f(10)) };
+        let node = if field == 12 {
+            orc.map(|o| o.f(12))
+        } else {
+            Some(rxa.f(10))
+        };
         if let Some(node) = node
             && let Some(p) = practitioner(ctx, node.first())
         {
-            performers.push(json!({
-                "function": {"coding": [{"system": terminology::v2_table("0443"), "code": function}]},
-                "actor": p.reference(),
-            }));
+            performers.push(obj!{
+                "function" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0443"), "code" => function}]},
+                "actor" => p.reference(),
+            });
         }
     }
     let opts = ctx.opts;
     let (placer, filler) = order_identifiers(orc, None, opts);
-    let identity = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let identity = if filler.is_null() {
+        placer.clone()
+    } else {
+        filler.clone()
+    };
     let key = if identity.is_null() {
-        format!("{}|RXA|{}|{}", subject.key, rxa.f(5).c(1).text(), rxa.f(3).text())
+        format!(
+            "{}|RXA|{}|{}",
+            subject.key,
+            rxa.f(5).c(1).text(),
+            rxa.f(3).text()
+        )
     } else {
         key_of(&identity)
     };
     let (patient, encounter) = refs(subject);
-    let resource = json!({
-        "identifier": [placer, filler],
-        "status": status,
-        "statusReason": cwe(rxa.f(18).first(), "", opts),
-        "vaccineCode": vaccine,
-        "patient": patient,
-        "encounter": encounter,
-        "occurrenceDateTime": when,
-        "recorded": date_time(&rxa.f(22).text(), opts),
-        "primarySource": primary,
-        "reportOrigin": report_origin,
-        "manufacturer": manufacturer.map(|m| m.reference()),
-        "lotNumber": rxa.f(15).text(),
-        "expirationDate": date(&rxa.f(16).text()),
-        "site": rxr.map(|r| cwe(r.f(2).first(), "0163", opts)),
-        "route": rxr.map(|r| cwe(r.f(1).first(), "0162", opts)),
-        "doseQuantity": dose,
-        "performer": performers,
-    });
+    let resource = obj!{
+        "identifier" => arr![placer, filler],
+        "status" => status,
+        "statusReason" => cwe(rxa.f(18).first(), "", opts),
+        "vaccineCode" => vaccine,
+        "patient" => patient,
+        "encounter" => encounter,
+        "occurrenceDateTime" => when,
+        "recorded" => date_time(&rxa.f(22).text(), opts),
+        "primarySource" => primary,
+        "reportOrigin" => report_origin,
+        "manufacturer" => manufacturer.map(|m| m.reference()),
+        "lotNumber" => rxa.f(15).text(),
+        "expirationDate" => date(&rxa.f(16).text()),
+        "site" => rxr.map(|r| cwe(r.f(2).first(), "0163", opts)),
+        "route" => rxr.map(|r| cwe(r.f(1).first(), "0162", opts)),
+        "doseQuantity" => dose,
+        "performer" => performers,
+    };
     let conditional = identity.get("system").is_some().then_some(&identity);
     Ok(ctx.add("Immunization", &key, conditional, resource))
 }

@@ -7,6 +7,57 @@
 //! The output is deterministic: no clock, no randomness; ids are hashes of
 //! identifying fields (see [`bundle`]).
 
+/// Builds a JSON object from `"key" => value` pairs, moving each value in
+/// (`Value::from`) and leaving out empty ones (null, "", [], {}): FHIR
+/// forbids empty elements, and serde_json's `json!` would deep-copy every
+/// interpolated `Value` through its serializer, which dominated the cost of a
+/// conversion.
+macro_rules! obj {
+    (@count) => { 0usize };
+    (@count $head:literal $($tail:literal)*) => { 1usize + obj!(@count $($tail)*) };
+    ($($key:literal => $value:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut map = serde_json::Map::with_capacity(obj!(@count $($key)*));
+        $( $crate::v2::put(&mut map, $key, serde_json::Value::from($value)); )*
+        serde_json::Value::Object(map)
+    }};
+}
+
+/// Builds a JSON array, leaving out empty values (as [`obj!`]).
+macro_rules! arr {
+    ($($value:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut items: Vec<serde_json::Value> = Vec::new();
+        $( $crate::v2::push(&mut items, serde_json::Value::from($value)); )*
+        serde_json::Value::Array(items)
+    }};
+}
+
+/// Whether a value is empty in the FHIR sense (and so left out).
+pub(crate) fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// Inserts unless empty.
+pub(crate) fn put(map: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+    if !is_empty(&value) {
+        map.insert(key.to_string(), value);
+    }
+}
+
+/// Pushes unless empty.
+pub(crate) fn push(items: &mut Vec<Value>, value: Value) {
+    if !is_empty(&value) {
+        items.push(value);
+    }
+}
+
 pub(crate) mod bundle;
 mod clinical;
 pub(crate) mod datatypes;

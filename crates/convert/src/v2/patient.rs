@@ -2,11 +2,12 @@
 //! XCN/XON/PL participants, AL1, DG1, IN1: the segments of ADT messages,
 //! which the other message types reuse for their patient and visit.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::bundle::{Ctx, Ref};
 use super::datatypes::{
-    authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn, xon, xpn, xtn,
+    authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn,
+    xon, xpn, xtn,
 };
 use super::view::{Node, Seg};
 use crate::error::ConvertError;
@@ -29,8 +30,14 @@ fn non_null(items: impl IntoIterator<Item = Value>) -> Vec<Value> {
 fn id_key(identifier: &Value) -> String {
     format!(
         "{}|{}",
-        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
-        identifier.get("value").and_then(Value::as_str).unwrap_or("")
+        identifier
+            .get("system")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+        identifier
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     )
 }
 
@@ -43,7 +50,11 @@ fn primary_identifier(ids: &[Value]) -> Option<&Value> {
 }
 
 /// Patient from PID (+ PD1); `merge_from` links a replaced patient (A40).
-pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -> Result<Subject, ConvertError> {
+pub(crate) fn patient(
+    ctx: &mut Ctx<'_>,
+    pid: &Seg<'_>,
+    pd1: Option<&Seg<'_>>,
+) -> Result<Subject, ConvertError> {
     let opts = ctx.opts;
     let mut identifiers: Vec<Value> = non_null(pid.f(3).reps().map(|r| cx(r, opts)));
     // PID-2 (external id) and PID-4 (alternate id) are deprecated but common.
@@ -51,39 +62,51 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
     identifiers.extend(non_null(pid.f(4).reps().map(|r| cx(r, opts))));
     let ssn = pid.f(19).text();
     if !ssn.is_empty() {
-        identifiers.push(json!({
-            "type": {"coding": [{"system": terminology::v2_table("0203"), "code": "SS"}]},
-            "system": "http://hl7.org/fhir/sid/us-ssn",
-            "value": ssn,
-        }));
+        identifiers.push(obj!{
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "SS"}]},
+            "system" => "http://hl7.org/fhir/sid/us-ssn",
+            "value" => ssn,
+        });
     }
     let dl = pid.f(20);
     if !dl.c(1).is_empty() {
-        identifiers.push(json!({
-            "type": {"coding": [{"system": terminology::v2_table("0203"), "code": "DL"}]},
-            "system": authority_system(&dl.c(2).text(), "", "", opts),
-            "value": dl.c(1).text(),
-            "period": {"end": date(&dl.c(3).text())},
-        }));
+        identifiers.push(obj!{
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "DL"}]},
+            "system" => authority_system(&dl.c(2).text(), "", "", opts),
+            "value" => dl.c(1).text(),
+            "period" => obj!{"end" => date(&dl.c(3).text())},
+        });
     }
     let names = non_null(pid.f(5).reps().map(xpn));
     let birth = pid.f(7).text();
     let birth_date = date(&birth);
     if identifiers.is_empty() && names.is_empty() {
-        return Err(ConvertError::Missing { path: "PID-3 (patient identifier) or PID-5 (name)".into() });
+        return Err(ConvertError::Missing {
+            path: "PID-3 (patient identifier) or PID-5 (name)".into(),
+        });
     }
     let primary = primary_identifier(&identifiers).cloned();
     let key = match &primary {
         Some(id) => id_key(id),
         // No identifier at all: name and birth date are the best identity
         // available (and no conditional update is possible).
-        None => format!("{}|{}", names.first().map(Value::to_string).unwrap_or_default(), birth),
+        None => format!(
+            "{}|{}",
+            pid.f(5).first().whole(),
+            birth
+        ),
     };
     let birth_time = match date_time(&birth, opts) {
-        Value::String(t) if t.len() > 10 => json!({"extension": [{
-            "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
-            "valueDateTime": t,
-        }]}),
+        Value::String(t) if t.len() > 10 => {
+            obj!{
+                "extension" => arr![
+                    obj!{
+                        "url" => "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                        "valueDateTime" => t,
+                    },
+                ],
+            }
+        }
         _ => Value::Null,
     };
     let mut telecom = non_null(pid.f(13).reps().map(|r| xtn(r, "home")));
@@ -107,22 +130,22 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
         .or_else(|| terminology::gender(&gender_code).map(str::to_string));
     let language = cwe(pid.f(15).first(), "0296", opts);
 
-    let resource = json!({
-        "identifier": identifiers,
-        "active": true,
-        "name": names,
-        "telecom": telecom,
-        "gender": gender,
-        "birthDate": birth_date,
-        "_birthDate": birth_time,
-        "deceasedDateTime": deceased_time,
-        "deceasedBoolean": if deceased_time.is_null() { deceased_flag } else { Value::Null },
-        "address": non_null(pid.f(11).reps().map(xad)),
-        "maritalStatus": cwe(pid.f(16).first(), "0002", opts),
-        "multipleBirthInteger": birth_order,
-        "multipleBirthBoolean": if birth_order.is_none() { multiple } else { Value::Null },
-        "communication": if language.is_null() { Value::Null } else { json!([{"language": language, "preferred": true}]) },
-    });
+    let resource = obj!{
+        "identifier" => identifiers,
+        "active" => true,
+        "name" => names,
+        "telecom" => telecom,
+        "gender" => gender,
+        "birthDate" => birth_date,
+        "_birthDate" => birth_time,
+        "deceasedBoolean" => if deceased_time.is_null() { deceased_flag } else { Value::Null },
+        "deceasedDateTime" => deceased_time,
+        "address" => non_null(pid.f(11).reps().map(xad)),
+        "maritalStatus" => cwe(pid.f(16).first(), "0002", opts),
+        "multipleBirthInteger" => birth_order,
+        "multipleBirthBoolean" => if birth_order.is_none() { multiple } else { Value::Null },
+        "communication" => if language.is_null() { Value::Null } else { arr![obj!{"language" => language, "preferred" => true}] },
+    };
     // The Patient goes first in the Bundle (readers expect it there); its
     // general practitioners (PD1) are added after it and linked back.
     let patient = ctx.add("Patient", &key, primary.as_ref(), resource);
@@ -144,31 +167,44 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
     {
         p.insert("generalPractitioner".into(), Value::Array(general));
     }
-    Ok(Subject { patient, key, encounter: None })
+    Ok(Subject {
+        patient,
+        key,
+        encounter: None,
+    })
 }
 
 /// A40: the surviving patient (`subject`) replaces the one named in MRG-1.
-pub(crate) fn merge(ctx: &mut Ctx<'_>, subject: &Subject, mrg: &Seg<'_>) -> Result<(), ConvertError> {
+pub(crate) fn merge(
+    ctx: &mut Ctx<'_>,
+    subject: &Subject,
+    mrg: &Seg<'_>,
+) -> Result<(), ConvertError> {
     let opts = ctx.opts;
     let old_ids = non_null(mrg.f(1).reps().map(|r| cx(r, opts)));
     let Some(old_primary) = primary_identifier(&old_ids).cloned() else {
-        return Err(ConvertError::Missing { path: "MRG-1 (prior patient identifier)".into() });
+        return Err(ConvertError::Missing {
+            path: "MRG-1 (prior patient identifier)".into(),
+        });
     };
     let old = ctx.add(
         "Patient",
         &id_key(&old_primary),
         Some(&old_primary),
-        json!({
-            "identifier": old_ids,
-            "active": false,
-            "name": non_null(mrg.f(7).reps().map(xpn)),
-            "link": [{"other": subject.patient.reference(), "type": "replaced-by"}],
-        }),
+        obj!{
+            "identifier" => old_ids,
+            "active" => false,
+            "name" => non_null(mrg.f(7).reps().map(xpn)),
+            "link" => arr![obj!{"other" => subject.patient.reference(), "type" => "replaced-by"}],
+        },
     );
     if let Some(survivor) = ctx.resource_mut(&subject.patient)
         && let Some(obj) = survivor.as_object_mut()
     {
-        obj.insert("link".into(), json!([{"other": old.reference(), "type": "replaces"}]));
+        obj.insert(
+            "link".into(),
+            arr![obj!{"other" => old.reference(), "type" => "replaces"}],
+        );
     }
     Ok(())
 }
@@ -179,9 +215,14 @@ pub(crate) fn practitioner(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     if identifier.is_null() && name.is_null() {
         return None;
     }
-    let key = if identifier.is_null() { name.to_string() } else { id_key(&identifier) };
+    // Without an identifier the name as written is the identity.
+    let key = if identifier.is_null() {
+        n.whole().into_owned()
+    } else {
+        id_key(&identifier)
+    };
     let conditional = (!identifier.is_null()).then_some(&identifier);
-    let resource = json!({"identifier": [identifier.clone()], "name": [name]});
+    let resource = obj!{"identifier" => arr![identifier.clone()], "name" => arr![name]};
     Some(ctx.add("Practitioner", &key, conditional, resource))
 }
 
@@ -191,22 +232,27 @@ pub(crate) fn organization(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     if identifier.is_null() && name.is_null() {
         return None;
     }
-    let key = if identifier.is_null() { name.to_string() } else { id_key(&identifier) };
+    let key = if identifier.is_null() {
+        n.whole().into_owned()
+    } else {
+        id_key(&identifier)
+    };
     let conditional = (!identifier.is_null()).then_some(&identifier);
-    let resource = json!({"identifier": [identifier.clone()], "active": true, "name": name});
+    let resource =
+        obj!{"identifier" => arr![identifier.clone()], "active" => true, "name" => name};
     Some(ctx.add("Organization", &key, conditional, resource))
 }
 
 /// Location from a PL (None when empty).
 pub(crate) fn location(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     let name = pl_name(n)?;
-    let resource = json!({
-        "status": "active",
-        "name": name,
-        "description": n.c(9).text(),
-        "mode": "instance",
-        "physicalType": pl_physical_type(n),
-    });
+    let resource = obj!{
+        "status" => "active",
+        "name" => name.as_str(),
+        "description" => n.c(9).text(),
+        "mode" => "instance",
+        "physicalType" => pl_physical_type(n),
+    };
     Some(ctx.add("Location", &name, None, resource))
 }
 
@@ -214,11 +260,20 @@ fn participant(ctx: &mut Ctx<'_>, code: &str, display: &str, n: Node<'_>) -> Vec
     n.reps()
         .filter_map(|r| practitioner(ctx, r))
         .map(|p| {
-            json!({
-                "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                      "code": code, "display": display}]}],
-                "individual": p.reference(),
-            })
+            obj!{
+                "type" => arr![
+                    obj!{
+                        "coding" => arr![
+                            obj!{
+                                "system" => "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                "code" => code,
+                                "display" => display,
+                            },
+                        ],
+                    },
+                ],
+                "individual" => p.reference(),
+            }
         })
         .collect()
 }
@@ -257,10 +312,10 @@ pub(crate) fn encounter(
         return;
     }
     let class = match ctx.opts.table("0004", &class_code) {
-        Some(code) => json!({"system": terminology::ACT_CODE_SYSTEM, "code": code}),
+        Some(code) => obj!{"system" => terminology::ACT_CODE_SYSTEM, "code" => code},
         None => {
             let (code, display) = terminology::encounter_class(&class_code);
-            json!({"system": terminology::ACT_CODE_SYSTEM, "code": code, "display": display})
+            obj!{"system" => terminology::ACT_CODE_SYSTEM, "code" => code, "display" => display}
         }
     };
     let mut participants = participant(ctx, "ATND", "attender", pv1.f(7));
@@ -270,32 +325,33 @@ pub(crate) fn encounter(
     let mut locations = Vec::new();
     for (field, status) in [(3, "active"), (6, "completed"), (11, "active")] {
         if let Some(loc) = location(ctx, pv1.f(field).first()) {
-            locations.push(json!({"location": loc.reference(), "status": status}));
+            locations.push(obj!{"location" => loc.reference(), "status" => status});
         }
     }
     let opts = ctx.opts;
-    let reason = pv2.map(|p| cwe(p.f(3).first(), "", opts)).unwrap_or(Value::Null);
+    let reason = pv2
+        .map(|p| cwe(p.f(3).first(), "", opts))
+        .unwrap_or(Value::Null);
     let discharge = cwe(pv1.f(36).first(), "0112", opts);
-    let resource = json!({
-        "identifier": [visit.clone()],
-        "status": opts.table("ENCOUNTER", event).map(str::to_string)
-            .unwrap_or_else(|| encounter_status(event, pv1).to_string()),
-        "class": class,
-        "type": [cwe(pv1.f(4).first(), "0007", opts), cwe(pv1.f(18).first(), "0018", opts)],
-        "serviceType": cwe(pv1.f(10).first(), "0069", opts),
-        "subject": subject.patient.reference(),
-        "participant": participants,
-        "period": {"start": date_time(&pv1.f(44).text(), opts), "end": date_time(&pv1.f(45).text(), opts)},
-        "reasonCode": [reason],
-        "hospitalization": {
-            "preAdmissionIdentifier": cx(pv1.f(5).first(), opts),
-            "admitSource": cwe(pv1.f(14).first(), "0023", opts),
-            "reAdmission": cwe(pv1.f(13).first(), "0092", opts),
-            "dietPreference": [cwe(pv1.f(38).first(), "0114", opts)],
-            "dischargeDisposition": discharge,
+    let resource = obj!{
+        "identifier" => arr![visit.clone()],
+        "status" => opts.table("ENCOUNTER", event).map(str::to_string) .unwrap_or_else(|| encounter_status(event, pv1).to_string()),
+        "class" => class,
+        "type" => arr![cwe(pv1.f(4).first(), "0007", opts), cwe(pv1.f(18).first(), "0018", opts)],
+        "serviceType" => cwe(pv1.f(10).first(), "0069", opts),
+        "subject" => subject.patient.reference(),
+        "participant" => participants,
+        "period" => obj!{"start" => date_time(&pv1.f(44).text(), opts), "end" => date_time(&pv1.f(45).text(), opts)},
+        "reasonCode" => arr![reason],
+        "hospitalization" => obj!{
+            "preAdmissionIdentifier" => cx(pv1.f(5).first(), opts),
+            "admitSource" => cwe(pv1.f(14).first(), "0023", opts),
+            "reAdmission" => cwe(pv1.f(13).first(), "0092", opts),
+            "dietPreference" => arr![cwe(pv1.f(38).first(), "0114", opts)],
+            "dischargeDisposition" => discharge,
         },
-        "location": locations,
-    });
+        "location" => locations,
+    };
     let key = if visit.is_null() {
         // No visit number: the visit is identified by patient, class and start.
         format!("{}|{}|{}", subject.key, class_code, pv1.f(44).text())
@@ -307,7 +363,14 @@ pub(crate) fn encounter(
 }
 
 fn subject_refs(subject: &Subject) -> (Value, Value) {
-    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
+    (
+        subject.patient.reference(),
+        subject
+            .encounter
+            .as_ref()
+            .map(Ref::reference)
+            .unwrap_or(Value::Null),
+    )
 }
 
 /// RelatedPerson from NK1.
@@ -319,19 +382,24 @@ pub(crate) fn related_person(ctx: &mut Ctx<'_>, subject: &Subject, nk1: &Seg<'_>
     }
     let mut telecom: Vec<Value> = nk1.f(5).reps().map(|r| xtn(r, "home")).collect();
     telecom.extend(nk1.f(6).reps().map(|r| xtn(r, "work")));
-    let key = format!("{}|NK1|{}|{}", subject.key, nk1.f(1).text(), nk1.f(2).first().c(1).text());
-    let resource = json!({
-        "identifier": non_null(nk1.f(33).reps().map(|r| cx(r, opts))),
-        "active": true,
-        "patient": subject.patient.reference(),
-        "relationship": [cwe(nk1.f(3).first(), "0063", opts), cwe(nk1.f(7).first(), "0131", opts)],
-        "name": names,
-        "telecom": telecom,
-        "gender": terminology::gender(&nk1.f(15).text()),
-        "birthDate": date(&nk1.f(16).text()),
-        "address": non_null(nk1.f(4).reps().map(xad)),
-        "period": {"start": date(&nk1.f(8).text()), "end": date(&nk1.f(9).text())},
-    });
+    let key = format!(
+        "{}|NK1|{}|{}",
+        subject.key,
+        nk1.f(1).text(),
+        nk1.f(2).first().c(1).text()
+    );
+    let resource = obj!{
+        "identifier" => non_null(nk1.f(33).reps().map(|r| cx(r, opts))),
+        "active" => true,
+        "patient" => subject.patient.reference(),
+        "relationship" => arr![cwe(nk1.f(3).first(), "0063", opts), cwe(nk1.f(7).first(), "0131", opts)],
+        "name" => names,
+        "telecom" => telecom,
+        "gender" => terminology::gender(&nk1.f(15).text()),
+        "birthDate" => date(&nk1.f(16).text()),
+        "address" => non_null(nk1.f(4).reps().map(xad)),
+        "period" => obj!{"start" => date(&nk1.f(8).text()), "end" => date(&nk1.f(9).text())},
+    };
     ctx.add("RelatedPerson", &key, None, resource);
 }
 
@@ -354,19 +422,30 @@ pub(crate) fn allergy(ctx: &mut Ctx<'_>, subject: &Subject, al1: &Seg<'_>) {
         "U" => "unable-to-assess",
         _ => "",
     };
-    let reactions: Vec<Value> = al1.f(5).reps().map(|r| text_concept(&r.whole())).filter(|v| !v.is_null()).collect();
-    let key = format!("{}|AL1|{}", subject.key, code);
-    let resource = json!({
-        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
-                                        "code": "active"}]},
-        "type": if al1.f(2).c(1).text() == "MC" { Value::Null } else { json!("allergy") },
-        "category": [category],
-        "criticality": criticality,
-        "code": code,
-        "patient": subject.patient.reference(),
-        "onsetDateTime": date_time(&al1.f(6).text(), opts),
-        "reaction": if reactions.is_empty() { Value::Null } else { json!([{"manifestation": reactions}]) },
-    });
+    let reactions: Vec<Value> = al1
+        .f(5)
+        .reps()
+        .map(|r| text_concept(&r.whole()))
+        .filter(|v| !v.is_null())
+        .collect();
+    let key = format!("{}|AL1|{}", subject.key, al1.f(3).first().whole());
+    let resource = obj!{
+        "clinicalStatus" => obj!{
+            "coding" => arr![
+                obj!{
+                    "system" => "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code" => "active",
+                },
+            ],
+        },
+        "type" => if al1.f(2).c(1).text() == "MC" { "" } else { "allergy" },
+        "category" => arr![category],
+        "criticality" => criticality,
+        "code" => code,
+        "patient" => subject.patient.reference(),
+        "onsetDateTime" => date_time(&al1.f(6).text(), opts),
+        "reaction" => if reactions.is_empty() { Value::Null } else { arr![obj!{"manifestation" => reactions}] },
+    };
     ctx.add("AllergyIntolerance", &key, None, resource);
 }
 
@@ -384,18 +463,33 @@ pub(crate) fn condition(ctx: &mut Ctx<'_>, subject: &Subject, dg1: &Seg<'_>) {
     let opts = ctx.opts;
     let (patient, encounter) = subject_refs(subject);
     let identifier = super::datatypes::ei(dg1.f(20).first(), "", opts);
-    let key = format!("{}|DG1|{}|{}", subject.key, code, dg1.f(5).text());
-    let resource = json!({
-        "identifier": [identifier],
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-category",
-                                  "code": "encounter-diagnosis", "display": "Encounter Diagnosis"}]}],
-        "code": code,
-        "subject": patient,
-        "encounter": encounter,
-        "onsetDateTime": date_time(&dg1.f(5).text(), opts),
-        "recordedDate": date_time(&dg1.f(19).text(), opts),
-        "asserter": asserter.map(|a| a.reference()),
-    });
+    let key = format!(
+        "{}|DG1|{}|{}|{}",
+        subject.key,
+        dg1.f(3).first().whole(),
+        dg1.f(4).text(),
+        dg1.f(5).text()
+    );
+    let resource = obj!{
+        "identifier" => arr![identifier],
+        "category" => arr![
+            obj!{
+                "coding" => arr![
+                    obj!{
+                        "system" => "http://terminology.hl7.org/CodeSystem/condition-category",
+                        "code" => "encounter-diagnosis",
+                        "display" => "Encounter Diagnosis",
+                    },
+                ],
+            },
+        ],
+        "code" => code,
+        "subject" => patient,
+        "encounter" => encounter,
+        "onsetDateTime" => date_time(&dg1.f(5).text(), opts),
+        "recordedDate" => date_time(&dg1.f(19).text(), opts),
+        "asserter" => asserter.map(|a| a.reference()),
+    };
     ctx.add("Condition", &key, None, resource);
 }
 
@@ -408,25 +502,32 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     if company_id.is_null() && company_name.is_empty() {
         return;
     }
-    let payor_key = if company_id.is_null() { company_name.clone() } else { id_key(&company_id) };
+    let payor_key = if company_id.is_null() {
+        company_name.clone()
+    } else {
+        id_key(&company_id)
+    };
     let payor = ctx.add(
         "Organization",
         &payor_key,
         (!company_id.is_null()).then_some(&company_id),
-        json!({
-            "identifier": [company_id.clone()],
-            "active": true,
-            "name": company_name,
-            "address": non_null(in1.f(5).reps().map(xad)),
-            "telecom": non_null(in1.f(7).reps().map(|r| xtn(r, "work"))),
-        }),
+        obj!{
+            "identifier" => arr![company_id.clone()],
+            "active" => true,
+            "name" => company_name,
+            "address" => non_null(in1.f(5).reps().map(xad)),
+            "telecom" => non_null(in1.f(7).reps().map(|r| xtn(r, "work"))),
+        },
     );
     let opts = ctx.opts;
     let policy = in1.f(36).text();
     let identifier = if policy.is_empty() {
         Value::Null
     } else {
-        json!({"type": {"coding": [{"system": terminology::v2_table("0203"), "code": "MB"}]}, "value": policy})
+        obj!{
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "MB"}]},
+            "value" => policy.as_ref(),
+        }
     };
     let relationship = match in1.f(17).c(1).text().as_ref() {
         "SEL" => "self",
@@ -437,7 +538,13 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     };
     let group = in1.f(8).text();
     let plan = in1.f(2).first();
-    let key = format!("{}|IN1|{}|{}|{}", subject.key, payor_key, in1.f(2).c(1).text(), policy);
+    let key = format!(
+        "{}|IN1|{}|{}|{}",
+        subject.key,
+        payor_key,
+        in1.f(2).c(1).text(),
+        policy
+    );
     let class: Vec<Value> = [
         ("group", group.into_owned(), in1.f(9).first().c(1).text().into_owned()),
         ("plan", plan.c(1).text().into_owned(), plan.c(2).text().into_owned()),
@@ -445,23 +552,32 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     .into_iter()
     .filter(|(_, value, _)| !value.is_empty())
     .map(|(kind, value, name)| {
-        json!({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": kind}]},
-               "value": value, "name": name})
+        obj!{
+            "type" => obj!{
+                "coding" => arr![obj!{"system" => "http://terminology.hl7.org/CodeSystem/coverage-class", "code" => kind}],
+            },
+            "value" => value,
+            "name" => name,
+        }
     })
     .collect();
-    let resource = json!({
-        "identifier": [identifier.clone()],
-        "status": "active",
-        "type": cwe(in1.f(15).first(), "0086", opts),
-        "beneficiary": subject.patient.reference(),
-        "relationship": if relationship.is_empty() { Value::Null } else {
-            json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
-                               "code": relationship}]})
-        },
-        "period": {"start": date(&in1.f(12).text()), "end": date(&in1.f(13).text())},
-        "payor": [payor.reference()],
-        "class": class,
-    });
+    let resource = obj!{
+        "identifier" => arr![identifier.clone()],
+        "status" => "active",
+        "type" => cwe(in1.f(15).first(), "0086", opts),
+        "beneficiary" => subject.patient.reference(),
+        "relationship" => if relationship.is_empty() { Value::Null } else { obj!{
+            "coding" => arr![
+                obj!{
+                    "system" => "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                    "code" => relationship,
+                },
+            ],
+        } },
+        "period" => obj!{"start" => date(&in1.f(12).text()), "end" => date(&in1.f(13).text())},
+        "payor" => arr![payor.reference()],
+        "class" => class,
+    };
     // Policy numbers are unique only per payor, and IN1-36 carries no
     // system: update by the derived id rather than search by identifier.
     ctx.add("Coverage", &key, None, resource);
