@@ -15,6 +15,28 @@
 //!   OAuth2 client credentials and SMART Backend Services).
 //! - [`sync`]: the patient synchronisation flow (search candidates, sync one
 //!   patient with chosen resource types, idempotently, with a report).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), fhir::FhirError> {
+//! use fhir::sync::{self, NoProgress, PatientQuery, SyncOptions};
+//! use fhir::{FhirClient, ServerConfig};
+//!
+//! let ehr = FhirClient::new("ehr", &ServerConfig::new("https://ehr.example.org/fhir/R4".parse().unwrap()))?;
+//! let crm = FhirClient::new("crm", &ServerConfig::new("https://crm.example.org/fhir".parse().unwrap()))?;
+//! let query = PatientQuery {
+//!     family: "Brekke496".into(),
+//!     given: Some("Aaron697".into()),
+//!     birth_date: Some("1945-12-10".into()),
+//!     ..PatientQuery::default()
+//! };
+//! let found = sync::search_patients(&ehr, &query, 20).await?;
+//! if let [patient] = found.candidates.as_slice() {
+//!     let report = sync::sync_patient(&ehr, &crm, &patient.id, &SyncOptions::default(), &NoProgress).await;
+//!     println!("{:?}: {:?}", report.status, report.totals());
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bundle;
 pub mod reference;

@@ -170,6 +170,24 @@ pub enum Rewrite {
 /// Rewrites every Reference in `resource` (contained resources and
 /// extensions included) by asking `decide` about each reference string.
 /// Returns how many were replaced or removed.
+///
+/// ```
+/// use fhir::reference::{rewrite_references, Rewrite};
+/// use serde_json::json;
+///
+/// let mut obs = json!({
+///     "resourceType": "Observation",
+///     "subject": {"reference": "Patient/1"},
+///     "extension": [{"url": "urn:x", "valueReference": {"reference": "Device/7", "display": "pump"}}]
+/// });
+/// let n = rewrite_references(&mut obs, &mut |r| match r {
+///     "Patient/1" => Rewrite::Replace("Patient/900".into()),
+///     _ => Rewrite::Remove,
+/// });
+/// assert_eq!(n, 2);
+/// assert_eq!(obs["subject"]["reference"], "Patient/900");
+/// assert_eq!(obs["extension"][0]["valueReference"], json!({"display": "pump"}));
+/// ```
 pub fn rewrite_references(resource: &mut Value, decide: &mut dyn FnMut(&str) -> Rewrite) -> usize {
     let mut changed = 0;
     rewrite(resource, decide, &mut changed);
