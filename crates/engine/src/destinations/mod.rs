@@ -106,8 +106,8 @@ impl DestinationConfig {
     /// assumes a valid configuration and reports what only I/O can find.
     pub async fn build(&self, ctx: &BuildContext) -> Result<Destination, DestinationError> {
         Ok(match self {
-            DestinationConfig::Mllp(c) => Destination::Mllp(c.build(ctx)?),
-            DestinationConfig::Http(c) => Destination::Http(c.build(ctx)?),
+            DestinationConfig::Mllp(c) => Destination::Mllp(Box::new(c.build(ctx)?)),
+            DestinationConfig::Http(c) => Destination::Http(Box::new(c.build(ctx)?)),
             DestinationConfig::File(c) => Destination::File(c.build(ctx).await?),
             DestinationConfig::Channel(c) => Destination::Channel(c.build(ctx)?),
         })
@@ -172,10 +172,10 @@ impl fmt::Debug for BuildContext {
 /// A built destination, shared by its workers.
 #[derive(Debug)]
 pub enum Destination {
-    /// See [`mllp`].
-    Mllp(MllpDestination),
+    /// See [`mllp`] (boxed, as is `Http`: they are large and built once).
+    Mllp(Box<MllpDestination>),
     /// See [`http`].
-    Http(HttpDestination),
+    Http(Box<HttpDestination>),
     /// See [`file`].
     File(FileDestination),
     /// See [`channel`].

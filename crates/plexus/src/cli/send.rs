@@ -296,7 +296,7 @@ impl Generator {
         let now = chrono::Utc::now().format("%Y%m%d%H%M%S");
         let mrn = format!("PX{p:07}");
         let name = format!("Testpatient{p}^Synthetic");
-        let sex = if p % 2 == 0 { "F" } else { "M" };
+        let sex = if p.is_multiple_of(2) { "F" } else { "M" };
         let dob = format!("{}{:02}{:02}", 1940 + p % 70, 1 + p % 12, 1 + p % 28);
         let mut m = String::with_capacity(2048);
         match self.kind {
