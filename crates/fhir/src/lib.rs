@@ -7,7 +7,7 @@
 //! promise.
 //!
 //! - [`resource`]: identity (`Type/id`), identifiers, content comparison.
-//! - [`reference`]: every Reference anywhere in a resource (extensions and
+//! - [`reference`](mod@reference): every Reference anywhere in a resource (extensions and
 //!   contained resources included), classified and rewritten.
 //! - [`bundle`]: batch and transaction Bundles, search pages, responses.
 //! - [`ServerConfig`] / [`FhirClient`]: one configured server and its REST

@@ -5,17 +5,17 @@
 //! [`search_patients`] finds the candidates; [`sync_patient`] runs one sync
 //! and returns its [`SyncReport`]. A run has four phases:
 //!
-//! 1. **Fetch** ([`collect`]): the Patient, the chosen clinical types
+//! 1. **Fetch** (`collect.rs`): the Patient, the chosen clinical types
 //!    (`Type?patient=id`, every page, or `Patient/$everything`), then every
 //!    resource they reference, transitively, level by level up to
 //!    [`SyncOptions::max_reference_depth`], each level one batch.
-//! 2. **Match** ([`plan`]): a match key per resource (business identifier
+//! 2. **Match** (`plan.rs`): a match key per resource (business identifier
 //!    or the provenance identifier `urn:plexus:source:<source>`), looked up
 //!    in the target in one batch of OR-ed identifier searches.
 //! 3. **Plan**: per resource create, update, unchanged (same content
 //!    ignoring meta) or fail (ambiguous match, failed dependency), with
 //!    references rewritten to target ids or creation placeholders.
-//! 4. **Write** ([`write`]): one transaction Bundle with conditional entries.
+//! 4. **Write** (`write.rs`): one transaction Bundle with conditional entries.
 //!    If the target refuses it, the sync looks up again (a target whose
 //!    transactions are not atomic may have applied part of it) and tries one
 //!    transaction of plain creates and version-checked updates; if that is
