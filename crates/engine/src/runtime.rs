@@ -170,6 +170,7 @@ impl Engine {
                     destination: d.name.clone(),
                     error,
                 })?;
+                let batch = crate::worker::claim_batch(&d.connector, d.workers);
                 let workers = Arc::new(DestinationWorkers {
                     channel: Arc::clone(&stage),
                     name: d.name,
@@ -178,6 +179,7 @@ impl Engine {
                     transform: Arc::new(d.transform),
                     retry: d.retry.to_store_policy(),
                     lease: d.lease.get(),
+                    batch,
                     workers: d.workers,
                     store: Arc::clone(&self.store),
                     node: node.clone(),

@@ -46,8 +46,24 @@ use crate::transform::{Transform, TransformContext};
 /// The longest an idle worker sleeps without looking at the store.
 pub const IDLE_POLL: Duration = Duration::from_secs(5);
 
-/// The most deliveries one claim takes (each of a different order key).
+/// The most deliveries one claim takes (each of a different order key)
+/// for destinations that can take many at once (files, channels).
 pub const CLAIM_BATCH: u32 = 32;
+
+/// How many deliveries one worker of `destination` claims at a time: about
+/// what the connector can send at once, so a claimed delivery starts at
+/// once instead of waiting for a connection while its lease runs out.
+pub fn claim_batch(destination: &crate::destinations::DestinationConfig, workers: usize) -> u32 {
+    use crate::destinations::DestinationConfig as D;
+    let share = |capacity: usize| u32::try_from(capacity.div_ceil(workers.max(1))).unwrap_or(1).clamp(1, CLAIM_BATCH);
+    match destination {
+        // One message at a time per pooled connection.
+        D::Mllp(c) => share(c.connections),
+        // reqwest pools connections itself; keep a modest number in flight.
+        D::Http(_) => share(16),
+        D::File(_) | D::Channel(_) => CLAIM_BATCH,
+    }
+}
 
 /// What every destination of a channel applies first.
 #[derive(Debug)]
@@ -79,6 +95,8 @@ pub struct DestinationWorkers {
     pub retry: store::RetryPolicy,
     /// How long a claim is held.
     pub lease: Duration,
+    /// Deliveries claimed at once by one worker ([`claim_batch`]).
+    pub batch: u32,
     /// Worker tasks to run.
     pub workers: usize,
     /// The store.
@@ -101,7 +119,7 @@ impl DestinationWorkers {
         let request = ClaimRequest {
             channel: self.channel.name.clone(),
             destination: self.name.clone(),
-            max: CLAIM_BATCH,
+            max: self.batch.max(1),
             lease: self.lease,
             worker: format!("{}/{}/{}/{index}", self.node, self.channel.name, self.name),
         };
@@ -306,6 +324,17 @@ mod tests {
         assert_eq!(error_backoff(2), Duration::from_millis(200));
         assert_eq!(error_backoff(6), Duration::from_millis(3200));
         assert_eq!(error_backoff(60), Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn claim_batches_follow_what_the_connector_can_send_at_once() {
+        let mllp: crate::destinations::DestinationConfig =
+            toml::from_str("type = \"mllp\"\naddress = \"h:1\"\nconnections = 4").unwrap();
+        assert_eq!(claim_batch(&mllp, 1), 4);
+        assert_eq!(claim_batch(&mllp, 2), 2);
+        assert_eq!(claim_batch(&mllp, 8), 1);
+        let file: crate::destinations::DestinationConfig = toml::from_str("type = \"file\"\ndirectory = \"o\"").unwrap();
+        assert_eq!(claim_batch(&file, 4), CLAIM_BATCH);
     }
 
     #[test]
