@@ -42,6 +42,10 @@ impl Charset {
     /// The character set named by the first repetition of MSH-18.
     pub fn from_msh18(value: &[u8]) -> Charset {
         let value = value.trim_ascii();
+        if value.is_empty() {
+            // The common case, on every parse: no allocation.
+            return Charset::Ascii;
+        }
         let upper = value.to_ascii_uppercase();
         match upper.as_slice() {
             b"" | b"ASCII" | b"ISO IR6" => Charset::Ascii,

@@ -172,6 +172,11 @@ impl Message {
                 path: path.to_string(),
             });
         }
+        if header && occurrence > existing.len() {
+            return Err(EditError::Segment(
+                "MSH, FHS and BHS cannot be added to a message",
+            ));
+        }
         // Indices survive normalisation (only separators change).
         self.normalize();
         let line: Vec<u8> = match existing.get(occurrence - 1) {
@@ -199,23 +204,79 @@ impl Message {
         self.replace_segment(target, &new_line)
     }
 
-    /// Puts `line` in place of segment `index`, or appends it.
+    /// Puts `line` in place of segment `index`, or appends it, updating the
+    /// index in place: only the edited segment is scanned, the positions
+    /// after it are shifted. (Re-indexing the whole message after every
+    /// edit dominated the cost of transform steps.) The buffer must be in
+    /// the standard form.
     fn replace_segment(&mut self, index: Option<usize>, line: &[u8]) -> Result<(), EditError> {
-        let (start, end) = match index {
+        let fs = self.delims.field;
+        let named =
+            line.len() >= 3 && is_segment_name(&line[..3]) && line.get(3).is_none_or(|&b| b == fs);
+        if !named || line.contains(&b'\r') || line.contains(&b'\n') {
+            return Err(EditError::Segment(
+                "the edit would produce an invalid segment",
+            ));
+        }
+        let (start, end, old_run) = match index {
             Some(i) => {
                 let s = self.segments[i];
-                (s.start as usize, s.end as usize)
+                let run = s.seps_start as usize..(s.seps_start + s.seps_len) as usize;
+                (s.start as usize, s.end as usize, run)
             }
-            None => (self.buf.len(), self.buf.len()),
+            // Appended after the last segment's CR.
+            None => (
+                self.buf.len(),
+                self.buf.len(),
+                self.seps.len()..self.seps.len(),
+            ),
         };
-        let mut next = Vec::with_capacity(self.buf.len() + line.len() + 1);
-        next.extend_from_slice(&self.buf[..start]);
-        next.extend_from_slice(line);
-        if index.is_none() {
-            next.push(b'\r');
+        let new_len = self.buf.len() - (end - start) + line.len() + usize::from(index.is_none());
+        if u32::try_from(new_len).is_err() {
+            return Err(EditError::TooLarge);
         }
-        next.extend_from_slice(&self.buf[end..]);
-        self.commit(next)
+        let new_end = start + line.len();
+        self.buf.splice(start..end, line.iter().copied());
+        if index.is_none() {
+            self.buf.push(b'\r');
+        }
+        let run: Vec<u32> = memchr::memchr_iter(fs, line)
+            .map(|p| (start + p) as u32)
+            .chain([new_end as u32])
+            .collect();
+        let run_len = run.len();
+        let run_start = old_run.start;
+        let old_run_len = old_run.len();
+        self.seps.splice(old_run, run);
+        // Shift what follows: byte positions by the length change, run
+        // starts by the change in the number of separators.
+        let byte_shift = |p: u32| (i64::from(p) + line.len() as i64 - (end - start) as i64) as u32;
+        let run_shift = run_len as i64 - old_run_len as i64;
+        for p in &mut self.seps[run_start + run_len..] {
+            *p = byte_shift(*p);
+        }
+        let span = crate::message::SegmentSpan {
+            start: start as u32,
+            end: new_end as u32,
+            seps_start: run_start as u32,
+            seps_len: run_len as u32,
+            name: [line[0], line[1], line[2]],
+        };
+        match index {
+            Some(i) => {
+                self.segments[i] = span;
+                for s in &mut self.segments[i + 1..] {
+                    s.start = byte_shift(s.start);
+                    s.end = byte_shift(s.end);
+                    s.seps_start = (i64::from(s.seps_start) + run_shift) as u32;
+                }
+            }
+            None => self.segments.push(span),
+        }
+        if index == Some(0) {
+            self.charset = self.read_charset();
+        }
+        Ok(())
     }
 
     /// Makes `next` the buffer if it indexes; otherwise keeps the old one.

@@ -146,6 +146,40 @@ proptest! {
     }
 
     #[test]
+    fn index_after_edits_matches_a_fresh_parse(
+        (segments, seps, trailing) in message(),
+        edits in prop::collection::vec(
+            (
+                prop_oneof![Just("PID"), Just("OBX"), Just("NTE"), Just("ZX1"), Just("MSH")],
+                1u32..3,
+                3u32..20,
+                1u32..3,
+                1u32..4,
+                "[ -~é]{0,12}",
+            ),
+            1..10,
+        ),
+    ) {
+        let mut msg = Message::parse(assemble(&segments, &seps, trailing)).unwrap();
+        for (name, occurrence, field, rep, component, value) in edits {
+            let path = Path::new(name, field).unwrap().with_occurrence(occurrence).with_repetition(rep).with_component(component);
+            // Occurrences past the next one are refused; that is fine here.
+            let _ = msg.set(path, &value);
+        }
+        let fresh = Message::parse(msg.encode()).unwrap();
+        prop_assert_eq!(msg.segment_count(), fresh.segment_count());
+        for (a, b) in msg.segments().zip(fresh.segments()) {
+            prop_assert_eq!(a.name(), b.name());
+            prop_assert_eq!(a.raw(), b.raw());
+            prop_assert_eq!(a.field_count(), b.field_count());
+            for (fa, fb) in a.fields().zip(b.fields()) {
+                prop_assert_eq!(fa.raw(), fb.raw());
+            }
+        }
+        prop_assert_eq!(msg.charset(), fresh.charset());
+    }
+
+    #[test]
     fn paths_display_and_parse_round_trip(
         name in "[A-Z][A-Z0-9]{2}",
         occ in proptest::option::of(1u32..50),
