@@ -6,6 +6,7 @@
 
 mod behaviour;
 mod crash;
+mod ordering;
 mod support;
 
 on_every_backend!(
