@@ -6,7 +6,7 @@
 //! and returns its [`SyncReport`]. A run has four phases:
 //!
 //! 1. **Fetch** (`collect.rs`): the Patient, the chosen clinical types
-//!    (`Type?patient=id`, every page, or `Patient/$everything`), then every
+//!    (`Type?patient=Patient/id`, every page, or `Patient/$everything`), then every
 //!    resource they reference, transitively, level by level up to
 //!    [`SyncOptions::max_reference_depth`], each level one batch.
 //! 2. **Match** (`plan.rs`): a match key per resource (business identifier
@@ -16,12 +16,16 @@
 //!    ignoring meta) or fail (ambiguous match, failed dependency), with
 //!    references rewritten to target ids or creation placeholders.
 //! 4. **Write** (`write.rs`): one transaction Bundle with conditional entries.
-//!    If the target refuses it, the sync looks up again (a target whose
+//!    If the target refuses it, or reports a version conflict (its copy
+//!    changed since the look-up), the sync looks up again (a target whose
 //!    transactions are not atomic may have applied part of it) and tries one
-//!    transaction of plain creates and version-checked updates; if that is
-//!    refused too, it looks up again and writes one resource per request in
-//!    dependency order. Every write is keyed by the match key, so however a
-//!    run ends, the next one converges without duplicates.
+//!    transaction of plain creates and version-checked updates; if that
+//!    fails the same way, it looks up again and writes one resource per
+//!    request (conditional updates) in dependency order. Every resource
+//!    written carries its match key and every attempt starts from a fresh
+//!    look-up, so however a run ends, the next one converges without
+//!    duplicates. (The one window left is another writer creating the same
+//!    resource between a look-up and a plain create.)
 //!
 //! The report counts, per resource type, what was fetched, created,
 //! updated, unchanged and failed, using the first plan of the run: a
