@@ -181,10 +181,27 @@ impl Item {
         }
     }
 
+    /// Whether `name` can start this item (`first` without allocating:
+    /// this runs for every segment against every candidate item).
     fn starts_with(&self, v: Version, name: Name) -> bool {
-        let mut f = Vec::new();
-        self.first(v, &mut f);
-        f.contains(&name)
+        if !self.exists(v) {
+            return false;
+        }
+        match &self.node {
+            Node::Segment(n) => *n == name,
+            Node::Choice(ns) => ns.contains(&name),
+            Node::Group(items) => {
+                for it in items.iter().filter(|it| it.exists(v)) {
+                    if it.starts_with(v, name) {
+                        return true;
+                    }
+                    if !it.optional {
+                        return false;
+                    }
+                }
+                false
+            }
+        }
     }
 
     /// What to call a required item that is missing: the segment to report

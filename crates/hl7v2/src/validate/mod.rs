@@ -248,11 +248,26 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
         m.seq(items, &[]);
         issues.extend(m.issues);
     }
+    // Occurrence of each segment name so far (counting per segment would be
+    // quadratic in long results).
+    let mut seen: Vec<([u8; 3], u32)> = Vec::new();
     for seg in msg.segments().skip(1) {
         if issues.len() >= MAX_ISSUES {
             break;
         }
-        fields(&seg, version, &mut issues);
+        let raw = seg.raw();
+        let name = [raw[0], raw[1], raw[2]];
+        let occurrence = match seen.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => {
+                *count += 1;
+                *count
+            }
+            None => {
+                seen.push((name, 1));
+                1
+            }
+        };
+        fields(&seg, occurrence, version, &mut issues);
     }
     issues.truncate(MAX_ISSUES);
     issues
@@ -362,9 +377,8 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
     rules_version
 }
 
-fn fields(seg: &Segment<'_>, version: Version, issues: &mut Vec<Issue>) {
+fn fields(seg: &Segment<'_>, occurrence: u32, version: Version, issues: &mut Vec<Issue>) {
     let name = seg.name();
-    let occurrence = seg.occurrence() as u32;
     for rule in types::RULES.iter().filter(|r| r.segment == name) {
         let location = Location::field(name, occurrence, rule.field);
         let field = seg.field(rule.field as usize);
