@@ -111,6 +111,13 @@ impl<'o> Ctx<'o> {
         Ref { full_url }
     }
 
+    /// The entry already added for `kind` + `identity`, if any (so callers
+    /// can skip building a resource that would be dropped as a duplicate).
+    pub fn existing(&self, kind: &str, identity: &str) -> Option<Ref> {
+        let full_url = format!("urn:uuid:{}", stable_uuid(kind, identity));
+        self.urls.contains(&full_url).then_some(Ref { full_url })
+    }
+
     /// Mutable access to an added resource (to add results to a report).
     pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Value> {
         let at = self.urls.iter().position(|u| *u == r.full_url)?;

@@ -221,6 +221,9 @@ pub(crate) fn practitioner(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     } else {
         id_key(&identifier)
     };
+    if let Some(seen) = ctx.existing("Practitioner", &key) {
+        return Some(seen);
+    }
     let conditional = (!identifier.is_null()).then_some(&identifier);
     let resource = obj!{"identifier" => arr![identifier.clone()], "name" => arr![name]};
     Some(ctx.add("Practitioner", &key, conditional, resource))
@@ -246,6 +249,9 @@ pub(crate) fn organization(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
 /// Location from a PL (None when empty).
 pub(crate) fn location(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     let name = pl_name(n)?;
+    if let Some(seen) = ctx.existing("Location", &name) {
+        return Some(seen);
+    }
     let resource = obj!{
         "status" => "active",
         "name" => name.as_str(),
