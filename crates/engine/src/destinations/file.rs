@@ -15,9 +15,10 @@
 //! clock keeps the name stable when a delivery is retried, so a retry
 //! rewrites the same file instead of adding a second one.
 //!
-//! The template's literal text may contain `/` to write into sub-folders
-//! (created as needed) but may not be absolute nor contain `..`. Values come
-//! from the message and are untrusted: every character outside
+//! The template's literal text, and a date format, may contain `/` to write
+//! into sub-folders (created as needed, e.g. `${date:%Y/%m/%d}/...`); the
+//! template may not be absolute nor contain `..`. Values are untrusted
+//! (most come from the message): between slashes, every character outside
 //! `[A-Za-z0-9._-]` becomes `_`, a value of only dots becomes underscores,
 //! a dot that would start a name becomes `_` (no hidden files), and each
 //! value is cut at 100 bytes, so no message can name a path outside the
@@ -301,7 +302,15 @@ impl NameTemplate {
                     // reported as an error rather than a panic.
                     write!(value, "{}", out.received_at.format(format))
                         .map_err(|_| DeliveryError::Content { reason: format!("date format {format:?} failed") })?;
-                    push_sanitised(&mut name, &value);
+                    // The format is configuration, not message content, so
+                    // its `/` make sub-folders (`${date:%Y/%m/%d}`); each
+                    // part is still sanitised like any value.
+                    for (i, piece) in value.split('/').enumerate() {
+                        if i > 0 {
+                            name.push('/');
+                        }
+                        push_sanitised(&mut name, piece);
+                    }
                 }
             }
         }
@@ -379,6 +388,17 @@ mod tests {
             assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{hostile:?} -> {name}");
         }
         assert_eq!(t.render(&outbound(Some(".."))).unwrap(), "__.hl7");
+    }
+
+    #[test]
+    fn date_formats_may_make_sub_folders() {
+        let t = NameTemplate::parse("${date:%Y/%m/%d}/${control_id}.hl7").unwrap();
+        assert_eq!(t.render(&outbound(Some("C1"))).unwrap(), "2026/11/21/C1.hl7");
+        // A format is trusted, but still cannot climb out or hide.
+        let t = NameTemplate::parse("${date:../%Y}/x").unwrap();
+        assert_eq!(t.render(&outbound(None)).unwrap(), "__/2026/x");
+        let t = NameTemplate::parse("${date:.%Y}").unwrap();
+        assert_eq!(t.render(&outbound(None)).unwrap(), "_2026");
     }
 
     #[test]
