@@ -448,7 +448,12 @@ impl<'a> Ack<'a> {
                 for _ in parts..3 {
                     eld.push(d.component);
                 }
-                eld.extend_from_slice(&coded(issue.code, &d, d.subcomponent));
+                match d.subcomponent() {
+                    Some(sub) => eld.extend_from_slice(&coded(issue.code, &d, sub)),
+                    // Without a sub-component separator the coded element
+                    // can only hold its code.
+                    None => eld.extend_from_slice(issue.code.code().to_string().as_bytes()),
+                }
                 push_fields(&mut out, d.field, &[&eld]);
             }
         }
@@ -628,6 +633,15 @@ mod tests {
              MSA|AR||the message does not start with an MSH segment\r\
              ERR||MSH^1|100^Segment sequence error^HL70357|E|||byte offset 0|the message does not start with an MSH segment\r"
         );
+    }
+
+    #[test]
+    fn eld_without_subcomponent_separator_keeps_the_err_segment_whole() {
+        let msg = parse("MSH|^~|A|B|C|D|20261121||ADT^A01|X1|P|2.4");
+        let issues = [Issue::error(Location::field("PID", 1, 3), ErrorCode::RequiredFieldMissing, "PID-3 is required")];
+        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000").issues(&issues).for_message(&msg);
+        assert_eq!(ack.segment("ERR").unwrap().raw(), b"ERR|PID^1^3^101");
+        assert_eq!(ack.segment("MSA").unwrap().field_count(), 6);
     }
 
     #[test]
