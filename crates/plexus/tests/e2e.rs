@@ -336,9 +336,12 @@ fn plexus_send(args: &[&str]) -> (bool, serde_json::Value, String) {
     (out.status.success(), summary, format!("{stdout}\n{stderr}"))
 }
 
+/// (order key, control id) of every message a receiver got, in order.
+type Received = Arc<Mutex<Vec<(String, String)>>>;
+
 /// An MLLP receiver in the test process that records (order key, control
 /// id) of every message, in arrival order, and answers AA.
-fn recording_receiver() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+fn recording_receiver() -> (SocketAddr, Received) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
