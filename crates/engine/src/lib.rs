@@ -19,6 +19,7 @@
 pub mod config;
 pub mod destinations;
 pub mod filter;
+pub mod flows;
 pub mod ingest;
 pub mod runtime;
 pub mod sources;
