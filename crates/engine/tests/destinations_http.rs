@@ -15,6 +15,9 @@ use engine::destinations::{
 };
 use hmac::{KeyInit, Mac};
 
+mod destinations_pki;
+use destinations_pki::Pki;
+
 /// One request as the server received it.
 #[derive(Debug, Clone)]
 struct Received {
@@ -333,4 +336,99 @@ async fn validation_reports_every_problem() {
         ]
     );
     assert!(errors.0[0].message.starts_with("not a URL"), "{}", errors.0[0].message);
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS with a private CA and a client certificate.
+
+/// axum over TLS: accepts TCP, completes the handshake, hands the stream
+/// to axum; failed handshakes are dropped (and counted).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    failed_handshakes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            match self.acceptor.accept(tcp).await {
+                Ok(tls) => return (tls, addr),
+                Err(_) => {
+                    self.failed_handshakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+async fn start_tls(pki: &Pki) -> (u16, Server, Arc<std::sync::atomic::AtomicUsize>) {
+    let server = Server::default();
+    let app = axum::Router::new().route("/ok", post(ok)).with_state(server.clone());
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = TlsListener {
+        tcp,
+        acceptor: tokio_rustls::TlsAcceptor::from(pki.server_config(true, &[b"http/1.1"])),
+        failed_handshakes: failed.clone(),
+    };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, server, failed)
+}
+
+async fn build_in(dir: &std::path::Path, toml_text: &str) -> Destination {
+    let config: DestinationConfig = toml::from_str(toml_text).unwrap();
+    let mut errors = engine::config::ConfigErrors::default();
+    config.validate("destination", &mut errors);
+    assert!(errors.is_empty(), "{errors}");
+    config.build(&BuildContext::new("adt-in", "crm").with_base_dir(dir)).await.unwrap()
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_and_a_client_certificate() {
+    let pki = Pki::new();
+    let (port, server, failed) = start_tls(&pki).await;
+    // The certificate names localhost, so the URL does too.
+    let url = format!("https://localhost:{port}/ok");
+
+    let with_cert = build_in(
+        pki.dir.path(),
+        &format!(
+            "type = \"http\"\nurl = \"{url}\"\ntls = {{ ca_file = \"ca.pem\", cert_file = \"client.pem\", key_file = \"client.key\" }}\n"
+        ),
+    )
+    .await;
+    assert_eq!(with_cert.send(&outbound()).await.unwrap().summary, "HTTP 201");
+    assert_eq!(server.received.lock().unwrap().len(), 1);
+
+    // Without the client certificate the server refuses the handshake.
+    let without_cert =
+        build_in(pki.dir.path(), &format!("type = \"http\"\nurl = \"{url}\"\ntls = {{ ca_file = \"ca.pem\" }}\n"))
+            .await;
+    let err = without_cert.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient, "{err}");
+    assert_eq!(server.received.lock().unwrap().len(), 1, "nothing delivered without a client certificate");
+    assert!(failed.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // A CA that did not sign the server: refused by the client.
+    let other = Pki::new();
+    let untrusted = build_in(
+        other.dir.path(),
+        &format!(
+            "type = \"http\"\nurl = \"{url}\"\ntls = {{ ca_file = \"ca.pem\", cert_file = \"client.pem\", key_file = \"client.key\" }}\n"
+        ),
+    )
+    .await;
+    let err = untrusted.send(&outbound()).await.unwrap_err();
+    assert_eq!(err.kind(), "connect", "{err:?}");
+    assert_eq!(server.received.lock().unwrap().len(), 1);
 }

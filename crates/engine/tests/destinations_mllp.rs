@@ -14,6 +14,9 @@ use engine::destinations::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+mod destinations_pki;
+use destinations_pki::Pki;
+
 // ---------------------------------------------------------------------------
 // A small MLLP listener, written independently of the hl7v2 codec.
 
@@ -407,66 +410,10 @@ async fn reconnects_back_off_and_reset_after_success() {
 // ---------------------------------------------------------------------------
 // TLS
 
-struct Pki {
-    dir: tempfile::TempDir,
-    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    server_key: rustls::pki_types::PrivateKeyDer<'static>,
-    ca_der: rustls::pki_types::CertificateDer<'static>,
-}
-
-/// A CA, a server certificate for `localhost` and a client certificate,
-/// the CA and client files written to a temp folder.
-fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "Plexus test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-
-    let server_key = KeyPair::generate().unwrap();
-    let mut server_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
-
-    let client_key = KeyPair::generate().unwrap();
-    let mut client_params = CertificateParams::new(vec!["plexus-client".to_owned()]).unwrap();
-    client_params.distinguished_name.push(DnType::CommonName, "plexus-client");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client_params.signed_by(&client_key, &ca).unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.path().join("client.pem"), client_cert.pem()).unwrap();
-    std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
-    Pki {
-        dir,
-        server_chain: vec![server_cert.der().clone()],
-        server_key: rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
-        ca_der: ca.der().clone(),
-    }
-}
-
 /// A TLS listener answering AA; requires a client certificate when asked.
 async fn tls_listener(pki: &Pki, require_client_cert: bool) -> (String, Seen) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().unwrap();
-    let builder = if require_client_cert {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_der.clone()).unwrap();
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let config = builder.with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key()).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let config = pki.server_config(require_client_cert, &[]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let seen = Seen::default();
@@ -514,7 +461,7 @@ async fn build_tls(
 
 #[tokio::test]
 async fn tls_with_a_ca_file() {
-    let pki = pki();
+    let pki = Pki::new();
     let (address, seen) = tls_listener(&pki, false).await;
     let dest = build_tls(&pki, &address, false).await.unwrap();
     let content = message("TLS1");
@@ -524,7 +471,7 @@ async fn tls_with_a_ca_file() {
 
 #[tokio::test]
 async fn mutual_tls_sends_the_client_certificate() {
-    let pki = pki();
+    let pki = Pki::new();
     let (address, seen) = tls_listener(&pki, true).await;
 
     let without = build_tls(&pki, &address, false).await.unwrap();
@@ -540,8 +487,8 @@ async fn mutual_tls_sends_the_client_certificate() {
 
 #[tokio::test]
 async fn a_server_signed_by_another_ca_is_refused() {
-    let pki = pki();
-    let other = self::pki();
+    let pki = Pki::new();
+    let other = Pki::new();
     let (address, seen) = tls_listener(&other, false).await;
     let dest = build_tls(&pki, &address, false).await.unwrap();
     let content = message("TLS2");
@@ -553,7 +500,7 @@ async fn a_server_signed_by_another_ca_is_refused() {
 
 #[tokio::test]
 async fn missing_tls_files_fail_the_build_with_the_field() {
-    let pki = pki();
+    let pki = Pki::new();
     let mut config = quick("127.0.0.1:2575");
     config.tls = Some(TlsClientConfig { ca_file: Some("nope.pem".into()), ..Default::default() });
     let err = DestinationConfig::Mllp(config)
