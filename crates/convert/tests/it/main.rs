@@ -2,6 +2,7 @@
 //! validation by an external validator, FHIR -> HL7 v2 with a peer MLLP
 //! listener, round trips).
 
+mod fhir_peer;
 mod golden;
 mod round_trip;
 mod support;
