@@ -704,3 +704,141 @@ async fn the_validation_policy_decides_between_ae_ar_and_accepting() {
     assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AR");
     h.stop().await;
 }
+
+/// A throw-away PKI written to `dir`: `ca.pem`, `server.pem`/`server.key`
+/// (for `localhost`), `client.pem`/`client.key` signed by the CA, and
+/// `rogue.pem`/`rogue.key`, a client certificate from another CA.
+fn write_pki(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    };
+    let (ca, rogue_ca) = (ca("Plexus test CA"), ca("Someone else"));
+    let leaf = |names: Vec<String>, usage, issuer: &CertifiedIssuer<'_, KeyPair>, file: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, issuer).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    leaf(vec!["localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, &ca, "server");
+    leaf(vec!["sender".into()], ExtendedKeyUsagePurpose::ClientAuth, &ca, "client");
+    leaf(vec!["rogue".into()], ExtendedKeyUsagePurpose::ClientAuth, &rogue_ca, "rogue");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    ca.der().clone()
+}
+
+/// Sends one framed message over TLS and reads the answer; `None` when the
+/// handshake or the exchange fails (the server refused us).
+async fn tls_exchange(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    client: Option<(&Path, &str)>,
+    message: &str,
+) -> Option<hl7v2::Message> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((dir, name)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    let mut out = BytesMut::new();
+    MllpCodec::default().encode(message.as_bytes(), &mut out).unwrap();
+    tls.write_all(&out).await.ok()?;
+    let mut codec = MllpCodec::default();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(frame) = codec.decode(&mut buf).ok()? {
+            return hl7v2::Message::parse(frame.to_vec()).ok();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), tls.read_buf(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+#[tokio::test]
+async fn mllp_over_tls_verifies_client_certificates() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = write_pki(pki.path());
+    let p = pki.path().display();
+    let body = format!(
+        r#"
+[channels.mtls.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+tls = {{ cert_file = "{p}/server.pem", key_file = "{p}/server.key", client_ca_file = "{p}/ca.pem" }}
+[[channels.mtls.destinations]]
+name = "archive"
+type = "file"
+directory = "out-mtls"
+[channels.optional.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+tls = {{ cert_file = "{p}/server.pem", key_file = "{p}/server.key", client_ca_file = "{p}/ca.pem", client_cert = "optional" }}
+[[channels.optional.destinations]]
+name = "archive"
+type = "file"
+directory = "out-optional"
+[channels.tls-only.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+tls = {{ cert_file = "{p}/server.pem", key_file = "{p}/server.key" }}
+[[channels.tls-only.destinations]]
+name = "archive"
+type = "file"
+directory = "out-tls"
+"#
+    );
+    let h = Harness::start(&body).await;
+    let (mtls, optional, tls_only) = (h.addr("mtls"), h.addr("optional"), h.addr("tls-only"));
+    let dir = pki.path();
+
+    // Required client certificates: ours passes, none or another CA's fail.
+    let ack = tls_exchange(mtls, &ca, Some((dir, "client")), &adt("TLS1", "MRN1")).await.expect("answered");
+    assert_eq!((field(&ack, "MSA-1").as_str(), field(&ack, "MSA-2").as_str()), ("AA", "TLS1"));
+    assert!(tls_exchange(mtls, &ca, None, &adt("TLS2", "MRN1")).await.is_none(), "no certificate: refused");
+    assert!(tls_exchange(mtls, &ca, Some((dir, "rogue")), &adt("TLS3", "MRN1")).await.is_none(), "other CA: refused");
+    assert!(stored(h.store(), "TLS2").await.is_empty() && stored(h.store(), "TLS3").await.is_empty());
+    let failures = h.engine().mllp_stats("mtls").unwrap().tls_failures.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(failures >= 1, "refused handshakes are counted");
+
+    // Optional: no certificate is fine, a bad one is not.
+    let ack = tls_exchange(optional, &ca, None, &adt("TLS4", "MRN1")).await.expect("answered");
+    assert_eq!(field(&ack, "MSA-1"), "AA");
+    assert!(tls_exchange(optional, &ca, Some((dir, "rogue")), &adt("TLS5", "MRN1")).await.is_none());
+
+    // TLS without client authentication.
+    let ack = tls_exchange(tls_only, &ca, None, &adt("TLS6", "MRN1")).await.expect("answered");
+    assert_eq!(field(&ack, "MSA-1"), "AA");
+
+    // Plain TCP to a TLS listener gets no ACK.
+    let mut plain = Client::connect(mtls).await;
+    let m = adt("PLAIN1", "MRN1");
+    plain.send(&[&m]).await;
+    assert!(plain.read().await.is_none());
+    h.stop().await;
+}
