@@ -5,6 +5,7 @@
 //! claim test and the query-plan checks.
 
 mod behaviour;
+mod cluster;
 mod crash;
 mod ordering;
 mod support;
