@@ -5,3 +5,4 @@
 //! and the runtime wires the I/O.
 
 pub mod notification;
+pub mod send_to_ehr;
