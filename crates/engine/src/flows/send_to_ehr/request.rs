@@ -103,6 +103,9 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
 
     // name -> the entry's value, in request order.
     let mut given: Vec<(&'static str, &Value)> = Vec::new();
+    // Names present at all, even with a malformed value: those are not
+    // also reported as missing.
+    let mut seen: Vec<&'static str> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let Some(name) = entry.get("name").and_then(Value::as_str) else {
             v.malformed(None, "structure", format!("Parameters.parameter[{i}]: has no name"));
@@ -113,10 +116,11 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
             v.malformed(None, "structure", format!("{name}: unknown parameter (expected one of {})", expected.join(", ")));
             continue;
         };
-        if given.iter().any(|(n, _)| *n == known) {
+        if seen.contains(&known) {
             v.malformed(Some(known), "structure", format!("{known}: given more than once"));
             continue;
         }
+        seen.push(known);
         match entry.get(value_key) {
             Some(value) => given.push((known, value)),
             None => {
@@ -135,6 +139,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
     let get = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, value)| *value);
 
     let patient_id = match get("subject") {
+        None if seen.contains(&"subject") => None,
         None => {
             v.unprocessable(Some("subject"), "required", "subject: required parameter is missing (a reference to Patient/{id})");
             None
@@ -142,6 +147,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
         Some(value) => v.reference("subject", value, "Patient"),
     };
     let encounter_id = match get("context") {
+        None if seen.contains(&"context") => None,
         None => {
             if config.encounter == EncounterRule::Required {
                 v.unprocessable(Some("context"), "required", "context: required parameter is missing (a reference to Encounter/{id})");
@@ -152,6 +158,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
     };
 
     let content_type = match get("content-type") {
+        None if seen.contains(&"content-type") => None,
         None => Some(DEFAULT_CONTENT_TYPE.to_string()),
         Some(value) => v.string("content-type", value, "valueCode").and_then(|ct| {
             let ct = ct.trim().to_ascii_lowercase();
@@ -167,7 +174,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
             }
         }),
     };
-    if get("content-type").is_none() && !config.content_types.iter().any(|c| c == DEFAULT_CONTENT_TYPE) {
+    if !seen.contains(&"content-type") && !config.content_types.iter().any(|c| c == DEFAULT_CONTENT_TYPE) {
         v.unprocessable(
             Some("content-type"),
             "required",
@@ -177,6 +184,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
 
     let document_type = {
         let code = match get("document-type") {
+            None if seen.contains(&"document-type") => None,
             None => Some(DEFAULT_DOCUMENT_TYPE.to_string()),
             Some(value) => v.string("document-type", value, "valueCode").map(|c| c.trim().to_string()),
         };
@@ -210,14 +218,16 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
             Some(t.to_string())
         }
     });
-    let title_ok = get("document-title").is_none() || title.is_some();
+    let title_ok = !seen.contains(&"document-title") || title.is_some();
 
     let sender = match get("sender-identifier") {
+        None if seen.contains(&"sender-identifier") => None,
         None => Some(Sender::Application(caller.unwrap_or(&config.default_sender).to_string())),
         Some(value) => v.string("sender-identifier", value, "valueString").and_then(|s| v.sender(s)),
     };
 
     let payload = match get("payload") {
+        None if seen.contains(&"payload") => None,
         None => {
             v.unprocessable(Some("payload"), "required", "payload: required parameter is missing (the document, base64)");
             None
@@ -337,7 +347,8 @@ impl Validator {
     /// decoded at all.
     fn payload(&mut self, text: &str, max: u64) -> Option<Vec<u8>> {
         let clean: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let decoded_len = (clean.len() as u64 / 4) * 3;
+        let padding = clean.bytes().rev().take(2).filter(|b| *b == b'=').count() as u64;
+        let decoded_len = (clean.len() as u64 / 4 * 3).saturating_sub(padding);
         if decoded_len > max.saturating_add(2) {
             self.unprocessable(Some("payload"), "too-long", format!("payload: about {decoded_len} bytes, over the limit of {max} bytes"));
             return None;
