@@ -744,7 +744,8 @@ mod tests {
             (Source::Files(m), None) => m.len() as u64,
             (Source::Generated(_), None) => 1000,
         };
-        send_all(args, source, count, None).await.unwrap()
+        let tls = tls_config(args).unwrap();
+        send_all(args, source, count, tls).await.unwrap()
     }
 
     /// What the test listener does with the `n`-th message it receives
@@ -756,6 +757,9 @@ mod tests {
         Drop,
     }
 
+    /// Decides the answer to the `n`-th message with this control id.
+    type AnswerFn = Arc<dyn Fn(usize, &str) -> Answer + Send + Sync>;
+
     #[derive(Default)]
     struct Received {
         /// (connection number, control id), in arrival order.
@@ -766,50 +770,76 @@ mod tests {
     /// An MLLP listener on 127.0.0.1:0 that reads pipelined frames and
     /// answers each in order; `answer(n, control_id)` decides.
     async fn listener(answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static) -> (String, Arc<Received>) {
+        listener_with(answer, None).await
+    }
+
+    /// The same, over TLS with `acceptor` when given.
+    async fn listener_with(
+        answer: impl Fn(usize, &str) -> Answer + Send + Sync + 'static,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (String, Arc<Received>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let received = Arc::new(Received::default());
-        let answer = Arc::new(answer);
+        let answer: AnswerFn = Arc::new(answer);
         let counter = Arc::new(AtomicUsize::new(0));
         let r = received.clone();
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
+            while let Ok((stream, _)) = listener.accept().await {
                 let connection = r.connections.fetch_add(1, Ordering::SeqCst);
                 let (r, answer, counter) = (r.clone(), answer.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    loop {
-                        // Answer every complete frame in the buffer, in order.
-                        while let Some(start) = buf.iter().position(|&b| b == 0x0B) {
-                            let Some(len) = buf[start..].windows(2).position(|w| w == [0x1C, 0x0D]) else { break };
-                            let frame = buf[start + 1..start + len].to_vec();
-                            buf.drain(..start + len + 2);
-                            let text = String::from_utf8_lossy(&frame).into_owned();
-                            let control_id = text.split('\r').next().unwrap().split('|').nth(9).unwrap().to_owned();
-                            let n = counter.fetch_add(1, Ordering::SeqCst);
-                            let code = match answer(n, &control_id) {
-                                Answer::Code(code) => code,
-                                Answer::Drop => return,
-                            };
-                            r.messages.lock().unwrap().push((connection, control_id.clone()));
-                            let ack = format!(
-                                "\x0bMSH|^~\\&|T|T|S|S|20261121||ACK|A{n}|P|2.5\rMSA|{code}|{control_id}|{}\r\x1c\r",
-                                if code == "AA" { "" } else { "test listener says no" }
-                            );
-                            if stream.write_all(ack.as_bytes()).await.is_err() {
-                                return;
+                match &acceptor {
+                    None => drop(tokio::spawn(answer_frames(stream, connection, r, answer, counter))),
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                answer_frames(tls, connection, r, answer, counter).await;
                             }
-                        }
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
+                        });
                     }
-                });
+                }
             }
         });
         (address, received)
+    }
+
+    async fn answer_frames<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut stream: S,
+        connection: usize,
+        r: Arc<Received>,
+        answer: AnswerFn,
+        counter: Arc<AtomicUsize>,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            // Answer every complete frame in the buffer, in order.
+            while let Some(start) = buf.iter().position(|&b| b == 0x0B) {
+                let Some(len) = buf[start..].windows(2).position(|w| w == [0x1C, 0x0D]) else { break };
+                let frame = buf[start + 1..start + len].to_vec();
+                buf.drain(..start + len + 2);
+                let text = String::from_utf8_lossy(&frame).into_owned();
+                let control_id = text.split('\r').next().unwrap().split('|').nth(9).unwrap().to_owned();
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let code = match answer(n, &control_id) {
+                    Answer::Code(code) => code,
+                    Answer::Drop => return,
+                };
+                r.messages.lock().unwrap().push((connection, control_id.clone()));
+                let ack = format!(
+                    "\x0bMSH|^~\\&|T|T|S|S|20261121||ACK|A{n}|P|2.5\rMSA|{code}|{control_id}|{}\r\x1c\r",
+                    if code == "AA" { "" } else { "test listener says no" }
+                );
+                if stream.write_all(ack.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 
     #[tokio::test]
@@ -925,6 +955,46 @@ mod tests {
         let report = send(&a).await;
         assert_eq!(report.unacked, 5);
         assert!(report.codes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn sends_over_tls_with_a_ca_file() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("server.pem");
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (address, received) = listener_with(|_, _| Answer::Code("AA"), Some(acceptor)).await;
+        let ca = ca.display().to_string();
+        let a = args(&[
+            "--to",
+            &address,
+            "--generate",
+            "adt",
+            "--count",
+            "5",
+            "--tls-ca",
+            &ca,
+            "--tls-server-name",
+            "localhost",
+        ]);
+        let report = send(&a).await;
+        assert!(report.success(&a), "{report:?}");
+        assert_eq!(received.messages.lock().unwrap().len(), 5);
+
+        // Without --tls the same listener gets no readable message.
+        let plain = args(&["--to", &address, "--generate", "adt", "--count", "1", "--ack-timeout", "300ms"]);
+        let report = send(&plain).await;
+        assert_eq!(report.unacked, 1);
+        assert_eq!(received.messages.lock().unwrap().len(), 5);
     }
 
     fn fixtures() -> PathBuf {
