@@ -34,6 +34,9 @@ const SYSTEMS: &[(&str, &str)] = &[
     ("NPI", "http://hl7.org/fhir/sid/us-npi"),
     ("NUCC", "http://nucc.org/provider-taxonomy"),
     ("HCPCS", "urn:oid:2.16.840.1.113883.6.285"),
+    ("NCIT", "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"),
+    ("CDCPHINVS", "urn:oid:2.16.840.1.114222.4.5.274"),
+    ("DCM", "http://dicom.nema.org/resources/ontology/DCM"),
 ];
 
 /// The FHIR system URI for a v2 coding-system mnemonic, if known: the

@@ -4,6 +4,7 @@
 
 mod fhir_peer;
 mod golden;
+mod options;
 mod round_trip;
 mod support;
 mod to_v2;
