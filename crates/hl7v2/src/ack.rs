@@ -638,8 +638,14 @@ mod tests {
     #[test]
     fn eld_without_subcomponent_separator_keeps_the_err_segment_whole() {
         let msg = parse("MSH|^~|A|B|C|D|20261121||ADT^A01|X1|P|2.4");
-        let issues = [Issue::error(Location::field("PID", 1, 3), ErrorCode::RequiredFieldMissing, "PID-3 is required")];
-        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000").issues(&issues).for_message(&msg);
+        let issues = [Issue::error(
+            Location::field("PID", 1, 3),
+            ErrorCode::RequiredFieldMissing,
+            "PID-3 is required",
+        )];
+        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000")
+            .issues(&issues)
+            .for_message(&msg);
         assert_eq!(ack.segment("ERR").unwrap().raw(), b"ERR|PID^1^3^101");
         assert_eq!(ack.segment("MSA").unwrap().field_count(), 6);
     }

@@ -227,8 +227,7 @@ impl BatchFile {
                     Location::field("BTS", n, 1),
                     ErrorCode::DataTypeError,
                     format!(
-                        "BTS-1 says {} messages, batch {n} has {}",
-                        count.trim(),
+                        "BTS-1 does not match the {} messages of batch {n}",
                         b.messages.len()
                     ),
                 ));
@@ -252,8 +251,7 @@ impl BatchFile {
                 Location::field("FTS", 1, 1),
                 ErrorCode::DataTypeError,
                 format!(
-                    "FTS-1 says {} batches, the file has {}",
-                    count.trim(),
+                    "FTS-1 does not match the {} batches of the file",
                     self.batches.len()
                 ),
             ));
@@ -404,7 +402,7 @@ mod tests {
         assert_eq!(
             issues,
             [
-                "BTS(1)-1: 102 Data type error: BTS-1 says 5 messages, batch 1 has 1 (E)",
+                "BTS(1)-1: 102 Data type error: BTS-1 does not match the 1 messages of batch 1 (E)",
                 "BTS(2): 100 Segment sequence error: batch 2 has a BHS but no BTS (E)",
                 "FTS(1): 100 Segment sequence error: the file has an FHS but no FTS (E)",
             ]

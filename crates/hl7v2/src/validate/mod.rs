@@ -273,6 +273,21 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
     issues
 }
 
+/// A header value for an issue message: shown when it looks like a code,
+/// replaced otherwise, so a malformed header cannot carry free text (which
+/// could be patient data) into logs and ACKs.
+fn shown(value: &str) -> &str {
+    let code_like = value.len() <= 12
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if code_like {
+        value
+    } else {
+        "(value not shown)"
+    }
+}
+
 /// Decoded text of SEG-field(1)-component-1, empty when absent.
 fn text(seg: &Segment<'_>, field: usize, rep: usize, component: usize) -> String {
     seg.field(field)
@@ -312,7 +327,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         issues.push(Issue::error(
             at_component(9, 1),
             ErrorCode::UnsupportedMessageType,
-            format!("message type {code} is not in HL7 table 0076"),
+            format!("message type {} is not in HL7 table 0076", shown(&code)),
         ));
     }
     if trigger.is_empty() {
@@ -327,7 +342,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         issues.push(Issue::error(
             at_component(9, 2),
             ErrorCode::UnsupportedEventCode,
-            format!("trigger event {trigger} is not in HL7 table 0003"),
+            format!("trigger event {} is not in HL7 table 0003", shown(&trigger)),
         ));
     }
     if msg.presence("MSH-10") == crate::Presence::Absent || text(&msh, 10, 1, 1).is_empty() {
@@ -340,7 +355,10 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         issues.push(Issue::error(
             at_component(11, 1),
             ErrorCode::UnsupportedProcessingId,
-            format!("processing id {processing} is not in HL7 table 0103"),
+            format!(
+                "processing id {} is not in HL7 table 0103",
+                shown(&processing)
+            ),
         ));
     }
     if raw_version.is_empty() {
@@ -349,7 +367,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         issues.push(Issue::error(
             at_component(12, 1),
             ErrorCode::UnsupportedVersionId,
-            format!("version {raw_version} is not in HL7 table 0104"),
+            format!("version {} is not in HL7 table 0104", shown(&raw_version)),
         ));
     }
     let timestamp = text(&msh, 7, 1, 1);
@@ -446,6 +464,77 @@ fn obx(seg: &Segment<'_>, occurrence: u32, issues: &mut Vec<Issue>) {
                 ErrorCode::DataTypeError,
                 format!("OBX-5 is not a valid NM (OBX-2 is NM): {why}"),
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues(text: &str) -> Vec<String> {
+        validate(&Message::parse(text).unwrap())
+            .iter()
+            .map(|i| i.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn header_issues_use_codes_200_to_203_and_hide_free_text() {
+        assert_eq!(
+            issues("MSH|^~\\&|A|B|C|D|20261121||Jane Doe^A99|1|X|3.0"),
+            [
+                "MSH(1)-9-1: 200 Unsupported message type: message type (value not shown) is not in HL7 table 0076 (E)",
+                "MSH(1)-9-2: 201 Unsupported event code: trigger event A99 is not in HL7 table 0003 (E)",
+                "MSH(1)-11-1: 202 Unsupported processing id: processing id X is not in HL7 table 0103 (E)",
+                "MSH(1)-12-1: 203 Unsupported version id: version 3.0 is not in HL7 table 0104 (E)",
+            ]
+        );
+        assert_eq!(
+            outcome(&validate(
+                &Message::parse("MSH|^~\\&|A||||20261121||ADT^A99|1|P|2.5").unwrap()
+            )),
+            Outcome::Rejected
+        );
+    }
+
+    #[test]
+    fn missing_header_fields_are_required_field_errors() {
+        assert_eq!(
+            issues("MSH|^~\\&|A"),
+            [
+                "MSH(1)-9: 101 Required field missing: MSH-9 is required (E)",
+                "MSH(1)-10: 101 Required field missing: MSH-10 is required (E)",
+                "MSH(1)-11: 101 Required field missing: MSH-11 is required (E)",
+                "MSH(1)-12: 101 Required field missing: MSH-12 is required (E)",
+                "MSH(1)-7: 101 Required field missing: MSH-7 is required (E)",
+            ]
+        );
+        // MSH-7 became required in 2.5.
+        assert!(issues("MSH|^~\\&|A||||||BAR^P01|1|P|2.4").is_empty());
+    }
+
+    #[test]
+    fn obx_value_is_checked_as_nm_when_obx_2_says_so() {
+        let text = "MSH|^~\\&|A||||20261121||ORU^R01|1|P|2.5\rOBR|1|||X\rOBX|1|NM|X||1.5~abc||||||F\rOBX|2||X||7||||||F";
+        assert_eq!(
+            issues(text),
+            [
+                "OBX(1)-5(2): 102 Data type error: OBX-5 is not a valid NM (OBX-2 is NM): not a number (E)",
+                "OBX(2)-2: 101 Required field missing: OBX-2 is required when OBX-5 is valued (E)",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_structure_parses() {
+        assert_eq!(grammars().len(), STRUCTURES.len());
+        for (_, triggers, structure) in TRIGGERS {
+            assert!(
+                STRUCTURES.iter().any(|(s, _)| s == structure),
+                "{structure}"
+            );
+            assert!(!triggers.is_empty());
         }
     }
 }
