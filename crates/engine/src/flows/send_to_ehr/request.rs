@@ -162,7 +162,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
         None => Some(DEFAULT_CONTENT_TYPE.to_string()),
         Some(value) => v.string("content-type", value, "valueCode").and_then(|ct| {
             let ct = ct.trim().to_ascii_lowercase();
-            if config.content_types.iter().any(|c| *c == ct) {
+            if config.content_types.contains(&ct) {
                 Some(ct)
             } else {
                 v.unprocessable(
@@ -189,7 +189,7 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
             Some(value) => v.string("document-type", value, "valueCode").map(|c| c.trim().to_string()),
         };
         code.and_then(|code| {
-            if config.document_types.iter().any(|c| *c == code) {
+            if config.document_types.contains(&code) {
                 Some(code)
             } else {
                 let shown = if get("document-type").is_none() { format!("the default {code}") } else { format!("`{code}`") };
