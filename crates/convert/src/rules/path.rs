@@ -245,7 +245,7 @@ fn set_steps(doc: &mut Value, steps: &[Step], value: Value, each_index: usize) -
                         }
                     }
                 }
-                Step::Key(_) => unreachable!("handled above"),
+                Step::Key(k) => return Err(format!("internal: member '{k}' handled as an index")),
             };
             // Padding elements are empty objects; `prune_empty` removes the
             // ones no rule filled before the document is returned.

@@ -5,6 +5,7 @@
 mod fhir_peer;
 mod golden;
 mod options;
+mod robustness;
 mod round_trip;
 mod support;
 mod to_v2;

@@ -1,0 +1,61 @@
+//! Untrusted input never panics: every fixture truncated at many points and
+//! with separators and escapes injected converts or fails with an error.
+
+use crate::support::hl7_fixtures;
+
+#[test]
+fn mangled_messages_give_errors_not_panics() {
+    let noise: &[&str] = &["|", "^", "~", "&", "\\", "\\X0\\", "\\Xzz\\", "\"\"", "\r", "MSH|", "é", "\u{0}"];
+    let mut runs = 0;
+    for (stem, text) in hl7_fixtures() {
+        let len = text.len();
+        for cut in (0..len).step_by((len / 16).max(1)) {
+            let Some(head) = text.get(..cut) else { continue };
+            let _ = convert::hl7_to_fhir_text(head, &Default::default());
+            for n in noise {
+                let mangled = format!("{head}{n}{}", text.get(cut..).unwrap_or(""));
+                let _ = convert::hl7_to_fhir_text(&mangled, &Default::default());
+                runs += 1;
+            }
+        }
+        assert!(runs > 0, "{stem}");
+    }
+    assert!(runs > 5_000, "ran {runs} mangled conversions");
+}
+
+#[test]
+fn mangled_fhir_gives_errors_not_panics() {
+    use serde_json::{Value, json};
+    let bundle = crate::to_v2::synthea();
+    let entries = bundle["entry"].as_array().unwrap();
+    let odd = [json!(null), json!(1), json!("x"), json!([]), json!({}), json!([{"reference": 5}])];
+    let targets = [
+        convert::TargetMessage::OruR01,
+        convert::TargetMessage::MdmT02,
+        convert::TargetMessage::AdtA08,
+        convert::TargetMessage::SiuS12,
+        convert::TargetMessage::RasO17,
+    ];
+    // Every member of the first entries replaced with values of the wrong type.
+    for entry in entries.iter().take(12) {
+        let Some(resource) = entry["resource"].as_object() else { continue };
+        for key in resource.keys() {
+            for v in &odd {
+                let mut r = resource.clone();
+                r.insert(key.clone(), v.clone());
+                let b = json!({"resourceType": "Bundle", "type": "collection", "entry": Value::Array(vec![
+                    json!({"fullUrl": entry["fullUrl"], "resource": r}),
+                    entries[0].clone(),
+                ])});
+                for t in targets {
+                    let _ = convert::fhir_to_hl7(&b, t, &Default::default());
+                }
+            }
+        }
+    }
+    for v in &odd {
+        for t in targets {
+            assert!(convert::fhir_to_hl7(v, t, &Default::default()).is_err());
+        }
+    }
+}
