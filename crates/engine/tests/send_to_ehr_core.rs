@@ -442,3 +442,49 @@ fn unknown_transaction_is_404_and_success_names_the_tracking_url() {
         ]})
     );
 }
+
+/// Every resource the flow answers with or creates passes the FHIR R4
+/// structure validator nobody here wrote (peer-backed; skipped without
+/// PLEXUS_PEERS).
+#[test]
+fn created_and_answered_resources_validate_as_fhir_r4() {
+    let Some(peers) = testkit::peers_or_skip("engine::send_to_ehr_core::fhir_validator") else { return };
+    let (_, outputs, _) = built(OutputFormat::OruR01, true);
+    let mut completed = TrackingRecord::new(TX, "p1", now());
+    completed.advance(TrackingStatus::Completed { sent: now() }, now()).expect("completed");
+    let mut failed = TrackingRecord::new(TX, "p1", now());
+    failed.advance(TrackingStatus::EnteredInError { reason: "EHR refused".into() }, now()).expect("error");
+    let resources = [
+        ("binary", outputs.binary.clone()),
+        ("communication_request", outputs.communication_request.clone()),
+        ("tracking_completed", tracking::tracking_bundle(&[completed])),
+        ("tracking_error", tracking::tracking_bundle(&[failed])),
+        ("success", tracking::success_parameters("https://plexus.example/fhir", TX)),
+        ("refusal", refuse(&without("subject")).to_operation_outcome()),
+        ("not_found", tracking::not_found(TX).to_operation_outcome()),
+    ];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut files = Vec::new();
+    for (name, resource) in resources {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, resource.to_string()).expect("write");
+        files.push(path);
+    }
+    let python = peers.join("venv").join("bin").join("python");
+    let script = testkit::shared_dir().join("peers").join("validate-fhir.py");
+    let out = std::process::Command::new(&python).arg(&script).args(&files).output().expect("run validate-fhir.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report.lines().filter(|l| l.starts_with("OK")).count(), files.len(), "{report}");
+
+    // The DocumentReference's Attachment.url is the relative `Binary/{id}`,
+    // which FHIR R4 allows ("Urls may be relative references", Attachment.url)
+    // but fhir.resources refuses (it wants a scheme). Its only complaint
+    // must be that one element.
+    let path = dir.path().join("document_reference.json");
+    std::fs::write(&path, outputs.document_reference.to_string()).expect("write");
+    let out = std::process::Command::new(&python).arg(&script).arg(&path).output().expect("run validate-fhir.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("1 validation error for DocumentReference"), "{report}");
+    assert!(report.contains("content -> 0 -> attachment -> url\n  invalid or missing URL scheme"), "{report}");
+}
