@@ -405,7 +405,6 @@ struct CachedCredential {
 /// Temporary credentials from the partner's token service, cached until
 /// shortly before they expire. Implements object_store's
 /// [`CredentialProvider`].
-#[derive(Debug)]
 pub struct TokenCredentials {
     http: reqwest::Client,
     token_url: String,
@@ -416,6 +415,18 @@ pub struct TokenCredentials {
     // the one refresh instead of each calling the token service.
     cache: tokio::sync::Mutex<Option<CachedCredential>>,
     fetches: std::sync::atomic::AtomicU64,
+}
+
+// Hand-written so the client secret never reaches a log line.
+impl std::fmt::Debug for TokenCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCredentials")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("refresh_before", &self.refresh_before)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TokenCredentials {

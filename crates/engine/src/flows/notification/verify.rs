@@ -446,4 +446,18 @@ mod tests {
         .problem();
         assert!(!stale.detail.contains("top-secret"));
     }
+
+    #[tokio::test]
+    async fn a_problem_becomes_a_problem_json_response() {
+        use axum::response::IntoResponse;
+        let response = AuthError::MissingBearer.problem().into_response();
+        assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[http::header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "urn:plexus:problem:missing-bearer-token");
+        assert_eq!(json["status"], 401);
+    }
 }
