@@ -62,7 +62,7 @@ CREATE TABLE deliveries (
     created_at       BIGINT       NOT NULL,
     updated_at       BIGINT       NOT NULL,
     transformed      LONGBLOB,
-    KEY deliveries_message (message_id),
+    KEY deliveries_message (message_id, state),
     KEY deliveries_queue (channel, destination, state, id),
     KEY deliveries_queue_key (channel, destination, queue_key, id),
     KEY deliveries_state (channel, destination, state),

@@ -64,7 +64,8 @@ CREATE TABLE deliveries (
     transformed      BYTEA
 );
 
-CREATE INDEX deliveries_message ON deliveries (message_id);
+-- A message's deliveries, and "has a delivery in state X" for the browser.
+CREATE INDEX deliveries_message ON deliveries (message_id, state);
 -- The queue in arrival order, and each key's head (DISTINCT ON (queue_key)
 -- ... ORDER BY queue_key, id reads this index in order). Partial: finished
 -- deliveries leave both indexes, so they stay as small as the backlog.

@@ -79,7 +79,8 @@ CREATE TABLE deliveries (
     transformed      BLOB
 );
 
-CREATE INDEX deliveries_message ON deliveries (message_id);
+-- A message's deliveries, and "has a delivery in state X" for the browser.
+CREATE INDEX deliveries_message ON deliveries (message_id, state);
 -- The queue: unfinished deliveries of one destination in arrival order ...
 CREATE INDEX deliveries_queue ON deliveries (channel, destination, id)
     WHERE state IN ('queued', 'in_flight', 'error');

@@ -192,9 +192,11 @@ pub(crate) fn control_ids<'a>(messages: &[&'a NewMessage]) -> Vec<&'a str> {
 /// window) or an earlier message of the same batch.
 pub(crate) fn plan_batch<'a>(messages: &[&'a NewMessage], existing: Vec<OriginalRow>) -> Vec<Plan<'a>> {
     type Key<'k> = (&'k str, &'k str, &'k str);
+    /// (received_at, id, ack) of the oldest stored message with a key.
+    type Original = (i64, Uuid, Option<Vec<u8>>);
     // The oldest original per key wins: it is the one whose ACK was first
     // sent, and a resending sender expects that answer.
-    let mut first: HashMap<(String, String, String), (i64, Uuid, Option<Vec<u8>>)> = HashMap::new();
+    let mut first: HashMap<(String, String, String), Original> = HashMap::new();
     for o in existing {
         let Some(cid) = o.control_id else { continue };
         let key = (o.channel, o.sender_key, cid);
@@ -682,6 +684,23 @@ pub(crate) fn check_dead_letterable(state: DeliveryState) -> Result<()> {
         }
         s => Err(StoreError::invalid("delivery", format!("it is already final ({s})"))),
     }
+}
+
+/// The earliest future moment a delivery of one destination becomes due (a
+/// retry time or a lease expiry). Binds: channel, destination, now, now.
+pub(crate) const NEXT_DUE: &str = "SELECT MIN(CASE WHEN state = 'queued' THEN next_attempt_at ELSE lease_expires_at END) \
+     FROM deliveries WHERE channel = ? AND destination = ? AND state IN ('queued', 'in_flight', 'error') \
+     AND ((state = 'queued' AND next_attempt_at > ?) OR (state = 'in_flight' AND lease_expires_at > ?))";
+
+/// Messages a retention batch may process: received before the cutoff, all
+/// deliveries final, oldest first. Binds: cutoff, batch size.
+pub(crate) fn retention_candidates(contents_only: bool, skip_locked: &str) -> String {
+    format!(
+        "SELECT m.id FROM messages m WHERE m.received_at < ? {extra} \
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state IN {OPEN_STATES}) \
+         ORDER BY m.received_at LIMIT ?{skip_locked}",
+        extra = if contents_only { "AND m.contents_deleted_at IS NULL" } else { "" },
+    )
 }
 
 // -------------------------------------------------------------- search ----

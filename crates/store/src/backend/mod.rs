@@ -2,6 +2,8 @@
 
 mod common;
 mod mysql;
+#[cfg(test)]
+mod plans;
 mod postgres;
 mod shared;
 mod sqlite;

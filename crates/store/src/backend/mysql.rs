@@ -61,14 +61,7 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let connect = MySqlConnectOptions::from_str(&url)
         .map_err(|e| StoreError::InvalidUrl(format!("mysql url: {e}")))?
         .charset("utf8mb4");
-    let pool_options = || {
-        MySqlPoolOptions::new().after_connect(|conn, _meta| {
-            Box::pin(async move {
-                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
-                Ok(())
-            })
-        })
-    };
+    let pool_options = || MySqlPoolOptions::new().after_connect(|conn, _meta| Box::pin(session_settings(conn)));
     let writer_pool = pool_options().max_connections(1).connect_with(connect.clone()).await?;
     MIGRATOR.run(&writer_pool).await?;
     let pool = pool_options().max_connections(options.pool_size).connect_with(connect).await?;
@@ -87,6 +80,20 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
         writer: tokio::sync::Mutex::new(Some(handle)),
         lock_rows: Mutex::new(HashSet::new()),
     }))
+}
+
+/// Settings every connection of the store runs with.
+pub(super) async fn session_settings(conn: &mut MySqlConnection) -> std::result::Result<(), sqlx::Error> {
+    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+    // MariaDB rewrites NOT EXISTS / EXISTS into IN and materialises the
+    // subquery, which scans the whole deliveries index for every retention
+    // batch and browser query; probing per row through (message_id, state)
+    // reads only what it needs. MySQL 8 has no such switch and refuses the
+    // setting: that is fine, it does not make the rewrite either.
+    if let Err(e) = conn.execute("SET SESSION optimizer_switch = 'exists_to_in=off'").await {
+        debug!(error = %e, "optimizer_switch exists_to_in not available (MySQL)");
+    }
+    Ok(())
 }
 
 read_side!(MySql, MySqlPool, question_marks);
@@ -235,7 +242,7 @@ impl Store for MySqlStore {
 /// Head selection without `DISTINCT ON`: a delivery is a claimable head if
 /// it is due, no older unfinished delivery shares its key, and no other
 /// delivery of its key is in flight under a valid lease.
-const CLAIM_CANDIDATES: &str = "\
+pub(super) const CLAIM_CANDIDATES: &str = "\
 SELECT d.id, d.state, d.total_attempts, d.lease_owner, d.lease_started_at, d.lease_expires_at
 FROM deliveries d
 WHERE d.channel = ? AND d.destination = ?

@@ -201,20 +201,25 @@ impl Store for PgStore {
 }
 
 /// Head selection with `DISTINCT ON`: the oldest unfinished delivery of each
-/// key, kept if it is due (queued and its retry time has come, or in flight
-/// under an expired lease) and no other delivery of its key is in flight
-/// under a valid lease (a replayed older delivery must not overtake one
-/// being sent).
-const CLAIM_CANDIDATES: &str = "\
+/// key (read in order from the partial queue index), kept if it is due
+/// (queued and its retry time has come, or in flight under an expired lease)
+/// and no other delivery of its key is in flight under a valid lease (a
+/// replayed older delivery must not overtake one being sent). The due heads
+/// are handed over as an id array so that the rows are fetched and locked by
+/// primary key, whatever the table's size; the conditions are checked again
+/// on the locked row, which may have changed since the heads were read.
+pub(super) const CLAIM_CANDIDATES: &str = "\
 WITH heads AS (
-    SELECT DISTINCT ON (queue_key) id
+    SELECT DISTINCT ON (queue_key) id, state, next_attempt_at, lease_expires_at
     FROM deliveries
     WHERE channel = $1 AND destination = $2 AND state IN ('queued', 'in_flight', 'error')
     ORDER BY queue_key, id
 )
 SELECT d.id, d.state, d.total_attempts, d.lease_owner, d.lease_started_at, d.lease_expires_at
 FROM deliveries d
-WHERE d.id IN (SELECT id FROM heads)
+WHERE d.id = ANY (ARRAY(SELECT id FROM heads h
+                        WHERE (h.state = 'queued' AND h.next_attempt_at <= $3)
+                           OR (h.state = 'in_flight' AND h.lease_expires_at <= $3)))
   AND ((d.state = 'queued' AND d.next_attempt_at <= $3)
        OR (d.state = 'in_flight' AND d.lease_expires_at <= $3))
   AND NOT EXISTS (SELECT 1 FROM deliveries f

@@ -278,11 +278,7 @@ macro_rules! write_side {
         /// The earliest future moment a delivery of this destination becomes
         /// due (a retry time or a lease expiry).
         async fn next_due(conn: &mut $conn, req: &ClaimRequest, now_us: i64) -> Result<Option<DateTime<Utc>>> {
-            let t: Option<i64> = sqlx::query_scalar(sql(
-                "SELECT MIN(CASE WHEN state = 'queued' THEN next_attempt_at ELSE lease_expires_at END) \
-                 FROM deliveries WHERE channel = ? AND destination = ? AND state IN ('queued', 'in_flight', 'error') \
-                 AND ((state = 'queued' AND next_attempt_at > ?) OR (state = 'in_flight' AND lease_expires_at > ?))",
-            ))
+            let t: Option<i64> = sqlx::query_scalar(sql(NEXT_DUE))
             .bind(&req.channel)
             .bind(&req.destination)
             .bind(now_us)
@@ -521,13 +517,7 @@ macro_rules! write_side {
 
         async fn retention(conn: &mut $conn, req: RetentionRequest, now: DateTime<Utc>) -> Result<RetentionBatch> {
             let contents_only = req.mode == RetentionMode::Contents;
-            let sql_text = format!(
-                "SELECT m.id FROM messages m WHERE m.received_at < ? {extra} \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.state IN {OPEN_STATES}) \
-                 ORDER BY m.received_at LIMIT ?{skip_locked}",
-                extra = if contents_only { "AND m.contents_deleted_at IS NULL" } else { "" },
-                skip_locked = $skip_locked,
-            );
+            let sql_text = retention_candidates(contents_only, $skip_locked);
             // Locking the candidates (where the database can) keeps a
             // concurrent replay from re-queueing a message whose contents
             // this batch removes: replay locks the message row too.

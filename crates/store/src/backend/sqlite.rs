@@ -417,7 +417,7 @@ async fn exec(conn: &mut SqliteConnection, sql: &'static str) -> Result<()> {
 /// unfinished delivery shares its key, and no other delivery of its key is
 /// in flight under a valid lease (a replayed older delivery must not
 /// overtake one being sent).
-const CLAIM_CANDIDATES: &str = "\
+pub(super) const CLAIM_CANDIDATES: &str = "\
 SELECT d.id, d.state, d.total_attempts, d.lease_owner, d.lease_started_at, d.lease_expires_at
 FROM deliveries d
 WHERE d.channel = ?1 AND d.destination = ?2

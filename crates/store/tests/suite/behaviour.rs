@@ -637,3 +637,23 @@ pub async fn close_refuses_later_requests(t: &TestStore) {
     assert!(matches!(e, StoreError::Closed), "{e}");
     assert_eq!(e.class(), ErrorClass::Transient);
 }
+
+pub async fn reopened_store_keeps_messages_queue_and_leases(t: &TestStore) {
+    let id = stored(t, message("adt", "1", Some("A"), &["ehr"])).await;
+    stored(t, message("adt", "2", Some("A"), &["ehr"])).await;
+    let held = t.store.claim(&claim_req("adt", "ehr", 5)).await.unwrap().deliveries.remove(0);
+    t.store.close().await;
+
+    let store = t.reopen(StoreOptions::default()).await;
+    assert!(store.get_message(id).await.unwrap().is_some());
+    // The lease is data, not process state: it still blocks key A ...
+    assert!(store.claim(&claim_req("adt", "ehr", 5)).await.unwrap().deliveries.is_empty());
+    // ... and its holder can still complete it.
+    store.complete(held.id, held.lease, sent(), &block(3)).await.unwrap();
+    let next = store.claim(&claim_req("adt", "ehr", 5)).await.unwrap();
+    assert_eq!(next.deliveries.len(), 1);
+    assert_eq!(next.deliveries[0].control_id.as_deref(), Some("2"));
+    // The duplicate window survives the restart too.
+    assert!(matches!(store.accept(message("adt", "1", Some("A"), &["ehr"])).await.unwrap(), Accepted::Duplicate { .. }));
+    store.close().await;
+}

@@ -89,10 +89,8 @@ async fn acknowledged_accepts_survive_sigkill(kind: Kind) {
     // Acknowledgements already in the pipe count too.
     for line in lines {
         let Ok(line) = line else { break };
-        if let Some(rest) = line.strip_prefix("OK ") {
-            if let Some((control_id, id)) = rest.split_once(' ') {
-                acked.push((control_id.to_owned(), id.to_owned()));
-            }
+        if let Some((control_id, id)) = line.strip_prefix("OK ").and_then(|rest| rest.split_once(' ')) {
+            acked.push((control_id.to_owned(), id.to_owned()));
         }
     }
     let status = child.0.wait().expect("reap child");

@@ -31,4 +31,5 @@ on_every_backend!(
     retention_removes_contents_of_finished_messages_only,
     changes_tick_when_work_arrives,
     close_refuses_later_requests,
+    reopened_store_keeps_messages_queue_and_leases,
 );

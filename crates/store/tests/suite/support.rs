@@ -105,7 +105,7 @@ pub fn replace_database(url: &str, name: &str) -> String {
 pub struct TestStore {
     pub store: Arc<dyn Store>,
     pub clock: Clock,
-    pub db: TestDb,
+    db: TestDb,
 }
 
 /// 2026-11-21 10:00:00 UTC, where every manual clock starts.
