@@ -85,23 +85,23 @@ impl<'o> Ctx<'o> {
         let token = identifier
             .filter(|i| i.get("system").is_some_and(Value::is_string))
             .and_then(identifier_token);
-        let mut body = Map::new();
-        body.insert("resourceType".into(), Value::String(kind.to_string()));
+        // The resource keeps its own map; resourceType (and id) go in front
+        // with shift_insert rather than by copying every member into a new map.
+        let mut body = match resource {
+            Value::Object(fields) => fields,
+            _ => Map::new(),
+        };
+        body.shift_remove("resourceType");
+        body.shift_remove("id");
         let url = match &token {
             Some(t) => format!("{kind}?identifier={t}"),
             None => {
                 let id = uuid.simple().to_string();
-                body.insert("id".into(), Value::String(id.clone()));
+                body.shift_insert(0, "id".into(), Value::String(id.clone()));
                 format!("{kind}/{id}")
             }
         };
-        if let Value::Object(fields) = resource {
-            for (k, v) in fields {
-                if k != "resourceType" && k != "id" {
-                    body.insert(k, v);
-                }
-            }
-        }
+        body.shift_insert(0, "resourceType".into(), Value::String(kind.to_string()));
         self.urls.push(full_url.clone());
         self.entries.push(obj!{
             "fullUrl" => full_url.as_str(),

@@ -1,0 +1,53 @@
+//! Conversions per CPU-second (user + system time of this process, from
+//! /proc/self/stat), for machines too loaded for wall-clock benchmarks: a
+//! thread that gets a third of a core still spends its own CPU time on the
+//! work only. Linux only. The criterion benchmark (benches/convert.rs) is
+//! the reference; this is the cross-check quoted beside it.
+//!
+//!     cargo run --release -p plexus-convert --example throughput
+
+use std::path::Path;
+use std::time::Instant;
+
+/// CPU seconds used by this process so far (utime + stime, in clock ticks
+/// of 1/100 s), or None where /proc is not readable.
+fn cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at state.
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn main() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7v2");
+    let opts = convert::Hl7ToFhirOptions::default();
+    for file in ["ADT-A01-01.hl7", "ADT01-23.hl7", "ORU-R01-01.hl7", "LRI_2.0-NG_CBC_Typ_Message.hl7"] {
+        let text = match std::fs::read_to_string(dir.join(file)) {
+            Ok(t) => t.replace('\n', "\r"),
+            Err(e) => {
+                eprintln!("{file}: {e}");
+                continue;
+            }
+        };
+        let (Some(start), wall) = (cpu_secs(), Instant::now()) else {
+            eprintln!("/proc/self/stat is not readable");
+            return;
+        };
+        let mut done = 0u64;
+        while cpu_secs().is_some_and(|now| now - start < 5.0) {
+            for _ in 0..200 {
+                let Ok(msg) = hl7v2::Message::parse(text.as_bytes()) else { return };
+                std::hint::black_box(convert::hl7_to_fhir(&msg, &opts).is_ok());
+            }
+            done += 200;
+        }
+        let cpu = cpu_secs().unwrap_or(start) - start;
+        println!(
+            "{file}: {:.0} parse+convert per CPU-second ({:.0} per wall-second)",
+            done as f64 / cpu.max(0.01),
+            done as f64 / wall.elapsed().as_secs_f64()
+        );
+    }
+}
