@@ -396,15 +396,19 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
 }
 
 fn fields(seg: &Segment<'_>, occurrence: u32, version: Version, issues: &mut Vec<Issue>) {
+    let raw = seg.raw();
+    let rules = types::rules_for([raw[0], raw[1], raw[2]]);
+    if rules.is_empty() {
+        return;
+    }
     let name = seg.name();
-    for rule in types::RULES.iter().filter(|r| r.segment == name) {
-        let location = Location::field(name, occurrence, rule.field);
+    for rule in rules {
         let field = seg.field(rule.field as usize);
         let valued = field.is_some_and(|f| !f.is_empty());
         if !valued {
             if rule.required_since.is_some_and(|v| v <= version) {
                 issues.push(Issue::error(
-                    location,
+                    Location::field(name, occurrence, rule.field),
                     ErrorCode::RequiredFieldMissing,
                     format!("{name}-{} is required", rule.field),
                 ));
@@ -418,9 +422,9 @@ fn fields(seg: &Segment<'_>, occurrence: u32, version: Version, issues: &mut Vec
             if value.is_empty() || rep.is_null() {
                 continue;
             }
-            let at = Location {
+            let at = || Location {
                 repetition: (reps > 1).then_some(r as u32 + 1),
-                ..location.clone()
+                ..Location::field(name, occurrence, rule.field)
             };
             if let Some(issue) = types::check(rule, &value, name, at) {
                 issues.push(issue);

@@ -359,9 +359,15 @@ pub(crate) const RULES: &[Rule] = &[
     rule("MSA", 2, Kind::Text, ALWAYS),
 ];
 
-/// Checks one repetition's first component against a rule.
-pub(crate) fn check(rule: &Rule, value: &str, segment: &str, at: Location) -> Option<Issue> {
-    let field = format!("{segment}-{}", rule.field);
+/// Checks one repetition's first component against a rule. `at` builds
+/// the location only when there is something to report: validation runs on
+/// every message, and most values are fine.
+pub(crate) fn check(
+    rule: &Rule,
+    value: &str,
+    segment: &str,
+    at: impl FnOnce() -> Location,
+) -> Option<Issue> {
     let result = match rule.kind {
         Kind::Text => Ok(()),
         Kind::Si => check_si(value).map_err(|w| ("SI", w)),
@@ -371,9 +377,9 @@ pub(crate) fn check(rule: &Rule, value: &str, segment: &str, at: Location) -> Op
     };
     if let Err((ty, why)) = result {
         return Some(Issue::error(
-            at,
+            at(),
             ErrorCode::DataTypeError,
-            format!("{field} is not a valid {ty}: {why}"),
+            format!("{segment}-{} is not a valid {ty}: {why}", rule.field),
         ));
     }
     let (table, values) = rule.table?;
@@ -384,11 +390,23 @@ pub(crate) fn check(rule: &Rule, value: &str, segment: &str, at: Location) -> Op
     };
     (!known).then(|| {
         Issue::error(
-            at,
+            at(),
             ErrorCode::TableValueNotFound,
-            format!("{field} is not in HL7 table {table}"),
+            format!("{segment}-{} is not in HL7 table {table}", rule.field),
         )
     })
+}
+
+/// The rules of one segment (they are contiguous in [`RULES`]).
+pub(crate) fn rules_for(name: [u8; 3]) -> &'static [Rule] {
+    let Some(first) = RULES.iter().position(|r| r.segment.as_bytes() == name) else {
+        return &[];
+    };
+    let len = RULES[first..]
+        .iter()
+        .take_while(|r| r.segment.as_bytes() == name)
+        .count();
+    &RULES[first..first + len]
 }
 
 #[cfg(test)]
@@ -405,6 +423,23 @@ mod tests {
         for e in ["A63", "A00", "R1", "PC0", "XYZ", "a01", ""] {
             assert!(!is_event(e), "{e}");
         }
+    }
+
+    #[test]
+    fn rules_of_a_segment_are_contiguous() {
+        let mut seen: Vec<&str> = Vec::new();
+        for pair in RULES.windows(2) {
+            if pair[0].segment != pair[1].segment {
+                assert!(
+                    !seen.contains(&pair[1].segment),
+                    "{} split",
+                    pair[1].segment
+                );
+                seen.push(pair[0].segment);
+            }
+        }
+        assert_eq!(rules_for(*b"PID").len(), 7);
+        assert!(rules_for(*b"ZZZ").is_empty());
     }
 
     #[test]
