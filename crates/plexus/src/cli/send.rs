@@ -196,14 +196,22 @@ enum Source {
 }
 
 impl Source {
-    /// Message number `i`: its label for reports, control id and bytes.
-    fn message(&self, i: u64) -> (String, String, Bytes) {
+    /// Message number `i`: its control id and bytes.
+    fn message(&self, i: u64) -> (String, Bytes) {
         match self {
             Source::Files(messages) => {
                 let m = &messages[(i % messages.len() as u64) as usize];
-                (m.label.clone(), m.control_id.clone(), m.bytes.clone())
+                (m.control_id.clone(), m.bytes.clone())
             }
-            Source::Generated(g) => (format!("message {i}"), g.control_id(i), g.message(i)),
+            Source::Generated(g) => (g.control_id(i), g.message(i)),
+        }
+    }
+
+    /// Message number `i` as reports name it (only built when reporting).
+    fn label(&self, i: u64) -> String {
+        match self {
+            Source::Files(messages) => messages[(i % messages.len() as u64) as usize].label.clone(),
+            Source::Generated(_) => format!("message {i}"),
         }
     }
 }
@@ -293,7 +301,7 @@ impl Generator {
     fn message(&self, i: u64) -> Bytes {
         let control_id = self.control_id(i);
         let p = self.patient(i);
-        let now = chrono::Utc::now().format("%Y%m%d%H%M%S");
+        let now = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
         let mrn = format!("PX{p:07}");
         let name = format!("Testpatient{p}^Synthetic");
         let sex = if p.is_multiple_of(2) { "F" } else { "M" };
@@ -489,7 +497,6 @@ type Conn = Framed<Stream, hl7v2::mllp::MllpCodec>;
 struct InFlight {
     index: u64,
     control_id: String,
-    label: String,
     sent_at: Instant,
 }
 
@@ -522,19 +529,19 @@ async fn connection(
             let mut wrote = false;
             while in_flight.len() < settings.window {
                 let Some(index) = todo.pop_front() else { break };
-                let (label, control_id, bytes) = source.message(index);
+                let (control_id, bytes) = source.message(index);
                 if let Err(e) = conn.feed(bytes).await {
                     report_line(&settings, &format!("{}: write failed: {e}", settings.to));
                     todo.push_front(index);
-                    lose_in_flight(&settings, &mut report, &mut in_flight, &mut todo);
+                    lose_in_flight(&settings, &source, &mut report, &mut in_flight, &mut todo);
                     continue 'connections;
                 }
-                in_flight.push_back(InFlight { index, control_id, label, sent_at: Instant::now() });
+                in_flight.push_back(InFlight { index, control_id, sent_at: Instant::now() });
                 wrote = true;
             }
             if wrote && let Err(e) = SinkExt::<Bytes>::flush(&mut conn).await {
                 report_line(&settings, &format!("{}: write failed: {e}", settings.to));
-                lose_in_flight(&settings, &mut report, &mut in_flight, &mut todo);
+                lose_in_flight(&settings, &source, &mut report, &mut in_flight, &mut todo);
                 continue 'connections;
             }
             if in_flight.is_empty() {
@@ -545,7 +552,7 @@ async fn connection(
                 Ok(Some(Err(e))) => {
                     report_line(&settings, &format!("{}: unreadable answer: {e}", settings.to));
                     report.bad_acks += 1;
-                    lose_in_flight(&settings, &mut report, &mut in_flight, &mut todo);
+                    lose_in_flight(&settings, &source, &mut report, &mut in_flight, &mut todo);
                     continue 'connections;
                 }
                 Ok(None) => {
@@ -557,12 +564,12 @@ async fn connection(
                             in_flight.len()
                         ),
                     );
-                    lose_in_flight(&settings, &mut report, &mut in_flight, &mut todo);
+                    lose_in_flight(&settings, &source, &mut report, &mut in_flight, &mut todo);
                     continue 'connections;
                 }
                 Err(_) => {
                     report_line(&settings, &format!("{}: no ACK within {:?}", settings.to, settings.ack_timeout));
-                    lose_in_flight(&settings, &mut report, &mut in_flight, &mut todo);
+                    lose_in_flight(&settings, &source, &mut report, &mut in_flight, &mut todo);
                     continue 'connections;
                 }
             };
@@ -572,7 +579,7 @@ async fn connection(
                     report_line(&settings, &format!("{}: {e}", settings.to));
                     report.bad_acks += 1;
                     // The stream can no longer pair answers with messages.
-                    lose_in_flight(&settings, &mut report, &mut in_flight, &mut todo);
+                    lose_in_flight(&settings, &source, &mut report, &mut in_flight, &mut todo);
                     continue 'connections;
                 }
             };
@@ -588,7 +595,10 @@ async fn connection(
             *report.codes.entry(ack.code.clone()).or_default() += 1;
             if !matches!(ack.code.as_str(), "AA" | "CA") {
                 let text = if ack.text.is_empty() { String::new() } else { format!(": {}", ack.text) };
-                report_line(&settings, &format!("{}: {} (control id {}){text}", done.label, ack.code, done.control_id));
+                report_line(
+                    &settings,
+                    &format!("{}: {} (control id {}){text}", source.label(done.index), ack.code, done.control_id),
+                );
             }
         }
     }
@@ -599,6 +609,7 @@ async fn connection(
 /// (first, in order) with `--retry-unacked`, else counted as unacknowledged.
 fn lose_in_flight(
     settings: &Settings,
+    source: &Source,
     report: &mut Report,
     in_flight: &mut VecDeque<InFlight>,
     todo: &mut VecDeque<u64>,
@@ -611,7 +622,7 @@ fn lose_in_flight(
     } else {
         report.unacked += in_flight.len() as u64;
         for m in in_flight.drain(..) {
-            report_line(settings, &format!("{}: no ACK (control id {})", m.label, m.control_id));
+            report_line(settings, &format!("{}: no ACK (control id {})", source.label(m.index), m.control_id));
         }
     }
 }
