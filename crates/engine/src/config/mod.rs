@@ -406,6 +406,9 @@ fn cross_check(api: &ApiConfig, channels: &[ChannelConfig], errors: &mut ConfigE
                 match channels.iter().find(|t| t.name == target) {
                     None => errors.push(path, format!("no channel is named {target:?}")),
                     Some(t) if t.name == c.name => errors.push(path, "a channel cannot deliver into itself"),
+                    Some(t) if c.enabled && !t.enabled => {
+                        errors.push(path, format!("channel {target:?} is disabled (enabled = false)"))
+                    }
                     Some(_) => {}
                 }
             }

@@ -363,3 +363,20 @@ fn every_example_compiles_with_its_variables_set() {
     }
     assert!(seen >= 2, "examples/*.toml");
 }
+
+#[test]
+fn channel_destinations_cannot_target_a_disabled_channel() {
+    let text = format!(
+        r#"{MINIMAL}
+[[channels.adt-in.destinations]]
+name = "fan-out"
+type = "channel"
+channel = "off"
+[channels.off]
+enabled = false
+[channels.off.source]
+type = "http"
+"#
+    );
+    assert_eq!(errors(&text), ["channel \"adt-in\".destination[1].channel: channel \"off\" is disabled (enabled = false)"]);
+}
