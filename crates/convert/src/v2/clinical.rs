@@ -753,6 +753,25 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
     Ok(())
 }
 
+/// OBX segments of a message without orders (ADT, VXU's patient level):
+/// standalone Observations about the patient and visit, with their NTEs.
+pub(crate) fn patient_observations(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+    let group = ObsContext { group_key: subject.key.clone(), default_time: None, specimen: None, part_of: None };
+    let segs = &msg.segments;
+    let mut position = 0;
+    for (i, seg) in segs.iter().enumerate() {
+        if seg.name != "OBX" {
+            continue;
+        }
+        position += 1;
+        let notes: Vec<String> = segs[i + 1..].iter().take_while(|s| s.name == "NTE").map(nte_text).collect();
+        if let ObxOut::Attachment(a) = observation(ctx, subject, seg, &notes, &group, position)? {
+            attachment_document(ctx, subject, seg, a, position);
+        }
+    }
+    Ok(())
+}
+
 fn order_status(orc: Option<&Seg<'_>>) -> &'static str {
     let Some(orc) = orc else { return "unknown" };
     match orc.f(5).text().as_ref() {

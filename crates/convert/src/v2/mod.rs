@@ -119,6 +119,7 @@ pub(crate) fn convert(message: &hl7v2::Message, opts: &Hl7ToFhirOptions) -> Resu
                 for nk1 in msg.all("NK1") {
                     patient::related_person(&mut ctx, &subject, nk1);
                 }
+                clinical::patient_observations(&mut ctx, &msg, &subject)?;
                 for al1 in msg.all("AL1") {
                     patient::allergy(&mut ctx, &subject, al1);
                 }
