@@ -4,4 +4,5 @@
 
 mod fixtures;
 mod messy;
+mod peers;
 mod properties;
