@@ -37,6 +37,8 @@ enum Reply {
     /// Answer CA then AA in one write (enhanced mode: commit, then
     /// application acknowledgment).
     CommitThenAccept,
+    /// Answer AA with an MSA-3 of this many bytes.
+    Oversized(usize),
 }
 
 type Behaviour = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
@@ -113,6 +115,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Reply::WrongId => ack("AA", "SOMETHING-ELSE"),
             Reply::AckThenClose => ack("AA", &id),
             Reply::CommitThenAccept => [ack("CA", &id), ack("AA", &id)].concat(),
+            Reply::Oversized(n) => {
+                let mut frame = ack("AA", &id);
+                let at = frame.len() - 3; // before the last CR and the end block
+                frame.splice(at..at, std::iter::repeat_n(b'X', n));
+                frame
+            }
             Reply::Silent => {
                 // Hold the connection open without answering.
                 tokio::time::sleep(StdDuration::from_secs(3600)).await;
@@ -303,6 +311,20 @@ async fn a_second_ack_for_the_previous_message_is_not_taken_for_the_next() {
         assert_eq!(response.summary, "CA", "message {n}");
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1, "the stale AA did not cost a reconnect");
+}
+
+#[tokio::test]
+async fn an_ack_over_max_ack_size_is_refused_and_the_connection_dropped() {
+    let (address, seen) = listener(|n| if n == 0 { Reply::Oversized(100_000) } else { Reply::Ack("AA") }).await;
+    let mut config = quick(&address);
+    config.max_ack_size = engine::config::ByteSize(64 * 1024);
+    let dest = build(config).await;
+    let content = message("BIG1");
+    let err = dest.send(&outbound(&content)).await.unwrap_err();
+    assert_eq!(err.kind(), "bad_ack", "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Transient);
+    assert_eq!(dest.send(&outbound(&content)).await.unwrap().summary, "AA");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2, "a fresh connection after the oversized answer");
 }
 
 #[tokio::test]
