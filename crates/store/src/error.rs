@@ -108,8 +108,39 @@ impl StoreError {
         }
     }
 
+    /// A description safe to log at any level: a database's own error text
+    /// can quote the offending value (MariaDB's "Duplicate entry '...'"),
+    /// which may be a patient identifier, so database errors are reduced to
+    /// their code. Everything else this crate writes is free of message
+    /// data already.
+    pub fn summary(&self) -> String {
+        match self {
+            StoreError::Database(e) => sqlx_summary(e),
+            StoreError::Batch(e) => format!("group commit failed: {}", e.summary()),
+            StoreError::Migrate(_) => "store migration failed".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         StoreError::Invalid { field, reason: reason.into() }
+    }
+}
+
+fn sqlx_summary(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            format!("database error {}", db.code().as_deref().unwrap_or("without a code"))
+        }
+        sqlx::Error::Io(io) => format!("database i/o error: {}", io.kind()),
+        sqlx::Error::PoolTimedOut => "database pool timed out".to_owned(),
+        sqlx::Error::PoolClosed => "database pool closed".to_owned(),
+        sqlx::Error::Tls(_) => "database TLS error".to_owned(),
+        sqlx::Error::Protocol(_) => "database protocol error".to_owned(),
+        sqlx::Error::RowNotFound => "row not found".to_owned(),
+        sqlx::Error::ColumnDecode { index, .. } => format!("cannot decode column {index}"),
+        sqlx::Error::Decode(_) => "cannot decode a stored value".to_owned(),
+        _ => "database error".to_owned(),
     }
 }
 
@@ -189,6 +220,15 @@ mod tests {
             assert!(!postgres_transient(code), "{code}");
         }
         assert!(!mysql_transient(1062));
+    }
+
+    #[test]
+    fn summary_never_quotes_the_database_message() {
+        let e = StoreError::Database(sqlx::Error::Protocol("row MRN-123456 broke".into()));
+        assert!(!e.summary().contains("MRN"));
+        let e = StoreError::Batch(std::sync::Arc::new(e));
+        assert!(!e.summary().contains("MRN"));
+        assert_eq!(StoreError::LeaseLost(DeliveryId(7)).summary(), "lease on delivery 7 is no longer held");
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                warn!(error = %e, batch = accepts.len(), "group commit failed, retrying one by one");
+                warn!(error = %e.summary(), batch = accepts.len(), "group commit failed, retrying one by one");
                 let mut queued = false;
                 for (m, reply) in accepts {
                     let r = self.accept_tx(&[&m], now).await.map(|(mut v, q)| {

@@ -17,6 +17,10 @@
 //!   replay, or when a lower delivery id commits late on another node).
 //! - **Completions, replays, retention** run in their own transactions on
 //!   the pool, locking the rows they change.
+//! - **Wake-ups across processes**: a commit that queues work (accepts,
+//!   replays) sends `NOTIFY plexus_store_work`; every store LISTENs and
+//!   bumps [`Store::changes`], so idle workers on all nodes claim at once
+//!   instead of waiting for their next poll.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres, QueryBuilder, Row};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, warn};
@@ -39,6 +43,9 @@ use crate::{Clock, Result, Store, StoreError, StoreOptions};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The LISTEN/NOTIFY channel announcing claimable work.
+const WORK_CHANNEL: &str = "plexus_store_work";
+
 /// A store on PostgreSQL.
 #[derive(Debug)]
 pub(crate) struct PgStore {
@@ -48,6 +55,8 @@ pub(crate) struct PgStore {
     changed: Arc<watch::Sender<u64>>,
     shutdown: Arc<Notify>,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The LISTEN connection's own pool (closing it ends the listener).
+    listener_pool: PgPool,
 }
 
 pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
@@ -57,13 +66,17 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let writer_pool = PgPoolOptions::new().max_connections(1).connect_with(connect.clone()).await?;
     // Migrations take an advisory lock: nodes starting together migrate once.
     MIGRATOR.run(&writer_pool).await?;
-    let pool = PgPoolOptions::new().max_connections(options.pool_size).connect_with(connect).await?;
+    let pool = PgPoolOptions::new().max_connections(options.pool_size).connect_with(connect.clone()).await?;
+    let listener_pool = PgPoolOptions::new().max_connections(1).connect_with(connect).await?;
 
     let (ops, rx) = mpsc::channel(options.max_batch.saturating_mul(4).max(64));
     let changed = Arc::new(watch::channel(0u64).0);
     let shutdown = Arc::new(Notify::new());
     let w = Writer { pool: writer_pool, clock: options.clock.clone(), window: options.duplicate_window, changed: changed.clone() };
     let handle = tokio::spawn(w.run(rx, options.max_batch, shutdown.clone()));
+    let mut listener = PgListener::connect_with(&listener_pool).await?;
+    listener.listen(WORK_CHANNEL).await?;
+    tokio::spawn(listen(listener, changed.clone()));
     Ok(Arc::new(PgStore {
         pool,
         ops,
@@ -71,7 +84,31 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
         changed,
         shutdown,
         writer: tokio::sync::Mutex::new(Some(handle)),
+        listener_pool,
     }))
+}
+
+/// Bumps `changed` for every work notification, from any process, until the
+/// listener's pool is closed. `recv` reconnects by itself after a network
+/// failure (notifications sent meanwhile are lost: workers still poll).
+async fn listen(mut listener: PgListener, changed: Arc<watch::Sender<u64>>) {
+    loop {
+        match listener.recv().await {
+            Ok(_) => changed.send_modify(|n| *n = n.wrapping_add(1)),
+            Err(sqlx::Error::PoolClosed) => break,
+            Err(e) => {
+                warn!(error = %StoreError::Database(e).summary(), "postgres store: LISTEN failed, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    debug!("postgres store listener stopped");
+}
+
+/// Announces claimable work to every process, at COMMIT.
+async fn notify_work(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(conn).await?;
+    Ok(())
 }
 
 read_side!(Postgres, PgPool, numbered_placeholders);
@@ -136,6 +173,9 @@ impl Store for PgStore {
         validate_actor(&request.actor)?;
         let mut tx = self.pool.begin().await?;
         let done = replay(&mut tx, request, self.clock.now()).await?;
+        if !done.replayed.is_empty() {
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await?;
         if !done.replayed.is_empty() {
             self.wake();
@@ -147,6 +187,7 @@ impl Store for PgStore {
         validate_actor(actor)?;
         let mut tx = self.pool.begin().await?;
         dead_letter(&mut tx, delivery, actor.to_owned(), reason, self.clock.now()).await?;
+        notify_work(&mut tx).await?;
         tx.commit().await?;
         self.wake();
         Ok(())
@@ -197,6 +238,7 @@ impl Store for PgStore {
             }
         }
         self.pool.close().await;
+        self.listener_pool.close().await;
     }
 }
 
@@ -287,7 +329,7 @@ impl Writer {
             Err(e) => {
                 // Isolate the request that failed the batch (or retry them
                 // all if the connection dropped): one transaction each.
-                warn!(error = %e, batch = accepts.len(), "group commit failed, retrying one by one");
+                warn!(error = %e.summary(), batch = accepts.len(), "group commit failed, retrying one by one");
                 let mut queued = false;
                 for (m, reply) in accepts {
                     let r = self.accept_tx(&[&m], now).await.map(|(mut v, q)| {
@@ -319,8 +361,109 @@ impl Writer {
                 .execute(&mut *tx)
                 .await?;
         }
-        let result = insert_batch(&mut tx, messages, now, self.window).await?;
+        let existing = lookup_originals(&mut tx, messages, window_start(now, self.window)).await?;
+        let plans = plan_batch(messages, existing);
+        let inserts: Vec<&Prepared<'_>> =
+            plans.iter().filter_map(|p| if let Plan::Insert(p) = p { Some(p) } else { None }).collect();
+        let queued = inserts.iter().any(|p| p.has_queued());
+        if !inserts.is_empty() {
+            insert_unnest(&mut tx, &inserts, to_micros(now), queued).await?;
+        }
         tx.commit().await?;
-        Ok(result)
+        let answers = plans
+            .into_iter()
+            .map(|p| match p {
+                Plan::Insert(p) => Accepted::Stored { id: MessageId(p.id) },
+                Plan::Duplicate(d) => d,
+            })
+            .collect();
+        Ok((answers, queued))
     }
 }
+
+/// Inserts a batch's messages, patient identifiers and deliveries, and
+/// announces the work, in one statement: three INSERT ... SELECT FROM
+/// UNNEST(arrays) in data-modifying CTEs. One round trip, and one statement
+/// text whatever the batch size, so it is parsed and planned once per
+/// connection. (Foreign keys are checked at the end of the statement, after
+/// all three inserts.)
+async fn insert_unnest(conn: &mut PgConnection, inserts: &[&Prepared<'_>], now: i64, notify: bool) -> Result<()> {
+    let mut patient_rows: (Vec<Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
+    for p in inserts {
+        let mut ids: Vec<&str> = p.message.patient_ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for pid in ids {
+            patient_rows.0.push(p.id);
+            patient_rows.1.push(pid);
+        }
+    }
+    let deliveries: Vec<(&Prepared<'_>, &NewDelivery)> =
+        inserts.iter().flat_map(|p| p.message.deliveries.iter().map(move |d| (*p, d))).collect();
+    let opt = |f: fn(&NewMessage) -> &Option<String>| inserts.iter().map(|p| f(p.message).as_deref()).collect::<Vec<_>>();
+    sqlx::query(INSERT_BATCH)
+        .bind(inserts.iter().map(|p| p.id).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|p| p.message.channel.as_str()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|p| to_micros(p.message.received_at)).collect::<Vec<_>>())
+        .bind(vec![now; inserts.len()])
+        .bind(opt(|m| &m.peer_addr))
+        .bind(inserts.iter().map(|p| p.message.content_type.as_str()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|p| p.size()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|p| p.sha256.as_slice()).collect::<Vec<_>>())
+        .bind(opt(|m| &m.control_id))
+        .bind(inserts.iter().map(|p| p.message.sender_key.as_str()).collect::<Vec<_>>())
+        .bind(opt(|m| &m.message_type))
+        .bind(opt(|m| &m.event))
+        .bind(opt(|m| &m.order_key))
+        .bind(inserts.iter().map(|p| p.message.ack.as_deref()).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|p| p.message.raw.as_slice()).collect::<Vec<_>>())
+        .bind(patient_rows.0)
+        .bind(patient_rows.1)
+        .bind(deliveries.iter().map(|(p, _)| p.id).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(p, _)| p.message.channel.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(_, d)| d.destination.as_str()).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|(p, _)| p.queue_key.as_str()).collect::<Vec<_>>())
+        .bind(
+            deliveries
+                .iter()
+                .map(|(_, d)| match d.initial {
+                    InitialState::Queued => "queued",
+                    InitialState::Filtered { .. } => "filtered",
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            deliveries
+                .iter()
+                .map(|(_, d)| match &d.initial {
+                    InitialState::Queued => None,
+                    InitialState::Filtered { rule } => Some(rule.as_str()),
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind(now)
+        .bind(notify)
+        .bind(WORK_CHANNEL)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const INSERT_BATCH: &str = "\
+WITH m AS (
+    INSERT INTO messages (id, channel, received_at, accepted_at, peer_addr, content_type, size, sha256,
+                          control_id, sender_key, message_type, event, order_key, ack, raw)
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                         $7::bigint[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::text[],
+                         $13::text[], $14::bytea[], $15::bytea[])
+), p AS (
+    INSERT INTO message_patients (message_id, patient_id)
+    SELECT * FROM UNNEST($16::uuid[], $17::text[])
+), d AS (
+    INSERT INTO deliveries (message_id, channel, destination, queue_key, state, next_attempt_at,
+                            filter_rule, created_at, updated_at)
+    SELECT u.message_id, u.channel, u.destination, u.queue_key, u.state, $24, u.filter_rule, $24, $24
+    FROM UNNEST($18::uuid[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[])
+         AS u (message_id, channel, destination, queue_key, state, filter_rule)
+)
+SELECT CASE WHEN $25 THEN pg_notify($26, '') END";

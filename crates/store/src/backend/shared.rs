@@ -158,6 +158,8 @@ macro_rules! write_side {
         /// patient identifiers and deliveries with multi-row INSERTs.
         /// Returns each message's answer and whether a queued delivery was
         /// created.
+        // PostgreSQL inserts with UNNEST arrays in one statement instead.
+        #[allow(dead_code)]
         async fn insert_batch(
             conn: &mut $conn,
             messages: &[&NewMessage],
@@ -265,7 +267,7 @@ macro_rules! write_side {
             }
         }
 
-        #[allow(dead_code)]
+        #[allow(dead_code)] // see insert_batch
         async fn insert_messages(conn: &mut $conn, inserts: &[&Prepared<'_>], now: i64) -> Result<()> {
             let mut statements = Vec::new();
             push_inserts(&mut statements, false, inserts, now);

@@ -252,7 +252,7 @@ impl Writer {
                 }
                 Err(e) => {
                     // Start again carefully, isolating each request.
-                    warn!(error = %e, batch = messages.len(), "group commit failed, retrying one by one");
+                    warn!(error = %e.summary(), batch = messages.len(), "group commit failed, retrying one by one");
                     let _ = exec(&mut self.conn, "ROLLBACK").await;
                 }
             }
@@ -287,7 +287,7 @@ impl Writer {
                 Err(e) => {
                     // Something in the bulk insert failed: retry one by one
                     // so that only the culprit gets the error.
-                    warn!(error = %e, batch = messages.len(), "bulk accept failed, retrying one by one");
+                    warn!(error = %e.summary(), batch = messages.len(), "bulk accept failed, retrying one by one");
                     for (m, reply) in accepts {
                         let one = savepoint!(self.conn, insert_batch(&mut self.conn, &[&m], now, self.window).await);
                         done.push(Done::new(reply, one.map(|(mut r, q)| {
@@ -313,7 +313,7 @@ impl Writer {
                 }
             }
             Err(e) => {
-                warn!(error = %e, "group commit failed");
+                warn!(error = %e.summary(), "group commit failed");
                 let _ = exec(&mut self.conn, "ROLLBACK").await;
                 let e = Arc::new(e);
                 for d in done {

@@ -233,3 +233,21 @@ async fn postgres_two_processes_never_hold_one_key() {
 async fn mysql_two_processes_never_hold_one_key() {
     two_processes_never_hold_one_key(Kind::Mysql).await;
 }
+
+/// Work accepted by one process wakes idle workers of another (PostgreSQL
+/// LISTEN/NOTIFY), so they need not wait for their next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_accept_in_one_process_wakes_another() {
+    let Some(db) = TestDb::create(Kind::Postgres, "store::cluster::wake").await else { return };
+    let a = store::open(&db.url, StoreOptions::default()).await.expect("open a");
+    let b = store::open(&db.url, StoreOptions::default()).await.expect("open b");
+    let mut changes = b.changes();
+    changes.mark_unchanged();
+    a.accept(message("adt", "1", Some("K1"), &["ehr"])).await.expect("accept");
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("the other store was notified")
+        .expect("store alive");
+    a.close().await;
+    b.close().await;
+}
