@@ -258,7 +258,7 @@ fn validate_checks_the_counts_of_a_batch_envelope() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let text = stdout(&o);
     assert!(text.contains("batch.hl7 (batch envelope): invalid: 1 error"), "{text}");
-    assert!(text.contains("  BTS(1)-1: 102 Data type error: BTS-1 says 3 messages, batch 1 has 2"), "{text}");
+    assert!(text.contains("  BTS(1)-1: 102 Data type error: BTS-1 does not match the 2 messages of batch 1 (E)"), "{text}");
     assert!(text.contains("batch.hl7 #1: valid\n") && text.contains("batch.hl7 #2: valid\n"), "{text}");
     assert!(text.ends_with("2 of 3 messages valid\n"), "{text}");
 
