@@ -64,7 +64,7 @@ pub struct SendArgs {
     #[arg(value_name = "FILE", required_unless_present = "generate", conflicts_with = "generate")]
     pub files: Vec<PathBuf>,
     /// Generate messages instead of reading files: `oru` (ORU^R01 with 12
-    /// results, about 1.6 KB) or `adt` (ADT^A01, about 0.5 KB).
+    /// results, about 1.7 KB) or `adt` (ADT^A01, about 0.35 KB).
     #[arg(long, value_enum)]
     pub generate: Option<Generate>,
     /// How many messages to send in all (default: each file message once,
