@@ -1,0 +1,188 @@
+// Drives the Plexus dashboard in Debian's headless Chromium with playwright-core.
+// Started by crates/plexus/tests/dashboard_browser.rs, which runs `plexus serve`
+// and passes, in the environment:
+//   PLEXUS_URL        http://127.0.0.1:PORT (the API listener serving the dashboard)
+//   PLEXUS_TOKEN      a token with every scope
+//   PLEXUS_READ_TOKEN a token with messages:read only (for the 403 check)
+//   PLEXUS_CHANNEL    the channel to watch
+//   PLEXUS_SEND       a JSON array: the `plexus send` command line that sends the messages
+//   PLEXUS_SEND_COUNT how many messages it sends
+//   PLEXUS_CONTROL_ID the control id of one of them, to search for
+//   PLEXUS_ARTIFACTS  where to save screenshots and results.json
+//   CHROMIUM          the browser (default /usr/bin/chromium)
+// Prints one line `RESULT {json}` with every check; exits 1 when one failed.
+
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (name) => {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+};
+const base = env('PLEXUS_URL');
+const token = env('PLEXUS_TOKEN');
+const readToken = process.env.PLEXUS_READ_TOKEN || '';
+const channel = env('PLEXUS_CHANNEL');
+const sendCommand = JSON.parse(env('PLEXUS_SEND'));
+const sendCount = Number(env('PLEXUS_SEND_COUNT'));
+const controlId = env('PLEXUS_CONTROL_ID');
+const artifacts = env('PLEXUS_ARTIFACTS');
+const TIMEOUT = 30_000;
+
+const checks = [];
+function check(name, ok, detail = '') {
+  checks.push({ name, ok: Boolean(ok), detail: String(detail) });
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${name}${detail ? `: ${detail}` : ''}`);
+}
+
+mkdirSync(artifacts, { recursive: true });
+const profile = mkdtempSync(join(tmpdir(), 'plexus-chromium-'));
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    `--user-data-dir=${profile}`,
+  ],
+});
+const pageErrors = [];
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+}
+
+async function countCell(page, key) {
+  const cell = page.locator(`tr.channel-row[data-channel="${channel}"] td[data-count="${key}"]`);
+  return Number((await cell.textContent()).trim());
+}
+
+async function waitFor(what, fn, timeout = TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  let last;
+  while (Date.now() < deadline) {
+    last = await fn();
+    if (last.ok) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  // The browser logs every 4xx answer as a console error; the 401/403 ones are expected here.
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) pageErrors.push(m.text());
+  });
+
+  // 1. Login: a bad token is refused, the real one gets in.
+  await page.goto(`${base}/`);
+  await page.waitForSelector('#login-form');
+  check('an unauthenticated visit lands on the login page', page.url().includes('#/login'), page.url());
+  await page.fill('#token', 'plx_not_a_real_token');
+  await page.click('#login-form button[type=submit]');
+  await page.waitForSelector('#login-form .notice-error');
+  check('a wrong token is refused', (await page.textContent('#login-form .notice-error')).includes('refused'));
+  await shot(page, '01-login');
+  await page.fill('#token', token);
+  await page.click('#login-form button[type=submit]');
+  await page.waitForSelector(`tr.channel-row[data-channel="${channel}"]`);
+  check('the token logs in and the channel list shows', true);
+
+  // 2. Channels: counts change after `plexus send` (the page refreshes itself).
+  const before = await countCell(page, 'received');
+  const sentBefore = await countCell(page, 'sent');
+  const output = execFileSync(sendCommand[0], sendCommand.slice(1), { encoding: 'utf8' });
+  check('plexus send delivered its messages', /\S/.test(output), output.trim().split('\n').pop());
+  const after = await waitFor('the received count to grow', async () => {
+    const received = await countCell(page, 'received');
+    const sent = await countCell(page, 'sent');
+    return { ok: received >= before + sendCount && sent >= sentBefore + sendCount, received, sent };
+  });
+  check('received count went up by the messages sent', after.received === before + sendCount,
+    `${before} -> ${after.received}`);
+  check('sent count went up once delivered', after.sent === sentBefore + sendCount, `${sentBefore} -> ${after.sent}`);
+  const health = await page.locator(`tr.channel-row[data-channel="${channel}"] .badge`).first().textContent();
+  check('the channel shows a health state', /healthy|warning|critical|idle|unknown/.test(health), health);
+  await shot(page, '02-channels');
+
+  // 3. Message browser: search by control id.
+  await page.click('nav a[data-page=messages]');
+  await page.waitForSelector('#search-form');
+  await page.fill('#f-control_id', controlId);
+  await page.click('#search');
+  await page.waitForFunction((id) => {
+    const rows = document.querySelectorAll('tr.message-row');
+    return rows.length === 1 && rows[0].querySelector('.control-id').textContent === id;
+  }, controlId);
+  check('search by control id finds exactly that message', true, controlId);
+  check('the search is in the URL', page.url().includes(`control_id=${controlId}`), page.url());
+  await shot(page, '03-messages');
+
+  // 4. Message detail: tree with paths, raw, ACK, deliveries.
+  await page.click('tr.message-row a.open');
+  await page.waitForSelector('#hl7-tree');
+  const msh10 = await page.locator('#hl7-tree .leaf', { hasText: 'MSH-10' }).first().textContent();
+  check('the HL7 tree shows MSH-10 with its path', msh10.includes('MSH-10') && msh10.includes(controlId), msh10);
+  check('the raw message is shown', (await page.textContent('#raw')).includes(controlId));
+  check('the ACK is shown', (await page.textContent('#ack')).includes('MSA|AA'));
+  const attemptsBefore = await page.locator('.delivery-detail table.attempts tbody tr').count();
+  check('the delivery has its attempt log', attemptsBefore >= 1, `${attemptsBefore} attempt(s)`);
+  await shot(page, '04-message');
+
+  // 5. Replay the whole message; the delivery runs again.
+  await page.click('#replay-all');
+  await page.waitForSelector('#replay-result');
+  const replayText = await page.textContent('#replay-result');
+  check('replay queues the delivery again', /Replayed .*: 1 delivery/.test(replayText), replayText);
+  await waitFor('the replayed delivery to be sent again', async () => {
+    await page.reload();
+    await page.waitForSelector('.delivery-detail');
+    const attempts = await page.locator('.delivery-detail table.attempts tbody tr').count();
+    const state = await page.locator('.delivery-detail .badge').first().textContent();
+    return { ok: attempts === attemptsBefore + 1 && state === 'sent', attempts, state };
+  });
+  check('the replayed delivery was sent again (one more attempt)', true);
+  const audit = await page.textContent('body');
+  check('the audit trail shows the replay', /replay/i.test(audit));
+  await shot(page, '05-replayed');
+
+  // 6. Patient sync page (the form; the sync itself is tested against FHIR peers by the API tests).
+  await page.click('nav a[data-page=sync]');
+  await page.waitForSelector('#patient-search');
+  await page.fill('#sync-family', 'Nobody');
+  check('the patient sync form shows', true);
+  await shot(page, '06-sync');
+
+  // 7. A token without channels:admin sees which scope is missing.
+  if (readToken) {
+    await page.click('#logout');
+    await page.waitForSelector('#login-form');
+    await page.fill('#token', readToken);
+    await page.click('#login-form button[type=submit]');
+    await page.waitForSelector('#channels, .notice-error');
+    await page.waitForSelector('.notice-error');
+    const forbidden = await page.textContent('.notice-error');
+    check('a 403 names the missing scope', /lacks the scope \S+/.test(forbidden), forbidden);
+    await shot(page, '07-forbidden');
+  }
+
+  check('no script errors in the page', pageErrors.length === 0, pageErrors.join(' | '));
+} catch (e) {
+  check('the walk through the dashboard finished', false, e.stack || e);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+
+const result = { ok: checks.every((c) => c.ok), checks };
+writeFileSync(join(artifacts, 'results.json'), `${JSON.stringify(result, null, 2)}\n`);
+console.log(`RESULT ${JSON.stringify(result)}`);
+process.exit(result.ok ? 0 : 1);
