@@ -47,6 +47,7 @@ mod clock;
 mod error;
 mod model;
 mod policy;
+mod tokens;
 
 use std::fmt;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ pub use clock::Clock;
 pub use error::{ErrorClass, StoreError};
 pub use model::*;
 pub use policy::backoff_delay;
+pub use tokens::{ApiToken, NewApiToken};
 
 /// Result type of the store.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -184,9 +186,46 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// workers should still claim now and then.
     fn changes(&self) -> watch::Receiver<u64>;
 
+    /// Records a new API token. Fails with [`StoreError::Invalid`] (field
+    /// `name`) if an active (not revoked) token already has its name.
+    ///
+    /// The token methods have default bodies that refuse, so that wrappers
+    /// and test doubles of the store need not implement them; the three
+    /// backends do.
+    async fn create_api_token(&self, _token: NewApiToken) -> Result<ApiToken> {
+        Err(no_tokens())
+    }
+
+    /// The token with this public id, revoked and expired ones included.
+    async fn api_token(&self, _id: &str) -> Result<Option<ApiToken>> {
+        Err(no_tokens())
+    }
+
+    /// Every token, oldest first, revoked and expired ones included.
+    async fn api_tokens(&self) -> Result<Vec<ApiToken>> {
+        Err(no_tokens())
+    }
+
+    /// Revokes the active token with this name or id; returns how many were
+    /// revoked (0 when none matched).
+    async fn revoke_api_token(&self, _name_or_id: &str) -> Result<u64> {
+        Err(no_tokens())
+    }
+
+    /// Sets a token's `last_used_at` to `at` (never moving it back). The
+    /// engine calls it at most once per interval per token, not per request.
+    async fn touch_api_token(&self, _id: &str, _at: chrono::DateTime<chrono::Utc>) -> Result<()> {
+        Err(no_tokens())
+    }
+
     /// Stops the writer after the requests already queued, and closes the
     /// connections. Later calls fail with [`StoreError::Closed`].
     async fn close(&self);
+}
+
+/// What a store without API token support answers.
+fn no_tokens() -> StoreError {
+    StoreError::invalid("api_tokens", "this store does not keep API tokens")
 }
 
 /// Opens (creating or migrating as needed) the store at `url`.

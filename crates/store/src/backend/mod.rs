@@ -7,6 +7,7 @@ mod plans;
 mod postgres;
 mod shared;
 mod sqlite;
+mod tokens;
 mod writer;
 
 use std::sync::Arc;

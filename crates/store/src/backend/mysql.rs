@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::shared::{question_marks, read_side, write_side};
+use super::tokens::tokens_side;
 use super::writer::{self, Op};
 use crate::clock::{from_micros, to_delta, to_micros};
 use crate::model::*;
@@ -97,6 +98,7 @@ pub(super) async fn session_settings(conn: &mut MySqlConnection) -> std::result:
 }
 
 read_side!(MySql, MySqlPool, question_marks);
+tokens_side!(MySql, MySqlPool, question_marks, " FROM DUAL");
 write_side!(MySql, MySqlConnection, question_marks, " FOR UPDATE", " FOR UPDATE SKIP LOCKED");
 
 impl MySqlStore {
@@ -221,6 +223,26 @@ impl Store for MySqlStore {
         let done = retention(&mut tx, request.clone(), self.clock.now()).await?;
         tx.commit().await?;
         Ok(done)
+    }
+
+    async fn create_api_token(&self, token: crate::NewApiToken) -> Result<crate::ApiToken> {
+        token_insert(&self.pool, &token, self.clock.now()).await
+    }
+
+    async fn api_token(&self, id: &str) -> Result<Option<crate::ApiToken>> {
+        token_by_id(&self.pool, id).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<crate::ApiToken>> {
+        token_list(&self.pool).await
+    }
+
+    async fn revoke_api_token(&self, name_or_id: &str) -> Result<u64> {
+        token_revoke(&self.pool, name_or_id, self.clock.now()).await
+    }
+
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        token_touch(&self.pool, id, at).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

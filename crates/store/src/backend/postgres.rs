@@ -36,6 +36,7 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::shared::{read_side, write_side};
+use super::tokens::tokens_side;
 use super::writer::{self, Op};
 use crate::clock::{from_micros, to_delta, to_micros};
 use crate::model::*;
@@ -112,6 +113,7 @@ async fn notify_work(conn: &mut PgConnection) -> Result<()> {
 }
 
 read_side!(Postgres, PgPool, numbered_placeholders);
+tokens_side!(Postgres, PgPool, numbered_placeholders, "");
 write_side!(Postgres, PgConnection, numbered_placeholders, " FOR UPDATE", " FOR UPDATE SKIP LOCKED");
 
 impl PgStore {
@@ -223,6 +225,26 @@ impl Store for PgStore {
         let done = retention(&mut tx, request.clone(), self.clock.now()).await?;
         tx.commit().await?;
         Ok(done)
+    }
+
+    async fn create_api_token(&self, token: crate::NewApiToken) -> Result<crate::ApiToken> {
+        token_insert(&self.pool, &token, self.clock.now()).await
+    }
+
+    async fn api_token(&self, id: &str) -> Result<Option<crate::ApiToken>> {
+        token_by_id(&self.pool, id).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<crate::ApiToken>> {
+        token_list(&self.pool).await
+    }
+
+    async fn revoke_api_token(&self, name_or_id: &str) -> Result<u64> {
+        token_revoke(&self.pool, name_or_id, self.clock.now()).await
+    }
+
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        token_touch(&self.pool, id, at).await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::shared::{question_marks, read_side, write_side};
+use super::tokens::tokens_side;
 use super::writer::{self, Done, Op};
 use crate::clock::{from_micros, to_delta, to_micros};
 use crate::model::*;
@@ -38,6 +39,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub(crate) struct SqliteStore {
     ops: mpsc::Sender<Op>,
     readers: SqlitePool,
+    clock: Clock,
     changes: watch::Receiver<u64>,
     shutdown: Arc<Notify>,
     writer: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -77,7 +79,14 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let writer = Writer { conn, clock: options.clock.clone(), window: options.duplicate_window, changed };
     let shutdown = Arc::new(Notify::new());
     let handle = tokio::spawn(writer.run(rx, options.max_batch, shutdown.clone()));
-    Ok(Arc::new(SqliteStore { ops, readers, changes, shutdown, writer: tokio::sync::Mutex::new(Some(handle)) }))
+    Ok(Arc::new(SqliteStore {
+        ops,
+        readers,
+        clock: options.clock,
+        changes,
+        shutdown,
+        writer: tokio::sync::Mutex::new(Some(handle)),
+    }))
 }
 
 /// A file that cannot be opened is a configuration problem, not a busy
@@ -153,6 +162,26 @@ impl Store for SqliteStore {
         writer::call(&self.ops, |r| Op::Retention(request.clone(), r)).await
     }
 
+    async fn create_api_token(&self, token: crate::NewApiToken) -> Result<crate::ApiToken> {
+        token_insert(&self.readers, &token, self.clock.now()).await
+    }
+
+    async fn api_token(&self, id: &str) -> Result<Option<crate::ApiToken>> {
+        token_by_id(&self.readers, id).await
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<crate::ApiToken>> {
+        token_list(&self.readers).await
+    }
+
+    async fn revoke_api_token(&self, name_or_id: &str) -> Result<u64> {
+        token_revoke(&self.readers, name_or_id, self.clock.now()).await
+    }
+
+    async fn touch_api_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        token_touch(&self.readers, id, at).await
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
@@ -192,6 +221,7 @@ async fn end_savepoint<T>(conn: &mut SqliteConnection, result: Result<T>) -> Res
 }
 
 read_side!(Sqlite, SqlitePool, question_marks);
+tokens_side!(Sqlite, SqlitePool, question_marks, "");
 write_side!(Sqlite, SqliteConnection, question_marks, "", "");
 
 /// The writer task's state.

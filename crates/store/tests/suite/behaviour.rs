@@ -9,6 +9,8 @@ use store::*;
 
 use crate::support::{fixture, message, t0, TestStore};
 
+pub use crate::tokens::api_tokens_create_find_list_revoke_and_touch;
+
 fn block(max_attempts: u32) -> RetryPolicy {
     RetryPolicy {
         max_attempts,

@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod ordering;
 mod support;
+mod tokens;
 
 on_every_backend!(
     accept_stores_message_with_metadata_and_deliveries,
@@ -32,4 +33,5 @@ on_every_backend!(
     changes_tick_when_work_arrives,
     close_refuses_later_requests,
     reopened_store_keeps_messages_queue_and_leases,
+    api_tokens_create_find_list_revoke_and_touch,
 );
