@@ -65,16 +65,24 @@ export function badge(text, kind) {
   return h('span', { class: `badge badge-${kind || text}` }, text);
 }
 
-/** Health state → badge (healthy green, warning amber, critical red, idle grey). */
+/**
+ * Health → badge (healthy green, warning amber, critical red, unknown grey).
+ * Takes a state string, or the metrics' health object
+ * ({health, success_rate, average_response_ms, attempts, ...}).
+ */
 export function healthBadge(health) {
-  const state = typeof health === 'string' ? health : health && health.state;
+  const state = typeof health === 'string' ? health : health && (health.health || health.state);
   const label = state || 'unknown';
   const b = badge(label, `health-${label}`);
   if (health && typeof health === 'object') {
     const parts = [];
     if (typeof health.success_rate === 'number') parts.push(`success ${(health.success_rate * 100).toFixed(1)}%`);
-    if (typeof health.avg_response_ms === 'number') parts.push(`avg ${Math.round(health.avg_response_ms)} ms`);
-    if (typeof health.samples === 'number') parts.push(`${health.samples} in window`);
+    if (typeof health.average_response_ms === 'number') parts.push(`average ${Math.round(health.average_response_ms)} ms`);
+    if (typeof health.attempts === 'number') parts.push(`${health.attempts} attempt(s) in the window`);
+    if (typeof health.consecutive_failures === 'number' && health.consecutive_failures) {
+      parts.push(`${health.consecutive_failures} failure(s) in a row`);
+    }
+    if (health.unreachable) parts.push('unreachable');
     if (parts.length) b.title = parts.join(', ');
   }
   return b;

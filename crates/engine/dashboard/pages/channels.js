@@ -21,6 +21,20 @@ export function channelList(answer) {
   return (answer && (answer.channels || answer.items)) || [];
 }
 
+/** Puts the metrics' health report (`GET /api/health`) on the channels and their destinations. */
+export function withHealth(channels, report) {
+  const byName = new Map(((report && report.channels) || []).map((c) => [c.channel, c]));
+  for (const c of channels) {
+    const health = byName.get(c.name);
+    if (!health) continue;
+    c.health = health;
+    for (const d of c.destinations || []) {
+      d.health = d.health ?? (health.destinations || []).find((x) => x.destination === d.name);
+    }
+  }
+  return channels;
+}
+
 function isRunning(channel) {
   if (typeof channel.running === 'boolean') return channel.running;
   const s = channel.status ?? channel.state;
@@ -42,10 +56,13 @@ export function channelsPage(view, { isCurrent }) {
   async function refresh() {
     if (stopped) return;
     try {
-      const answer = await get('/api/channels');
+      const channels = channelList(await get('/api/channels'));
+      if (channels.length && channels.every((c) => c.health === undefined)) {
+        withHealth(channels, await get('/api/health').catch(() => null));
+      }
       if (stopped || !isCurrent()) return;
       replace(error);
-      replace(table, renderTable(channelList(answer), action));
+      replace(table, renderTable(channels, action));
       replace(status, `Updated ${new Date().toLocaleTimeString()} · every ${REFRESH_MS / 1000} s`);
     } catch (e) {
       if (stopped) return;

@@ -10,7 +10,7 @@ export const RESOURCE_TYPES = [
   'AllergyIntolerance', 'Condition', 'Encounter', 'Observation', 'MedicationRequest', 'Immunization',
   'Procedure', 'DiagnosticReport', 'DocumentReference', 'CarePlan',
 ];
-const FINAL = new Set(['succeeded', 'failed', 'cancelled']);
+const FINAL = new Set(['succeeded', 'partially_failed', 'failed']);
 
 /** A patient card's fields from a FHIR Patient or the API's summary. */
 export function patientView(p) {

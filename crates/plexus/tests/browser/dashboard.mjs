@@ -8,6 +8,7 @@
 //   PLEXUS_SEND       a JSON array: the `plexus send` command line that sends the messages
 //   PLEXUS_SEND_COUNT how many messages it sends
 //   PLEXUS_CONTROL_ID the control id of one of them, to search for
+//   PLEXUS_HOSTILE_ID the control id of a message whose PID-5 holds markup and script
 //   PLEXUS_ARTIFACTS  where to save screenshots and results.json
 //   CHROMIUM          the browser (default /usr/bin/chromium)
 // Prints one line `RESULT {json}` with every check; exits 1 when one failed.
@@ -30,6 +31,7 @@ const channel = env('PLEXUS_CHANNEL');
 const sendCommand = JSON.parse(env('PLEXUS_SEND'));
 const sendCount = Number(env('PLEXUS_SEND_COUNT'));
 const controlId = env('PLEXUS_CONTROL_ID');
+const hostileId = env('PLEXUS_HOSTILE_ID');
 const artifacts = env('PLEXUS_ARTIFACTS');
 const TIMEOUT = 30_000;
 
@@ -154,14 +156,28 @@ try {
   check('the audit trail shows the replay', /replay/i.test(audit));
   await shot(page, '05-replayed');
 
-  // 6. Patient sync page (the form; the sync itself is tested against FHIR peers by the API tests).
+  // 6. Message content is shown as text, never run: PID-5 of this message
+  // holds an <img onerror> and a <script>.
+  await page.goto(`${base}/#/messages?control_id=${hostileId}`);
+  await page.waitForSelector('tr.message-row a.open');
+  await page.click('tr.message-row a.open');
+  await page.waitForSelector('#hl7-tree');
+  const injected = await page.evaluate(() => ({
+    elements: document.querySelectorAll('main img, main script, main iframe').length,
+    ran: window.__plexusXss === true,
+    shown: document.querySelector('#raw').textContent.includes('<img src=x onerror='),
+  }));
+  check('message markup is shown as text and not run', injected.elements === 0 && !injected.ran && injected.shown,
+    JSON.stringify(injected));
+
+  // 7. Patient sync page (the form; the sync itself is tested against FHIR peers by the API tests).
   await page.click('nav a[data-page=sync]');
   await page.waitForSelector('#patient-search');
   await page.fill('#sync-family', 'Nobody');
   check('the patient sync form shows', true);
   await shot(page, '06-sync');
 
-  // 7. A token without channels:admin sees which scope is missing.
+  // 8. A token without channels:admin sees which scope is missing.
   if (readToken) {
     await page.click('#logout');
     await page.waitForSelector('#login-form');
