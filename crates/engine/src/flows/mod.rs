@@ -5,4 +5,5 @@
 //! and the runtime wires the I/O.
 
 pub mod notification;
+pub mod patient_sync;
 pub mod send_to_ehr;
