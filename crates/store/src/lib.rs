@@ -47,6 +47,7 @@ mod clock;
 mod error;
 mod model;
 mod policy;
+mod sync_job;
 mod tokens;
 
 use std::fmt;
@@ -60,6 +61,7 @@ pub use clock::Clock;
 pub use error::{ErrorClass, StoreError};
 pub use model::*;
 pub use policy::backoff_delay;
+pub use sync_job::*;
 pub use tokens::{ApiToken, NewApiToken};
 
 /// Result type of the store.
@@ -180,6 +182,31 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// are never touched.
     async fn retention_batch(&self, request: &RetentionRequest) -> Result<RetentionBatch>;
 
+    /// Records a patient sync job as `queued` (see [`SyncJob`]).
+    ///
+    /// The sync job methods have default bodies that refuse, so that test
+    /// doubles of the store need not implement them; the three backends do.
+    async fn create_sync_job(&self, _job: NewSyncJob) -> Result<SyncJob> {
+        Err(no_sync_jobs())
+    }
+
+    /// Records a job's start, progress or end. Fails with
+    /// [`StoreError::NotFound`] when no job with that id is queued or
+    /// running (an ended job never changes again).
+    async fn update_sync_job(&self, _id: SyncJobId, _update: SyncJobUpdate) -> Result<()> {
+        Err(no_sync_jobs())
+    }
+
+    /// One sync job with its report.
+    async fn sync_job(&self, _id: SyncJobId) -> Result<Option<SyncJob>> {
+        Err(no_sync_jobs())
+    }
+
+    /// Sync jobs, newest first, without their reports.
+    async fn sync_jobs(&self, _query: &SyncJobQuery) -> Result<Vec<SyncJob>> {
+        Err(no_sync_jobs())
+    }
+
     /// A counter bumped after every commit that made deliveries claimable in
     /// this process (accepts, replays): idle workers wait on it instead of
     /// polling. Other processes sharing the database do not bump it, so
@@ -226,6 +253,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 /// What a store without API token support answers.
 fn no_tokens() -> StoreError {
     StoreError::invalid("api_tokens", "this store does not keep API tokens")
+}
+
+/// What a store without sync job support answers.
+fn no_sync_jobs() -> StoreError {
+    StoreError::invalid("sync_jobs", "this store does not keep sync jobs")
 }
 
 /// Opens (creating or migrating as needed) the store at `url`.

@@ -7,6 +7,7 @@ mod plans;
 mod postgres;
 mod shared;
 mod sqlite;
+mod sync_jobs;
 mod tokens;
 mod writer;
 

@@ -245,6 +245,22 @@ impl Store for MySqlStore {
         token_touch(&self.pool, id, at).await
     }
 
+    async fn create_sync_job(&self, job: crate::NewSyncJob) -> Result<crate::SyncJob> {
+        super::sync_jobs::mysql::create(&self.pool, job, self.clock.now()).await
+    }
+
+    async fn update_sync_job(&self, id: crate::SyncJobId, update: crate::SyncJobUpdate) -> Result<()> {
+        super::sync_jobs::mysql::update(&self.pool, id, update, self.clock.now()).await
+    }
+
+    async fn sync_job(&self, id: crate::SyncJobId) -> Result<Option<crate::SyncJob>> {
+        super::sync_jobs::mysql::get(&self.pool, id).await
+    }
+
+    async fn sync_jobs(&self, query: &crate::SyncJobQuery) -> Result<Vec<crate::SyncJob>> {
+        super::sync_jobs::mysql::recent(&self.pool, query).await
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

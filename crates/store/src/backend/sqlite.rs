@@ -182,6 +182,22 @@ impl Store for SqliteStore {
         token_touch(&self.readers, id, at).await
     }
 
+    async fn create_sync_job(&self, job: crate::NewSyncJob) -> Result<crate::SyncJob> {
+        super::sync_jobs::sqlite::create(&self.readers, job, self.clock.now()).await
+    }
+
+    async fn update_sync_job(&self, id: crate::SyncJobId, update: crate::SyncJobUpdate) -> Result<()> {
+        super::sync_jobs::sqlite::update(&self.readers, id, update, self.clock.now()).await
+    }
+
+    async fn sync_job(&self, id: crate::SyncJobId) -> Result<Option<crate::SyncJob>> {
+        super::sync_jobs::sqlite::get(&self.readers, id).await
+    }
+
+    async fn sync_jobs(&self, query: &crate::SyncJobQuery) -> Result<Vec<crate::SyncJob>> {
+        super::sync_jobs::sqlite::recent(&self.readers, query).await
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }

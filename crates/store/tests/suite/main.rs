@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod ordering;
 mod support;
+mod sync_jobs;
 mod tokens;
 
 on_every_backend!(
