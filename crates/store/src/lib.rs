@@ -123,6 +123,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// duplicate. Returns after the commit is durable.
     async fn accept(&self, message: NewMessage) -> Result<Accepted>;
 
+    /// Accepts messages that arrived in this order (the pipelined frames of
+    /// one connection) and answers each, in order, once its commit is
+    /// durable. They are committed in this order: a message is never stored
+    /// in an earlier transaction than one before it in `messages`, so their
+    /// deliveries queue in arrival order. The backends hand them to the
+    /// group-commit writer together, so most often they share one
+    /// transaction; the default (for test doubles) accepts them one by one.
+    async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            answers.push(self.accept(message).await);
+        }
+        answers
+    }
+
     /// Leases up to `request.max` claimable deliveries of one destination:
     /// the heads of their order keys, due now, oldest first, never two of
     /// the same key and never a key that already has a delivery in flight.

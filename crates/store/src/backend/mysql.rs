@@ -135,6 +135,10 @@ impl Store for MySqlStore {
         writer::call(&self.ops, |r| Op::Accept(message, r)).await
     }
 
+    async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted>> {
+        writer::accept_many(&self.ops, messages, validate_message).await
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         validate_claim(request)?;
         self.ensure_lock_row(&request.channel, &request.destination).await?;

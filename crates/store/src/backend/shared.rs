@@ -138,6 +138,7 @@ macro_rules! write_side {
 
         /// Stored messages within the duplicate window that share a control
         /// id with the batch (channel and sender are matched in Rust).
+        #[allow(dead_code)] // PostgreSQL has its own, see postgres::originals
         async fn lookup_originals(conn: &mut $conn, messages: &[&NewMessage], cutoff: i64) -> Result<Vec<OriginalRow>> {
             let mut existing = Vec::new();
             for chunk in control_ids(messages).chunks(IN_CHUNK) {

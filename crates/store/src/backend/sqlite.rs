@@ -109,6 +109,10 @@ impl Store for SqliteStore {
         writer::call(&self.ops, |r| Op::Accept(message, r)).await
     }
 
+    async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted>> {
+        writer::accept_many(&self.ops, messages, validate_message).await
+    }
+
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {
         validate_claim(request)?;
         writer::call(&self.ops, |r| Op::Claim(request.clone(), r)).await

@@ -97,6 +97,44 @@ pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Opt
     Some(batch)
 }
 
+/// Sends one accept per message to the writer, in order, then waits for
+/// every answer. The writer takes requests in channel order and commits its
+/// batches one after the other, so a message is never committed before one
+/// sent ahead of it; sending them all before waiting lets them share a
+/// transaction instead of paying one commit each. An invalid message is
+/// answered at once and not sent.
+pub(crate) async fn accept_many(
+    tx: &mpsc::Sender<Op>,
+    messages: Vec<NewMessage>,
+    validate: impl Fn(&NewMessage) -> Result<()>,
+) -> Vec<Result<Accepted>> {
+    enum Pending {
+        Answered(Result<Accepted>),
+        Waiting(oneshot::Receiver<Result<Accepted>>),
+    }
+    let mut pending = Vec::with_capacity(messages.len());
+    for message in messages {
+        if let Err(e) = validate(&message) {
+            pending.push(Pending::Answered(Err(e)));
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        match tx.send(Op::Accept(message, reply)).await {
+            Ok(()) => pending.push(Pending::Waiting(answer)),
+            Err(_) => pending.push(Pending::Answered(Err(StoreError::Closed))),
+        }
+    }
+    let mut answers = Vec::with_capacity(pending.len());
+    for p in pending {
+        answers.push(match p {
+            Pending::Answered(r) => r,
+            // See `call` for a dropped reply.
+            Pending::Waiting(answer) => answer.await.unwrap_or(Err(StoreError::Closed)),
+        });
+    }
+    answers
+}
+
 /// Sends `op` to the writer and waits for its answer.
 pub(crate) async fn call<T>(
     tx: &mpsc::Sender<Op>,

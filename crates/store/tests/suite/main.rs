@@ -4,6 +4,7 @@
 //! end). Plus the crash test, the ordering property test, the multi-process
 //! claim test and the query-plan checks.
 
+mod batch;
 mod behaviour;
 mod cluster;
 mod crash;
@@ -35,4 +36,5 @@ on_every_backend!(
     close_refuses_later_requests,
     reopened_store_keeps_messages_queue_and_leases,
     api_tokens_create_find_list_revoke_and_touch,
+    accept_many_answers_each_in_order_and_keeps_arrival_order,
 );
