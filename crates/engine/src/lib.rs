@@ -16,6 +16,7 @@
 //! store, the ingest paths, the workers, the sources and the HTTP listener
 //! from it, and stops them in order.
 
+pub mod api;
 pub mod config;
 pub mod destinations;
 pub mod filter;
