@@ -160,6 +160,7 @@ impl Engine {
                 content: channel.content,
                 filter: channel.filter,
                 transform: Arc::new(channel.transform),
+                flow: None,
             });
             for d in channel.destinations {
                 let ctx = BuildContext::new(&channel.name, &d.name)

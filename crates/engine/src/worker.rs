@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use crate::config::ContentKind;
 use crate::destinations::{Destination, Outbound};
 use crate::filter::{Filter, first_rejecting};
+use crate::flows::FlowOutput;
 use crate::transform::{Transform, TransformContext};
 
 /// The longest an idle worker sleeps without looking at the store.
@@ -76,6 +77,10 @@ pub struct ChannelStage {
     pub filter: Vec<Filter>,
     /// Channel transform steps.
     pub transform: Arc<Transform>,
+    /// The channel's flow (partner notifications, send-to-ehr), which
+    /// prepares what is sent and follows up after delivery; see
+    /// [`crate::flows::FlowStage`].
+    pub flow: Option<Arc<dyn crate::flows::FlowStage>>,
 }
 
 /// One destination's runtime, shared by its workers.
@@ -177,10 +182,21 @@ impl DestinationWorkers {
         let lease = delivery.lease;
         let message_id = delivery.message_id;
         let attempt = delivery.attempt;
+        // The flow's `failed` hook needs the delivery after `process` took it.
+        let for_flow = self.channel.flow.as_ref().map(|_| delivery.clone());
         let outcome = self.process(delivery).await;
         let summary = describe(&outcome);
+        let reason = match &outcome {
+            Outcome::Failed { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
         match self.store.complete(id, lease, outcome, &self.retry).await {
             Ok(done) => {
+                if let (Some(flow), Some(d), Some(reason), store::DeliveryState::Error | store::DeliveryState::Dead) =
+                    (&self.channel.flow, &for_flow, &reason, done.state)
+                {
+                    flow.failed(d, &self.name, reason).await;
+                }
                 debug!(
                     channel = %self.channel.name, destination = %self.name, %message_id,
                     delivery = %id, attempt, outcome = summary, state = done.state.as_str(),
@@ -211,10 +227,45 @@ impl DestinationWorkers {
     /// Never panics on stored content: a message that no longer parses, a
     /// failing script, an unreachable receiver all become outcomes.
     pub async fn process(&self, delivery: ClaimedDelivery) -> Outcome {
-        let (content, transformed) = match self.channel.content {
+        let Some(flow) = self.channel.flow.clone() else { return self.process_content(delivery, None).await };
+        let output = match flow.prepare(&delivery, &self.name).await {
+            Ok(output) => output,
+            Err(e) => {
+                info!(
+                    channel = %self.channel.name, destination = %self.name, message_id = %delivery.message_id,
+                    attempt = delivery.attempt, kind = e.kind(), "flow did not prepare the delivery"
+                );
+                return e.to_outcome();
+            }
+        };
+        // The rest of the attempt works on the flow's output as if stored.
+        let prepared =
+            ClaimedDelivery { raw: output.content.clone(), content_type: output.content_type.clone(), ..delivery };
+        let outcome = self.process_content(prepared.clone(), Some(&output)).await;
+        if let Outcome::Sent { response: Some(response), transformed } = &outcome {
+            let sent = FlowOutput { content: transformed.clone().unwrap_or_else(|| output.content.clone()), ..output };
+            if let Err(e) = flow.delivered(&prepared, &self.name, &sent, response).await {
+                warn!(
+                    channel = %self.channel.name, destination = %self.name, message_id = %prepared.message_id,
+                    kind = e.kind(), "the flow's follow-up after delivery failed"
+                );
+            }
+        }
+        outcome
+    }
+
+    /// Filters, transforms and sends `delivery`'s content (the flow's output
+    /// when `flowed`, which is then always kept as the transformed content).
+    async fn process_content(&self, delivery: ClaimedDelivery, flowed: Option<&FlowOutput>) -> Outcome {
+        let kind = match flowed {
+            Some(o) if o.content_type == crate::destinations::HL7_V2_CONTENT_TYPE => ContentKind::Hl7v2,
+            Some(_) => ContentKind::Json,
+            None => self.channel.content,
+        };
+        let (content, transformed) = match kind {
             ContentKind::Hl7v2 => match self.prepare_hl7(&delivery).await {
                 Prepared::Send { content, changed } => {
-                    let transformed = changed.then(|| content.clone());
+                    let transformed = (changed || flowed.is_some()).then(|| content.clone());
                     (content, transformed)
                 }
                 Prepared::Filtered(rule) => return Outcome::Filtered { rule },
@@ -222,7 +273,7 @@ impl DestinationWorkers {
                     return Outcome::Failed { class: FailureClass::Permanent, reason, response: None };
                 }
             },
-            ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), None),
+            ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), flowed.map(|o| o.content.clone())),
         };
         let message_id = delivery.message_id.to_string();
         let out = Outbound {
