@@ -35,6 +35,9 @@ enum Command {
     /// Patient synchronisation between FHIR servers.
     #[command(subcommand)]
     Sync(cli::sync::SyncCommand),
+    /// API tokens for the REST API: create, list, revoke.
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Hl7(cmd) => cli::hl7::run(cmd),
         Command::Convert(cmd) => cli::convert::run(cmd),
         Command::Sync(cmd) => cli::sync::run(cmd),
+        Command::Token(cmd) => cli::token::run(cmd),
     };
     match result {
         Ok(code) => code,

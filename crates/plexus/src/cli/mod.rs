@@ -6,3 +6,4 @@ pub mod hl7;
 pub mod send;
 pub mod serve;
 pub mod sync;
+pub mod token;
