@@ -239,6 +239,7 @@ impl Engine {
             self.source_addrs.insert(c.ingest.name().to_string(), self.api_addr);
         }
         let app = health_router(Arc::clone(&self.ready)).merge(http_source::router(on_api));
+        let app = app.merge(crate::api::dashboard::router());
         info!(addr = %self.api_addr, "api listening");
         self.serve_http(listener, app);
         Ok(())

@@ -106,7 +106,7 @@ function renderTable(channels, action) {
         c.source ? h('div', { class: 'muted small' }, sourceText(c.source)) : null),
       h('td', null, h('span', { class: `run ${running ? 'run-on' : 'run-off'}` }, running ? 'running' : 'stopped')),
       h('td', null, healthBadge(c.health)),
-      COUNT_COLUMNS.map((k) => h('td', { class: `num count-${k}`, 'data-count': k }, String(count(c.counts, k)))),
+      COUNT_COLUMNS.map((k) => h('td', { class: `num count-${k}`, 'data-count': k }, countLink(c.name, k, count(c.counts, k)))),
       h('td', { class: 'actions' },
         running
           ? h('button', { type: 'button', class: 'stop', onclick: (e) => action(c.name, 'stop', e.currentTarget) }, 'Stop')
@@ -126,6 +126,14 @@ function renderTable(channels, action) {
       h('th', null, 'Channel / destination'), h('th', null, 'State'), h('th', null, 'Health'),
       COUNT_COLUMNS.map((k) => h('th', { class: 'num' }, k)), h('th', null, ''))),
     h('tbody', null, rows));
+}
+
+// Counts of states the browser can search (errored, dead ...) link to that search.
+const SEARCHABLE_STATE = { queued: 'queued', sent: 'sent', filtered: 'filtered', errored: 'error', dead: 'dead' };
+function countLink(channel, key, n) {
+  const state = SEARCHABLE_STATE[key];
+  if (!state || !n) return String(n);
+  return h('a', { href: hashFor('/messages', { channel, state }), title: `Messages with a delivery ${state}` }, String(n));
 }
 
 function sourceText(source) {

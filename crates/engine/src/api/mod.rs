@@ -5,4 +5,5 @@
 //! `api.auth = "none"`; `/healthz` and `/readyz` stay public.
 
 pub mod auth;
+pub mod dashboard;
 pub mod problem;
