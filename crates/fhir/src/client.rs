@@ -751,11 +751,11 @@ impl FhirClient {
     }
 
     async fn get_each(&self, urls: &[String]) -> Vec<Result<Value, FhirError>> {
-        futures::stream::iter(urls)
-            .map(|u| self.get_relative(u))
-            .buffered(4)
-            .collect()
-            .await
+        // The futures are built first: a closure mapping `&String` inside
+        // the stream would make the caller's future fail the higher-ranked
+        // `Send` check that `tokio::spawn` needs.
+        let reads: Vec<_> = urls.iter().map(|u| self.get_relative(u)).collect();
+        futures::stream::iter(reads).buffered(4).collect().await
     }
 
     /// `GET` a relative URL (`Type/id` or `Type?query`).

@@ -7,3 +7,4 @@
 pub mod auth;
 pub mod dashboard;
 pub mod problem;
+pub mod sync;
