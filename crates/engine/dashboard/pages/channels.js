@@ -8,11 +8,28 @@ import { hashFor } from '../router.js';
 const REFRESH_MS = 3000;
 export const COUNT_COLUMNS = ['received', 'filtered', 'queued', 'sent', 'errored', 'dead'];
 
-/** A count from the API's counts object (`error` is the store's name for `errored`). */
-export function count(counts, key) {
+/**
+ * A count for a column. The API counts deliveries per state; the columns
+ * are: received (messages accepted: every accepted message has one delivery
+ * per destination, so it is the largest destination total, unless the API
+ * gives `received`), queued (waiting or in flight), errored (`error`).
+ */
+export function count(counts, key, destinations) {
   if (!counts) return 0;
-  const v = counts[key] ?? (key === 'errored' ? counts.error : undefined);
-  return typeof v === 'number' ? v : 0;
+  const n = (k) => (typeof counts[k] === 'number' ? counts[k] : 0);
+  switch (key) {
+    case 'received':
+      if (typeof counts.received === 'number') return counts.received;
+      return Math.max(0, ...(destinations || []).map((d) => total(d.counts)));
+    case 'queued': return n('queued') + n('in_flight');
+    case 'errored': return typeof counts.errored === 'number' ? counts.errored : n('error');
+    default: return n(key);
+  }
+}
+
+function total(counts) {
+  const states = ['queued', 'in_flight', 'sent', 'filtered', 'error', 'dead'];
+  return states.reduce((sum, k) => sum + (typeof (counts || {})[k] === 'number' ? counts[k] : 0), 0);
 }
 
 /** The channel list from the API's answer (`{channels: [...]}` or a bare array). */
@@ -106,7 +123,7 @@ function renderTable(channels, action) {
         c.source ? h('div', { class: 'muted small' }, sourceText(c.source)) : null),
       h('td', null, h('span', { class: `run ${running ? 'run-on' : 'run-off'}` }, running ? 'running' : 'stopped')),
       h('td', null, healthBadge(c.health)),
-      COUNT_COLUMNS.map((k) => h('td', { class: `num count-${k}`, 'data-count': k }, countLink(c.name, k, count(c.counts, k)))),
+      COUNT_COLUMNS.map((k) => h('td', { class: `num count-${k}`, 'data-count': k }, countLink(c.name, k, count(c.counts, k, c.destinations)))),
       h('td', { class: 'actions' },
         running
           ? h('button', { type: 'button', class: 'stop', onclick: (e) => action(c.name, 'stop', e.currentTarget) }, 'Stop')

@@ -63,7 +63,7 @@ function countOf(v) {
 }
 
 function renderMessage(m, replay) {
-  const s = m.summary || m;
+  const s = m.message || m.summary || m;
   const raw = payloadText(m.raw);
   const ack = payloadText(m.ack);
   const deliveries = m.deliveries || s.deliveries || [];
@@ -92,7 +92,7 @@ function renderMessage(m, replay) {
     ? h('div', null, deliveries.map((d) => delivery(d, replay, s.contents_deleted)))
     : notice('No destinations.', 'info')));
 
-  const tree = Array.isArray(m.tree) ? m.tree : (!isJson && raw ? parseHl7(raw) : []);
+  const tree = m.hl7 ? apiTree(m.hl7, raw) : (!isJson && raw ? parseHl7(raw) : []);
   if (tree.length) sections.push(section('HL7 v2 tree', h('div', { class: 'tree', id: 'hl7-tree' }, tree.map(treeNode))));
   const json = isJson ? prettyJson(raw) : null;
   if (json) sections.push(section('FHIR / JSON', h('pre', { class: 'code', id: 'json' }, json)));
@@ -135,6 +135,25 @@ function responseText(r) {
   if (r.kind === 'ack') return h('pre', { class: 'code small' }, showSegments(r.text));
   if (r.kind === 'http') return `HTTP ${r.status} ${r.body_excerpt ? `· ${r.body_excerpt.slice(0, 200)}` : ''}`;
   return r.text || JSON.stringify(r);
+}
+
+/**
+ * The API's HL7 tree ({segments: [{path, fields: [{path, value, components} |
+ * {path, repetitions}]}]}) as display nodes {path, value, children}; a
+ * segment's value is its line of the raw message.
+ */
+export function apiTree(hl7, raw) {
+  const lines = String(raw || '').split(/\r\n|\r|\n/).filter((l) => l.length);
+  const leafOrParent = (f) => {
+    if (Array.isArray(f.repetitions)) {
+      return { path: f.path, value: '', children: f.repetitions.map(leafOrParent) };
+    }
+    const children = (f.components || []).map((c) => ({ path: c.path, value: c.value, children: [] }));
+    return { path: f.path, value: f.value ?? '', children };
+  };
+  return (hl7.segments || []).map((seg, i) => ({
+    path: seg.path, value: lines[i] ?? '', children: (seg.fields || []).map(leafOrParent),
+  }));
 }
 
 function treeNode(node) {

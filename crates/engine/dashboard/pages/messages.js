@@ -11,16 +11,16 @@ export const LAST_SEARCH_KEY = 'plexus.lastSearch';
 
 const STATES = ['', 'queued', 'in_flight', 'sent', 'filtered', 'error', 'dead'];
 
-/** The search fields: URL/API parameter, label, input type. */
+/** The search fields: API query parameter (also kept in the page's URL), label, input type. */
 export const FIELDS = [
   ['channel', 'Channel', 'text'],
   ['state', 'State', 'state'],
   ['control_id', 'Control id (MSH-10)', 'text'],
-  ['patient_id', 'Patient id (MRN)', 'text'],
-  ['message_type', 'Type', 'text'],
-  ['event', 'Event', 'text'],
-  ['received_from', 'Received from', 'datetime-local'],
-  ['received_to', 'Received before', 'datetime-local'],
+  ['mrn', 'Patient id (MRN)', 'text'],
+  ['type', 'Type (ADT)', 'text'],
+  ['event', 'Event (A01)', 'text'],
+  ['from', 'Received from', 'datetime-local'],
+  ['to', 'Received before', 'datetime-local'],
 ];
 
 /** The API query for the page's URL parameters (local times become UTC instants). */

@@ -3,7 +3,7 @@
 // and passes, in the environment:
 //   PLEXUS_URL        http://127.0.0.1:PORT (the API listener serving the dashboard)
 //   PLEXUS_TOKEN      a token with every scope
-//   PLEXUS_READ_TOKEN a token with messages:read only (for the 403 check)
+//   PLEXUS_READ_TOKEN a token with messages:read only (replay must answer 403)
 //   PLEXUS_CHANNEL    the channel to watch
 //   PLEXUS_SEND       a JSON array: the `plexus send` command line that sends the messages
 //   PLEXUS_SEND_COUNT how many messages it sends
@@ -43,13 +43,14 @@ function check(name, ok, detail = '') {
 
 mkdirSync(artifacts, { recursive: true });
 const profile = mkdtempSync(join(tmpdir(), 'plexus-chromium-'));
-const browser = await chromium.launch({
+// A fresh profile per run (playwright passes it as --user-data-dir).
+const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
+  viewport: { width: 1360, height: 900 },
   args: [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    `--user-data-dir=${profile}`,
   ],
 });
 const pageErrors = [];
@@ -75,8 +76,7 @@ async function waitFor(what, fn, timeout = TIMEOUT) {
 }
 
 try {
-  const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
-  const page = await context.newPage();
+  const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(TIMEOUT);
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   // The browser logs every 4xx answer as a console error; the 401/403 ones are expected here.
@@ -152,8 +152,9 @@ try {
     return { ok: attempts === attemptsBefore + 1 && state === 'sent', attempts, state };
   });
   check('the replayed delivery was sent again (one more attempt)', true);
-  const audit = await page.textContent('body');
-  check('the audit trail shows the replay', /replay/i.test(audit));
+  const actions = await page.locator('table.audit tbody tr td:nth-child(3)').allTextContents();
+  check('the audit trail shows the replay and the reads', actions.includes('replay') && actions.includes('read_content'),
+    actions.join(', '));
   await shot(page, '05-replayed');
 
   // 6. Message content is shown as text, never run: PID-5 of this message
@@ -177,16 +178,21 @@ try {
   check('the patient sync form shows', true);
   await shot(page, '06-sync');
 
-  // 8. A token without channels:admin sees which scope is missing.
+  // 8. A token with messages:read only may look but not replay, and is told which scope it lacks.
   if (readToken) {
     await page.click('#logout');
     await page.waitForSelector('#login-form');
     await page.fill('#token', readToken);
     await page.click('#login-form button[type=submit]');
-    await page.waitForSelector('#channels, .notice-error');
-    await page.waitForSelector('.notice-error');
-    const forbidden = await page.textContent('.notice-error');
-    check('a 403 names the missing scope', /lacks the scope \S+/.test(forbidden), forbidden);
+    await page.waitForSelector(`tr.channel-row[data-channel="${channel}"]`);
+    await page.goto(`${base}/#/messages?control_id=${controlId}`);
+    await page.waitForSelector('tr.message-row a.open');
+    await page.click('tr.message-row a.open');
+    await page.waitForSelector('#replay-all');
+    await page.click('#replay-all');
+    await page.waitForSelector('#message-status .notice-error');
+    const forbidden = await page.textContent('#message-status .notice-error');
+    check('a 403 names the missing scope', forbidden.includes('lacks the scope messages:replay'), forbidden);
     await shot(page, '07-forbidden');
   }
 
@@ -194,7 +200,7 @@ try {
 } catch (e) {
   check('the walk through the dashboard finished', false, e.stack || e);
 } finally {
-  await browser.close();
+  await context.close();
   rmSync(profile, { recursive: true, force: true });
 }
 
