@@ -17,13 +17,20 @@
 //!   redirects re-checked) and the object-storage read with temporary
 //!   credentials from the partner's token service.
 //!
-//! The engine source (HTTP endpoint, storing before 202, dedupe in the
-//! store, deliver-then-acknowledge) wires these parts to the runtime.
+//! - [`stage`]: the flow inside the destination workers (fetch, convert,
+//!   queue the acknowledgement once every destination has the bundle);
+//! - [`ack`]: the worker sending queued acknowledgements with retries.
+//!
+//! The engine source ([`crate::sources::notification`]: HTTP endpoint,
+//! storing before 202, dedupe in the store) wires these parts to the
+//! runtime; docs/notifications.md describes the whole flow.
 
+pub mod ack;
 pub mod config;
 pub mod fetch;
 pub mod guard;
 pub mod parse;
+pub mod stage;
 pub mod verify;
 
 pub use config::NotificationConfig;
