@@ -142,6 +142,7 @@ impl Engine {
     async fn start_components(&mut self, config: Config) -> Result<(), StartError> {
         let Config { api, channels, base_dir, .. } = config;
         let channels: Vec<_> = channels.into_iter().filter(|c| c.enabled).collect();
+        let api_channels: Vec<_> = channels.iter().map(crate::api::ChannelInfo::from_config).collect();
 
         let mut ingest = Ingest::new();
         for c in &channels {
@@ -240,6 +241,11 @@ impl Engine {
         }
         let app = health_router(Arc::clone(&self.ready)).merge(http_source::router(on_api));
         let app = app.merge(crate::api::dashboard::router());
+        let api_auth = match api.auth {
+            crate::config::ApiAuth::Token => crate::api::auth::Auth::new(Arc::clone(&self.store)),
+            crate::config::ApiAuth::None => crate::api::auth::Auth::disabled(),
+        };
+        let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
         info!(addr = %self.api_addr, "api listening");
         self.serve_http(listener, app);
         Ok(())

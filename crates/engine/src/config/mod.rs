@@ -193,11 +193,31 @@ pub struct ApiConfig {
     /// `/readyz` and `POST /channels/{name}/messages` for `http` sources.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// `token` (the default): `/api` routes need an API token with the
+    /// route's scope (`plexus token create`); `none`: no checks, for a
+    /// listener only trusted clients can reach.
+    #[serde(default)]
+    pub auth: ApiAuth,
+    /// HTTPS on the API listener: `tls = { cert_file = "...", key_file =
+    /// "..." }` (the same keys as an MLLP source's `tls`).
+    #[serde(default)]
+    pub tls: Option<crate::sources::tls::TlsServerConfig>,
+}
+
+/// See [`ApiConfig::auth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiAuth {
+    /// API tokens with scopes.
+    #[default]
+    Token,
+    /// Everyone is let in (recorded as `anonymous` in audit events).
+    None,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_api_listen() }
+        ApiConfig { listen: default_api_listen(), auth: ApiAuth::Token, tls: None }
     }
 }
 
@@ -337,6 +357,9 @@ fn compile(mut table: toml::Table, base_dir: Option<&Path>, errors: &mut ConfigE
         Some(v) => de::component::<ApiConfig>(v, &root.key("api"), errors).unwrap_or_default(),
         None => ApiConfig::default(),
     };
+    if let Some(tls) = &api.tls {
+        tls.validate(&root.key("api").key("tls"), errors);
+    }
 
     let mut fhir_servers = BTreeMap::new();
     match table.remove("fhir_servers") {

@@ -1,0 +1,71 @@
+//! Channels with their delivery counts per state, per destination and in
+//! total (`GET /api/channels`, `GET /api/channels/{name}`, scope
+//! `messages:read`). Counts come from the store, so they cover every process
+//! sharing it.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use store::{DeliveryState, StateCount};
+
+use super::auth::{self, Scope};
+use super::problem::Problem;
+use super::{ApiState, ChannelInfo};
+
+/// The channel routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/channels", get(list))
+        .route("/api/channels/{name}", get(one))
+        .route_layer(auth::require(state.auth.clone(), Scope::MessagesRead))
+        .with_state(state)
+}
+
+async fn list(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
+    let counts = state.store.counts().await.map_err(|e| Problem::store("counting deliveries", &e))?;
+    let channels: Vec<Value> = state.channels.iter().map(|c| channel_json(c, &counts)).collect();
+    Ok(Json(json!({ "channels": channels })))
+}
+
+async fn one(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    let channel = state
+        .channels
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| Problem::not_found("no enabled channel has this name"))?;
+    let counts = state.store.counts().await.map_err(|e| Problem::store("counting deliveries", &e))?;
+    Ok(Json(channel_json(channel, &counts)))
+}
+
+/// Zero for every state, so clients never miss a key.
+fn zeroes() -> BTreeMap<&'static str, u64> {
+    DeliveryState::ALL.iter().map(|s| (s.as_str(), 0)).collect()
+}
+
+/// `{name, source, status, counts, destinations: [{name, counts}]}`; counts
+/// map every delivery state to a number.
+pub fn channel_json(channel: &ChannelInfo, counts: &[StateCount]) -> Value {
+    let mut total = zeroes();
+    let destinations: Vec<Value> = channel
+        .destinations
+        .iter()
+        .map(|d| {
+            let mut own = zeroes();
+            for c in counts.iter().filter(|c| c.channel == channel.name && &c.destination == d) {
+                *own.entry(c.state.as_str()).or_default() += c.count;
+                *total.entry(c.state.as_str()).or_default() += c.count;
+            }
+            json!({ "name": d, "counts": own })
+        })
+        .collect();
+    json!({
+        "name": channel.name,
+        "source": channel.source,
+        "status": "running",
+        "counts": total,
+        "destinations": destinations,
+    })
+}

@@ -1,0 +1,420 @@
+//! The REST API's handlers through `Router::oneshot` (no socket) on a real
+//! SQLite store in a temp dir: every route with no token and a bad token
+//! (401), a token without the scope (403), bad queries and bodies (400),
+//! unknown ids (404), and what each answers; the audit trail of reads and
+//! replays; revoked and expired tokens; `api.auth = "none"`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use chrono::{TimeZone, Utc};
+use engine::api::auth::{self, Auth, Scope};
+use engine::api::{openapi, router, ApiState, ChannelInfo};
+use serde_json::{Value, json};
+use store::{AuditQuery, DeliveryState, MessageId, NewDelivery, NewMessage, Store, StoreOptions};
+use tower::ServiceExt as _;
+
+struct Api {
+    store: Arc<dyn Store>,
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+fn channels() -> Vec<ChannelInfo> {
+    vec![
+        ChannelInfo { name: "adt-in".into(), source: "mllp".into(), destinations: vec!["ehr".into(), "archive".into()] },
+        ChannelInfo { name: "lab-in".into(), source: "http".into(), destinations: vec!["ehr".into()] },
+    ]
+}
+
+async fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
+    let store = store::open(&url, StoreOptions::default()).await.unwrap();
+    let router = router(ApiState::new(Arc::clone(&store), Auth::new(Arc::clone(&store)), channels()));
+    Api { store, router, _dir: dir }
+}
+
+impl Api {
+    async fn token(&self, name: &str, scopes: &[Scope]) -> String {
+        auth::issue_token(self.store.as_ref(), name, scopes, None).await.unwrap().bearer
+    }
+
+    async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        call(&self.router, method, uri, token, body).await
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, Some(token), None).await
+    }
+
+    async fn post(&self, uri: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, uri, Some(token), Some(body)).await
+    }
+}
+
+async fn call(
+    router: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = match body {
+        Some(b) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let media = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{uri}: not JSON: {bytes:?}"));
+    if status.is_success() {
+        assert_eq!(media, "application/json", "{uri}");
+    } else {
+        assert_eq!(media, "application/problem+json", "{uri}: {value}");
+        assert_eq!(value["status"], status.as_u16(), "{uri}");
+    }
+    (status, value)
+}
+
+fn hl7(control_id: &str, mrn: &str, kind: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261121120000||{kind}|{control_id}|P|2.5.1\rPID|1||{mrn}^^^HOSP^MR||DOE^JANE\r"
+    )
+    .into_bytes()
+}
+
+/// Stores a message on `channel` with queued deliveries to `destinations`.
+async fn accept(store: &dyn Store, channel: &str, control_id: &str, mrn: &str, minute: u32, destinations: &[&str]) -> MessageId {
+    let (kind, event) = if channel == "lab-in" { ("ORU^R01", "R01") } else { ("ADT^A08", "A08") };
+    let accepted = store
+        .accept(NewMessage {
+            channel: channel.into(),
+            received_at: Utc.with_ymd_and_hms(2026, 11, 21, 10, minute, 0).unwrap(),
+            peer_addr: Some("127.0.0.1:5000".into()),
+            content_type: "x-application/hl7-v2+er7".into(),
+            raw: hl7(control_id, mrn, kind),
+            control_id: Some(control_id.into()),
+            sender_key: "LAB^HOSP".into(),
+            message_type: Some(kind[..3].into()),
+            event: Some(event.into()),
+            order_key: None,
+            patient_ids: vec![mrn.into()],
+            ack: Some(format!("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20261121120000||ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r").into_bytes()),
+            deliveries: destinations.iter().map(|d| NewDelivery::queued(*d)).collect(),
+        })
+        .await
+        .unwrap();
+    match accepted {
+        store::Accepted::Stored { id, .. } => id,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+/// Every route with a request that would succeed given the right token.
+fn every_route(id: MessageId) -> Vec<(Method, String, Option<Value>, Scope)> {
+    vec![
+        (Method::GET, "/api/channels".into(), None, Scope::MessagesRead),
+        (Method::GET, "/api/channels/adt-in".into(), None, Scope::MessagesRead),
+        (Method::GET, "/api/messages".into(), None, Scope::MessagesRead),
+        (Method::GET, format!("/api/messages/{id}"), None, Scope::MessagesRead),
+        (Method::GET, "/api/dead-letters".into(), None, Scope::MessagesRead),
+        (Method::POST, format!("/api/messages/{id}/replay"), Some(json!({})), Scope::MessagesReplay),
+        (Method::POST, "/api/messages/replay".into(), Some(json!({ "channel": "adt-in" })), Scope::MessagesReplay),
+    ]
+}
+
+#[tokio::test]
+async fn every_route_refuses_missing_bad_and_unscoped_tokens() {
+    let api = api().await;
+    let id = accept(api.store.as_ref(), "adt-in", "C1", "MRN1", 0, &["ehr"]).await;
+    let metrics_only = api.token("prometheus", &[Scope::Metrics]).await;
+    let forged = format!("{}0", &metrics_only[..metrics_only.len() - 1]);
+    for (method, uri, body, scope) in every_route(id) {
+        let (status, problem) = api.call(method.clone(), &uri, None, body.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} without a token");
+        assert_eq!(problem["type"], "urn:plexus:problem:unauthorized");
+        for bad in ["plx_nonsense", "plx_0123456789abcdef_00", forged.as_str()] {
+            let (status, _) = api.call(method.clone(), &uri, Some(bad), body.clone()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} with {bad}");
+        }
+        let (status, problem) = api.call(method.clone(), &uri, Some(&metrics_only), body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri} with scope metrics");
+        assert!(problem["detail"].as_str().unwrap().contains(scope.as_str()), "{problem}");
+        // The read scope does not allow replays.
+        if scope == Scope::MessagesReplay {
+            let reader = api.token(&format!("reader-{}", uri.len()), &[Scope::MessagesRead]).await;
+            let (status, _) = api.call(method.clone(), &uri, Some(&reader), body.clone()).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri} with messages:read");
+        }
+    }
+    // A refused read leaves no audit event.
+    let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_needs_no_token() {
+    let api = api().await;
+    let (status, doc) = call(&api.router, Method::GET, "/api/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = MessageId(uuid::Uuid::nil());
+    let served: Vec<(String, String)> = every_route(id)
+        .into_iter()
+        .map(|(m, uri, _, _)| (m.as_str().to_lowercase(), uri.replace(&id.to_string(), "{id}").replace("adt-in", "{name}")))
+        .chain([("get".to_owned(), "/api/openapi.json".to_owned())])
+        .collect();
+    for (method, path) in &served {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing from the OpenAPI document");
+    }
+    let mut documented: Vec<(String, String)> =
+        openapi::documented().into_iter().map(|(m, p)| (m.to_owned(), p.to_owned())).collect();
+    documented.sort();
+    let mut served = served;
+    served.sort();
+    assert_eq!(documented, served, "the document lists exactly the served routes");
+    assert_eq!(doc["paths"]["/api/messages/{id}/replay"]["post"]["x-required-scope"], "messages:replay");
+}
+
+#[tokio::test]
+async fn channels_list_counts_per_destination_and_state() {
+    let api = api().await;
+    let token = api.token("dashboard", &[Scope::MessagesRead]).await;
+    accept(api.store.as_ref(), "adt-in", "C1", "MRN1", 0, &["ehr", "archive"]).await;
+    let dead = accept(api.store.as_ref(), "adt-in", "C2", "MRN2", 1, &["ehr", "archive"]).await;
+    let detail = api.store.get_message(dead).await.unwrap().unwrap();
+    let ehr = detail.deliveries.iter().find(|d| d.destination == "ehr").unwrap().id;
+    api.store.dead_letter(ehr, "test", Some("partner gone".into())).await.unwrap();
+
+    let (status, body) = api.get("/api/channels", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let adt = &body["channels"][0];
+    assert_eq!(adt["name"], "adt-in");
+    assert_eq!(adt["source"], "mllp");
+    assert_eq!(adt["status"], "running");
+    assert_eq!(adt["counts"]["queued"], 3);
+    assert_eq!(adt["counts"]["dead"], 1);
+    assert_eq!(adt["counts"]["sent"], 0);
+    assert_eq!(adt["destinations"][0], json!({ "name": "ehr", "counts": {
+        "queued": 1, "in_flight": 0, "sent": 0, "filtered": 0, "error": 0, "dead": 1 } }));
+    assert_eq!(adt["destinations"][1]["counts"]["queued"], 2);
+    assert_eq!(body["channels"][1]["name"], "lab-in");
+    assert_eq!(body["channels"][1]["counts"]["queued"], 0);
+
+    let (status, one) = api.get("/api/channels/adt-in", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&one, adt);
+    let (status, problem) = api.get("/api/channels/nope", &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(problem["type"], "urn:plexus:problem:not-found");
+}
+
+#[tokio::test]
+async fn search_filters_paginates_and_rejects_bad_queries() {
+    let api = api().await;
+    let token = api.token("dashboard", &[Scope::MessagesRead]).await;
+    for i in 0..5u32 {
+        accept(api.store.as_ref(), "adt-in", &format!("A{i}"), &format!("MRN{}", i % 2), i, &["ehr"]).await;
+    }
+    accept(api.store.as_ref(), "lab-in", "L1", "MRN9", 10, &["ehr"]).await;
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["items"].as_array().unwrap().iter().map(|m| m["control_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, body) = api.get("/api/messages?control_id=A3", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&body), ["A3"]);
+    assert_eq!(body["items"][0]["deliveries"][0]["state"], "queued");
+    let (_, body) = api.get("/api/messages?mrn=MRN1", &token).await;
+    assert_eq!(ids(&body), ["A3", "A1"]);
+    let (_, body) = api.get("/api/messages?channel=lab-in", &token).await;
+    assert_eq!(ids(&body), ["L1"]);
+    let (_, body) = api.get("/api/messages?type=ORU&event=R01", &token).await;
+    assert_eq!(ids(&body), ["L1"]);
+    let (_, body) = api.get("/api/messages?from=2026-11-21T10:01:00Z&to=2026-11-21T10:03:00Z", &token).await;
+    assert_eq!(ids(&body), ["A2", "A1"]);
+    let (_, body) = api.get("/api/messages?state=dead", &token).await;
+    assert!(ids(&body).is_empty());
+
+    // Keyset pagination: two per page, newest first, no repeats.
+    let mut seen = Vec::new();
+    let mut uri = "/api/messages?channel=adt-in&limit=2".to_owned();
+    loop {
+        let (status, page) = api.get(&uri, &token).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => uri = format!("/api/messages?channel=adt-in&limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["A4", "A3", "A2", "A1", "A0"]);
+
+    for (query, needle) in [
+        ("state=lost", "state must be"),
+        ("from=yesterday", "RFC 3339"),
+        ("limit=0", "limit must be"),
+        ("limit=abc", "limit must be"),
+        ("sort=asc", "unknown query parameter"),
+        ("cursor=not-a-cursor", "cursor"),
+    ] {
+        let (status, problem) = api.get(&format!("/api/messages?{query}"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(problem["detail"].as_str().unwrap().contains(needle), "{query}: {problem}");
+    }
+    let (status, _) = api.get("/api/dead-letters?state=sent", &token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn message_detail_shows_everything_and_is_audited() {
+    let api = api().await;
+    let token = api.token("alice-dashboard", &[Scope::MessagesRead]).await;
+    let id = accept(api.store.as_ref(), "adt-in", "C7", "MRN7", 0, &["ehr", "archive"]).await;
+
+    let (status, body) = api.get(&format!("/api/messages/{id}"), &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["message"]["id"], id.to_string());
+    assert_eq!(body["message"]["control_id"], "C7");
+    assert!(body["raw"].as_str().unwrap().starts_with("MSH|^~\\&|LAB|HOSP"));
+    assert!(body["ack"].as_str().unwrap().contains("MSA|AA|C7"));
+    assert_eq!(body["patient_ids"], json!(["MRN7"]));
+    let pid = &body["hl7"]["segments"][1];
+    assert_eq!(pid["path"], "PID");
+    assert_eq!(pid["fields"][1]["components"][0], json!({ "path": "PID-3-1", "value": "MRN7" }));
+    assert_eq!(body["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(body["deliveries"][0]["destination"], "ehr");
+    assert_eq!(body["deliveries"][0]["transformed"], Value::Null);
+    assert!(body["deliveries"][0]["attempt_log"].as_array().unwrap().is_empty());
+    // The read itself is in the trail it answers with, and in the store.
+    assert_eq!(body["audit"][0]["action"], "read_content");
+    assert_eq!(body["audit"][0]["actor"], "alice-dashboard");
+    let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
+    assert_eq!(events.len(), 1);
+
+    let (status, _) = api.get(&format!("/api/messages/{}", uuid::Uuid::now_v7()), &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, problem) = api.get("/api/messages/42", &token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem["detail"].as_str().unwrap().contains("UUID"));
+}
+
+#[tokio::test]
+async fn replay_one_message_to_some_destinations_with_the_token_name() {
+    let api = api().await;
+    let token = api.token("ops-replayer", &[Scope::MessagesReplay]).await;
+    let id = accept(api.store.as_ref(), "adt-in", "C1", "MRN1", 0, &["ehr", "archive"]).await;
+    let detail = api.store.get_message(id).await.unwrap().unwrap();
+    for d in &detail.deliveries {
+        api.store.dead_letter(d.id, "test", None).await.unwrap();
+    }
+    let ehr = detail.deliveries.iter().find(|d| d.destination == "ehr").unwrap().id;
+    let archive = detail.deliveries.iter().find(|d| d.destination == "archive").unwrap().id;
+
+    let uri = format!("/api/messages/{id}/replay");
+    let (status, body) = api.post(&uri, &token, json!({ "destinations": ["ehr"], "reason": "partner fixed" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["replayed"], json!([ehr.0]));
+    let after = api.store.get_message(id).await.unwrap().unwrap();
+    let state = |d: store::DeliveryId| after.deliveries.iter().find(|x| x.id == d).unwrap().state;
+    assert_eq!((state(ehr), state(archive)), (DeliveryState::Queued, DeliveryState::Dead));
+    let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
+    let replay = events.iter().find(|e| e.action == "replay").expect("replay audited");
+    assert_eq!(replay.actor, "ops-replayer");
+
+    // No body: every destination (the queued one is skipped).
+    let (status, body) = api.call(Method::POST, &uri, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["replayed"], json!([archive.0]));
+    assert_eq!(body["skipped"], json!([ehr.0]));
+
+    let (status, problem) = api.post(&uri, &token, json!({ "destinations": ["nowhere"] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem["detail"].as_str().unwrap().contains("nowhere"));
+    let (status, _) = api.post(&uri, &token, json!({ "destination": "ehr" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown body fields are refused");
+    let (status, _) = api.post(&format!("/api/messages/{}/replay", uuid::Uuid::now_v7()), &token, json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.post("/api/messages/xyz/replay", &token, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn replay_by_search_and_dead_letters() {
+    let api = api().await;
+    let reader = api.token("reader", &[Scope::MessagesRead]).await;
+    let replayer = api.token("replayer", &[Scope::MessagesReplay]).await;
+    let mut dead = Vec::new();
+    for i in 0..4u32 {
+        let id = accept(api.store.as_ref(), "adt-in", &format!("D{i}"), "MRN1", i, &["ehr"]).await;
+        if i != 0 {
+            let d = api.store.get_message(id).await.unwrap().unwrap().deliveries[0].id;
+            api.store.dead_letter(d, "test", None).await.unwrap();
+            dead.push(id);
+        }
+    }
+    let (status, page) = api.get("/api/dead-letters?channel=adt-in", &reader).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["control_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, ["D3", "D2", "D1"]);
+
+    let (status, problem) = api.post("/api/messages/replay", &replayer, json!({ "reason": "all" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a replay by search needs a filter");
+    assert!(problem["detail"].as_str().unwrap().contains("at least one search filter"));
+    let (status, _) = api.post("/api/messages/replay", &replayer, json!({ "channel": "adt-in", "max": 0 })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.post("/api/messages/replay", &replayer, json!({ "state": "lost" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let (status, body) =
+        api.post("/api/messages/replay", &replayer, json!({ "channel": "adt-in", "state": "dead", "max": 2 })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "messages": 2, "replayed": 2, "skipped": 0, "truncated": true }));
+    let (_, body) = api.post("/api/messages/replay", &replayer, json!({ "channel": "adt-in", "state": "dead" })).await;
+    assert_eq!(body, json!({ "messages": 1, "replayed": 1, "skipped": 0, "truncated": false }));
+    let (_, page) = api.get("/api/dead-letters", &reader).await;
+    assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
+    for id in dead {
+        let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
+        assert!(events.iter().any(|e| e.action == "replay" && e.actor == "replayer"), "{events:?}");
+    }
+}
+
+#[tokio::test]
+async fn revoked_and_expired_tokens_are_refused() {
+    let api = api().await;
+    let token = api.token("temp", &[Scope::MessagesRead]).await;
+    let (status, _) = api.get("/api/channels", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.store.revoke_api_token("temp").await.unwrap(), 1);
+    // A fresh Auth has no cached record (a running one trusts its cache for
+    // auth::CACHE_TTL).
+    let fresh = router(ApiState::new(Arc::clone(&api.store), Auth::new(Arc::clone(&api.store)), channels()));
+    let (status, _) = call(&fresh, Method::GET, "/api/channels", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let past = Utc::now() - chrono::Duration::minutes(1);
+    let expired = auth::issue_token(api.store.as_ref(), "old", &[Scope::MessagesRead], Some(past)).await.unwrap();
+    let (status, _) = api.get("/api/channels", &expired.bearer).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn auth_none_lets_everyone_in_as_anonymous() {
+    let api = api().await;
+    let id = accept(api.store.as_ref(), "adt-in", "C1", "MRN1", 0, &["ehr"]).await;
+    let open = router(ApiState::new(Arc::clone(&api.store), Auth::disabled(), channels()));
+    let (status, _) = call(&open, Method::GET, &format!("/api/messages/{id}"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
+    assert_eq!(events[0].actor, "anonymous");
+}
