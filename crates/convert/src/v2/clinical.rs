@@ -431,13 +431,21 @@ fn observation(
         arr![reference_range(&obx.f(7).text(), units, opts)],
     );
     obj.insert("component".into(), Value::Array(components));
-    let key = format!(
+    let mut key = format!(
         "{}|OBX|{}|{}|{}",
         group.group_key,
         obx.f(3).c(1).text(),
         obx.f(3).c(3).text(),
         obx.f(4).text()
     );
+    // A second OBX with the same code and no distinguishing sub-id (OBX-4),
+    // such as two comment lines or a repeated measurement, is another
+    // Observation: without its position in the identity it would hash to the
+    // first one's id and be dropped as a duplicate. The first keeps the plain
+    // identity, so ids of messages without repeats do not change.
+    if ctx.existing("Observation", &key).is_some() {
+        key.push_str(&format!("|{position}"));
+    }
     Ok(ObxOut::Observation(ctx.add(
         "Observation",
         &key,

@@ -16,10 +16,15 @@ macro_rules! obj {
     (@count) => { 0usize };
     (@count $head:literal $($tail:literal)*) => { 1usize + obj!(@count $($tail)*) };
     ($($key:literal => $value:expr),* $(,)?) => {{
+        // The map is allocated at the first non-empty member: most nested
+        // objects (a period, an assigner) come out empty, and an IndexMap
+        // with a capacity costs two allocations even if nothing goes in.
         #[allow(unused_mut)]
-        let mut map = serde_json::Map::with_capacity(obj!(@count $($key)*));
-        $( $crate::v2::put(&mut map, $key, serde_json::Value::from($value)); )*
-        serde_json::Value::Object(map)
+        let mut map: Option<serde_json::Map<String, serde_json::Value>> = None;
+        #[allow(unused_variables)]
+        let capacity = obj!(@count $($key)*);
+        $( $crate::v2::put_lazy(&mut map, capacity, $key, serde_json::Value::from($value)); )*
+        serde_json::Value::Object(map.unwrap_or_default())
     }};
 }
 
@@ -44,10 +49,11 @@ pub(crate) fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Inserts unless empty.
-pub(crate) fn put(map: &mut serde_json::Map<String, Value>, key: &str, value: Value) {
+/// Inserts unless empty, creating the map (with room for `capacity`
+/// members) at the first insertion.
+pub(crate) fn put_lazy(map: &mut Option<serde_json::Map<String, Value>>, capacity: usize, key: &str, value: Value) {
     if !is_empty(&value) {
-        map.insert(key.to_string(), value);
+        map.get_or_insert_with(|| serde_json::Map::with_capacity(capacity)).insert(key.to_string(), value);
     }
 }
 

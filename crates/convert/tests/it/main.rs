@@ -10,3 +10,4 @@ mod round_trip;
 mod support;
 mod to_v2;
 mod validate;
+mod value_types;
