@@ -153,6 +153,8 @@ pub struct ChannelIngest {
     stats: IngestStats,
     /// Where the ACK's control ids come from: unique per process start.
     ack_ids: AckIds,
+    /// Prometheus handles ([`crate::metrics`]); no-ops outside an engine.
+    metrics: Arc<crate::metrics::ChannelMetrics>,
 }
 
 impl ChannelIngest {
@@ -168,7 +170,14 @@ impl ChannelIngest {
             store,
             stats: IngestStats::default(),
             ack_ids: AckIds::new(),
+            metrics: Arc::new(crate::metrics::ChannelMetrics::noop(&channel.name)),
         }
+    }
+
+    /// Records this channel's metrics into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ChannelMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The channel's name.
@@ -190,6 +199,13 @@ impl ChannelIngest {
     /// Always returns an answer; the ACK is positive only if the message
     /// is durably stored.
     pub async fn ingest_hl7(&self, received: Received) -> Hl7Outcome {
+        let started = std::time::Instant::now();
+        let out = self.hl7_answer(received).await;
+        self.metrics.hl7(&out, started.elapsed());
+        out
+    }
+
+    async fn hl7_answer(&self, received: Received) -> Hl7Outcome {
         let message = match hl7v2::Message::parse(received.bytes.as_slice()) {
             Ok(m) => m,
             Err(e) => {
@@ -249,7 +265,7 @@ impl ChannelIngest {
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
             raw: received.bytes,
         };
-        match self.store.accept(new).await {
+        match self.accept(new).await {
             Ok(Accepted::Stored { id }) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 if flagged {
@@ -296,6 +312,7 @@ impl ChannelIngest {
     /// start of the discarded frame (`head`).
     pub fn oversized_nak(&self, head: &[u8], max: usize) -> Vec<u8> {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.oversized();
         ack::oversized_nak(head, max, &self.ack_ids.next())
     }
 
@@ -323,8 +340,23 @@ impl ChannelIngest {
         })
     }
 
+    /// Stores a message, timing the commit.
+    async fn accept(&self, new: NewMessage) -> store::Result<Accepted> {
+        let started = std::time::Instant::now();
+        let result = self.store.accept(new).await;
+        self.metrics.commit(started.elapsed());
+        result
+    }
+
     /// Checks and stores one JSON message (`content = "json"` or `"fhir"`).
     pub async fn ingest_json(&self, received: Received) -> JsonOutcome {
+        let started = std::time::Instant::now();
+        let out = self.json_answer(received).await;
+        self.metrics.json(&out, started.elapsed());
+        out
+    }
+
+    async fn json_answer(&self, received: Received) -> JsonOutcome {
         let doc: serde_json::Value = match serde_json::from_slice(&received.bytes) {
             Ok(v) => v,
             Err(e) => {
@@ -353,7 +385,7 @@ impl ChannelIngest {
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
             raw: received.bytes,
         };
-        match self.store.accept(new).await {
+        match self.accept(new).await {
             Ok(Accepted::Stored { id }) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 JsonOutcome::Stored { message_id: id, duplicate: false }

@@ -16,12 +16,15 @@
 //! store, the ingest paths, the workers, the sources and the HTTP listener
 //! from it, and stops them in order.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod destinations;
 pub mod filter;
 pub mod flows;
 pub mod ingest;
+pub mod metrics;
+pub mod retention;
 pub mod runtime;
 pub mod sources;
 pub mod transform;

@@ -96,6 +96,9 @@ pub struct Engine {
     api_addr: SocketAddr,
     source_addrs: HashMap<String, SocketAddr>,
     mllp_stats: HashMap<String, Arc<MllpStats>>,
+    telemetry: Arc<crate::metrics::Telemetry>,
+    /// Queue-depth refresh and alerts, scheduled retention.
+    background: JoinSet<()>,
 }
 
 impl Engine {
@@ -125,6 +128,8 @@ impl Engine {
             api_addr: config.api.listen,
             source_addrs: HashMap::new(),
             mllp_stats: HashMap::new(),
+            telemetry: crate::metrics::Telemetry::new(config.health.window.get()),
+            background: JoinSet::new(),
         };
         match engine.start_components(config).await {
             Ok(()) => {
@@ -140,13 +145,16 @@ impl Engine {
     }
 
     async fn start_components(&mut self, config: Config) -> Result<(), StartError> {
+        let operations = (config.health.interval.get(), config.alerts.clone(), config.retention.clone());
+        let metrics_public = config.api.metrics_public;
         let Config { api, channels, base_dir, .. } = config;
         let channels: Vec<_> = channels.into_iter().filter(|c| c.enabled).collect();
         let api_channels: Vec<_> = channels.iter().map(crate::api::ChannelInfo::from_config).collect();
 
         let mut ingest = Ingest::new();
         for c in &channels {
-            ingest.insert(Arc::new(ChannelIngest::new(c, Arc::clone(&self.store))));
+            let metrics = self.telemetry.channel(&c.name);
+            ingest.insert(Arc::new(ChannelIngest::new(c, Arc::clone(&self.store)).with_metrics(metrics)));
         }
         let ingest = Arc::new(ingest);
         self.ingest = Arc::clone(&ingest);
@@ -173,6 +181,7 @@ impl Engine {
                     error,
                 })?;
                 let batch = crate::worker::claim_batch(&d.connector, d.workers);
+                let metrics = self.telemetry.destination(&channel.name, &d.name);
                 let workers = Arc::new(DestinationWorkers {
                     channel: Arc::clone(&stage),
                     name: d.name,
@@ -185,6 +194,7 @@ impl Engine {
                     workers: d.workers,
                     store: Arc::clone(&self.store),
                     node: node.clone(),
+                    metrics,
                 });
                 workers.spawn(&self.stop_workers, &mut self.workers);
             }
@@ -246,8 +256,23 @@ impl Engine {
             crate::config::ApiAuth::None => crate::api::auth::Auth::disabled(),
         };
         let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
+        let auth = crate::api::auth::Auth::new(Arc::clone(&self.store));
+        let app = app.merge(crate::metrics::router(Arc::clone(&self.telemetry), auth, metrics_public));
         info!(addr = %self.api_addr, "api listening");
         self.serve_http(listener, app);
+        let (interval, alerts, retention) = operations;
+        let watch = crate::alerts::watch(
+            Arc::clone(&self.telemetry),
+            Arc::clone(&self.store),
+            alerts,
+            interval,
+            self.stop_sources.clone(),
+        );
+        self.background.spawn(watch);
+        if let Some(retention) = retention {
+            let scheduled = crate::retention::schedule(Arc::clone(&self.store), retention, self.stop_sources.clone());
+            self.background.spawn(scheduled);
+        }
         Ok(())
     }
 
@@ -282,6 +307,11 @@ impl Engine {
         &self.ingest
     }
 
+    /// Metrics and health states.
+    pub fn telemetry(&self) -> &Arc<crate::metrics::Telemetry> {
+        &self.telemetry
+    }
+
     /// Counters of a channel's MLLP source.
     pub fn mllp_stats(&self, channel: &str) -> Option<&Arc<MllpStats>> {
         self.mllp_stats.get(channel)
@@ -294,6 +324,7 @@ impl Engine {
         self.stop_sources.cancel();
         while self.sources.join_next().await.is_some() {}
         info!("sources stopped; every acknowledged message is stored");
+        while self.background.join_next().await.is_some() {}
         self.stop_workers.cancel();
         let drained = tokio::time::timeout(grace, async { while self.workers.join_next().await.is_some() {} }).await;
         if drained.is_err() {

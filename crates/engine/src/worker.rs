@@ -108,6 +108,8 @@ pub struct DestinationWorkers {
     pub store: Arc<dyn Store>,
     /// Names workers in the attempt log: `host/channel/destination/N`.
     pub node: String,
+    /// Prometheus handles and health state ([`crate::metrics`]).
+    pub metrics: Arc<crate::metrics::DestinationMetrics>,
 }
 
 impl DestinationWorkers {
@@ -184,7 +186,9 @@ impl DestinationWorkers {
         let attempt = delivery.attempt;
         // The flow's `failed` hook needs the delivery after `process` took it.
         let for_flow = self.channel.flow.as_ref().map(|_| delivery.clone());
+        let started = std::time::Instant::now();
         let outcome = self.process(delivery).await;
+        self.metrics.attempt(&outcome, started.elapsed());
         let summary = describe(&outcome);
         let reason = match &outcome {
             Outcome::Failed { reason, .. } => Some(reason.clone()),
@@ -192,6 +196,7 @@ impl DestinationWorkers {
         };
         match self.store.complete(id, lease, outcome, &self.retry).await {
             Ok(done) => {
+                self.metrics.completed(done.state);
                 if let (Some(flow), Some(d), Some(reason), store::DeliveryState::Error | store::DeliveryState::Dead) =
                     (&self.channel.flow, &for_flow, &reason, done.state)
                 {
@@ -270,6 +275,7 @@ impl DestinationWorkers {
                 }
                 Prepared::Filtered(rule) => return Outcome::Filtered { rule },
                 Prepared::Failed(reason) => {
+                    self.metrics.error("transform");
                     return Outcome::Failed { class: FailureClass::Permanent, reason, response: None };
                 }
             },
@@ -287,6 +293,7 @@ impl DestinationWorkers {
         match self.destination.send(&out).await {
             Ok(response) => Outcome::Sent { response: Some(response.to_store()), transformed },
             Err(e) => {
+                self.metrics.error(e.kind());
                 // The error's text may quote the receiver's answer: it goes
                 // to the store (read through the API), the log gets its kind.
                 info!(

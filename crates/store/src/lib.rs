@@ -45,6 +45,7 @@
 mod backend;
 mod clock;
 mod error;
+mod lock;
 mod model;
 mod policy;
 mod sync_job;
@@ -59,6 +60,7 @@ use tokio::sync::watch;
 
 pub use clock::Clock;
 pub use error::{ErrorClass, StoreError};
+pub use lock::ClusterLock;
 pub use model::*;
 pub use policy::backoff_delay;
 pub use sync_job::*;
@@ -196,6 +198,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// deliveries are all final. Messages still queued, in flight or blocked
     /// are never touched.
     async fn retention_batch(&self, request: &RetentionRequest) -> Result<RetentionBatch>;
+
+    /// The clock the store computes times with (scheduled retention takes
+    /// its cut-off from it). The default is the system clock.
+    fn clock(&self) -> Clock {
+        Clock::system()
+    }
+
+    /// Takes the cluster-wide lock `name` unless another process holds it
+    /// (`None`); dropping the returned lock releases it. Periodic jobs take
+    /// one so that a cluster runs them once. The default (single-process
+    /// stores) always succeeds.
+    async fn try_lock(&self, name: &str) -> Result<Option<ClusterLock>> {
+        Ok(Some(ClusterLock::local(name)))
+    }
 
     /// Records a patient sync job as `queued` (see [`SyncJob`]).
     ///

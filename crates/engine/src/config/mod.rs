@@ -40,6 +40,7 @@ mod channel;
 pub mod de;
 mod env;
 mod error;
+mod operations;
 mod units;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +54,7 @@ pub use channel::{
     AckMode, ChannelConfig, ContentKind, DestinationEntry, OnFailure, OrderKey, RetryConfig, ValidationPolicy,
 };
 pub use error::{ConfigError, ConfigErrors};
+pub use operations::{AlertCondition, AlertRule, HealthConfig, RetentionConfig, RetentionSchedule};
 pub use units::{ByteSize, Duration};
 
 use de::PathBuf as CfgPath;
@@ -73,6 +75,12 @@ pub struct Config {
     pub fhir_servers: BTreeMap<String, fhir::ServerConfig>,
     /// The channels, in file order.
     pub channels: Vec<ChannelConfig>,
+    /// `[health]`: the health states' window and the watch interval.
+    pub health: HealthConfig,
+    /// `[[alerts]]`: alert rules, in file order.
+    pub alerts: Vec<AlertRule>,
+    /// `[retention]`: scheduled retention, off when absent.
+    pub retention: Option<RetentionConfig>,
     /// The folder relative paths are resolved against: the config file's
     /// folder (`.` when compiled from a string).
     pub base_dir: PathBuf,
@@ -193,6 +201,10 @@ pub struct ApiConfig {
     /// `/readyz` and `POST /channels/{name}/messages` for `http` sources.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// Serve `/metrics` without a token (for a Prometheus on a trusted
+    /// network); by default it needs a token with scope `metrics`.
+    #[serde(default)]
+    pub metrics_public: bool,
     /// `token` (the default): `/api` routes need an API token with the
     /// route's scope (`plexus token create`); `none`: no checks, for a
     /// listener only trusted clients can reach.
@@ -217,7 +229,7 @@ pub enum ApiAuth {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_api_listen(), auth: ApiAuth::Token, tls: None }
+        ApiConfig { listen: default_api_listen(), metrics_public: false, auth: ApiAuth::Token, tls: None }
     }
 }
 
@@ -394,15 +406,22 @@ fn compile(mut table: toml::Table, base_dir: Option<&Path>, errors: &mut ConfigE
         None => {}
     }
 
+    let health = match table.remove("health") {
+        Some(v) => de::component::<HealthConfig>(v, &root.key("health"), errors).unwrap_or_default(),
+        None => HealthConfig::default(),
+    };
+    let alerts = table.remove("alerts").map(|v| operations::compile_alerts(v, errors)).unwrap_or_default();
+    let retention = table.remove("retention").and_then(|v| operations::compile_retention(v, errors));
+
     for key in table.keys() {
         errors.push(
             root.key(key).to_string(),
-            "unknown field, expected one of `version`, `store`, `api`, `fhir_servers`, `channels`",
+            "unknown field, expected one of `version`, `store`, `api`, `fhir_servers`, `channels`, `health`, `alerts`, `retention`",
         );
     }
 
     cross_check(&api, &channels, errors);
-    Config { store, api, fhir_servers, channels, base_dir: PathBuf::from(".") }
+    Config { store, api, fhir_servers, channels, health, alerts, retention, base_dir: PathBuf::from(".") }
 }
 
 /// Checks that need several components at once.

@@ -1,6 +1,7 @@
 //! Backend selection by URL scheme.
 
 mod common;
+mod locks;
 mod mysql;
 #[cfg(test)]
 mod plans;

@@ -130,6 +130,14 @@ impl Store for MySqlStore {
         Backend::Mysql
     }
 
+    fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<crate::ClusterLock>> {
+        super::locks::mysql(&self.pool, name).await
+    }
+
     async fn accept(&self, message: NewMessage) -> Result<Accepted> {
         validate_message(&message)?;
         writer::call(&self.ops, |r| Op::Accept(message, r)).await

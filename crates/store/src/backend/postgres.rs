@@ -128,6 +128,14 @@ impl Store for PgStore {
         Backend::Postgres
     }
 
+    fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<crate::ClusterLock>> {
+        super::locks::postgres(&self.pool, name).await
+    }
+
     async fn accept(&self, message: NewMessage) -> Result<Accepted> {
         validate_message(&message)?;
         writer::call(&self.ops, |r| Op::Accept(message, r)).await

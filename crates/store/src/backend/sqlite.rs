@@ -104,6 +104,10 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
+    fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
     async fn accept(&self, message: NewMessage) -> Result<Accepted> {
         validate_message(&message)?;
         writer::call(&self.ops, |r| Op::Accept(message, r)).await
