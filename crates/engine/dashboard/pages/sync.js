@@ -6,13 +6,15 @@ import { get, post } from '../api.js';
 import { badge, facts, h, notice, replace, when } from '../dom.js';
 
 const POLL_MS = 1000;
+/** The resource types offered, the first ones checked (the server's default set). */
 export const RESOURCE_TYPES = [
-  'AllergyIntolerance', 'Condition', 'Encounter', 'Observation', 'MedicationRequest', 'Immunization',
-  'Procedure', 'DiagnosticReport', 'DocumentReference', 'CarePlan',
+  'AllergyIntolerance', 'Condition', 'DiagnosticReport', 'Encounter', 'Immunization', 'MedicationRequest',
+  'Observation', 'Procedure',
 ];
+const MORE_TYPES = ['CarePlan', 'DocumentReference', 'MedicationAdministration', 'ServiceRequest'];
 const FINAL = new Set(['succeeded', 'partially_failed', 'failed']);
 
-/** A patient card's fields from a FHIR Patient or the API's summary. */
+/** A patient card's fields from the API's candidate (or a FHIR Patient). */
 export function patientView(p) {
   if (p && p.resourceType === 'Patient') {
     const n = (p.name || [])[0] || {};
@@ -21,9 +23,10 @@ export function patientView(p) {
     return { id: p.id, name, birthDate: p.birthDate, gender: p.gender, identifiers: ids, address: addressText(p.address) };
   }
   return {
-    id: p.id, name: p.name || [p.given, p.family].filter(Boolean).join(' '),
-    birthDate: p.birth_date || p.birthDate, gender: p.gender,
-    identifiers: (p.identifiers || []).map((i) => (typeof i === 'string' ? i : i.value)).filter(Boolean),
+    id: p.id, name: p.name || '', birthDate: p.birth_date, gender: p.gender, phone: p.phone,
+    identifiers: (p.identifiers || [])
+      .map((i) => (typeof i === 'string' ? i : [i.kind, i.value].filter(Boolean).join(' ')))
+      .filter(Boolean),
     address: typeof p.address === 'string' ? p.address : addressText(p.address),
   };
 }
@@ -41,28 +44,33 @@ export function syncPage(view, { isCurrent }) {
   const family = h('input', { id: 'sync-family', name: 'family', placeholder: 'Family name', autocomplete: 'off' });
   const given = h('input', { id: 'sync-given', name: 'given', placeholder: 'Given name', autocomplete: 'off' });
   const birthdate = h('input', { id: 'sync-birthdate', name: 'birthdate', type: 'date' });
+  const identifier = h('input', { id: 'sync-identifier', name: 'identifier', placeholder: 'MRN', autocomplete: 'off' });
   const cards = h('div', { id: 'patients', class: 'cards' });
   const job = h('div', { id: 'job' });
 
   const form = h('form', { class: 'card search', id: 'patient-search' },
     h('div', { class: 'fields' },
       field('From server', source), field('To server', target),
-      field('Family name', family), field('Given name', given), field('Birth date', birthdate)),
+      field('Family name', family), field('Given name', given), field('Birth date', birthdate),
+      field('or identifier', identifier)),
     h('div', { class: 'row' }, h('button', { type: 'submit', class: 'primary' }, 'Find patients')));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
-    if (!family.value.trim() && !given.value.trim() && !birthdate.value) {
-      replace(cards, notice('Give a name or a birth date.', 'error'));
+    if (!family.value.trim() && !identifier.value.trim()) {
+      replace(cards, notice('Give a family name (with the given name and birth date to narrow it) or an identifier.', 'error'));
       return;
     }
     replace(cards, h('p', { class: 'muted' }, 'Searching…'));
     try {
       const answer = await get('/api/sync/patients', {
         source: source.value.trim(), family: family.value.trim(), given: given.value.trim(), birthdate: birthdate.value,
+        identifier: identifier.value.trim(),
       });
       if (!isCurrent()) return;
-      const patients = Array.isArray(answer) ? answer : answer.patients || answer.items || answer.candidates || [];
-      replace(cards, patients.length ? patients.map((p) => card(patientView(p))) : notice('No patient matches.', 'info'));
+      const patients = Array.isArray(answer) ? answer : answer.candidates || answer.patients || [];
+      replace(cards,
+        answer.truncated ? notice('More patients match than are shown: narrow the search.', 'info') : null,
+        patients.length ? patients.map((p) => card(patientView(p))) : notice('No patient matches.', 'info'));
     } catch (err) {
       replace(cards, notice(err.message, 'error'));
     }
@@ -79,19 +87,23 @@ export function syncPage(view, { isCurrent }) {
   }).catch(() => { /* free text then */ });
 
   function card(p) {
-    const boxes = RESOURCE_TYPES.map((t) => h('label', { class: 'check' },
-      h('input', { type: 'checkbox', name: 'resource', value: t, checked: true }), ' ', t));
+    const boxes = [...RESOURCE_TYPES, ...MORE_TYPES].map((t) => h('label', { class: 'check' },
+      h('input', { type: 'checkbox', name: 'resource', value: t, checked: RESOURCE_TYPES.includes(t) }), ' ', t));
     const button = h('button', { type: 'button', class: 'primary sync' }, 'Sync this patient');
     const el = h('div', { class: 'card patient', 'data-patient': p.id },
       h('h3', null, p.name || '(no name)'),
       facts([
         ['Birth date', p.birthDate], ['Gender', p.gender], ['Identifiers', p.identifiers.join(', ') || null],
-        p.address ? ['Lives in', p.address] : null, ['Id on the source', h('span', { class: 'mono small' }, p.id)],
+        p.address ? ['Address', p.address] : null, p.phone ? ['Phone', p.phone] : null, ['Id on the source', h('span', { class: 'mono small' }, p.id)],
       ]),
       h('details', null, h('summary', null, 'Resource types'), h('div', { class: 'checks' }, boxes)),
       h('div', { class: 'row' }, button));
     button.addEventListener('click', async () => {
       const resources = boxes.map((b) => b.querySelector('input')).filter((i) => i.checked).map((i) => i.value);
+      if (!resources.length) {
+        replace(job, notice('Choose at least one resource type.', 'error'));
+        return;
+      }
       button.disabled = true;
       replace(job, h('p', { class: 'muted' }, 'Starting the sync…'));
       try {
@@ -132,6 +144,8 @@ function field(label, input) {
   return h('div', { class: 'field' }, h('label', { for: input.id }, label), input);
 }
 
+const REPORT_COLUMNS = ['fetched', 'created', 'updated', 'unchanged', 'failed'];
+
 /** A job's status, progress bar and, once it ended, its report per resource type. */
 function renderJob(j) {
   const progress = j.progress || {};
@@ -150,7 +164,7 @@ function renderJob(j) {
       j.error ? ['Error', j.error] : null,
     ]),
     rows.length ? h('table', { class: 'grid report' },
-      h('thead', null, h('tr', null, ['Resource type', 'created', 'updated', 'unchanged', 'failed'].map((t) => h('th', null, t)))),
+      h('thead', null, h('tr', null, ['Resource type', ...REPORT_COLUMNS].map((t) => h('th', null, t)))),
       h('tbody', null, rows.map(([type, c]) => h('tr', null, h('td', null, type),
-        ['created', 'updated', 'unchanged', 'failed'].map((k) => h('td', { class: 'num' }, String(c[k] ?? 0))))))) : null);
+        REPORT_COLUMNS.map((k) => h('td', { class: `num ${k}` }, String(c[k] ?? 0))))))) : null);
 }

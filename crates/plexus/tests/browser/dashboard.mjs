@@ -10,11 +10,13 @@
 //   PLEXUS_CONTROL_ID the control id of one of them, to search for
 //   PLEXUS_HOSTILE_ID the control id of a message whose PID-5 holds markup and script
 //   PLEXUS_ARTIFACTS  where to save screenshots and results.json
+//   PLEXUS_SYNC_EHR   optional: base URL of the FHIR server configured as `ehr` (a fresh peer); with
+//   PLEXUS_SYNC_BUNDLE the Synthea transaction Bundle to load into it; the patient is then synced to `hub`
 //   CHROMIUM          the browser (default /usr/bin/chromium)
 // Prints one line `RESULT {json}` with every check; exits 1 when one failed.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -171,11 +173,40 @@ try {
   check('message markup is shown as text and not run', injected.elements === 0 && !injected.ran && injected.shown,
     JSON.stringify(injected));
 
-  // 7. Patient sync page (the form; the sync itself is tested against FHIR peers by the API tests).
+  // 7. Patient sync: the form, and with two FHIR servers the whole flow (search, card, sync, progress, report).
   await page.click('nav a[data-page=sync]');
   await page.waitForSelector('#patient-search');
-  await page.fill('#sync-family', 'Nobody');
   check('the patient sync form shows', true);
+  if (process.env.PLEXUS_SYNC_EHR && process.env.PLEXUS_SYNC_BUNDLE) {
+    const bundle = JSON.parse(readFileSync(process.env.PLEXUS_SYNC_BUNDLE, 'utf8'));
+    const patient = bundle.entry.map((e) => e.resource).find((r) => r.resourceType === 'Patient');
+    const loaded = await fetch(process.env.PLEXUS_SYNC_EHR, {
+      method: 'POST', headers: { 'content-type': 'application/fhir+json' }, body: JSON.stringify(bundle),
+    });
+    check('the Synthea bundle is loaded into the source server', loaded.ok, `HTTP ${loaded.status}`);
+    await page.fill('#sync-source', 'ehr');
+    await page.fill('#sync-target', 'hub');
+    await page.fill('#sync-family', patient.name[0].family);
+    await page.fill('#sync-birthdate', patient.birthDate);
+    await page.click('#patient-search button[type=submit]');
+    await page.waitForSelector('.card.patient');
+    const cardText = await page.textContent('.card.patient');
+    check('the search shows the patient card', cardText.includes(patient.name[0].given[0]) && cardText.includes(patient.birthDate),
+      cardText.slice(0, 120));
+    await page.click('.card.patient button.sync');
+    await page.waitForSelector('#job [data-status]');
+    const phases = new Set();
+    const final = await waitFor('the sync job to end', async () => {
+      const status = await page.getAttribute('#job [data-status]', 'data-status');
+      const phase = await page.locator('#job table.facts tr', { hasText: 'Phase' }).locator('td').textContent().catch(() => '');
+      if (phase) phases.add(phase);
+      return { ok: ['succeeded', 'partially_failed', 'failed'].includes(status), status };
+    }, 180_000);
+    check('the sync job succeeded', final.status === 'succeeded', `${final.status}; phases seen: ${[...phases].join(', ')}`);
+    const created = await page.locator('#job table.report td.created').allTextContents();
+    const total = created.reduce((sum, n) => sum + Number(n), 0);
+    check('the report counts resources created on the target', total > 0, `${created.length} types, ${total} created`);
+  }
   await shot(page, '06-sync');
 
   // 8. A token with messages:read only may look but not replay, and is told which scope it lacks.
