@@ -8,12 +8,15 @@
 //! - `patient --config FILE --source NAME --target NAME --patient ID
 //!   [--resources Observation,Condition,...|all]`: syncs one patient with a
 //!   progress bar (on a terminal only) and prints the report; `--json` prints
-//!   the report as JSON instead. Exits 1 unless every resource synced.
+//!   the report as JSON instead. `--record` also records the run as a sync
+//!   job in the engine's store (as `POST /api/sync/jobs` does), so it shows
+//!   in `GET /api/sync/jobs` and the dashboard. Exits 1 unless every
+//!   resource synced.
 //!
-//! The servers come from the `[fhir_servers.<name>]` tables of the config
-//! file ([`fhir::ServerConfig`], secrets named by environment variable).
-//! Until the engine's config loader is wired in, this reads only those
-//! tables and ignores every other key of the file.
+//! The config file is the engine's own (`engine::config::Config::load`, the
+//! same file `plexus serve` reads, checked the same way): the servers come
+//! from its `[fhir_servers.<name>]` tables ([`fhir::ServerConfig`], secrets
+//! named by environment variable), the store from `[store]`.
 //!
 //! Everything here is printed for the user at the terminal, so it shows
 //! patient data (names, identifiers); the log (stderr, `--log`, default
@@ -25,11 +28,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use engine::config::Config;
 use fhir::sync::{
     self, PatientQuery, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus,
 };
 use fhir::{FhirClient, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
+use store::{NewSyncJob, StoreOptions};
 
 use crate::logging::{self, LogFormat};
 
@@ -45,7 +50,8 @@ pub enum SyncCommand {
 /// Where the servers are configured, and logging.
 #[derive(Debug, clap::Args)]
 pub struct Common {
-    /// The config file holding `[fhir_servers.<name>]` tables.
+    /// The engine's config file (its `[fhir_servers.<name>]` tables name
+    /// the servers).
     #[arg(long)]
     pub config: PathBuf,
     /// Log filter (e.g. `info`, `fhir=debug`); logs go to stderr.
@@ -113,13 +119,9 @@ pub struct PatientArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The part of the config file this command reads.
-#[derive(Debug, serde::Deserialize)]
-struct ServersFile {
-    #[serde(default)]
-    fhir_servers: BTreeMap<String, ServerConfig>,
+    /// Also record the run as a sync job in the config's store.
+    #[arg(long)]
+    pub record: bool,
 }
 
 /// Runs a `plexus sync` subcommand.
@@ -139,26 +141,10 @@ pub fn run(cmd: SyncCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads and checks every `[fhir_servers.*]` table; all problems at once.
-fn load_servers(path: &Path) -> anyhow::Result<BTreeMap<String, ServerConfig>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: ServersFile =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let problems: Vec<String> = file
-        .fhir_servers
-        .iter()
-        .flat_map(|(name, server)| {
-            server
-                .validate()
-                .into_iter()
-                .map(move |p| format!("fhir_servers.{name}.{p}"))
-        })
-        .collect();
-    if !problems.is_empty() {
-        bail!("{}: {}", path.display(), problems.join("; "));
-    }
-    Ok(file.fhir_servers)
+/// Loads and checks the whole engine config (every problem at once, as
+/// `plexus check` reports them).
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn client(
@@ -182,8 +168,8 @@ fn client(
 }
 
 async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
-    let servers = load_servers(&args.common.config)?;
-    let source = client(&servers, &args.source, &args.common.config)?;
+    let config = load_config(&args.common.config)?;
+    let source = client(&config.fhir_servers, &args.source, &args.common.config)?;
     let query = PatientQuery {
         family: args.family,
         given: Some(args.given),
@@ -255,9 +241,9 @@ fn options(args: &PatientArgs) -> SyncOptions {
 }
 
 async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
-    let servers = load_servers(&args.common.config)?;
-    let source = client(&servers, &args.source, &args.common.config)?;
-    let target = client(&servers, &args.target, &args.common.config)?;
+    let config = load_config(&args.common.config)?;
+    let source = client(&config.fhir_servers, &args.source, &args.common.config)?;
+    let target = client(&config.fhir_servers, &args.target, &args.common.config)?;
     if source.base_url() == target.base_url() {
         bail!(
             "source and target are the same server ({})",
@@ -267,7 +253,39 @@ async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
     let options = options(&args);
     let bar = progress_bar();
     let sink = |event: &ProgressEvent| show(&bar, event);
-    let report = sync::sync_patient(&source, &target, &args.patient, &options, &sink).await;
+    let report = if args.record {
+        let url = config.store.resolved_url(&config.base_dir);
+        create_sqlite_folder(&url)?;
+        let store_options = StoreOptions { pool_size: 2, ..StoreOptions::default() };
+        let store = store::open(&url, store_options)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the store ({}): {}", config.store.backend_name(), e.summary()))?;
+        let job = store
+            .create_sync_job(NewSyncJob {
+                source: source.name().to_owned(),
+                target: target.name().to_owned(),
+                patient_id: args.patient.clone(),
+                resource_types: options.resource_types.clone(),
+                requested_by: "cli".to_owned(),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("recording the sync job: {}", e.summary()))?;
+        let report = engine::flows::patient_sync::run_job_observed(
+            store.clone(),
+            source,
+            target,
+            job.id,
+            args.patient.clone(),
+            options,
+            &sink,
+        )
+        .await;
+        store.close().await;
+        eprintln!("sync job {}", job.id);
+        report
+    } else {
+        sync::sync_patient(&source, &target, &args.patient, &options, &sink).await
+    };
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -279,6 +297,18 @@ async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The folder of a SQLite store file, as `plexus serve` creates it.
+fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
+    let Some(rest) = url.strip_prefix("sqlite://") else { return Ok(()) };
+    let path = rest.split('?').next().unwrap_or(rest);
+    match Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A bar on stderr when it is a terminal; hidden otherwise (pipes, CI).
@@ -388,7 +418,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_only_the_fhir_servers_tables_and_reports_every_problem() {
+    fn reads_the_engine_config_and_reports_every_problem() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("plexus.toml");
         std::fs::write(
@@ -408,22 +438,24 @@ mod tests {
             "#,
         )
         .expect("write");
-        let err = load_servers(&path).expect_err("two problems").to_string();
-        assert!(
-            err.contains("fhir_servers.crm.page_size: must be at least 1"),
-            "{err}"
-        );
+        let err = load_config(&path).expect_err("two problems").to_string();
+        assert!(err.contains("fhir_servers.crm.page_size"), "{err}");
         assert!(err.contains("fhir_servers.crm.auth.token_env"), "{err}");
 
+        // The same file serves `plexus serve`: channels and the rest are
+        // read (and checked), not ignored.
         std::fs::write(
             &path,
-            "[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:1/fhir\"\n",
+            "version = 1\n[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:1/fhir\"\n[api]\nlisten = \"nonsense\"\n",
         )
         .expect("write");
-        let servers = load_servers(&path).expect("valid");
-        let err = client(&servers, "crm", &path)
-            .expect_err("unknown")
-            .to_string();
+        let err = load_config(&path).expect_err("bad api.listen").to_string();
+        assert!(err.contains("api.listen"), "{err}");
+
+        std::fs::write(&path, "version = 1\n[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:1/fhir\"\n")
+            .expect("write");
+        let config = load_config(&path).expect("valid");
+        let err = client(&config.fhir_servers, "crm", &path).expect_err("unknown").to_string();
         assert!(err.contains("no [fhir_servers.crm] (it has: ehr)"), "{err}");
     }
 
