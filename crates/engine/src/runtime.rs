@@ -147,7 +147,7 @@ impl Engine {
     async fn start_components(&mut self, config: Config) -> Result<(), StartError> {
         let operations = (config.health.interval.get(), config.alerts.clone(), config.retention.clone());
         let metrics_public = config.api.metrics_public;
-        let Config { api, channels, base_dir, .. } = config;
+        let Config { api, channels, base_dir, fhir_servers, .. } = config;
         let channels: Vec<_> = channels.into_iter().filter(|c| c.enabled).collect();
         let api_channels: Vec<_> = channels.iter().map(crate::api::ChannelInfo::from_config).collect();
 
@@ -255,6 +255,8 @@ impl Engine {
             crate::config::ApiAuth::Token => crate::api::auth::Auth::new(Arc::clone(&self.store)),
             crate::config::ApiAuth::None => crate::api::auth::Auth::disabled(),
         };
+        let sync_servers = crate::api::sync::SyncServers::from_config(&fhir_servers);
+        let app = app.merge(crate::api::sync::router(Arc::clone(&self.store), sync_servers, api_auth.clone()));
         let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
         let auth = crate::api::auth::Auth::new(Arc::clone(&self.store));
         let app = app.merge(crate::metrics::router(Arc::clone(&self.telemetry), auth, metrics_public));
