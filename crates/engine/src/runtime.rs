@@ -255,11 +255,10 @@ impl Engine {
             crate::config::ApiAuth::Token => crate::api::auth::Auth::new(Arc::clone(&self.store)),
             crate::config::ApiAuth::None => crate::api::auth::Auth::disabled(),
         };
+        let app = app.merge(crate::metrics::router(Arc::clone(&self.telemetry), api_auth.clone(), metrics_public));
         let sync_servers = crate::api::sync::SyncServers::from_config(&fhir_servers);
         let app = app.merge(crate::api::sync::router(Arc::clone(&self.store), sync_servers, api_auth.clone()));
         let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
-        let auth = crate::api::auth::Auth::new(Arc::clone(&self.store));
-        let app = app.merge(crate::metrics::router(Arc::clone(&self.telemetry), auth, metrics_public));
         info!(addr = %self.api_addr, "api listening");
         self.serve_http(listener, app);
         let (interval, alerts, retention) = operations;
