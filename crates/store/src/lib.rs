@@ -158,6 +158,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         policy: &RetryPolicy,
     ) -> Result<Completion>;
 
+    /// [`complete`](Self::complete) for an attempt whose destination said
+    /// when to come back (HTTP `Retry-After`, a channel that is starting):
+    /// when the policy retries the delivery, the retry is no earlier than
+    /// `retry_after` from now (a longer backoff stays). The default, for
+    /// test doubles that wrap a store, ignores the hint.
+    async fn complete_with_retry_after(
+        &self,
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: &RetryPolicy,
+        retry_after: Option<Duration>,
+    ) -> Result<Completion> {
+        let _ = retry_after;
+        self.complete(delivery, lease, outcome, policy).await
+    }
+
     /// Extends a held lease to `now + by` (for slow destinations). Returns
     /// the new expiry, or [`StoreError::LeaseLost`].
     async fn extend_lease(

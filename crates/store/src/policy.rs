@@ -44,6 +44,17 @@ pub(crate) fn after_failure(
     }
 }
 
+/// The retry time `at` from the policy, held back to at least `retry_after`
+/// from `now` when the destination said how long to wait (HTTP
+/// `Retry-After`): coming back sooner would only be refused again. A longer
+/// backoff stays as it is.
+pub(crate) fn not_before(at: DateTime<Utc>, now: DateTime<Utc>, retry_after: Option<Duration>) -> DateTime<Utc> {
+    match retry_after {
+        Some(wait) => at.max(now + to_delta(wait)),
+        None => at,
+    }
+}
+
 /// A jitter sample in `[0, 1)`.
 pub(crate) fn jitter() -> f64 {
     rand::random::<f64>()
@@ -101,6 +112,15 @@ mod tests {
         let now = Utc::now();
         assert_eq!(after_failure(&block, FailureClass::Permanent, 1, now, 0.5), (DeliveryState::Error, None));
         assert_eq!(after_failure(&dead, FailureClass::Permanent, 1, now, 0.5), (DeliveryState::Dead, None));
+    }
+
+    #[test]
+    fn retry_after_holds_the_retry_back_but_never_brings_it_forward() {
+        let now = Utc::now();
+        let backoff = now + chrono::TimeDelta::seconds(4);
+        assert_eq!(not_before(backoff, now, None), backoff);
+        assert_eq!(not_before(backoff, now, Some(Duration::from_secs(120))), now + chrono::TimeDelta::seconds(120));
+        assert_eq!(not_before(backoff, now, Some(Duration::from_secs(1))), backoff);
     }
 
     #[test]

@@ -606,7 +606,13 @@ pub(crate) struct Transition {
 }
 
 /// Applies `policy` to an outcome of attempt number `attempt`.
-pub(crate) fn transition(outcome: Outcome, attempt: u32, policy: &RetryPolicy, now: DateTime<Utc>) -> Transition {
+pub(crate) fn transition(
+    outcome: Outcome,
+    attempt: u32,
+    policy: &RetryPolicy,
+    retry_after: Option<std::time::Duration>,
+    now: DateTime<Utc>,
+) -> Transition {
     match outcome {
         Outcome::Sent { response, transformed } => Transition {
             state: DeliveryState::Sent,
@@ -632,7 +638,7 @@ pub(crate) fn transition(outcome: Outcome, attempt: u32, policy: &RetryPolicy, n
             let (state, at) = crate::policy::after_failure(policy, class, attempt, now, crate::policy::jitter());
             Transition {
                 state,
-                next_attempt_at: at.map(to_micros),
+                next_attempt_at: at.map(|at| to_micros(crate::policy::not_before(at, now, retry_after))),
                 filter_rule: None,
                 error_class: Some(class.as_str()),
                 error_reason: Some(clip_reason(&reason)),

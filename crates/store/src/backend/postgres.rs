@@ -170,9 +170,20 @@ impl Store for PgStore {
     }
 
     async fn complete(&self, delivery: DeliveryId, lease: LeaseToken, outcome: Outcome, policy: &RetryPolicy) -> Result<Completion> {
+        self.complete_with_retry_after(delivery, lease, outcome, policy, None).await
+    }
+
+    async fn complete_with_retry_after(
+        &self,
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: &RetryPolicy,
+        retry_after: Option<Duration>,
+    ) -> Result<Completion> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let done = complete(&mut tx, delivery, lease, outcome, policy.clone(), now).await?;
+        let done = complete(&mut tx, delivery, lease, outcome, policy.clone(), retry_after, now).await?;
         tx.commit().await?;
         self.wake();
         Ok(done)

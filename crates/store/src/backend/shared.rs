@@ -364,6 +364,7 @@ macro_rules! write_side {
             lease: LeaseToken,
             outcome: Outcome,
             policy: RetryPolicy,
+            retry_after: Option<Duration>,
             now: DateTime<Utc>,
         ) -> Result<Completion> {
             let now_us = to_micros(now);
@@ -374,7 +375,7 @@ macro_rules! write_side {
                 None => return Err(StoreError::NotFound(format!("delivery {delivery}"))),
             };
             let attempt = u32::try_from(row.attempts.max(1)).unwrap_or(u32::MAX);
-            let t = transition(outcome, attempt, &policy, now);
+            let t = transition(outcome, attempt, &policy, retry_after, now);
             sqlx::query(sql(
                 "UPDATE deliveries SET state = ?, next_attempt_at = COALESCE(?, next_attempt_at), lease_token = NULL, \
                  lease_owner = NULL, lease_started_at = NULL, lease_expires_at = NULL, filter_rule = ?, error_class = ?, \

@@ -68,6 +68,9 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
 
     let mut conn = connect.connect().await.map_err(open_error)?;
     MIGRATOR.run(&mut conn).await?;
+    // The checkpointer task copies the log into the database beside the
+    // writer; the writer does it itself only if the log grows far past that.
+    exec(&mut conn, "PRAGMA wal_autocheckpoint = 16384").await?;
     let readers = SqlitePoolOptions::new()
         .max_connections(options.pool_size)
         .connect_with(connect)
@@ -79,6 +82,7 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let writer = Writer { conn, clock: options.clock.clone(), window: options.duplicate_window, changed };
     let shutdown = Arc::new(Notify::new());
     let handle = tokio::spawn(writer.run(rx, options.max_batch, shutdown.clone()));
+    tokio::spawn(checkpointer(readers.clone(), changes.clone()));
     Ok(Arc::new(SqliteStore {
         ops,
         readers,
@@ -87,6 +91,36 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
         shutdown,
         writer: tokio::sync::Mutex::new(Some(handle)),
     }))
+}
+
+/// How often the checkpointer copies committed pages from the log into the
+/// database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies the write-ahead log into the database file on a reader
+/// connection, beside the writer. With SQLite's automatic checkpoints the
+/// committing writer does it every 1000 pages (4 MB, a few thousand
+/// messages), and every accept waiting for that commit also waits for the
+/// copy and the database file's fsync. A PASSIVE checkpoint blocks neither
+/// the writer nor the readers; once it has caught up, the writer starts the
+/// log over at its next commit, so the log stays small. Stops when the
+/// writer has stopped or the pool is closed.
+async fn checkpointer(readers: SqlitePool, changes: watch::Receiver<u64>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if changes.has_changed().is_err() || readers.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
+            if readers.is_closed() {
+                break;
+            }
+            // The writer's own checkpoints are the fallback: nothing lost.
+            debug!(error = %StoreError::from(e).summary(), "background checkpoint failed");
+        }
+    }
 }
 
 /// A file that cannot be opened is a configuration problem, not a busy
@@ -123,8 +157,19 @@ impl Store for SqliteStore {
     }
 
     async fn complete(&self, delivery: DeliveryId, lease: LeaseToken, outcome: Outcome, policy: &RetryPolicy) -> Result<Completion> {
+        self.complete_with_retry_after(delivery, lease, outcome, policy, None).await
+    }
+
+    async fn complete_with_retry_after(
+        &self,
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: &RetryPolicy,
+        retry_after: Option<Duration>,
+    ) -> Result<Completion> {
         let policy = policy.clone();
-        writer::call(&self.ops, |reply| Op::Complete { delivery, lease, outcome, policy, reply }).await
+        writer::call(&self.ops, |reply| Op::Complete { delivery, lease, outcome, policy, retry_after, reply }).await
     }
 
     async fn extend_lease(&self, delivery: DeliveryId, lease: LeaseToken, by: Duration) -> Result<DateTime<Utc>> {
@@ -388,8 +433,8 @@ impl Writer {
                 }))
             }
             Op::Claim(req, reply) => Done::new(reply, savepoint!(*conn, claim(conn, req, now).await)),
-            Op::Complete { delivery, lease, outcome, policy, reply } => {
-                let r = savepoint!(*conn, complete(conn, delivery, lease, outcome, policy, now).await);
+            Op::Complete { delivery, lease, outcome, policy, retry_after, reply } => {
+                let r = savepoint!(*conn, complete(conn, delivery, lease, outcome, policy, retry_after, now).await);
                 *wake |= r.is_ok();
                 Done::new(reply, r)
             }
@@ -436,7 +481,10 @@ async fn accept_chained(
             sep.push_bind(*cid);
         }
         qb.push(") AND received_at >= ").push_bind(window_start(now, window));
-        existing.extend(qb.build_query_as::<OriginalRow>().fetch_all(&mut *conn).await?);
+        // Not cached: the text changes with the batch's size, so a cached
+        // statement would rarely be used again, and hundreds of large
+        // prepared statements would hold tens of megabytes.
+        existing.extend(qb.build_query_as::<OriginalRow>().persistent(false).fetch_all(&mut *conn).await?);
     }
     let plans = plan_batch(messages, existing);
     let inserts: Vec<&Prepared<'_>> =
@@ -448,7 +496,7 @@ async fn accept_chained(
     push_inserts(&mut statements, true, &inserts, to_micros(now));
     next_statement(&mut statements, true, suffix);
     for mut qb in statements {
-        qb.build().execute(&mut *conn).await?;
+        qb.build().persistent(false).execute(&mut *conn).await?;
     }
     let queued = inserts.iter().any(|p| p.has_queued());
     let answers = plans

@@ -27,7 +27,14 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 pub(crate) enum Op {
     Accept(NewMessage, Reply<Accepted>),
     Claim(ClaimRequest, Reply<Claim>),
-    Complete { delivery: DeliveryId, lease: LeaseToken, outcome: Outcome, policy: RetryPolicy, reply: Reply<Completion> },
+    Complete {
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: RetryPolicy,
+        retry_after: Option<Duration>,
+        reply: Reply<Completion>,
+    },
     Extend { delivery: DeliveryId, lease: LeaseToken, by: Duration, reply: Reply<chrono::DateTime<chrono::Utc>> },
     Replay(ReplayRequest, Reply<ReplayResult>),
     DeadLetter { delivery: DeliveryId, actor: String, reason: Option<String>, reply: Reply<()> },

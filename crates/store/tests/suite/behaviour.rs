@@ -10,6 +10,7 @@ use store::*;
 use crate::support::{fixture, message, t0, TestStore};
 
 pub use crate::batch::accept_many_answers_each_in_order_and_keeps_arrival_order;
+pub use crate::retry_after::retry_after_holds_the_retry_back;
 pub use crate::tokens::api_tokens_create_find_list_revoke_and_touch;
 
 fn block(max_attempts: u32) -> RetryPolicy {

@@ -9,9 +9,10 @@ mod behaviour;
 mod cluster;
 mod crash;
 mod ordering;
+mod retry_after;
 mod support;
-mod sync_jobs;
 mod tokens;
+mod sync_jobs;
 
 on_every_backend!(
     accept_stores_message_with_metadata_and_deliveries,
@@ -37,4 +38,5 @@ on_every_backend!(
     reopened_store_keeps_messages_queue_and_leases,
     api_tokens_create_find_list_revoke_and_touch,
     accept_many_answers_each_in_order_and_keeps_arrival_order,
+    retry_after_holds_the_retry_back,
 );
