@@ -273,6 +273,10 @@ impl Telemetry {
     /// Reads the queue depths from the store and updates the health gauges.
     /// A store error leaves the last values (and is returned for the log).
     pub async fn refresh(&self, store: &dyn Store) -> Result<(), store::StoreError> {
+        // Histogram samples pile up in the recorder until drained into their
+        // buckets: drain them here too, so memory stays bounded when nobody
+        // scrapes `/metrics`.
+        self.handle.run_upkeep();
         let destinations: Vec<_> = lock(&self.destinations).clone();
         let counts = store.counts().await;
         if let Ok(counts) = &counts {
