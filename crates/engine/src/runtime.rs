@@ -71,6 +71,14 @@ pub enum StartError {
         /// What failed.
         error: SourceError,
     },
+    /// A notification channel could not be set up (its HTTP clients).
+    #[error("channel {channel:?}: {error}")]
+    Notification {
+        /// The channel.
+        channel: String,
+        /// What failed.
+        error: String,
+    },
     /// The HTTP listener could not be bound.
     #[error("listening on {addr} ({what}): {error}")]
     Listen {
@@ -151,6 +159,10 @@ impl Engine {
         let channels: Vec<_> = channels.into_iter().filter(|c| c.enabled).collect();
         let api_channels: Vec<_> = channels.iter().map(crate::api::ChannelInfo::from_config).collect();
 
+        // Notification channels: endpoint, flow stage and acknowledgement worker each.
+        let notifications = crate::sources::notification::prepare(&channels, &self.store)
+            .map_err(|(channel, error)| StartError::Notification { channel, error })?;
+
         let mut ingest = Ingest::new();
         for c in &channels {
             let metrics = self.telemetry.channel(&c.name);
@@ -169,7 +181,7 @@ impl Engine {
                 content: channel.content,
                 filter: channel.filter,
                 transform: Arc::new(channel.transform),
-                flow: None,
+                flow: notifications.get(&channel.name).map(|n| n.stage()),
             });
             for d in channel.destinations {
                 let ctx = BuildContext::new(&channel.name, &d.name)
@@ -198,6 +210,10 @@ impl Engine {
                 });
                 workers.spawn(&self.stop_workers, &mut self.workers);
             }
+            if let Some(n) = notifications.get(&channel.name) {
+                let (ack, node, stop) = (n.ack_worker(), node.clone(), self.stop_workers.clone());
+                self.workers.spawn(async move { ack.run(node, stop).await });
+            }
             sources.push((channel.name, channel.source));
         }
 
@@ -219,6 +235,8 @@ impl Engine {
                     self.mllp_stats.insert(name.clone(), source.stats());
                     self.sources.spawn(source.run(self.stop_sources.clone()));
                 }
+                // Served below (`notifications`).
+                SourceConfig::Notification(_) => {}
                 SourceConfig::Http(c) => {
                     let served = HttpChannel { ingest: channel_ingest, max_body_size: c.max_body_size.as_usize() };
                     match c.listen {
@@ -227,6 +245,22 @@ impl Engine {
                     }
                 }
             }
+        }
+        let mut notifications_on_api = Vec::new();
+        for n in notifications.into_values() {
+            let Some(addr) = n.listen() else {
+                notifications_on_api.push(n);
+                continue;
+            };
+            let listener = TcpListener::bind(addr).await.map_err(|error| StartError::Listen {
+                addr,
+                what: format!("channel {:?}", n.channel()),
+                error,
+            })?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            info!(channel = %n.channel(), addr = %bound, "notification source listening");
+            self.source_addrs.insert(n.channel().to_string(), bound);
+            self.serve_http(listener, crate::sources::notification::router(&[n]));
         }
         for (addr, served) in own_http {
             let name = served.ingest.name().to_string();
@@ -249,7 +283,13 @@ impl Engine {
         for c in &on_api {
             self.source_addrs.insert(c.ingest.name().to_string(), self.api_addr);
         }
-        let app = health_router(Arc::clone(&self.ready)).merge(http_source::router(on_api));
+        for n in &notifications_on_api {
+            self.source_addrs.insert(n.channel().to_string(), self.api_addr);
+        }
+        let mut app = health_router(Arc::clone(&self.ready)).merge(http_source::router(on_api));
+        if !notifications_on_api.is_empty() {
+            app = app.merge(crate::sources::notification::router(&notifications_on_api));
+        }
         let app = app.merge(crate::api::dashboard::router());
         let api_auth = match api.auth {
             crate::config::ApiAuth::Token => crate::api::auth::Auth::new(Arc::clone(&self.store)),

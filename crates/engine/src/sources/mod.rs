@@ -17,6 +17,7 @@
 
 pub mod http;
 pub mod mllp;
+pub mod notification;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -38,6 +39,9 @@ pub enum SourceConfig {
     Mllp(MllpSourceConfig),
     /// `POST /channels/{name}/messages` over HTTP.
     Http(HttpSourceConfig),
+    /// Partner notifications: `POST /channels/{name}/notifications`
+    /// ([`notification`]).
+    Notification(Box<notification::NotificationSourceConfig>),
 }
 
 impl SourceConfig {
@@ -46,6 +50,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Mllp(_) => "mllp",
             SourceConfig::Http(_) => "http",
+            SourceConfig::Notification(_) => "notification",
         }
     }
 
@@ -55,12 +60,13 @@ impl SourceConfig {
         match self {
             SourceConfig::Mllp(c) => Some(c.listen),
             SourceConfig::Http(c) => c.listen,
+            SourceConfig::Notification(c) => c.listen,
         }
     }
 
     /// Whether the source can carry JSON bodies.
     pub fn accepts_json(&self) -> bool {
-        matches!(self, SourceConfig::Http(_))
+        matches!(self, SourceConfig::Http(_) | SourceConfig::Notification(_))
     }
 
     /// One line for summaries: `mllp 127.0.0.1:2575 (tls)`.
@@ -78,6 +84,10 @@ impl SourceConfig {
                 Some(addr) => format!("http {addr}"),
                 None => "http (api listener)".to_string(),
             },
+            SourceConfig::Notification(c) => match c.listen {
+                Some(addr) => format!("notification {addr}"),
+                None => "notification (api listener)".to_string(),
+            },
         }
     }
 }
@@ -93,10 +103,11 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
         Some(toml::Value::String(kind)) => match kind.as_str() {
             "mllp" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Mllp),
             "http" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Http),
+            "notification" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Notification),
             other => {
                 errors.push(
                     path.key("type").to_string(),
-                    format!("unknown source type {other:?}, expected mllp or http"),
+                    format!("unknown source type {other:?}, expected mllp, http or notification"),
                 );
                 None
             }
@@ -106,13 +117,14 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
             None
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: mllp or http");
+            errors.push(path.key("type").to_string(), "required: mllp, http or notification");
             None
         }
     }?;
     match &config {
         SourceConfig::Mllp(c) => c.validate(path, errors),
         SourceConfig::Http(c) => c.validate(path, errors),
+        SourceConfig::Notification(c) => c.validate(path.as_str(), errors),
     }
     Some(config)
 }
