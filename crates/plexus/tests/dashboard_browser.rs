@@ -54,7 +54,7 @@ fn browser_dir() -> PathBuf {
 fn artifacts_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| testkit::workspace_root().join("target"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     target.join("browser-artifacts")
 }
 
@@ -225,6 +225,7 @@ file_name = "${{message_id}}.hl7"
         .env("PLEXUS_SEND_COUNT", sent_by_browser.to_string())
         .env("PLEXUS_CONTROL_ID", "DASHB0000000001")
         .env("PLEXUS_HOSTILE_ID", HOSTILE_CONTROL_ID)
+        .env("PLEXUS_BULK_ID", "DASHA0000000000")
         .env("PLEXUS_ARTIFACTS", &artifacts)
         .env("CHROMIUM", &chromium)
         .output()
@@ -248,6 +249,7 @@ file_name = "${{message_id}}.hl7"
         "the token logs in and the channel list shows",
         "received count went up by the messages sent",
         "search by control id finds exactly that message",
+        "replay every match replays the one match",
         "the HL7 tree shows MSH-10 with its path",
         "message markup is shown as text and not run",
         "the replayed delivery was sent again (one more attempt)",

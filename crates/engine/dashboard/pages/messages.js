@@ -2,7 +2,7 @@
 // search can be bookmarked and the back button works), a results table, and
 // keyset paging ("Next page" passes the cursor the API returned).
 
-import { get } from '../api.js';
+import { get, post } from '../api.js';
 import { badge, h, notice, replace, when } from '../dom.js';
 import { go } from '../router.js';
 
@@ -79,13 +79,45 @@ export async function messagesPage(view, { params, isCurrent }) {
   if (!isCurrent()) return;
   const items = page.items || page.messages || [];
   const next = page.next || page.next_cursor || null;
+  const query = apiQuery(params);
+  delete query.cursor;
   replace(results,
+    items.length && Object.keys(query).length ? replayAll(query) : null,
     items.length ? resultsTable(items) : notice('No message matches.', 'info'),
     h('div', { class: 'row pager' },
       params.get('cursor') ? h('button', { type: 'button', onclick: () => history.back() }, '‹ Previous page') : null,
       next
         ? h('button', { type: 'button', id: 'next-page', onclick: () => go('/messages', { ...Object.fromEntries(params), cursor: next }) }, 'Next page ›')
         : h('span', { class: 'muted' }, `${items.length} shown · end of results`)));
+}
+
+/**
+ * "Replay every match": every message the search finds (up to 100, newest
+ * first), after a second click to confirm; needs at least one filter, as the
+ * API does.
+ */
+function replayAll(query) {
+  const status = h('span', { class: 'muted', 'aria-live': 'polite' });
+  let armed = false;
+  const button = h('button', { type: 'button', id: 'replay-matches' }, 'Replay every match…');
+  button.addEventListener('click', async () => {
+    if (!armed) {
+      armed = true;
+      button.textContent = 'Click again to replay up to 100 messages';
+      button.classList.add('primary');
+      return;
+    }
+    button.disabled = true;
+    try {
+      const r = await post('/api/messages/replay', { ...query, max: 100 });
+      replace(status, notice(`${r.messages} message(s) replayed: ${r.replayed} delivery(ies) queued again, ${r.skipped} skipped` +
+        `${r.truncated ? '; more matched than were replayed: narrow the search for the rest' : ''}.`, 'info'));
+    } catch (e) {
+      replace(status, notice(e.message, 'error'));
+      button.disabled = false;
+    }
+  });
+  return h('div', { class: 'row bulk' }, button, status);
 }
 
 function resultsTable(items) {

@@ -110,7 +110,7 @@ export function syncPage(view, { isCurrent }) {
         const started = await post('/api/sync/jobs', {
           source: source.value.trim(), target: target.value.trim(), patient: p.id, resources,
         });
-        follow(started);
+        follow(started, () => { button.disabled = false; });
       } catch (err) {
         replace(job, notice(err.message, 'error'));
         button.disabled = false;
@@ -119,17 +119,30 @@ export function syncPage(view, { isCurrent }) {
     return el;
   }
 
-  function follow(current) {
+  // Polls the job until its status is final, then calls `done`.
+  function follow(current, done) {
     if (stopped || !isCurrent()) return;
     replace(job, renderJob(current));
-    if (FINAL.has(current.status)) return;
+    if (FINAL.has(current.status)) {
+      done();
+      return;
+    }
+    poll(current, done);
+  }
+
+  // Fetches the job after a pause; a failed fetch keeps the last state on screen with the error and tries again.
+  function poll(current, done) {
     pollTimer = setTimeout(async () => {
+      let next;
       try {
-        follow(await get(`/api/sync/jobs/${encodeURIComponent(current.id)}`));
+        next = await get(`/api/sync/jobs/${encodeURIComponent(current.id)}`);
       } catch (err) {
+        if (stopped || !isCurrent()) return;
         replace(job, renderJob(current), notice(err.message, 'error'));
-        follow(current);
+        poll(current, done);
+        return;
       }
+      follow(next, done);
     }, POLL_MS);
   }
 

@@ -8,6 +8,7 @@
 //   PLEXUS_SEND       a JSON array: the `plexus send` command line that sends the messages
 //   PLEXUS_SEND_COUNT how many messages it sends
 //   PLEXUS_CONTROL_ID the control id of one of them, to search for
+//   PLEXUS_BULK_ID    the control id of another one, replayed with "Replay every match"
 //   PLEXUS_HOSTILE_ID the control id of a message whose PID-5 holds markup and script
 //   PLEXUS_ARTIFACTS  where to save screenshots and results.json
 //   PLEXUS_SYNC_EHR   optional: base URL of the FHIR server configured as `ehr` (a fresh peer); with
@@ -34,6 +35,7 @@ const sendCommand = JSON.parse(env('PLEXUS_SEND'));
 const sendCount = Number(env('PLEXUS_SEND_COUNT'));
 const controlId = env('PLEXUS_CONTROL_ID');
 const hostileId = env('PLEXUS_HOSTILE_ID');
+const bulkId = env('PLEXUS_BULK_ID');
 const artifacts = env('PLEXUS_ARTIFACTS');
 const TIMEOUT = 30_000;
 
@@ -129,6 +131,18 @@ try {
   check('search by control id finds exactly that message', true, controlId);
   check('the search is in the URL', page.url().includes(`control_id=${controlId}`), page.url());
   await shot(page, '03-messages');
+
+  // 3b. "Replay every match" on another search (two clicks: arm, then confirm).
+  await page.goto(`${base}/#/messages?control_id=${bulkId}`);
+  await page.waitForSelector('#replay-matches');
+  await page.click('#replay-matches');
+  check('the bulk replay asks for a second click', /again/.test(await page.textContent('#replay-matches')));
+  await page.click('#replay-matches');
+  await page.waitForSelector('.bulk .notice');
+  const bulk = await page.textContent('.bulk .notice');
+  check('replay every match replays the one match', bulk.startsWith('1 message(s) replayed: 1 delivery'), bulk);
+  await page.goto(`${base}/#/messages?control_id=${controlId}`);
+  await page.waitForSelector('tr.message-row a.open');
 
   // 4. Message detail: tree with paths, raw, ACK, deliveries.
   await page.click('tr.message-row a.open');
