@@ -6,6 +6,11 @@
 
 use std::hint::black_box;
 
+// The allocator of the `plexus` binary; the `throughput` example measures
+// the system allocator for comparison.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn fixture(name: &str) -> String {
