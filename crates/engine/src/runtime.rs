@@ -79,6 +79,9 @@ pub enum StartError {
         /// What failed.
         error: String,
     },
+    /// The API listener's TLS certificate or key could not be loaded.
+    #[error("api.tls: {0}")]
+    ApiTls(crate::sources::tls::TlsError),
     /// The HTTP listener could not be bound.
     #[error("listening on {addr} ({what}): {error}")]
     Listen {
@@ -274,6 +277,8 @@ impl Engine {
             self.source_addrs.insert(name, bound);
             self.serve_http(listener, http_source::router(vec![served]));
         }
+        let api_tls =
+            api.tls.as_ref().map(|t| crate::api::https::acceptor(t, &base_dir)).transpose().map_err(StartError::ApiTls)?;
         let listener = TcpListener::bind(api.listen).await.map_err(|error| StartError::Listen {
             addr: api.listen,
             what: "api".into(),
@@ -300,7 +305,10 @@ impl Engine {
         let app = app.merge(crate::api::sync::router(Arc::clone(&self.store), sync_servers, api_auth.clone()));
         let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
         info!(addr = %self.api_addr, "api listening");
-        self.serve_http(listener, app);
+        match api_tls {
+            Some(acceptor) => self.serve_https(listener, acceptor, app),
+            None => self.serve_http(listener, app),
+        }
         let (interval, alerts, retention) = operations;
         let watch = crate::alerts::watch(
             Arc::clone(&self.telemetry),
@@ -323,6 +331,23 @@ impl Engine {
             let service = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await {
                 warn!(error = %e, "http listener failed");
+            }
+        });
+    }
+
+    /// Serves `app` over TLS (`[api] tls`); see [`crate::api::https`].
+    fn serve_https(&mut self, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Router) {
+        let stop = self.stop_sources.clone();
+        self.sources.spawn(async move {
+            let listener = match crate::api::https::TlsListener::new(listener, acceptor, stop.clone()) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(error = %e, "https listener failed");
+                    return;
+                }
+            };
+            if let Err(e) = crate::api::https::serve(listener, app, stop).await {
+                warn!(error = %e, "https listener failed");
             }
         });
     }

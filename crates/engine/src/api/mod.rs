@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod channels;
 pub mod dashboard;
+pub mod https;
 pub mod messages;
 pub mod openapi;
 pub mod problem;
