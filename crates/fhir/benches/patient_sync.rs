@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fhir::reference::{self, RefTarget, Rewrite};
 use fhir::sync::{self, SyncOptions};
-use fhir::{FhirClient, ResourceKey, Search, ServerConfig};
+use fhir::{FhirClient, ResourceKey, Search};
 use serde_json::Value;
 use testkit::FhirPeer;
 
@@ -37,10 +37,12 @@ const TYPES: &[&str] = &[
     "ImagingStudy",
 ];
 
-fn client(name: &str, base: &str) -> FhirClient {
-    let config = ServerConfig::new(url::Url::parse(base).expect("url"));
-    FhirClient::new(name, &config).expect("client")
-}
+/// The integration tests' set-up (clients, fixtures, loading the EHR).
+#[path = "../tests/it/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use support::client;
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
@@ -67,7 +69,7 @@ fn main() {
         .expect("runtime");
     let ehr_peer = FhirPeer::start("bench fhir patient_sync").expect("ehr peer");
     let ehr = client("ehr", &ehr_peer.base_url);
-    let patient_id = rt.block_on(load(&ehr));
+    let patient_id = rt.block_on(support::load_synthea(&ehr));
     let options = SyncOptions::for_types(TYPES);
 
     let mut first = Vec::new();
@@ -169,22 +171,6 @@ fn median(figures: &[Figures]) -> Figures {
     let mut sorted = figures.to_vec();
     sorted.sort_by_key(|f| f.wall);
     sorted[sorted.len() / 2]
-}
-
-async fn load(ehr: &FhirClient) -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/synthea-patient-bundle.json"
-    );
-    let bundle: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
-    let response = ehr.transaction(&bundle).await.expect("load");
-    fhir::bundle::entry_responses(&response)
-        .iter()
-        .filter_map(|e| e.written_key())
-        .find(|k| k.resource_type == "Patient")
-        .expect("patient")
-        .id
 }
 
 /// The naive sync: GET the patient, one search per type (every page), GET

@@ -1,4 +1,6 @@
 //! Shared helpers: clients with fast retries, fixture loading, mock servers.
+//! The patient-sync bench includes this file too (`#[path]`), so the peers
+//! are set up the same way in tests and measurements.
 
 use std::path::PathBuf;
 
@@ -48,9 +50,9 @@ pub fn synthea_bundle() -> Value {
     serde_json::from_str(&text).expect("bundle json")
 }
 
-/// Loads the Synthea bundle and the 25 other patients into `ehr`; returns
-/// the bundle patient's id on `ehr`.
-pub async fn load_ehr(ehr: &FhirClient) -> String {
+/// Loads the Synthea bundle (319 resources) into `ehr`; returns the
+/// patient's id on `ehr`. Shared with the patient-sync bench.
+pub async fn load_synthea(ehr: &FhirClient) -> String {
     let response = ehr
         .transaction(&synthea_bundle())
         .await
@@ -58,11 +60,18 @@ pub async fn load_ehr(ehr: &FhirClient) -> String {
     let entries = fhir::bundle::entry_responses(&response);
     assert_eq!(entries.len(), 319);
     assert!(entries.iter().all(|e| e.is_success()), "every entry loaded");
-    let patient = entries
+    entries
         .iter()
         .filter_map(|e| e.written_key())
         .find(|k| k.resource_type == "Patient")
-        .expect("the patient's location");
+        .expect("the patient's location")
+        .id
+}
+
+/// Loads the Synthea bundle and the 25 other patients into `ehr`; returns
+/// the bundle patient's id on `ehr`.
+pub async fn load_ehr(ehr: &FhirClient) -> String {
+    let patient = load_synthea(ehr).await;
 
     let text = std::fs::read_to_string(fixture("synthea-patients.ndjson")).expect("ndjson fixture");
     let others: Vec<fhir::bundle::BundleEntry> = text
@@ -91,7 +100,7 @@ pub async fn load_ehr(ehr: &FhirClient) -> String {
             .iter()
             .all(|e| e.is_success())
     );
-    patient.id
+    patient
 }
 
 /// Every resource of `resource_type` on `client`.
