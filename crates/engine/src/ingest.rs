@@ -206,6 +206,73 @@ impl ChannelIngest {
     }
 
     async fn hl7_answer(&self, received: Received) -> Hl7Outcome {
+        match self.prepare_hl7(received) {
+            Step::Answered(out) => out,
+            Step::Store(new, pending) => {
+                let result = self.accept(new).await;
+                self.finish_hl7(pending, result)
+            }
+        }
+    }
+
+    /// Parses, validates, stores and acknowledges messages that arrived in
+    /// this order on one connection (pipelined frames), and answers each in
+    /// the same order. The ones to store are handed to the store together
+    /// ([`Store::accept_many`]): they commit in arrival order, most often in
+    /// one transaction, instead of paying one commit each.
+    pub async fn ingest_hl7_many(&self, batch: Vec<Received>) -> Vec<Hl7Outcome> {
+        if batch.len() == 1 {
+            // The common case with one message in flight: no batch to build.
+            let mut batch = batch;
+            return vec![self.ingest_hl7(batch.remove(0)).await];
+        }
+        let started = std::time::Instant::now();
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut to_store = Vec::with_capacity(batch.len());
+        for received in batch {
+            match self.prepare_hl7(received) {
+                Step::Answered(out) => answers.push(Err(out)),
+                Step::Store(new, pending) => {
+                    to_store.push(new);
+                    answers.push(Ok(pending));
+                }
+            }
+        }
+        let n = to_store.len();
+        let results = if n == 0 {
+            Vec::new()
+        } else {
+            let commit = std::time::Instant::now();
+            let results = self.store.accept_many(to_store).await;
+            let took = commit.elapsed();
+            for _ in 0..n {
+                self.metrics.commit(took);
+            }
+            results
+        };
+        let mut results = results.into_iter();
+        let took = started.elapsed();
+        answers
+            .into_iter()
+            .map(|a| {
+                let out = match a {
+                    Err(out) => out,
+                    Ok(pending) => {
+                        // One answer per message handed over (the store's contract).
+                        let result = results.next().unwrap_or(Err(store::StoreError::Closed));
+                        self.finish_hl7(pending, result)
+                    }
+                };
+                self.metrics.hl7(&out, took);
+                out
+            })
+            .collect()
+    }
+
+    /// The part of the path before the store: parse, validate, extract,
+    /// build the ACK. Either the answer (nothing to store) or the message
+    /// to store with what [`finish_hl7`](Self::finish_hl7) needs.
+    fn prepare_hl7(&self, received: Received) -> Step {
         let message = match hl7v2::Message::parse(received.bytes.as_slice()) {
             Ok(m) => m,
             Err(e) => {
@@ -219,7 +286,7 @@ impl ChannelIngest {
                 let ack = self
                     .code(mode, outcome)
                     .map(|code| (code, ack::for_parse_error(&e, &received.bytes, code, &self.ack_ids.next())));
-                return Hl7Outcome::negative(outcome, ack, false);
+                return Step::Answered(Hl7Outcome::negative(outcome, ack, false));
             }
         };
         let mode = self.mode(&message);
@@ -240,7 +307,7 @@ impl ChannelIngest {
             self.count(outcome);
             let ack =
                 self.code(mode, outcome).map(|code| (code, ack::build(&message, code, &issues, &self.ack_ids.next())));
-            return Hl7Outcome::negative(outcome, ack, false);
+            return Step::Answered(Hl7Outcome::negative(outcome, ack, false));
         }
 
         // Accepted (with the problems as warnings under `accept`).
@@ -252,7 +319,7 @@ impl ChannelIngest {
             received_at: received.received_at,
             peer_addr: received.peer.clone(),
             content_type: self.content.media_type().to_string(),
-            control_id: control_id.clone(),
+            control_id,
             sender_key: sender_key(&message),
             message_type: message.get("MSH-9-1").map(|s| s.into_owned()).filter(|s| !s.is_empty()),
             event: message.get("MSH-9-2").map(|s| s.into_owned()).filter(|s| !s.is_empty()),
@@ -263,9 +330,20 @@ impl ChannelIngest {
             patient_ids: patient_ids(&message),
             ack: ack_bytes.clone(),
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
-            raw: received.bytes,
+            raw: Vec::new(),
         };
-        match self.accept(new).await {
+        // The header is enough to answer a failed commit; the bytes
+        // themselves go to the store.
+        let header = header_segment(&received.bytes).to_vec();
+        drop(message);
+        let new = NewMessage { raw: received.bytes, ..new };
+        Step::Store(new, Pending { mode, code, ack: ack_bytes, flagged, header })
+    }
+
+    /// The answer once the store has spoken.
+    fn finish_hl7(&self, pending: Pending, result: store::Result<Accepted>) -> Hl7Outcome {
+        let Pending { mode, code, ack: ack_bytes, flagged, header } = pending;
+        match result {
             Ok(Accepted::Stored { id }) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 if flagged {
@@ -300,9 +378,11 @@ impl ChannelIngest {
             Err(e) => {
                 warn!(channel = %self.name, error = %e, class = ?e.class(), "storing a message failed; answering with an error");
                 self.count(AckOutcome::Errored);
-                let ack = self
-                    .code(mode, AckOutcome::Errored)
-                    .map(|code| (code, ack::store_failure(&message, code, &self.ack_ids.next())));
+                let ack = self.code(mode, AckOutcome::Errored).and_then(|code| {
+                    // The header parsed a moment ago as part of the message.
+                    let message = hl7v2::Message::parse(header.as_slice()).ok()?;
+                    Some((code, ack::store_failure(&message, code, &self.ack_ids.next())))
+                });
                 Hl7Outcome::negative(AckOutcome::Errored, ack, true)
             }
         }
@@ -409,6 +489,33 @@ impl ChannelIngest {
             AckOutcome::Accepted => self.stats.accepted.fetch_add(1, Ordering::Relaxed),
         };
     }
+}
+
+/// What [`ChannelIngest::prepare_hl7`] decided for one message.
+// Short-lived and moved once: boxing the message would cost an allocation
+// per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Answered without storing (it does not parse, or fails validation).
+    Answered(Hl7Outcome),
+    /// To store, with the rest of its answer.
+    Store(NewMessage, Pending),
+}
+
+/// The answer of a message being stored, waiting for the commit.
+struct Pending {
+    mode: hl7v2::ack::AckMode,
+    code: Option<AckCode>,
+    ack: Option<Vec<u8>>,
+    flagged: bool,
+    /// The MSH segment, to build the answer to a failed commit.
+    header: Vec<u8>,
+}
+
+/// The first segment (MSH) of a message that parsed.
+fn header_segment(bytes: &[u8]) -> &[u8] {
+    let end = bytes.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(bytes.len());
+    &bytes[..end]
 }
 
 /// MSH-3 and MSH-4 (their first components) joined: who sent it.

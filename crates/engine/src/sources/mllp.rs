@@ -20,13 +20,16 @@
 //! memory; accept errors (out of file descriptors ...) back off instead of
 //! spinning. Each connection is its own task with one read buffer.
 //!
-//! A connection reads bytes, and while the buffer holds complete frames
+//! A connection reads bytes, and hands every complete frame in its buffer
 //! (pipelining: a sender may write several messages before reading any
-//! ACK), it hands each frame to the channel's ingest path and writes its
-//! ACK, strictly in order. Each frame is stored before its ACK is written
-//! (the ingest path returns only after the commit). Frames of one
-//! connection are stored one after the other, which keeps their arrival
-//! order for the per-patient queues.
+//! ACK) to the channel's ingest path *together*
+//! ([`ChannelIngest::ingest_hl7_many`]), then writes their ACKs, in order,
+//! in one write. Each frame is stored before its ACK is written (the ingest
+//! path returns only after the commit). The frames of one read are
+//! committed in arrival order, most often in one transaction with other
+//! connections' messages (group commit), so a sender with a window of N
+//! pays one commit per N messages rather than N; the next read waits for
+//! those answers, which keeps arrival order for the per-patient queues.
 //!
 //! Bad input never takes the server down:
 //! - bytes outside frames are skipped and counted;
@@ -347,20 +350,20 @@ impl Connection {
         let mut codec = MllpCodec::new(self.settings.max_message_size);
         let mut skipped = 0;
         let mut frame_started: Option<Instant> = None;
+        let peer = self.peer.to_string();
+        let mut frames = Vec::new();
+        let mut out = BytesMut::new();
         loop {
-            // Answer every complete frame already buffered, in order.
+            // Answer every complete frame already buffered, in order: the
+            // frames go to the ingest path together (they share a commit),
+            // and their answers go back in one write.
+            let mut broken = None;
             loop {
                 match codec.decode(&mut buf) {
                     Ok(Some(payload)) => {
                         frame_started = None;
                         self.stats.frames.fetch_add(1, Ordering::Relaxed);
-                        let received = Received::now(payload.to_vec(), Some(self.peer.to_string()));
-                        let out = self.ingest.ingest_hl7(received).await;
-                        if let Some(ack) = out.ack
-                            && let Err(e) = write_frame(&mut stream, &ack).await
-                        {
-                            return Closed::Io(e);
-                        }
+                        frames.push(Frame::Message(Received::now(payload.to_vec(), Some(peer.clone()))));
                     }
                     Ok(None) => break,
                     Err(MllpError::FrameTooLarge { limit, head }) => {
@@ -369,13 +372,31 @@ impl Connection {
                         // written the frame, and the connection goes on.
                         frame_started = None;
                         self.stats.oversized.fetch_add(1, Ordering::Relaxed);
-                        let nak = self.ingest.oversized_nak(&head, limit);
-                        if let Err(e) = write_frame(&mut stream, &nak).await {
-                            return Closed::Io(e);
-                        }
+                        frames.push(Frame::Answer(self.ingest.oversized_nak(&head, limit)));
                     }
-                    Err(e) => return Closed::Io(std::io::Error::other(e)),
+                    Err(e) => {
+                        // Answer what came before the unreadable bytes.
+                        broken = Some(std::io::Error::other(e));
+                        break;
+                    }
                 }
+            }
+            if !frames.is_empty() {
+                answer_frames(&self.ingest, &mut frames, &mut out).await;
+                if !out.is_empty() {
+                    // TLS buffers what it encrypts: flush sends it.
+                    let written = match stream.write_all(&out).await {
+                        Ok(()) => stream.flush().await,
+                        Err(e) => Err(e),
+                    };
+                    out.clear();
+                    if let Err(e) = written {
+                        return Closed::Io(e);
+                    }
+                }
+            }
+            if let Some(e) = broken {
+                return Closed::Io(e);
             }
             let total = codec.skipped_bytes();
             self.stats.skipped_bytes.fetch_add(total - skipped, Ordering::Relaxed);
@@ -416,10 +437,43 @@ impl Connection {
     }
 }
 
-async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) -> std::io::Result<()> {
-    let mut out = BytesMut::with_capacity(payload.len() + 3);
+/// A frame read from the connection, waiting for its answer.
+enum Frame {
+    /// A message for the ingest path.
+    Message(Received),
+    /// Answered already (a frame over the size limit).
+    Answer(Vec<u8>),
+}
+
+/// Answers `frames` (drained) in order: the messages between two ready
+/// answers go to the ingest path as one batch, and every answer is
+/// appended, MLLP-framed, to `out`.
+async fn answer_frames(ingest: &ChannelIngest, frames: &mut Vec<Frame>, out: &mut BytesMut) {
+    let mut batch = Vec::new();
+    for frame in frames.drain(..) {
+        match frame {
+            Frame::Message(received) => batch.push(received),
+            Frame::Answer(answer) => {
+                ingest_batch(ingest, std::mem::take(&mut batch), out).await;
+                encode_frame(&answer, out);
+            }
+        }
+    }
+    ingest_batch(ingest, batch, out).await;
+}
+
+async fn ingest_batch(ingest: &ChannelIngest, batch: Vec<Received>, out: &mut BytesMut) {
+    if batch.is_empty() {
+        return;
+    }
+    for answer in ingest.ingest_hl7_many(batch).await {
+        if let Some(ack) = answer.ack {
+            encode_frame(&ack, out);
+        }
+    }
+}
+
+fn encode_frame(payload: &[u8], out: &mut BytesMut) {
     // Encoding into a buffer cannot fail.
-    let _ = MllpCodec::default().encode(payload, &mut out);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    let _ = MllpCodec::default().encode(payload, out);
 }
