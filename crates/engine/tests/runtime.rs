@@ -180,6 +180,45 @@ async fn pipelined_frames_each_get_their_ack_in_order() {
     h.stop().await;
 }
 
+/// A sender's window: one write holding good frames, a frame that is not
+/// HL7, a frame over the size limit and a resend. They are stored together
+/// (one ordered batch) and answered one for one, in order; the stored ones
+/// queue in arrival order.
+#[tokio::test]
+async fn one_write_of_mixed_frames_is_answered_in_order() {
+    let h = Harness::start(ARCHIVE).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let first = adt("MIX1", "MRN7");
+    let second = adt("MIX2", "MRN7");
+    let third = adt("MIX3", "MRN7");
+    let huge = adt("MIXBIG", &"9".repeat(5000));
+    c.send(&[&first, "not an HL7 message", &second, &huge, &first, &third]).await;
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(c.read().await.expect("an answer per frame"));
+    }
+    let codes: Vec<(String, String)> = answers.iter().map(|a| (field(a, "MSA-1"), field(a, "MSA-2"))).collect();
+    assert_eq!(codes[0], ("AA".to_string(), "MIX1".to_string()));
+    assert!(["AE", "AR"].contains(&codes[1].0.as_str()) && codes[1].1.is_empty(), "{:?}", codes[1]);
+    assert_eq!(codes[2], ("AA".to_string(), "MIX2".to_string()));
+    assert_eq!(codes[3], ("AR".to_string(), "MIXBIG".to_string()));
+    // The resend gets the original ACK back, the very same message.
+    assert_eq!(codes[4], ("AA".to_string(), "MIX1".to_string()));
+    assert_eq!(field(&answers[4], "MSH-10"), field(&answers[0], "MSH-10"));
+    assert_eq!(codes[5], ("AA".to_string(), "MIX3".to_string()));
+
+    let mut deliveries = Vec::new();
+    for id in ["MIX1", "MIX2", "MIX3"] {
+        let found = stored(h.store(), id).await;
+        assert_eq!(found.len(), 1, "{id} stored once");
+        let detail = h.store().get_message(found[0].id).await.unwrap().unwrap();
+        deliveries.push(detail.deliveries[0].id.0);
+    }
+    assert!(deliveries.windows(2).all(|w| w[0] < w[1]), "queued in arrival order: {deliveries:?}");
+    assert!(stored(h.store(), "MIXBIG").await.is_empty());
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn accepted_messages_reach_the_file_destination() {
     let h = Harness::start(ARCHIVE).await;
