@@ -630,19 +630,22 @@ fn read_certs(
     path: &Path,
     field: &'static str,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, DestinationError> {
-    let pem = read_file(ctx, path, field)?;
-    rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DestinationError::Tls { field, reason: format!("{}: {e}", path.display()) })
+    let full = ctx.resolve(path);
+    crate::sources::tls::load_certs(&full).map_err(|e| pem_error(e, field, path, full))
 }
 
 fn read_key(ctx: &BuildContext, path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, DestinationError> {
-    let field = "tls.key_file";
-    let pem = read_file(ctx, path, field)?;
-    match rustls_pemfile::private_key(&mut pem.as_slice()) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(DestinationError::Tls { field, reason: format!("{} holds no private key", path.display()) }),
-        Err(e) => Err(DestinationError::Tls { field, reason: format!("{}: {e}", path.display()) }),
+    let full = ctx.resolve(path);
+    crate::sources::tls::load_key(&full).map_err(|e| pem_error(e, "tls.key_file", path, full))
+}
+
+/// A PEM file that could not be loaded, as the destination's error for `field`.
+fn pem_error(e: crate::sources::tls::PemError, field: &'static str, path: &Path, full: PathBuf) -> DestinationError {
+    match e {
+        crate::sources::tls::PemError::Read(source) => DestinationError::ReadFile { field, path: full, source },
+        crate::sources::tls::PemError::Invalid(reason) => {
+            DestinationError::Tls { field, reason: format!("{}: {reason}", path.display()) }
+        }
     }
 }
 

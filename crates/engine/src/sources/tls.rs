@@ -139,28 +139,56 @@ fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) }
 }
 
-fn read(base_dir: &Path, path: &Path, field: &'static str) -> Result<Vec<u8>, TlsError> {
-    let full = resolve(base_dir, path);
-    std::fs::read(&full).map_err(|error| TlsError::Read { field, path: full, error })
-}
-
 fn read_certs(
     base_dir: &Path,
     path: &Path,
     field: &'static str,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let pem = read(base_dir, path, field)?;
-    rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Invalid { field, reason: format!("{}: {e}", path.display()) })
+    let full = resolve(base_dir, path);
+    load_certs(&full).map_err(|e| e.into_tls(field, path, full))
 }
 
 fn read_key(base_dir: &Path, path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
-    let field = "tls.key_file";
-    let pem = read(base_dir, path, field)?;
+    let full = resolve(base_dir, path);
+    load_key(&full).map_err(|e| e.into_tls("tls.key_file", path, full))
+}
+
+/// Why a PEM file could not be loaded. Listeners and destinations load
+/// their certificates and keys with the same two functions
+/// ([`load_certs`], [`load_key`]) and name the config field in their own
+/// error type.
+#[derive(Debug)]
+pub(crate) enum PemError {
+    /// The file could not be read.
+    Read(std::io::Error),
+    /// The file was read but does not hold what it should (the reason does
+    /// not include the path; the caller adds it).
+    Invalid(String),
+}
+
+impl PemError {
+    fn into_tls(self, field: &'static str, path: &Path, full: PathBuf) -> TlsError {
+        match self {
+            PemError::Read(error) => TlsError::Read { field, path: full, error },
+            PemError::Invalid(reason) => TlsError::Invalid { field, reason: format!("{}: {reason}", path.display()) },
+        }
+    }
+}
+
+/// Every certificate in the PEM file at `path` (possibly none).
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, PemError> {
+    let pem = std::fs::read(path).map_err(PemError::Read)?;
+    rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PemError::Invalid(e.to_string()))
+}
+
+/// The first private key (PKCS#8, PKCS#1 or SEC1) in the PEM file at `path`.
+pub(crate) fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, PemError> {
+    let pem = std::fs::read(path).map_err(PemError::Read)?;
     match rustls_pemfile::private_key(&mut pem.as_slice()) {
         Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(TlsError::Invalid { field, reason: format!("{} holds no private key", path.display()) }),
-        Err(e) => Err(TlsError::Invalid { field, reason: format!("{}: {e}", path.display()) }),
+        Ok(None) => Err(PemError::Invalid("holds no private key".into())),
+        Err(e) => Err(PemError::Invalid(e.to_string())),
     }
 }
