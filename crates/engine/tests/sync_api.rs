@@ -160,10 +160,10 @@ async fn wait_for(api: &Api, id: &str) -> (Value, Vec<String>) {
     for _ in 0..1200 {
         let (status, _, job) = api.call("GET", &format!("/api/sync/jobs/{id}"), Some(&api.sync_token), None).await;
         assert_eq!(status, StatusCode::OK);
-        if let Some(phase) = job["progress"]["phase"].as_str() {
-            if phases.last().map(String::as_str) != Some(phase) {
-                phases.push(phase.to_owned());
-            }
+        if let Some(phase) = job["progress"]["phase"].as_str()
+            && phases.last().map(String::as_str) != Some(phase)
+        {
+            phases.push(phase.to_owned());
         }
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
             return (job, phases);
