@@ -139,21 +139,32 @@ function responseText(r) {
 
 /**
  * The API's HL7 tree ({segments: [{path, fields: [{path, value, components} |
- * {path, repetitions}]}]}) as display nodes {path, value, children}; a
- * segment's value is its line of the raw message.
+ * {path, repetitions}]}]}) as display nodes {path, value, children}. A
+ * segment's value is its line of the raw message; a field or repetition with
+ * components shows its whole text from the raw message (the API's `value` is
+ * its first component then).
  */
 export function apiTree(hl7, raw) {
   const lines = String(raw || '').split(/\r\n|\r|\n/).filter((l) => l.length);
-  const leafOrParent = (f) => {
+  const whole = new Map();
+  const index = (nodes) => nodes.forEach((n) => { whole.set(samePath(n.path), n.value); index(n.children); });
+  index(parseHl7(raw));
+  const node = (f) => {
     if (Array.isArray(f.repetitions)) {
-      return { path: f.path, value: '', children: f.repetitions.map(leafOrParent) };
+      return { path: f.path, value: '', children: f.repetitions.map(node) };
     }
     const children = (f.components || []).map((c) => ({ path: c.path, value: c.value, children: [] }));
-    return { path: f.path, value: f.value ?? '', children };
+    const value = children.length ? whole.get(samePath(f.path)) ?? f.value : f.value;
+    return { path: f.path, value: value ?? '', children };
   };
   return (hl7.segments || []).map((seg, i) => ({
-    path: seg.path, value: lines[i] ?? '', children: (seg.fields || []).map(leafOrParent),
+    path: seg.path, value: lines[i] ?? '', children: (seg.fields || []).map(node),
   }));
+}
+
+// `OBX(1)-5` and `OBX-5` name the same node (the first occurrence).
+function samePath(path) {
+  return String(path).replace(/^([A-Z0-9]{3})\(1\)/, '$1');
 }
 
 function treeNode(node) {
