@@ -71,6 +71,14 @@ pub enum StartError {
         /// What failed.
         error: SourceError,
     },
+    /// A flow's channel could not be set up (its FHIR client).
+    #[error("channel {channel:?}: {error}")]
+    Flow {
+        /// The channel.
+        channel: String,
+        /// What failed.
+        error: String,
+    },
     /// A notification channel could not be set up (its HTTP clients).
     #[error("channel {channel:?}: {error}")]
     Notification {
@@ -161,6 +169,9 @@ impl Engine {
         let Config { api, channels, base_dir, fhir_servers, .. } = config;
         let channels: Vec<_> = channels.into_iter().filter(|c| c.enabled).collect();
         let api_channels: Vec<_> = channels.iter().map(crate::api::ChannelInfo::from_config).collect();
+        // The send-to-ehr channel's patient source client, built before anything runs.
+        let send_to_ehr = crate::sources::send_to_ehr::prepare(&channels, &fhir_servers)
+            .map_err(|(channel, error)| StartError::Flow { channel, error: error.to_string() })?;
 
         // Notification channels: endpoint, flow stage and acknowledgement worker each.
         let notifications = crate::sources::notification::prepare(&channels, &self.store)
@@ -179,12 +190,18 @@ impl Engine {
         let node = node_name();
         let mut sources = Vec::new();
         for channel in channels {
+            let switch = match ingest.channel(&channel.name) {
+                Some(c) => Arc::clone(c.switch()),
+                None => Arc::default(),
+            };
             let stage = Arc::new(ChannelStage {
+                switch,
                 name: channel.name.clone(),
                 content: channel.content,
                 filter: channel.filter,
                 transform: Arc::new(channel.transform),
-                flow: notifications.get(&channel.name).map(|n| n.stage()),
+                flow: crate::sources::send_to_ehr::flow_stage(&channel.source)
+                    .or_else(|| notifications.get(&channel.name).map(|n| n.stage())),
             });
             for d in channel.destinations {
                 let ctx = BuildContext::new(&channel.name, &d.name)
@@ -238,6 +255,8 @@ impl Engine {
                     self.mllp_stats.insert(name.clone(), source.stats());
                     self.sources.spawn(source.run(self.stop_sources.clone()));
                 }
+                // Served on the API listener below (`send_to_ehr`).
+                SourceConfig::SendToEhr(_) => {}
                 // Served below (`notifications`).
                 SourceConfig::Notification(_) => {}
                 SourceConfig::Http(c) => {
@@ -301,9 +320,19 @@ impl Engine {
             crate::config::ApiAuth::None => crate::api::auth::Auth::disabled(),
         };
         let app = app.merge(crate::metrics::router(Arc::clone(&self.telemetry), api_auth.clone(), metrics_public));
+        let app = match send_to_ehr {
+            Some(operation) => {
+                self.source_addrs.insert(operation.channel().to_string(), self.api_addr);
+                let base = format!("{}://{}/fhir", if api_tls.is_some() { "https" } else { "http" }, self.api_addr);
+                app.merge(operation.router(Arc::clone(&self.store), Arc::new(api_auth.clone()), &base))
+            }
+            None => app,
+        };
         let sync_servers = crate::api::sync::SyncServers::from_config(&fhir_servers);
         let app = app.merge(crate::api::sync::router(Arc::clone(&self.store), sync_servers, api_auth.clone()));
-        let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
+        let switches = ingest.channels().map(|c| (c.name().to_owned(), Arc::clone(c.switch()))).collect();
+        let api_state = crate::api::ApiState::new(Arc::clone(&self.store), api_auth.clone(), api_channels);
+        let app = app.merge(crate::api::router(api_state.with_switches(switches)));
         info!(addr = %self.api_addr, "api listening");
         match api_tls {
             Some(acceptor) => self.serve_https(listener, acceptor, app),

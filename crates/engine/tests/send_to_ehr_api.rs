@@ -259,8 +259,9 @@ async fn tracking_refusals() {
 /// Stands in for API tokens: a bearer `good` has the scope, `weak` has not.
 struct TokenAuth;
 
+#[async_trait]
 impl CallerAuth for TokenAuth {
-    fn authorize(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, Rejection> {
+    async fn authorize(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, Rejection> {
         assert_eq!(scope, SEND_TO_EHR_SCOPE);
         match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             Some("Bearer good") => Ok(Caller { application: Some("doc-platform".into()) }),

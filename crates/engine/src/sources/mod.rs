@@ -18,6 +18,7 @@
 pub mod http;
 pub mod mllp;
 pub mod notification;
+pub mod send_to_ehr;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -39,6 +40,9 @@ pub enum SourceConfig {
     Mllp(MllpSourceConfig),
     /// `POST /channels/{name}/messages` over HTTP.
     Http(HttpSourceConfig),
+    /// The FHIR operation `$send-to-ehr` on the API listener
+    /// ([`send_to_ehr`]).
+    SendToEhr(Box<send_to_ehr::SendToEhrSourceConfig>),
     /// Partner notifications: `POST /channels/{name}/notifications`
     /// ([`notification`]).
     Notification(Box<notification::NotificationSourceConfig>),
@@ -50,6 +54,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Mllp(_) => "mllp",
             SourceConfig::Http(_) => "http",
+            SourceConfig::SendToEhr(_) => "send_to_ehr",
             SourceConfig::Notification(_) => "notification",
         }
     }
@@ -60,13 +65,14 @@ impl SourceConfig {
         match self {
             SourceConfig::Mllp(c) => Some(c.listen),
             SourceConfig::Http(c) => c.listen,
+            SourceConfig::SendToEhr(_) => None,
             SourceConfig::Notification(c) => c.listen,
         }
     }
 
     /// Whether the source can carry JSON bodies.
     pub fn accepts_json(&self) -> bool {
-        matches!(self, SourceConfig::Http(_) | SourceConfig::Notification(_))
+        matches!(self, SourceConfig::Http(_) | SourceConfig::SendToEhr(_) | SourceConfig::Notification(_))
     }
 
     /// One line for summaries: `mllp 127.0.0.1:2575 (tls)`.
@@ -84,6 +90,9 @@ impl SourceConfig {
                 Some(addr) => format!("http {addr}"),
                 None => "http (api listener)".to_string(),
             },
+            SourceConfig::SendToEhr(c) => {
+                format!("send_to_ehr (api listener, patients from {})", c.patient_source.as_deref().unwrap_or("?"))
+            }
             SourceConfig::Notification(c) => match c.listen {
                 Some(addr) => format!("notification {addr}"),
                 None => "notification (api listener)".to_string(),
@@ -103,11 +112,12 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
         Some(toml::Value::String(kind)) => match kind.as_str() {
             "mllp" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Mllp),
             "http" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Http),
+            "send_to_ehr" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::SendToEhr),
             "notification" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Notification),
             other => {
                 errors.push(
                     path.key("type").to_string(),
-                    format!("unknown source type {other:?}, expected mllp, http or notification"),
+                    format!("unknown source type {other:?}, expected mllp, http, send_to_ehr or notification"),
                 );
                 None
             }
@@ -117,13 +127,14 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
             None
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: mllp, http or notification");
+            errors.push(path.key("type").to_string(), "required: mllp, http, send_to_ehr or notification");
             None
         }
     }?;
     match &config {
         SourceConfig::Mllp(c) => c.validate(path, errors),
         SourceConfig::Http(c) => c.validate(path, errors),
+        SourceConfig::SendToEhr(c) => c.validate(path.as_str(), errors),
         SourceConfig::Notification(c) => c.validate(path.as_str(), errors),
     }
     Some(config)

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,7 +32,7 @@ use super::build::{Outputs, outputs};
 use super::config::SendToEhrConfig;
 use super::outcome::Rejection;
 use super::request::validate_request;
-use super::source::{PatientSource, resolve};
+use super::source::{PatientSource, Resolved, resolve};
 use super::tracking::{TrackingRecord, not_found, success_parameters, tracking_bundle};
 
 /// The API token scope both routes require.
@@ -51,21 +51,24 @@ pub struct Caller {
     pub application: Option<String>,
 }
 
-/// Checks a request's credentials for a scope. The API token work
-/// implements this: 401 (no or bad token) and 403 (token without the
-/// scope) as a [`Rejection`], which becomes an OperationOutcome.
+/// Checks a request's credentials for a scope: 401 (no or bad token) and
+/// 403 (token without the scope) as a [`Rejection`], which becomes an
+/// OperationOutcome. The engine's API tokens implement it (see
+/// `sources::send_to_ehr`).
+#[async_trait]
 pub trait CallerAuth: Send + Sync {
     /// The caller, or why it is refused.
-    fn authorize(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, Rejection>;
+    async fn authorize(&self, headers: &HeaderMap, scope: &str) -> Result<Caller, Rejection>;
 }
 
-/// Lets everyone in, with no application name. For tests and local trials
-/// only, until API tokens exist.
+/// Lets everyone in, with no application name. For unit tests of the
+/// router only: the engine always checks API tokens.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoAuth;
 
+#[async_trait]
 impl CallerAuth for NoAuth {
-    fn authorize(&self, _headers: &HeaderMap, _scope: &str) -> Result<Caller, Rejection> {
+    async fn authorize(&self, _headers: &HeaderMap, _scope: &str) -> Result<Caller, Rejection> {
         Ok(Caller::default())
     }
 }
@@ -75,13 +78,31 @@ impl CallerAuth for NoAuth {
 #[error("tracking store: {0}")]
 pub struct TrackingStoreError(pub String);
 
+/// An accepted submission, as the [`TrackingStore`] keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// Its tracking (status `preparation`).
+    pub record: TrackingRecord,
+    /// The created resources.
+    pub outputs: Outputs,
+    /// The Patient and Encounter it was resolved against.
+    pub resolved: Resolved,
+    /// The calling application (its API token's name), when known.
+    pub caller: Option<String>,
+}
+
 /// Where submissions and their tracking are kept.
 #[async_trait]
 pub trait TrackingStore: Send + Sync {
-    /// Keeps a new submission: its tracking and its resources.
-    async fn insert(&self, record: TrackingRecord, outputs: Outputs) -> Result<(), TrackingStoreError>;
+    /// Keeps a new submission: its tracking and its resources. Returns once
+    /// it is durable (the operation answers 200 only then).
+    async fn insert(&self, submission: Submission) -> Result<(), TrackingStoreError>;
     /// A submission's tracking, `None` when unknown.
     async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError>;
+    /// A submission's created resources, `None` when unknown (or when
+    /// retention removed them). `reader` (the caller's name) is recorded
+    /// where reads of contents are audited.
+    async fn resources(&self, transaction_id: &str, reader: &str) -> Result<Option<Outputs>, TrackingStoreError>;
 }
 
 /// An in-memory [`TrackingStore`] (lost on restart).
@@ -122,13 +143,18 @@ impl MemoryTrackingStore {
 
 #[async_trait]
 impl TrackingStore for MemoryTrackingStore {
-    async fn insert(&self, record: TrackingRecord, outputs: Outputs) -> Result<(), TrackingStoreError> {
+    async fn insert(&self, submission: Submission) -> Result<(), TrackingStoreError> {
+        let Submission { record, outputs, .. } = submission;
         self.lock().insert(record.transaction_id.clone(), (record, outputs));
         Ok(())
     }
 
     async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError> {
         Ok(self.lock().get(transaction_id).map(|(r, _)| r.clone()))
+    }
+
+    async fn resources(&self, transaction_id: &str, _reader: &str) -> Result<Option<Outputs>, TrackingStoreError> {
+        Ok(self.outputs(transaction_id))
     }
 }
 
@@ -162,6 +188,9 @@ pub fn router(state: SendToEhrState) -> Router {
     Router::new()
         .route("/fhir/CommunicationRequest/$send-to-ehr", post(send_to_ehr))
         .route("/fhir/CommunicationRequest/$tracking", get(tracking))
+        .route("/fhir/Binary/{id}", get(|s, h, id| read_resource(s, h, "Binary", id)))
+        .route("/fhir/DocumentReference/{id}", get(|s, h, id| read_resource(s, h, "DocumentReference", id)))
+        .route("/fhir/CommunicationRequest/{id}", get(|s, h, id| read_resource(s, h, "CommunicationRequest", id)))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -169,7 +198,12 @@ pub fn router(state: SendToEhrState) -> Router {
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        fhir_json(status, &self.to_operation_outcome())
+        let mut response = fhir_json(status, &self.to_operation_outcome());
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme it wants.
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"plexus\""));
+        }
+        response
     }
 }
 
@@ -191,7 +225,7 @@ async fn send_to_ehr(State(state): State<SendToEhrState>, headers: HeaderMap, bo
 }
 
 async fn submit(state: &SendToEhrState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>, now: DateTime<Utc>) -> Result<Value, Rejection> {
-    let caller = state.auth.authorize(headers, SEND_TO_EHR_SCOPE)?;
+    let caller = state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
     let body = body.map_err(|e| {
         let status = e.status().as_u16();
         let status = if status == 413 { 413 } else { 400 };
@@ -202,14 +236,57 @@ async fn submit(state: &SendToEhrState, headers: &HeaderMap, body: Result<Bytes,
     let request = validate_request(&json, &state.config, caller.application.as_deref())?;
     let resolved = resolve(&request, state.source.as_ref()).await?;
     let transaction_id = uuid::Uuid::now_v7().to_string();
-    let outputs = outputs(&request, &resolved, &transaction_id, now);
+    let outputs = outputs(&request, &resolved, &state.fhir_base, &transaction_id, now);
     let record = TrackingRecord::new(&transaction_id, &request.patient_id, now);
-    state.tracking.insert(record, outputs).await.map_err(|e| {
+    let submission = Submission { record, outputs, resolved, caller: caller.application };
+    state.tracking.insert(submission).await.map_err(|e| {
         tracing::error!(error = %e, "send-to-ehr: submission not stored");
         Rejection::one(503, None, "transient", "the submission could not be stored; retry later")
     })?;
     tracing::info!(transaction_id = %transaction_id, bytes = request.payload.len(), "send-to-ehr: submission accepted");
     Ok(success_parameters(&state.fhir_base, &transaction_id))
+}
+
+/// `GET /fhir/{Binary|DocumentReference|CommunicationRequest}/{transaction-id}`:
+/// the resources a submission created (the DocumentReference's attachment
+/// url points at the Binary here).
+async fn read_resource(
+    State(state): State<SendToEhrState>,
+    headers: HeaderMap,
+    resource_type: &'static str,
+    Path(id): Path<String>,
+) -> Response {
+    match read(&state, &headers, resource_type, &id).await {
+        Ok(resource) => fhir_json(StatusCode::OK, &resource),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn read(state: &SendToEhrState, headers: &HeaderMap, resource_type: &str, id: &str) -> Result<Value, Rejection> {
+    let caller = state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
+    let pick: fn(Outputs) -> Value = match resource_type {
+        "Binary" => |o| o.binary,
+        "DocumentReference" => |o| o.document_reference,
+        "CommunicationRequest" => |o| o.communication_request,
+        _ => {
+            return Err(Rejection::one(
+                404,
+                None,
+                "not-supported",
+                format!("{resource_type}: only Binary, DocumentReference and CommunicationRequest of a submission are served here"),
+            ));
+        }
+    };
+    let not_found = || Rejection::one(404, None, "not-found", format!("{resource_type}/{id}: no such submission resource"));
+    if !super::request::is_fhir_id(id) {
+        return Err(not_found());
+    }
+    let reader = caller.application.as_deref().unwrap_or("anonymous");
+    let outputs = state.tracking.resources(id, reader).await.map_err(|e| {
+        tracing::error!(error = %e, "send-to-ehr: resources not readable");
+        Rejection::one(503, None, "transient", "the resource is unavailable; retry later")
+    })?;
+    outputs.map(pick).ok_or_else(not_found)
 }
 
 async fn tracking(State(state): State<SendToEhrState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
@@ -220,7 +297,7 @@ async fn tracking(State(state): State<SendToEhrState>, headers: HeaderMap, RawQu
 }
 
 async fn track(state: &SendToEhrState, headers: &HeaderMap, query: &str, now: DateTime<Utc>) -> Result<Value, Rejection> {
-    state.auth.authorize(headers, SEND_TO_EHR_SCOPE)?;
+    state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
     let ids: Vec<String> =
         url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "transaction-id").map(|(_, v)| v.into_owned()).collect();
     let transaction_id = match ids.as_slice() {

@@ -71,8 +71,10 @@ pub fn fhir_instant(now: DateTime<Utc>) -> String {
 }
 
 /// The Binary, DocumentReference and CommunicationRequest for a valid,
-/// resolved request.
-pub fn outputs(request: &SendToEhrRequest, resolved: &Resolved, transaction_id: &str, now: DateTime<Utc>) -> Outputs {
+/// resolved request. `fhir_base` is this server's public FHIR base
+/// (`https://plexus.example/fhir`): the attachment's url is the Binary's
+/// absolute URL under it ([`binary_url`]).
+pub fn outputs(request: &SendToEhrRequest, resolved: &Resolved, fhir_base: &str, transaction_id: &str, now: DateTime<Utc>) -> Outputs {
     let when = fhir_instant(now);
     let title = request.title.clone().unwrap_or_else(|| default_title(&resolved.patient, &request.document_type));
     let data = base64::engine::general_purpose::STANDARD.encode(&request.payload);
@@ -108,7 +110,7 @@ pub fn outputs(request: &SendToEhrRequest, resolved: &Resolved, transaction_id: 
         "description": title,
         "content": [{"attachment": {
             "contentType": request.content_type,
-            "url": format!("Binary/{transaction_id}"),
+            "url": binary_url(fhir_base, transaction_id),
             "size": request.payload.len(),
             "title": title,
             "creation": when,
@@ -192,16 +194,93 @@ impl BuildError {
     }
 }
 
+/// The DocumentReference's `Attachment.url`: the Binary's absolute URL,
+/// `{fhir_base}/Binary/{transaction_id}`, also its `fullUrl` in every
+/// Bundle the flow builds. Absolute because Attachment.url is a FHIR `url`
+/// that validators want with a scheme (a relative `Binary/{id}` is refused
+/// by fhir.resources, a `urn:uuid:` too).
+pub fn binary_url(fhir_base: &str, transaction_id: &str) -> String {
+    format!("{}/Binary/{transaction_id}", fhir_base.trim_end_matches('/'))
+}
+
 /// The collection Bundle the conversion reads: Patient first (it is the
-/// message's patient), then the Encounter, DocumentReference and Binary.
+/// message's patient), then the Encounter, DocumentReference and Binary
+/// (whose `fullUrl` is the attachment's url, [`binary_url`], so the
+/// conversion finds the document's bytes).
 pub fn document_bundle(outputs: &Outputs, resolved: &Resolved) -> Value {
     let mut entries = vec![json!({"resource": resolved.patient})];
     if let Some(enc) = &resolved.encounter {
         entries.push(json!({"resource": enc}));
     }
     entries.push(json!({"resource": outputs.document_reference}));
-    entries.push(json!({"resource": outputs.binary}));
+    match outputs.document_reference.pointer("/content/0/attachment/url").and_then(Value::as_str) {
+        Some(url) => entries.push(json!({"fullUrl": url, "resource": outputs.binary})),
+        None => entries.push(json!({"resource": outputs.binary})),
+    }
     json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+}
+
+/// What the engine stores for an accepted submission (the message's
+/// content): [`document_bundle`] plus the CommunicationRequest, so the
+/// delivery needs nothing but the stored message, and the created
+/// resources are kept with it.
+pub fn submission_bundle(outputs: &Outputs, resolved: &Resolved) -> Value {
+    let mut bundle = document_bundle(outputs, resolved);
+    if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+        entries.push(json!({"resource": outputs.communication_request}));
+    }
+    bundle
+}
+
+/// A stored submission read back: what [`ehr_message`] needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSubmission {
+    /// The transaction id (the resources' id).
+    pub transaction_id: String,
+    /// When it was accepted (the DocumentReference's date).
+    pub submitted: DateTime<Utc>,
+    /// The created resources.
+    pub outputs: Outputs,
+    /// The Patient and Encounter as resolved at submission.
+    pub resolved: Resolved,
+}
+
+/// Reads a [`submission_bundle`] back. The error says which part is missing
+/// (never quoting patient data); it is permanent: the stored bytes do not
+/// change.
+pub fn read_submission(bundle: &[u8]) -> Result<StoredSubmission, String> {
+    let bundle: Value = serde_json::from_slice(bundle).map_err(|e| format!("the stored submission is not JSON ({e})"))?;
+    let entries: Vec<&Value> =
+        bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|e| e.get("resource")).collect();
+    let one = |kind: &str| entries.iter().copied().find(|r| r.get("resourceType").and_then(Value::as_str) == Some(kind)).cloned();
+    let missing = |kind: &str| format!("the stored submission has no {kind}");
+    let patient = one("Patient").ok_or_else(|| missing("Patient"))?;
+    let document_reference = one("DocumentReference").ok_or_else(|| missing("DocumentReference"))?;
+    let binary = one("Binary").ok_or_else(|| missing("Binary"))?;
+    let communication_request = one("CommunicationRequest").ok_or_else(|| missing("CommunicationRequest"))?;
+    let transaction_id = binary.get("id").and_then(Value::as_str).ok_or_else(|| missing("Binary id"))?.to_string();
+    let submitted = document_reference
+        .get("date")
+        .and_then(Value::as_str)
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .ok_or_else(|| missing("DocumentReference date"))?;
+    let title = document_reference.get("description").and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok(StoredSubmission {
+        transaction_id,
+        submitted,
+        outputs: Outputs { binary, document_reference, communication_request, title },
+        resolved: Resolved { patient, encounter: one("Encounter") },
+    })
+}
+
+/// The message for the EHR in `format` from a stored submission: the
+/// worker's conversion. Deterministic (MSH-7 is the submission time, MSH-10
+/// from the transaction id), so a retried delivery sends the same message.
+pub fn ehr_message_from_stored(stored: &[u8], format: OutputFormat, options: &FhirToHl7Options) -> Result<EhrMessage, String> {
+    let submission = read_submission(stored)?;
+    ehr_message(&submission.outputs, &submission.resolved, format, &submission.transaction_id, submission.submitted, options)
+        .map_err(|e| e.to_string())
 }
 
 /// The message for the EHR in `format`.

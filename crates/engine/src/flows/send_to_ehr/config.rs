@@ -2,6 +2,8 @@
 //! and what the EHR receives. Loading it does no I/O; [`SendToEhrConfig::validate`]
 //! reports every problem with its path.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ByteSize, ConfigErrors, Duration};
@@ -56,9 +58,14 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Configuration of `POST CommunicationRequest/$send-to-ehr`.
+/// Configuration of `POST CommunicationRequest/$send-to-ehr`: the
+/// `[channels.<name>.source]` table of a `type = "send_to_ehr"` source.
 ///
 /// ```toml
+/// patient_source = "ehr"          # a [fhir_servers.ehr] table
+/// public_url = "https://plexus.example/fhir"
+/// outputs = { archive = "json" }  # per destination; the others get `output`
+/// hl7 = { receiving_application = "EHR" }
 /// encounter = "required"
 /// content_types = ["application/pdf"]
 /// document_types = ["11488-4", "18842-5"]
@@ -92,6 +99,21 @@ pub struct SendToEhrConfig {
     /// application is unknown (with API tokens, the token's application
     /// name comes first).
     pub default_sender: String,
+    /// The `[fhir_servers.<name>]` where `subject` and `context` are
+    /// resolved. Required when the flow runs as a channel source (checked
+    /// with the other tables, see `sources::send_to_ehr`).
+    pub patient_source: Option<String>,
+    /// The FHIR base URL applications reach this server's operation under
+    /// (behind a proxy: `https://plexus.example/fhir`), used in the
+    /// `tracking-url` answer. Default: `http://{api listen address}/fhir`.
+    pub public_url: Option<String>,
+    /// The message format per destination name, for destinations that need
+    /// another than [`output`](Self::output).
+    pub outputs: BTreeMap<String, OutputFormat>,
+    /// MSH settings of the HL7 v2 messages (`[...source.hl7]`:
+    /// `sending_application` (`PLEXUS`), `receiving_application`,
+    /// `version` (`2.5.1`) ...); MSH-7 and MSH-10 come from the submission.
+    pub hl7: convert::FhirToHl7Options,
 }
 
 impl Default for SendToEhrConfig {
@@ -104,6 +126,10 @@ impl Default for SendToEhrConfig {
             output: OutputFormat::OruR01,
             tracking_retention: Duration::from_secs(60 * 86_400),
             default_sender: "plexus".into(),
+            patient_source: None,
+            public_url: None,
+            outputs: BTreeMap::new(),
+            hl7: convert::FhirToHl7Options::default(),
         }
     }
 }
@@ -140,6 +166,18 @@ impl SendToEhrConfig {
         if self.default_sender.trim().is_empty() {
             errors.push(format!("{path}.default_sender"), "must not be empty");
         }
+        if let Some(public) = &self.public_url {
+            match url::Url::parse(public) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => errors.push(format!("{path}.public_url"), "must be an http:// or https:// URL (the FHIR base)"),
+            }
+        }
+    }
+
+    /// The message format of destination `destination`: its entry in
+    /// [`outputs`](Self::outputs), else [`output`](Self::output).
+    pub fn output_for(&self, destination: &str) -> OutputFormat {
+        self.outputs.get(destination).copied().unwrap_or(self.output)
     }
 
     /// The display of a configured LOINC document type, when it is one the

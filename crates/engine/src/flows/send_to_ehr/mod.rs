@@ -28,6 +28,7 @@ pub mod api;
 pub mod build;
 pub mod config;
 pub mod outcome;
+pub mod persist;
 pub mod request;
 pub mod source;
 pub mod tracking;
