@@ -69,6 +69,12 @@ export function channelsPage(view, { isCurrent }) {
 
   let timer = null;
   let stopped = false;
+  // Start / Stop show only when this server has those routes (its OpenAPI document lists them).
+  let canStartStop = false;
+  const routesKnown = get('/api/openapi.json').then((doc) => {
+    const paths = (doc && doc.paths) || {};
+    canStartStop = Boolean(paths['/api/channels/{name}/start'] && paths['/api/channels/{name}/stop']);
+  }).catch(() => { /* no buttons then */ });
 
   async function refresh() {
     if (stopped) return;
@@ -79,7 +85,7 @@ export function channelsPage(view, { isCurrent }) {
       }
       if (stopped || !isCurrent()) return;
       replace(error);
-      replace(table, renderTable(channels, action));
+      replace(table, renderTable(channels, canStartStop ? action : null));
       replace(status, `Updated ${new Date().toLocaleTimeString()} · every ${REFRESH_MS / 1000} s`);
     } catch (e) {
       if (stopped) return;
@@ -105,7 +111,7 @@ export function channelsPage(view, { isCurrent }) {
     refresh();
   }
 
-  refresh();
+  routesKnown.finally(refresh);
   return () => {
     stopped = true;
     clearTimeout(timer);
@@ -124,8 +130,8 @@ function renderTable(channels, action) {
       h('td', null, h('span', { class: `run ${running ? 'run-on' : 'run-off'}` }, running ? 'running' : 'stopped')),
       h('td', null, healthBadge(c.health)),
       COUNT_COLUMNS.map((k) => h('td', { class: `num count-${k}`, 'data-count': k }, countLink(c.name, k, count(c.counts, k, c.destinations)))),
-      h('td', { class: 'actions' },
-        running
+      h('td', { class: 'actions' }, !action ? null
+        : running
           ? h('button', { type: 'button', class: 'stop', onclick: (e) => action(c.name, 'stop', e.currentTarget) }, 'Stop')
           : h('button', { type: 'button', class: 'start', onclick: (e) => action(c.name, 'start', e.currentTarget) }, 'Start'))));
     for (const d of c.destinations || []) {

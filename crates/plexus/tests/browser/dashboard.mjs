@@ -118,6 +118,16 @@ try {
   const health = await page.locator(`tr.channel-row[data-channel="${channel}"] .badge`).first().textContent();
   check('the channel shows a health state', /healthy|warning|critical|idle|unknown/.test(health), health);
   await shot(page, '02-channels');
+  // Stop and start the channel, when this server has those routes (the page shows the buttons only then).
+  const row = `tr.channel-row[data-channel="${channel}"]`;
+  if (await page.locator(`${row} button.stop`).count()) {
+    await page.click(`${row} button.stop`);
+    await page.waitForSelector(`${row} .run-off`);
+    check('Stop stops the channel', true);
+    await page.click(`${row} button.start`);
+    await page.waitForSelector(`${row} .run-on`);
+    check('Start starts it again', true);
+  }
 
   // 3. Message browser: search by control id.
   await page.click('nav a[data-page=messages]');
