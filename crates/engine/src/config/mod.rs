@@ -410,7 +410,7 @@ fn compile(mut table: toml::Table, base_dir: Option<&Path>, errors: &mut ConfigE
         Some(v) => de::component::<HealthConfig>(v, &root.key("health"), errors).unwrap_or_default(),
         None => HealthConfig::default(),
     };
-    let alerts = table.remove("alerts").map(|v| operations::compile_alerts(v, errors)).unwrap_or_default();
+    let alerts = table.remove("alerts").map(|v| operations::compile_alerts(v, &channels, errors)).unwrap_or_default();
     let retention = table.remove("retention").and_then(|v| operations::compile_retention(v, errors));
 
     for key in table.keys() {

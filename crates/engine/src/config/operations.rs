@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::de::{self, PathBuf as CfgPath};
-use super::{ConfigErrors, Duration};
+use super::{ChannelConfig, ConfigErrors, Duration};
 
 /// `[health]`: the window health states look back on, and how often queue
 /// depths are read and alert rules evaluated.
@@ -192,8 +192,13 @@ fn default_pause() -> Duration {
     Duration::from_millis(50)
 }
 
-/// Reads `[[alerts]]`.
-pub(super) fn compile_alerts(value: toml::Value, errors: &mut ConfigErrors) -> Vec<AlertRule> {
+/// Reads `[[alerts]]`; a rule naming a channel or destination that does not
+/// exist would never fire, so it is an error.
+pub(super) fn compile_alerts(
+    value: toml::Value,
+    channels: &[ChannelConfig],
+    errors: &mut ConfigErrors,
+) -> Vec<AlertRule> {
     let root = CfgPath::root().key("alerts");
     let toml::Value::Array(items) = value else {
         errors.push("alerts", format!("must be an array of tables ([[alerts]]), found {}", de::type_name(&value)));
@@ -204,6 +209,7 @@ pub(super) fn compile_alerts(value: toml::Value, errors: &mut ConfigErrors) -> V
         let path = root.index(i);
         if let Some(rule) = de::component::<AlertRule>(item, &path, errors) {
             rule.validate(&path, errors);
+            check_subjects(&rule, channels, &path, errors);
             if rules.iter().any(|r| r.name == rule.name) {
                 errors.push(path.key("name").to_string(), format!("another alert is named {:?}", rule.name));
             }
@@ -211,6 +217,24 @@ pub(super) fn compile_alerts(value: toml::Value, errors: &mut ConfigErrors) -> V
         }
     }
     rules
+}
+
+fn check_subjects(rule: &AlertRule, channels: &[ChannelConfig], path: &CfgPath, errors: &mut ConfigErrors) {
+    let selected: Vec<&ChannelConfig> = match &rule.channel {
+        Some(name) => match channels.iter().find(|c| c.name == *name) {
+            Some(c) => vec![c],
+            None => {
+                errors.push(path.key("channel").to_string(), format!("no channel is named {name:?}"));
+                return;
+            }
+        },
+        None => channels.iter().collect(),
+    };
+    if let Some(name) = &rule.destination
+        && !selected.iter().any(|c| c.destinations.iter().any(|d| d.name == *name))
+    {
+        errors.push(path.key("destination").to_string(), format!("no destination is named {name:?} there"));
+    }
 }
 
 /// Reads `[retention]`.
@@ -286,6 +310,13 @@ mod tests {
             contents_after = "30d"
             messages_after = "365d"
             schedule = "0 3 * * *"
+            [channels.adt.source]
+            type = "mllp"
+            listen = "127.0.0.1:0"
+            [[channels.adt.destinations]]
+            name = "archive"
+            type = "file"
+            directory = "out"
             "#,
         )
         .unwrap();
@@ -308,6 +339,12 @@ mod tests {
         assert!(e.contains("alerts[0].threshold"), "{e}");
         assert!(e.contains("another alert is named"), "{e}");
         assert!(e.contains("has no action"), "{e}");
+        let e = errors_of(
+            "version = 1\n[[alerts]]\nname = \"a\"\ncondition = \"unreachable\"\nchannel = \"nope\"\n\
+             [[alerts]]\nname = \"b\"\ncondition = \"unreachable\"\ndestination = \"nope\"\n",
+        );
+        assert!(e.contains("alerts[0].channel: no channel is named \"nope\""), "{e}");
+        assert!(e.contains("alerts[1].destination: no destination is named \"nope\""), "{e}");
         let e = errors_of("version = 1\n[retention]\nschedule = \"every day\"\n");
         assert!(e.contains("set `contents_after`"), "{e}");
         assert!(e.contains("retention.schedule"), "{e}");
