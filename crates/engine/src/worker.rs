@@ -187,14 +187,14 @@ impl DestinationWorkers {
         // The flow's `failed` hook needs the delivery after `process` took it.
         let for_flow = self.channel.flow.as_ref().map(|_| delivery.clone());
         let started = std::time::Instant::now();
-        let outcome = self.process(delivery).await;
+        let Attempt { outcome, retry_after } = self.process(delivery).await;
         self.metrics.attempt(&outcome, started.elapsed());
         let summary = describe(&outcome);
         let reason = match &outcome {
             Outcome::Failed { reason, .. } => Some(reason.clone()),
             _ => None,
         };
-        match self.store.complete(id, lease, outcome, &self.retry).await {
+        match self.store.complete_with_retry_after(id, lease, outcome, &self.retry, retry_after).await {
             Ok(done) => {
                 self.metrics.completed(done.state);
                 if let (Some(flow), Some(d), Some(reason), store::DeliveryState::Error | store::DeliveryState::Dead) =
@@ -231,7 +231,7 @@ impl DestinationWorkers {
     /// Filters, transforms and sends one delivery, returning what to record.
     /// Never panics on stored content: a message that no longer parses, a
     /// failing script, an unreachable receiver all become outcomes.
-    pub async fn process(&self, delivery: ClaimedDelivery) -> Outcome {
+    pub async fn process(&self, delivery: ClaimedDelivery) -> Attempt {
         let Some(flow) = self.channel.flow.clone() else { return self.process_content(delivery, None).await };
         let output = match flow.prepare(&delivery, &self.name).await {
             Ok(output) => output,
@@ -240,14 +240,14 @@ impl DestinationWorkers {
                     channel = %self.channel.name, destination = %self.name, message_id = %delivery.message_id,
                     attempt = delivery.attempt, kind = e.kind(), "flow did not prepare the delivery"
                 );
-                return e.to_outcome();
+                return e.to_outcome().into();
             }
         };
         // The rest of the attempt works on the flow's output as if stored.
         let prepared =
             ClaimedDelivery { raw: output.content.clone(), content_type: output.content_type.clone(), ..delivery };
-        let outcome = self.process_content(prepared.clone(), Some(&output)).await;
-        if let Outcome::Sent { response: Some(response), transformed } = &outcome {
+        let attempt = self.process_content(prepared.clone(), Some(&output)).await;
+        if let Outcome::Sent { response: Some(response), transformed } = &attempt.outcome {
             let sent = FlowOutput { content: transformed.clone().unwrap_or_else(|| output.content.clone()), ..output };
             if let Err(e) = flow.delivered(&prepared, &self.name, &sent, response).await {
                 warn!(
@@ -256,12 +256,12 @@ impl DestinationWorkers {
                 );
             }
         }
-        outcome
+        attempt
     }
 
     /// Filters, transforms and sends `delivery`'s content (the flow's output
     /// when `flowed`, which is then always kept as the transformed content).
-    async fn process_content(&self, delivery: ClaimedDelivery, flowed: Option<&FlowOutput>) -> Outcome {
+    async fn process_content(&self, delivery: ClaimedDelivery, flowed: Option<&FlowOutput>) -> Attempt {
         let kind = match flowed {
             Some(o) if o.content_type == crate::destinations::HL7_V2_CONTENT_TYPE => ContentKind::Hl7v2,
             Some(_) => ContentKind::Json,
@@ -273,10 +273,10 @@ impl DestinationWorkers {
                     let transformed = (changed || flowed.is_some()).then(|| content.clone());
                     (content, transformed)
                 }
-                Prepared::Filtered(rule) => return Outcome::Filtered { rule },
+                Prepared::Filtered(rule) => return Outcome::Filtered { rule }.into(),
                 Prepared::Failed(reason) => {
                     self.metrics.error("transform");
-                    return Outcome::Failed { class: FailureClass::Permanent, reason, response: None };
+                    return Outcome::Failed { class: FailureClass::Permanent, reason, response: None }.into();
                 }
             },
             ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), flowed.map(|o| o.content.clone())),
@@ -291,7 +291,7 @@ impl DestinationWorkers {
             received_at: delivery.received_at,
         };
         match self.destination.send(&out).await {
-            Ok(response) => Outcome::Sent { response: Some(response.to_store()), transformed },
+            Ok(response) => Outcome::Sent { response: Some(response.to_store()), transformed }.into(),
             Err(e) => {
                 self.metrics.error(e.kind());
                 // The error's text may quote the receiver's answer: it goes
@@ -301,7 +301,9 @@ impl DestinationWorkers {
                     attempt = delivery.attempt, kind = e.kind(), class = ?e.class(),
                     "delivery attempt failed"
                 );
-                e.to_outcome()
+                // A receiver that said when to come back (HTTP Retry-After,
+                // a channel still starting) is not retried sooner.
+                Attempt { outcome: e.to_outcome(), retry_after: e.retry_after() }
             }
         }
     }
@@ -347,6 +349,24 @@ enum Prepared {
     Send { content: Vec<u8>, changed: bool },
     Filtered(String),
     Failed(String),
+}
+
+
+/// What one delivery attempt came to: the outcome to record and, when the
+/// receiver said when to come back (HTTP `Retry-After`), how long to wait at
+/// least before the retry.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// What to record.
+    pub outcome: Outcome,
+    /// The receiver's wish; the store's backoff applies when longer.
+    pub retry_after: Option<Duration>,
+}
+
+impl From<Outcome> for Attempt {
+    fn from(outcome: Outcome) -> Self {
+        Attempt { outcome, retry_after: None }
+    }
 }
 
 fn describe(outcome: &Outcome) -> &'static str {

@@ -881,3 +881,57 @@ directory = "out-tls"
     assert!(plain.read().await.is_none());
     h.stop().await;
 }
+
+/// A receiver answering 429 with `Retry-After: 600` is not tried again
+/// before ten minutes, although the destination's own backoff would retry
+/// within seconds.
+#[tokio::test]
+async fn retry_after_of_the_receiver_holds_the_retry_back() {
+    let app = axum::Router::new().route(
+        "/busy",
+        axum::routing::post(|| async { (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "600")], "later") }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/busy", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let body = format!(
+        r#"
+[channels.adt-in.source]
+type = "mllp"
+listen = "127.0.0.1:0"
+[[channels.adt-in.destinations]]
+name = "crm"
+type = "http"
+url = "{url}"
+retry = {{ max_attempts = 5, initial_backoff = "1s", max_backoff = "4s" }}
+"#
+    );
+    let h = Harness::start(&body).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    c.send(&[&adt("BUSY1", "MRN1")]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+    let id = {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = stored(h.store(), "BUSY1").await;
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        found[0].id
+    };
+    let mut delivery = None;
+    for _ in 0..600 {
+        let d = h.store().get_message(id).await.unwrap().unwrap().deliveries.remove(0);
+        if d.attempts >= 1 && d.state == DeliveryState::Queued {
+            delivery = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = delivery.expect("the first attempt is recorded");
+    let next = d.next_attempt_at.expect("a retry is planned");
+    assert!(next >= d.updated_at + chrono::TimeDelta::seconds(600), "retry at {next}, attempt at {}", d.updated_at);
+    h.stop().await;
+}
