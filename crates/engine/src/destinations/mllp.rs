@@ -47,6 +47,14 @@
 //! No ACK within `ack_timeout` closes the connection (a late ACK would
 //! otherwise be read as the answer to the next message) and is transient.
 //!
+//! In enhanced mode (MSH-15 of the content asks for a commit ACK) the `CA`
+//! completes the delivery: the receiver has the message in safe storage.
+//! Waiting for the application ACK as well was considered and left out on
+//! purpose: HL7 lets the receiver send it much later, on a connection of
+//! its own, and the delivery's lease would hold the patient's order key
+//! for that whole time. An application ACK arriving on the same connection
+//! is discarded before reuse (below).
+//!
 //! The content is sent with CR between segments, as MLLP receivers expect,
 //! whatever separators the stored message used.
 
