@@ -134,6 +134,31 @@ async fn refusals_are_problems_with_the_right_status() {
     assert_eq!(body, json!({"servers": [{"name": "crm"}, {"name": "ehr"}]}));
 }
 
+#[tokio::test]
+async fn a_configured_server_without_its_secret_is_a_503_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
+    let store = store::open(&url, StoreOptions::default()).await.expect("open store");
+    let mut crm = ServerConfig::new(url::Url::parse("http://127.0.0.1:10/fhir").expect("url"));
+    crm.auth = fhir::AuthConfig::Bearer { token_env: "PLEXUS_TEST_UNSET_CRM_TOKEN".into() };
+    let ehr = ServerConfig::new(url::Url::parse("http://127.0.0.1:9/fhir").expect("url"));
+    let servers = BTreeMap::from([("crm".to_owned(), crm), ("ehr".to_owned(), ehr)]);
+    let api = Api {
+        router: router(Arc::clone(&store), SyncServers::from_config(&servers), Auth::disabled()),
+        store,
+        sync_token: String::new(),
+        read_token: String::new(),
+        _dir: dir,
+    };
+    let job = json!({"source": "ehr", "target": "crm", "patient": "p1"});
+    let (status, ct, body) = api.call("POST", "/api/sync/jobs", None, Some(job)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(ct, "application/problem+json");
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(detail.contains("\"crm\"") && detail.contains("PLEXUS_TEST_UNSET_CRM_TOKEN"), "{detail}");
+    assert!(api.store.sync_jobs(&store::SyncJobQuery::default()).await.expect("list").is_empty());
+}
+
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/tests/fixtures").join(name)
 }

@@ -56,7 +56,14 @@ impl SyncServers {
     pub fn from_config(servers: &BTreeMap<String, ServerConfig>) -> SyncServers {
         let clients = servers
             .iter()
-            .map(|(name, config)| (name.clone(), FhirClient::new(name, config).map_err(|e| e.to_string())))
+            .map(|(name, config)| {
+                let client = FhirClient::new(name, config).map_err(|e| {
+                    // A config error names the server and the variable, never a secret.
+                    warn!(fhir_server = %name, error = %e, "sync api: FHIR server cannot be used");
+                    e.to_string()
+                });
+                (name.clone(), client)
+            })
             .collect();
         SyncServers { clients }
     }
@@ -66,17 +73,25 @@ impl SyncServers {
         self.clients.keys().map(String::as_str)
     }
 
-    /// The client for `name`, or what to tell the caller.
-    pub fn client(&self, role: &str, name: &str) -> Result<FhirClient, String> {
+    /// The client for `name`, or the problem to answer: 400 for a name the
+    /// config does not have (naming the ones it has), 503 for a configured
+    /// server whose client could not be built (a secret missing from the
+    /// environment, say: the operator's problem, not the caller's).
+    fn client(&self, role: &str, name: &str) -> Result<FhirClient, Problem> {
         match self.clients.get(name) {
             Some(Ok(client)) => Ok(client.clone()),
-            Some(Err(e)) => Err(format!("{role} server {name:?} cannot be used: {e}")),
+            Some(Err(e)) => Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fhir-server-config",
+                "FHIR server not usable",
+                format!("{role} server {name:?} cannot be used: {e}"),
+            )),
             None => {
                 let known: Vec<&str> = self.names().collect();
-                Err(format!(
+                Err(Problem::bad_request(format!(
                     "unknown {role} server {name:?}: the config has {}",
                     if known.is_empty() { "no [fhir_servers]".to_owned() } else { known.join(", ") }
-                ))
+                )))
             }
         }
     }
@@ -158,7 +173,7 @@ async fn search_patients(
     authorize(&state, &headers).await?;
     let p = query(params)?;
     let source_name = non_empty(p.source).ok_or_else(|| Problem::bad_request("source is required"))?;
-    let source = state.servers.client("source", &source_name).map_err(Problem::bad_request)?;
+    let source = state.servers.client("source", &source_name)?;
     let family = non_empty(p.family).unwrap_or_default();
     let identifier = non_empty(p.identifier);
     if family.is_empty() && identifier.is_none() {
@@ -230,8 +245,8 @@ async fn create_job(
     let caller = authorize(&state, &headers).await?;
     let Json(request) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
     let options = job_options(&request).map_err(Problem::bad_request)?;
-    let source = state.servers.client("source", request.source.trim()).map_err(Problem::bad_request)?;
-    let target = state.servers.client("target", request.target.trim()).map_err(Problem::bad_request)?;
+    let source = state.servers.client("source", request.source.trim())?;
+    let target = state.servers.client("target", request.target.trim())?;
     if source.base_url() == target.base_url() {
         return Err(Problem::bad_request(format!(
             "source {:?} and target {:?} are the same server",
