@@ -626,6 +626,27 @@ fn attachment_document(
     ctx.add("DocumentReference", &key, None, resource);
 }
 
+/// Links the order's Observations read before its SPM (ORU^R01 2.5.1 puts
+/// the SPECIMEN group after the OBX of the order) to the specimen, unless
+/// they already name one. `specimen` stays where the mapper puts it, before
+/// `referenceRange` and `component`.
+fn link_specimen(ctx: &mut Ctx<'_>, results: &[Value], specimen: &Ref) {
+    for result in results {
+        let Some(url) = result.get("reference").and_then(Value::as_str) else { continue };
+        let observation = Ref { full_url: url.to_string() };
+        let Some(Value::Object(obs)) = ctx.resource_mut(&observation) else { continue };
+        match obs.get_mut("specimen") {
+            // The mapper leaves a null in place (pruned at the end).
+            Some(slot) if slot.is_null() => *slot = specimen.reference(),
+            Some(_) => {}
+            None => {
+                let at = obs.keys().position(|k| k == "referenceRange" || k == "component").unwrap_or(obs.len());
+                obs.shift_insert(at, "specimen".into(), specimen.reference());
+            }
+        }
+    }
+}
+
 /// ORU^R01: one DiagnosticReport per OBR with its Observations and
 /// Specimens; OBX before the first OBR are patient-level Observations.
 pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
@@ -742,6 +763,7 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 if let Some(r) = report.as_mut() {
                     let s = specimen(ctx, subject, seg, &r.key);
                     r.specimens.push(s.reference());
+                    link_specimen(ctx, &r.results, &s);
                     spm = Some(s);
                 }
             }

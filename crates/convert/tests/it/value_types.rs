@@ -112,7 +112,7 @@ fn every_obx_value_type_becomes_its_value_x() {
 }
 
 #[test]
-fn spm_becomes_a_specimen_that_the_report_references() {
+fn spm_becomes_a_specimen_that_the_observations_and_report_reference() {
     let bundle = bundle();
     let entries = bundle["entry"].as_array().unwrap();
     let specimens: Vec<&Value> = entries.iter().filter(|e| e["resource"]["resourceType"] == "Specimen").collect();
@@ -124,8 +124,11 @@ fn spm_becomes_a_specimen_that_the_report_references() {
     assert!(ids.contains(&"SP-1") && ids.contains(&"SF-1"), "placer and filler ids: {ids:?}");
     assert_eq!(specimen["collection"]["collectedDateTime"], "2024-05-01T07:55:00+02:00");
     assert_eq!(specimen["receivedTime"], "2024-05-01T08:05:00+02:00");
-    // In ORU^R01 2.5.1 the SPM follows the order's OBX segments: the
-    // specimen is linked from the report, which lists the Observations.
+    // In ORU^R01 2.5.1 the SPM follows the order's OBX segments; the
+    // Observations read before it are linked to it all the same.
+    for obs in observations(&bundle) {
+        assert_eq!(obs["specimen"]["reference"], url, "{}", obs["code"]);
+    }
     let report = entries.iter().map(|e| &e["resource"]).find(|r| r["resourceType"] == "DiagnosticReport").unwrap();
     assert_eq!(report["specimen"][0]["reference"], url);
     let results: Vec<&str> = report["result"].as_array().unwrap().iter().map(|r| r["reference"].as_str().unwrap()).collect();
