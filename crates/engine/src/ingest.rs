@@ -155,6 +155,8 @@ pub struct ChannelIngest {
     ack_ids: AckIds,
     /// Prometheus handles ([`crate::metrics`]); no-ops outside an engine.
     metrics: Arc<crate::metrics::ChannelMetrics>,
+    /// Stopped from the API: new messages are refused ([`crate::api::control`]).
+    switch: Arc<crate::api::control::ChannelSwitch>,
 }
 
 impl ChannelIngest {
@@ -171,6 +173,7 @@ impl ChannelIngest {
             stats: IngestStats::default(),
             ack_ids: AckIds::new(),
             metrics: Arc::new(crate::metrics::ChannelMetrics::noop(&channel.name)),
+            switch: Arc::new(crate::api::control::ChannelSwitch::default()),
         }
     }
 
@@ -178,6 +181,11 @@ impl ChannelIngest {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::ChannelMetrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The channel's stop/start switch, shared with its workers and the API.
+    pub fn switch(&self) -> &Arc<crate::api::control::ChannelSwitch> {
+        &self.switch
     }
 
     /// The channel's name.
@@ -290,6 +298,14 @@ impl ChannelIngest {
             }
         };
         let mode = self.mode(&message);
+        if self.switch.is_stopped() {
+            // Like a failed commit: AE (HTTP 503), the sender keeps it and retries.
+            self.count(AckOutcome::Errored);
+            let ack = self
+                .code(mode, AckOutcome::Errored)
+                .map(|code| (code, ack::channel_stopped(&message, code, &self.ack_ids.next())));
+            return Step::Answered(Hl7Outcome::negative(AckOutcome::Errored, ack, true));
+        }
         let control_id = message.control_id().map(|c| c.into_owned()).filter(|c| !c.is_empty());
 
         let (issues, verdict) = ack::validate(&message);
@@ -437,6 +453,10 @@ impl ChannelIngest {
     }
 
     async fn json_answer(&self, received: Received) -> JsonOutcome {
+        if self.switch.is_stopped() {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            return JsonOutcome::Unavailable("the channel is stopped; retry later".to_string());
+        }
         let doc: serde_json::Value = match serde_json::from_slice(&received.bytes) {
             Ok(v) => v,
             Err(e) => {

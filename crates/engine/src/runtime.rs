@@ -190,7 +190,12 @@ impl Engine {
         let node = node_name();
         let mut sources = Vec::new();
         for channel in channels {
+            let switch = match ingest.channel(&channel.name) {
+                Some(c) => Arc::clone(c.switch()),
+                None => Arc::default(),
+            };
             let stage = Arc::new(ChannelStage {
+                switch,
                 name: channel.name.clone(),
                 content: channel.content,
                 filter: channel.filter,
@@ -325,7 +330,9 @@ impl Engine {
         };
         let sync_servers = crate::api::sync::SyncServers::from_config(&fhir_servers);
         let app = app.merge(crate::api::sync::router(Arc::clone(&self.store), sync_servers, api_auth.clone()));
-        let app = app.merge(crate::api::router(crate::api::ApiState::new(Arc::clone(&self.store), api_auth, api_channels)));
+        let switches = ingest.channels().map(|c| (c.name().to_owned(), Arc::clone(c.switch()))).collect();
+        let api_state = crate::api::ApiState::new(Arc::clone(&self.store), api_auth.clone(), api_channels);
+        let app = app.merge(crate::api::router(api_state.with_switches(switches)));
         info!(addr = %self.api_addr, "api listening");
         match api_tls {
             Some(acceptor) => self.serve_https(listener, acceptor, app),

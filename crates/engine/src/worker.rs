@@ -81,6 +81,8 @@ pub struct ChannelStage {
     /// prepares what is sent and follows up after delivery; see
     /// [`crate::flows::FlowStage`].
     pub flow: Option<Arc<dyn crate::flows::FlowStage>>,
+    /// Stopped from the API: workers do not claim ([`crate::api::control`]).
+    pub switch: Arc<crate::api::control::ChannelSwitch>,
 }
 
 /// One destination's runtime, shared by its workers.
@@ -134,6 +136,12 @@ impl DestinationWorkers {
         let mut failures: u32 = 0;
         debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker started");
         while !shutdown.is_cancelled() {
+            if self.channel.switch.is_stopped() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = self.channel.switch.running() => continue,
+                }
+            }
             // Mark the current change count as seen *before* claiming, so a
             // message committed during the claim still wakes the wait below.
             changes.borrow_and_update();

@@ -170,3 +170,60 @@ async fn the_api_serves_https_with_the_configured_certificate() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), "")).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let base = format!("http://{}", engine.api_addr());
+    let http = reqwest::Client::new();
+    let token = auth::issue_token(engine.store().as_ref(), "ops", &[Scope::ChannelsAdmin, Scope::MessagesReplay], None)
+        .await
+        .unwrap()
+        .bearer;
+    let send = async |control_id: &str| {
+        let r = http
+            .post(format!("{base}/channels/adt-in/messages"))
+            .header("content-type", "x-application/hl7-v2+er7")
+            .body(adt(control_id))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (status, _) = send("RUN-1").await;
+    assert_eq!(status, 200);
+    let stored = |control_id: &str| {
+        let q = store::SearchQuery { control_id: Some(control_id.into()), ..store::SearchQuery::default() };
+        let store = engine.store().clone();
+        async move { store.search(&q).await.unwrap().items }
+    };
+    eventually("RUN-1 is delivered", async || {
+        stored("RUN-1").await.first().is_some_and(|m| m.deliveries[0].state == store::DeliveryState::Sent)
+    })
+    .await;
+
+    let (status, body) = json_of(http.post(format!("{base}/api/channels/adt-in/stop")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("stopped")));
+    // Refused with AE / 503, not stored; the listener still answers.
+    let (status, ack) = send("STOPPED-1").await;
+    assert_eq!(status, 503, "{ack}");
+    assert!(ack.contains("MSA|AE|STOPPED-1") && ack.contains("the channel is stopped"), "{ack}");
+    assert!(stored("STOPPED-1").await.is_empty());
+    // Workers do not claim: a replayed delivery stays queued while stopped.
+    let id = stored("RUN-1").await[0].id;
+    let (status, _) = json_of(http.post(format!("{base}/api/messages/{id}/replay")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored("RUN-1").await[0].deliveries[0].state, store::DeliveryState::Queued, "a stopped channel delivered");
+
+    let (status, _) = json_of(http.post(format!("{base}/api/channels/adt-in/start")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    eventually("the replay is delivered after start", async || {
+        stored("RUN-1").await[0].deliveries[0].state == store::DeliveryState::Sent
+    })
+    .await;
+    let (status, _) = send("AFTER-1").await;
+    assert_eq!(status, 200);
+    engine.shutdown(Duration::from_secs(5)).await;
+}

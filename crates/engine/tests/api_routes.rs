@@ -4,6 +4,7 @@
 //! unknown ids (404), and what each answers; the audit trail of reads and
 //! replays; revoked and expired tokens; `api.auth = "none"`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -11,6 +12,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use chrono::{TimeZone, Utc};
 use engine::api::auth::{self, Auth, Scope};
+use engine::api::control::ChannelSwitch;
 use engine::api::{openapi, router, ApiState, ChannelInfo};
 use serde_json::{Value, json};
 use store::{AuditQuery, DeliveryState, MessageId, NewDelivery, NewMessage, Store, StoreOptions};
@@ -29,11 +31,16 @@ fn channels() -> Vec<ChannelInfo> {
     ]
 }
 
+fn switches() -> BTreeMap<String, Arc<ChannelSwitch>> {
+    channels().into_iter().map(|c| (c.name, Arc::new(ChannelSwitch::default()))).collect()
+}
+
 async fn api() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
     let store = store::open(&url, StoreOptions::default()).await.unwrap();
-    let router = router(ApiState::new(Arc::clone(&store), Auth::new(Arc::clone(&store)), channels()));
+    let state = ApiState::new(Arc::clone(&store), Auth::new(Arc::clone(&store)), channels());
+    let router = router(state.with_switches(switches()));
     Api { store, router, _dir: dir }
 }
 
@@ -129,6 +136,8 @@ fn every_route(id: MessageId) -> Vec<(Method, String, Option<Value>, Scope)> {
         (Method::GET, "/api/dead-letters".into(), None, Scope::MessagesRead),
         (Method::POST, format!("/api/messages/{id}/replay"), Some(json!({})), Scope::MessagesReplay),
         (Method::POST, "/api/messages/replay".into(), Some(json!({ "channel": "adt-in" })), Scope::MessagesReplay),
+        (Method::POST, "/api/channels/adt-in/stop".into(), None, Scope::ChannelsAdmin),
+        (Method::POST, "/api/channels/adt-in/start".into(), None, Scope::ChannelsAdmin),
     ]
 }
 
@@ -417,4 +426,27 @@ async fn auth_none_lets_everyone_in_as_anonymous() {
     assert_eq!(status, StatusCode::OK);
     let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
     assert_eq!(events[0].actor, "anonymous");
+}
+
+#[tokio::test]
+async fn channels_stop_and_start_with_channels_admin() {
+    let api = api().await;
+    let admin = api.token("ops-admin", &[Scope::ChannelsAdmin]).await;
+    let reader = api.token("reader", &[Scope::MessagesRead]).await;
+    let (status, body) = api.call(Method::POST, "/api/channels/adt-in/stop", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "name": "adt-in", "status": "stopped", "changed": true }));
+    let (_, body) = api.call(Method::POST, "/api/channels/adt-in/stop", Some(&admin), None).await;
+    assert_eq!(body["changed"], false, "stopping twice changes nothing");
+    let (_, one) = api.get("/api/channels/adt-in", &reader).await;
+    assert_eq!(one["status"], "stopped");
+    let (_, list) = api.get("/api/channels", &reader).await;
+    assert_eq!(list["channels"][1]["status"], "running", "other channels run on");
+    let (status, body) = api.call(Method::POST, "/api/channels/adt-in/start", Some(&admin), None).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("running")));
+    let (status, _) = api.call(Method::POST, "/api/channels/nope/stop", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let events = api.store.audit_events(&AuditQuery::default()).await.unwrap();
+    let trail: Vec<(&str, &str)> = events.iter().map(|e| (e.action.as_str(), e.actor.as_str())).collect();
+    assert_eq!(trail, [("channel_start", "ops-admin"), ("channel_stop", "ops-admin")]);
 }

@@ -26,7 +26,7 @@ pub fn router(state: ApiState) -> Router {
 
 async fn list(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
     let counts = state.store.counts().await.map_err(|e| Problem::store("counting deliveries", &e))?;
-    let channels: Vec<Value> = state.channels.iter().map(|c| channel_json(c, &counts)).collect();
+    let channels: Vec<Value> = state.channels.iter().map(|c| channel_json(c, status(&state, &c.name), &counts)).collect();
     Ok(Json(json!({ "channels": channels })))
 }
 
@@ -37,7 +37,12 @@ async fn one(State(state): State<ApiState>, Path(name): Path<String>) -> Result<
         .find(|c| c.name == name)
         .ok_or_else(|| Problem::not_found("no enabled channel has this name"))?;
     let counts = state.store.counts().await.map_err(|e| Problem::store("counting deliveries", &e))?;
-    Ok(Json(channel_json(channel, &counts)))
+    Ok(Json(channel_json(channel, status(&state, &channel.name), &counts)))
+}
+
+/// `running` or `stopped`.
+fn status(state: &ApiState, channel: &str) -> &'static str {
+    state.switches.get(channel).map_or("running", |s| s.status())
 }
 
 /// Zero for every state, so clients never miss a key.
@@ -45,9 +50,10 @@ fn zeroes() -> BTreeMap<&'static str, u64> {
     DeliveryState::ALL.iter().map(|s| (s.as_str(), 0)).collect()
 }
 
-/// `{name, source, status, counts, destinations: [{name, counts}]}`; counts
+/// `{name, source, status, counts, destinations: [{name, counts}]}`; status
+/// is `running` or `stopped`; counts
 /// map every delivery state to a number.
-pub fn channel_json(channel: &ChannelInfo, counts: &[StateCount]) -> Value {
+pub fn channel_json(channel: &ChannelInfo, status: &str, counts: &[StateCount]) -> Value {
     let mut total = zeroes();
     let destinations: Vec<Value> = channel
         .destinations
@@ -64,7 +70,7 @@ pub fn channel_json(channel: &ChannelInfo, counts: &[StateCount]) -> Value {
     json!({
         "name": channel.name,
         "source": channel.source,
-        "status": "running",
+        "status": status,
         "counts": total,
         "destinations": destinations,
     })

@@ -1,5 +1,6 @@
 //! The REST API under `/api`: API tokens and scopes ([`auth`]), JSON problem
-//! answers ([`problem`]), channels with counts ([`channels`]), the message
+//! answers ([`problem`]), channels with counts ([`channels`]) and their
+//! stop/start ([`control`]), the message
 //! browser and replay ([`messages`]), the OpenAPI document ([`openapi`]).
 //!
 //! Every `/api` route needs a token with the route's scope unless
@@ -9,6 +10,7 @@
 
 pub mod auth;
 pub mod channels;
+pub mod control;
 pub mod dashboard;
 pub mod https;
 pub mod messages;
@@ -16,6 +18,7 @@ pub mod openapi;
 pub mod problem;
 pub mod sync;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -32,12 +35,21 @@ pub struct ApiState {
     pub auth: auth::Auth,
     /// The enabled channels, in config order.
     pub channels: Arc<Vec<ChannelInfo>>,
+    /// Each enabled channel's stop/start switch, by name (empty: channels
+    /// cannot be stopped, and list as running).
+    pub switches: Arc<BTreeMap<String, Arc<control::ChannelSwitch>>>,
 }
 
 impl ApiState {
     /// State for `store`, checking tokens with `auth`, describing `channels`.
     pub fn new(store: Arc<dyn Store>, auth: auth::Auth, channels: Vec<ChannelInfo>) -> ApiState {
-        ApiState { store, auth, channels: Arc::new(channels) }
+        ApiState { store, auth, channels: Arc::new(channels), switches: Arc::new(BTreeMap::new()) }
+    }
+
+    /// With the channels' stop/start switches (the runtime's ingest paths').
+    pub fn with_switches(mut self, switches: BTreeMap<String, Arc<control::ChannelSwitch>>) -> ApiState {
+        self.switches = Arc::new(switches);
+        self
     }
 }
 
@@ -68,6 +80,7 @@ impl ChannelInfo {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(channels::router(state.clone()))
+        .merge(control::router(state.clone()))
         .merge(messages::router(state))
         .merge(openapi::router())
 }

@@ -51,6 +51,23 @@ const OPERATIONS: &[Operation] = &[
         body: None,
     },
     Operation {
+        method: "post",
+        path: "/api/channels/{name}/stop",
+        scope: Some("channels:admin"),
+        summary: "Stop a channel: its ingest answers AE / 503 \"the channel is stopped\" (listeners stay bound) and \
+                  its workers stop claiming. Audited.",
+        parameters: &[("name", "path", "Channel name.")],
+        body: None,
+    },
+    Operation {
+        method: "post",
+        path: "/api/channels/{name}/start",
+        scope: Some("channels:admin"),
+        summary: "Start a stopped channel again. Audited.",
+        parameters: &[("name", "path", "Channel name.")],
+        body: None,
+    },
+    Operation {
         method: "get",
         path: "/api/messages",
         scope: Some("messages:read"),

@@ -53,6 +53,14 @@ pub(super) fn store_failure(message: &Message, code: AckCode, control_id: &str) 
     build(message, code, &issues, control_id)
 }
 
+/// The AE/CE answered while the channel is stopped from the API: the
+/// sender should send it again later.
+pub(super) fn channel_stopped(message: &Message, code: AckCode, control_id: &str) -> Vec<u8> {
+    let issues =
+        [Issue::error(None, ErrorCode::ApplicationInternalError, "the channel is stopped; send the message again later")];
+    build(message, code, &issues, control_id)
+}
+
 /// The AR answered to a frame over the size limit. `head` is the start of
 /// the discarded frame: when its MSH is there, the NAK echoes its MSH-10 so
 /// the sender can tell which message was refused.
