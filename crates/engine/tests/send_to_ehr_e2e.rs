@@ -35,6 +35,11 @@ type Frames = Arc<Mutex<Vec<hl7v2::Message>>>;
 /// The EHR: an MLLP listener on `addr` that records each message and
 /// answers AA.
 async fn ehr_up(addr: SocketAddr, frames: Frames) {
+    ehr_answering(addr, frames, hl7v2::ack::AckCode::ApplicationAccept).await;
+}
+
+/// An MLLP listener on `addr` that records each message and answers `code`.
+async fn ehr_answering(addr: SocketAddr, frames: Frames, code: hl7v2::ack::AckCode) {
     let listener = TcpListener::bind(addr).await.expect("bind the EHR's port");
     tokio::spawn(async move {
         loop {
@@ -46,7 +51,8 @@ async fn ehr_up(addr: SocketAddr, frames: Frames) {
                 loop {
                     while let Ok(Some(frame)) = codec.decode(&mut buf) {
                         let message = hl7v2::Message::parse(frame.to_vec()).expect("the EHR gets valid HL7 v2");
-                        let ack = hl7v2::ack::Ack::new(hl7v2::ack::AckCode::ApplicationAccept, "EHR1", "20261121120000")
+                        let ack = hl7v2::ack::Ack::new(code, "EHR1", "20261121120000")
+                            .text("unknown patient")
                             .for_message(&message);
                         frames.lock().expect("lock").push(message);
                         let mut out = BytesMut::new();
@@ -386,4 +392,92 @@ type = "send_to_ehr"
     ] {
         assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
     }
+}
+
+/// An EHR that refuses the document (AE, dead-lettered at once) puts the
+/// submission in `entered-in-error` with the reason, while a `json`
+/// destination still gets the FHIR Bundle; with `[api] auth = "none"` the
+/// configured default sender is the author.
+#[tokio::test]
+async fn a_refused_document_is_entered_in_error_and_json_goes_to_the_archive() {
+    let Some(peer) = testkit::FhirPeer::start("engine::send_to_ehr_e2e::refused") else { return };
+    let client = fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
+    let created = client
+        .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN7"}],
+                        "name": [{"family": "Roux", "given": ["Paul"]}], "birthDate": "1990-01-02"}))
+        .await
+        .expect("patient created");
+    let patient = created.resource.as_ref().and_then(|r| r["id"].as_str()).expect("patient id").to_string();
+    let ehr: SocketAddr = format!("127.0.0.1:{}", testkit::free_port()).parse().expect("address");
+    let frames: Frames = Arc::default();
+    ehr_answering(ehr, Arc::clone(&frames), hl7v2::ack::AckCode::ApplicationError).await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = format!(
+        r#"
+version = 1
+[store]
+url = "sqlite://{dir}/plexus.db"
+[api]
+listen = "127.0.0.1:0"
+auth = "none"
+[fhir_servers.ehr]
+base_url = "{fhir}"
+[channels.documents.source]
+type = "send_to_ehr"
+patient_source = "ehr"
+outputs = {{ archive = "json" }}
+default_sender = "portal"
+public_url = "https://plexus.example/fhir"
+[[channels.documents.destinations]]
+name = "ehr"
+type = "mllp"
+address = "{ehr}"
+on_nak = "dead_letter"
+retry = {{ on_failure = "dead_letter" }}
+[[channels.documents.destinations]]
+name = "archive"
+type = "file"
+directory = "{dir}/archive"
+file_name = "${{message_id}}.json"
+"#,
+        dir = dir.path().display(),
+        fhir = peer.base_url,
+    );
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
+    let engine = Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", engine.api_addr()), token: None };
+
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "subject", "valueReference": {"reference": format!("Patient/{patient}")}},
+        {"name": "payload", "valueString": b64(PDF)},
+    ]});
+    let (status, answer) = api.submit(body).await;
+    assert_eq!(status, 200, "{answer}");
+    let tx = answer["parameter"][1]["valueString"].as_str().expect("transaction-id").to_string();
+    let tracking = answer["parameter"][0]["valueUrl"].as_str().expect("tracking-url").to_string();
+    assert!(tracking.starts_with("https://plexus.example/fhir/CommunicationRequest/$tracking?"), "public_url: {tracking}");
+    let local = format!("{}/fhir/CommunicationRequest/$tracking?transaction-id={tx}", api.base);
+
+    let communication = api.wait_for(&local, "entered-in-error").await;
+    let reason = communication["statusReason"]["text"].as_str().expect("a reason").to_string();
+    assert!(reason.starts_with("delivery to ehr failed: "), "{reason}");
+    assert!(reason.contains("AE"), "the EHR's answer is named: {reason}");
+    assert!(communication.get("sent").is_none());
+    assert_eq!(frames.lock().expect("lock").len(), 1, "dead-lettered at the first NAK, not retried");
+
+    // The archive got the FHIR Bundle, whose Binary is the document.
+    let files: Vec<std::path::PathBuf> =
+        std::fs::read_dir(dir.path().join("archive")).expect("archive folder").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let bundle: Value = serde_json::from_slice(&std::fs::read(&files[0]).expect("read")).expect("JSON");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let types: Vec<&str> = bundle["entry"].as_array().expect("entries").iter().filter_map(|e| e["resource"]["resourceType"].as_str()).collect();
+    assert_eq!(types, ["Patient", "DocumentReference", "Binary"]);
+    assert_eq!(bundle["entry"][2]["resource"]["data"], b64(PDF));
+    assert_eq!(bundle["entry"][2]["fullUrl"], format!("https://plexus.example/fhir/Binary/{tx}"));
+    assert_eq!(bundle["entry"][1]["resource"]["author"][0]["display"], "portal", "no token name: the default sender");
+    assert_eq!(bundle["entry"][1]["resource"]["content"][0]["attachment"]["url"], format!("https://plexus.example/fhir/Binary/{tx}"));
+
+    engine.shutdown(Duration::from_secs(5)).await;
 }

@@ -7,12 +7,16 @@
 //! not JSON or too large (axum's own extractor errors are plain text, so the
 //! body is read as bytes and parsed here).
 //!
-//! Storage is a [`TrackingStore`]; [`MemoryTrackingStore`] serves tests and
-//! trials (the store-backed one comes with the runtime wiring). Access
-//! control is the [`CallerAuth`] hook: API tokens with the
-//! [`SEND_TO_EHR_SCOPE`] scope (401 without a token, 403 without the scope)
-//! plug in there. [`NoAuth`] lets every caller in and must not be used on a
-//! network others can reach.
+//! Storage is a [`TrackingStore`]: the engine's message store
+//! ([`super::persist::StoreTracking`]), or [`MemoryTrackingStore`] in tests.
+//! Access control is a [`CallerAuth`]: the engine passes its API tokens
+//! (scope [`SEND_TO_EHR_SCOPE`]; 401 without a valid token, 403 without the
+//! scope). [`NoAuth`] lets every caller in, for router unit tests only.
+//!
+//! Besides the operation and `$tracking`, the router serves the resources a
+//! submission created (`GET /fhir/Binary/{id}`, `DocumentReference/{id}`,
+//! `CommunicationRequest/{id}`), so the DocumentReference's attachment url
+//! resolves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -18,11 +18,14 @@
 //! - [`source`]: [`PatientSource`] (a FHIR server) and reference resolution.
 //! - [`build`]: the FHIR resources and the message for the EHR.
 //! - [`tracking`]: statuses, the `$tracking` Bundle, the success Parameters.
-//! - [`api`]: the axum router over a [`api::TrackingStore`].
+//! - [`api`]: the axum router over a [`api::TrackingStore`] and a
+//!   [`api::CallerAuth`] (the engine's API tokens).
+//! - [`persist`]: the store-backed [`api::TrackingStore`]: a submission is a
+//!   stored message of the channel, its status read from its deliveries.
 //!
-//! Not here (runtime wiring): processing through a channel's destination,
-//! persistence in the store, API token checks (the router has a
-//! [`api::CallerAuth`] hook for them).
+//! The runtime wiring (the `send_to_ehr` channel source, the flow stage that
+//! converts a stored submission in each destination's worker, API tokens) is
+//! in `crate::sources::send_to_ehr`.
 
 pub mod api;
 pub mod build;
