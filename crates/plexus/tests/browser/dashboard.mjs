@@ -92,6 +92,7 @@ try {
   await page.goto(`${base}/`);
   await page.waitForSelector('#login-form');
   check('an unauthenticated visit lands on the login page', page.url().includes('#/login'), page.url());
+  check('the navigation is hidden until logged in', !(await page.isVisible('#nav')) && !(await page.isVisible('#logout')));
   await page.fill('#token', 'plx_not_a_real_token');
   await page.click('#login-form button[type=submit]');
   await page.waitForSelector('#login-form .notice-error');
@@ -100,7 +101,7 @@ try {
   await page.fill('#token', token);
   await page.click('#login-form button[type=submit]');
   await page.waitForSelector(`tr.channel-row[data-channel="${channel}"]`);
-  check('the token logs in and the channel list shows', true);
+  check('the token logs in and the channel list shows', await page.isVisible('#nav'));
 
   // 2. Channels: counts change after `plexus send` (the page refreshes itself).
   const before = await countCell(page, 'received');
