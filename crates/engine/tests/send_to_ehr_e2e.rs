@@ -148,7 +148,29 @@ fn document(message: &hl7v2::Message) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_document_reaches_the_ehr_as_oru_and_mdm_once_the_ehr_is_up() {
-    let Some(peer) = testkit::FhirPeer::start("engine::send_to_ehr_e2e") else { return };
+    document_reaches_the_ehr(None, "engine::send_to_ehr_e2e").await;
+}
+
+/// The same on PostgreSQL (the shared test database; the channel's name is
+/// unique, so other tests' messages are not claimed).
+#[tokio::test]
+async fn a_document_reaches_the_ehr_on_postgres() {
+    let suite = "engine::send_to_ehr_e2e::postgres";
+    let Some(url) = testkit::env_or_skip("PLEXUS_TEST_POSTGRES_URL", suite) else { return };
+    document_reaches_the_ehr(Some(url), suite).await;
+}
+
+/// The same on MariaDB.
+#[tokio::test]
+async fn a_document_reaches_the_ehr_on_mariadb() {
+    let suite = "engine::send_to_ehr_e2e::mariadb";
+    let Some(url) = testkit::env_or_skip("PLEXUS_TEST_MYSQL_URL", suite) else { return };
+    document_reaches_the_ehr(Some(url), suite).await;
+}
+
+/// The whole path on the store at `store_url` (a SQLite file when `None`).
+async fn document_reaches_the_ehr(store_url: Option<String>, suite: &str) {
+    let Some(peer) = testkit::FhirPeer::start(suite) else { return };
     let client = fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
     let created = client
         .create(&json!({
@@ -173,10 +195,12 @@ async fn a_document_reaches_the_ehr_as_oru_and_mdm_once_the_ehr_is_up() {
     // The EHR's address, with nothing listening yet.
     let ehr: SocketAddr = format!("127.0.0.1:{}", testkit::free_port()).parse().expect("address");
     let dir = tempfile::tempdir().expect("temp dir");
+    let store_url = store_url.unwrap_or_else(|| format!("sqlite://{}/plexus.db", dir.path().display()));
+    let channel = testkit::unique_name("documents");
     let destination = |name: &str| {
         format!(
             r#"
-[[channels.documents.destinations]]
+[[channels.{channel}.destinations]]
 name = "{name}"
 type = "mllp"
 address = "{ehr}"
@@ -191,19 +215,18 @@ retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "300ms"
         r#"
 version = 1
 [store]
-url = "sqlite://{dir}/plexus.db"
+url = "{store_url}"
 [api]
 listen = "127.0.0.1:0"
 [fhir_servers.ehr]
 base_url = "{fhir}"
-[channels.documents.source]
+[channels.{channel}.source]
 type = "send_to_ehr"
 patient_source = "ehr"
 output = "oru_r01"
 outputs = {{ mdm = "mdm_t02" }}
 hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
 {oru}{mdm}"#,
-        dir = dir.path().display(),
         fhir = peer.base_url,
         oru = destination("oru"),
         mdm = destination("mdm"),
@@ -233,7 +256,8 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     assert_eq!(outcome["issue"][0]["diagnostics"], "the API token lacks the scope SEND_TO_EHR");
     let forged = Api { http: reqwest::Client::new(), base: base.clone(), token: Some("plx_0123456789abcdef_00".into()) };
     assert_eq!(forged.submit(body).await.0, 401);
-    assert!(engine.store().search(&store::SearchQuery::default()).await.expect("search").items.is_empty(), "nothing stored");
+    let channel_query = store::SearchQuery { channel: Some(channel.clone()), ..Default::default() };
+    assert!(engine.store().search(&channel_query).await.expect("search").items.is_empty(), "nothing stored");
 
     let api = Api { http: reqwest::Client::new(), base, token: Some(issue("doc-platform", &[Scope::SendToEhr]).await) };
 
