@@ -41,7 +41,7 @@ mod plan;
 mod report;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use chrono::{NaiveDate, Utc};
@@ -164,6 +164,15 @@ pub struct SyncOptions {
     pub fetch: ClinicalFetch,
     /// Parallel requests when writing one resource per request. Default 4.
     pub write_concurrency: usize,
+    /// Target ids known from an earlier run of the same source and target
+    /// ([`SyncReport::target_ids`]: source `Type/id` -> target id). Those
+    /// resources are looked up by id (`Type?_id=a,b,c`, answered from an
+    /// index by any server) instead of by identifier search; a copy that no
+    /// longer carries its match identifier (or is gone) is searched for as
+    /// usual. A duplicate someone else created is then not noticed for the
+    /// hinted resources: leave this empty to check every identifier.
+    #[serde(default)]
+    pub known_targets: BTreeMap<String, String>,
 }
 
 impl Default for SyncOptions {
@@ -176,6 +185,7 @@ impl Default for SyncOptions {
             max_reference_depth: 3,
             fetch: ClinicalFetch::PerType,
             write_concurrency: 4,
+            known_targets: BTreeMap::new(),
         }
     }
 }
@@ -508,7 +518,7 @@ async fn run(
         phase: SyncPhase::Match,
     });
     let keys = plan::match_keys(&collected, source.name());
-    let lookup = plan::look_up(target, &keys).await?;
+    let lookup = plan::look_up(target, &keys, &options.known_targets).await?;
     let mut current = plan::plan(&collected, &keys, &lookup, source.base_url());
     let removed: usize = current.removed_references.values().sum();
     if removed > 0 {
@@ -573,7 +583,7 @@ async fn run(
                     ));
                     // It may have applied part of it: plan again from what
                     // the target holds now.
-                    let lookup = plan::look_up(target, &keys).await?;
+                    let lookup = plan::look_up(target, &keys, &options.known_targets).await?;
                     current = plan::plan(&collected, &keys, &lookup, source.base_url());
                     indexes = write::to_write(&current);
                     if indexes.is_empty() {
@@ -635,6 +645,9 @@ async fn run(
                 Some(_) => counts.updated += 1,
                 None => counts.unchanged += 1,
             },
+        }
+        if let Some(id) = &target_id {
+            report.target_ids.insert(key.to_string(), id.clone());
         }
         if Some(key) == collected.patient.as_ref() {
             report.target_patient_id = target_id;

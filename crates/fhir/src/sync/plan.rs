@@ -221,19 +221,124 @@ pub(crate) struct Lookup {
 pub(crate) async fn look_up(
     target: &FhirClient,
     keys: &HashMap<ResourceKey, MatchKey>,
+    hints: &BTreeMap<String, String>,
 ) -> Result<Lookup, FhirError> {
     const IN_BATCH: usize = 16 * 1024;
     const ALONE: usize = 4 * 1024;
-    if target.batches_active() {
-        match look_up_with(target, keys, IN_BATCH).await {
+    let mut lookup = Lookup::default();
+    let confirmed = if hints.is_empty() {
+        HashSet::new()
+    } else {
+        look_up_by_id(target, keys, hints, &mut lookup).await?
+    };
+    let rest: HashMap<ResourceKey, MatchKey> = keys
+        .iter()
+        .filter(|(source, _)| !confirmed.contains(*source))
+        .map(|(s, k)| (s.clone(), k.clone()))
+        .collect();
+    if rest.is_empty() {
+        return Ok(lookup);
+    }
+    let searched = if target.batches_active() {
+        match look_up_with(target, &rest, IN_BATCH).await {
             // The server refused the batch on this very call and the long
             // searches went out one by one: shorten them.
-            Err(_) if !target.batches_active() => look_up_with(target, keys, ALONE).await,
+            Err(_) if !target.batches_active() => look_up_with(target, &rest, ALONE).await,
             result => result,
         }
     } else {
-        look_up_with(target, keys, ALONE).await
+        look_up_with(target, &rest, ALONE).await
+    }?;
+    for (k, copies) in searched.found {
+        let mine = lookup.found.entry(k).or_default();
+        for copy in copies {
+            if !mine.iter().any(|c| c.id == copy.id) {
+                mine.push(copy);
+            }
+        }
     }
+    lookup.failed_types.extend(searched.failed_types);
+    Ok(lookup)
+}
+
+/// Reads the hinted target ids (`Type?_id=a,b,c`, one batch) and keeps each
+/// copy that still carries its source's match identifier. Returns the
+/// source keys so confirmed; the others are left to the identifier search.
+async fn look_up_by_id(
+    target: &FhirClient,
+    keys: &HashMap<ResourceKey, MatchKey>,
+    hints: &BTreeMap<String, String>,
+    lookup: &mut Lookup,
+) -> Result<HashSet<ResourceKey>, FhirError> {
+    /// Ids per search: short enough for any URL.
+    const IDS_PER_SEARCH: usize = 100;
+    type Hinted<'a> = (&'a ResourceKey, &'a MatchKey, &'a str);
+    let mut by_type: BTreeMap<&str, Vec<Hinted<'_>>> = BTreeMap::new();
+    for (source, key) in keys {
+        if let Some(id) = hints
+            .get(&source.to_string())
+            .filter(|id| resource::is_valid_id(id))
+        {
+            by_type
+                .entry(source.resource_type.as_str())
+                .or_default()
+                .push((source, key, id.as_str()));
+        }
+    }
+    let mut searches: Vec<(Search, Vec<Hinted<'_>>)> = Vec::new();
+    for (resource_type, mut hinted) in by_type {
+        hinted.sort_by(|a, b| a.2.cmp(b.2));
+        for chunk in hinted.chunks(IDS_PER_SEARCH) {
+            let ids: Vec<&str> = chunk.iter().map(|h| h.2).collect();
+            let search = Search::new(resource_type)
+                .param("_id", ids.join(","))
+                .param("_count", (ids.len() + 10).to_string());
+            searches.push((search, chunk.to_vec()));
+        }
+    }
+    let urls: Vec<String> = searches.iter().map(|(s, _)| s.relative_url()).collect();
+    let answers = target.get_many(&urls).await?;
+    let mut confirmed = HashSet::new();
+    for ((search, hinted), answer) in searches.iter().zip(answers) {
+        let results = match answer {
+            Ok(page) => target.remaining_pages(Some(search), page).await,
+            Err(e) => Err(e),
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(e) if e.class() == ErrorClass::Transient => return Err(e),
+            // Refused: these go to the identifier search.
+            Err(_) => continue,
+        };
+        for r in results.resources {
+            let (Some(t), Some(id)) = (resource::resource_type(&r), resource::id(&r)) else {
+                continue;
+            };
+            if t != search.resource_type() {
+                continue;
+            }
+            let carried: HashSet<(String, String)> = resource::identifiers(&r)
+                .into_iter()
+                .filter_map(|i| Some((i.system?, i.value?)))
+                .collect();
+            for (source, key, _) in hinted.iter().filter(|h| h.2 == id) {
+                if carried.contains(&(key.system.clone(), key.value.clone())) {
+                    let copies = lookup
+                        .found
+                        .entry((t.to_owned(), key.token()))
+                        .or_default();
+                    if !copies.iter().any(|c| c.id == id) {
+                        copies.push(TargetCopy {
+                            id: id.to_owned(),
+                            resource: r.clone(),
+                        });
+                    }
+                    confirmed.insert((*source).clone());
+                }
+            }
+        }
+    }
+    Ok(confirmed)
 }
 
 async fn look_up_with(

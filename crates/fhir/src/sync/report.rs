@@ -160,6 +160,11 @@ pub struct SyncReport {
     pub finished_at: DateTime<Utc>,
     /// Phase durations.
     pub timings: Timings,
+    /// Where each synced resource is in the target: source `Type/id` ->
+    /// target id. Give it back as [`SyncOptions::known_targets`](super::SyncOptions::known_targets)
+    /// to the next run of the same patient to look these up by id.
+    #[serde(default)]
+    pub target_ids: BTreeMap<String, String>,
 }
 
 impl SyncReport {
@@ -187,6 +192,7 @@ impl SyncReport {
             started_at: now,
             finished_at: now,
             timings: Timings::default(),
+            target_ids: BTreeMap::new(),
         }
     }
 

@@ -910,3 +910,52 @@ async fn partly_applied_transaction_converges_without_duplicates() {
     assert_eq!(conditions.len(), 1);
     assert_eq!(conditions[0]["code"]["text"], "v2");
 }
+
+#[tokio::test]
+async fn known_target_ids_are_read_by_id_and_a_wrong_one_is_searched_for() {
+    let Some((ehr_peer, target_peer)) = peers("fhir::peer known targets") else {
+        return;
+    };
+    let ehr = client("ehr", &ehr_peer.base_url);
+    let target = client("crm", &target_peer.base_url);
+    let patient_id = load_ehr(&ehr).await;
+    let first = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    assert_counts(&first, 319, 0, 0);
+    assert_eq!(first.target_ids.len(), 319, "every resource has its target id");
+    assert_eq!(
+        first.target_ids.get(&format!("Patient/{patient_id}")),
+        first.target_patient_id.as_ref()
+    );
+
+    // With the ids: one batch of `_id` reads, no identifier search.
+    let hinted = SyncOptions {
+        known_targets: first.target_ids.clone(),
+        ..all_types()
+    };
+    let second = sync::sync_patient(&ehr, &target, &patient_id, &hinted, &sync::NoProgress).await;
+    assert_counts(&second, 0, 0, 319);
+    assert_eq!(second.requests.target.requests, 1, "{:?}", second.requests);
+    assert_eq!(second.target_ids, first.target_ids);
+
+    // A wrong id (another Observation's copy) does not match: that one is
+    // found by its identifier, and nothing is created or updated.
+    let mut observations: Vec<&String> = first
+        .target_ids
+        .keys()
+        .filter(|k| k.starts_with("Observation/"))
+        .collect();
+    observations.sort();
+    let (a, b) = (observations[0].clone(), observations[1].clone());
+    let mut wrong = first.target_ids.clone();
+    let b_target = wrong[&b].clone();
+    wrong.insert(a.clone(), b_target);
+    wrong.insert("Observation/not-synced".into(), "nothing-here".into());
+    let options = SyncOptions {
+        known_targets: wrong,
+        ..all_types()
+    };
+    let third = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
+    assert_counts(&third, 0, 0, 319);
+    assert_eq!(third.requests.target.requests, 2, "{:?}", third.requests);
+    assert_eq!(third.target_ids[&a], first.target_ids[&a]);
+}
