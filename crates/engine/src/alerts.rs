@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(observe(&rule("success_rate_below", Some(95.0)), &s), Some((true, 90.0)));
         assert_eq!(observe(&rule("success_rate_below", Some(90.0)), &s), Some((false, 90.0)));
         // Too few attempts never fire.
-        assert_eq!(observe(&rule("success_rate_below", Some(95.0)), &subject(0, false, 0, 0, 3)).unwrap().0, false);
+        assert!(!observe(&rule("success_rate_below", Some(95.0)), &subject(0, false, 0, 0, 3)).unwrap().0);
         assert_eq!(observe(&rule("queue_depth_above", Some(10.0)), &subject(0, false, 11, 0, 0)), Some((true, 11.0)));
         assert_eq!(observe(&rule("queue_depth_above", Some(10.0)), &subject(0, false, 10, 0, 0)), Some((false, 10.0)));
         assert_eq!(observe(&rule("unreachable", None), &subject(4, true, 0, 0, 4)), Some((true, 4.0)));

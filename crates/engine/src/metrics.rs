@@ -61,6 +61,7 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("plexus_blocked_deliveries", "Deliveries failed for good and holding their order key (state error)"),
     ("plexus_dead_letters", "Deliveries in the dead letters"),
     ("plexus_health", "Health over the window: 0 healthy, 1 warning, 2 critical"),
+    ("plexus_fhir_requests_total", "FHIR requests by server (config name) and HTTP status or `transport` (whole process)"),
 ];
 
 /// The health of a channel or destination.
@@ -266,8 +267,19 @@ impl Telemetry {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.copy_fhir_requests();
         self.handle.run_upkeep();
         self.handle.render()
+    }
+
+    /// Copies the FHIR client's request counts ([`fhir::telemetry`]) into
+    /// `plexus_fhir_requests_total`.
+    fn copy_fhir_requests(&self) {
+        let recorder = Some(Arc::clone(&self.recorder));
+        for (server, answer, count) in fhir::telemetry::requests() {
+            let labels = vec![Label::new("server", server), Label::new("status", answer.label())];
+            register_counter(&recorder, "plexus_fhir_requests_total", labels).absolute(count);
+        }
     }
 
     /// Reads the queue depths from the store and updates the health gauges.
@@ -857,6 +869,22 @@ mod tests {
         let report = t.health();
         let lis = report.channel("adt").unwrap().destination("lis").unwrap();
         assert_eq!((lis.attempts, lis.failures, lis.health), (3, 2, HealthState::Critical));
+    }
+
+    #[test]
+    fn fhir_requests_are_rendered_by_server_and_status() {
+        let client = fhir::FhirClient::new(
+            "metrics-unit",
+            &toml::from_str("base_url = \"http://127.0.0.1:9/fhir\"\n[retry]\nmax_retries = 0").unwrap(),
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // Port 9 (discard) is closed here: a transport failure, counted.
+        assert!(runtime.block_on(client.read("Patient", "1")).is_err());
+        let text = Telemetry::new(Duration::from_secs(300)).render();
+        let line = text.lines().find(|l| l.starts_with("plexus_fhir_requests_total{server=\"metrics-unit\""));
+        let line = line.unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(line, r#"plexus_fhir_requests_total{server="metrics-unit",status="transport"} 1"#);
     }
 
     #[test]

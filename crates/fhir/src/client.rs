@@ -1069,6 +1069,7 @@ impl FhirClient {
             let response = match request.send().await {
                 Ok(r) => r,
                 Err(e) => {
+                    crate::telemetry::record(&self.inner.name, crate::telemetry::Answer::Transport);
                     // A connection that never opened sent nothing: safe to
                     // retry even a create.
                     if retries < policy.max_retries && (e.is_connect() || call.idempotent) {
@@ -1087,6 +1088,7 @@ impl FhirClient {
                 }
             };
             let status = response.status().as_u16();
+            crate::telemetry::record(&self.inner.name, crate::telemetry::Answer::Status(status));
             tracing::debug!(server = %self.inner.name, method = %method, path = %call.path, status, attempts, "FHIR response");
             if status == 401
                 && !reauthorized

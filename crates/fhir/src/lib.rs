@@ -42,6 +42,7 @@ pub mod bundle;
 pub mod reference;
 pub mod resource;
 pub mod sync;
+pub mod telemetry;
 
 mod auth;
 mod client;

@@ -12,3 +12,4 @@ mod auth;
 mod client;
 mod peer;
 mod support;
+mod telemetry;
