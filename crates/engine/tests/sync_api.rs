@@ -261,6 +261,9 @@ async fn a_job_syncs_the_synthea_patient_between_two_peers() {
     assert_eq!(second["status"], "succeeded", "{second}");
     assert_eq!((total(&second, "created"), total(&second, "updated")), (0, 0), "{second}");
     assert_eq!(total(&second, "unchanged"), 319);
+    // It started from the first job's target ids: one batch of reads by id.
+    assert_eq!(second["report"]["requests"]["target"]["requests"], 1, "{}", second["report"]["requests"]);
+    assert_eq!(second["report"]["target_ids"], job["report"]["target_ids"]);
 
     let (status, _, list) = api.call("GET", "/api/sync/jobs?limit=10", t, None).await;
     assert_eq!(status, StatusCode::OK);

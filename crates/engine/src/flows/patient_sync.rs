@@ -8,12 +8,19 @@
 //! latest progress in a watch channel, and a writer task stores it whenever
 //! it changed, so a slow store slows the progress display, never the sync.
 //! Logs carry the job id, server names and the status; never the patient.
+//!
+//! A job of a patient synced before (same source and target) starts from
+//! the target ids the last finished job recorded ([`known_targets`]), so its
+//! look-up reads those resources by id instead of searching by identifier.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fhir::sync::{self, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus};
 use fhir::FhirClient;
-use store::{Store, SyncJobCounts, SyncJobId, SyncJobOutcome, SyncJobProgress, SyncJobStatus, SyncJobUpdate};
+use store::{
+    Store, SyncJobCounts, SyncJobId, SyncJobOutcome, SyncJobProgress, SyncJobQuery, SyncJobStatus, SyncJobUpdate,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -100,11 +107,14 @@ pub async fn run_job_observed(
     target: FhirClient,
     id: SyncJobId,
     patient_id: String,
-    options: SyncOptions,
+    mut options: SyncOptions,
     also: &(dyn Fn(&ProgressEvent) + Send + Sync),
 ) -> SyncReport {
     if let Err(e) = store.update_sync_job(id, SyncJobUpdate::Started).await {
         warn!(job = %id, error = %e.summary(), "sync job: start not recorded");
+    }
+    if options.known_targets.is_empty() {
+        options.known_targets = known_targets(store.as_ref(), source.name(), target.name(), &patient_id).await;
     }
     // The sink only records the latest progress; a writer task stores it
     // whenever it changes, so the sync never waits for the store.
@@ -136,6 +146,42 @@ pub async fn run_job_observed(
     }
     info!(job = %id, status = status.as_str(), "sync job finished");
     report
+}
+
+/// How many recent jobs are searched for an earlier run of the same patient.
+const EARLIER_JOBS: u32 = 500;
+
+/// The target ids an earlier finished job of the same source, target and
+/// patient recorded (its report's `target_ids`), so that this run looks
+/// those resources up by id; empty when there is none or the store cannot
+/// say (the run then searches by identifier, as always).
+pub async fn known_targets(store: &dyn Store, source: &str, target: &str, patient_id: &str) -> BTreeMap<String, String> {
+    let recent = match store.sync_jobs(&SyncJobQuery { before: None, limit: EARLIER_JOBS }).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            warn!(error = %e.summary(), "sync job: earlier jobs not readable; matching by identifier");
+            return BTreeMap::new();
+        }
+    };
+    let earlier = recent.into_iter().find(|j| {
+        matches!(j.status, SyncJobStatus::Succeeded | SyncJobStatus::PartiallyFailed)
+            && j.source == source
+            && j.target == target
+            && j.patient_id == patient_id
+    });
+    let Some(earlier) = earlier else { return BTreeMap::new() };
+    match store.sync_job(earlier.id).await {
+        Ok(Some(job)) => job
+            .report
+            .and_then(|r| r.get("target_ids").cloned())
+            .and_then(|ids| serde_json::from_value(ids).ok())
+            .unwrap_or_default(),
+        Ok(None) => BTreeMap::new(),
+        Err(e) => {
+            warn!(error = %e.summary(), "sync job: earlier job not readable; matching by identifier");
+            BTreeMap::new()
+        }
+    }
 }
 
 #[cfg(test)]
