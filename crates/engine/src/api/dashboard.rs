@@ -20,9 +20,9 @@
 //! from this origin only, no inline script, no framing, requests to this
 //! origin only.
 //!
-//! In release builds rust-embed compiles the files into the binary; debug
-//! builds read them from the source folder at run time, so editing a page
-//! needs no rebuild while developing.
+//! rust-embed compiles the files into the binary in every build (feature
+//! `debug-embed`), so a debug binary run from a test or copied elsewhere
+//! serves its own files, never those of whichever tree it was built from.
 
 use axum::Router;
 use axum::extract::Path;
@@ -105,8 +105,8 @@ fn content_type(file: &str) -> Option<&'static str> {
 }
 
 /// Whether `file` names a file inside the dashboard folder: relative, no
-/// `..`, no empty or hidden segments, no backslashes. Debug builds read
-/// files from disk, so this is what keeps `/ui/../../etc/passwd` out.
+/// `..`, no empty or hidden segments, no backslashes (defence in depth: the
+/// embedded set holds only the folder's files).
 fn is_plain_relative_path(file: &str) -> bool {
     !file.is_empty()
         && !file.contains('\\')
