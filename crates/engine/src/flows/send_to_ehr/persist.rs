@@ -44,6 +44,8 @@ const MAX_KEY_CHARS: usize = 255;
 const MAX_PATIENT_IDS: usize = 64;
 
 /// A [`TrackingStore`] over the engine's message store, for one channel.
+/// Its errors carry [`store::StoreError::summary`] (no database-quoted
+/// values), since they are logged.
 #[derive(Debug, Clone)]
 pub struct StoreTracking {
     store: Arc<dyn Store>,
@@ -107,7 +109,7 @@ impl TrackingStore for StoreTracking {
             // A fresh UUID v7 cannot collide; if the store still says so,
             // the submission is not stored under this id: refuse it.
             Ok(Accepted::Duplicate { .. }) => Err(TrackingStoreError("transaction id already stored".into())),
-            Err(e) => Err(TrackingStoreError(e.to_string())),
+            Err(e) => Err(TrackingStoreError(e.summary())),
         }
     }
 
@@ -143,7 +145,7 @@ impl TrackingStore for StoreTracking {
             delivery_id: None,
             detail: Some("send-to-ehr resource read".into()),
         };
-        self.store.record_audit(event).await.map_err(|e| TrackingStoreError(e.to_string()))?;
+        self.store.record_audit(event).await.map_err(|e| TrackingStoreError(e.summary()))?;
         Ok(Some(submission.outputs))
     }
 }
@@ -158,9 +160,9 @@ impl StoreTracking {
             limit: 1,
             ..SearchQuery::default()
         };
-        let page = self.store.search(&query).await.map_err(|e| TrackingStoreError(e.to_string()))?;
+        let page = self.store.search(&query).await.map_err(|e| TrackingStoreError(e.summary()))?;
         let Some(summary) = page.items.into_iter().next() else { return Ok(None) };
-        self.store.get_message(summary.id).await.map_err(|e| TrackingStoreError(e.to_string()))
+        self.store.get_message(summary.id).await.map_err(|e| TrackingStoreError(e.summary()))
     }
 }
 

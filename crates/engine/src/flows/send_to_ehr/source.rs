@@ -93,8 +93,13 @@ pub struct Resolved {
 pub async fn resolve(request: &SendToEhrRequest, source: &dyn PatientSource) -> Result<Resolved, Rejection> {
     let unavailable = |e: SourceError| {
         let status = if e.class() == ErrorClass::Transient { 503 } else { 502 };
-        // The error names the server and the request path, never patient data.
-        tracing::warn!(error = %e, "send-to-ehr: patient source failed");
+        // The error's text holds the request path (`Patient/{id}`): a patient
+        // identifier, so only its class and status are logged.
+        let http_status = match &e {
+            SourceError::Fhir(f) => f.status(),
+            SourceError::WrongType { .. } => None,
+        };
+        tracing::warn!(class = ?e.class(), status = ?http_status, "send-to-ehr: patient source failed");
         Rejection::one(status, None, "transient", "the patient source could not be reached; retry later")
     };
     let patient = source.patient(&request.patient_id).await.map_err(unavailable)?;
