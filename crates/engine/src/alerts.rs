@@ -120,8 +120,11 @@ fn summary(rule: &AlertRule, subject: &DestinationSnapshot, status: AlertStatus,
 }
 
 /// Which (rule, destination) conditions hold now: the alert state machine.
+/// A condition that holds is *pending* until it has held for the rule's
+/// `for`, then *firing* until it stops holding.
 #[derive(Debug, Default)]
 pub struct AlertBook {
+    pending: HashMap<(usize, String, String), DateTime<Utc>>,
     firing: HashMap<(usize, String, String), DateTime<Utc>>,
 }
 
@@ -142,14 +145,22 @@ impl AlertBook {
                 let key = (index, subject.channel.clone(), subject.destination.clone());
                 let status = match (holds, self.firing.get(&key).copied()) {
                     (true, None) => {
-                        self.firing.insert(key, now);
-                        (AlertStatus::Firing, now)
+                        let since = *self.pending.entry(key.clone()).or_insert(now);
+                        let held = (now - since).to_std().unwrap_or_default();
+                        if held < rule.hold.get() {
+                            continue;
+                        }
+                        self.pending.remove(&key);
+                        self.firing.insert(key, since);
+                        (AlertStatus::Firing, since)
                     }
-                    (false, Some(started)) => {
+                    (false, firing) => {
+                        self.pending.remove(&key);
+                        let Some(started) = firing else { continue };
                         self.firing.remove(&key);
                         (AlertStatus::Resolved, started)
                     }
-                    _ => continue,
+                    (true, Some(_)) => continue,
                 };
                 events.push(AlertEvent {
                     version: 1,
@@ -304,6 +315,31 @@ mod tests {
         assert_eq!(resolved[0].started_at, t);
         assert!(book.step(&rules, &[subject(0, false, 0, 2, 49)], later).is_empty());
         assert_eq!(book.firing(), 0);
+    }
+
+    #[test]
+    fn a_rule_with_for_fires_only_after_the_condition_held_that_long() {
+        let mut r = rule("unreachable", None);
+        r.hold = crate::config::Duration::from_secs(60);
+        let rules = vec![r];
+        let mut book = AlertBook::new();
+        let t0 = Utc::now();
+        let at = |s: i64| t0 + chrono::TimeDelta::seconds(s);
+        let down = subject(1, true, 0, 0, 1);
+        let up = subject(0, false, 0, 1, 1);
+        assert!(book.step(&rules, std::slice::from_ref(&down), at(0)).is_empty());
+        assert!(book.step(&rules, std::slice::from_ref(&down), at(30)).is_empty());
+        // A blip that clears before `for` never notifies, and resets the wait.
+        assert!(book.step(&rules, std::slice::from_ref(&up), at(40)).is_empty());
+        assert!(book.step(&rules, std::slice::from_ref(&down), at(50)).is_empty());
+        assert!(book.step(&rules, std::slice::from_ref(&down), at(100)).is_empty());
+        let fired = book.step(&rules, std::slice::from_ref(&down), at(110));
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].started_at, at(50), "started when the condition began to hold");
+        assert_eq!(fired[0].at, at(110));
+        let resolved = book.step(&rules, &[up], at(120));
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].status, AlertStatus::Resolved);
     }
 
     #[test]

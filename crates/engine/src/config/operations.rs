@@ -86,6 +86,11 @@ pub struct AlertRule {
     /// (10 by default).
     #[serde(default = "default_min_samples")]
     pub min_samples: u64,
+    /// `for = "1m"`: the condition must hold this long (at every
+    /// evaluation) before the alert fires, so that a brief blip or a
+    /// flapping figure does not notify. `0s` (the default) fires at once.
+    #[serde(default, rename = "for")]
+    pub hold: Duration,
     /// A URL to POST the alert and its resolution to, as JSON.
     #[serde(default)]
     pub webhook: Option<url::Url>,
