@@ -620,7 +620,7 @@ fn compile_step(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -
             return None;
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: set, copy, delete, map, route or javascript");
+            errors.push(path.key("type").to_string(), "required: set, copy, delete, map, route, javascript or hl7_to_fhir");
             return None;
         }
     };
@@ -632,10 +632,11 @@ fn compile_step(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -
         "map" => de::component(v, path, errors).map(StepConfig::Map),
         "route" => de::component(v, path, errors).map(StepConfig::Route),
         "javascript" => de::component(v, path, errors).map(StepConfig::Javascript),
+        "hl7_to_fhir" => de::component(v, path, errors).map(StepConfig::Hl7ToFhir),
         other => {
             errors.push(
                 path.key("type").to_string(),
-                format!("unknown step type {other:?}, expected set, copy, delete, map, route or javascript"),
+                format!("unknown step type {other:?}, expected set, copy, delete, map, route, javascript or hl7_to_fhir"),
             );
             None
         }

@@ -39,6 +39,11 @@
 //! channelMap.put("mrn", msg.get("PID-3-1"));
 //! '''
 //! timeout_ms = 500
+//!
+//! [[channels.adt-in.transform]]
+//! type = "hl7_to_fhir"              # send a FHIR R4 transaction Bundle instead
+//! identifier_systems = { HOSP = "https://hospital.example/mrn" }
+//! code_tables = { "0001" = { X = "other" } }
 //! ```
 //!
 //! Every built-in step may have a `when` rule (a [`Filter`] expression): the
@@ -71,6 +76,14 @@
 //! - **javascript** (`script` inline, or `file`), `timeout_ms` (default
 //!   1000), `memory_limit_mb` (default 32), `stack_limit_kb` (default 256):
 //!   see [below](#javascript).
+//! - **hl7_to_fhir** (optional `identifier_systems`, `code_systems`,
+//!   `code_tables`, `unknown_authority_prefix`, `default_offset`, the keys
+//!   of [`convert::Hl7ToFhirOptions`]): converts the message as transformed
+//!   so far to a FHIR R4 transaction Bundle, which the destination sends
+//!   instead of the HL7 v2 message, as `application/fhir+json`
+//!   ([`TransformOutcome::converted`]). Only `route` steps may follow it. A
+//!   message the converter cannot convert (an unsupported type or event, a
+//!   missing PID) fails the delivery permanently with the converter's reason.
 //!
 //! # JavaScript
 //!
@@ -125,6 +138,7 @@
 //! and std's default) since QuickJS's stack limit is measured on the thread
 //! it runs on.
 
+mod conversion;
 mod script;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -140,6 +154,8 @@ use crate::config::ConfigErrors;
 use crate::filter::Filter;
 
 use script::Script;
+
+pub use conversion::{Converted, FHIR_JSON, Hl7ToFhirStep};
 
 /// Default per-run time limit of a JavaScript step.
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
@@ -178,6 +194,8 @@ pub enum StepConfig {
     Route(RouteStep),
     /// Run a JavaScript transformer.
     Javascript(JavascriptStep),
+    /// Convert the message to a FHIR R4 transaction Bundle.
+    Hl7ToFhir(Hl7ToFhirStep),
 }
 
 /// `type = "set"`: write `value` at `path`.
@@ -372,6 +390,8 @@ pub struct TransformOutcome {
     /// The step that last narrowed the routing, e.g.
     /// `channel "adt-in".transform[3] (route)`.
     routed_by: Option<String>,
+    /// What a conversion step made of the message, sent instead of it.
+    pub(crate) converted: Option<Converted>,
 }
 
 impl TransformOutcome {
@@ -394,6 +414,18 @@ impl TransformOutcome {
     /// destination is left out).
     pub fn routed_by(&self) -> Option<&str> {
         self.routed_by.as_deref()
+    }
+
+    /// The content a conversion step (`hl7_to_fhir`) made of the message:
+    /// when present, the destination sends it, with its content type,
+    /// instead of the HL7 v2 message.
+    pub fn converted(&self) -> Option<&Converted> {
+        self.converted.as_ref()
+    }
+
+    /// Takes the converted content out (see [`converted`](Self::converted)).
+    pub fn take_converted(&mut self) -> Option<Converted> {
+        self.converted.take()
     }
 
     /// Keeps only `names` (intersected with an earlier restriction).
@@ -471,6 +503,15 @@ pub enum TransformError {
         /// Why (names positions and rules, not values).
         reason: String,
     },
+    /// A conversion step could not convert the message (an unsupported
+    /// message type or event, a required segment missing, ...).
+    #[error("{step}: cannot convert the message: {reason}")]
+    Convert {
+        /// The step.
+        step: String,
+        /// The converter's reason (names types and positions, not values).
+        reason: String,
+    },
     /// QuickJS itself could not be started (out of memory at start-up).
     #[error("{step}: the JavaScript engine could not start: {reason}")]
     Engine {
@@ -502,6 +543,7 @@ impl TransformError {
             | TransformError::Timeout { step, .. }
             | TransformError::MemoryLimit { step, .. }
             | TransformError::Edit { step, .. }
+            | TransformError::Convert { step, .. }
             | TransformError::Engine { step, .. } => step,
         }
     }
@@ -513,6 +555,7 @@ impl TransformError {
             TransformError::Timeout { .. } => "script_timeout",
             TransformError::MemoryLimit { .. } => "script_memory_limit",
             TransformError::Edit { .. } => "edit_error",
+            TransformError::Convert { .. } => "convert_error",
             TransformError::Engine { .. } => "script_engine",
         }
     }
@@ -545,6 +588,7 @@ enum Action {
     Map { from: Path, to: Path, table: BTreeMap<String, String>, default: Option<String> },
     Route(Vec<String>),
     Script(Arc<Script>),
+    Hl7ToFhir(Arc<convert::Hl7ToFhirOptions>),
 }
 
 impl Transform {
@@ -565,6 +609,7 @@ impl Transform {
                 compiled.push(step);
             }
         }
+        check_after_conversion(steps, path_prefix, &mut errors);
         errors.into_result(Transform { steps: compiled })
     }
 
@@ -684,6 +729,7 @@ impl Step {
                 Ok(())
             }
             Action::Script(script) => script.run(&self.name, msg, ctx, outcome),
+            Action::Hl7ToFhir(options) => conversion::run(&self.name, options, msg, outcome),
         }
     }
 }
@@ -830,6 +876,15 @@ impl Compiler<'_> {
                 (when?, Action::Route(s.to.clone()))
             }
             StepConfig::Javascript(s) => (None, Action::Script(Arc::new(self.script(s)?))),
+            StepConfig::Hl7ToFhir(s) => {
+                let when = self.when(&s.when);
+                let problems = s.problems();
+                for (field, message) in &problems {
+                    self.error(field, message);
+                }
+                let options = if problems.is_empty() { s.options().ok() } else { None };
+                (when?, Action::Hl7ToFhir(Arc::new(options?)))
+            }
         };
         Some(Step { name: self.name.to_owned(), when, action })
     }
@@ -881,6 +936,24 @@ impl Compiler<'_> {
             return None;
         }
         Some(script)
+    }
+}
+
+/// Records an error for every step after a conversion step but `route`:
+/// such a step would edit the HL7 v2 message, which is no longer what the
+/// destination sends.
+fn check_after_conversion(steps: &[StepConfig], path_prefix: &str, errors: &mut ConfigErrors) {
+    let Some(first) = steps.iter().position(|s| matches!(s, StepConfig::Hl7ToFhir(_))) else { return };
+    for (i, step) in steps.iter().enumerate().skip(first + 1) {
+        if !matches!(step, StepConfig::Route(_)) {
+            errors.push(
+                format!("{path_prefix}[{i}]"),
+                format!(
+                    "comes after the conversion at {path_prefix}[{first}]; only route steps may follow a conversion \
+                     (the HL7 v2 message is no longer what is sent): move this step before it"
+                ),
+            );
+        }
     }
 }
 

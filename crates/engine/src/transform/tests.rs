@@ -606,3 +606,165 @@ async fn apply_blocking_runs_builtin_steps_inline() {
     let (m, _, _) = t.apply_blocking(msg(), TransformContext::default()).await.unwrap();
     assert_eq!(m.get("PID-8").as_deref(), Some("U"));
 }
+
+// ---------------------------------------------------------------------------
+// hl7_to_fhir.
+
+/// The Bundle an `hl7_to_fhir` transform made of [`ADT`].
+fn converted_bundle(t: &Transform) -> serde_json::Value {
+    let (m, _, outcome) = run(t);
+    assert_eq!(m.as_bytes(), msg().as_bytes(), "the conversion reads the message and leaves it as it was");
+    let converted = outcome.converted().expect("the conversion step left its output");
+    assert_eq!(converted.content_type, "application/fhir+json");
+    serde_json::from_slice(&converted.content).unwrap()
+}
+
+fn patient(bundle: &serde_json::Value) -> &serde_json::Value {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "Patient")
+        .expect("a Patient entry")
+}
+
+#[test]
+fn hl7_to_fhir_sends_a_transaction_bundle_with_the_configured_identifier_system() {
+    let t = compile(
+        r#"
+        [[transform]]
+        type = "hl7_to_fhir"
+        identifier_systems = { HOSP = "https://hospital.example/mrn" }
+        "#,
+    );
+    let bundle = converted_bundle(&t);
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert_eq!(bundle["type"], "transaction");
+    let ids = patient(&bundle)["identifier"].as_array().unwrap();
+    let mrn = ids.iter().find(|i| i["value"] == "12345").expect("the MRN from PID-3");
+    assert_eq!(mrn["system"], "https://hospital.example/mrn");
+    // Without an entry the authority gets the default prefix.
+    let ss = ids.iter().find(|i| i["value"] == "999").expect("the second PID-3 repetition");
+    assert_eq!(ss["system"], "urn:plexus:authority:SSA");
+    assert_eq!(patient(&bundle)["name"][0]["family"], "Doe");
+}
+
+#[test]
+fn hl7_to_fhir_code_tables_and_prefix_override_the_defaults() {
+    let defaults = converted_bundle(&compile("[[transform]]\ntype = \"hl7_to_fhir\""));
+    assert_eq!(patient(&defaults)["gender"], "female");
+    let t = compile(
+        r#"
+        [[transform]]
+        type = "hl7_to_fhir"
+        unknown_authority_prefix = "https://ids.example/"
+        code_tables = { "0001" = { F = "other" } }
+        "#,
+    );
+    let bundle = converted_bundle(&t);
+    assert_eq!(patient(&bundle)["gender"], "other");
+    let ids = patient(&bundle)["identifier"].as_array().unwrap();
+    assert!(ids.iter().any(|i| i["system"] == "https://ids.example/SSA"), "{ids:?}");
+}
+
+#[test]
+fn hl7_to_fhir_sees_the_edits_of_earlier_steps_and_route_may_follow() {
+    let t = compile(
+        r#"
+        [[transform]]
+        type = "set"
+        path = "PID-5-1"
+        value = "Roe"
+
+        [[transform]]
+        type = "hl7_to_fhir"
+
+        [[transform]]
+        type = "route"
+        to = ["fhir"]
+        "#,
+    );
+    let mut m = msg();
+    let mut ctx = TransformContext::new("t", "id-1");
+    let outcome = t.apply(&mut m, &mut ctx).unwrap();
+    let bundle: serde_json::Value = serde_json::from_slice(&outcome.converted().unwrap().content).unwrap();
+    assert_eq!(patient(&bundle)["name"][0]["family"], "Roe");
+    assert!(outcome.routes_to("fhir") && !outcome.routes_to("archive"));
+}
+
+#[test]
+fn hl7_to_fhir_with_a_when_that_does_not_match_leaves_no_output() {
+    let t = compile(
+        r#"
+        [[transform]]
+        type = "hl7_to_fhir"
+        when = 'MSH-9-1 == "ORU"'
+        "#,
+    );
+    let (_, _, outcome) = run(&t);
+    assert_eq!(outcome.converted(), None);
+}
+
+#[test]
+fn hl7_to_fhir_of_an_unsupported_event_fails_permanently_naming_it() {
+    let t = Transform::compile(&steps("[[transform]]\ntype = \"hl7_to_fhir\""), "channel \"t\".transform").unwrap();
+    let mut m = Message::parse(ADT.replace("ADT^A04^ADT_A01", "ADT^A17^ADT_A17").as_str()).unwrap();
+    let mut ctx = TransformContext::new("t", "id-1");
+    let e = t.apply(&mut m, &mut ctx).expect_err("A17 has no converter");
+    assert_eq!(e.step(), "channel \"t\".transform[0]");
+    assert_eq!(e.kind(), "convert_error");
+    assert_eq!(e.class(), FailureClass::Permanent);
+    let text = e.to_string();
+    assert!(text.starts_with("channel \"t\".transform[0]: cannot convert the message: unsupported message type ADT^A17"), "{text}");
+}
+
+#[test]
+fn hl7_to_fhir_options_are_checked_at_compile_time_with_their_paths() {
+    let errors = compile_errors(
+        r#"
+        [[transform]]
+        type = "hl7_to_fhir"
+        identifier_systems = { HOSP = "hosp-mrn", LAB = "urn:oid:1.2.3" }
+        code_systems = { LOCAL = "codes" }
+        default_offset = "CET"
+        "#,
+    );
+    assert_eq!(
+        errors,
+        [
+            "t[0].identifier_systems.HOSP: \"hosp-mrn\" is not a URI (e.g. \"urn:oid:1.2.3\" or \"https://example.org/ids\")",
+            "t[0].code_systems.LOCAL: \"codes\" is not a URI (e.g. \"urn:oid:1.2.3\" or \"https://example.org/ids\")",
+            "t[0].default_offset: \"CET\" is not +hh:mm or -hh:mm",
+        ]
+    );
+}
+
+#[test]
+fn only_route_steps_may_follow_a_conversion() {
+    let errors = compile_errors(
+        r#"
+        [[transform]]
+        type = "hl7_to_fhir"
+
+        [[transform]]
+        type = "route"
+        to = ["fhir"]
+
+        [[transform]]
+        type = "set"
+        path = "MSH-5"
+        value = "X"
+
+        [[transform]]
+        type = "hl7_to_fhir"
+        "#,
+    );
+    let expected = |i: usize| {
+        format!(
+            "t[{i}]: comes after the conversion at t[0]; only route steps may follow a conversion (the HL7 v2 message is \
+             no longer what is sent): move this step before it"
+        )
+    };
+    assert_eq!(errors, [expected(2), expected(3)]);
+}
