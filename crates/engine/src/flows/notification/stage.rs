@@ -108,6 +108,9 @@ pub struct NotificationStage {
     destinations: Vec<String>,
     store: Arc<dyn Store>,
     bundles: Mutex<BundleCache>,
+    /// Notifications parsed by `prepare`, for `delivered` (whose delivery
+    /// carries the converted content) without reading the store again.
+    parsed: Mutex<HashMap<MessageId, Notification>>,
     done: tokio::sync::Mutex<HashMap<MessageId, HashSet<String>>>,
 }
 
@@ -146,6 +149,7 @@ impl NotificationStage {
             destinations: settings.destinations,
             store,
             bundles: Mutex::new(BundleCache::default()),
+            parsed: Mutex::new(HashMap::new()),
             done: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -254,6 +258,10 @@ impl NotificationStage {
         Ok(fetched)
     }
 
+    fn lock_parsed(&self) -> std::sync::MutexGuard<'_, HashMap<MessageId, Notification>> {
+        self.parsed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn lock_bundles(&self) -> std::sync::MutexGuard<'_, BundleCache> {
         self.bundles.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -283,6 +291,7 @@ impl NotificationStage {
         done.remove(&message);
         drop(done);
         self.lock_bundles().remove(message);
+        self.lock_parsed().remove(&message);
         if let Err(e) = self.queue_ack(message, notification).await {
             // The partner notifies again; that duplicate is acknowledged.
             warn!(channel = %self.channel, message_id = %message, error = %e.summary(),
@@ -321,6 +330,7 @@ impl FlowStage for NotificationStage {
         let notification = parse(&self.config.fields, &delivery.raw)
             .map_err(|e| FlowError::Permanent(format!("the stored notification does not parse: {e}")))?;
         let bundle = self.bundle(delivery, &notification).await?;
+        self.lock_parsed().insert(delivery.message_id, notification.clone());
         let result = self.convert(&bundle, &notification, self.output_for(destination));
         if let Err(FlowError::Skip(_)) = &result {
             // Nothing for this destination: it is done as far as the
@@ -338,7 +348,13 @@ impl FlowStage for NotificationStage {
         _response: &store::Response,
     ) -> Result<(), FlowError> {
         // `delivery.raw` is the prepared content here; the notification is
-        // read from the store's copy.
+        // the one `prepare` parsed, or (another process prepared it) read
+        // from the store's copy.
+        let memo = self.lock_parsed().get(&delivery.message_id).cloned();
+        if let Some(notification) = memo {
+            self.destination_done(delivery.message_id, destination, &notification).await;
+            return Ok(());
+        }
         let raw = match self.store.get_message(delivery.message_id).await {
             Ok(Some(detail)) => detail.raw.unwrap_or_default(),
             Ok(None) => return Err(FlowError::Permanent("the notification is no longer stored".into())),
@@ -352,6 +368,7 @@ impl FlowStage for NotificationStage {
 
     async fn failed(&self, delivery: &ClaimedDelivery, destination: &str, reason: &str) {
         self.lock_bundles().remove(delivery.message_id);
+        self.lock_parsed().remove(&delivery.message_id);
         self.audit(
             delivery.message_id,
             "not_acknowledged",
