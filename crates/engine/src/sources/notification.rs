@@ -440,6 +440,53 @@ fn unavailable(channel: &str, e: &store::StoreError) -> Response {
 mod tests {
     use super::*;
 
+    const CHANNEL: &str = r#"
+version = 1
+[channels.glucose]
+content = "json"
+[channels.glucose.source]
+type = "notification"
+outputs = { OUTPUT }
+[channels.glucose.source.fields]
+notification_id = "id"
+file_id = "file.id"
+presigned_url = "file.url"
+[channels.glucose.source.auth.bearer]
+token = "t"
+[channels.glucose.source.fetch]
+allowed_hosts = ["*.partner.example"]
+[channels.glucose.source.acknowledgement]
+url = "https://api.partner.example/ack/{notification_id}"
+[[channels.glucose.destinations]]
+name = "DESTINATION"
+type = "file"
+directory = "out"
+"#;
+
+    fn compile(output: &str, destination: &str) -> Result<crate::config::Config, ConfigErrors> {
+        crate::config::Config::from_toml_str(&CHANNEL.replace("OUTPUT", output).replace("DESTINATION", destination))
+    }
+
+    #[test]
+    fn a_notification_channel_compiles() {
+        let config = compile(r#"emr = "ras_o17""#, "emr").unwrap();
+        let SourceConfig::Notification(source) = &config.channels[0].source else { panic!("notification source") };
+        assert_eq!(source.outputs["emr"], NotificationOutput::RasO17);
+        assert_eq!(source.output, NotificationOutput::OruR01);
+        assert_eq!(source.duplicate_window, Duration::from_secs(24 * 3600));
+        assert_eq!(config.channels[0].source.describe(), "notification (api listener)");
+    }
+
+    #[test]
+    fn outputs_must_name_destinations_and_the_ack_name_is_reserved() {
+        let err = compile(r#"archive = "fhir""#, "emr").unwrap_err().to_string();
+        assert!(err.contains("outputs.archive") && err.contains("no destination"), "{err}");
+        let err = compile("", ACK_DESTINATION).unwrap_err().to_string();
+        assert!(err.contains("reserved"), "{err}");
+        let err = compile(r#"emr = "xml""#, "emr").unwrap_err().to_string();
+        assert!(err.contains("outputs"), "{err}");
+    }
+
     #[test]
     fn file_keys_and_stripes_are_stable() {
         assert_eq!(file_key("f-1"), "file:f-1");
