@@ -143,6 +143,16 @@ try {
   check('the search is in the URL', page.url().includes(`control_id=${controlId}`), page.url());
   await shot(page, '03-messages');
 
+  // 3a. The other filters reach the API under its names: MRN, and a time range with nothing in it.
+  await page.goto(`${base}/#/messages?mrn=666`);
+  await page.waitForSelector('tr.message-row, #results .notice');
+  const byMrn = await page.locator('tr.message-row .control-id').allTextContents();
+  check('search by MRN finds that patient\'s message', byMrn.length === 1 && byMrn[0] === hostileId, byMrn.join(', '));
+  await page.goto(`${base}/#/messages?channel=${channel}&from=2000-01-01T00:00&to=2000-01-02T00:00`);
+  await page.waitForSelector('tr.message-row, #results .notice');
+  check('a time range without messages finds none', (await page.textContent('#results')).includes('No message matches'),
+    await page.textContent('#results'));
+
   // 3b. "Replay every match" on another search (two clicks: arm, then confirm).
   await page.goto(`${base}/#/messages?control_id=${bulkId}`);
   await page.waitForSelector('#replay-matches');
