@@ -377,6 +377,9 @@ pub(super) fn compile(
     let names: Vec<&str> = destinations.iter().map(|d| d.name.as_str()).collect();
     if let Some(t) = &transform {
         t.check_destinations(&names, errors);
+        for d in &destinations {
+            d.transform.check_after(t, errors);
+        }
     }
     for d in &destinations {
         d.transform.check_destinations(&names, errors);

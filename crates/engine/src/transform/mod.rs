@@ -629,6 +629,29 @@ impl Transform {
         self.steps.iter().any(|s| matches!(s.action, Action::Script(_)))
     }
 
+    /// True when a step converts the message (`hl7_to_fhir`), so what is
+    /// sent is no longer the HL7 v2 message.
+    pub fn converts(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.action, Action::Hl7ToFhir(_)))
+    }
+
+    /// Records an error for every step of this (destination) transform but
+    /// `route` when `channel`, which runs before it, converts the message:
+    /// such a step would edit an HL7 v2 message that is no longer sent.
+    pub fn check_after(&self, channel: &Transform, errors: &mut ConfigErrors) {
+        let Some(conversion) = channel.steps.iter().find(|s| matches!(s.action, Action::Hl7ToFhir(_))) else { return };
+        for step in self.steps.iter().filter(|s| !matches!(s.action, Action::Route(_))) {
+            errors.push(
+                step.name.clone(),
+                format!(
+                    "comes after the conversion at {}; only route steps may follow a conversion (the HL7 v2 message is \
+                     no longer what is sent): move this step into the channel transform, before the conversion",
+                    conversion.name
+                ),
+            );
+        }
+    }
+
     /// Records an error for every route step naming a destination that is
     /// not in `known` (the channel's destination names). For the config
     /// loader, which knows the destinations; route targets set by scripts
