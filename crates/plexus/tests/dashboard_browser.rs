@@ -248,7 +248,12 @@ file_name = "${{message_id}}.hl7"
     for step in [
         "the token logs in and the channel list shows",
         "received count went up by the messages sent",
+        "the navigation is hidden until logged in",
+        "Stop stops the channel",
+        "Start starts it again",
         "search by control id finds exactly that message",
+        "search by MRN finds that patient's message",
+        "a time range without messages finds none",
         "replay every match replays the one match",
         "the HL7 tree shows MSH-10 with its path",
         "message markup is shown as text and not run",
