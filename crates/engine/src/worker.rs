@@ -275,11 +275,11 @@ impl DestinationWorkers {
             Some(_) => ContentKind::Json,
             None => self.channel.content,
         };
-        let (content, transformed) = match kind {
+        let (content, transformed, converted_type) = match kind {
             ContentKind::Hl7v2 => match self.prepare_hl7(&delivery).await {
-                Prepared::Send { content, changed } => {
+                Prepared::Send { content, content_type, changed } => {
                     let transformed = (changed || flowed.is_some()).then(|| content.clone());
-                    (content, transformed)
+                    (content, transformed, content_type)
                 }
                 Prepared::Filtered(rule) => return Outcome::Filtered { rule }.into(),
                 Prepared::Failed(reason) => {
@@ -287,12 +287,13 @@ impl DestinationWorkers {
                     return Outcome::Failed { class: FailureClass::Permanent, reason, response: None }.into();
                 }
             },
-            ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), flowed.map(|o| o.content.clone())),
+            ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), flowed.map(|o| o.content.clone()), None),
         };
         let message_id = delivery.message_id.to_string();
         let out = Outbound {
             content: &content,
-            content_type: &delivery.content_type,
+            // A conversion step (hl7_to_fhir) changed what is sent.
+            content_type: converted_type.unwrap_or(&delivery.content_type),
             message_id: &message_id,
             channel: &self.channel.name,
             control_id: delivery.control_id.as_deref(),
@@ -322,6 +323,8 @@ impl DestinationWorkers {
             Err(e) => return Prepared::Failed(format!("the stored message does not parse: {e}")),
         };
         let mut changed = false;
+        // What a conversion step made of the message: sent instead of it.
+        let mut converted = None;
         // One context for both stages, so the channel map a channel script
         // fills is there for the destination's steps (as in Mirth).
         let mut ctx = TransformContext::new(&self.channel.name, &delivery.message_id.to_string());
@@ -337,10 +340,11 @@ impl DestinationWorkers {
                 continue;
             }
             match Arc::clone(transform).apply_blocking(message, ctx).await {
-                Ok((m, c, outcome)) => {
+                Ok((m, c, mut outcome)) => {
                     message = m;
                     ctx = c;
                     changed = true;
+                    converted = outcome.take_converted().or(converted);
                     if !outcome.routes_to(&self.name) {
                         let by = outcome.routed_by().unwrap_or(level);
                         return Prepared::Filtered(format!("routed elsewhere by {by}"));
@@ -349,12 +353,16 @@ impl DestinationWorkers {
                 Err(e) => return Prepared::Failed(format!("{level} transform: {e}")),
             }
         }
-        Prepared::Send { content: message.encode(), changed }
+        match converted {
+            Some(c) => Prepared::Send { content: c.content, content_type: Some(c.content_type), changed },
+            None => Prepared::Send { content: message.encode(), content_type: None, changed },
+        }
     }
 }
 
 enum Prepared {
-    Send { content: Vec<u8>, changed: bool },
+    /// `content_type` is set when a conversion step made the content.
+    Send { content: Vec<u8>, content_type: Option<&'static str>, changed: bool },
     Filtered(String),
     Failed(String),
 }

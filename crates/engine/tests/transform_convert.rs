@@ -114,10 +114,7 @@ async fn settled_delivery(engine: &Engine, control_id: &str) -> DeliveryDetail {
     panic!("the delivery of {control_id} did not settle");
 }
 
-// Ignored until the worker sends TransformOutcome::converted: the patch is
-// /tmp/I/worker-hookup.patch (helper I's report); it passes with it applied.
 #[tokio::test]
-#[ignore = "needs the worker hookup of TransformOutcome::converted (content and content type)"]
 async fn an_adt_arrives_at_the_fhir_endpoint_as_a_transaction_bundle() {
     let (url, seen) = fhir_server().await;
     let dir = tempfile::tempdir().unwrap();
@@ -198,4 +195,13 @@ fn configuration_errors_name_the_step_and_key() {
     let e = config(dir.path(), &destination_step).unwrap_err();
     assert!(e.contains("only route steps may follow a conversion") && e.contains("before the conversion"), "{e}");
     assert_eq!(e.matches("only route steps").count(), 1, "the route step is allowed: {e}");
+}
+
+#[test]
+fn the_example_configuration_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hl7-to-fhir.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let channel = config.channels.iter().find(|c| c.name == "hl7-to-fhir").expect("the example's channel");
+    assert!(channel.transform.converts());
 }
