@@ -229,12 +229,25 @@ pub fn hl7_tree(raw: &[u8]) -> Option<Value> {
                     rep.components()
                         .enumerate()
                         .filter(|(_, c)| !c.is_empty())
-                        .map(|(c, component)| json!({ "path": format!("{rep_path}-{}", c + 1), "value": component.text() }))
+                        .map(|(c, component)| {
+                            // A component with subcomponents shows as written, like a repetition below.
+                            let value = if component.subcomponent_count() > 1 {
+                                String::from_utf8_lossy(component.raw())
+                            } else {
+                                component.text()
+                            };
+                            json!({ "path": format!("{rep_path}-{}", c + 1), "value": value })
+                        })
                         .collect()
                 } else {
                     Vec::new()
                 };
-                let mut v = json!({ "path": rep_path, "value": rep.text() });
+                // A value with components shows the whole value as written
+                // (`DOE^JANE`); its decoded parts are in `components`. Its
+                // `text()` would be the first component only.
+                let value =
+                    if components.is_empty() { rep.text() } else { String::from_utf8_lossy(rep.raw()) };
+                let mut v = json!({ "path": rep_path, "value": value });
                 if !components.is_empty() {
                     v["components"] = json!(components);
                 }
@@ -476,7 +489,11 @@ mod tests {
         assert_eq!(pid[1]["path"], "PID-3");
         assert_eq!(pid[1]["repetitions"][1]["path"], "PID-3(2)");
         assert_eq!(pid[1]["repetitions"][1]["value"], "B");
+        assert_eq!(pid[2]["value"], "Doe^Jane", "a field with components shows whole");
         assert_eq!(pid[2]["components"][1], json!({ "path": "PID-5-2", "value": "Jane" }));
+        let msh = &segments[0]["fields"];
+        let msh9 = msh.as_array().unwrap().iter().find(|f| f["path"] == "MSH-9").unwrap();
+        assert_eq!(msh9["value"], "ORU^R01");
         assert_eq!(segments[3]["path"], "OBX(2)");
         assert_eq!(segments[3]["fields"][2], json!({ "path": "OBX(2)-3", "value": "x" }));
         assert!(hl7_tree(b"{\"resourceType\":\"Patient\"}").is_none());
