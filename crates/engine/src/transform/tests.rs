@@ -768,3 +768,23 @@ fn only_route_steps_may_follow_a_conversion() {
     };
     assert_eq!(errors, [expected(2), expected(3)]);
 }
+
+#[test]
+fn hl7_to_fhir_converts_an_oru_to_a_report_with_its_observation() {
+    let t = compile("[[transform]]\ntype = \"hl7_to_fhir\"");
+    let oru = "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261121120000+0100||ORU^R01^ORU_R01|L1|P|2.5.1\r\
+               PID|1||12345^^^HOSP^MR||Doe^Jane||19800101|F\r\
+               OBR|1||F1|2345-7^Glucose^LN|||20261121110000+0100\r\
+               OBX|1|NM|2345-7^Glucose^LN||95|mg/dL^mg/dL^UCUM|70-99|N|||F\r";
+    let mut m = Message::parse(oru).unwrap();
+    let mut ctx = TransformContext::new("t", "id-1");
+    let outcome = t.apply(&mut m, &mut ctx).unwrap();
+    let bundle: serde_json::Value = serde_json::from_slice(&outcome.converted().unwrap().content).unwrap();
+    let resources: Vec<&serde_json::Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    assert!(resources.iter().any(|r| r["resourceType"] == "DiagnosticReport"), "{bundle}");
+    let obs = resources.iter().find(|r| r["resourceType"] == "Observation").expect("an Observation from OBX");
+    assert_eq!(obs["code"]["coding"][0]["system"], "http://loinc.org");
+    assert_eq!(obs["code"]["coding"][0]["code"], "2345-7");
+    assert_eq!(obs["valueQuantity"]["value"], 95);
+    assert_eq!(obs["status"], "final");
+}
