@@ -81,8 +81,7 @@ pub fn v2_table(number: &str) -> String {
 
 /// Whether `s` is an ISO OID (digits and dots, no empty arc).
 pub fn is_oid(s: &str) -> bool {
-    s.contains('.')
-        && s.split('.').all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
+    s.contains('.') && s.split('.').all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Table 0001 administrative sex to FHIR `AdministrativeGender`.
@@ -166,8 +165,33 @@ pub const INTERPRETATION_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v
 pub fn interpretation_known(code: &str) -> bool {
     matches!(
         code,
-        "L" | "H" | "LL" | "HH" | "N" | "A" | "AA" | "<" | ">" | "S" | "R" | "I" | "NEG" | "POS" | "IND"
-            | "U" | "D" | "B" | "W" | "MS" | "VS" | "LU" | "HU" | "ND" | "DET" | "E" | "EX" | "EXP"
+        "L" | "H"
+            | "LL"
+            | "HH"
+            | "N"
+            | "A"
+            | "AA"
+            | "<"
+            | ">"
+            | "S"
+            | "R"
+            | "I"
+            | "NEG"
+            | "POS"
+            | "IND"
+            | "U"
+            | "D"
+            | "B"
+            | "W"
+            | "MS"
+            | "VS"
+            | "LU"
+            | "HU"
+            | "ND"
+            | "DET"
+            | "E"
+            | "EX"
+            | "EXP"
     )
 }
 
@@ -193,11 +217,54 @@ pub const ACT_CODE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActC
 pub fn looks_ucum(unit: &str) -> bool {
     matches!(
         unit,
-        "%" | "/min" | "mg/dL" | "g/dL" | "mmol/L" | "umol/L" | "mg/L" | "g/L" | "kg" | "g" | "mg" | "cm"
-            | "m" | "mm" | "mm[Hg]" | "kg/m2" | "Cel" | "[degF]" | "L" | "mL" | "dL" | "U/L" | "[iU]/L"
-            | "10*3/uL" | "10*6/uL" | "10*9/L" | "10*12/L" | "fL" | "pg" | "ng/mL" | "meq/L" | "mosm/kg"
-            | "s" | "min" | "h" | "d" | "wk" | "mo" | "a" | "[lb_av]" | "[in_i]" | "mL/min" | "kcal"
-            | "{beats}/min" | "/[HPF]" | "/[LPF]" | "1" | "{score}" | "%{HemoglobinA1C}"
+        "%" | "/min"
+            | "mg/dL"
+            | "g/dL"
+            | "mmol/L"
+            | "umol/L"
+            | "mg/L"
+            | "g/L"
+            | "kg"
+            | "g"
+            | "mg"
+            | "cm"
+            | "m"
+            | "mm"
+            | "mm[Hg]"
+            | "kg/m2"
+            | "Cel"
+            | "[degF]"
+            | "L"
+            | "mL"
+            | "dL"
+            | "U/L"
+            | "[iU]/L"
+            | "10*3/uL"
+            | "10*6/uL"
+            | "10*9/L"
+            | "10*12/L"
+            | "fL"
+            | "pg"
+            | "ng/mL"
+            | "meq/L"
+            | "mosm/kg"
+            | "s"
+            | "min"
+            | "h"
+            | "d"
+            | "wk"
+            | "mo"
+            | "a"
+            | "[lb_av]"
+            | "[in_i]"
+            | "mL/min"
+            | "kcal"
+            | "{beats}/min"
+            | "/[HPF]"
+            | "/[LPF]"
+            | "1"
+            | "{score}"
+            | "%{HemoglobinA1C}"
     )
 }
 

@@ -63,9 +63,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("transform");
     group.throughput(Throughput::Elements(1));
 
-    let rule = Filter::compile(r#"MSH-9-1 == "ADT" && MSH-9-2 in ["A01","A04","A08"] && PID-8 != "" && PID-7 =~ /^19/"#).unwrap();
+    let rule =
+        Filter::compile(r#"MSH-9-1 == "ADT" && MSH-9-2 in ["A01","A04","A08"] && PID-8 != "" && PID-7 =~ /^19/"#)
+            .unwrap();
     assert!(rule.matches(&parsed));
-    group.bench_function("filter: 4 conditions on a parsed ADT^A01", |b| b.iter(|| black_box(rule.matches(black_box(&parsed)))));
+    group.bench_function("filter: 4 conditions on a parsed ADT^A01", |b| {
+        b.iter(|| black_box(rule.matches(black_box(&parsed))))
+    });
 
     let steps = builtin_steps();
     group.bench_function("parse + set, map, copy, delete + encode", |b| {

@@ -137,7 +137,12 @@ impl AlertBook {
     /// Evaluates every rule against every destination at `now` and returns
     /// the transitions: `firing` for conditions that started to hold,
     /// `resolved` for those that stopped.
-    pub fn step(&mut self, rules: &[AlertRule], subjects: &[DestinationSnapshot], now: DateTime<Utc>) -> Vec<AlertEvent> {
+    pub fn step(
+        &mut self,
+        rules: &[AlertRule],
+        subjects: &[DestinationSnapshot],
+        now: DateTime<Utc>,
+    ) -> Vec<AlertEvent> {
         let mut events = Vec::new();
         for (index, rule) in rules.iter().enumerate() {
             for subject in subjects {
@@ -249,8 +254,12 @@ async fn send_webhooks(mut rx: mpsc::UnboundedReceiver<(url::Url, AlertEvent)>) 
                     debug!(alert = %event.alert, status = ?event.status, "alert webhook delivered");
                     break;
                 }
-                Ok(r) => warn!(alert = %event.alert, http_status = r.status().as_u16(), attempt, "alert webhook refused"),
-                Err(e) => warn!(alert = %event.alert, error_kind = webhook_error_kind(&e), attempt, "alert webhook failed"),
+                Ok(r) => {
+                    warn!(alert = %event.alert, http_status = r.status().as_u16(), attempt, "alert webhook refused")
+                }
+                Err(e) => {
+                    warn!(alert = %event.alert, error_kind = webhook_error_kind(&e), attempt, "alert webhook failed")
+                }
             }
             if attempt < 3 {
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;

@@ -408,10 +408,7 @@ fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), FilterErr
     let mut i = start + 1;
     loop {
         let Some(&c) = chars.get(i) else {
-            return Err(FilterError::new(
-                start + 1,
-                format!("unterminated string: expected a closing {quote}"),
-            ));
+            return Err(FilterError::new(start + 1, format!("unterminated string: expected a closing {quote}")));
         };
         match c {
             c if c == quote => return Ok((out, i + 1 - start)),
@@ -573,11 +570,7 @@ impl Parser {
                 if close.kind != Tok::RParen {
                     return Err(FilterError::new(
                         close.column,
-                        format!(
-                            "expected `)` closing the `(` at column {}, found {}",
-                            t.column,
-                            close.describe()
-                        ),
+                        format!("expected `)` closing the `(` at column {}, found {}", t.column, close.describe()),
                     ));
                 }
                 Ok(inner)
@@ -641,11 +634,18 @@ impl Parser {
                 let (Tok::Str(text) | Tok::Regex(text)) = &pattern.kind else {
                     return Err(FilterError::new(
                         pattern.column,
-                        format!("expected a regular expression in a string after {}, found {}", op.describe(), pattern.describe()),
+                        format!(
+                            "expected a regular expression in a string after {}, found {}",
+                            op.describe(),
+                            pattern.describe()
+                        ),
                     ));
                 };
                 let re = Regex::new(text).map_err(|e| {
-                    FilterError::new(pattern.column, format!("invalid regular expression: {}", one_line(&e.to_string())))
+                    FilterError::new(
+                        pattern.column,
+                        format!("invalid regular expression: {}", one_line(&e.to_string())),
+                    )
                 })?;
                 if op.kind == Tok::Match { Compare::Matches(re) } else { Compare::NotMatches(re) }
             }
@@ -657,10 +657,7 @@ impl Parser {
             _ => {
                 return Err(FilterError::new(
                     op.column,
-                    format!(
-                        "expected `==`, `!=`, `=~`, `!~`, `in` or `not in` after {shown}, found {}",
-                        op.describe()
-                    ),
+                    format!("expected `==`, `!=`, `=~`, `!~`, `in` or `not in` after {shown}, found {}", op.describe()),
                 ));
             }
         };
@@ -673,7 +670,10 @@ impl Parser {
             Tok::Str(s) => Ok(Operand::Literal(s)),
             Tok::Regex(_) => Err(FilterError::new(
                 t.column,
-                format!("expected a path or a string, found {} (compare with a regular expression using `=~`)", t.describe()),
+                format!(
+                    "expected a path or a string, found {} (compare with a regular expression using `=~`)",
+                    t.describe()
+                ),
             )),
             Tok::Word(w) => match target(&w, t.column)? {
                 Target::Path(p) => Ok(Operand::Path(p)),
@@ -725,12 +725,9 @@ fn target(word: &str, column: usize) -> Result<Target, FilterError> {
     if let Some((name, occurrence)) = segment_ref(word) {
         return Ok(Target::Segment(name.to_owned(), occurrence));
     }
-    Path::parse(word).map(Target::Path).map_err(|e| {
-        FilterError::new(
-            column + e.position,
-            format!("invalid path `{word}`: expected {}", e.reason),
-        )
-    })
+    Path::parse(word)
+        .map(Target::Path)
+        .map_err(|e| FilterError::new(column + e.position, format!("invalid path `{word}`: expected {}", e.reason)))
 }
 
 /// `PID` or `OBX(3)`: a segment name with an optional occurrence.

@@ -61,7 +61,10 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("plexus_blocked_deliveries", "Deliveries failed for good and holding their order key (state error)"),
     ("plexus_dead_letters", "Deliveries in the dead letters"),
     ("plexus_health", "Health over the window: 0 healthy, 1 warning, 2 critical"),
-    ("plexus_fhir_requests_total", "FHIR requests by server (config name) and HTTP status or `transport` (whole process)"),
+    (
+        "plexus_fhir_requests_total",
+        "FHIR requests by server (config name) and HTTP status or `transport` (whole process)",
+    ),
 ];
 
 /// The health of a channel or destination.
@@ -472,11 +475,7 @@ fn register_gauge(recorder: &Option<Arc<PrometheusRecorder>>, name: &'static str
     }
 }
 
-fn register_histogram(
-    recorder: &Option<Arc<PrometheusRecorder>>,
-    name: &'static str,
-    labels: Vec<Label>,
-) -> Histogram {
+fn register_histogram(recorder: &Option<Arc<PrometheusRecorder>>, name: &'static str, labels: Vec<Label>) -> Histogram {
     match recorder {
         Some(r) => r.register_histogram(&Key::from_parts(name, labels), &METADATA),
         None => Histogram::noop(),
@@ -894,6 +893,9 @@ mod tests {
         d.completed(DeliveryState::Sent);
         d.completed(DeliveryState::Sent);
         let text = t.render();
-        assert!(text.contains("plexus_deliveries_total{channel=\"adt\",destination=\"lis\",outcome=\"sent\"} 2"), "{text}");
+        assert!(
+            text.contains("plexus_deliveries_total{channel=\"adt\",destination=\"lis\",outcome=\"sent\"} 2"),
+            "{text}"
+        );
     }
 }

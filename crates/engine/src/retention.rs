@@ -59,10 +59,18 @@ pub fn requests(config: &RetentionConfig, now: DateTime<Utc>) -> Vec<RetentionRe
     let cut = |after: Duration| now - chrono::TimeDelta::from_std(after).unwrap_or(chrono::TimeDelta::MAX);
     let mut out = Vec::new();
     if let Some(after) = config.messages_after {
-        out.push(RetentionRequest { older_than: cut(after), mode: RetentionMode::Messages, batch_size: config.batch_size });
+        out.push(RetentionRequest {
+            older_than: cut(after),
+            mode: RetentionMode::Messages,
+            batch_size: config.batch_size,
+        });
     }
     if let Some(after) = config.contents_after {
-        out.push(RetentionRequest { older_than: cut(after), mode: RetentionMode::Contents, batch_size: config.batch_size });
+        out.push(RetentionRequest {
+            older_than: cut(after),
+            mode: RetentionMode::Contents,
+            batch_size: config.batch_size,
+        });
     }
     out
 }

@@ -296,8 +296,12 @@ impl Engine {
             self.source_addrs.insert(name, bound);
             self.serve_http(listener, http_source::router(vec![served]));
         }
-        let api_tls =
-            api.tls.as_ref().map(|t| crate::api::https::acceptor(t, &base_dir)).transpose().map_err(StartError::ApiTls)?;
+        let api_tls = api
+            .tls
+            .as_ref()
+            .map(|t| crate::api::https::acceptor(t, &base_dir))
+            .transpose()
+            .map_err(StartError::ApiTls)?;
         let listener = TcpListener::bind(api.listen).await.map_err(|error| StartError::Listen {
             addr: api.listen,
             what: "api".into(),

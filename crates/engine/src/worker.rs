@@ -362,11 +362,14 @@ impl DestinationWorkers {
 
 enum Prepared {
     /// `content_type` is set when a conversion step made the content.
-    Send { content: Vec<u8>, content_type: Option<&'static str>, changed: bool },
+    Send {
+        content: Vec<u8>,
+        content_type: Option<&'static str>,
+        changed: bool,
+    },
     Filtered(String),
     Failed(String),
 }
-
 
 /// What one delivery attempt came to: the outcome to record and, when the
 /// receiver said when to come back (HTTP `Retry-After`), how long to wait at
@@ -427,7 +430,8 @@ mod tests {
         assert_eq!(claim_batch(&mllp, 1), 4);
         assert_eq!(claim_batch(&mllp, 2), 2);
         assert_eq!(claim_batch(&mllp, 8), 1);
-        let file: crate::destinations::DestinationConfig = toml::from_str("type = \"file\"\ndirectory = \"o\"").unwrap();
+        let file: crate::destinations::DestinationConfig =
+            toml::from_str("type = \"file\"\ndirectory = \"o\"").unwrap();
         assert_eq!(claim_batch(&file, 4), CLAIM_BATCH);
     }
 

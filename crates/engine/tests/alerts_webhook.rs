@@ -81,10 +81,8 @@ retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "200ms"
     // Keep failing for a while: many more failed attempts and evaluations,
     // no more notifications.
     let telemetry = Arc::clone(engine.telemetry());
-    eventually("5 consecutive failures", async || {
-        telemetry.destinations().iter().any(|d| d.consecutive_failures >= 5)
-    })
-    .await;
+    eventually("5 consecutive failures", async || telemetry.destinations().iter().any(|d| d.consecutive_failures >= 5))
+        .await;
     assert_eq!(received.lock().unwrap().len(), 2, "no flood while the destination stays down");
     let health = telemetry.health();
     let lis = health.channel("adt-in").unwrap().destination("lis").unwrap();

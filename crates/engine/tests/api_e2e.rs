@@ -10,7 +10,7 @@ use std::time::Duration;
 use engine::api::auth::{self, Scope};
 use engine::config::Config;
 use engine::runtime::Engine;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use store::{AuditQuery, MessageId};
 
 const CHANNEL: &str = r#"
@@ -64,9 +64,10 @@ fn archived(dir: &Path) -> usize {
 
 /// The scenario on one engine; `base` is `http://...` or `https://...`.
 async fn browse_read_and_replay(engine: &Engine, dir: &Path, http: &reqwest::Client, base: &str) {
-    let issued = auth::issue_token(engine.store().as_ref(), "e2e-operator", &[Scope::MessagesRead, Scope::MessagesReplay], None)
-        .await
-        .unwrap();
+    let issued =
+        auth::issue_token(engine.store().as_ref(), "e2e-operator", &[Scope::MessagesRead, Scope::MessagesReplay], None)
+            .await
+            .unwrap();
     let token = issued.bearer;
 
     // Without a token the API refuses; health stays public.
@@ -97,13 +98,15 @@ async fn browse_read_and_replay(engine: &Engine, dir: &Path, http: &reqwest::Cli
     .await;
     assert_eq!(archived(dir), 1);
 
-    let (status, channels) = json_of(http.get(format!("{base}/api/channels")).bearer_auth(&token).send().await.unwrap()).await;
+    let (status, channels) =
+        json_of(http.get(format!("{base}/api/channels")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(channels["channels"][0]["name"], "adt-in");
     assert_eq!(channels["channels"][0]["source"], "http");
     assert_eq!(channels["channels"][0]["destinations"][0]["counts"]["sent"], 1);
 
-    let (status, detail) = json_of(http.get(format!("{base}/api/messages/{id}")).bearer_auth(&token).send().await.unwrap()).await;
+    let (status, detail) =
+        json_of(http.get(format!("{base}/api/messages/{id}")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert!(detail["raw"].as_str().unwrap().contains("E2E-1"));
     assert!(detail["ack"].as_str().unwrap().contains("MSA|AA|E2E-1"));
@@ -129,7 +132,8 @@ async fn browse_read_and_replay(engine: &Engine, dir: &Path, http: &reqwest::Cli
     })
     .await;
     assert_eq!(archived(dir), 1);
-    let events = engine.store().audit_events(&AuditQuery { message_id: Some(message), ..AuditQuery::default() }).await.unwrap();
+    let events =
+        engine.store().audit_events(&AuditQuery { message_id: Some(message), ..AuditQuery::default() }).await.unwrap();
     let actions: Vec<(&str, &str)> = events.iter().map(|e| (e.action.as_str(), e.actor.as_str())).collect();
     assert_eq!(actions, [("replay", "e2e-operator"), ("read_content", "e2e-operator")]);
     // The token's use is recorded (in the background, at most once a minute).
@@ -158,11 +162,7 @@ async fn the_api_serves_https_with_the_configured_certificate() {
     let engine = Engine::start(config(dir.path(), tls)).await.unwrap_or_else(|e| panic!("start: {e}"));
     let port = engine.api_addr().port();
     let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .resolve("localhost", engine.api_addr())
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().tls_certs_only([ca]).resolve("localhost", engine.api_addr()).build().unwrap();
     let base = format!("https://localhost:{port}");
     browse_read_and_replay(&engine, dir.path(), &http, &base).await;
     // Plain HTTP on the TLS port gets no answer.
@@ -203,7 +203,8 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
     })
     .await;
 
-    let (status, body) = json_of(http.post(format!("{base}/api/channels/adt-in/stop")).bearer_auth(&token).send().await.unwrap()).await;
+    let (status, body) =
+        json_of(http.post(format!("{base}/api/channels/adt-in/stop")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("stopped")));
     // Refused with AE / 503, not stored; the listener still answers.
     let (status, ack) = send("STOPPED-1").await;
@@ -212,12 +213,18 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
     assert!(stored("STOPPED-1").await.is_empty());
     // Workers do not claim: a replayed delivery stays queued while stopped.
     let id = stored("RUN-1").await[0].id;
-    let (status, _) = json_of(http.post(format!("{base}/api/messages/{id}/replay")).bearer_auth(&token).send().await.unwrap()).await;
+    let (status, _) =
+        json_of(http.post(format!("{base}/api/messages/{id}/replay")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stored("RUN-1").await[0].deliveries[0].state, store::DeliveryState::Queued, "a stopped channel delivered");
+    assert_eq!(
+        stored("RUN-1").await[0].deliveries[0].state,
+        store::DeliveryState::Queued,
+        "a stopped channel delivered"
+    );
 
-    let (status, _) = json_of(http.post(format!("{base}/api/channels/adt-in/start")).bearer_auth(&token).send().await.unwrap()).await;
+    let (status, _) =
+        json_of(http.post(format!("{base}/api/channels/adt-in/start")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     eventually("the replay is delivered after start", async || {
         stored("RUN-1").await[0].deliveries[0].state == store::DeliveryState::Sent

@@ -13,7 +13,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use chrono::{TimeZone, Utc};
 use engine::api::auth::{self, Auth, Scope};
 use engine::api::control::ChannelSwitch;
-use engine::api::{openapi, router, ApiState, ChannelInfo};
+use engine::api::{ApiState, ChannelInfo, openapi, router};
 use serde_json::{Value, json};
 use store::{AuditQuery, DeliveryState, MessageId, NewDelivery, NewMessage, Store, StoreOptions};
 use tower::ServiceExt as _;
@@ -26,7 +26,11 @@ struct Api {
 
 fn channels() -> Vec<ChannelInfo> {
     vec![
-        ChannelInfo { name: "adt-in".into(), source: "mllp".into(), destinations: vec!["ehr".into(), "archive".into()] },
+        ChannelInfo {
+            name: "adt-in".into(),
+            source: "mllp".into(),
+            destinations: vec!["ehr".into(), "archive".into()],
+        },
         ChannelInfo { name: "lab-in".into(), source: "http".into(), destinations: vec!["ehr".into()] },
     ]
 }
@@ -100,7 +104,14 @@ fn hl7(control_id: &str, mrn: &str, kind: &str) -> Vec<u8> {
 }
 
 /// Stores a message on `channel` with queued deliveries to `destinations`.
-async fn accept(store: &dyn Store, channel: &str, control_id: &str, mrn: &str, minute: u32, destinations: &[&str]) -> MessageId {
+async fn accept(
+    store: &dyn Store,
+    channel: &str,
+    control_id: &str,
+    mrn: &str,
+    minute: u32,
+    destinations: &[&str],
+) -> MessageId {
     let (kind, event) = if channel == "lab-in" { ("ORU^R01", "R01") } else { ("ADT^A08", "A08") };
     let accepted = store
         .accept(NewMessage {
@@ -115,7 +126,10 @@ async fn accept(store: &dyn Store, channel: &str, control_id: &str, mrn: &str, m
             event: Some(event.into()),
             order_key: None,
             patient_ids: vec![mrn.into()],
-            ack: Some(format!("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20261121120000||ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r").into_bytes()),
+            ack: Some(
+                format!("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20261121120000||ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r")
+                    .into_bytes(),
+            ),
             deliveries: destinations.iter().map(|d| NewDelivery::queued(*d)).collect(),
         })
         .await
@@ -178,7 +192,9 @@ async fn openapi_lists_every_route_and_needs_no_token() {
     let id = MessageId(uuid::Uuid::nil());
     let served: Vec<(String, String)> = every_route(id)
         .into_iter()
-        .map(|(m, uri, _, _)| (m.as_str().to_lowercase(), uri.replace(&id.to_string(), "{id}").replace("adt-in", "{name}")))
+        .map(|(m, uri, _, _)| {
+            (m.as_str().to_lowercase(), uri.replace(&id.to_string(), "{id}").replace("adt-in", "{name}"))
+        })
         .chain([("get".to_owned(), "/api/openapi.json".to_owned())])
         .collect();
     for (method, path) in &served {
@@ -213,8 +229,11 @@ async fn channels_list_counts_per_destination_and_state() {
     assert_eq!(adt["counts"]["queued"], 3);
     assert_eq!(adt["counts"]["dead"], 1);
     assert_eq!(adt["counts"]["sent"], 0);
-    assert_eq!(adt["destinations"][0], json!({ "name": "ehr", "counts": {
-        "queued": 1, "in_flight": 0, "sent": 0, "filtered": 0, "error": 0, "dead": 1 } }));
+    assert_eq!(
+        adt["destinations"][0],
+        json!({ "name": "ehr", "counts": {
+        "queued": 1, "in_flight": 0, "sent": 0, "filtered": 0, "error": 0, "dead": 1 } })
+    );
     assert_eq!(adt["destinations"][1]["counts"]["queued"], 2);
     assert_eq!(body["channels"][1]["name"], "lab-in");
     assert_eq!(body["channels"][1]["counts"]["queued"], 0);
@@ -373,7 +392,8 @@ async fn replay_by_search_and_dead_letters() {
     }
     let (status, page) = api.get("/api/dead-letters?channel=adt-in", &reader).await;
     assert_eq!(status, StatusCode::OK);
-    let listed: Vec<&str> = page["items"].as_array().unwrap().iter().map(|m| m["control_id"].as_str().unwrap()).collect();
+    let listed: Vec<&str> =
+        page["items"].as_array().unwrap().iter().map(|m| m["control_id"].as_str().unwrap()).collect();
     assert_eq!(listed, ["D3", "D2", "D1"]);
 
     let (status, problem) = api.post("/api/messages/replay", &replayer, json!({ "reason": "all" })).await;
@@ -393,7 +413,8 @@ async fn replay_by_search_and_dead_letters() {
     let (_, page) = api.get("/api/dead-letters", &reader).await;
     assert!(page["items"].as_array().unwrap().is_empty(), "{page}");
     for id in dead {
-        let events = api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
+        let events =
+            api.store.audit_events(&AuditQuery { message_id: Some(id), ..AuditQuery::default() }).await.unwrap();
         assert!(events.iter().any(|e| e.action == "replay" && e.actor == "replayer"), "{events:?}");
     }
 }

@@ -91,10 +91,8 @@ fn presence_rules_agree_with_the_message_on_every_fixture() {
 
 #[test]
 fn first_rejecting_names_the_rule_that_filtered() {
-    let rules = [
-        Filter::compile(r#"MSH-9-1 in ["ADT", "ORU"]"#).unwrap(),
-        Filter::compile(r"MSH-12 =~ /^2\.[5-9]/").unwrap(),
-    ];
+    let rules =
+        [Filter::compile(r#"MSH-9-1 in ["ADT", "ORU"]"#).unwrap(), Filter::compile(r"MSH-12 =~ /^2\.[5-9]/").unwrap()];
     for (name, msg) in fixtures() {
         let kind = msg.message_type().map(|t| t.code.into_owned()).unwrap_or_default();
         let version = msg.version().map(|v| v.into_owned()).unwrap_or_default();

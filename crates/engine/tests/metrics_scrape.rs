@@ -61,7 +61,8 @@ async fn metrics_count_what_the_engine_did() {
         let mut last = String::new();
         eventually("3 sent and 3 filtered deliveries", async || {
             last = get(api, "/metrics", token).await.1;
-            let sent = sample(&last, r#"plexus_deliveries_total{channel="adt-in",destination="archive",outcome="sent"}"#);
+            let sent =
+                sample(&last, r#"plexus_deliveries_total{channel="adt-in",destination="archive",outcome="sent"}"#);
             let filtered =
                 sample(&last, r#"plexus_deliveries_total{channel="adt-in",destination="only-oru",outcome="filtered"}"#);
             sent == Some(3.0) && filtered == Some(3.0)
@@ -90,7 +91,8 @@ async fn metrics_count_what_the_engine_did() {
     // Filtered deliveries are not attempts: no latency recorded.
     assert_eq!(value(r#"plexus_delivery_latency_seconds_count{channel="adt-in",destination="only-oru"}"#), 0.0);
     for outcome in ["retry", "error", "dead"] {
-        let series = format!(r#"plexus_deliveries_total{{channel="adt-in",destination="archive",outcome="{outcome}"}}"#);
+        let series =
+            format!(r#"plexus_deliveries_total{{channel="adt-in",destination="archive",outcome="{outcome}"}}"#);
         assert_eq!(value(&series), 0.0, "{outcome}");
     }
     assert!(text.contains("# HELP plexus_queue_depth"), "described metrics:\n{text}");
@@ -133,7 +135,10 @@ async fn metrics_can_be_public() {
     let engine = Engine::start(config).await.unwrap();
     let (status, text) = get(engine.api_addr(), "/metrics", None).await;
     assert_eq!(status, 200);
-    assert!(text.contains(r#"plexus_deliveries_total{channel="adt-in",destination="archive",outcome="sent"} 0"#), "{text}");
+    assert!(
+        text.contains(r#"plexus_deliveries_total{channel="adt-in",destination="archive",outcome="sent"} 0"#),
+        "{text}"
+    );
     // Health still needs a token.
     assert_eq!(get(engine.api_addr(), "/api/health", None).await.0, 401);
     engine.shutdown(Duration::from_secs(5)).await;

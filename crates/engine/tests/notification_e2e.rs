@@ -157,7 +157,11 @@ impl Emr {
                 let msh: Vec<&str> = text.split('\r').next().unwrap_or("").split('|').collect();
                 let kind = msh.get(8).copied().unwrap_or("").to_string();
                 let control_id = msh.get(9).copied().unwrap_or("").to_string();
-                self.frames.lock().unwrap().push(Frame { kind: kind.clone(), control_id: control_id.clone(), at: Instant::now() });
+                self.frames.lock().unwrap().push(Frame {
+                    kind: kind.clone(),
+                    control_id: control_id.clone(),
+                    at: Instant::now(),
+                });
                 let ack = format!(
                     "\x0bMSH|^~\\&|EMR|HOSP|PLEXUS||20261121120000||ACK^R01^ACK|A{control_id}|P|2.5.1\rMSA|AA|{control_id}\r\x1c\x0d"
                 );
@@ -292,7 +296,13 @@ async fn start_engine(dir: &std::path::Path, channels: &str) -> Engine {
 }
 
 /// Posts a notification signed at `ts` (now when `None`) with `secret`.
-async fn notify(http: &reqwest::Client, engine: SocketAddr, body: &Value, ts: Option<i64>, secret: &str) -> (u16, Value) {
+async fn notify(
+    http: &reqwest::Client,
+    engine: SocketAddr,
+    body: &Value,
+    ts: Option<i64>,
+    secret: &str,
+) -> (u16, Value) {
     let body = body.to_string();
     let ts = ts.unwrap_or_else(|| chrono::Utc::now().timestamp()).to_string();
     let response = http
@@ -439,12 +449,8 @@ async fn every_bundle_is_delivered_once_and_acknowledged_once_after_the_emr_come
     let mut failed_attempts = 0;
     for item in &page.items {
         let detail = store.get_message(item.id).await.unwrap().unwrap();
-        failed_attempts += detail
-            .deliveries
-            .iter()
-            .flat_map(|d| &d.attempt_log)
-            .filter(|a| a.outcome == "failed")
-            .count();
+        failed_attempts +=
+            detail.deliveries.iter().flat_map(|d| &d.attempt_log).filter(|a| a.outcome == "failed").count();
     }
     assert!(failed_attempts > 0, "no attempt failed while the EMR was down");
     let actions = audit_actions(&store, first).await;
@@ -512,7 +518,8 @@ async fn bad_notifications_get_clear_answers_and_the_good_one_still_goes_through
         .unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let outside = json!({"id": "n-out", "patient": "P1", "file": {"id": "out", "url": "https://files.elsewhere.example/b.json"}});
+    let outside =
+        json!({"id": "n-out", "patient": "P1", "file": {"id": "out", "url": "https://files.elsewhere.example/b.json"}});
     let (status, problem) = notify(&http, addr, &outside, None, SECRET).await;
     assert_eq!(status, 422, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("not allowed"), "{problem}");

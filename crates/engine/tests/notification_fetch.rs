@@ -15,9 +15,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use engine::flows::notification::fetch::{ErrorClass, TokenCredentials, TokenError};
-use engine::flows::notification::{
-    BundleFetcher, BundleLocation, FetchError, GuardError, NotificationConfig,
-};
+use engine::flows::notification::{BundleFetcher, BundleLocation, FetchError, GuardError, NotificationConfig};
 use url::Url;
 
 const BUNDLE: &str = r#"{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Observation","status":"final","code":{"text":"glucose"}}}]}"#;
@@ -34,33 +32,20 @@ async fn serve(router: Router) -> SocketAddr {
 async fn file_server() -> SocketAddr {
     let router = Router::new()
         .route("/bundle", get(|| async { BUNDLE }))
-        .route(
-            "/patient",
-            get(|| async { r#"{"resourceType":"Patient","id":"p"}"# }),
-        )
+        .route("/patient", get(|| async { r#"{"resourceType":"Patient","id":"p"}"# }))
         .route("/hl7", get(|| async { "MSH|^~\\&|APP" }))
-        .route(
-            "/missing",
-            get(|| async { (http::StatusCode::FORBIDDEN, "expired signature") }),
-        )
+        .route("/missing", get(|| async { (http::StatusCode::FORBIDDEN, "expired signature") }))
         .route(
             "/big-streamed",
             get(|| async {
                 // 64 chunks of 64 KiB, no Content-Length: only the streamed
                 // count can stop it.
-                let chunks = (0..64)
-                    .map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 64 * 1024])));
+                let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 64 * 1024])));
                 Response::new(Body::from_stream(futures::stream::iter(chunks)))
             }),
         )
-        .route(
-            "/big-declared",
-            get(|| async { vec![b' '; 4 * 1024 * 1024] }),
-        )
-        .route(
-            "/redirect-ok",
-            get(|| async { Redirect::temporary("/bundle") }),
-        )
+        .route("/big-declared", get(|| async { vec![b' '; 4 * 1024 * 1024] }))
+        .route("/redirect-ok", get(|| async { Redirect::temporary("/bundle") }))
         .route("/redirect-to-localhost", get(redirect_to_localhost))
         .route("/loop", get(|| async { Redirect::temporary("/loop") }))
         .route(
@@ -126,10 +111,7 @@ async fn a_presigned_bundle_is_fetched() {
     let fetcher = BundleFetcher::new(&loopback_config("")).unwrap();
     let fetched = fetcher.fetch(&at(addr, "/bundle")).await.unwrap();
     assert_eq!(fetched.bytes, BUNDLE.as_bytes());
-    assert_eq!(
-        fetched.bundle["entry"][0]["resource"]["resourceType"],
-        "Observation"
-    );
+    assert_eq!(fetched.bundle["entry"][0]["resource"]["resourceType"], "Observation");
 }
 
 #[tokio::test]
@@ -143,42 +125,23 @@ async fn loopback_is_refused_by_default() {
     .unwrap();
     // An address literal: refused before any connection.
     let err = fetcher.fetch(&at(addr, "/bundle")).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::Guard(GuardError::ForbiddenAddress { .. })),
-        "{err}"
-    );
+    assert!(matches!(err, FetchError::Guard(GuardError::ForbiddenAddress { .. })), "{err}");
     // A name: refused by the resolver, whose addresses are the ones used.
     let url = Url::parse(&format!("http://localhost:{}/bundle", addr.port())).unwrap();
-    let err = fetcher
-        .fetch(&BundleLocation::PresignedUrl(url))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, FetchError::Guard(GuardError::ForbiddenAddress { .. })),
-        "{err}"
-    );
+    let err = fetcher.fetch(&BundleLocation::PresignedUrl(url)).await.unwrap_err();
+    assert!(matches!(err, FetchError::Guard(GuardError::ForbiddenAddress { .. })), "{err}");
     assert_eq!(err.class(), ErrorClass::Permanent);
 }
 
 #[tokio::test]
 async fn hosts_off_the_allow_list_and_plain_http_are_refused() {
     let addr = file_server().await;
-    let fetcher =
-        BundleFetcher::new(&config(r#"allowed_hosts = ["*.partner.example"]"#, "")).unwrap();
+    let fetcher = BundleFetcher::new(&config(r#"allowed_hosts = ["*.partner.example"]"#, "")).unwrap();
     let err = fetcher.fetch(&at(addr, "/bundle")).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::Guard(GuardError::Scheme(ref s)) if s == "http"),
-        "{err}"
-    );
+    assert!(matches!(err, FetchError::Guard(GuardError::Scheme(ref s)) if s == "http"), "{err}");
     let url = Url::parse(&format!("https://{addr}/bundle")).unwrap();
-    let err = fetcher
-        .fetch(&BundleLocation::PresignedUrl(url))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, FetchError::Guard(GuardError::HostNotAllowed(ref h)) if h == "127.0.0.1"),
-        "{err}"
-    );
+    let err = fetcher.fetch(&BundleLocation::PresignedUrl(url)).await.unwrap_err();
+    assert!(matches!(err, FetchError::Guard(GuardError::HostNotAllowed(ref h)) if h == "127.0.0.1"), "{err}");
 }
 
 #[tokio::test]
@@ -188,14 +151,8 @@ async fn redirects_are_followed_and_each_target_is_checked_again() {
     let fetched = fetcher.fetch(&at(addr, "/redirect-ok")).await.unwrap();
     assert_eq!(fetched.bytes, BUNDLE.as_bytes());
     // localhost is not on this allow-list (only 127.0.0.1 is).
-    let err = fetcher
-        .fetch(&at(addr, "/redirect-to-localhost"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, FetchError::Guard(GuardError::HostNotAllowed(ref h)) if h == "localhost"),
-        "{err}"
-    );
+    let err = fetcher.fetch(&at(addr, "/redirect-to-localhost")).await.unwrap_err();
+    assert!(matches!(err, FetchError::Guard(GuardError::HostNotAllowed(ref h)) if h == "localhost"), "{err}");
     let err = fetcher.fetch(&at(addr, "/loop")).await.unwrap_err();
     assert!(matches!(err, FetchError::TooManyRedirects), "{err}");
 }
@@ -206,10 +163,7 @@ async fn a_body_past_the_limit_is_aborted() {
     let fetcher = BundleFetcher::new(&loopback_config(r#"max_bundle_bytes = "1MiB""#)).unwrap();
     for path in ["/big-streamed", "/big-declared"] {
         let err = fetcher.fetch(&at(addr, path)).await.unwrap_err();
-        assert!(
-            matches!(err, FetchError::TooLarge { limit: 1_048_576 }),
-            "{path}: {err}"
-        );
+        assert!(matches!(err, FetchError::TooLarge { limit: 1_048_576 }), "{path}: {err}");
         assert_eq!(err.class(), ErrorClass::Permanent);
     }
     // The same fetcher still serves a bundle under the limit.
@@ -221,10 +175,7 @@ async fn a_body_that_is_not_a_bundle_is_refused() {
     let addr = file_server().await;
     let fetcher = BundleFetcher::new(&loopback_config("")).unwrap();
     let err = fetcher.fetch(&at(addr, "/patient")).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::NotBundle(ref t) if t == "`Patient`"),
-        "{err}"
-    );
+    assert!(matches!(err, FetchError::NotBundle(ref t) if t == "`Patient`"), "{err}");
     let err = fetcher.fetch(&at(addr, "/hl7")).await.unwrap_err();
     assert!(matches!(err, FetchError::NotJson(_)), "{err}");
     let err = fetcher.fetch(&at(addr, "/missing")).await.unwrap_err();
@@ -236,10 +187,7 @@ async fn a_fetch_past_the_timeout_is_abandoned() {
     let addr = file_server().await;
     let fetcher = BundleFetcher::new(&loopback_config(r#"fetch_timeout = "200ms""#)).unwrap();
     let err = fetcher.fetch(&at(addr, "/slow")).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::Timeout(d) if d == Duration::from_millis(200)),
-        "{err}"
-    );
+    assert!(matches!(err, FetchError::Timeout(d) if d == Duration::from_millis(200)), "{err}");
     assert_eq!(err.class(), ErrorClass::Transient);
 }
 
@@ -254,8 +202,8 @@ struct TokenService {
 async fn token(State(s): State<TokenService>, headers: http::HeaderMap, body: String) -> Response {
     s.hits.fetch_add(1, Ordering::SeqCst);
     // Basic base64("plexus:client-secret")
-    let auth_ok = headers.get("authorization").and_then(|v| v.to_str().ok())
-        == Some("Basic cGxleHVzOmNsaWVudC1zZWNyZXQ=");
+    let auth_ok =
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Basic cGxleHVzOmNsaWVudC1zZWNyZXQ=");
     if !auth_ok || body != "grant_type=client_credentials" {
         return (http::StatusCode::UNAUTHORIZED, "bad client").into_response();
     }
@@ -272,12 +220,7 @@ async fn token(State(s): State<TokenService>, headers: http::HeaderMap, body: St
 
 async fn token_service(expires_in: u64) -> (SocketAddr, Arc<AtomicUsize>) {
     let hits = Arc::new(AtomicUsize::new(0));
-    let router = Router::new()
-        .route("/token", post(token))
-        .with_state(TokenService {
-            hits: hits.clone(),
-            expires_in,
-        });
+    let router = Router::new().route("/token", post(token)).with_state(TokenService { hits: hits.clone(), expires_in });
     (serve(router).await, hits)
 }
 
@@ -318,12 +261,7 @@ fn start_moto(suite: &str) -> Option<testkit::PeerProcess> {
     let port = testkit::free_port();
     let process = testkit::PeerProcess::spawn(
         &program.display().to_string(),
-        &[
-            "-H".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ],
+        &["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()],
         port,
     )
     .unwrap_or_else(|e| panic!("starting moto for {suite}: {e}"));
@@ -334,23 +272,10 @@ fn start_moto(suite: &str) -> Option<testkit::PeerProcess> {
 /// accepts any credentials).
 async fn upload(port: u16, bucket: &str, objects: &[(&str, Vec<u8>)]) {
     let http = reqwest::Client::new();
-    let created = http
-        .put(format!("http://127.0.0.1:{port}/{bucket}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        created.status().is_success(),
-        "create bucket: {}",
-        created.status()
-    );
+    let created = http.put(format!("http://127.0.0.1:{port}/{bucket}")).send().await.unwrap();
+    assert!(created.status().is_success(), "create bucket: {}", created.status());
     for (key, body) in objects {
-        let put = http
-            .put(format!("http://127.0.0.1:{port}/{bucket}/{key}"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let put = http.put(format!("http://127.0.0.1:{port}/{bucket}/{key}")).body(body.clone()).send().await.unwrap();
         assert!(put.status().is_success(), "put {key}: {}", put.status());
     }
 }
@@ -366,64 +291,27 @@ async fn objects_are_read_with_temporary_credentials_cached_between_fetches() {
         "partner-bundles",
         &[
             ("patients/p1/2026-11-21.json", BUNDLE.as_bytes().to_vec()),
-            (
-                "patients/p2/2026-11-21.json",
-                BUNDLE.replace("glucose", "carbs").into_bytes(),
-            ),
-            (
-                "patients/p3/not-fhir.json",
-                br#"{"resourceType":"Patient"}"#.to_vec(),
-            ),
+            ("patients/p2/2026-11-21.json", BUNDLE.replace("glucose", "carbs").into_bytes()),
+            ("patients/p3/not-fhir.json", br#"{"resourceType":"Patient"}"#.to_vec()),
             ("patients/p4/huge.json", vec![b' '; 2 * 1024 * 1024]),
         ],
     )
     .await;
-    let fetcher = BundleFetcher::new(&storage_config(
-        moto.port,
-        token,
-        "client-secret",
-        r#"max_bundle_bytes = "1MiB""#,
-    ))
-    .unwrap();
-    let object = |key: &str| BundleLocation::Object {
-        bucket: "partner-bundles".into(),
-        key: key.into(),
-    };
+    let fetcher =
+        BundleFetcher::new(&storage_config(moto.port, token, "client-secret", r#"max_bundle_bytes = "1MiB""#)).unwrap();
+    let object = |key: &str| BundleLocation::Object { bucket: "partner-bundles".into(), key: key.into() };
 
-    let first = fetcher
-        .fetch(&object("patients/p1/2026-11-21.json"))
-        .await
-        .unwrap();
+    let first = fetcher.fetch(&object("patients/p1/2026-11-21.json")).await.unwrap();
     assert_eq!(first.bytes, BUNDLE.as_bytes());
-    let second = fetcher
-        .fetch(&object("patients/p2/2026-11-21.json"))
-        .await
-        .unwrap();
-    assert!(
-        std::str::from_utf8(&second.bytes)
-            .unwrap()
-            .contains("carbs")
-    );
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "the credentials are reused until they near expiry"
-    );
+    let second = fetcher.fetch(&object("patients/p2/2026-11-21.json")).await.unwrap();
+    assert!(std::str::from_utf8(&second.bytes).unwrap().contains("carbs"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the credentials are reused until they near expiry");
 
-    let err = fetcher
-        .fetch(&object("patients/p3/not-fhir.json"))
-        .await
-        .unwrap_err();
+    let err = fetcher.fetch(&object("patients/p3/not-fhir.json")).await.unwrap_err();
     assert!(matches!(err, FetchError::NotBundle(_)), "{err}");
-    let err = fetcher
-        .fetch(&object("patients/p4/huge.json"))
-        .await
-        .unwrap_err();
+    let err = fetcher.fetch(&object("patients/p4/huge.json")).await.unwrap_err();
     assert!(matches!(err, FetchError::TooLarge { .. }), "{err}");
-    let err = fetcher
-        .fetch(&object("patients/nobody.json"))
-        .await
-        .unwrap_err();
+    let err = fetcher.fetch(&object("patients/nobody.json")).await.unwrap_err();
     assert!(matches!(err, FetchError::ObjectNotFound), "{err}");
 }
 
@@ -433,24 +321,11 @@ async fn a_rejected_client_secret_fails_the_fetch_with_the_token_error() {
         return;
     };
     let (token, _hits) = token_service(3600).await;
-    upload(
-        moto.port,
-        "bundles-2",
-        &[("k.json", BUNDLE.as_bytes().to_vec())],
-    )
-    .await;
+    upload(moto.port, "bundles-2", &[("k.json", BUNDLE.as_bytes().to_vec())]).await;
     let fetcher = BundleFetcher::new(&storage_config(moto.port, token, "wrong", "")).unwrap();
-    let err = fetcher
-        .fetch(&BundleLocation::Object {
-            bucket: "bundles-2".into(),
-            key: "k.json".into(),
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, FetchError::Token(TokenError::Status(401))),
-        "{err}"
-    );
+    let err =
+        fetcher.fetch(&BundleLocation::Object { bucket: "bundles-2".into(), key: "k.json".into() }).await.unwrap_err();
+    assert!(matches!(err, FetchError::Token(TokenError::Status(401))), "{err}");
     assert_eq!(err.class(), ErrorClass::Config);
 }
 
@@ -471,11 +346,7 @@ async fn credentials_are_refreshed_once_for_concurrent_callers_and_again_near_ex
         assert_eq!(credential.key_id, "ASIATEMPORARY");
         assert_eq!(credential.token.as_deref(), Some("session-token"));
     }
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "one refresh for ten concurrent callers"
-    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "one refresh for ten concurrent callers");
 
     // Credentials expiring within the refresh margin (60 s by default) are
     // fetched again on the next use.

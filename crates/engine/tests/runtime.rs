@@ -889,7 +889,9 @@ directory = "out-tls"
 async fn retry_after_of_the_receiver_holds_the_retry_back() {
     let app = axum::Router::new().route(
         "/busy",
-        axum::routing::post(|| async { (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "600")], "later") }),
+        axum::routing::post(|| async {
+            (axum::http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "600")], "later")
+        }),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/busy", listener.local_addr().unwrap());

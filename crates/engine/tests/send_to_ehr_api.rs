@@ -44,7 +44,11 @@ impl MemorySource {
         if self.down {
             // What a FHIR client reports for a server that is down.
             return Err(SourceError::Fhir(fhir::FhirError::Status {
-                context: fhir::RequestContext { server: "ehr".into(), method: "GET".into(), path: format!("{kind}/{id}") },
+                context: fhir::RequestContext {
+                    server: "ehr".into(),
+                    method: "GET".into(),
+                    path: format!("{kind}/{id}"),
+                },
                 status: 503,
                 outcome: None,
                 retry_after: None,
@@ -61,7 +65,10 @@ fn source() -> MemorySource {
         json!({"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN1"}],
                "name": [{"family": "Durand", "given": ["Léa"]}], "birthDate": "1975-06-30"}),
     );
-    resources.insert("Encounter/e1".into(), json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"}}));
+    resources.insert(
+        "Encounter/e1".into(),
+        json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"}}),
+    );
     resources.insert("Encounter/e2".into(), json!({"resourceType": "Encounter", "id": "e2", "status": "finished", "subject": {"reference": "Patient/other"}}));
     MemorySource { resources, down: false }
 }
@@ -104,12 +111,19 @@ async fn post(app: &App, body: &Value) -> (StatusCode, Value) {
 }
 
 async fn post_raw(app: &App, body: Vec<u8>) -> (StatusCode, Value) {
-    let request = Request::post(SEND).header(header::CONTENT_TYPE, "application/fhir+json").body(Body::from(body)).expect("request");
+    let request = Request::post(SEND)
+        .header(header::CONTENT_TYPE, "application/fhir+json")
+        .body(Body::from(body))
+        .expect("request");
     call(app, request).await
 }
 
 async fn track(app: &App, query: &str) -> (StatusCode, Value) {
-    call(app, Request::get(format!("/fhir/CommunicationRequest/$tracking{query}")).body(Body::empty()).expect("request")).await
+    call(
+        app,
+        Request::get(format!("/fhir/CommunicationRequest/$tracking{query}")).body(Body::empty()).expect("request"),
+    )
+    .await
 }
 
 fn parameters(list: Value) -> Value {
@@ -132,7 +146,12 @@ fn body(extra: &[Value]) -> Value {
 
 fn diagnostics(outcome: &Value) -> Vec<String> {
     assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
-    outcome["issue"].as_array().expect("issues").iter().map(|i| i["diagnostics"].as_str().unwrap_or("").to_string()).collect()
+    outcome["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .map(|i| i["diagnostics"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 #[tokio::test]
@@ -152,7 +171,10 @@ async fn a_valid_submission_is_stored_answered_and_tracked() {
     let tx = answer["parameter"][1]["valueString"].as_str().expect("transaction id").to_string();
     assert!(uuid::Uuid::parse_str(&tx).is_ok(), "{tx}");
     assert_eq!(answer["parameter"][0]["name"], "tracking-url");
-    assert_eq!(answer["parameter"][0]["valueUrl"], format!("https://plexus.example/fhir/CommunicationRequest/$tracking?transaction-id={tx}"));
+    assert_eq!(
+        answer["parameter"][0]["valueUrl"],
+        format!("https://plexus.example/fhir/CommunicationRequest/$tracking?transaction-id={tx}")
+    );
 
     let outputs = app.store.outputs(&tx).expect("stored");
     assert_eq!(outputs.title, "Durand_Léa_19750630_18842-5_MRN1");
@@ -180,25 +202,66 @@ async fn every_invalid_request_gets_its_status_and_diagnostics() {
     let app = app();
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!({"resourceType": "Patient"}), 400, "request body: expected a FHIR Parameters resource, got Patient"),
-        (body(&[json!({"name": "subject", "valueString": "Patient/p1"})]), 400, "subject: expected valueReference, got valueString"),
-        (body(&[json!({"name": "payload", "valueString": "***"})]), 400, "payload: not valid base64 (Invalid symbol 42, offset 0.)"),
-        (body(&[json!({"name": "title", "valueString": "x"})]), 400,
-            "title: unknown parameter (expected one of subject, context, content-type, document-type, document-title, sender-identifier, payload)"),
-        (body(&[json!({"name": "subject", "drop": true})]), 422, "subject: required parameter is missing (a reference to Patient/{id})"),
-        (body(&[json!({"name": "payload", "drop": true})]), 422, "payload: required parameter is missing (the document, base64)"),
-        (body(&[json!({"name": "subject", "valueReference": {"reference": "Patient/123"}})]), 422,
-            "Resource contains reference to Patient/123 but this resource is not valid"),
-        (body(&[json!({"name": "context", "valueReference": {"reference": "Encounter/e9"}})]), 422,
-            "Resource contains reference to Encounter/e9 but this resource is not valid"),
-        (body(&[json!({"name": "context", "valueReference": {"reference": "Encounter/e2"}})]), 422,
-            "context: Encounter/e2 is not an encounter of Patient/p1"),
-        (body(&[json!({"name": "document-type", "valueCode": "12345-6"})]), 422,
-            "document-type: `12345-6` is not an accepted LOINC document type (accepted: 11488-4, 34133-9, 18842-5, 11506-3, 57133-1, 34117-2, 28570-0, 11502-2, 18748-4, 59284-0, 57833-6)"),
-        (body(&[json!({"name": "content-type", "valueCode": "image/png"})]), 422,
-            "content-type: the payload's bytes are not image/png (they look like application/pdf)"),
-        (body(&[json!({"name": "content-type", "valueCode": "application/zip"})]), 422,
-            "content-type: `application/zip` is not accepted (accepted: application/pdf, image/jpeg, image/png, text/plain)"),
-        (body(&[json!({"name": "sender-identifier", "valueString": "1234"})]), 422, "sender-identifier: an RPPS number has 11 digits, got 4"),
+        (
+            body(&[json!({"name": "subject", "valueString": "Patient/p1"})]),
+            400,
+            "subject: expected valueReference, got valueString",
+        ),
+        (
+            body(&[json!({"name": "payload", "valueString": "***"})]),
+            400,
+            "payload: not valid base64 (Invalid symbol 42, offset 0.)",
+        ),
+        (
+            body(&[json!({"name": "title", "valueString": "x"})]),
+            400,
+            "title: unknown parameter (expected one of subject, context, content-type, document-type, document-title, sender-identifier, payload)",
+        ),
+        (
+            body(&[json!({"name": "subject", "drop": true})]),
+            422,
+            "subject: required parameter is missing (a reference to Patient/{id})",
+        ),
+        (
+            body(&[json!({"name": "payload", "drop": true})]),
+            422,
+            "payload: required parameter is missing (the document, base64)",
+        ),
+        (
+            body(&[json!({"name": "subject", "valueReference": {"reference": "Patient/123"}})]),
+            422,
+            "Resource contains reference to Patient/123 but this resource is not valid",
+        ),
+        (
+            body(&[json!({"name": "context", "valueReference": {"reference": "Encounter/e9"}})]),
+            422,
+            "Resource contains reference to Encounter/e9 but this resource is not valid",
+        ),
+        (
+            body(&[json!({"name": "context", "valueReference": {"reference": "Encounter/e2"}})]),
+            422,
+            "context: Encounter/e2 is not an encounter of Patient/p1",
+        ),
+        (
+            body(&[json!({"name": "document-type", "valueCode": "12345-6"})]),
+            422,
+            "document-type: `12345-6` is not an accepted LOINC document type (accepted: 11488-4, 34133-9, 18842-5, 11506-3, 57133-1, 34117-2, 28570-0, 11502-2, 18748-4, 59284-0, 57833-6)",
+        ),
+        (
+            body(&[json!({"name": "content-type", "valueCode": "image/png"})]),
+            422,
+            "content-type: the payload's bytes are not image/png (they look like application/pdf)",
+        ),
+        (
+            body(&[json!({"name": "content-type", "valueCode": "application/zip"})]),
+            422,
+            "content-type: `application/zip` is not accepted (accepted: application/pdf, image/jpeg, image/png, text/plain)",
+        ),
+        (
+            body(&[json!({"name": "sender-identifier", "valueString": "1234"})]),
+            422,
+            "sender-identifier: an RPPS number has 11 digits, got 4",
+        ),
     ];
     for (request, status, expected) in cases {
         let (got, outcome) = post(&app, &request).await;
@@ -221,8 +284,11 @@ async fn a_payload_over_the_limit_is_refused() {
     let app = app_with(config, source(), Arc::new(NoAuth));
     let mut pdf = PDF.to_vec();
     pdf.resize(100, b' ');
-    let (status, outcome) =
-        post(&app, &body(&[json!({"name": "payload", "valueString": base64::engine::general_purpose::STANDARD.encode(&pdf)})])).await;
+    let (status, outcome) = post(
+        &app,
+        &body(&[json!({"name": "payload", "valueString": base64::engine::general_purpose::STANDARD.encode(&pdf)})]),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(diagnostics(&outcome), ["payload: about 100 bytes, over the limit of 64 bytes"]);
     // A body far over the HTTP limit never reaches validation.
@@ -246,7 +312,9 @@ async fn tracking_refusals() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
         diagnostics(&outcome),
-        ["transaction-id: no submission 0190a1b2-0000-7000-8000-000000000000 (unknown, or older than the tracking retention)"]
+        [
+            "transaction-id: no submission 0190a1b2-0000-7000-8000-000000000000 (unknown, or older than the tracking retention)"
+        ]
     );
     let (status, outcome) = track(&app, "").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -282,16 +350,25 @@ async fn the_auth_hook_refuses_before_anything_is_read() {
         request.body(Body::from(body(&[]).to_string())).expect("request")
     };
     let (status, outcome) = call(&app, send(None)).await;
-    assert_eq!((status, diagnostics(&outcome)), (StatusCode::UNAUTHORIZED, vec!["an API token is required".to_string()]));
+    assert_eq!(
+        (status, diagnostics(&outcome)),
+        (StatusCode::UNAUTHORIZED, vec!["an API token is required".to_string()])
+    );
     let (status, outcome) = call(&app, send(Some("weak"))).await;
-    assert_eq!((status, diagnostics(&outcome)), (StatusCode::FORBIDDEN, vec!["token lacks the SEND_TO_EHR scope".to_string()]));
+    assert_eq!(
+        (status, diagnostics(&outcome)),
+        (StatusCode::FORBIDDEN, vec!["token lacks the SEND_TO_EHR scope".to_string()])
+    );
     let (status, outcome) = track(&app, "?transaction-id=x").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{outcome}");
     let (status, answer) = call(&app, send(Some("good"))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let tx = answer["parameter"][1]["valueString"].as_str().expect("transaction id");
     let outputs = app.store.outputs(tx).expect("stored");
-    assert_eq!(outputs.document_reference["author"][0]["display"], "doc-platform", "the token's application is the default sender");
+    assert_eq!(
+        outputs.document_reference["author"][0]["display"], "doc-platform",
+        "the token's application is the default sender"
+    );
 }
 
 /// The FHIR client as patient source against the FHIR server peer: a
@@ -299,7 +376,8 @@ async fn the_auth_hook_refuses_before_anything_is_read() {
 #[tokio::test]
 async fn fhir_client_resolves_against_the_fhir_peer() {
     let Some(peer) = testkit::FhirPeer::start("engine::send_to_ehr_api::fhir_peer") else { return };
-    let client = fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
+    let client =
+        fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
     let created = client
         .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN9"}], "name": [{"family": "Petit"}]}))
         .await
@@ -338,7 +416,8 @@ async fn fhir_client_resolves_against_the_fhir_peer() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let (status, outcome) = post(&app, &body(&[json!({"name": "subject", "valueReference": {"reference": "Patient/123"}})])).await;
+    let (status, outcome) =
+        post(&app, &body(&[json!({"name": "subject", "valueReference": {"reference": "Patient/123"}})])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(diagnostics(&outcome), ["Resource contains reference to Patient/123 but this resource is not valid"]);
 }

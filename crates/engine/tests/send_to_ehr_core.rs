@@ -88,7 +88,8 @@ fn encounter() -> Value {
 
 #[test]
 fn a_minimal_request_gets_every_default() {
-    let request = validate_request(&params(Value::Array(valid())), &SendToEhrConfig::default(), Some("doc-platform")).expect("valid");
+    let request = validate_request(&params(Value::Array(valid())), &SendToEhrConfig::default(), Some("doc-platform"))
+        .expect("valid");
     assert_eq!(
         request,
         SendToEhrRequest {
@@ -129,9 +130,21 @@ fn a_full_request_is_read_as_given() {
 #[test]
 fn malformed_bodies_are_400() {
     assert_refused(json!([1, 2]), 400, "request body: expected a FHIR Parameters resource (a JSON object)");
-    assert_refused(json!({"resourceType": "Bundle"}), 400, "request body: expected a FHIR Parameters resource, got Bundle");
-    assert_refused(json!({"parameter": []}), 400, "request body: expected a FHIR Parameters resource (no resourceType)");
-    assert_refused(json!({"resourceType": "Parameters", "parameter": {}}), 400, "Parameters.parameter: expected an array");
+    assert_refused(
+        json!({"resourceType": "Bundle"}),
+        400,
+        "request body: expected a FHIR Parameters resource, got Bundle",
+    );
+    assert_refused(
+        json!({"parameter": []}),
+        400,
+        "request body: expected a FHIR Parameters resource (no resourceType)",
+    );
+    assert_refused(
+        json!({"resourceType": "Parameters", "parameter": {}}),
+        400,
+        "Parameters.parameter: expected an array",
+    );
 }
 
 #[test]
@@ -141,15 +154,25 @@ fn malformed_parameters_are_400_and_name_the_parameter() {
         400,
         "subject: expected valueReference, got valueString",
     );
-    assert_refused(with(json!({"name": "payload", "valueString": "%%%not base64%%%"})), 400, "payload: not valid base64 (Invalid symbol 37, offset 0.)");
+    assert_refused(
+        with(json!({"name": "payload", "valueString": "%%%not base64%%%"})),
+        400,
+        "payload: not valid base64 (Invalid symbol 37, offset 0.)",
+    );
     assert_refused(with(json!({"name": "payload", "valueString": 42})), 400, "payload: valueString must be a string");
-    assert_refused(with(json!({"name": "document_type", "valueCode": "18842-5"})), 400,
-        "document_type: unknown parameter (expected one of subject, context, content-type, document-type, document-title, sender-identifier, payload)");
+    assert_refused(
+        with(json!({"name": "document_type", "valueCode": "18842-5"})),
+        400,
+        "document_type: unknown parameter (expected one of subject, context, content-type, document-type, document-title, sender-identifier, payload)",
+    );
     let mut twice = valid();
     twice.push(json!({"name": "subject", "valueReference": {"reference": "Patient/p2"}}));
     assert_refused(params(Value::Array(twice)), 400, "subject: given more than once");
-    assert_refused(with(json!({"name": "context", "valueReference": {"display": "visit"}})), 400,
-        "context: valueReference has no reference (expected Encounter/{id})");
+    assert_refused(
+        with(json!({"name": "context", "valueReference": {"display": "visit"}})),
+        400,
+        "context: valueReference has no reference (expected Encounter/{id})",
+    );
 }
 
 #[test]
@@ -191,7 +214,11 @@ fn business_rule_violations_are_422_and_name_the_parameter() {
         422,
         "sender-identifier: an RPPS number has 11 digits, got 12",
     );
-    assert_refused(with(json!({"name": "document-title", "valueString": "   "})), 422, "document-title: is empty (omit it to use the default title)");
+    assert_refused(
+        with(json!({"name": "document-title", "valueString": "   "})),
+        422,
+        "document-title: is empty (omit it to use the default title)",
+    );
     assert_refused(with(json!({"name": "payload", "valueString": ""})), 422, "payload: is empty");
 }
 
@@ -204,12 +231,20 @@ fn content_type_must_match_the_payload_bytes() {
     );
     let mut list = valid();
     list.push(json!({"name": "content-type", "valueCode": "image/jpeg"}));
-    assert_refused(params(Value::Array(list)), 422, "content-type: the payload's bytes are not image/jpeg (they look like application/pdf)");
+    assert_refused(
+        params(Value::Array(list)),
+        422,
+        "content-type: the payload's bytes are not image/jpeg (they look like application/pdf)",
+    );
     let mut list = valid();
     list.retain(|p| p["name"] != "payload");
     list.push(json!({"name": "content-type", "valueCode": "text/plain"}));
     list.push(json!({"name": "payload", "valueString": b64(b"abc\0def")}));
-    assert_refused(params(Value::Array(list)), 422, "content-type: the payload's bytes are not text/plain (they match no accepted type)");
+    assert_refused(
+        params(Value::Array(list)),
+        422,
+        "content-type: the payload's bytes are not text/plain (they match no accepted type)",
+    );
 }
 
 #[test]
@@ -229,12 +264,14 @@ fn payload_over_the_limit_is_422_before_and_after_decoding() {
     let config = SendToEhrConfig { max_payload: engine::config::ByteSize(40), ..SendToEhrConfig::default() };
     let mut big = PDF.to_vec();
     big.resize(400, b' ');
-    let r = validate_request(&with(json!({"name": "payload", "valueString": b64(&big)})), &config, None).expect_err("too big");
+    let r = validate_request(&with(json!({"name": "payload", "valueString": b64(&big)})), &config, None)
+        .expect_err("too big");
     assert_eq!(r.status, 422);
     assert_eq!(r.diagnostics(), ["payload: about 400 bytes, over the limit of 40 bytes"]);
     // Just over the limit: decoded, then refused on the exact size.
     big.truncate(41);
-    let r = validate_request(&with(json!({"name": "payload", "valueString": b64(&big)})), &config, None).expect_err("too big");
+    let r = validate_request(&with(json!({"name": "payload", "valueString": b64(&big)})), &config, None)
+        .expect_err("too big");
     assert_eq!(r.diagnostics(), ["payload: 41 bytes, over the limit of 40 bytes"]);
     big.truncate(40);
     validate_request(&with(json!({"name": "payload", "valueString": b64(&big)})), &config, None).expect("at the limit");
@@ -244,7 +281,10 @@ fn payload_over_the_limit_is_422_before_and_after_decoding() {
 fn encounter_required_by_configuration() {
     let config = SendToEhrConfig { encounter: EncounterRule::Required, ..SendToEhrConfig::default() };
     let r = validate_request(&params(Value::Array(valid())), &config, None).expect_err("context required");
-    assert_eq!((r.status, r.diagnostics()), (422, vec!["context: required parameter is missing (a reference to Encounter/{id})"]));
+    assert_eq!(
+        (r.status, r.diagnostics()),
+        (422, vec!["context: required parameter is missing (a reference to Encounter/{id})"])
+    );
 }
 
 #[test]
@@ -257,7 +297,12 @@ fn every_problem_is_reported_and_malformed_wins() {
     let r = refuse(&body);
     assert_eq!(r.status, 400);
     assert_eq!(r.problems.len(), 3, "{:?}", r.diagnostics());
-    let expressions: Vec<Value> = r.to_operation_outcome()["issue"].as_array().expect("issues").iter().map(|i| i["expression"][0].clone()).collect();
+    let expressions: Vec<Value> = r.to_operation_outcome()["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .map(|i| i["expression"][0].clone())
+        .collect();
     assert_eq!(
         expressions,
         [
@@ -295,9 +340,15 @@ fn default_title_is_last_first_birthdate_type_identifier() {
 fn outputs_are_linked_and_deterministic() {
     let (_, outputs, _) = built(OutputFormat::OruR01, true);
     assert_eq!(outputs, built(OutputFormat::OruR01, true).1, "same request, id and time give the same resources");
-    assert_eq!(outputs.binary, json!({"resourceType": "Binary", "id": TX, "contentType": "application/pdf", "data": b64(PDF)}));
+    assert_eq!(
+        outputs.binary,
+        json!({"resourceType": "Binary", "id": TX, "contentType": "application/pdf", "data": b64(PDF)})
+    );
     let doc = &outputs.document_reference;
-    assert_eq!(doc["type"]["coding"][0], json!({"system": "http://loinc.org", "code": "11488-4", "display": "Consult note"}));
+    assert_eq!(
+        doc["type"]["coding"][0],
+        json!({"system": "http://loinc.org", "code": "11488-4", "display": "Consult note"})
+    );
     assert_eq!(doc["subject"]["reference"], "Patient/p1");
     assert_eq!(doc["context"]["encounter"][0]["reference"], "Encounter/e1");
     assert_eq!(doc["content"][0]["attachment"]["url"], format!("https://plexus.example/fhir/Binary/{TX}"), "absolute");
@@ -366,7 +417,8 @@ fn a_title_with_hl7_delimiters_is_escaped_not_split() {
     };
     let resolved = Resolved { patient: patient(), encounter: None };
     let outputs = build::outputs(&request, &resolved, "https://plexus.example/fhir/", TX, now());
-    let message = build::ehr_message(&outputs, &resolved, OutputFormat::MdmT02, TX, now(), &Default::default()).expect("converts");
+    let message = build::ehr_message(&outputs, &resolved, OutputFormat::MdmT02, TX, now(), &Default::default())
+        .expect("converts");
     let parsed = hl7v2::Message::parse(message.to_bytes()).expect("parses");
     assert_eq!(parsed.get("TXA-16").as_deref(), Some("Lettre|sortie^J&K~1"));
     assert_eq!(parsed.get("OBX-3-2").as_deref(), Some("Lettre|sortie^J&K~1"));
@@ -377,10 +429,18 @@ fn json_output_is_the_collection_bundle() {
     let (_, outputs, message) = built(OutputFormat::Json, false);
     let EhrMessage::Json(bundle) = &message else { panic!("expected JSON") };
     assert_eq!(bundle["type"], "collection");
-    let types: Vec<&str> = bundle["entry"].as_array().expect("entries").iter().filter_map(|e| e["resource"]["resourceType"].as_str()).collect();
+    let types: Vec<&str> = bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["resource"]["resourceType"].as_str())
+        .collect();
     assert_eq!(types, ["Patient", "DocumentReference", "Binary"]);
     assert_eq!(bundle["entry"][1]["resource"], outputs.document_reference);
-    assert_eq!(bundle["entry"][2]["fullUrl"], outputs.document_reference["content"][0]["attachment"]["url"], "the url resolves in the Bundle");
+    assert_eq!(
+        bundle["entry"][2]["fullUrl"], outputs.document_reference["content"][0]["attachment"]["url"],
+        "the url resolves in the Bundle"
+    );
     assert_eq!(message.media_type(), "application/fhir+json");
 }
 
@@ -402,7 +462,8 @@ fn a_stored_submission_converts_like_the_direct_build() {
         assert_eq!(from_stored.to_bytes(), direct.to_bytes(), "{format:?}");
         assert_eq!(request.payload, PDF);
     }
-    let broken = serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "collection", "entry": []})).expect("JSON");
+    let broken =
+        serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "collection", "entry": []})).expect("JSON");
     assert_eq!(build::read_submission(&broken).expect_err("nothing in it"), "the stored submission has no Patient");
     assert!(build::read_submission(b"%PDF").expect_err("not JSON").starts_with("the stored submission is not JSON"));
 }
@@ -410,7 +471,10 @@ fn a_stored_submission_converts_like_the_direct_build() {
 #[test]
 fn tracking_goes_preparation_in_progress_completed() {
     let mut record = TrackingRecord::new(TX, "p1", now());
-    assert_eq!(tracking::tracking_bundle(std::slice::from_ref(&record))["entry"][0]["resource"]["status"], "preparation");
+    assert_eq!(
+        tracking::tracking_bundle(std::slice::from_ref(&record))["entry"][0]["resource"]["status"],
+        "preparation"
+    );
     record.advance(TrackingStatus::InProgress, now()).expect("to in-progress");
     record.advance(TrackingStatus::InProgress, now()).expect("retrying stays in-progress");
     let sent = now() + chrono::Duration::minutes(5);
@@ -431,7 +495,9 @@ fn tracking_goes_preparation_in_progress_completed() {
 #[test]
 fn entered_in_error_carries_its_reason_and_is_final() {
     let mut record = TrackingRecord::new(TX, "p1", now());
-    record.advance(TrackingStatus::EnteredInError { reason: "EHR refused: AR unknown patient".into() }, now()).expect("to error");
+    record
+        .advance(TrackingStatus::EnteredInError { reason: "EHR refused: AR unknown patient".into() }, now())
+        .expect("to error");
     let communication = record.to_communication();
     assert_eq!(communication["status"], "entered-in-error");
     assert_eq!(communication["statusReason"]["text"], "EHR refused: AR unknown patient");
@@ -481,7 +547,10 @@ fn created_and_answered_resources_validate_as_fhir_r4() {
     let resources = [
         ("binary", outputs.binary.clone()),
         ("document_reference", outputs.document_reference.clone()),
-        ("stored_submission", build::submission_bundle(&outputs, &Resolved { patient: patient(), encounter: Some(encounter()) })),
+        (
+            "stored_submission",
+            build::submission_bundle(&outputs, &Resolved { patient: patient(), encounter: Some(encounter()) }),
+        ),
         ("communication_request", outputs.communication_request.clone()),
         ("tracking_completed", tracking::tracking_bundle(&[completed])),
         ("tracking_error", tracking::tracking_bundle(&[failed])),

@@ -22,7 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::codec::{Decoder, Encoder};
 
-const PDF: &[u8] = b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n1 0 obj << /Type /Catalog >> endobj\n\x00\x01\x02\xFF binary part\n%%EOF\n";
+const PDF: &[u8] =
+    b"%PDF-1.7\n%\xE2\xE3\xCF\xD3\n1 0 obj << /Type /Catalog >> endobj\n\x00\x01\x02\xFF binary part\n%%EOF\n";
 const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 1];
 
 fn b64(bytes: &[u8]) -> String {
@@ -171,7 +172,8 @@ async fn a_document_reaches_the_ehr_on_mariadb() {
 /// The whole path on the store at `store_url` (a SQLite file when `None`).
 async fn document_reaches_the_ehr(store_url: Option<String>, suite: &str) {
     let Some(peer) = testkit::FhirPeer::start(suite) else { return };
-    let client = fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
+    let client =
+        fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
     let created = client
         .create(&json!({
             "resourceType": "Patient",
@@ -247,14 +249,20 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     assert_eq!(status, 401, "{outcome}");
     assert_eq!(outcome["resourceType"], "OperationOutcome");
     assert_eq!(outcome["issue"][0]["diagnostics"], "an API token is required (Authorization: Bearer plx_...)");
-    let (status, outcome) = anonymous.track(&format!("{base}/fhir/CommunicationRequest/$tracking?transaction-id=x")).await;
+    let (status, outcome) =
+        anonymous.track(&format!("{base}/fhir/CommunicationRequest/$tracking?transaction-id=x")).await;
     assert_eq!(status, 401, "{outcome}");
-    let reader = Api { http: reqwest::Client::new(), base: base.clone(), token: Some(issue("dashboard", &[Scope::MessagesRead]).await) };
+    let reader = Api {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+        token: Some(issue("dashboard", &[Scope::MessagesRead]).await),
+    };
     let (status, outcome) = reader.submit(body.clone()).await;
     assert_eq!(status, 403, "{outcome}");
     assert_eq!(outcome["resourceType"], "OperationOutcome");
     assert_eq!(outcome["issue"][0]["diagnostics"], "the API token lacks the scope SEND_TO_EHR");
-    let forged = Api { http: reqwest::Client::new(), base: base.clone(), token: Some("plx_0123456789abcdef_00".into()) };
+    let forged =
+        Api { http: reqwest::Client::new(), base: base.clone(), token: Some("plx_0123456789abcdef_00".into()) };
     assert_eq!(forged.submit(body).await.0, 401);
     let channel_query = store::SearchQuery { channel: Some(channel.clone()), ..Default::default() };
     assert!(engine.store().search(&channel_query).await.expect("search").items.is_empty(), "nothing stored");
@@ -262,8 +270,15 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     let api = Api { http: reqwest::Client::new(), base, token: Some(issue("doc-platform", &[Scope::SendToEhr]).await) };
 
     // A discharge summary, default title, while the EHR is down.
-    let (status, answer) =
-        api.submit(parameters(&patient, &encounter, "application/pdf", PDF, &[json!({"name": "document-type", "valueCode": "18842-5"})])).await;
+    let (status, answer) = api
+        .submit(parameters(
+            &patient,
+            &encounter,
+            "application/pdf",
+            PDF,
+            &[json!({"name": "document-type", "valueCode": "18842-5"})],
+        ))
+        .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["resourceType"], "Parameters");
     let tracking_first = answer["parameter"][0]["valueUrl"].as_str().expect("tracking-url").to_string();
@@ -288,7 +303,13 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     // (one patient's documents reach the EHR in order): not yet attempted.
     let title = "Lettre de sortie | cardiologie";
     let (status, answer) = api
-        .submit(parameters(&patient, &encounter, "image/png", PNG, &[json!({"name": "document-title", "valueString": title})]))
+        .submit(parameters(
+            &patient,
+            &encounter,
+            "image/png",
+            PNG,
+            &[json!({"name": "document-title", "valueString": title})],
+        ))
         .await;
     assert_eq!(status, 200, "{answer}");
     let tracking_second = answer["parameter"][0]["valueUrl"].as_str().expect("tracking-url").to_string();
@@ -313,7 +334,8 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     assert!(done["sent"].is_string(), "{done}");
 
     let frames = frames.lock().expect("lock").clone();
-    let kinds: Vec<String> = frames.iter().map(|m| format!("{}^{}", field(m, "MSH-9-1"), field(m, "MSH-9-2"))).collect();
+    let kinds: Vec<String> =
+        frames.iter().map(|m| format!("{}^{}", field(m, "MSH-9-1"), field(m, "MSH-9-2"))).collect();
     assert_eq!(frames.len(), 4, "{kinds:?}");
     let of = |kind: &str| -> Vec<&hl7v2::Message> {
         frames.iter().filter(|m| format!("{}^{}", field(m, "MSH-9-1"), field(m, "MSH-9-2")) == kind).collect()
@@ -322,9 +344,7 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     assert_eq!((oru.len(), mdm.len()), (2, 2), "{kinds:?}");
 
     let expected_title = "Lemoine_Claire_19680914_18842-5_MRN4242";
-    for (message, bytes, loinc, title) in
-        [(oru[0], PDF, "18842-5", expected_title), (oru[1], PNG, "11488-4", title)]
-    {
+    for (message, bytes, loinc, title) in [(oru[0], PDF, "18842-5", expected_title), (oru[1], PNG, "11488-4", title)] {
         assert_eq!(field(message, "MSH-5"), "EHR");
         assert_eq!(field(message, "PID-3-1"), "MRN4242");
         assert_eq!(field(message, "PID-5-1"), "Lemoine");
@@ -346,8 +366,12 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     // resources with the message; the token's name is the default sender.
     let detail = engine.store().get_message(found.items[0].id).await.expect("read").expect("stored");
     let stored: Value = serde_json::from_slice(detail.raw.as_deref().expect("content kept")).expect("a Bundle");
-    let resources: Vec<&str> =
-        stored["entry"].as_array().expect("entries").iter().filter_map(|e| e["resource"]["resourceType"].as_str()).collect();
+    let resources: Vec<&str> = stored["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["resource"]["resourceType"].as_str())
+        .collect();
     assert_eq!(resources, ["Patient", "Encounter", "DocumentReference", "Binary", "CommunicationRequest"]);
     assert_eq!(stored["entry"][2]["resource"]["author"][0]["display"], "doc-platform");
     assert_eq!(stored["entry"][2]["resource"]["id"], first.as_str());
@@ -357,16 +381,25 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     assert_eq!(url, format!("{}/fhir/Binary/{first}", api.base));
     let (status, binary) = api.track(&url).await;
     assert_eq!(status, 200, "{binary}");
-    assert_eq!((binary["resourceType"].as_str(), binary["contentType"].as_str()), (Some("Binary"), Some("application/pdf")));
+    assert_eq!(
+        (binary["resourceType"].as_str(), binary["contentType"].as_str()),
+        (Some("Binary"), Some("application/pdf"))
+    );
     assert_eq!(binary["data"], b64(PDF));
     let (status, resource) = api.track(&format!("{}/fhir/CommunicationRequest/{first}", api.base)).await;
     assert_eq!((status, resource["status"].as_str()), (200, Some("active")), "{resource}");
     let (status, outcome) = api.track(&format!("{}/fhir/Binary/0190a1b2-0000-7000-8000-000000000000", api.base)).await;
     assert_eq!(status, 404, "{outcome}");
-    assert_eq!(outcome["issue"][0]["diagnostics"], "Binary/0190a1b2-0000-7000-8000-000000000000: no such submission resource");
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "Binary/0190a1b2-0000-7000-8000-000000000000: no such submission resource"
+    );
     assert_eq!(anonymous.track(&url).await.0, 401);
     let audit = engine.store().audit_events(&store::AuditQuery::default()).await.expect("audit");
-    assert!(audit.iter().any(|e| e.actor == "doc-platform" && e.action == "read_content"), "reads of contents are audited");
+    assert!(
+        audit.iter().any(|e| e.actor == "doc-platform" && e.action == "read_content"),
+        "reads of contents are audited"
+    );
     for delivery in &detail.deliveries {
         assert_eq!(delivery.state, store::DeliveryState::Sent);
         let sent = delivery.transformed.as_deref().expect("the message sent is kept");
@@ -384,7 +417,12 @@ fn the_example_compiles_and_mistakes_are_reported_with_their_paths() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/send-to-ehr.toml");
     let config = Config::load(&example).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.channels[0].source.kind(), "send_to_ehr");
-    assert!(config.to_string().contains("documents: send_to_ehr (api listener, patients from ehr) -> ehr (mllp), archive (file)"), "{config}");
+    assert!(
+        config
+            .to_string()
+            .contains("documents: send_to_ehr (api listener, patients from ehr) -> ehr (mllp), archive (file)"),
+        "{config}"
+    );
 
     let text = r#"
 version = 1
@@ -425,7 +463,8 @@ type = "send_to_ehr"
 #[tokio::test]
 async fn a_refused_document_is_entered_in_error_and_json_goes_to_the_archive() {
     let Some(peer) = testkit::FhirPeer::start("engine::send_to_ehr_e2e::refused") else { return };
-    let client = fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
+    let client =
+        fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
     let created = client
         .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN7"}],
                         "name": [{"family": "Roux", "given": ["Paul"]}], "birthDate": "1990-01-02"}))
@@ -480,7 +519,10 @@ file_name = "${{message_id}}.json"
     assert_eq!(status, 200, "{answer}");
     let tx = answer["parameter"][1]["valueString"].as_str().expect("transaction-id").to_string();
     let tracking = answer["parameter"][0]["valueUrl"].as_str().expect("tracking-url").to_string();
-    assert!(tracking.starts_with("https://plexus.example/fhir/CommunicationRequest/$tracking?"), "public_url: {tracking}");
+    assert!(
+        tracking.starts_with("https://plexus.example/fhir/CommunicationRequest/$tracking?"),
+        "public_url: {tracking}"
+    );
     let local = format!("{}/fhir/CommunicationRequest/$tracking?transaction-id={tx}", api.base);
 
     let communication = api.wait_for(&local, "entered-in-error").await;
@@ -491,17 +533,27 @@ file_name = "${{message_id}}.json"
     assert_eq!(frames.lock().expect("lock").len(), 1, "dead-lettered at the first NAK, not retried");
 
     // The archive got the FHIR Bundle, whose Binary is the document.
-    let files: Vec<std::path::PathBuf> =
-        std::fs::read_dir(dir.path().join("archive")).expect("archive folder").map(|e| e.expect("entry").path()).collect();
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.path().join("archive"))
+        .expect("archive folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let bundle: Value = serde_json::from_slice(&std::fs::read(&files[0]).expect("read")).expect("JSON");
     assert_eq!(bundle["resourceType"], "Bundle");
-    let types: Vec<&str> = bundle["entry"].as_array().expect("entries").iter().filter_map(|e| e["resource"]["resourceType"].as_str()).collect();
+    let types: Vec<&str> = bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["resource"]["resourceType"].as_str())
+        .collect();
     assert_eq!(types, ["Patient", "DocumentReference", "Binary"]);
     assert_eq!(bundle["entry"][2]["resource"]["data"], b64(PDF));
     assert_eq!(bundle["entry"][2]["fullUrl"], format!("https://plexus.example/fhir/Binary/{tx}"));
     assert_eq!(bundle["entry"][1]["resource"]["author"][0]["display"], "portal", "no token name: the default sender");
-    assert_eq!(bundle["entry"][1]["resource"]["content"][0]["attachment"]["url"], format!("https://plexus.example/fhir/Binary/{tx}"));
+    assert_eq!(
+        bundle["entry"][1]["resource"]["content"][0]["attachment"]["url"],
+        format!("https://plexus.example/fhir/Binary/{tx}")
+    );
 
     engine.shutdown(Duration::from_secs(5)).await;
 }

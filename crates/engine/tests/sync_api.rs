@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use engine::api::auth::{issue_token, Auth, Scope};
-use engine::api::sync::{router, SyncServers};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use engine::api::auth::{Auth, Scope, issue_token};
+use engine::api::sync::{SyncServers, router};
 use fhir::{FhirClient, ServerConfig};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use store::{Store, StoreOptions};
 use testkit::FhirPeer;
 use tower::ServiceExt as _;
@@ -32,8 +32,7 @@ async fn api(servers: &[(&str, &str)]) -> Api {
     let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
     let store = store::open(&url, StoreOptions::default()).await.expect("open store");
     let sync_token = issue_token(store.as_ref(), "sync-ops", &[Scope::Sync], None).await.expect("token").bearer;
-    let read_token =
-        issue_token(store.as_ref(), "reader", &[Scope::MessagesRead], None).await.expect("token").bearer;
+    let read_token = issue_token(store.as_ref(), "reader", &[Scope::MessagesRead], None).await.expect("token").bearer;
     let configs: BTreeMap<String, ServerConfig> = servers
         .iter()
         .map(|(name, base)| ((*name).to_owned(), ServerConfig::new(url::Url::parse(base).expect("url"))))
@@ -43,7 +42,13 @@ async fn api(servers: &[(&str, &str)]) -> Api {
 }
 
 impl Api {
-    async fn call(&self, method: &str, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, String, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, String, Value) {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -88,8 +93,9 @@ async fn refusals_are_problems_with_the_right_status() {
 
     let t = Some(api.sync_token.as_str());
     // 400: unknown server names, named in the answer.
-    let (status, ct, body) =
-        api.call("POST", "/api/sync/jobs", t, Some(json!({"source": "ehr", "target": "nowhere", "patient": "p1"}))).await;
+    let (status, ct, body) = api
+        .call("POST", "/api/sync/jobs", t, Some(json!({"source": "ehr", "target": "nowhere", "patient": "p1"})))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(ct, "application/problem+json");
     let detail = body["detail"].as_str().unwrap_or("");
@@ -208,8 +214,8 @@ async fn a_job_syncs_the_synthea_patient_between_two_peers() {
     let Some(ehr_peer) = FhirPeer::start(suite) else { return };
     let Some(crm_peer) = FhirPeer::start(suite) else { return };
     let api = api(&[("ehr", &ehr_peer.base_url), ("crm", &crm_peer.base_url)]).await;
-    let ehr = FhirClient::new("ehr", &ServerConfig::new(url::Url::parse(&ehr_peer.base_url).expect("url")))
-        .expect("client");
+    let ehr =
+        FhirClient::new("ehr", &ServerConfig::new(url::Url::parse(&ehr_peer.base_url).expect("url"))).expect("client");
     let patient = load_ehr(&ehr).await;
     let t = Some(api.sync_token.as_str());
 
@@ -243,8 +249,8 @@ async fn a_job_syncs_the_synthea_patient_between_two_peers() {
     assert!(!phases.is_empty());
 
     // The target holds what the EHR holds.
-    let crm = FhirClient::new("crm", &ServerConfig::new(url::Url::parse(&crm_peer.base_url).expect("url")))
-        .expect("client");
+    let crm =
+        FhirClient::new("crm", &ServerConfig::new(url::Url::parse(&crm_peer.base_url).expect("url"))).expect("client");
     let observations = crm
         .search_all(&fhir::Search::new("Observation").param("_count", "1000"))
         .await

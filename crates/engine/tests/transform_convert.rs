@@ -67,7 +67,11 @@ async fn fhir_server() -> (String, Arc<Mutex<Vec<(String, Bytes)>>>) {
             async move {
                 let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 log.lock().unwrap().push((ct, body));
-                (axum::http::StatusCode::OK, [("content-type", "application/fhir+json")], "{\"resourceType\":\"Bundle\"}")
+                (
+                    axum::http::StatusCode::OK,
+                    [("content-type", "application/fhir+json")],
+                    "{\"resourceType\":\"Bundle\"}",
+                )
             }
         }),
     );
@@ -90,7 +94,8 @@ async fn send(addr: SocketAddr, message: &str) -> String {
             let ack = hl7v2::Message::parse(frame.to_vec()).unwrap();
             return ack.get("MSA-1").map(|v| v.into_owned()).unwrap_or_default();
         }
-        let n = tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf)).await.expect("an ACK").unwrap();
+        let n =
+            tokio::time::timeout(Duration::from_secs(30), stream.read_buf(&mut buf)).await.expect("an ACK").unwrap();
         assert!(n > 0, "the connection closed before the ACK");
     }
 }
@@ -159,9 +164,8 @@ async fn an_unsupported_event_is_accepted_and_its_delivery_fails_permanently_nam
     assert_eq!(d.error_class, Some(FailureClass::Permanent));
     let reason = d.error_reason.unwrap();
     assert!(
-        reason.contains(
-            "channel \"adt-in\".transform[0]: cannot convert the message: unsupported message type ADT^A17"
-        ),
+        reason
+            .contains("channel \"adt-in\".transform[0]: cannot convert the message: unsupported message type ADT^A17"),
         "{reason}"
     );
     assert!(seen.lock().unwrap().is_empty(), "nothing reached the FHIR endpoint");

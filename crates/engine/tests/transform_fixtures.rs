@@ -101,7 +101,11 @@ fn every_step_on_every_fixture() {
         assert_eq!(again.segments_named("NTE").count(), 0, "{name}");
         let family = original.valued("PID-5-1").map(|f| f.to_uppercase()).unwrap_or_default();
         assert_eq!(again.get("ZPX-3").as_deref().unwrap_or(""), family, "{name}");
-        assert_eq!(again.get("ZPX-4").as_deref(), Some(original.segments_named("OBX").count().to_string().as_str()), "{name}");
+        assert_eq!(
+            again.get("ZPX-4").as_deref(),
+            Some(original.segments_named("OBX").count().to_string().as_str()),
+            "{name}"
+        );
         assert_eq!(ctx.channel_map.get("type").map(String::as_str), original.get("MSH-9-1").as_deref(), "{name}");
 
         // Routing: results go to the lab only.

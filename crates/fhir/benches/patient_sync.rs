@@ -59,14 +59,8 @@ fn main() {
     if testkit::peers_or_skip("bench fhir patient_sync").is_none() {
         return;
     }
-    let runs: usize = std::env::var("PLEXUS_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runs: usize = std::env::var("PLEXUS_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let ehr_peer = FhirPeer::start("bench fhir patient_sync").expect("ehr peer");
     let ehr = client("ehr", &ehr_peer.base_url);
     let patient_id = rt.block_on(support::load_synthea(&ehr));
@@ -81,39 +75,18 @@ fn main() {
     for run in 0..runs {
         let target_peer = FhirPeer::start("bench").expect("target peer");
         let target = client("crm", &target_peer.base_url);
-        let report = rt.block_on(sync::sync_patient(
-            &ehr,
-            &target,
-            &patient_id,
-            &options,
-            &sync::NoProgress,
-        ));
+        let report = rt.block_on(sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress));
         assert_eq!(report.status, sync::SyncStatus::Succeeded, "{report:#?}");
         assert_eq!(report.totals().created, 319);
         mode = Some(report.write_mode);
         first.push(figures(&report));
         let target_ids = report.target_ids.clone();
-        let report = rt.block_on(sync::sync_patient(
-            &ehr,
-            &target,
-            &patient_id,
-            &options,
-            &sync::NoProgress,
-        ));
+        let report = rt.block_on(sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress));
         assert_eq!(report.totals().unchanged, 319);
         second.push(figures(&report));
         // What a sync job does when an earlier job recorded the target ids.
-        let hinted = SyncOptions {
-            known_targets: target_ids,
-            ..options.clone()
-        };
-        let report = rt.block_on(sync::sync_patient(
-            &ehr,
-            &target,
-            &patient_id,
-            &hinted,
-            &sync::NoProgress,
-        ));
+        let hinted = SyncOptions { known_targets: target_ids, ..options.clone() };
+        let report = rt.block_on(sync::sync_patient(&ehr, &target, &patient_id, &hinted, &sync::NoProgress));
         assert_eq!(report.totals().unchanged, 319);
         known.push(figures(&report));
         drop(target_peer);
@@ -133,20 +106,11 @@ fn main() {
     );
     println!(
         "{:<44} {:>9} {:>20} {:>16} {:>11} {:>15} {:>10}",
-        "approach",
-        "wall ms",
-        "fetch/match/write ms",
-        "EHR req (+page)",
-        "target req",
-        "total requests",
-        "resources"
+        "approach", "wall ms", "fetch/match/write ms", "EHR req (+page)", "target req", "total requests", "resources"
     );
     let row = |name: &str, f: &[Figures]| {
         let m = median(f);
-        let phases = m
-            .phases
-            .map(|(f, mt, w)| format!("{f}/{mt}/{w}"))
-            .unwrap_or_else(|| "-".into());
+        let phases = m.phases.map(|(f, mt, w)| format!("{f}/{mt}/{w}")).unwrap_or_else(|| "-".into());
         println!(
             "{:<44} {:>9.1} {:>20} {:>11} (+{}) {:>11} {:>15} {:>10}",
             name,
@@ -159,10 +123,7 @@ fn main() {
             m.resources
         );
     };
-    row(
-        &format!("plexus sync, first run ({:?})", mode.expect("a run")),
-        &first,
-    );
+    row(&format!("plexus sync, first run ({:?})", mode.expect("a run")), &first);
     row("plexus sync, second run (nothing to write)", &second);
     row("second run with the first's target ids", &known);
     row("one request per resource (conditional update)", &naive);
@@ -172,11 +133,7 @@ fn main() {
 fn figures(report: &sync::SyncReport) -> Figures {
     Figures {
         wall: Duration::from_millis(report.timings.total_ms),
-        phases: Some((
-            report.timings.fetch_ms,
-            report.timings.match_ms,
-            report.timings.write_ms,
-        )),
+        phases: Some((report.timings.fetch_ms, report.timings.match_ms, report.timings.write_ms)),
         source_requests: report.requests.source.requests,
         source_paging: report.requests.source.paging_requests,
         target_requests: report.requests.target.requests,
@@ -258,9 +215,7 @@ async fn one_request_per_resource(
         obj.remove("id");
         obj.remove("meta");
         let token = format!("urn:plexus:naive|{k}");
-        let ids = obj
-            .entry("identifier")
-            .or_insert_with(|| Value::Array(Vec::new()));
+        let ids = obj.entry("identifier").or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(list) = ids {
             list.push(serde_json::json!({"system": "urn:plexus:naive", "value": k.to_string()}));
         }
@@ -272,10 +227,7 @@ async fn one_request_per_resource(
             _ => Rewrite::Keep,
         });
         let written = if conditional {
-            target
-                .conditional_update(&r, &[("identifier", &token)])
-                .await
-                .expect("write")
+            target.conditional_update(&r, &[("identifier", &token)]).await.expect("write")
         } else {
             target.create(&r).await.expect("write")
         };

@@ -72,40 +72,28 @@ impl Authorizer {
         http: reqwest::Client,
         secrets: SecretLookup<'_>,
     ) -> Result<Authorizer, FhirError> {
-        let config_error = |reason: String| FhirError::Config {
-            server: server.to_owned(),
-            reason,
-        };
+        let config_error = |reason: String| FhirError::Config { server: server.to_owned(), reason };
         let secret = |var: &str, what: &str| -> Result<Secret, FhirError> {
             match secrets(var) {
                 Some(v) if !v.is_empty() => Ok(Secret(v)),
-                _ => Err(config_error(format!(
-                    "environment variable {var} ({what}) is not set or empty"
-                ))),
+                _ => Err(config_error(format!("environment variable {var} ({what}) is not set or empty"))),
             }
         };
         match config {
             AuthConfig::None => Ok(Authorizer::None),
-            AuthConfig::Basic {
-                username,
-                password_env,
-            } => {
+            AuthConfig::Basic { username, password_env } => {
                 let password = secret(password_env, "the Basic auth password")?;
-                let encoded = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{}", password.expose()));
-                Ok(Authorizer::Static(sensitive_header(&format!("Basic {encoded}")).ok_or_else(
-                    || config_error("the Basic auth user name or password has characters not allowed in a header".into()),
-                )?))
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()));
+                Ok(Authorizer::Static(sensitive_header(&format!("Basic {encoded}")).ok_or_else(|| {
+                    config_error("the Basic auth user name or password has characters not allowed in a header".into())
+                })?))
             }
             AuthConfig::Bearer { token_env } => {
                 let token = secret(token_env, "the bearer token")?;
-                Ok(Authorizer::Static(
-                    sensitive_header(&format!("Bearer {}", token.expose())).ok_or_else(|| {
-                        config_error(format!(
-                            "the token in {token_env} has characters not allowed in a header"
-                        ))
-                    })?,
-                ))
+                Ok(Authorizer::Static(sensitive_header(&format!("Bearer {}", token.expose())).ok_or_else(|| {
+                    config_error(format!("the token in {token_env} has characters not allowed in a header"))
+                })?))
             }
             AuthConfig::ClientCredentials {
                 token_url,
@@ -141,31 +129,24 @@ impl Authorizer {
                 assertion_lifetime_secs,
                 refresh_before_expiry_secs,
             } => {
-                let pem = match (private_key_env, private_key_file) {
-                    (Some(var), None) => secret(var, "the SMART private key")?,
-                    (None, Some(path)) => Secret(std::fs::read_to_string(path).map_err(|e| {
-                        config_error(format!(
-                            "cannot read private_key_file {}: {e}",
-                            path.display()
-                        ))
-                    })?),
-                    _ => {
-                        return Err(config_error(
-                            "auth needs exactly one of private_key_env and private_key_file".into(),
-                        ));
-                    }
-                };
+                let pem =
+                    match (private_key_env, private_key_file) {
+                        (Some(var), None) => secret(var, "the SMART private key")?,
+                        (None, Some(path)) => Secret(std::fs::read_to_string(path).map_err(|e| {
+                            config_error(format!("cannot read private_key_file {}: {e}", path.display()))
+                        })?),
+                        _ => {
+                            return Err(config_error(
+                                "auth needs exactly one of private_key_env and private_key_file".into(),
+                            ));
+                        }
+                    };
                 let key = match algorithm {
                     JwtAlgorithm::RS384 => EncodingKey::from_rsa_pem(pem.expose().as_bytes()),
                     JwtAlgorithm::ES384 => EncodingKey::from_ec_pem(pem.expose().as_bytes()),
                 }
-                .map_err(|e| {
-                    config_error(format!(
-                        "the private key is not a valid {algorithm:?} PEM key: {e}"
-                    ))
-                })?;
-                let lifetime =
-                    (*assertion_lifetime_secs).clamp(1, crate::config::MAX_ASSERTION_LIFETIME_SECS);
+                .map_err(|e| config_error(format!("the private key is not a valid {algorithm:?} PEM key: {e}")))?;
+                let lifetime = (*assertion_lifetime_secs).clamp(1, crate::config::MAX_ASSERTION_LIFETIME_SECS);
                 Ok(Authorizer::Token(Arc::new(TokenSource::new(
                     server,
                     http,
@@ -239,24 +220,13 @@ enum Grant {
 impl fmt::Debug for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Grant::ClientCredentials {
-                token_url,
-                client_id,
-                client_auth,
-                ..
-            } => f
+            Grant::ClientCredentials { token_url, client_id, client_auth, .. } => f
                 .debug_struct("ClientCredentials")
                 .field("token_url", &token_url.as_str())
                 .field("client_id", client_id)
                 .field("client_auth", client_auth)
                 .finish_non_exhaustive(),
-            Grant::SmartBackend {
-                client_id,
-                token_url,
-                algorithm,
-                kid,
-                ..
-            } => f
+            Grant::SmartBackend { client_id, token_url, algorithm, kid, .. } => f
                 .debug_struct("SmartBackend")
                 .field("client_id", client_id)
                 .field("token_url", &token_url.as_ref().map(Url::as_str))
@@ -289,10 +259,7 @@ pub(crate) struct TokenSource {
 
 impl fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenSource")
-            .field("server", &self.server)
-            .field("grant", &self.grant)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenSource").field("server", &self.server).field("grant", &self.grant).finish_non_exhaustive()
     }
 }
 
@@ -321,13 +288,7 @@ struct TokenResponse {
 }
 
 impl TokenSource {
-    fn new(
-        server: &str,
-        http: reqwest::Client,
-        base_url: Url,
-        grant: Grant,
-        refresh_before: Duration,
-    ) -> TokenSource {
+    fn new(server: &str, http: reqwest::Client, base_url: Url, grant: Grant, refresh_before: Duration) -> TokenSource {
         TokenSource {
             server: server.to_owned(),
             http,
@@ -361,23 +322,12 @@ impl TokenSource {
     }
 
     fn auth_error(&self, reason: String, status: Option<u16>, transient: bool) -> FhirError {
-        FhirError::Auth {
-            server: self.server.clone(),
-            reason,
-            status,
-            transient,
-        }
+        FhirError::Auth { server: self.server.clone(), reason, status, transient }
     }
 
     async fn fetch(&self) -> Result<CachedToken, FhirError> {
         let (token_url, form): (Url, Vec<(&str, String)>) = match &self.grant {
-            Grant::ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-                client_auth,
-                scopes,
-            } => {
+            Grant::ClientCredentials { token_url, client_id, client_secret, client_auth, scopes } => {
                 let mut form = vec![("grant_type", "client_credentials".to_owned())];
                 if !scopes.is_empty() {
                     form.push(("scope", scopes.clone()));
@@ -403,11 +353,7 @@ impl TokenSource {
                 (token_url, form)
             }
         };
-        let mut request = self
-            .http
-            .post(token_url)
-            .header(http::header::ACCEPT, "application/json")
-            .form(&form);
+        let mut request = self.http.post(token_url).header(http::header::ACCEPT, "application/json").form(&form);
         if let Grant::ClientCredentials {
             client_id,
             client_secret,
@@ -416,36 +362,23 @@ impl TokenSource {
         } = &self.grant
         {
             // RFC 6749 §2.3.1: both parts form-urlencoded before Basic.
-            let encode =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
                 "{}:{}",
                 encode(client_id),
                 encode(client_secret.expose())
             ));
-            let header = sensitive_header(&format!("Basic {credentials}")).ok_or_else(|| {
-                self.auth_error(
-                    "client credentials not usable in a header".into(),
-                    None,
-                    false,
-                )
-            })?;
+            let header = sensitive_header(&format!("Basic {credentials}"))
+                .ok_or_else(|| self.auth_error("client credentials not usable in a header".into(), None, false))?;
             request = request.header(http::header::AUTHORIZATION, header);
         }
-        let response = request.send().await.map_err(|e| {
-            self.auth_error(
-                format!("token endpoint unreachable: {}", without_url(&e)),
-                None,
-                true,
-            )
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.auth_error(format!("token endpoint unreachable: {}", without_url(&e)), None, true))?;
         let status = response.status().as_u16();
         let body = response.bytes().await.map_err(|e| {
-            self.auth_error(
-                format!("reading the token response: {}", without_url(&e)),
-                Some(status),
-                true,
-            )
+            self.auth_error(format!("reading the token response: {}", without_url(&e)), Some(status), true)
         })?;
         if !(200..300).contains(&status) {
             // RFC 6749 §5.2 error response: error and error_description only.
@@ -465,13 +398,8 @@ impl TokenSource {
                 transient,
             ));
         }
-        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            self.auth_error(
-                "token endpoint answer has no access_token".into(),
-                Some(status),
-                false,
-            )
-        })?;
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| self.auth_error("token endpoint answer has no access_token".into(), Some(status), false))?;
         if let Some(kind) = &parsed.token_type
             && !kind.eq_ignore_ascii_case("bearer")
         {
@@ -481,21 +409,15 @@ impl TokenSource {
                 false,
             ));
         }
-        let header =
-            sensitive_header(&format!("Bearer {}", parsed.access_token)).ok_or_else(|| {
-                self.auth_error(
-                    "the access token has characters not allowed in a header".into(),
-                    Some(status),
-                    false,
-                )
-            })?;
-        let expires_in = parsed.expires_in.as_ref().and_then(|v| {
-            v.as_u64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        });
-        let refresh_at = expires_in.map(|secs| {
-            Instant::now() + Duration::from_secs(secs).saturating_sub(self.refresh_before)
-        });
+        let header = sensitive_header(&format!("Bearer {}", parsed.access_token)).ok_or_else(|| {
+            self.auth_error("the access token has characters not allowed in a header".into(), Some(status), false)
+        })?;
+        let expires_in = parsed
+            .expires_in
+            .as_ref()
+            .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
+        let refresh_at =
+            expires_in.map(|secs| Instant::now() + Duration::from_secs(secs).saturating_sub(self.refresh_before));
         tracing::debug!(server = %self.server, expires_in, "obtained an access token");
         Ok(CachedToken { header, refresh_at })
     }
@@ -511,23 +433,12 @@ impl TokenSource {
             .get_or_try_init(|| async {
                 let mut url = self.base_url.clone();
                 url.path_segments_mut()
-                    .map_err(|_| {
-                        self.auth_error("base_url cannot have a path".into(), None, false)
-                    })?
+                    .map_err(|_| self.auth_error("base_url cannot have a path".into(), None, false))?
                     .pop_if_empty()
                     .extend([".well-known", "smart-configuration"]);
-                let response = self
-                    .http
-                    .get(url)
-                    .header(http::header::ACCEPT, "application/json")
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        self.auth_error(
-                            format!("smart-configuration unreachable: {}", without_url(&e)),
-                            None,
-                            true,
-                        )
+                let response =
+                    self.http.get(url).header(http::header::ACCEPT, "application/json").send().await.map_err(|e| {
+                        self.auth_error(format!("smart-configuration unreachable: {}", without_url(&e)), None, true)
                     })?;
                 let status = response.status().as_u16();
                 if !(200..300).contains(&status) {
@@ -537,43 +448,23 @@ impl TokenSource {
                         status == 429 || status >= 500,
                     ));
                 }
-                let doc: Value = response.json().await.map_err(|_| {
-                    self.auth_error(
-                        "smart-configuration is not JSON".into(),
-                        Some(status),
-                        false,
-                    )
-                })?;
-                doc.get("token_endpoint")
-                    .and_then(Value::as_str)
-                    .and_then(|s| Url::parse(s).ok())
-                    .ok_or_else(|| {
-                        self.auth_error(
-                            "smart-configuration has no valid token_endpoint".into(),
-                            Some(status),
-                            false,
-                        )
-                    })
+                let doc: Value = response
+                    .json()
+                    .await
+                    .map_err(|_| self.auth_error("smart-configuration is not JSON".into(), Some(status), false))?;
+                doc.get("token_endpoint").and_then(Value::as_str).and_then(|s| Url::parse(s).ok()).ok_or_else(|| {
+                    self.auth_error("smart-configuration has no valid token_endpoint".into(), Some(status), false)
+                })
             })
             .await
             .cloned()
     }
 
     fn assertion(&self, token_url: &Url) -> Result<String, FhirError> {
-        let Grant::SmartBackend {
-            client_id,
-            algorithm,
-            kid,
-            key,
-            assertion_lifetime,
-            ..
-        } = &self.grant
-        else {
+        let Grant::SmartBackend { client_id, algorithm, kid, key, assertion_lifetime, .. } = &self.grant else {
             return Err(self.auth_error("not a SMART grant".into(), None, false));
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let claims = AssertionClaims {
             iss: client_id.clone(),
             sub: client_id.clone(),

@@ -111,11 +111,7 @@ fn bundle(kind: &str, entries: &[BundleEntry]) -> Value {
 
 /// The entries of a Bundle (empty when it has none).
 pub fn entries(bundle: &Value) -> &[Value] {
-    bundle
-        .get("entry")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+    bundle.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
 /// The resources of a search page that matched the search (`search.mode`
@@ -132,13 +128,9 @@ pub fn search_includes(page: &Value) -> impl Iterator<Item = &Value> {
 
 fn search_resources(page: &Value, keep: fn(Option<&str>) -> bool) -> impl Iterator<Item = &Value> {
     entries(page).iter().filter_map(move |e| {
-        let mode = e
-            .get("search")
-            .and_then(|s| s.get("mode"))
-            .and_then(Value::as_str);
+        let mode = e.get("search").and_then(|s| s.get("mode")).and_then(Value::as_str);
         let resource = e.get("resource")?;
-        let is_outcome =
-            resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome");
+        let is_outcome = resource.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome");
         (keep(mode) && !is_outcome).then_some(resource)
     })
 }
@@ -215,17 +207,9 @@ pub fn entry_responses(response: &Value) -> Vec<EntryResponse> {
         .iter()
         .map(|e| {
             let r = e.get("response");
-            let text = |k: &str| {
-                r.and_then(|r| r.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
+            let text = |k: &str| r.and_then(|r| r.get(k)).and_then(Value::as_str).map(str::to_owned);
             let status = text("status")
-                .and_then(|s| {
-                    s.split_whitespace()
-                        .next()
-                        .and_then(|code| code.parse().ok())
-                })
+                .and_then(|s| s.split_whitespace().next().and_then(|code| code.parse().ok()))
                 .unwrap_or(0);
             let resource = e.get("resource").cloned();
             let outcome = r
@@ -233,13 +217,7 @@ pub fn entry_responses(response: &Value) -> Vec<EntryResponse> {
                 .and_then(OperationOutcome::from_value)
                 .or_else(|| resource.as_ref().and_then(OperationOutcome::from_value));
             let resource = resource.filter(|r| OperationOutcome::from_value(r).is_none());
-            EntryResponse {
-                status,
-                location: text("location"),
-                etag: text("etag"),
-                resource,
-                outcome,
-            }
+            EntryResponse { status, location: text("location"), etag: text("etag"), resource, outcome }
         })
         .collect()
 }
@@ -293,28 +271,18 @@ mod tests {
         assert_eq!(r[0].status, 201);
         assert_eq!(r[0].written_key(), Some(ResourceKey::new("Patient", "7")));
         assert!(!r[1].is_success());
-        assert_eq!(
-            r[1].outcome.as_ref().map(|o| o.diagnostics()),
-            Some(vec!["bad"])
-        );
+        assert_eq!(r[1].outcome.as_ref().map(|o| o.diagnostics()), Some(vec!["bad"]));
     }
 
     #[test]
     fn locations_absolute_relative_and_versioned() {
         for (loc, want) in [
-            (
-                "http://h/fhir/R4/Observation/5/_history/2",
-                Some(("Observation", "5")),
-            ),
+            ("http://h/fhir/R4/Observation/5/_history/2", Some(("Observation", "5"))),
             ("Observation/5", Some(("Observation", "5"))),
             ("/fhir/R4/Observation/5", Some(("Observation", "5"))),
             ("nonsense", None),
         ] {
-            assert_eq!(
-                key_from_location(loc),
-                want.map(|(t, i)| ResourceKey::new(t, i)),
-                "{loc}"
-            );
+            assert_eq!(key_from_location(loc), want.map(|(t, i)| ResourceKey::new(t, i)), "{loc}");
         }
     }
 }

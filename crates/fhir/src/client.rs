@@ -97,10 +97,7 @@ pub struct Search {
 impl Search {
     /// A search of `resource_type` with no parameters yet.
     pub fn new(resource_type: impl Into<String>) -> Search {
-        Search {
-            resource_type: resource_type.into(),
-            params: Vec::new(),
-        }
+        Search { resource_type: resource_type.into(), params: Vec::new() }
     }
 
     /// Adds a parameter (repeat a name for AND, use commas for OR).
@@ -133,9 +130,7 @@ impl Search {
 
     /// The parameters form-urlencoded (`a=1&b=x%7Cy`).
     pub fn query_string(&self) -> String {
-        url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&self.params)
-            .finish()
+        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&self.params).finish()
     }
 
     /// `Type?query`, relative to the base (a batch entry's `request.url`).
@@ -161,11 +156,7 @@ pub struct SearchResults {
 
 impl SearchResults {
     /// Adds a page; returns how many new matches it brought.
-    fn add_page(
-        &mut self,
-        page: &Value,
-        seen: &mut std::collections::HashSet<ResourceKey>,
-    ) -> usize {
+    fn add_page(&mut self, page: &Value, seen: &mut std::collections::HashSet<ResourceKey>) -> usize {
         self.pages += 1;
         let mut added = 0;
         for r in bundle::search_matches(page) {
@@ -239,10 +230,7 @@ impl Capabilities {
 
     fn server_rest(&self) -> Option<impl Iterator<Item = &Value>> {
         let rest = self.statement.as_ref()?.get("rest")?.as_array()?;
-        Some(
-            rest.iter()
-                .filter(|r| r.get("mode").and_then(Value::as_str) != Some("client")),
-        )
+        Some(rest.iter().filter(|r| r.get("mode").and_then(Value::as_str) != Some("client")))
     }
 
     fn listed(found: bool, known: bool) -> Support {
@@ -270,14 +258,12 @@ impl Capabilities {
             return Support::Unknown;
         };
         let found = rest.any(|r| {
-            r.get("resource")
-                .and_then(Value::as_array)
-                .is_some_and(|rs| {
-                    rs.iter().any(|res| {
-                        res.get("type").and_then(Value::as_str) == Some(resource_type)
-                            && has_code(res.get("interaction"), code)
-                    })
+            r.get("resource").and_then(Value::as_array).is_some_and(|rs| {
+                rs.iter().any(|res| {
+                    res.get("type").and_then(Value::as_str) == Some(resource_type)
+                        && has_code(res.get("interaction"), code)
                 })
+            })
         });
         Self::listed(found, true)
     }
@@ -288,10 +274,8 @@ impl Capabilities {
             return Support::Unknown;
         };
         let named = |ops: Option<&Value>| {
-            ops.and_then(Value::as_array).is_some_and(|ops| {
-                ops.iter()
-                    .any(|o| o.get("name").and_then(Value::as_str) == Some(name))
-            })
+            ops.and_then(Value::as_array)
+                .is_some_and(|ops| ops.iter().any(|o| o.get("name").and_then(Value::as_str) == Some(name)))
         };
         let found = rest.any(|r| {
             named(r.get("operation"))
@@ -304,10 +288,9 @@ impl Capabilities {
 }
 
 fn has_code(interactions: Option<&Value>, code: &str) -> bool {
-    interactions.and_then(Value::as_array).is_some_and(|list| {
-        list.iter()
-            .any(|i| i.get("code").and_then(Value::as_str) == Some(code))
-    })
+    interactions
+        .and_then(Value::as_array)
+        .is_some_and(|list| list.iter().any(|i| i.get("code").and_then(Value::as_str) == Some(code)))
 }
 
 /// One HTTP exchange to run through the retry loop.
@@ -347,10 +330,7 @@ impl FhirClient {
         config: &ServerConfig,
         secrets: &dyn Fn(&str) -> Option<String>,
     ) -> Result<FhirClient, FhirError> {
-        let config_error = |reason: String| FhirError::Config {
-            server: name.to_owned(),
-            reason,
-        };
+        let config_error = |reason: String| FhirError::Config { server: name.to_owned(), reason };
         if let Some(problem) = config.validate().into_iter().next() {
             return Err(config_error(problem.to_string()));
         }
@@ -418,10 +398,7 @@ impl FhirClient {
     /// configuration, with its own request counters starting at zero: give
     /// one to each job to count its requests alone.
     pub fn counted(&self) -> FhirClient {
-        FhirClient {
-            inner: Arc::clone(&self.inner),
-            counters: Arc::default(),
-        }
+        FhirClient { inner: Arc::clone(&self.inner), counters: Arc::default() }
     }
 
     /// Requests sent through this client (or this counted clone).
@@ -442,9 +419,7 @@ impl FhirClient {
         let call = self.get_call("metadata", false)?;
         match self.execute(call).await {
             Ok(reply) => Ok(Capabilities {
-                statement: reply
-                    .body
-                    .filter(|b| resource::resource_type(b) == Some("CapabilityStatement")),
+                statement: reply.body.filter(|b| resource::resource_type(b) == Some("CapabilityStatement")),
             }),
             Err(e) if e.class() == crate::ErrorClass::Transient => Err(e),
             Err(e) => {
@@ -462,21 +437,11 @@ impl FhirClient {
     }
 
     /// `GET Type/id/_history/vid`.
-    pub async fn vread(
-        &self,
-        resource_type: &str,
-        id: &str,
-        version_id: &str,
-    ) -> Result<Value, FhirError> {
+    pub async fn vread(&self, resource_type: &str, id: &str, version_id: &str) -> Result<Value, FhirError> {
         if !resource::is_valid_id(version_id) {
-            return Err(FhirError::InvalidRequest(format!(
-                "invalid version id {version_id:?}"
-            )));
+            return Err(FhirError::InvalidRequest(format!("invalid version id {version_id:?}")));
         }
-        let path = format!(
-            "{}/_history/{version_id}",
-            instance_path(resource_type, id)?
-        );
+        let path = format!("{}/_history/{version_id}", instance_path(resource_type, id)?);
         let reply = self.execute(self.get_call(&path, false)?).await?;
         self.expect_resource(reply, "GET", &path)
     }
@@ -505,11 +470,7 @@ impl FhirClient {
             paging: false,
         };
         let reply = self.execute(call).await?;
-        self.expect_bundle(
-            reply,
-            &format!("{}/_search", search.resource_type()),
-            &["searchset"],
-        )
+        self.expect_bundle(reply, &format!("{}/_search", search.resource_type()), &["searchset"])
     }
 
     /// Every page of a search, following `next` links (or `_offset`, see the
@@ -585,10 +546,7 @@ impl FhirClient {
         if !params.is_empty() {
             url.query_pairs_mut().extend_pairs(params);
         }
-        let call = Call {
-            url,
-            ..self.get_call(&path, false)?
-        };
+        let call = Call { url, ..self.get_call(&path, false)? };
         let reply = self.execute(call).await?;
         let first = self.expect_bundle(reply, &path, &["searchset", "collection"])?;
         self.remaining_pages(None, first).await
@@ -597,14 +555,7 @@ impl FhirClient {
     /// `POST Type`: create, the server assigns the id.
     pub async fn create(&self, resource: &Value) -> Result<WriteOutcome, FhirError> {
         let resource_type = body_type(resource)?;
-        self.write(
-            Method::POST,
-            resource_type.to_owned(),
-            resource,
-            Vec::new(),
-            false,
-        )
-        .await
+        self.write(Method::POST, resource_type.to_owned(), resource, Vec::new(), false).await
     }
 
     /// `POST Type` with `If-None-Exist: condition`: creates unless a
@@ -615,36 +566,22 @@ impl FhirClient {
         condition: &[(&str, &str)],
     ) -> Result<WriteOutcome, FhirError> {
         let resource_type = body_type(resource)?;
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(condition)
-            .finish();
+        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(condition).finish();
         let header = HeaderValue::from_str(&query)
             .map_err(|_| FhirError::InvalidRequest("condition not usable in a header".into()))?;
         let headers = vec![(HeaderName::from_static("if-none-exist"), header)];
-        self.write(
-            Method::POST,
-            resource_type.to_owned(),
-            resource,
-            headers,
-            true,
-        )
-        .await
+        self.write(Method::POST, resource_type.to_owned(), resource, headers, true).await
     }
 
     /// `PUT Type/id` with the resource's own `id`.
     pub async fn update(&self, resource: &Value) -> Result<WriteOutcome, FhirError> {
         let path = body_instance_path(resource)?;
-        self.write(Method::PUT, path, resource, Vec::new(), true)
-            .await
+        self.write(Method::PUT, path, resource, Vec::new(), true).await
     }
 
     /// `PUT Type/id` with `If-Match: W/"version_id"`: fails with 409 or 412
     /// when someone else changed the resource since that version.
-    pub async fn update_if_match(
-        &self,
-        resource: &Value,
-        version_id: &str,
-    ) -> Result<WriteOutcome, FhirError> {
+    pub async fn update_if_match(&self, resource: &Value, version_id: &str) -> Result<WriteOutcome, FhirError> {
         let path = body_instance_path(resource)?;
         let etag = HeaderValue::from_str(&format!("W/\"{version_id}\""))
             .map_err(|_| FhirError::InvalidRequest("version id not usable in a header".into()))?;
@@ -663,17 +600,13 @@ impl FhirClient {
         let resource_type = body_type(resource)?.to_owned();
         let mut url = self.url(&resource_type)?;
         url.query_pairs_mut().extend_pairs(condition);
-        self.write_to(Method::PUT, resource_type, url, resource, Vec::new(), true)
-            .await
+        self.write_to(Method::PUT, resource_type, url, resource, Vec::new(), true).await
     }
 
     /// `DELETE Type/id`. Deleting a resource that is already gone succeeds.
     pub async fn delete(&self, resource_type: &str, id: &str) -> Result<(), FhirError> {
         let path = instance_path(resource_type, id)?;
-        let call = Call {
-            method: Method::DELETE,
-            ..self.get_call(&path, false)?
-        };
+        let call = Call { method: Method::DELETE, ..self.get_call(&path, false)? };
         match self.execute(call).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -700,20 +633,14 @@ impl FhirClient {
     /// `max_batch_entries`, or one request each when batches are disabled or
     /// the server rejects them. One result per URL, in order: the resource
     /// or search page, or that entry's error.
-    pub async fn get_many(
-        &self,
-        urls: &[String],
-    ) -> Result<Vec<Result<Value, FhirError>>, FhirError> {
+    pub async fn get_many(&self, urls: &[String]) -> Result<Vec<Result<Value, FhirError>>, FhirError> {
         let mut results = Vec::with_capacity(urls.len());
         let mut chunks = urls.chunks(self.inner.max_batch_entries.max(1));
         while self.batches_active() {
             let Some(chunk) = chunks.next() else {
                 return Ok(results);
             };
-            let entries: Vec<_> = chunk
-                .iter()
-                .map(|u| bundle::BundleEntry::get(u.clone()))
-                .collect();
+            let entries: Vec<_> = chunk.iter().map(|u| bundle::BundleEntry::get(u.clone())).collect();
             match self.batch(&bundle::batch(&entries)).await {
                 Ok(response) => {
                     let responses = bundle::entry_responses(&response);
@@ -721,11 +648,7 @@ impl FhirClient {
                         return Err(self.invalid(
                             "POST",
                             "",
-                            &format!(
-                                "{} entries answered for {} sent",
-                                responses.len(),
-                                chunk.len()
-                            ),
+                            &format!("{} entries answered for {} sent", responses.len(), chunk.len()),
                         ));
                     }
                     for (url, r) in chunk.iter().zip(responses) {
@@ -762,14 +685,9 @@ impl FhirClient {
     pub async fn get_relative(&self, relative: &str) -> Result<Value, FhirError> {
         let path = relative.split('?').next().unwrap_or(relative).to_owned();
         let url = self.url(relative)?;
-        let call = Call {
-            url,
-            ..self.get_call(&path, false)?
-        };
+        let call = Call { url, ..self.get_call(&path, false)? };
         let reply = self.execute(call).await?;
-        reply
-            .body
-            .ok_or_else(|| self.invalid("GET", &path, "empty body"))
+        reply.body.ok_or_else(|| self.invalid("GET", &path, "empty body"))
     }
 
     // ----- plumbing ------------------------------------------------------
@@ -777,8 +695,7 @@ impl FhirClient {
     fn entry_result(&self, url: &str, r: bundle::EntryResponse) -> Result<Value, FhirError> {
         let path = url.split('?').next().unwrap_or(url).to_owned();
         if r.is_success() {
-            r.resource
-                .ok_or_else(|| self.invalid("GET", &path, "batch entry without a resource"))
+            r.resource.ok_or_else(|| self.invalid("GET", &path, "batch entry without a resource"))
         } else {
             Err(FhirError::Status {
                 context: self.context("GET", &path),
@@ -795,9 +712,7 @@ impl FhirClient {
         }
         let idempotent = bundle::entries(bundle_value).iter().all(|e| {
             let request = e.get("request");
-            let method = request
-                .and_then(|r| r.get("method"))
-                .and_then(Value::as_str);
+            let method = request.and_then(|r| r.get("method")).and_then(Value::as_str);
             method != Some("POST") || request.and_then(|r| r.get("ifNoneExist")).is_some()
         });
         let body = serde_json::to_vec(bundle_value)
@@ -825,8 +740,7 @@ impl FhirClient {
         idempotent: bool,
     ) -> Result<WriteOutcome, FhirError> {
         let url = self.url(&path)?;
-        self.write_to(method, path, url, resource, headers, idempotent)
-            .await
+        self.write_to(method, path, url, resource, headers, idempotent).await
     }
 
     async fn write_to(
@@ -862,20 +776,11 @@ impl FhirClient {
             .get(http::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(|e| e.trim_start_matches("W/").trim_matches('"').to_owned());
-        let resource = reply
-            .body
-            .filter(|b| OperationOutcome::from_value(b).is_none());
+        let resource = reply.body.filter(|b| OperationOutcome::from_value(b).is_none());
         Ok(WriteOutcome {
             status: reply.status,
-            key: resource
-                .as_ref()
-                .and_then(ResourceKey::of)
-                .or_else(|| location.and_then(bundle::key_from_location)),
-            version_id: resource
-                .as_ref()
-                .and_then(resource::version_id)
-                .map(str::to_owned)
-                .or(etag_version),
+            key: resource.as_ref().and_then(ResourceKey::of).or_else(|| location.and_then(bundle::key_from_location)),
+            version_id: resource.as_ref().and_then(resource::version_id).map(str::to_owned).or(etag_version),
             resource,
         })
     }
@@ -886,24 +791,14 @@ impl FhirClient {
         let path = search.resource_type().to_owned();
         let mut url = self.url(&path)?;
         url.set_query(Some(&search.query_string()));
-        let call = Call {
-            url,
-            ..self.get_call(&path, paging)?
-        };
+        let call = Call { url, ..self.get_call(&path, paging)? };
         let reply = self.execute(call).await?;
         self.expect_bundle(reply, &path, &["searchset"])
     }
 
     async fn get_page(&self, url: Url) -> Result<Value, FhirError> {
-        let path = url
-            .path()
-            .strip_prefix(self.inner.base.path())
-            .unwrap_or(url.path())
-            .to_owned();
-        let call = Call {
-            url,
-            ..self.get_call(&path, true)?
-        };
+        let path = url.path().strip_prefix(self.inner.base.path()).unwrap_or(url.path()).to_owned();
+        let call = Call { url, ..self.get_call(&path, true)? };
         let reply = self.execute(call).await?;
         self.expect_bundle(reply, &path, &["searchset", "collection"])
     }
@@ -912,9 +807,7 @@ impl FhirClient {
         if search.has("_count") {
             search.clone()
         } else {
-            search
-                .clone()
-                .param("_count", self.inner.page_size.to_string())
+            search.clone().param("_count", self.inner.page_size.to_string())
         }
     }
 
@@ -939,9 +832,7 @@ impl FhirClient {
             || relative.starts_with('/')
             || path_part.split('/').any(|seg| seg == ".." || seg == ".")
         {
-            return Err(FhirError::InvalidRequest(format!(
-                "request path must be relative to the base: {path_part:?}"
-            )));
+            return Err(FhirError::InvalidRequest(format!("request path must be relative to the base: {path_part:?}")));
         }
         self.inner
             .base
@@ -952,11 +843,8 @@ impl FhirClient {
     /// A `next` link resolved against the base, refused unless it stays on
     /// the same scheme, host and port.
     fn link_url(&self, link: &str) -> Result<Url, FhirError> {
-        let url = self
-            .inner
-            .base
-            .join(link)
-            .map_err(|_| self.invalid("GET", "(next page)", "unparseable next link"))?;
+        let url =
+            self.inner.base.join(link).map_err(|_| self.invalid("GET", "(next page)", "unparseable next link"))?;
         let base = &self.inner.base;
         if url.scheme() != base.scheme()
             || url.host_str() != base.host_str()
@@ -973,18 +861,11 @@ impl FhirClient {
     }
 
     fn context(&self, method: &str, path: &str) -> RequestContext {
-        RequestContext {
-            server: self.inner.name.clone(),
-            method: method.to_owned(),
-            path: path.to_owned(),
-        }
+        RequestContext { server: self.inner.name.clone(), method: method.to_owned(), path: path.to_owned() }
     }
 
     fn invalid(&self, method: &str, path: &str, reason: &str) -> FhirError {
-        FhirError::InvalidResponse {
-            context: self.context(method, path),
-            reason: reason.to_owned(),
-        }
+        FhirError::InvalidResponse { context: self.context(method, path), reason: reason.to_owned() }
     }
 
     fn expect_resource(&self, reply: Reply, method: &str, path: &str) -> Result<Value, FhirError> {
@@ -995,25 +876,15 @@ impl FhirClient {
     }
 
     fn expect_bundle(&self, reply: Reply, path: &str, types: &[&str]) -> Result<Value, FhirError> {
-        let method = if path.is_empty() || path.ends_with("_search") {
-            "POST"
-        } else {
-            "GET"
-        };
+        let method = if path.is_empty() || path.ends_with("_search") { "POST" } else { "GET" };
         match reply.body {
             Some(v)
                 if resource::resource_type(&v) == Some("Bundle")
-                    && v.get("type")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| types.contains(&t)) =>
+                    && v.get("type").and_then(Value::as_str).is_some_and(|t| types.contains(&t)) =>
             {
                 Ok(v)
             }
-            _ => Err(self.invalid(
-                method,
-                path,
-                &format!("expected a {} Bundle", types.join(" or ")),
-            )),
+            _ => Err(self.invalid(method, path, &format!("expected a {} Bundle", types.join(" or ")))),
         }
     }
 
@@ -1031,34 +902,18 @@ impl FhirClient {
         loop {
             let authorization = match self.inner.auth.header().await {
                 Ok(h) => h,
-                Err(e)
-                    if e.class() == crate::ErrorClass::Transient
-                        && retries < policy.max_retries =>
-                {
+                Err(e) if e.class() == crate::ErrorClass::Transient && retries < policy.max_retries => {
                     retries += 1;
-                    self.pause(
-                        &method,
-                        &call.path,
-                        None,
-                        retries,
-                        backoff_delay(policy, retries, jitter()),
-                    )
-                    .await;
+                    self.pause(&method, &call.path, None, retries, backoff_delay(policy, retries, jitter())).await;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             attempts += 1;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            let mut request = self
-                .inner
-                .http
-                .request(call.method.clone(), call.url.clone())
-                .header(ACCEPT, FHIR_JSON);
+            let mut request = self.inner.http.request(call.method.clone(), call.url.clone()).header(ACCEPT, FHIR_JSON);
             if let Some(body) = &call.body {
-                request = request
-                    .header(CONTENT_TYPE, call.content_type)
-                    .body(body.clone());
+                request = request.header(CONTENT_TYPE, call.content_type).body(body.clone());
             }
             for (name, value) in &call.headers {
                 request = request.header(name, value.clone());
@@ -1074,14 +929,7 @@ impl FhirClient {
                     // retry even a create.
                     if retries < policy.max_retries && (e.is_connect() || call.idempotent) {
                         retries += 1;
-                        self.pause(
-                            &method,
-                            &call.path,
-                            None,
-                            retries,
-                            backoff_delay(policy, retries, jitter()),
-                        )
-                        .await;
+                        self.pause(&method, &call.path, None, retries, backoff_delay(policy, retries, jitter())).await;
                         continue;
                     }
                     return Err(self.transport_error(&method, &call.path, attempts, e));
@@ -1090,10 +938,7 @@ impl FhirClient {
             let status = response.status().as_u16();
             crate::telemetry::record(&self.inner.name, crate::telemetry::Answer::Status(status));
             tracing::debug!(server = %self.inner.name, method = %method, path = %call.path, status, attempts, "FHIR response");
-            if status == 401
-                && !reauthorized
-                && self.inner.auth.rejected(authorization.as_ref()).await
-            {
+            if status == 401 && !reauthorized && self.inner.auth.rejected(authorization.as_ref()).await {
                 reauthorized = true;
                 continue;
             }
@@ -1102,8 +947,7 @@ impl FhirClient {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, SystemTime::now()));
-            let retryable = matches!(status, 429 | 502 | 503 | 504)
-                && (call.idempotent || matches!(status, 429 | 503));
+            let retryable = matches!(status, 429 | 502 | 503 | 504) && (call.idempotent || matches!(status, 429 | 503));
             if retryable && retries < policy.max_retries {
                 let delay = match retry_after {
                     Some(d) if d > max_retry_after => None,
@@ -1112,8 +956,7 @@ impl FhirClient {
                 };
                 if let Some(delay) = delay {
                     retries += 1;
-                    self.pause(&method, &call.path, Some(status), retries, delay)
-                        .await;
+                    self.pause(&method, &call.path, Some(status), retries, delay).await;
                     continue;
                 }
             }
@@ -1123,14 +966,7 @@ impl FhirClient {
                 Err(e) => {
                     if retries < policy.max_retries && call.idempotent {
                         retries += 1;
-                        self.pause(
-                            &method,
-                            &call.path,
-                            None,
-                            retries,
-                            backoff_delay(policy, retries, jitter()),
-                        )
-                        .await;
+                        self.pause(&method, &call.path, None, retries, backoff_delay(policy, retries, jitter())).await;
                         continue;
                     }
                     return Err(self.transport_error(&method, &call.path, attempts, e));
@@ -1140,14 +976,7 @@ impl FhirClient {
         }
     }
 
-    async fn pause(
-        &self,
-        method: &str,
-        path: &str,
-        status: Option<u16>,
-        retry: u32,
-        delay: Duration,
-    ) {
+    async fn pause(&self, method: &str, path: &str, status: Option<u16>, retry: u32, delay: Duration) {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         // The resource type only: some servers use a medical record number
         // as the logical id, and warn is above the patient-data line.
@@ -1164,22 +993,12 @@ impl FhirClient {
         tokio::time::sleep(delay).await;
     }
 
-    fn transport_error(
-        &self,
-        method: &str,
-        path: &str,
-        attempts: u32,
-        e: reqwest::Error,
-    ) -> FhirError {
+    fn transport_error(&self, method: &str, path: &str, attempts: u32, e: reqwest::Error) -> FhirError {
         let context = self.context(method, path);
         if e.is_timeout() {
             FhirError::Timeout { context, attempts }
         } else {
-            FhirError::Transport {
-                context,
-                attempts,
-                source: e.without_url(),
-            }
+            FhirError::Transport { context, attempts, source: e.without_url() }
         }
     }
 
@@ -1192,20 +1011,13 @@ impl FhirClient {
         body: &[u8],
         retry_after: Option<Duration>,
     ) -> Result<Reply, FhirError> {
-        let parsed = if body.iter().all(u8::is_ascii_whitespace) {
-            None
-        } else {
-            serde_json::from_slice::<Value>(body).ok()
-        };
+        let parsed =
+            if body.iter().all(u8::is_ascii_whitespace) { None } else { serde_json::from_slice::<Value>(body).ok() };
         if (200..300).contains(&status) {
             if parsed.is_none() && !body.iter().all(u8::is_ascii_whitespace) {
                 return Err(self.invalid(method, path, "the body is not JSON"));
             }
-            return Ok(Reply {
-                status,
-                headers,
-                body: parsed,
-            });
+            return Ok(Reply { status, headers, body: parsed });
         }
         Err(FhirError::Status {
             context: self.context(method, path),
@@ -1217,19 +1029,14 @@ impl FhirClient {
 }
 
 fn prefer_representation() -> (HeaderName, HeaderValue) {
-    (
-        HeaderName::from_static("prefer"),
-        HeaderValue::from_static("return=representation"),
-    )
+    (HeaderName::from_static("prefer"), HeaderValue::from_static("return=representation"))
 }
 
 fn check_type(resource_type: &str) -> Result<(), FhirError> {
     if resource::is_valid_type(resource_type) {
         Ok(())
     } else {
-        Err(FhirError::InvalidRequest(format!(
-            "invalid resource type {resource_type:?}"
-        )))
+        Err(FhirError::InvalidRequest(format!("invalid resource type {resource_type:?}")))
     }
 }
 
@@ -1250,8 +1057,8 @@ fn body_type(resource: &Value) -> Result<&str, FhirError> {
 
 fn body_instance_path(resource: &Value) -> Result<String, FhirError> {
     let t = body_type(resource)?;
-    let id = resource::id(resource)
-        .ok_or_else(|| FhirError::InvalidRequest("update of a resource without id".into()))?;
+    let id =
+        resource::id(resource).ok_or_else(|| FhirError::InvalidRequest("update of a resource without id".into()))?;
     instance_path(t, id)
 }
 
@@ -1264,10 +1071,7 @@ fn jitter() -> f64 {
 /// `[0, 1)`), never more than `max_backoff_ms`.
 pub fn backoff_delay(policy: &RetryConfig, retry: u32, jitter: f64) -> Duration {
     let exp = retry.saturating_sub(1).min(32);
-    let base = policy
-        .initial_backoff_ms
-        .saturating_mul(1u64 << exp)
-        .min(policy.max_backoff_ms);
+    let base = policy.initial_backoff_ms.saturating_mul(1u64 << exp).min(policy.max_backoff_ms);
     let extra = (base as f64 * 0.25 * jitter.clamp(0.0, 1.0)) as u64;
     Duration::from_millis(base.saturating_add(extra).min(policy.max_backoff_ms))
 }
@@ -1290,12 +1094,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_bounded_jitter_and_cap() {
-        let p = RetryConfig {
-            max_retries: 5,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 1000,
-            max_retry_after_secs: 1,
-        };
+        let p = RetryConfig { max_retries: 5, initial_backoff_ms: 100, max_backoff_ms: 1000, max_retry_after_secs: 1 };
         assert_eq!(backoff_delay(&p, 1, 0.0), Duration::from_millis(100));
         assert_eq!(backoff_delay(&p, 2, 0.0), Duration::from_millis(200));
         assert_eq!(backoff_delay(&p, 3, 0.999), Duration::from_millis(499));
@@ -1307,26 +1106,15 @@ mod tests {
     fn retry_after_seconds_and_http_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 06 Nov 1994 08:49:37
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
     fn search_urls_are_encoded() {
-        let s = Search::new("Observation")
-            .param("identifier", "urn:s|a,b")
-            .param("_count", "5");
-        assert_eq!(
-            s.relative_url(),
-            "Observation?identifier=urn%3As%7Ca%2Cb&_count=5"
-        );
+        let s = Search::new("Observation").param("identifier", "urn:s|a,b").param("_count", "5");
+        assert_eq!(s.relative_url(), "Observation?identifier=urn%3As%7Ca%2Cb&_count=5");
         assert_eq!(s.clone().set("_count", "9").params().len(), 2);
     }
 
@@ -1344,40 +1132,19 @@ mod tests {
         assert_eq!(caps.system_interaction("batch"), Support::NotListed);
         assert_eq!(caps.interaction("Patient", "read"), Support::Listed);
         assert_eq!(caps.operation("everything"), Support::Listed);
-        assert_eq!(
-            Capabilities::default().system_interaction("batch"),
-            Support::Unknown
-        );
+        assert_eq!(Capabilities::default().system_interaction("batch"), Support::Unknown);
     }
 
     #[test]
     fn request_paths_cannot_leave_the_base() {
-        let client = FhirClient::new(
-            "t",
-            &ServerConfig::new(Url::parse("http://127.0.0.1:1/fhir/R4").expect("url")),
-        )
-        .expect("client");
-        assert_eq!(
-            client.url("Patient/1").expect("ok").as_str(),
-            "http://127.0.0.1:1/fhir/R4/Patient/1"
-        );
+        let client = FhirClient::new("t", &ServerConfig::new(Url::parse("http://127.0.0.1:1/fhir/R4").expect("url")))
+            .expect("client");
+        assert_eq!(client.url("Patient/1").expect("ok").as_str(), "http://127.0.0.1:1/fhir/R4/Patient/1");
         for bad in ["/Patient/1", "http://evil/x", "../admin", "Patient/../../x"] {
             assert!(client.url(bad).is_err(), "{bad}");
         }
-        assert!(
-            client
-                .link_url("http://127.0.0.1:1/fhir/R4/Patient?page=2")
-                .is_ok()
-        );
-        assert!(
-            client
-                .link_url("http://127.0.0.2:1/fhir/R4/Patient?page=2")
-                .is_err()
-        );
-        assert!(
-            client
-                .link_url("https://127.0.0.1:1/fhir/R4/Patient?page=2")
-                .is_err()
-        );
+        assert!(client.link_url("http://127.0.0.1:1/fhir/R4/Patient?page=2").is_ok());
+        assert!(client.link_url("http://127.0.0.2:1/fhir/R4/Patient?page=2").is_err());
+        assert!(client.link_url("https://127.0.0.1:1/fhir/R4/Patient?page=2").is_err());
     }
 }

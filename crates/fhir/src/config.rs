@@ -266,10 +266,7 @@ impl ServerConfig {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut problem = |path: &str, message: &str| {
-            problems.push(ConfigProblem {
-                path: path.to_owned(),
-                message: message.to_owned(),
-            })
+            problems.push(ConfigProblem { path: path.to_owned(), message: message.to_owned() })
         };
         if !matches!(self.base_url.scheme(), "http" | "https") {
             problem("base_url", "must be an http or https URL");
@@ -290,20 +287,12 @@ impl ServerConfig {
             problem("max_batch_entries", "must be at least 1");
         }
         if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
-            problem(
-                "retry.initial_backoff_ms",
-                "must not exceed retry.max_backoff_ms",
-            );
+            problem("retry.initial_backoff_ms", "must not exceed retry.max_backoff_ms");
         }
-        let env_name_ok = |name: &str| {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        };
+        let env_name_ok = |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         match &self.auth {
             AuthConfig::None => {}
-            AuthConfig::Basic {
-                username,
-                password_env,
-            } => {
+            AuthConfig::Basic { username, password_env } => {
                 if username.is_empty() {
                     problem("auth.username", "must not be empty");
                 }
@@ -316,12 +305,7 @@ impl ServerConfig {
                     problem("auth.token_env", "must be an environment variable name");
                 }
             }
-            AuthConfig::ClientCredentials {
-                token_url,
-                client_id,
-                client_secret_env,
-                ..
-            } => {
+            AuthConfig::ClientCredentials { token_url, client_id, client_secret_env, .. } => {
                 if !matches!(token_url.scheme(), "http" | "https") {
                     problem("auth.token_url", "must be an http or https URL");
                 }
@@ -329,10 +313,7 @@ impl ServerConfig {
                     problem("auth.client_id", "must not be empty");
                 }
                 if !env_name_ok(client_secret_env) {
-                    problem(
-                        "auth.client_secret_env",
-                        "must be an environment variable name",
-                    );
+                    problem("auth.client_secret_env", "must be an environment variable name");
                 }
             }
             AuthConfig::SmartBackend {
@@ -347,29 +328,22 @@ impl ServerConfig {
                 if client_id.is_empty() {
                     problem("auth.client_id", "must not be empty");
                 }
-                if token_url
-                    .as_ref()
-                    .is_some_and(|u| !matches!(u.scheme(), "http" | "https"))
-                {
+                if token_url.as_ref().is_some_and(|u| !matches!(u.scheme(), "http" | "https")) {
                     problem("auth.token_url", "must be an http or https URL");
                 }
                 if kid.is_empty() {
                     problem("auth.kid", "must not be empty");
                 }
                 match (private_key_env, private_key_file) {
-                    (Some(_), Some(_)) | (None, None) => problem(
-                        "auth",
-                        "needs exactly one of private_key_env and private_key_file",
-                    ),
-                    (Some(env), None) if !env_name_ok(env) => problem(
-                        "auth.private_key_env",
-                        "must be an environment variable name",
-                    ),
+                    (Some(_), Some(_)) | (None, None) => {
+                        problem("auth", "needs exactly one of private_key_env and private_key_file")
+                    }
+                    (Some(env), None) if !env_name_ok(env) => {
+                        problem("auth.private_key_env", "must be an environment variable name")
+                    }
                     _ => {}
                 }
-                if *assertion_lifetime_secs == 0
-                    || *assertion_lifetime_secs > MAX_ASSERTION_LIFETIME_SECS
-                {
+                if *assertion_lifetime_secs == 0 || *assertion_lifetime_secs > MAX_ASSERTION_LIFETIME_SECS {
                     problem("auth.assertion_lifetime_secs", "must be between 1 and 300");
                 }
             }
@@ -429,8 +403,7 @@ mod tests {
 
     #[test]
     fn minimal_server_gets_defaults() {
-        let f = parse("[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:8080/fhir/R4\"\n")
-            .expect("parses");
+        let f = parse("[fhir_servers.ehr]\nbase_url = \"http://127.0.0.1:8080/fhir/R4\"\n").expect("parses");
         let ehr = &f.fhir_servers["ehr"];
         assert_eq!(ehr.auth, AuthConfig::None);
         assert_eq!(ehr.retry.max_retries, 3);
@@ -482,18 +455,11 @@ mod tests {
         .expect("parses");
         assert!(matches!(
             &f.fhir_servers["b"].auth,
-            AuthConfig::ClientCredentials {
-                client_auth: ClientAuthMethod::ClientSecretPost,
-                ..
-            }
+            AuthConfig::ClientCredentials { client_auth: ClientAuthMethod::ClientSecretPost, .. }
         ));
         assert!(matches!(
             &f.fhir_servers["c"].auth,
-            AuthConfig::SmartBackend {
-                algorithm: JwtAlgorithm::ES384,
-                token_url: None,
-                ..
-            }
+            AuthConfig::SmartBackend { algorithm: JwtAlgorithm::ES384, token_url: None, .. }
         ));
         for server in f.fhir_servers.values() {
             assert!(server.validate().is_empty(), "{:?}", server.validate());
@@ -518,14 +484,7 @@ mod tests {
         let paths: Vec<String> = config.validate().into_iter().map(|p| p.path).collect();
         assert_eq!(
             paths,
-            vec![
-                "base_url",
-                "base_url",
-                "page_size",
-                "auth.client_id",
-                "auth",
-                "auth.assertion_lifetime_secs"
-            ]
+            vec!["base_url", "base_url", "page_size", "auth.client_id", "auth", "auth.assertion_lifetime_secs"]
         );
     }
 }

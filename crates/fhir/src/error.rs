@@ -67,11 +67,7 @@ pub struct RequestContext {
 
 impl fmt::Display for RequestContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() {
-            "/"
-        } else {
-            self.path.as_str()
-        };
+        let path = if self.path.is_empty() { "/" } else { self.path.as_str() };
         write!(f, "{}: {} {}", self.server, self.method, path)
     }
 }
@@ -168,18 +164,14 @@ impl FhirError {
     pub fn class(&self) -> ErrorClass {
         match self {
             FhirError::Config { .. } => ErrorClass::Config,
-            FhirError::Status {
-                status, outcome, ..
-            } => {
+            FhirError::Status { status, outcome, .. } => {
                 let outcome = outcome.as_ref();
                 // A 409/412 is a version conflict (run again with fresh
                 // data) unless the server says the condition matched
                 // several resources: that fails the same way every time.
                 if outcome.is_some_and(OperationOutcome::is_ambiguous) {
                     ErrorClass::Permanent
-                } else if is_transient_status(*status)
-                    || outcome.is_some_and(OperationOutcome::is_transient)
-                {
+                } else if is_transient_status(*status) || outcome.is_some_and(OperationOutcome::is_transient) {
                     ErrorClass::Transient
                 } else {
                     ErrorClass::Permanent
@@ -193,9 +185,7 @@ impl FhirError {
                     ErrorClass::Permanent
                 }
             }
-            FhirError::InvalidResponse { .. } | FhirError::InvalidRequest(_) => {
-                ErrorClass::Permanent
-            }
+            FhirError::InvalidResponse { .. } | FhirError::InvalidRequest(_) => ErrorClass::Permanent,
         }
     }
 
@@ -279,11 +269,7 @@ impl OperationOutcome {
     /// One line: each issue as `severity code: text at expression`, joined
     /// with `; `.
     pub fn summary(&self) -> String {
-        self.issues
-            .iter()
-            .map(OutcomeIssue::summary)
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.issues.iter().map(OutcomeIssue::summary).collect::<Vec<_>>().join("; ")
     }
 
     /// The diagnostics (or details text) of every issue, in order.
@@ -295,9 +281,7 @@ impl OperationOutcome {
     /// resources (`multiple-matches`) or a resource already exists
     /// (`duplicate`).
     pub fn is_ambiguous(&self) -> bool {
-        self.issues
-            .iter()
-            .any(|i| matches!(i.code.as_str(), "multiple-matches" | "duplicate"))
+        self.issues.iter().any(|i| matches!(i.code.as_str(), "multiple-matches" | "duplicate"))
     }
 
     /// True when some error issue says a retry may help (`transient`,
@@ -305,10 +289,7 @@ impl OperationOutcome {
     pub fn is_transient(&self) -> bool {
         self.issues.iter().any(|i| {
             matches!(i.severity.as_str(), "error" | "fatal")
-                && matches!(
-                    i.code.as_str(),
-                    "transient" | "lock-error" | "timeout" | "throttled" | "incomplete"
-                )
+                && matches!(i.code.as_str(), "transient" | "lock-error" | "timeout" | "throttled" | "incomplete")
         })
     }
 }
@@ -320,12 +301,7 @@ impl OutcomeIssue {
             value
                 .get(key)
                 .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
                 .unwrap_or_default()
         };
         let mut expression = strings("expression");
@@ -336,11 +312,7 @@ impl OutcomeIssue {
             severity: text("severity").unwrap_or_default(),
             code: text("code").unwrap_or_default(),
             diagnostics: text("diagnostics"),
-            details: value
-                .get("details")
-                .and_then(|d| d.get("text"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            details: value.get("details").and_then(|d| d.get("text")).and_then(Value::as_str).map(str::to_owned),
             expression,
         }
     }
@@ -371,11 +343,7 @@ mod tests {
 
     fn status_error(status: u16, outcome: Option<OperationOutcome>) -> FhirError {
         FhirError::Status {
-            context: RequestContext {
-                server: "ehr".into(),
-                method: "GET".into(),
-                path: "Patient/1".into(),
-            },
+            context: RequestContext { server: "ehr".into(), method: "GET".into(), path: "Patient/1".into() },
             status,
             outcome,
             retry_after: None,
@@ -395,10 +363,7 @@ mod tests {
         }))
         .expect("an OperationOutcome");
         assert_eq!(oo.issues.len(), 2);
-        assert_eq!(
-            oo.diagnostics(),
-            vec!["birthDate is not a date", "from details"]
-        );
+        assert_eq!(oo.diagnostics(), vec!["birthDate is not a date", "from details"]);
         assert_eq!(oo.issues[1].expression, vec!["Patient.gender"]);
         assert_eq!(
             oo.summary(),
@@ -435,11 +400,7 @@ mod tests {
     #[test]
     fn transient_issue_code_makes_a_4xx_transient() {
         let oo = OperationOutcome {
-            issues: vec![OutcomeIssue {
-                severity: "error".into(),
-                code: "lock-error".into(),
-                ..Default::default()
-            }],
+            issues: vec![OutcomeIssue { severity: "error".into(), code: "lock-error".into(), ..Default::default() }],
         };
         assert_eq!(status_error(400, Some(oo)).class(), ErrorClass::Transient);
     }
@@ -451,9 +412,6 @@ mod tests {
             "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad gender"}]
         }));
         let msg = status_error(400, oo).to_string();
-        assert_eq!(
-            msg,
-            "ehr: GET Patient/1: HTTP 400: error invalid: bad gender"
-        );
+        assert_eq!(msg, "ehr: GET Patient/1: HTTP 400: error invalid: bad gender");
     }
 }

@@ -50,12 +50,11 @@ mod config;
 mod error;
 
 pub use client::{
-    Capabilities, ClientStats, FhirClient, Search, SearchResults, Support, WriteOutcome,
-    backoff_delay, parse_retry_after,
+    Capabilities, ClientStats, FhirClient, Search, SearchResults, Support, WriteOutcome, backoff_delay,
+    parse_retry_after,
 };
 pub use config::{
-    AuthConfig, ClientAuthMethod, ConfigProblem, JwtAlgorithm, MAX_ASSERTION_LIFETIME_SECS,
-    RetryConfig, ServerConfig,
+    AuthConfig, ClientAuthMethod, ConfigProblem, JwtAlgorithm, MAX_ASSERTION_LIFETIME_SECS, RetryConfig, ServerConfig,
 };
 pub use error::{ErrorClass, FhirError, OperationOutcome, OutcomeIssue, RequestContext};
 pub use resource::ResourceKey;

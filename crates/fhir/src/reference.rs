@@ -58,10 +58,7 @@ pub fn classify(reference: &str, base: &Url) -> RefTarget {
     }
     if reference.starts_with("http://") || reference.starts_with("https://") {
         let base = base.as_str().trim_end_matches('/');
-        return match reference
-            .strip_prefix(base)
-            .and_then(|rest| rest.strip_prefix('/'))
-        {
+        return match reference.strip_prefix(base).and_then(|rest| rest.strip_prefix('/')) {
             Some(rest) => match ResourceKey::parse(rest) {
                 Some(key) => RefTarget::Local(key),
                 None => RefTarget::Unresolvable(reference.to_owned()),
@@ -79,10 +76,7 @@ pub fn classify(reference: &str, base: &Url) -> RefTarget {
 /// extensions), in document order, with its path.
 pub fn references(resource: &Value) -> Vec<ReferenceSite> {
     let mut out = Vec::new();
-    let root = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("Resource");
+    let root = resource.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
     let mut path = root.to_owned();
     collect(resource, &mut path, &mut out);
     out
@@ -92,10 +86,7 @@ fn collect(value: &Value, path: &mut String, out: &mut Vec<ReferenceSite>) {
     match value {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get("reference") {
-                out.push(ReferenceSite {
-                    path: path.clone(),
-                    reference: reference.clone(),
-                });
+                out.push(ReferenceSite { path: path.clone(), reference: reference.clone() });
             }
             for (key, child) in map {
                 if !(child.is_object() || child.is_array()) {
@@ -195,11 +186,7 @@ pub fn rewrite_references(resource: &mut Value, decide: &mut dyn FnMut(&str) -> 
 }
 
 /// Returns true when `value` became an empty Reference its parent should drop.
-fn rewrite(
-    value: &mut Value,
-    decide: &mut dyn FnMut(&str) -> Rewrite,
-    changed: &mut usize,
-) -> bool {
+fn rewrite(value: &mut Value, decide: &mut dyn FnMut(&str) -> Rewrite, changed: &mut usize) -> bool {
     match value {
         Value::Object(map) => {
             let mut emptied = false;
@@ -264,31 +251,16 @@ mod tests {
     fn classify_every_kind_of_reference() {
         let b = base();
         assert_eq!(classify("#cov", &b), RefTarget::Contained("cov".into()));
+        assert_eq!(classify("Patient/1", &b), RefTarget::Local(ResourceKey::new("Patient", "1")));
         assert_eq!(
-            classify("Patient/1", &b),
-            RefTarget::Local(ResourceKey::new("Patient", "1"))
-        );
-        assert_eq!(
-            classify(
-                "https://ehr.example.org/fhir/R4/Practitioner/9/_history/2",
-                &b
-            ),
+            classify("https://ehr.example.org/fhir/R4/Practitioner/9/_history/2", &b),
             RefTarget::Local(ResourceKey::new("Practitioner", "9"))
         );
-        assert!(matches!(
-            classify("https://other.org/fhir/Patient/1", &b),
-            RefTarget::External(_)
-        ));
+        assert!(matches!(classify("https://other.org/fhir/Patient/1", &b), RefTarget::External(_)));
         assert!(matches!(classify("urn:uuid:0f0e", &b), RefTarget::Urn(_)));
-        assert!(matches!(
-            classify("Patient?identifier=a|b", &b),
-            RefTarget::Unresolvable(_)
-        ));
+        assert!(matches!(classify("Patient?identifier=a|b", &b), RefTarget::Unresolvable(_)));
         // A base that is only a prefix of another path is not our server.
-        assert!(matches!(
-            classify("https://ehr.example.org/fhir/R4x/Patient/1", &b),
-            RefTarget::External(_)
-        ));
+        assert!(matches!(classify("https://ehr.example.org/fhir/R4x/Patient/1", &b), RefTarget::External(_)));
     }
 
     #[test]
@@ -305,25 +277,13 @@ mod tests {
             "identifier": [{"system": "s", "value": "v"}]
         });
         let sites = references(&eob);
-        let paths: Vec<(&str, &str)> = sites
-            .iter()
-            .map(|s| (s.path.as_str(), s.reference.as_str()))
-            .collect();
+        let paths: Vec<(&str, &str)> = sites.iter().map(|s| (s.path.as_str(), s.reference.as_str())).collect();
         assert_eq!(
             paths,
             vec![
-                (
-                    "ExplanationOfBenefit.contained[0].requester",
-                    "Practitioner/7"
-                ),
-                (
-                    "ExplanationOfBenefit.extension[0].valueReference",
-                    "Organization/3"
-                ),
-                (
-                    "ExplanationOfBenefit.extension[1].extension[0].valueReference",
-                    "Device/4"
-                ),
+                ("ExplanationOfBenefit.contained[0].requester", "Practitioner/7"),
+                ("ExplanationOfBenefit.extension[0].valueReference", "Organization/3"),
+                ("ExplanationOfBenefit.extension[1].extension[0].valueReference", "Device/4"),
                 ("ExplanationOfBenefit.patient", "Patient/1"),
                 ("ExplanationOfBenefit.referral", "#referral"),
                 ("ExplanationOfBenefit.item[0].encounter[0]", "Encounter/5"),

@@ -22,10 +22,7 @@ pub struct ResourceKey {
 impl ResourceKey {
     /// `Type/id`, without checking either part.
     pub fn new(resource_type: impl Into<String>, id: impl Into<String>) -> ResourceKey {
-        ResourceKey {
-            resource_type: resource_type.into(),
-            id: id.into(),
-        }
+        ResourceKey { resource_type: resource_type.into(), id: id.into() }
     }
 
     /// The key of `resource`, when it has a `resourceType` and an `id`.
@@ -44,8 +41,7 @@ impl ResourceKey {
             (Some("_history"), Some(v), None) if is_valid_id(v) => {}
             _ => return None,
         }
-        (is_valid_type(resource_type) && is_valid_id(id))
-            .then(|| ResourceKey::new(resource_type, id))
+        (is_valid_type(resource_type) && is_valid_id(id)).then(|| ResourceKey::new(resource_type, id))
     }
 }
 
@@ -67,10 +63,7 @@ pub fn id(resource: &Value) -> Option<&str> {
 
 /// `meta.versionId`, when present.
 pub fn version_id(resource: &Value) -> Option<&str> {
-    resource
-        .get("meta")
-        .and_then(|m| m.get("versionId"))
-        .and_then(Value::as_str)
+    resource.get("meta").and_then(|m| m.get("versionId")).and_then(Value::as_str)
 }
 
 /// True for a FHIR resource type name: an upper-case ASCII letter followed
@@ -85,11 +78,7 @@ pub fn is_valid_type(name: &str) -> bool {
 
 /// True for a FHIR logical id: `[A-Za-z0-9\-\.]{1,64}`.
 pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// Whether two resources have the same content, ignoring `meta` (version,
@@ -102,10 +91,7 @@ pub fn same_content(a: &Value, b: &Value) -> bool {
             let relevant = |(k, _): &(&String, &Value)| k.as_str() != "meta" && k.as_str() != "id";
             let a_len = a.iter().filter(relevant).count();
             let b_len = b.iter().filter(relevant).count();
-            a_len == b_len
-                && a.iter()
-                    .filter(relevant)
-                    .all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
+            a_len == b_len && a.iter().filter(relevant).all(|(k, v)| b.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -118,13 +104,9 @@ fn json_eq(a: &Value, b: &Value) -> bool {
         (Value::Number(x), Value::Number(y)) => {
             x == y || matches!((x.as_f64(), y.as_f64()), (Some(p), Some(q)) if p == q)
         }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
         }
         _ => a == b,
     }
@@ -161,10 +143,7 @@ pub fn identifiers(resource: &Value) -> Vec<IdentifierRef> {
                 .and_then(Value::as_array)
                 .and_then(|c| c.iter().find_map(|c| c.get("code").and_then(Value::as_str)))
                 .map(str::to_owned),
-            type_text: kind
-                .and_then(|t| t.get("text"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            type_text: kind.and_then(|t| t.get("text")).and_then(Value::as_str).map(str::to_owned),
         }
     };
     match resource.get("identifier") {
@@ -194,14 +173,8 @@ mod tests {
 
     #[test]
     fn key_parse_accepts_plain_and_versioned_references() {
-        assert_eq!(
-            ResourceKey::parse("Patient/123"),
-            Some(ResourceKey::new("Patient", "123"))
-        );
-        assert_eq!(
-            ResourceKey::parse("Observation/a-b.c/_history/7"),
-            Some(ResourceKey::new("Observation", "a-b.c"))
-        );
+        assert_eq!(ResourceKey::parse("Patient/123"), Some(ResourceKey::new("Patient", "123")));
+        assert_eq!(ResourceKey::parse("Observation/a-b.c/_history/7"), Some(ResourceKey::new("Observation", "a-b.c")));
         for bad in [
             "Patient",
             "patient/1",
@@ -230,8 +203,7 @@ mod tests {
         let d = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}]});
         let e = json!({"resourceType": "Patient", "name": [{"given": ["B", "A"]}]});
         assert!(!same_content(&d, &e));
-        let f =
-            json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}], "gender": "male"});
+        let f = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"]}], "gender": "male"});
         assert!(!same_content(&d, &f));
     }
 

@@ -65,10 +65,7 @@ mod tests {
         let mine: Vec<_> = requests().into_iter().filter(|(s, _, _)| s == "unit-a").collect();
         assert_eq!(
             mine,
-            vec![
-                ("unit-a".to_string(), Answer::Status(200), 2),
-                ("unit-a".to_string(), Answer::Transport, 1)
-            ]
+            vec![("unit-a".to_string(), Answer::Status(200), 2), ("unit-a".to_string(), Answer::Transport, 1)]
         );
         assert_eq!(Answer::Status(404).label(), "404");
         assert_eq!(Answer::Transport.label(), "transport");

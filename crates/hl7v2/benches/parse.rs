@@ -15,9 +15,7 @@ fn load(relative: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // Same bytes as the JavaScript peer parses: CR separators, no trailing CR.
-    let text = String::from_utf8_lossy(&bytes)
-        .replace("\r\n", "\r")
-        .replace('\n', "\r");
+    let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\r").replace('\n', "\r");
     text.trim_end_matches('\r').as_bytes().to_vec()
 }
 
@@ -34,10 +32,8 @@ fn parse_and_read(bytes: &[u8]) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let inputs = [
-        ("oru_r01_2kb", load("benches/data/oru_r01_2kb.hl7")),
-        ("ORU-R01-01", load("tests/fixtures/ORU-R01-01.hl7")),
-    ];
+    let inputs =
+        [("oru_r01_2kb", load("benches/data/oru_r01_2kb.hl7")), ("ORU-R01-01", load("tests/fixtures/ORU-R01-01.hl7"))];
     let mut group = c.benchmark_group("parse_read");
     group.throughput(Throughput::Elements(1));
     for (name, bytes) in &inputs {
@@ -49,9 +45,7 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (name, bytes) in &inputs {
         let msg = Message::parse(bytes.as_slice()).expect("parses");
-        group.bench_function(format!("encode_unchanged/{name}"), |b| {
-            b.iter(|| black_box(&msg).encode())
-        });
+        group.bench_function(format!("encode_unchanged/{name}"), |b| b.iter(|| black_box(&msg).encode()));
         group.bench_function(format!("set_and_encode/{name}"), |b| {
             b.iter(|| {
                 let mut m = black_box(&msg).clone();
@@ -61,18 +55,12 @@ fn benches(c: &mut Criterion) {
         });
         group.bench_function(format!("ack/{name}"), |b| {
             b.iter(|| {
-                Ack::new(
-                    AckCode::ApplicationAccept,
-                    "ACK20261121000001",
-                    "20261121120000",
-                )
-                .for_message(black_box(&msg))
-                .encode()
+                Ack::new(AckCode::ApplicationAccept, "ACK20261121000001", "20261121120000")
+                    .for_message(black_box(&msg))
+                    .encode()
             })
         });
-        group.bench_function(format!("validate/{name}"), |b| {
-            b.iter(|| hl7v2::validate::validate(black_box(&msg)))
-        });
+        group.bench_function(format!("validate/{name}"), |b| b.iter(|| hl7v2::validate::validate(black_box(&msg))));
     }
     group.finish();
 }

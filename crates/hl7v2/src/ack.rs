@@ -170,11 +170,7 @@ impl AckMode {
     /// assert_eq!(AckMode::of(&original).immediate(Outcome::Errored), Some(AckCode::ApplicationError));
     /// ```
     pub fn of(msg: &Message) -> AckMode {
-        let read = |n: usize| {
-            msg.get(format!("MSH-{n}").as_str())
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
+        let read = |n: usize| msg.get(format!("MSH-{n}").as_str()).map(|v| v.trim().to_owned()).unwrap_or_default();
         let (accept, application) = (read(15), read(16));
         if accept.is_empty() && application.is_empty() {
             return AckMode::Original;
@@ -205,9 +201,7 @@ impl AckMode {
     pub fn application(&self, outcome: Outcome) -> Option<AckCode> {
         match self {
             AckMode::Original => None,
-            AckMode::Enhanced { application, .. } => application
-                .wants(outcome)
-                .then(|| application_code(outcome)),
+            AckMode::Enhanced { application, .. } => application.wants(outcome).then(|| application_code(outcome)),
         }
     }
 }
@@ -247,13 +241,7 @@ pub struct Ack<'a> {
 impl<'a> Ack<'a> {
     /// An acknowledgement with this code, MSH-10 and MSH-7.
     pub fn new(code: AckCode, control_id: &'a str, timestamp: &'a str) -> Ack<'a> {
-        Ack {
-            code,
-            control_id,
-            timestamp,
-            issues: &[],
-            text: None,
-        }
+        Ack { code, control_id, timestamp, issues: &[], text: None }
     }
 
     /// One ERR segment per issue.
@@ -321,9 +309,8 @@ impl<'a> Ack<'a> {
             let parts: Vec<&[u8]> = line.split(|&b| b == fs).collect();
             // parts[k] is MSH-(k+1) for k >= 1.
             for n in [3usize, 4, 5, 6, 10, 11, 12] {
-                if let Some(value) = parts
-                    .get(n - 1)
-                    .filter(|v| v.len() <= 200 && v.iter().all(|b| (0x20..0x7f).contains(b)))
+                if let Some(value) =
+                    parts.get(n - 1).filter(|v| v.len() <= 200 && v.iter().all(|b| (0x20..0x7f).contains(b)))
                 {
                     let text = String::from_utf8_lossy(value);
                     let _ = header.set(format!("MSH-{n}").as_str(), &text);
@@ -339,19 +326,11 @@ impl<'a> Ack<'a> {
         let version = original.version().as_deref().and_then(Version::parse);
         let modern = version.is_none_or(|v| v >= Version::V2_5);
         let msh = original.segment_at(0);
-        let raw = |n: usize| {
-            msh.and_then(|s| s.field(n))
-                .map(|f| f.raw())
-                .unwrap_or_default()
-        };
+        let raw = |n: usize| msh.and_then(|s| s.field(n)).map(|f| f.raw()).unwrap_or_default();
         let text = |t: &str| encode_text(t, charset, &d);
 
-        let trigger = nth_part(
-            nth_part(raw(9), d.repetition, 1).unwrap_or_default(),
-            d.component,
-            2,
-        )
-        .unwrap_or_default();
+        let trigger =
+            nth_part(nth_part(raw(9), d.repetition, 1).unwrap_or_default(), d.component, 2).unwrap_or_default();
         let mut msh9 = b"ACK".to_vec();
         if !trigger.is_empty() || version.is_none_or(|v| v >= Version::V2_3_1) {
             msh9.push(d.component);
@@ -386,10 +365,7 @@ impl<'a> Ack<'a> {
         push_fields(&mut out, d.field, &msh_fields);
 
         let issues: Vec<&Issue> = extra.iter().chain(self.issues).collect();
-        let msa_text = self
-            .text
-            .or(issues.first().map(|i| i.message.as_str()))
-            .unwrap_or_default();
+        let msa_text = self.text.or(issues.first().map(|i| i.message.as_str())).unwrap_or_default();
         let old_text = version.is_none_or(|v| v < Version::V2_7);
         let msa3 = if old_text { text(msa_text) } else { Vec::new() };
         let msa6 = match issues.first() {
@@ -397,18 +373,7 @@ impl<'a> Ack<'a> {
             _ => Vec::new(),
         };
         out.extend_from_slice(b"MSA");
-        push_fields(
-            &mut out,
-            d.field,
-            &[
-                self.code.as_str().as_bytes(),
-                raw(10),
-                &msa3,
-                b"",
-                b"",
-                &msa6,
-            ],
-        );
+        push_fields(&mut out, d.field, &[self.code.as_str().as_bytes(), raw(10), &msa3, b"", b"", &msa6]);
 
         for issue in issues {
             out.extend_from_slice(b"ERR");
@@ -417,11 +382,7 @@ impl<'a> Ack<'a> {
                     Severity::Fatal if version.is_some_and(|v| v < Version::V2_7) => "E",
                     s => s.code(),
                 };
-                let erl = issue
-                    .location
-                    .as_ref()
-                    .map(|l| location(l, &d, 6))
-                    .unwrap_or_default();
+                let erl = issue.location.as_ref().map(|l| location(l, &d, 6)).unwrap_or_default();
                 let diagnostic = issue.diagnostic.as_deref().map(text).unwrap_or_default();
                 push_fields(
                     &mut out,
@@ -439,11 +400,7 @@ impl<'a> Ack<'a> {
                 );
             } else {
                 // ELD: segment ^ sequence ^ field ^ code&text&HL70357
-                let mut eld = issue
-                    .location
-                    .as_ref()
-                    .map(|l| location(l, &d, 3))
-                    .unwrap_or_default();
+                let mut eld = issue.location.as_ref().map(|l| location(l, &d, 3)).unwrap_or_default();
                 let parts = eld.iter().filter(|&&b| b == d.component).count();
                 for _ in parts..3 {
                     eld.push(d.component);
@@ -463,10 +420,7 @@ impl<'a> Ack<'a> {
 
 /// Appends `|f1|f2...` without trailing empty fields, then the CR.
 fn push_fields(out: &mut Vec<u8>, fs: u8, fields: &[&[u8]]) {
-    let used = fields
-        .iter()
-        .rposition(|f| !f.is_empty())
-        .map_or(0, |i| i + 1);
+    let used = fields.iter().rposition(|f| !f.is_empty()).map_or(0, |i| i + 1);
     for f in &fields[..used] {
         out.push(fs);
         out.extend_from_slice(f);
@@ -487,19 +441,9 @@ fn coded(code: ErrorCode, d: &Delimiters, sep: u8) -> Vec<u8> {
 /// ERL (`SEG^occurrence^field^repetition^component^sub-component`), or its
 /// first `parts` components (3 for the 2.3 ELD).
 fn location(l: &Location, d: &Delimiters, parts: usize) -> Vec<u8> {
-    let numbers = [
-        l.occurrence,
-        l.field,
-        l.repetition,
-        l.component,
-        l.subcomponent,
-    ];
+    let numbers = [l.occurrence, l.field, l.repetition, l.component, l.subcomponent];
     let mut items: Vec<Vec<u8>> = vec![escape::encode(l.segment.as_bytes(), d).into_owned()];
-    items.extend(
-        numbers
-            .iter()
-            .map(|n| n.map(|n| n.to_string().into_bytes()).unwrap_or_default()),
-    );
+    items.extend(numbers.iter().map(|n| n.map(|n| n.to_string().into_bytes()).unwrap_or_default()));
     items.truncate(parts.max(1));
     while items.len() > 1 && items.last().is_some_and(|i| i.is_empty()) {
         items.pop();
@@ -512,10 +456,7 @@ fn location(l: &Location, d: &Delimiters, parts: usize) -> Vec<u8> {
 fn encode_text(text: &str, charset: Charset, d: &Delimiters) -> Vec<u8> {
     let bytes = match charset.encode(text) {
         Ok(b) => b.into_owned(),
-        Err(_) => text
-            .chars()
-            .map(|c| if c.is_ascii() { c as u8 } else { b'?' })
-            .collect(),
+        Err(_) => text.chars().map(|c| if c.is_ascii() { c as u8 } else { b'?' }).collect(),
     };
     escape::encode(&bytes, d).into_owned()
 }
@@ -527,18 +468,14 @@ impl ParseError {
     /// The byte offset goes in the diagnostic (ERR-7).
     pub fn to_issue(&self) -> Issue {
         let code = match self.kind() {
-            ParseErrorKind::InvalidDelimiters(_) | ParseErrorKind::TruncatedHeader => {
-                ErrorCode::DataTypeError
-            }
+            ParseErrorKind::InvalidDelimiters(_) | ParseErrorKind::TruncatedHeader => ErrorCode::DataTypeError,
             ParseErrorKind::TooLarge => ErrorCode::ApplicationInternalError,
             _ => ErrorCode::SegmentSequenceError,
         };
         let location = match (self.kind(), self.field()) {
             (ParseErrorKind::InvalidSegmentName, _) => None,
             (_, Some(field)) => Some(Location::field("MSH", 1, field as u32)),
-            (ParseErrorKind::MissingHeader | ParseErrorKind::Batch, _) => {
-                Some(Location::segment("MSH", 1))
-            }
+            (ParseErrorKind::MissingHeader | ParseErrorKind::Batch, _) => Some(Location::segment("MSH", 1)),
             _ => None,
         };
         let message = match self.kind() {
@@ -547,8 +484,7 @@ impl ParseError {
             }
             kind => kind.to_string(),
         };
-        Issue::error(location, code, message)
-            .with_diagnostic(format!("byte offset {}", self.offset()))
+        Issue::error(location, code, message).with_diagnostic(format!("byte offset {}", self.offset()))
     }
 }
 
@@ -564,16 +500,10 @@ mod tests {
     fn version_2_3_uses_eld_in_err_1_and_two_part_msh_9() {
         let msg = parse("MSH|^~\\&|A|B|C|D|20261121||ADT^A01|X1|P|2.3\rPID|1");
         let issues = [
-            Issue::error(
-                Location::field("PID", 1, 7),
-                ErrorCode::DataTypeError,
-                "PID-7 is not a valid TS",
-            ),
+            Issue::error(Location::field("PID", 1, 7), ErrorCode::DataTypeError, "PID-7 is not a valid TS"),
             Issue::error(None, ErrorCode::UnsupportedEventCode, "no"),
         ];
-        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000")
-            .issues(&issues)
-            .for_message(&msg);
+        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000").issues(&issues).for_message(&msg);
         assert_eq!(
             String::from_utf8_lossy(ack.as_bytes()),
             "MSH|^~\\&|C|D|A|B|20261121120000||ACK^A01|K|P|2.3\r\
@@ -588,15 +518,9 @@ mod tests {
         let msg = parse("MSH|^~\\&|A|B|C|D|20261121||SIU^S12^SIU_S12|X2|T|2.8||||||UNICODE UTF-8");
         let issues = [Issue {
             severity: Severity::Fatal,
-            ..Issue::error(
-                Location::field("SCH", 1, 1),
-                ErrorCode::RequiredFieldMissing,
-                "SCH-1 is required",
-            )
+            ..Issue::error(Location::field("SCH", 1, 1), ErrorCode::RequiredFieldMissing, "SCH-1 is required")
         }];
-        let ack = Ack::new(AckCode::ApplicationReject, "K2", "20261121120000")
-            .issues(&issues)
-            .for_message(&msg);
+        let ack = Ack::new(AckCode::ApplicationReject, "K2", "20261121120000").issues(&issues).for_message(&msg);
         assert_eq!(
             String::from_utf8_lossy(ack.as_bytes()),
             "MSH|^~\\&|C|D|A|B|20261121120000||ACK^S12^ACK|K2|T|2.8||||||UNICODE UTF-8\r\
@@ -618,15 +542,10 @@ mod tests {
 
     #[test]
     fn unreadable_input_gets_a_default_nak() {
-        let nak = Ack::new(AckCode::ApplicationReject, "K4", "20261121120000")
-            .for_unreadable(b"\x00\x01garbage");
-        assert_eq!(
-            String::from_utf8_lossy(nak.as_bytes()),
-            "MSH|^~\\&|||||20261121120000||ACK^^ACK|K4\rMSA|AR\r"
-        );
+        let nak = Ack::new(AckCode::ApplicationReject, "K4", "20261121120000").for_unreadable(b"\x00\x01garbage");
+        assert_eq!(String::from_utf8_lossy(nak.as_bytes()), "MSH|^~\\&|||||20261121120000||ACK^^ACK|K4\rMSA|AR\r");
         let err = Message::parse(&b"garbage"[..]).unwrap_err();
-        let nak = Ack::new(AckCode::ApplicationReject, "K5", "20261121120000")
-            .for_parse_error(&err, b"garbage");
+        let nak = Ack::new(AckCode::ApplicationReject, "K5", "20261121120000").for_parse_error(&err, b"garbage");
         assert_eq!(
             String::from_utf8_lossy(nak.as_bytes()),
             "MSH|^~\\&|||||20261121120000||ACK^^ACK|K5\r\
@@ -638,14 +557,8 @@ mod tests {
     #[test]
     fn eld_without_subcomponent_separator_keeps_the_err_segment_whole() {
         let msg = parse("MSH|^~|A|B|C|D|20261121||ADT^A01|X1|P|2.4");
-        let issues = [Issue::error(
-            Location::field("PID", 1, 3),
-            ErrorCode::RequiredFieldMissing,
-            "PID-3 is required",
-        )];
-        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000")
-            .issues(&issues)
-            .for_message(&msg);
+        let issues = [Issue::error(Location::field("PID", 1, 3), ErrorCode::RequiredFieldMissing, "PID-3 is required")];
+        let ack = Ack::new(AckCode::ApplicationError, "K", "20261121120000").issues(&issues).for_message(&msg);
         assert_eq!(ack.segment("ERR").unwrap().raw(), b"ERR|PID^1^3^101");
         assert_eq!(ack.segment("MSA").unwrap().field_count(), 6);
     }
@@ -655,21 +568,12 @@ mod tests {
         let msg = parse("MSH|^~\\&|||||||ADT^A01|1|P|2.5|||ER|SU");
         let mode = AckMode::of(&msg);
         assert_eq!(mode.immediate(Outcome::Accepted), None);
-        assert_eq!(
-            mode.immediate(Outcome::Rejected),
-            Some(AckCode::CommitReject)
-        );
-        assert_eq!(
-            mode.application(Outcome::Accepted),
-            Some(AckCode::ApplicationAccept)
-        );
+        assert_eq!(mode.immediate(Outcome::Rejected), Some(AckCode::CommitReject));
+        assert_eq!(mode.application(Outcome::Accepted), Some(AckCode::ApplicationAccept));
         assert_eq!(mode.application(Outcome::Errored), None);
         // Only MSH-16 valued: enhanced, MSH-15 counts as always.
         let msg = parse("MSH|^~\\&|||||||ADT^A01|1|P|2.5||||NE");
-        assert_eq!(
-            AckMode::of(&msg).immediate(Outcome::Errored),
-            Some(AckCode::CommitError)
-        );
+        assert_eq!(AckMode::of(&msg).immediate(Outcome::Errored), Some(AckCode::CommitError));
         assert_eq!(AckMode::of(&msg).application(Outcome::Errored), None);
     }
 }

@@ -104,11 +104,7 @@ impl BatchFile {
         let start = skip_preamble(buf);
         let head = &buf[start..];
         if !(head.starts_with(b"FHS") || head.starts_with(b"BHS") || head.starts_with(b"MSH")) {
-            return Err(BatchError::Header(ParseError::new(
-                crate::ParseErrorKind::MissingHeader,
-                start,
-                1,
-            )));
+            return Err(BatchError::Header(ParseError::new(crate::ParseErrorKind::MissingHeader, start, 1)));
         }
         let delims = read_delimiters(buf, start).map_err(BatchError::Header)?;
         let fs = delims.field();
@@ -117,30 +113,26 @@ impl BatchFile {
         // Byte range of the message being collected.
         let mut current: Option<(usize, usize)> = None;
         let mut index = 0usize;
-        let mut finish_message = |current: &mut Option<(usize, usize)>,
-                                  batch: &mut Option<Batch>|
-         -> Result<(), BatchError> {
-            if let Some((from, to)) = current.take() {
-                let msg = Message::parse(&buf[from..to]).map_err(|error| BatchError::Message {
-                    index,
-                    offset: from,
-                    error,
-                })?;
-                index += 1;
-                batch.get_or_insert_with(Batch::default).messages.push(msg);
-            }
-            Ok(())
-        };
+        let mut finish_message =
+            |current: &mut Option<(usize, usize)>, batch: &mut Option<Batch>| -> Result<(), BatchError> {
+                if let Some((from, to)) = current.take() {
+                    let msg = Message::parse(&buf[from..to]).map_err(|error| BatchError::Message {
+                        index,
+                        offset: from,
+                        error,
+                    })?;
+                    index += 1;
+                    batch.get_or_insert_with(Batch::default).messages.push(msg);
+                }
+                Ok(())
+            };
         let mut pos = start;
         let mut seen_fts = false;
         while pos < buf.len() {
             let end = memchr::memchr2(b'\r', b'\n', &buf[pos..]).map_or(buf.len(), |i| pos + i);
             let line = &buf[pos..end];
-            let next = if end + 1 < buf.len() && buf[end] == b'\r' && buf[end + 1] == b'\n' {
-                end + 2
-            } else {
-                end + 1
-            };
+            let next =
+                if end + 1 < buf.len() && buf[end] == b'\r' && buf[end + 1] == b'\n' { end + 2 } else { end + 1 };
             if line.iter().all(|&b| b == b' ' || b == b'\t') {
                 pos = next;
                 continue;
@@ -158,10 +150,7 @@ impl BatchFile {
                 if let Some(b) = batch.take() {
                     file.batches.push(b);
                 }
-                batch = Some(Batch {
-                    header: Some(envelope(line, delims)),
-                    ..Batch::default()
-                });
+                batch = Some(Batch { header: Some(envelope(line, delims)), ..Batch::default() });
             } else if is(b"BTS") {
                 finish_message(&mut current, &mut batch)?;
                 let mut b = batch.take().unwrap_or_default();
@@ -207,29 +196,20 @@ impl BatchFile {
                     ErrorCode::SegmentSequenceError,
                     format!("batch {n} has a BHS but no BTS"),
                 )),
-                (None, Some(_)) if self.batches.len() > 1 || self.header.is_some() => {
-                    issues.push(Issue::error(
-                        Location::segment("BHS", n),
-                        ErrorCode::SegmentSequenceError,
-                        format!("batch {n} has a BTS but no BHS"),
-                    ))
-                }
+                (None, Some(_)) if self.batches.len() > 1 || self.header.is_some() => issues.push(Issue::error(
+                    Location::segment("BHS", n),
+                    ErrorCode::SegmentSequenceError,
+                    format!("batch {n} has a BTS but no BHS"),
+                )),
                 _ => {}
             }
-            if let Some(count) = b
-                .trailer
-                .as_ref()
-                .and_then(|t| t.get("BTS-1"))
-                .filter(|c| !c.is_empty())
+            if let Some(count) = b.trailer.as_ref().and_then(|t| t.get("BTS-1")).filter(|c| !c.is_empty())
                 && count.trim().parse::<usize>().ok() != Some(b.messages.len())
             {
                 issues.push(Issue::error(
                     Location::field("BTS", n, 1),
                     ErrorCode::DataTypeError,
-                    format!(
-                        "BTS-1 does not match the {} messages of batch {n}",
-                        b.messages.len()
-                    ),
+                    format!("BTS-1 does not match the {} messages of batch {n}", b.messages.len()),
                 ));
             }
         }
@@ -240,20 +220,13 @@ impl BatchFile {
                 "the file has an FHS but no FTS",
             ));
         }
-        if let Some(count) = self
-            .trailer
-            .as_ref()
-            .and_then(|t| t.get("FTS-1"))
-            .filter(|c| !c.is_empty())
+        if let Some(count) = self.trailer.as_ref().and_then(|t| t.get("FTS-1")).filter(|c| !c.is_empty())
             && count.trim().parse::<usize>().ok() != Some(self.batches.len())
         {
             issues.push(Issue::error(
                 Location::field("FTS", 1, 1),
                 ErrorCode::DataTypeError,
-                format!(
-                    "FTS-1 does not match the {} batches of the file",
-                    self.batches.len()
-                ),
+                format!("FTS-1 does not match the {} batches of the file", self.batches.len()),
             ));
         }
         issues
@@ -297,10 +270,7 @@ fn header_segment(out: &mut Vec<u8>, name: &[u8], e: &Envelope, d: &Delimiters) 
         &e.comment,
         &e.control_id,
     ];
-    let used = values
-        .iter()
-        .rposition(|v| !v.is_empty())
-        .map_or(0, |i| i + 1);
+    let used = values.iter().rposition(|v| !v.is_empty()).map_or(0, |i| i + 1);
     for v in &values[..used] {
         out.push(d.field());
         out.extend_from_slice(&escape::encode(v.as_bytes(), d));
@@ -370,28 +340,16 @@ mod tests {
         let m = Message::parse(M).unwrap();
         let ms = [m.clone(), m.clone()];
         let bytes = build_file(
-            &Envelope {
-                name: "f.hl7".into(),
-                ..Envelope::default()
-            },
-            &[
-                (Envelope::default(), &ms[..]),
-                (Envelope::default(), &ms[..1]),
-            ],
+            &Envelope { name: "f.hl7".into(), ..Envelope::default() },
+            &[(Envelope::default(), &ms[..]), (Envelope::default(), &ms[..1])],
         );
         let file = BatchFile::parse(&bytes).unwrap();
         assert_eq!(file.batches.len(), 2);
         assert_eq!(file.batches[0].messages.len(), 2);
         assert_eq!(file.batches[1].messages.len(), 1);
-        assert_eq!(
-            file.trailer.as_ref().unwrap().get("FTS-1").as_deref(),
-            Some("2")
-        );
+        assert_eq!(file.trailer.as_ref().unwrap().get("FTS-1").as_deref(), Some("2"));
         assert!(file.issues().is_empty());
-        assert_eq!(
-            file.messages().next().unwrap().get("PID-3").as_deref(),
-            Some("9")
-        );
+        assert_eq!(file.messages().next().unwrap().get("PID-3").as_deref(), Some("9"));
     }
 
     #[test]
@@ -411,25 +369,14 @@ mod tests {
 
     #[test]
     fn stray_segments_and_bad_messages_say_where() {
-        assert!(matches!(
-            BatchFile::parse("BHS|^~\\&\rPID|1\r"),
-            Err(BatchError::Stray { offset: 9 })
-        ));
-        assert!(matches!(
-            BatchFile::parse(format!("{M}\rFTS|1\r{M}")),
-            Err(BatchError::Envelope { .. })
-        ));
+        assert!(matches!(BatchFile::parse("BHS|^~\\&\rPID|1\r"), Err(BatchError::Stray { offset: 9 })));
+        assert!(matches!(BatchFile::parse(format!("{M}\rFTS|1\r{M}")), Err(BatchError::Envelope { .. })));
         match BatchFile::parse(format!("{M}\r{M}\rbad|1")) {
-            Err(BatchError::Message {
-                index: 1, error, ..
-            }) => {
+            Err(BatchError::Message { index: 1, error, .. }) => {
                 assert_eq!(error.kind(), &crate::ParseErrorKind::InvalidSegmentName);
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            BatchFile::parse("PID|1"),
-            Err(BatchError::Header(_))
-        ));
+        assert!(matches!(BatchFile::parse("PID|1"), Err(BatchError::Header(_))));
     }
 }

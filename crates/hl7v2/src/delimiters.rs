@@ -92,13 +92,7 @@ impl Delimiters {
     /// assert_eq!(d, Delimiters::default());
     /// assert!(Delimiters::new(b'|', b'|', b'~', b'\\', b'&').is_err());
     /// ```
-    pub fn new(
-        field: u8,
-        component: u8,
-        repetition: u8,
-        escape: u8,
-        subcomponent: u8,
-    ) -> Result<Self, DelimiterError> {
+    pub fn new(field: u8, component: u8, repetition: u8, escape: u8, subcomponent: u8) -> Result<Self, DelimiterError> {
         Self::from_parts(field, &[component, repetition, escape, subcomponent])
     }
 
@@ -179,18 +173,13 @@ impl Delimiters {
 
     /// MSH-2 as it is written: the encoding characters that are declared.
     pub fn encoding_characters(&self) -> Vec<u8> {
-        [
-            self.repetition,
-            self.escape,
-            self.subcomponent,
-            self.truncation,
-        ]
-        .iter()
-        .take_while(|&&b| b != self.field)
-        .fold(vec![self.component], |mut v, &b| {
-            v.push(b);
-            v
-        })
+        [self.repetition, self.escape, self.subcomponent, self.truncation]
+            .iter()
+            .take_while(|&&b| b != self.field)
+            .fold(vec![self.component], |mut v, &b| {
+                v.push(b);
+                v
+            })
     }
 
     /// Delimiters under which nothing splits and nothing is an escape: used for
@@ -232,29 +221,11 @@ mod tests {
 
     #[test]
     fn refuses_letters_duplicates_and_control_characters() {
-        assert_eq!(
-            Delimiters::from_parts(b'|', b"^~A&"),
-            Err(DelimiterError::NotPunctuation)
-        );
-        assert_eq!(
-            Delimiters::from_parts(b'|', b"^~\\^"),
-            Err(DelimiterError::Duplicate)
-        );
-        assert_eq!(
-            Delimiters::from_parts(b'|', b"^|\\&"),
-            Err(DelimiterError::Duplicate)
-        );
-        assert_eq!(
-            Delimiters::from_parts(b'\r', b"^~\\&"),
-            Err(DelimiterError::NotPunctuation)
-        );
-        assert_eq!(
-            Delimiters::from_parts(b'|', b""),
-            Err(DelimiterError::Missing)
-        );
-        assert_eq!(
-            Delimiters::from_parts(b'|', b"^~\\&#!"),
-            Err(DelimiterError::TooMany)
-        );
+        assert_eq!(Delimiters::from_parts(b'|', b"^~A&"), Err(DelimiterError::NotPunctuation));
+        assert_eq!(Delimiters::from_parts(b'|', b"^~\\^"), Err(DelimiterError::Duplicate));
+        assert_eq!(Delimiters::from_parts(b'|', b"^|\\&"), Err(DelimiterError::Duplicate));
+        assert_eq!(Delimiters::from_parts(b'\r', b"^~\\&"), Err(DelimiterError::NotPunctuation));
+        assert_eq!(Delimiters::from_parts(b'|', b""), Err(DelimiterError::Missing));
+        assert_eq!(Delimiters::from_parts(b'|', b"^~\\&#!"), Err(DelimiterError::TooMany));
     }
 }

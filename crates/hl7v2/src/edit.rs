@@ -83,10 +83,7 @@ impl Message {
         let bytes = self
             .charset
             .encode(value)
-            .map_err(|character| EditError::Unrepresentable {
-                character,
-                charset: self.charset.msh18(),
-            })?;
+            .map_err(|character| EditError::Unrepresentable { character, charset: self.charset.msh18() })?;
         let escaped = escape::encode(&bytes, &self.delims).into_owned();
         self.write(&path, &escaped, Depth::Leaf)
     }
@@ -139,43 +136,24 @@ impl Message {
             ),
             Depth::Node => {
                 let comp = path.component.or(path.subcomponent.map(|_| 1));
-                (
-                    path.field_repetition.or(comp.map(|_| 1)),
-                    comp,
-                    path.subcomponent,
-                )
+                (path.field_repetition.or(comp.map(|_| 1)), comp, path.subcomponent)
             }
         };
         // A write may need a delimiter the message lacks only when it goes
         // past the first part of that level.
-        for (n, sep) in [
-            (rep, d.repetition),
-            (comp, d.component),
-            (sub, d.subcomponent),
-        ] {
+        for (n, sep) in [(rep, d.repetition), (comp, d.component), (sub, d.subcomponent)] {
             if n.unwrap_or(1) > 1 && sep == d.field {
-                return Err(EditError::MissingDelimiter {
-                    path: path.to_string(),
-                });
+                return Err(EditError::MissingDelimiter { path: path.to_string() });
             }
         }
         let occurrence = path.segment_repetition.unwrap_or(1) as usize;
-        let existing: Vec<usize> = self
-            .segments
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.name == path.segment)
-            .map(|(i, _)| i)
-            .collect();
+        let existing: Vec<usize> =
+            self.segments.iter().enumerate().filter(|(_, s)| s.name == path.segment).map(|(i, _)| i).collect();
         if occurrence > existing.len() + 1 {
-            return Err(EditError::NoSuchSegment {
-                path: path.to_string(),
-            });
+            return Err(EditError::NoSuchSegment { path: path.to_string() });
         }
         if header && occurrence > existing.len() {
-            return Err(EditError::Segment(
-                "MSH, FHS and BHS cannot be added to a message",
-            ));
+            return Err(EditError::Segment("MSH, FHS and BHS cannot be added to a message"));
         }
         // Indices survive normalisation (only separators change).
         self.normalize();
@@ -190,11 +168,7 @@ impl Message {
         // SEG-1 ...; for MSH the first item after the name is MSH-2.
         let field_index = if header { path.field } else { path.field + 1 } as usize;
         let mut levels = vec![(d.field, field_index)];
-        for (n, sep) in [
-            (rep, d.repetition),
-            (comp, d.component),
-            (sub, d.subcomponent),
-        ] {
+        for (n, sep) in [(rep, d.repetition), (comp, d.component), (sub, d.subcomponent)] {
             if let Some(n) = n {
                 levels.push((sep, n as usize));
             }
@@ -211,12 +185,9 @@ impl Message {
     /// the standard form.
     fn replace_segment(&mut self, index: Option<usize>, line: &[u8]) -> Result<(), EditError> {
         let fs = self.delims.field;
-        let named =
-            line.len() >= 3 && is_segment_name(&line[..3]) && line.get(3).is_none_or(|&b| b == fs);
+        let named = line.len() >= 3 && is_segment_name(&line[..3]) && line.get(3).is_none_or(|&b| b == fs);
         if !named || line.contains(&b'\r') || line.contains(&b'\n') {
-            return Err(EditError::Segment(
-                "the edit would produce an invalid segment",
-            ));
+            return Err(EditError::Segment("the edit would produce an invalid segment"));
         }
         let (start, end, old_run) = match index {
             Some(i) => {
@@ -225,11 +196,7 @@ impl Message {
                 (s.start as usize, s.end as usize, run)
             }
             // Appended after the last segment's CR.
-            None => (
-                self.buf.len(),
-                self.buf.len(),
-                self.seps.len()..self.seps.len(),
-            ),
+            None => (self.buf.len(), self.buf.len(), self.seps.len()..self.seps.len()),
         };
         let new_len = self.buf.len() - (end - start) + line.len() + usize::from(index.is_none());
         if u32::try_from(new_len).is_err() {
@@ -240,10 +207,7 @@ impl Message {
         if index.is_none() {
             self.buf.push(b'\r');
         }
-        let run: Vec<u32> = memchr::memchr_iter(fs, line)
-            .map(|p| (start + p) as u32)
-            .chain([new_end as u32])
-            .collect();
+        let run: Vec<u32> = memchr::memchr_iter(fs, line).map(|p| (start + p) as u32).chain([new_end as u32]).collect();
         let run_len = run.len();
         let run_start = old_run.start;
         let old_run_len = old_run.len();
@@ -338,10 +302,7 @@ impl Message {
             return Err(EditError::SegmentIndex(index));
         }
         self.normalize();
-        let at = self
-            .segments
-            .get(index)
-            .map_or(self.buf.len(), |s| s.start as usize);
+        let at = self.segments.get(index).map_or(self.buf.len(), |s| s.start as usize);
         let mut next = Vec::with_capacity(self.buf.len() + raw.len() + 1);
         next.extend_from_slice(&self.buf[..at]);
         next.extend_from_slice(raw);
@@ -351,11 +312,7 @@ impl Message {
     }
 
     /// Replaces the segment at `index` (not MSH) with one given whole.
-    pub fn replace_segment_raw(
-        &mut self,
-        index: usize,
-        raw: impl AsRef<[u8]>,
-    ) -> Result<(), EditError> {
+    pub fn replace_segment_raw(&mut self, index: usize, raw: impl AsRef<[u8]>) -> Result<(), EditError> {
         let raw = raw.as_ref();
         self.check_segment(raw)?;
         if index == 0 || index >= self.segments.len() {
@@ -394,14 +351,10 @@ impl Message {
         }
         let name = &raw[..raw.len().min(3)];
         if !is_segment_name(name) || raw.get(3).is_some_and(|&b| b != self.delims.field) {
-            return Err(EditError::Segment(
-                "does not start with a segment name and the field separator",
-            ));
+            return Err(EditError::Segment("does not start with a segment name and the field separator"));
         }
         if is_header_name(name) {
-            return Err(EditError::Segment(
-                "MSH, FHS and BHS cannot be added to a message",
-            ));
+            return Err(EditError::Segment("MSH, FHS and BHS cannot be added to a message"));
         }
         Ok(())
     }
@@ -475,8 +428,7 @@ impl MessageBuilder {
     }
     /// Sets a value by path (escaped when built).
     pub fn set(mut self, path: &str, value: &str) -> Self {
-        self.steps
-            .push(Step::Set(path.to_owned(), value.to_owned()));
+        self.steps.push(Step::Set(path.to_owned(), value.to_owned()));
         self
     }
     /// Appends a segment given whole, already encoded.
@@ -546,10 +498,7 @@ mod tests {
     #[test]
     fn splice_pads_each_level() {
         assert_eq!(splice(b"PID|1", &[(b'|', 3)], b"x"), b"PID|1|x");
-        assert_eq!(
-            splice(b"PID|1", &[(b'|', 3), (b'~', 2), (b'^', 2)], b"x"),
-            b"PID|1|~^x"
-        );
+        assert_eq!(splice(b"PID|1", &[(b'|', 3), (b'~', 2), (b'^', 2)], b"x"), b"PID|1|~^x");
         assert_eq!(splice(b"a^b^c", &[(b'^', 2)], b"X"), b"a^X^c");
     }
 
@@ -578,12 +527,6 @@ mod tests {
         msg.set("PID-5", "Müller").unwrap();
         assert_eq!(msg.get_raw("PID-5"), Some(&b"M\xfcller"[..]));
         assert_eq!(msg.get("PID-5").as_deref(), Some("Müller"));
-        assert_eq!(
-            msg.set("PID-6", "日本"),
-            Err(EditError::Unrepresentable {
-                character: '日',
-                charset: "8859/1"
-            })
-        );
+        assert_eq!(msg.set("PID-6", "日本"), Err(EditError::Unrepresentable { character: '日', charset: "8859/1" }));
     }
 }

@@ -66,10 +66,7 @@ impl Ctx {
     /// 2 component, 3 sub-component).
     fn leaf_text<'a>(&self, mut raw: &'a [u8], level: u8) -> Cow<'a, str> {
         let d = &self.delims;
-        for sep in [d.repetition, d.component, d.subcomponent]
-            .iter()
-            .skip(level as usize)
-        {
+        for sep in [d.repetition, d.component, d.subcomponent].iter().skip(level as usize) {
             raw = first_part(raw, *sep);
         }
         self.text(raw)
@@ -142,10 +139,7 @@ impl<'a> Segment<'a> {
     /// Which occurrence of its name this segment is, 1-based (`OBX(3)` is 3).
     pub fn occurrence(&self) -> usize {
         let name = self.span().name;
-        self.msg.segments[..=self.index]
-            .iter()
-            .filter(|s| s.name == name)
-            .count()
+        self.msg.segments[..=self.index].iter().filter(|s| s.name == name).count()
     }
 
     /// Whether this is MSH, FHS or BHS, whose fields 1 and 2 are the
@@ -198,10 +192,7 @@ impl<'a> Segment<'a> {
                 0 => return None,
                 1 => {
                     ctx.delims = ctx.delims.opaque();
-                    return Some(Field {
-                        raw: &buf[at..at + 1],
-                        ctx,
-                    });
+                    return Some(Field { raw: &buf[at..at + 1], ctx });
                 }
                 2 => ctx.delims = ctx.delims.opaque(),
                 _ => {}
@@ -270,9 +261,7 @@ macro_rules! node_common {
         impl fmt::Debug for $ty<'_> {
             /// The length only: values are patient data.
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_struct(stringify!($ty))
-                    .field("bytes", &self.raw.len())
-                    .finish()
+                f.debug_struct(stringify!($ty)).field("bytes", &self.raw.len()).finish()
             }
         }
     };
@@ -300,14 +289,11 @@ impl<'a> Field<'a> {
     /// The repetitions (a field always has at least one, possibly empty).
     pub fn repetitions(&self) -> impl Iterator<Item = Repetition<'a>> + 'a {
         let ctx = self.ctx;
-        self.raw
-            .split(move |&b| b == ctx.delims.repetition)
-            .map(move |raw| Repetition { raw, ctx })
+        self.raw.split(move |&b| b == ctx.delims.repetition).map(move |raw| Repetition { raw, ctx })
     }
     /// Repetition `n`, 1-based.
     pub fn repetition(&self, n: usize) -> Option<Repetition<'a>> {
-        nth_part(self.raw, self.ctx.delims.repetition, n)
-            .map(|raw| Repetition { raw, ctx: self.ctx })
+        nth_part(self.raw, self.ctx.delims.repetition, n).map(|raw| Repetition { raw, ctx: self.ctx })
     }
     /// Number of repetitions.
     pub fn repetition_count(&self) -> usize {
@@ -340,9 +326,7 @@ impl<'a> Repetition<'a> {
     /// The components.
     pub fn components(&self) -> impl Iterator<Item = Component<'a>> + 'a {
         let ctx = self.ctx;
-        self.raw
-            .split(move |&b| b == ctx.delims.component)
-            .map(move |raw| Component { raw, ctx })
+        self.raw.split(move |&b| b == ctx.delims.component).map(move |raw| Component { raw, ctx })
     }
     /// Component `n`, 1-based.
     pub fn component(&self, n: usize) -> Option<Component<'a>> {
@@ -374,14 +358,11 @@ impl<'a> Component<'a> {
     /// The sub-components.
     pub fn subcomponents(&self) -> impl Iterator<Item = SubComponent<'a>> + 'a {
         let ctx = self.ctx;
-        self.raw
-            .split(move |&b| b == ctx.delims.subcomponent)
-            .map(move |raw| SubComponent { raw, ctx })
+        self.raw.split(move |&b| b == ctx.delims.subcomponent).map(move |raw| SubComponent { raw, ctx })
     }
     /// Sub-component `n`, 1-based.
     pub fn subcomponent(&self, n: usize) -> Option<SubComponent<'a>> {
-        nth_part(self.raw, self.ctx.delims.subcomponent, n)
-            .map(|raw| SubComponent { raw, ctx: self.ctx })
+        nth_part(self.raw, self.ctx.delims.subcomponent, n).map(|raw| SubComponent { raw, ctx: self.ctx })
     }
     /// Number of sub-components.
     pub fn subcomponent_count(&self) -> usize {

@@ -67,13 +67,7 @@ pub enum ParseErrorKind {
 
 impl ParseError {
     pub(crate) fn new(kind: ParseErrorKind, offset: usize, segment: usize) -> Self {
-        ParseError {
-            kind,
-            offset,
-            segment,
-            field: None,
-            header: None,
-        }
+        ParseError { kind, offset, segment, field: None, header: None }
     }
 
     pub(crate) fn in_field(mut self, field: usize) -> Self {
@@ -110,11 +104,7 @@ impl ParseError {
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} at byte {}, segment {}",
-            self.kind, self.offset, self.segment
-        )?;
+        write!(f, "{} at byte {}, segment {}", self.kind, self.offset, self.segment)?;
         if let Some(field) = self.field {
             write!(f, ", field {field}")?;
         }

@@ -158,19 +158,12 @@ pub struct Location {
 impl Location {
     /// The whole `occurrence`th segment named `segment`.
     pub fn segment(segment: &str, occurrence: u32) -> Location {
-        Location {
-            segment: segment.to_owned(),
-            occurrence: Some(occurrence),
-            ..Location::default()
-        }
+        Location { segment: segment.to_owned(), occurrence: Some(occurrence), ..Location::default() }
     }
 
     /// A field of the `occurrence`th segment named `segment`.
     pub fn field(segment: &str, occurrence: u32, field: u32) -> Location {
-        Location {
-            field: Some(field),
-            ..Location::segment(segment, occurrence)
-        }
+        Location { field: Some(field), ..Location::segment(segment, occurrence) }
     }
 }
 
@@ -190,11 +183,7 @@ impl From<Path> for Location {
 impl fmt::Display for Location {
     /// Path style: `PID(1)-7`, `OBX(3)-5(2)-1`, `ORC(2)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.segment.is_empty() {
-            "?"
-        } else {
-            &self.segment
-        })?;
+        f.write_str(if self.segment.is_empty() { "?" } else { &self.segment })?;
         if let Some(n) = self.occurrence {
             write!(f, "({n})")?;
         }
@@ -238,30 +227,13 @@ pub struct Issue {
 
 impl Issue {
     /// An error at `location`.
-    pub fn error(
-        location: impl Into<Option<Location>>,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) -> Issue {
-        Issue {
-            location: location.into(),
-            code,
-            severity: Severity::Error,
-            message: message.into(),
-            diagnostic: None,
-        }
+    pub fn error(location: impl Into<Option<Location>>, code: ErrorCode, message: impl Into<String>) -> Issue {
+        Issue { location: location.into(), code, severity: Severity::Error, message: message.into(), diagnostic: None }
     }
 
     /// A warning at `location`.
-    pub fn warning(
-        location: impl Into<Option<Location>>,
-        code: ErrorCode,
-        message: impl Into<String>,
-    ) -> Issue {
-        Issue {
-            severity: Severity::Warning,
-            ..Issue::error(location, code, message)
-        }
+    pub fn warning(location: impl Into<Option<Location>>, code: ErrorCode, message: impl Into<String>) -> Issue {
+        Issue { severity: Severity::Warning, ..Issue::error(location, code, message) }
     }
 
     /// The same issue with a diagnostic detail.
@@ -277,13 +249,6 @@ impl fmt::Display for Issue {
         if let Some(l) = &self.location {
             write!(f, "{l}: ")?;
         }
-        write!(
-            f,
-            "{} {}: {} ({})",
-            self.code.code(),
-            self.code.text(),
-            self.message,
-            self.severity.code()
-        )
+        write!(f, "{} {}: {} ({})", self.code.code(), self.code.text(), self.message, self.severity.code())
     }
 }

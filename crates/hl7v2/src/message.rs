@@ -110,15 +110,9 @@ fn close_segment(
     }
     let named = line.len() >= 3
         && is_segment_name(&line[..3])
-        && run
-            .first()
-            .map_or(line.len() == 3, |&p| p as usize == seg_start + 3);
+        && run.first().map_or(line.len() == 3, |&p| p as usize == seg_start + 3);
     if !named {
-        return Err(ParseError::new(
-            ParseErrorKind::InvalidSegmentName,
-            seg_start,
-            segments.len() + 1,
-        ));
+        return Err(ParseError::new(ParseErrorKind::InvalidSegmentName, seg_start, segments.len() + 1));
     }
     seps.push(end as u32);
     segments.push(SegmentSpan {
@@ -135,11 +129,7 @@ fn close_segment(
 /// Skips a UTF-8 byte-order mark and any white space or line breaks before
 /// the first segment.
 pub(crate) fn skip_preamble(buf: &[u8]) -> usize {
-    let mut i = if buf.starts_with(b"\xEF\xBB\xBF") {
-        3
-    } else {
-        0
-    };
+    let mut i = if buf.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
     while i < buf.len() && matches!(buf[i], b' ' | b'\t' | b'\r' | b'\n') {
         i += 1;
     }
@@ -190,14 +180,8 @@ impl Message {
             return Err(ParseError::new(ParseErrorKind::MissingHeader, start, 1));
         }
         let delims = read_delimiters(&buf, start)?;
-        let mut msg = Message {
-            buf,
-            delims,
-            charset: Charset::Ascii,
-            segments: Vec::new(),
-            seps: Vec::new(),
-            normalized: false,
-        };
+        let mut msg =
+            Message { buf, delims, charset: Charset::Ascii, segments: Vec::new(), seps: Vec::new(), normalized: false };
         if let Err(e) = msg.reindex(start) {
             // The MSH was readable: hand it back for the ACK.
             let header = msg.segments.first().map(|s| {
@@ -216,14 +200,8 @@ impl Message {
     /// constant segment names (ACKs, batches). Indexing cannot fail on them;
     /// should it ever, the header alone is returned rather than panicking.
     pub(crate) fn from_built(buf: Vec<u8>, delims: Delimiters) -> Message {
-        let mut msg = Message {
-            buf,
-            delims,
-            charset: Charset::Ascii,
-            segments: Vec::new(),
-            seps: Vec::new(),
-            normalized: true,
-        };
+        let mut msg =
+            Message { buf, delims, charset: Charset::Ascii, segments: Vec::new(), seps: Vec::new(), normalized: true };
         match msg.reindex(0) {
             Ok(()) => msg,
             Err(_) => {
@@ -297,10 +275,7 @@ impl Message {
     }
 
     pub(crate) fn ctx(&self) -> Ctx {
-        Ctx {
-            delims: self.delims,
-            charset: self.charset,
-        }
+        Ctx { delims: self.delims, charset: self.charset }
     }
 
     /// The message bytes: the input as received for a message that was not
@@ -410,11 +385,7 @@ impl Message {
         if code.is_empty() {
             return None;
         }
-        Some(MessageType {
-            code,
-            trigger: part(2),
-            structure: part(3),
-        })
+        Some(MessageType { code, trigger: part(2), structure: part(3) })
     }
 
     fn msh_leaf(&self, field: usize) -> Option<Cow<'_, str>> {
@@ -527,9 +498,7 @@ impl Message {
     /// ```
     pub fn presence(&self, path: impl ToPath) -> Presence {
         match path.to_path() {
-            Ok(path) => self
-                .node(&path, true)
-                .map_or(Presence::Absent, Presence::of),
+            Ok(path) => self.node(&path, true).map_or(Presence::Absent, Presence::of),
             Err(_) => Presence::Absent,
         }
     }

@@ -136,12 +136,7 @@ impl MllpCodec {
     /// A codec refusing frames larger than `max_frame_bytes` (the message,
     /// without the three framing bytes).
     pub fn new(max_frame_bytes: usize) -> MllpCodec {
-        MllpCodec {
-            max_frame_bytes,
-            skipped: 0,
-            state: State::Between,
-            swallow_cr: false,
-        }
+        MllpCodec { max_frame_bytes, skipped: 0, state: State::Between, swallow_cr: false }
     }
 
     /// The maximum frame size.
@@ -216,8 +211,7 @@ impl Decoder for MllpCodec {
                             return Ok(Some(frame));
                         }
                         None if window > limit => {
-                            let first_line =
-                                memchr::memchr2(b'\r', b'\n', &src[..window]).unwrap_or(window);
+                            let first_line = memchr::memchr2(b'\r', b'\n', &src[..window]).unwrap_or(window);
                             let head = Bytes::copy_from_slice(&src[..first_line.min(HEAD_BYTES)]);
                             self.skip(src, window);
                             self.state = State::Discarding;
@@ -296,11 +290,7 @@ mod tests {
             while let Some(f) = codec.decode(&mut buf).unwrap() {
                 frames.push(f.to_vec());
             }
-            assert_eq!(
-                frames,
-                [b"MSH|1\rPID|1".to_vec(), b"MSH|2".to_vec()],
-                "cut at {cut}"
-            );
+            assert_eq!(frames, [b"MSH|1\rPID|1".to_vec(), b"MSH|2".to_vec()], "cut at {cut}");
             assert_eq!(codec.skipped_bytes(), 6, "cut at {cut}");
         }
     }
@@ -318,22 +308,10 @@ mod tests {
     #[test]
     fn oversized_frame_is_an_error_then_decoding_resumes() {
         let mut codec = MllpCodec::new(8);
-        let frames = decode_all(
-            &mut codec,
-            b"\x0bMSH|123\rPID|toolong\x1c\x0d\x0bMSH|ok\x1c\x0d",
-        );
-        assert_eq!(
-            frames,
-            [
-                Err("MLLP frame exceeds the limit of 8 bytes".into()),
-                Ok(b"MSH|ok".to_vec())
-            ]
-        );
+        let frames = decode_all(&mut codec, b"\x0bMSH|123\rPID|toolong\x1c\x0d\x0bMSH|ok\x1c\x0d");
+        assert_eq!(frames, [Err("MLLP frame exceeds the limit of 8 bytes".into()), Ok(b"MSH|ok".to_vec())]);
         // A frame of exactly the limit is fine.
-        assert_eq!(
-            decode_all(&mut codec, b"\x0b12345678\x1c\x0d"),
-            [Ok(b"12345678".to_vec())]
-        );
+        assert_eq!(decode_all(&mut codec, b"\x0b12345678\x1c\x0d"), [Ok(b"12345678".to_vec())]);
     }
 
     #[test]
@@ -350,10 +328,7 @@ mod tests {
     fn eof_inside_a_frame_is_an_incomplete_frame() {
         let mut codec = MllpCodec::default();
         let mut buf = BytesMut::from(&b"\x0bMSH|"[..]);
-        assert!(matches!(
-            codec.decode_eof(&mut buf),
-            Err(MllpError::IncompleteFrame { received: 4 })
-        ));
+        assert!(matches!(codec.decode_eof(&mut buf), Err(MllpError::IncompleteFrame { received: 4 })));
         let mut buf = BytesMut::from(&b"\r\n"[..]);
         assert!(codec.decode_eof(&mut buf).unwrap().is_none());
     }

@@ -63,15 +63,10 @@ pub struct PathError {
 impl Path {
     /// Parses a path such as `PID-5-1` or `OBX(2)-5(1)-1-2`.
     pub fn parse(text: &str) -> Result<Path, PathError> {
-        let err = |position: usize, reason: &'static str| PathError {
-            path: text.to_owned(),
-            position,
-            reason,
-        };
+        let err = |position: usize, reason: &'static str| PathError { path: text.to_owned(), position, reason };
         let bytes = text.as_bytes();
         let mut i = usize::from(bytes.first() == Some(&b'/'));
-        if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphabetic())
-        {
+        if bytes.get(i) == Some(&b'.') && bytes.get(i + 1).is_some_and(|b| b.is_ascii_alphabetic()) {
             i += 1;
         }
         let name = bytes
@@ -205,10 +200,7 @@ impl Cursor<'_> {
         Ok(n)
     }
 
-    fn repetition(
-        &mut self,
-        err: &dyn Fn(usize, &'static str) -> PathError,
-    ) -> Result<Option<u32>, PathError> {
+    fn repetition(&mut self, err: &dyn Fn(usize, &'static str) -> PathError) -> Result<Option<u32>, PathError> {
         if self.bytes.get(self.i) != Some(&b'(') {
             return Ok(None);
         }

@@ -42,11 +42,7 @@ impl Version {
 
     /// A version from its parts.
     pub const fn new(major: u8, minor: u8, patch: u8) -> Version {
-        Version {
-            major,
-            minor,
-            patch,
-        }
+        Version { major, minor, patch }
     }
 
     /// Parses `2.x` or `2.x.y` (surrounding white space allowed).
@@ -55,9 +51,7 @@ impl Version {
         let mut next = || -> Option<Option<u8>> {
             match parts.next() {
                 None => Some(None),
-                Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                    p.parse().ok().map(Some)
-                }
+                Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok().map(Some),
                 Some(_) => None,
             }
         };

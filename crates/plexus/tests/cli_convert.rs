@@ -41,10 +41,8 @@ fn hl7_to_fhir_prints_the_transaction_bundle() {
     assert_eq!(first["request"]["method"], "PUT");
     assert!(first["request"]["url"].as_str().unwrap().starts_with("Patient?identifier="), "{first}");
     // The same output as the library's golden file for this fixture.
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("../golden/ADT-A01-01.json")).unwrap(),
-    )
-    .unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("../golden/ADT-A01-01.json")).unwrap()).unwrap();
     assert_eq!(bundle, golden);
 }
 
@@ -82,7 +80,14 @@ fn fhir_to_hl7_makes_every_message_type_from_its_input() {
 
 #[test]
 fn fhir_to_hl7_raw_keeps_carriage_returns() {
-    let out = plexus(&["convert", "fhir-to-hl7", path_str(&fixture("fhir/synthea-patient-bundle.json")), "--message", "ADT_A08", "--raw"]);
+    let out = plexus(&[
+        "convert",
+        "fhir-to-hl7",
+        path_str(&fixture("fhir/synthea-patient-bundle.json")),
+        "--message",
+        "ADT_A08",
+        "--raw",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(out.stdout.contains(&b'\r') && !out.stdout.contains(&b'\n'), "{}", stdout(&out));
 }

@@ -115,7 +115,8 @@ fn inspect_prints_a_tree_whose_paths_read_back_with_get() {
     let text = stdout(&o);
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0].ends_with("small.hl7: ORU^R01^ORU_R01, control id MSG42, version 2.5.1, character set ASCII, 5 segments"),
+        lines[0]
+            .ends_with("small.hl7: ORU^R01^ORU_R01, control id MSG42, version 2.5.1, character set ASCII, 5 segments"),
         "{}",
         lines[0]
     );
@@ -136,7 +137,9 @@ fn inspect_prints_a_tree_whose_paths_read_back_with_get() {
     assert_eq!(row("OBX(1)-3-3").as_deref(), Some("LN"));
     assert_eq!(row("PID-2"), None, "empty fields are left out");
     // Nesting is shown by indentation.
-    let indent = |path: &str| lines.iter().find(|l| l.trim_start().starts_with(&format!("{path} "))).map(|l| l.len() - l.trim_start().len());
+    let indent = |path: &str| {
+        lines.iter().find(|l| l.trim_start().starts_with(&format!("{path} "))).map(|l| l.len() - l.trim_start().len())
+    };
     assert_eq!(indent("PID-5"), Some(2));
     assert_eq!(indent("PID-5-1"), Some(4));
 
@@ -249,16 +252,16 @@ fn validate_runs_over_every_fixture() {
 #[test]
 fn validate_checks_the_counts_of_a_batch_envelope() {
     let dir = tempfile::tempdir().unwrap();
-    let batch = format!(
-        "FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r{SMALL}{}BTS|3\rFTS|1\r",
-        SMALL.replace("MSG42", "MSG43")
-    );
+    let batch = format!("FHS|^~\\&|LAB\rBHS|^~\\&|LAB\r{SMALL}{}BTS|3\rFTS|1\r", SMALL.replace("MSG42", "MSG43"));
     let file = temp_file(&dir, "batch.hl7", batch.as_bytes());
     let o = plexus(&["hl7", "validate", path_str(&file)]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let text = stdout(&o);
     assert!(text.contains("batch.hl7 (batch envelope): invalid: 1 error"), "{text}");
-    assert!(text.contains("  BTS(1)-1: 102 Data type error: BTS-1 does not match the 2 messages of batch 1 (E)"), "{text}");
+    assert!(
+        text.contains("  BTS(1)-1: 102 Data type error: BTS-1 does not match the 2 messages of batch 1 (E)"),
+        "{text}"
+    );
     assert!(text.contains("batch.hl7 #1: valid\n") && text.contains("batch.hl7 #2: valid\n"), "{text}");
     assert!(text.ends_with("2 of 3 messages valid\n"), "{text}");
 
@@ -276,10 +279,7 @@ fn ack_prints_the_acknowledgement_one_segment_per_line() {
     let good = temp_file(&dir, "good.hl7", SMALL.as_bytes());
     let o = plexus(&["hl7", "ack", path_str(&good), "--control-id", "A1", "--timestamp", "20261121130000"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        stdout(&o),
-        "MSH|^~\\&|EHR|CLINIC|LAB|HOSP|20261121130000||ACK^R01^ACK|A1|P|2.5.1\nMSA|AA|MSG42\n"
-    );
+    assert_eq!(stdout(&o), "MSH|^~\\&|EHR|CLINIC|LAB|HOSP|20261121130000||ACK^R01^ACK|A1|P|2.5.1\nMSA|AA|MSG42\n");
     // --raw: the exact bytes, CR separated.
     let o = plexus(&["hl7", "ack", "--raw", path_str(&good), "--control-id", "A1", "--timestamp", "20261121130000"]);
     assert_eq!(o.stdout, b"MSH|^~\\&|EHR|CLINIC|LAB|HOSP|20261121130000||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|MSG42\r");

@@ -23,7 +23,8 @@ fn load_ehr(base: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let ehr = FhirClient::new("ehr", &ServerConfig::new(base.parse().expect("url"))).expect("client");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/tests/fixtures/synthea-patient-bundle.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/tests/fixtures/synthea-patient-bundle.json");
         let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
         let response = ehr.transaction(&bundle).await.expect("load the bundle");
         fhir::bundle::entry_responses(&response)
@@ -63,8 +64,19 @@ fn search_then_sync_with_a_recorded_job_on_the_engine_config() {
     assert!(check.status.success(), "plexus check: {}{}", text(&check.stdout), text(&check.stderr));
 
     let out = plexus(&[
-        "sync", "search", "--config", cfg, "--source", "ehr", "--family", "Brekke496", "--given", "Aaron697",
-        "--birthdate", "1945-12-10", "--json",
+        "sync",
+        "search",
+        "--config",
+        cfg,
+        "--source",
+        "ehr",
+        "--family",
+        "Brekke496",
+        "--given",
+        "Aaron697",
+        "--birthdate",
+        "1945-12-10",
+        "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let found: Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -73,8 +85,19 @@ fn search_then_sync_with_a_recorded_job_on_the_engine_config() {
 
     let sync = |record: bool| {
         let mut args = vec![
-            "sync", "patient", "--config", cfg, "--source", "ehr", "--target", "crm", "--patient", &patient,
-            "--resources", "all", "--json",
+            "sync",
+            "patient",
+            "--config",
+            cfg,
+            "--source",
+            "ehr",
+            "--target",
+            "crm",
+            "--patient",
+            &patient,
+            "--resources",
+            "all",
+            "--json",
         ];
         if record {
             args.push("--record");

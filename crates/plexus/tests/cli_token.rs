@@ -23,7 +23,8 @@ fn create_list_and_revoke_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
 
-    let out = plexus(&["token", "create", "--config", &cfg, "--name", "dashboard", "--scopes", "messages:read,metrics"]);
+    let out =
+        plexus(&["token", "create", "--config", &cfg, "--name", "dashboard", "--scopes", "messages:read,metrics"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let token = text(&out.stdout).trim().to_owned();
     // Only the token on stdout: plx_<16 hex>_<64 hex>.

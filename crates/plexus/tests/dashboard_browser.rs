@@ -63,7 +63,10 @@ fn artifacts_dir() -> PathBuf {
 fn browser_or_skip() -> Option<PathBuf> {
     let chromium = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
     if !chromium.is_file() {
-        testkit::skip(SUITE, &format!("{} is not installed (apt-get install chromium chromium-driver)", chromium.display()));
+        testkit::skip(
+            SUITE,
+            &format!("{} is not installed (apt-get install chromium chromium-driver)", chromium.display()),
+        );
         return None;
     }
     if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
@@ -167,7 +170,10 @@ fn dashboard_in_headless_chromium() {
     // Two fresh FHIR servers for the patient sync page, when the peers are installed.
     let fhir = FhirPeer::start(SYNC_SUITE).and_then(|ehr| Some((ehr, FhirPeer::start(SYNC_SUITE)?)));
     let fhir_servers = fhir.as_ref().map_or(String::new(), |(ehr, hub)| {
-        format!("[fhir_servers.ehr]\nbase_url = \"{}\"\n[fhir_servers.hub]\nbase_url = \"{}\"\n", ehr.base_url, hub.base_url)
+        format!(
+            "[fhir_servers.ehr]\nbase_url = \"{}\"\n[fhir_servers.hub]\nbase_url = \"{}\"\n",
+            ehr.base_url, hub.base_url
+        )
     });
     let config = dir.path().join("plexus.toml");
     std::fs::write(
@@ -233,7 +239,10 @@ file_name = "${{message_id}}.hl7"
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let result_line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).unwrap_or_else(|| {
-        panic!("the browser script printed no RESULT line\nstdout:\n{stdout}\nstderr:\n{stderr}\nserve log:\n{}", serve.log_text())
+        panic!(
+            "the browser script printed no RESULT line\nstdout:\n{stdout}\nstderr:\n{stderr}\nserve log:\n{}",
+            serve.log_text()
+        )
     });
     let result: serde_json::Value = serde_json::from_str(result_line).unwrap();
     let failed: Vec<&serde_json::Value> =
@@ -264,7 +273,11 @@ file_name = "${{message_id}}.hl7"
         assert!(names.contains(&step), "the script did not check: {step}\n{stdout}");
     }
     if fhir.is_some() {
-        for step in ["the search shows the patient card", "the sync job succeeded", "the report counts resources created on the target"] {
+        for step in [
+            "the search shows the patient card",
+            "the sync job succeeded",
+            "the report counts resources created on the target",
+        ] {
             assert!(names.contains(&step), "the script did not check: {step}\n{stdout}");
         }
     }

@@ -39,7 +39,9 @@ fn message(raw: &[u8], n: usize) -> NewMessage {
         event: Some("A09".into()),
         order_key: Some(format!("MRN{:05}", n % 5000)),
         patient_ids: vec![format!("MRN{:05}", n % 5000)],
-        ack: Some(format!("MSH|^~\\&|PLEXUS|HOSP|LAB|HOSP|20261121||ACK^A09|A{n}|P|2.5\rMSA|AA|BENCH{n:09}\r").into_bytes()),
+        ack: Some(
+            format!("MSH|^~\\&|PLEXUS|HOSP|LAB|HOSP|20261121||ACK^A09|A{n}|P|2.5\rMSA|AA|BENCH{n:09}\r").into_bytes(),
+        ),
         deliveries: vec![NewDelivery::queued("ehr")],
     }
 }
@@ -53,7 +55,9 @@ enum Db {
 impl Db {
     async fn create(kind: &'static str, base: Option<&str>) -> Db {
         match (kind, base) {
-            ("sqlite", _) => Db::Sqlite(tempfile::Builder::new().prefix("plexus-bench").tempdir_in(bench_dir()).unwrap()),
+            ("sqlite", _) => {
+                Db::Sqlite(tempfile::Builder::new().prefix("plexus-bench").tempdir_in(bench_dir()).unwrap())
+            }
             (kind, Some(base)) => {
                 let name = format!("plexus_bench_{}_{}", std::process::id(), rand_suffix());
                 admin(kind, base, &format!("CREATE DATABASE {name}")).await;
@@ -183,7 +187,10 @@ async fn claim_complete_rate(store: Arc<dyn Store>, workers: usize, total: usize
                     let policy = policy.clone();
                     let (id, lease) = (d.id, d.lease);
                     async move {
-                        let outcome = Outcome::Sent { response: Some(Response::Ack { text: "MSA|AA".into() }), transformed: None };
+                        let outcome = Outcome::Sent {
+                            response: Some(Response::Ack { text: "MSA|AA".into() }),
+                            transformed: None,
+                        };
                         store.complete(id, lease, outcome, &policy).await.unwrap();
                     }
                 });
@@ -227,7 +234,11 @@ async fn naive_rate(kind: &'static str, url: &str, total: usize) -> f64 {
                 .create_if_missing(true)
                 .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-            run!(opts.connect().await.unwrap(), "CREATE TABLE naive (control_id TEXT, raw BLOB)", "INSERT INTO naive VALUES (?, ?)")
+            run!(
+                opts.connect().await.unwrap(),
+                "CREATE TABLE naive (control_id TEXT, raw BLOB)",
+                "INSERT INTO naive VALUES (?, ?)"
+            )
         }
         "postgres" => run!(
             sqlx::PgConnection::connect(url).await.unwrap(),
@@ -320,7 +331,11 @@ fn main() {
     let only = std::env::var("PLEXUS_BENCH_ONLY").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        println!("message: {MESSAGE} ({} bytes), median of {ROUNDS} runs, {} cores", raw_message().len(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+        println!(
+            "message: {MESSAGE} ({} bytes), median of {ROUNDS} runs, {} cores",
+            raw_message().len(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         let want = |k: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == k));
         if want("sqlite") {
             bench_backend("sqlite", None).await;

@@ -16,11 +16,8 @@ use crate::model::{DeliveryState, FailureClass, OnFailure, RetryPolicy};
 /// destination; the random half spreads workers apart.
 pub fn backoff_delay(policy: &RetryPolicy, attempt: u32, jitter: f64) -> Duration {
     let exp = attempt.saturating_sub(1).min(32);
-    let base = policy
-        .initial_backoff
-        .checked_mul(1u32 << exp.min(31))
-        .unwrap_or(policy.max_backoff)
-        .min(policy.max_backoff);
+    let base =
+        policy.initial_backoff.checked_mul(1u32 << exp.min(31)).unwrap_or(policy.max_backoff).min(policy.max_backoff);
     let half = base / 2;
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }

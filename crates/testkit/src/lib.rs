@@ -67,10 +67,7 @@ pub fn peers_or_skip(suite: &str) -> Option<PathBuf> {
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for
 /// starting a child process that must be told its port).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
 }
 
 /// A child process killed when dropped, so a failing test leaves no peer
@@ -133,12 +130,8 @@ impl FhirPeer {
         peers_or_skip(suite)?;
         let script = shared_dir().join("peers").join("fhir-server.js");
         let port = free_port();
-        let process = PeerProcess::spawn(
-            "node",
-            &[script.display().to_string(), port.to_string()],
-            port,
-        )
-        .unwrap_or_else(|e| panic!("starting the FHIR peer for {suite}: {e}"));
+        let process = PeerProcess::spawn("node", &[script.display().to_string(), port.to_string()], port)
+            .unwrap_or_else(|e| panic!("starting the FHIR peer for {suite}: {e}"));
         Some(FhirPeer { base_url: format!("http://127.0.0.1:{port}/fhir/R4"), process })
     }
 }
@@ -147,9 +140,7 @@ impl FhirPeer {
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }

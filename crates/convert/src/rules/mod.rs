@@ -240,15 +240,15 @@ impl<'de> Deserialize<'de> for MappingRules {
 impl MappingRules {
     /// Loads a TOML rule file.
     pub fn from_toml(text: &str) -> Result<MappingRules, RulesError> {
-        let file: RulesFile = toml::from_str(text)
-            .map_err(|e| RulesError::Syntax { format: "toml", message: e.to_string() })?;
+        let file: RulesFile =
+            toml::from_str(text).map_err(|e| RulesError::Syntax { format: "toml", message: e.to_string() })?;
         MappingRules::compile(file)
     }
 
     /// Loads a YAML rule file.
     pub fn from_yaml(text: &str) -> Result<MappingRules, RulesError> {
-        let file: RulesFile = serde_saphyr::from_str(text)
-            .map_err(|e| RulesError::Syntax { format: "yaml", message: e.to_string() })?;
+        let file: RulesFile =
+            serde_saphyr::from_str(text).map_err(|e| RulesError::Syntax { format: "yaml", message: e.to_string() })?;
         MappingRules::compile(file)
     }
 
@@ -274,8 +274,9 @@ impl MappingRules {
             });
             match compile_rule(&name, spec) {
                 Ok(rule) => rules.push(rule),
-                Err(msgs) => errors
-                    .extend(msgs.into_iter().map(|message| DefinitionError { rule: name.clone(), message })),
+                Err(msgs) => {
+                    errors.extend(msgs.into_iter().map(|message| DefinitionError { rule: name.clone(), message }))
+                }
             }
         }
         if errors.is_empty() {
@@ -414,8 +415,7 @@ fn compile_rule(name: &str, spec: &RuleSpec) -> Result<Rule, Vec<String>> {
     if spec.targets.is_some() && !matches!(transforms.last(), Some(Transform::Split(_))) {
         errs.push("several targets need split as the last transform".into());
     }
-    if splits > 0 && (spec.targets.is_none() || !matches!(transforms.last(), Some(Transform::Split(_))) || splits > 1)
-    {
+    if splits > 0 && (spec.targets.is_none() || !matches!(transforms.last(), Some(Transform::Split(_))) || splits > 1) {
         errs.push("split must be the last transform, once, with targets: [...]".into());
     }
     let source_each = matches!(&input, Some(Input::One(p)) if p.has_each());
@@ -548,8 +548,7 @@ impl Rule {
                 Some(Transform::Split(s)) => s.as_str(),
                 _ => " ",
             };
-            let parts: Vec<String> =
-                self.targets.iter().filter_map(|t| t.get(input)).filter_map(scalar_text).collect();
+            let parts: Vec<String> = self.targets.iter().filter_map(|t| t.get(input)).filter_map(scalar_text).collect();
             vec![(!parts.is_empty()).then(|| Value::String(parts.join(sep)))]
         } else {
             let each = self.targets[0].get_each(input);

@@ -117,9 +117,7 @@ impl JsonPath {
         match self.steps.iter().position(|s| matches!(s, Step::Each)) {
             None => vec![self.get(doc)],
             Some(at) => match get_steps(doc, &self.steps[..at]) {
-                Some(Value::Array(items)) => {
-                    items.iter().map(|item| get_steps(item, &self.steps[at + 1..])).collect()
-                }
+                Some(Value::Array(items)) => items.iter().map(|item| get_steps(item, &self.steps[at + 1..])).collect(),
                 _ => Vec::new(),
             },
         }
@@ -174,9 +172,7 @@ fn get_steps<'a>(doc: &'a Value, steps: &[Step]) -> Option<&'a Value> {
             Step::Key(k) => cur.as_object()?.get(k)?,
             Step::Index(i) => cur.as_array()?.get(*i)?,
             Step::Each => cur.as_array()?.first()?,
-            Step::Filter { key, value } => {
-                cur.as_array()?.iter().find(|item| matches_filter(item, key, value))?
-            }
+            Step::Filter { key, value } => cur.as_array()?.iter().find(|item| matches_filter(item, key, value))?,
         };
     }
     match cur {
@@ -225,26 +221,24 @@ fn set_steps(doc: &mut Value, steps: &[Step], value: Value, each_index: usize) -
             let at = match step {
                 Step::Index(i) => *i,
                 Step::Each => each_index,
-                Step::Filter { key, value } => {
-                    match arr.iter().position(|item| matches_filter(item, key, value)) {
-                        Some(p) => p,
-                        None => {
-                            let mut fresh = Value::Object(Map::new());
-                            let mut cur = &mut fresh;
-                            for (n, k) in key.iter().enumerate() {
-                                let obj = cur.as_object_mut().ok_or("filter key path")?;
-                                let leaf = n + 1 == key.len();
-                                cur = obj.entry(k.clone()).or_insert(if leaf {
-                                    Value::String(value.clone())
-                                } else {
-                                    Value::Object(Map::new())
-                                });
-                            }
-                            arr.push(fresh);
-                            arr.len() - 1
+                Step::Filter { key, value } => match arr.iter().position(|item| matches_filter(item, key, value)) {
+                    Some(p) => p,
+                    None => {
+                        let mut fresh = Value::Object(Map::new());
+                        let mut cur = &mut fresh;
+                        for (n, k) in key.iter().enumerate() {
+                            let obj = cur.as_object_mut().ok_or("filter key path")?;
+                            let leaf = n + 1 == key.len();
+                            cur = obj.entry(k.clone()).or_insert(if leaf {
+                                Value::String(value.clone())
+                            } else {
+                                Value::Object(Map::new())
+                            });
                         }
+                        arr.push(fresh);
+                        arr.len() - 1
                     }
-                }
+                },
                 Step::Key(k) => return Err(format!("internal: member '{k}' handled as an index")),
             };
             // Padding elements are empty objects; `prune_empty` removes the
@@ -289,12 +283,7 @@ mod tests {
     fn parses_keys_indexes_filters_and_each() {
         assert_eq!(
             p("name[0].given[1]").steps(),
-            &[
-                Step::Key("name".into()),
-                Step::Index(0),
-                Step::Key("given".into()),
-                Step::Index(1)
-            ]
+            &[Step::Key("name".into()), Step::Index(0), Step::Key("given".into()), Step::Index(1)]
         );
         assert_eq!(
             p("telecom[system=phone].value").steps()[1],
@@ -320,10 +309,7 @@ mod tests {
         assert_eq!(p("telecom[system=fax].value").get(&doc), None);
         assert_eq!(p("telecom[5].value").get(&doc), None);
         assert_eq!(p("n").get(&doc), None, "null counts as absent");
-        assert_eq!(
-            p("telecom[*].system").get_each(&doc),
-            vec![Some(&json!("email")), Some(&json!("phone"))]
-        );
+        assert_eq!(p("telecom[*].system").get_each(&doc), vec![Some(&json!("email")), Some(&json!("phone"))]);
     }
 
     #[test]

@@ -109,10 +109,7 @@ fn violations_name_the_rule_and_input_path_and_are_all_reported() {
     let err = rules.apply(&bad).unwrap_err();
     let RulesError::Violations(v) = &err else { panic!("expected violations, got {err}") };
     let found: Vec<(&str, &str)> = v.iter().map(|v| (v.rule.as_str(), v.path.as_str())).collect();
-    assert_eq!(
-        found,
-        vec![("mrn", "patient.mrn"), ("sex", "patient.sex"), ("birth date", "patient.dob")]
-    );
+    assert_eq!(found, vec![("mrn", "patient.mrn"), ("sex", "patient.sex"), ("birth date", "patient.dob")]);
     assert_eq!(v[0].message, "required value is missing");
     assert_eq!(v[1].message, "value is not one of [M, F, U]");
     assert!(err.to_string().contains("rule 'birth date' at input path 'patient.dob': '1963-08-15' does not match"));
@@ -152,16 +149,19 @@ fn toml_rules_load_the_same_way() {
         transforms = [{ split = " " }]
     "#;
     let rules = MappingRules::from_toml(toml).unwrap();
-    let out = rules.apply(&json!({"sex": "F", "first": "Mary", "last": "Shelley", "fullname": "Ada Lovelace"}))
-        .unwrap();
+    let out =
+        rules.apply(&json!({"sex": "F", "first": "Mary", "last": "Shelley", "fullname": "Ada Lovelace"})).unwrap();
     assert_eq!(
         out,
         json!({"resourceType": "Patient", "gender": "female",
                "name": [{"text": "Mary Shelley"}, {"given": ["Ada"], "family": "Lovelace"}]})
     );
     let back = rules.apply_reverse(&out).unwrap();
-    assert_eq!(back, json!({"sex": "F", "first": "Mary", "middle": "Shelley", "fullname": "Ada Lovelace"}),
-        "concat reverses by splitting in source order; absent parts cannot be placed");
+    assert_eq!(
+        back,
+        json!({"sex": "F", "first": "Mary", "middle": "Shelley", "fullname": "Ada Lovelace"}),
+        "concat reverses by splitting in source order; absent parts cannot be placed"
+    );
 }
 
 #[test]
@@ -246,10 +246,9 @@ fn rules_embed_in_a_serde_config() {
 
 #[test]
 fn writing_through_a_scalar_is_a_violation_not_a_panic() {
-    let rules = MappingRules::from_yaml(
-        "version: 1\nrules:\n  - {source: a, target: x}\n  - {source: b, target: x.y}\n",
-    )
-    .unwrap();
+    let rules =
+        MappingRules::from_yaml("version: 1\nrules:\n  - {source: a, target: x}\n  - {source: b, target: x.y}\n")
+            .unwrap();
     let err = rules.apply(&json!({"a": "s", "b": "t"})).unwrap_err().to_string();
     assert!(err.contains("cannot write 'x.y'"), "{err}");
 }

@@ -163,10 +163,7 @@ impl Transform {
                 let forward = Table { entries: m.table.clone(), default: m.default.clone() };
                 let reverse = match &m.reverse {
                     Some(r) => Some(Table { entries: r.clone(), default: m.reverse_default.clone() }),
-                    None => invert(&m.table).map(|entries| Table {
-                        entries,
-                        default: m.reverse_default.clone(),
-                    }),
+                    None => invert(&m.table).map(|entries| Table { entries, default: m.reverse_default.clone() }),
                 };
                 Transform::Map { forward, reverse }
             }
@@ -177,10 +174,10 @@ impl Transform {
     pub(crate) fn reversible(&self) -> Result<(), &'static str> {
         match self {
             Transform::Template(_) => Err("a template cannot be reversed; set direction: forward"),
-            Transform::Map { reverse: None, .. } => Err(
-                "its table maps several inputs to one output, so it cannot be inverted; give a \
-                 `reverse` table or set direction: forward",
-            ),
+            Transform::Map { reverse: None, .. } => {
+                Err("its table maps several inputs to one output, so it cannot be inverted; give a \
+                 `reverse` table or set direction: forward")
+            }
             _ => Ok(()),
         }
     }
@@ -277,11 +274,8 @@ mod tests {
 
     #[test]
     fn dates_reformat_both_ways() {
-        let t = Transform::compile(&TransformSpec::Date(DateSpec {
-            from: "%m/%d/%Y".into(),
-            to: "%Y-%m-%d".into(),
-        }))
-        .unwrap();
+        let t = Transform::compile(&TransformSpec::Date(DateSpec { from: "%m/%d/%Y".into(), to: "%Y-%m-%d".into() }))
+            .unwrap();
         assert_eq!(t.apply(json!("08/15/1963"), false).unwrap(), json!("1963-08-15"));
         assert_eq!(t.apply(json!("1963-08-15"), true).unwrap(), json!("08/15/1963"));
         assert!(t.apply(json!("15.08.1963"), false).is_err());

@@ -55,7 +55,9 @@ fn message_time(input: &Input<'_>, opts: &FhirToHl7Options) -> Result<String, Co
     };
     consider(input.timestamp);
     for r in &input.resources {
-        for key in ["issued", "effectiveDateTime", "effectiveInstant", "date", "authoredOn", "occurrenceDateTime", "recorded"] {
+        for key in
+            ["issued", "effectiveDateTime", "effectiveInstant", "date", "authoredOn", "occurrenceDateTime", "recorded"]
+        {
             consider(r.get(key).and_then(Value::as_str));
         }
         consider(r.pointer("/effectivePeriod/start").and_then(Value::as_str));
@@ -273,24 +275,31 @@ fn put_value(s: &mut SegW, v: &Value, opts: &FhirToHl7Options) {
     } else if let Some(i) = v.get("valueInteger") {
         s.put(2, 1, "NM").put(5, 1, &num(Some(i)));
     } else if let Some(r) = v.get("valueRange") {
-        s.put(2, 1, "SN").put(5, 2, &num(r.pointer("/low/value"))).put(5, 3, "-").put(5, 4, &num(r.pointer("/high/value")));
+        s.put(2, 1, "SN").put(5, 2, &num(r.pointer("/low/value"))).put(5, 3, "-").put(
+            5,
+            4,
+            &num(r.pointer("/high/value")),
+        );
         if let Some(low) = r.get("low") {
             units(s, 6, low);
         }
     } else if let Some(r) = v.get("valueRatio") {
-        s.put(2, 1, "SN")
-            .put(5, 2, &num(r.pointer("/numerator/value")))
-            .put(5, 3, ":")
-            .put(5, 4, &num(r.pointer("/denominator/value")));
+        s.put(2, 1, "SN").put(5, 2, &num(r.pointer("/numerator/value"))).put(5, 3, ":").put(
+            5,
+            4,
+            &num(r.pointer("/denominator/value")),
+        );
     } else if let Some(t) = v.get("valueDateTime").and_then(Value::as_str) {
         let dtm = v2_time(t).unwrap_or_default();
         s.put(2, 1, if dtm.len() <= 8 { "DT" } else { "DTM" }).put(5, 1, &dtm);
     } else if let Some(t) = v.get("valueTime").and_then(Value::as_str) {
         s.put(2, 1, "TM").put(5, 1, &t.replace(':', ""));
     } else if let Some(p) = v.get("valuePeriod") {
-        s.put(2, 1, "DR")
-            .put(5, 1, &p.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default())
-            .put(5, 2, &p.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+        s.put(2, 1, "DR").put(5, 1, &p.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default()).put(
+            5,
+            2,
+            &p.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default(),
+        );
     }
 }
 
@@ -322,7 +331,14 @@ fn version_at_least(opts: &FhirToHl7Options, minor: u32) -> bool {
 
 /// OBX (one per value, one per component), from 2.7 a PRT for the device,
 /// then the NTEs (the order of ORU_R01's OBSERVATION group).
-fn obx_group(input: &Input<'_>, obs: &Value, ordinal: usize, set_id: &mut usize, opts: &FhirToHl7Options, out: &mut Vec<SegW>) {
+fn obx_group(
+    input: &Input<'_>,
+    obs: &Value,
+    ordinal: usize,
+    set_id: &mut usize,
+    opts: &FhirToHl7Options,
+    out: &mut Vec<SegW>,
+) {
     let mut rows: Vec<(&Value, &Value, String)> = Vec::new();
     let has_value = obs.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("value")));
     let code = obs.get("code").unwrap_or(&Value::Null);
@@ -461,7 +477,13 @@ fn mime_parts(content_type: &str) -> (&'static str, String) {
 
 /// An OBX for an attachment: ED `^AP^pdf^Base64^data`, or RP
 /// `url^^AP^pdf`. Invalid base64 is an error naming `path`.
-fn content_obx(set_id: usize, code: &Value, content: &Content, path: &str, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
+fn content_obx(
+    set_id: usize,
+    code: &Value,
+    content: &Content,
+    path: &str,
+    opts: &FhirToHl7Options,
+) -> Result<SegW, ConvertError> {
     let mut s = SegW::new("OBX");
     s.put(1, 1, &set_id.to_string());
     cwe(&mut s, 3, 1, code, opts);
@@ -499,33 +521,59 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
     let mut groups: Vec<Group<'_>> = Vec::new();
     let mut used: HashSet<*const Value> = HashSet::new();
     for report in input.of_type("DiagnosticReport").filter(|r| about(input, r, patient)) {
-        let observations: Vec<&Value> =
-            report.get("result").and_then(Value::as_array).into_iter().flatten().filter_map(|r| input.resolve(r)).collect();
+        let observations: Vec<&Value> = report
+            .get("result")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| input.resolve(r))
+            .collect();
         used.extend(observations.iter().map(|o| *o as *const Value));
         let mut documents = Vec::new();
         for (i, form) in report.get("presentedForm").and_then(Value::as_array).into_iter().flatten().enumerate() {
             documents.push((attachment_content(input, form), format!("DiagnosticReport.presentedForm[{i}]")));
         }
-        groups.push(Group { report: Some(report), code: report.get("code").cloned().unwrap_or(Value::Null), observations, documents });
+        groups.push(Group {
+            report: Some(report),
+            code: report.get("code").cloned().unwrap_or(Value::Null),
+            observations,
+            documents,
+        });
     }
-    let observations: Vec<&Value> =
-        input.of_type("Observation").filter(|o| about(input, o, patient) && !used.contains(&(*o as *const Value))).collect();
+    let observations: Vec<&Value> = input
+        .of_type("Observation")
+        .filter(|o| about(input, o, patient) && !used.contains(&(*o as *const Value)))
+        .collect();
     // Panels: an Observation with members and no value of its own.
     for panel in &observations {
-        let members: Vec<&Value> =
-            panel.get("hasMember").and_then(Value::as_array).into_iter().flatten().filter_map(|r| input.resolve(r)).collect();
+        let members: Vec<&Value> = panel
+            .get("hasMember")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| input.resolve(r))
+            .collect();
         let has_value = panel.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("value") || k == "component"));
         if members.is_empty() || has_value {
             continue;
         }
         used.insert(*panel as *const Value);
         used.extend(members.iter().map(|m| *m as *const Value));
-        groups.push(Group { report: None, code: panel.get("code").cloned().unwrap_or(Value::Null), observations: members, documents: Vec::new() });
+        groups.push(Group {
+            report: None,
+            code: panel.get("code").cloned().unwrap_or(Value::Null),
+            observations: members,
+            documents: Vec::new(),
+        });
     }
     // The rest: one OBR per encounter and time, in input order.
     let mut loose: Vec<(String, Vec<&Value>)> = Vec::new();
     for obs in observations.into_iter().filter(|o| !used.contains(&(*o as *const Value))) {
-        let key = format!("{}|{}", obs.pointer("/encounter/reference").and_then(Value::as_str).unwrap_or(""), effective(obs).unwrap_or_default());
+        let key = format!(
+            "{}|{}",
+            obs.pointer("/encounter/reference").and_then(Value::as_str).unwrap_or(""),
+            effective(obs).unwrap_or_default()
+        );
         match loose.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(obs),
             None => loose.push((key, vec![obs])),
@@ -607,17 +655,14 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
 }
 
 fn encounter_of<'a>(input: &Input<'a>, r: &Value) -> Option<&'a Value> {
-    r.get("encounter")
-        .or(r.pointer("/context/encounter/0"))
-        .and_then(|e| input.resolve(e))
+    r.get("encounter").or(r.pointer("/context/encounter/0")).and_then(|e| input.resolve(e))
 }
 
 /// MDM^T02: TXA from the DocumentReference, its content as ED OBX (base64).
 fn mdm(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, time: &str) -> Result<Vec<SegW>, ConvertError> {
-    let doc = input
-        .of_type("DocumentReference")
-        .find(|d| about(input, d, patient))
-        .ok_or_else(|| ConvertError::UnsupportedFhir { target: "MDM^T02", reason: "no DocumentReference about the patient".into() })?;
+    let doc = input.of_type("DocumentReference").find(|d| about(input, d, patient)).ok_or_else(|| {
+        ConvertError::UnsupportedFhir { target: "MDM^T02", reason: "no DocumentReference about the patient".into() }
+    })?;
     let mut evn = SegW::new("EVN");
     evn.put(1, 1, "T02").put(2, 1, time);
     let mut out = vec![evn, pid(patient, opts)?, pv1(input, encounter_of(input, doc), opts)];
@@ -656,11 +701,15 @@ fn mdm(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, time: &str) 
         _ => "DO",
     };
     txa.put(17, 1, completion);
-    txa.put(19, 1, match st(doc, "status") {
-        "superseded" => "OB",
-        "entered-in-error" => "CA",
-        _ => "AV",
-    });
+    txa.put(
+        19,
+        1,
+        match st(doc, "status") {
+            "superseded" => "OB",
+            "entered-in-error" => "CA",
+            _ => "AV",
+        },
+    );
     out.push(txa);
     let mut n = 0;
     for (j, c) in doc.get("content").and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -677,7 +726,13 @@ fn mdm(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, time: &str) 
 
 /// ADT^A04/A08: the Patient (PID, PD1 with the general practitioner, NK1 from
 /// contacts) and the first Encounter (PV1, `U` when none).
-fn adt(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, event: &str, time: &str) -> Result<Vec<SegW>, ConvertError> {
+fn adt(
+    input: &Input<'_>,
+    patient: &Value,
+    opts: &FhirToHl7Options,
+    event: &str,
+    time: &str,
+) -> Result<Vec<SegW>, ConvertError> {
     let mut evn = SegW::new("EVN");
     evn.put(1, 1, event).put(2, 1, time);
     let mut out = vec![evn, pid(patient, opts)?];
@@ -713,10 +768,10 @@ fn adt(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, event: &str,
 /// SIU^S12: SCH/TQ1 from the Appointment, RGS with AIS (service type), AIL
 /// (locations) and AIP (practitioners).
 fn siu(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Vec<SegW>, ConvertError> {
-    let appt = input
-        .of_type("Appointment")
-        .next()
-        .ok_or_else(|| ConvertError::UnsupportedFhir { target: "SIU^S12", reason: "no Appointment in the input".into() })?;
+    let appt = input.of_type("Appointment").next().ok_or_else(|| ConvertError::UnsupportedFhir {
+        target: "SIU^S12",
+        reason: "no Appointment in the input".into(),
+    })?;
     let start = appt.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default();
     let end = appt.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default();
     let mut practitioners = Vec::new();
@@ -764,16 +819,20 @@ fn siu(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         xcn(&mut sch, 16, 1, who, opts);
         xcn(&mut sch, 20, 1, who, opts);
     }
-    sch.put(25, 1, match st(appt, "status") {
-        "booked" => "Booked",
-        "cancelled" => "Cancelled",
-        "fulfilled" => "Complete",
-        "noshow" => "Noshow",
-        "pending" | "proposed" => "Pending",
-        "waitlist" => "Waitlist",
-        "arrived" | "checked-in" => "Started",
-        _ => "",
-    });
+    sch.put(
+        25,
+        1,
+        match st(appt, "status") {
+            "booked" => "Booked",
+            "cancelled" => "Cancelled",
+            "fulfilled" => "Complete",
+            "noshow" => "Noshow",
+            "pending" | "proposed" => "Pending",
+            "waitlist" => "Waitlist",
+            "arrived" | "checked-in" => "Started",
+            _ => "",
+        },
+    );
     let mut out = vec![sch];
     let mut tq1 = SegW::new("TQ1");
     tq1.put(1, 1, "1").put(7, 1, &start).put(8, 1, &end);
@@ -843,7 +902,11 @@ fn ras(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
             .and_then(Value::as_str)
             .and_then(v2_time)
             .ok_or_else(|| missing(&format!("MedicationAdministration[{i}].effective[x] (RXA-3 is required)")))?;
-        let end = ma.pointer("/effectivePeriod/end").and_then(Value::as_str).and_then(v2_time).unwrap_or_else(|| start.clone());
+        let end = ma
+            .pointer("/effectivePeriod/end")
+            .and_then(Value::as_str)
+            .and_then(v2_time)
+            .unwrap_or_else(|| start.clone());
         rxa.put(3, 1, &start).put(4, 1, &end);
         let medication = ma
             .get("medicationCodeableConcept")
@@ -859,12 +922,16 @@ fn ras(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         if let Some(who) = ma.pointer("/performer/0/actor").and_then(|a| input.resolve(a)) {
             xcn(&mut rxa, 10, 1, who, opts);
         }
-        rxa.put(20, 1, match st(ma, "status") {
-            "completed" => "CP",
-            "not-done" => "NA",
-            "in-progress" | "on-hold" | "stopped" => "PA",
-            _ => "",
-        });
+        rxa.put(
+            20,
+            1,
+            match st(ma, "status") {
+                "completed" => "CP",
+                "not-done" => "NA",
+                "in-progress" | "on-hold" | "stopped" => "PA",
+                _ => "",
+            },
+        );
         rxa.put(21, 1, "A");
         out.push(rxa);
         let mut rxr = SegW::new("RXR");

@@ -60,7 +60,9 @@ impl<'a> Input<'a> {
     }
 
     fn index_type_id(&mut self, res: &Value, i: usize) {
-        if let (Some(t), Some(id)) = (res.get("resourceType").and_then(Value::as_str), res.get("id").and_then(Value::as_str)) {
+        if let (Some(t), Some(id)) =
+            (res.get("resourceType").and_then(Value::as_str), res.get("id").and_then(Value::as_str))
+        {
             self.by_url.insert(format!("{t}/{id}"), i);
         }
     }
@@ -113,7 +115,11 @@ impl<'a> Input<'a> {
 }
 
 /// Converts FHIR `input` to `target`.
-pub(crate) fn convert(input: &Value, target: TargetMessage, opts: &FhirToHl7Options) -> Result<hl7v2::Message, ConvertError> {
+pub(crate) fn convert(
+    input: &Value,
+    target: TargetMessage,
+    opts: &FhirToHl7Options,
+) -> Result<hl7v2::Message, ConvertError> {
     let parsed = Input::new(input)?;
     let control_id = if opts.control_id.is_empty() {
         // A hash of the input: converting the same input twice gives the same

@@ -27,7 +27,7 @@ pub(crate) struct Ref {
 impl Ref {
     /// A FHIR Reference to this entry.
     pub fn reference(&self) -> Value {
-        obj!{"reference" => self.full_url.as_str()}
+        obj! {"reference" => self.full_url.as_str()}
     }
 }
 
@@ -56,11 +56,7 @@ pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
 
 impl<'o> Ctx<'o> {
     pub fn new(opts: &'o Hl7ToFhirOptions) -> Self {
-        Ctx {
-            opts,
-            entries: Vec::with_capacity(16),
-            urls: Vec::with_capacity(16),
-        }
+        Ctx { opts, entries: Vec::with_capacity(16), urls: Vec::with_capacity(16) }
     }
 
     /// Adds `resource` (its `resourceType` set first). `identity` is the
@@ -68,13 +64,7 @@ impl<'o> Ctx<'o> {
     /// used for a conditional update, if it has one. Adding the same type and
     /// identity twice keeps the first (a practitioner named in PV1-7 and in
     /// an OBX is one resource).
-    pub fn add(
-        &mut self,
-        kind: &str,
-        identity: &str,
-        identifier: Option<&Value>,
-        resource: Value,
-    ) -> Ref {
+    pub fn add(&mut self, kind: &str, identity: &str, identifier: Option<&Value>, resource: Value) -> Ref {
         let uuid = stable_uuid(kind, identity);
         let full_url = format!("urn:uuid:{uuid}");
         if self.urls.contains(&full_url) {
@@ -82,9 +72,7 @@ impl<'o> Ctx<'o> {
         }
         // Only a system-qualified identifier is safe to search by: a bare
         // value ("1134") may belong to another authority's record.
-        let token = identifier
-            .filter(|i| i.get("system").is_some_and(Value::is_string))
-            .and_then(identifier_token);
+        let token = identifier.filter(|i| i.get("system").is_some_and(Value::is_string)).and_then(identifier_token);
         // The resource keeps its own map; resourceType (and id) go in front
         // with shift_insert rather than by copying every member into a new map.
         let mut body = match resource {
@@ -103,7 +91,7 @@ impl<'o> Ctx<'o> {
         };
         body.shift_insert(0, "resourceType".into(), Value::String(kind.to_string()));
         self.urls.push(full_url.clone());
-        self.entries.push(obj!{
+        self.entries.push(obj! {
             "fullUrl" => full_url.as_str(),
             "resource" => Value::Object(body),
             "request" => obj!{"method" => "PUT", "url" => url},
@@ -127,7 +115,7 @@ impl<'o> Ctx<'o> {
     /// The finished transaction Bundle, empty elements pruned. `timestamp`
     /// is the message's own time (MSH-7), never the clock.
     pub fn finish(self, bundle_identity: &str, timestamp: Value) -> Value {
-        let mut bundle = obj!{
+        let mut bundle = obj! {
             "resourceType" => "Bundle",
             "id" => stable_uuid("Bundle", bundle_identity).simple().to_string(),
             "type" => "transaction",

@@ -33,14 +33,11 @@ fn quantity(value: Value, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptio
     let unit = if text.is_empty() { code.clone() } else { text };
     let ucum = mnemonic.eq_ignore_ascii_case("UCUM")
         || (mnemonic.is_empty() && terminology::looks_ucum(&code))
-        || opts
-            .code_systems
-            .get(mnemonic.as_ref())
-            .is_some_and(|s| s == "http://unitsofmeasure.org");
+        || opts.code_systems.get(mnemonic.as_ref()).is_some_and(|s| s == "http://unitsofmeasure.org");
     if ucum && !code.is_empty() {
-        obj!{"value" => value, "unit" => unit, "system" => "http://unitsofmeasure.org", "code" => code}
+        obj! {"value" => value, "unit" => unit, "system" => "http://unitsofmeasure.org", "code" => code}
     } else {
-        obj!{"value" => value, "unit" => unit}
+        obj! {"value" => value, "unit" => unit}
     }
 }
 
@@ -70,14 +67,14 @@ fn structured_numeric(
         }
         ("-", false) => Some((
             "valueRange",
-            obj!{
+            obj! {
                 "low" => quantity(decimal(&num1)?, units, opts),
                 "high" => quantity(decimal(&num2)?, units, opts),
             },
         )),
         (":" | "/", false) => Some((
             "valueRatio",
-            obj!{
+            obj! {
                 "numerator" => obj!{"value" => decimal(&num1)?},
                 "denominator" => obj!{"value" => decimal(&num2)?},
             },
@@ -96,8 +93,7 @@ fn comparator_quantity(
     for comp in ["<=", ">=", "<", ">"] {
         if let Some(rest) = t.strip_prefix(comp) {
             let mut q = quantity(decimal(rest)?, units, opts);
-            q.as_object_mut()?
-                .insert("comparator".into(), Value::String(comp.into()));
+            q.as_object_mut()?.insert("comparator".into(), Value::String(comp.into()));
             return Some(("valueQuantity", q));
         }
     }
@@ -142,33 +138,25 @@ fn ed_attachment(n: Node<'_>, path: &str) -> Result<Value, ConvertError> {
             if clean.is_empty() {
                 String::new()
             } else {
-                base64::engine::general_purpose::STANDARD
-                    .decode(&clean)
-                    .map_err(|e| ConvertError::Invalid {
-                        path: path.into(),
-                        reason: format!("ED data is not base64: {e}"),
-                    })?;
+                base64::engine::general_purpose::STANDARD.decode(&clean).map_err(|e| ConvertError::Invalid {
+                    path: path.into(),
+                    reason: format!("ED data is not base64: {e}"),
+                })?;
                 clean
             }
         }
         "HEX" => {
-            let bytes = hex::decode(raw.trim()).map_err(|e| ConvertError::Invalid {
-                path: path.into(),
-                reason: format!("ED data is not hex: {e}"),
-            })?;
+            let bytes = hex::decode(raw.trim())
+                .map_err(|e| ConvertError::Invalid { path: path.into(), reason: format!("ED data is not hex: {e}") })?;
             base64::engine::general_purpose::STANDARD.encode(bytes)
         }
         // "A" (ASCII) and anything else: the text itself.
         _ => base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
     };
-    Ok(obj!{"contentType" => content_type, "data" => data})
+    Ok(obj! {"contentType" => content_type, "data" => data})
 }
 
-fn obx_value(
-    obx: &Seg<'_>,
-    path: &str,
-    opts: &crate::options::Hl7ToFhirOptions,
-) -> Result<ObxValue, ConvertError> {
+fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions) -> Result<ObxValue, ConvertError> {
     let kind = obx.f(2).text();
     let field = obx.f(5);
     let units = obx.f(6).first();
@@ -194,14 +182,8 @@ fn obx_value(
                 let t = t.trim();
                 let ok = t.len() >= 4 && t[..4].bytes().all(|b| b.is_ascii_digit());
                 ok.then(|| {
-                    let sec = t
-                        .get(4..6)
-                        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-                        .unwrap_or("00");
-                    (
-                        "valueTime",
-                        Value::String(format!("{}:{}:{sec}", &t[..2], &t[2..4])),
-                    )
+                    let sec = t.get(4..6).filter(|s| s.bytes().all(|b| b.is_ascii_digit())).unwrap_or("00");
+                    ("valueTime", Value::String(format!("{}:{}:{sec}", &t[..2], &t[2..4])))
                 })
             }
             _ => Some(("valueString", Value::String(n.whole().into_owned()))),
@@ -213,16 +195,13 @@ fn obx_value(
             let n = reps[0];
             let url = n.c(1).text();
             return Ok(ObxValue::Attachment(
-                obj!{"contentType" => mime(&n.c(3).text(), &n.c(4).text()), "url" => url},
+                obj! {"contentType" => mime(&n.c(3).text(), &n.c(4).text()), "url" => url},
             ));
         }
         // Text types: repetitions are lines of one text.
         "ST" | "TX" | "FT" | "" => {
             let text: Vec<String> = reps.iter().map(|r| r.whole().into_owned()).collect();
-            return Ok(ObxValue::Value(vec![(
-                "valueString",
-                Value::String(text.join("\n")),
-            )]));
+            return Ok(ObxValue::Value(vec![("valueString", Value::String(text.join("\n")))]));
         }
         _ => {}
     }
@@ -233,11 +212,7 @@ fn obx_value(
             // components with the same code (Observation has one value[x]).
             out.push((
                 if i == 0 { k } else { "component" },
-                if i == 0 {
-                    v
-                } else {
-                    Value::Object(std::iter::once((k.to_string(), v)).collect())
-                },
+                if i == 0 { v } else { Value::Object(std::iter::once((k.to_string(), v)).collect()) },
             ));
         }
     }
@@ -260,7 +235,7 @@ fn reference_range(text: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhir
     if let Some((lo, hi)) = t.split_once('-').filter(|(lo, _)| !lo.trim().is_empty())
         && let (Some(l), Some(h)) = (decimal(lo), decimal(hi))
     {
-        return obj!{"low" => simple(l), "high" => simple(h), "text" => t};
+        return obj! {"low" => simple(l), "high" => simple(h), "text" => t};
     }
     for (prefix, key) in [("<=", "high"), ("<", "high"), (">=", "low"), (">", "low")] {
         if let Some(rest) = t.strip_prefix(prefix)
@@ -272,7 +247,7 @@ fn reference_range(text: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhir
             return Value::Object(range);
         }
     }
-    obj!{"text" => t}
+    obj! {"text" => t}
 }
 
 fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
@@ -281,12 +256,12 @@ fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value
         return Value::Null;
     }
     if let Some(over) = opts.table("0078", &code) {
-        return obj!{"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over}]};
+        return obj! {"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over}]};
     }
     let mnemonic = n.c(3).text();
     let v2_flag = mnemonic.is_empty() || mnemonic.eq_ignore_ascii_case("HL70078");
     if v2_flag && terminology::interpretation_known(&code) {
-        obj!{
+        obj! {
             "coding" => arr![
                 obj!{
                     "system" => terminology::INTERPRETATION_SYSTEM,
@@ -301,22 +276,11 @@ fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value
 }
 
 fn nte_text(seg: &Seg<'_>) -> String {
-    seg.f(3)
-        .reps()
-        .map(|r| r.whole().into_owned())
-        .collect::<Vec<_>>()
-        .join("\n")
+    seg.f(3).reps().map(|r| r.whole().into_owned()).collect::<Vec<_>>().join("\n")
 }
 
 fn refs(subject: &Subject) -> (Value, Value) {
-    (
-        subject.patient.reference(),
-        subject
-            .encounter
-            .as_ref()
-            .map(Ref::reference)
-            .unwrap_or(Value::Null),
-    )
+    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
 }
 
 /// One OBX as an Observation. Returns its reference, or the attachment for
@@ -355,16 +319,10 @@ fn observation(
         if values.is_empty() {
             return Ok(ObxOut::Nothing);
         }
-        return Err(ConvertError::Missing {
-            path: format!("OBX({position})-3 (observation identifier)"),
-        });
+        return Err(ConvertError::Missing { path: format!("OBX({position})-3 (observation identifier)") });
     }
-    let mut performers: Vec<Value> = obx
-        .f(16)
-        .reps()
-        .filter_map(|r| practitioner(ctx, r))
-        .map(|r| r.reference())
-        .collect();
+    let mut performers: Vec<Value> =
+        obx.f(16).reps().filter_map(|r| practitioner(ctx, r)).map(|r| r.reference()).collect();
     performers.extend(organization(ctx, obx.f(23).first()).map(|r| r.reference()));
     let opts = ctx.opts;
     let (patient, encounter) = refs(subject);
@@ -380,7 +338,7 @@ fn observation(
         effective = date_time(&t.text(), opts);
     }
     let units = obx.f(6).first();
-    let mut resource = obj!{
+    let mut resource = obj! {
         "identifier" => arr![ei(obx.f(21).first(), "", opts)],
         "partOf" => group.part_of.as_ref().map(|r| arr![r.reference()]),
         "status" => status,
@@ -390,16 +348,14 @@ fn observation(
         "effectiveDateTime" => effective,
         "performer" => performers,
     };
-    let obj = resource
-        .as_object_mut()
-        .ok_or_else(|| ConvertError::Invalid {
-            path: path.clone(),
-            reason: "internal: observation is not an object".into(),
-        })?;
+    let obj = resource.as_object_mut().ok_or_else(|| ConvertError::Invalid {
+        path: path.clone(),
+        reason: "internal: observation is not an object".into(),
+    })?;
     let mut components = Vec::new();
     for (k, v) in values {
         if k == "component" {
-            let mut c = obj!{"code" => obj["code"].clone()};
+            let mut c = obj! {"code" => obj["code"].clone()};
             if let (Some(c), Some(vals)) = (c.as_object_mut(), v.as_object()) {
                 c.extend(vals.clone());
             }
@@ -408,36 +364,15 @@ fn observation(
             obj.insert(k.to_string(), v);
         }
     }
-    obj.insert(
-        "interpretation".into(),
-        Value::Array(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()),
-    );
-    obj.insert(
-        "note".into(),
-        Value::Array(notes.iter().map(|n| obj!{"text" => n.as_str()}).collect()),
-    );
+    obj.insert("interpretation".into(), Value::Array(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()));
+    obj.insert("note".into(), Value::Array(notes.iter().map(|n| obj! {"text" => n.as_str()}).collect()));
     obj.insert("bodySite".into(), cwe(obx.f(20).first(), "", opts));
     obj.insert("method".into(), cwe(obx.f(17).first(), "", opts));
-    obj.insert(
-        "specimen".into(),
-        group
-            .specimen
-            .as_ref()
-            .map(Ref::reference)
-            .unwrap_or(Value::Null),
-    );
-    obj.insert(
-        "referenceRange".into(),
-        arr![reference_range(&obx.f(7).text(), units, opts)],
-    );
+    obj.insert("specimen".into(), group.specimen.as_ref().map(Ref::reference).unwrap_or(Value::Null));
+    obj.insert("referenceRange".into(), arr![reference_range(&obx.f(7).text(), units, opts)]);
     obj.insert("component".into(), Value::Array(components));
-    let mut key = format!(
-        "{}|OBX|{}|{}|{}",
-        group.group_key,
-        obx.f(3).c(1).text(),
-        obx.f(3).c(3).text(),
-        obx.f(4).text()
-    );
+    let mut key =
+        format!("{}|OBX|{}|{}|{}", group.group_key, obx.f(3).c(1).text(), obx.f(3).c(3).text(), obx.f(4).text());
     // A second OBX with the same code and no distinguishing sub-id (OBX-4),
     // such as two comment lines or a repeated measurement, is another
     // Observation: without its position in the identity it would hash to the
@@ -446,12 +381,7 @@ fn observation(
     if ctx.existing("Observation", &key).is_some() {
         key.push_str(&format!("|{position}"));
     }
-    Ok(ObxOut::Observation(ctx.add(
-        "Observation",
-        &key,
-        None,
-        resource,
-    )))
+    Ok(ObxOut::Observation(ctx.add("Observation", &key, None, resource)))
 }
 
 /// Collects OBX segments with their NTEs from `segments[start..]` until a
@@ -473,7 +403,7 @@ fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str
         if value.is_empty() {
             return Value::Null;
         }
-        obj!{
+        obj! {
             "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => kind}]},
             "system" => super::datatypes::authority_system(&n.s(2).text(), &n.s(3).text(), &n.s(4).text(), opts),
             "value" => value,
@@ -482,28 +412,16 @@ fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str
     let placer = ei_of(1, "PLAC");
     let filler = ei_of(2, "FILL");
     let collected = spm.f(17).first();
-    let (start, end) = (
-        date_time(&collected.c(1).text(), opts),
-        date_time(&collected.c(2).text(), opts),
-    );
-    let collection = obj!{
+    let (start, end) = (date_time(&collected.c(1).text(), opts), date_time(&collected.c(2).text(), opts));
+    let collection = obj! {
         "collectedDateTime" => if end.is_null() { start.clone() } else { Value::Null },
         "collectedPeriod" => if end.is_null() { Value::Null } else { obj!{"start" => start, "end" => end} },
         "method" => cwe(spm.f(7).first(), "0488", opts),
         "bodySite" => cwe(spm.f(8).first(), "", opts),
     };
-    let key = format!(
-        "{}|SPM|{}|{}",
-        group_key,
-        ids.c(1).s(1).text(),
-        ids.c(2).s(1).text()
-    );
-    let identifier = if filler.is_null() {
-        placer.clone()
-    } else {
-        filler.clone()
-    };
-    let resource = obj!{
+    let key = format!("{}|SPM|{}|{}", group_key, ids.c(1).s(1).text(), ids.c(2).s(1).text());
+    let identifier = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let resource = obj! {
         "identifier" => arr![placer, filler],
         "type" => cwe(spm.f(4).first(), "0487", opts),
         "subject" => subject.patient.reference(),
@@ -526,23 +444,14 @@ fn order_identifiers(
         (_, Some(b)) if !b.is_empty() => ei(b.first(), kind, opts),
         _ => Value::Null,
     };
-    (
-        pick(orc.map(|s| s.f(2)), obr.map(|s| s.f(2)), "PLAC"),
-        pick(orc.map(|s| s.f(3)), obr.map(|s| s.f(3)), "FILL"),
-    )
+    (pick(orc.map(|s| s.f(2)), obr.map(|s| s.f(2)), "PLAC"), pick(orc.map(|s| s.f(3)), obr.map(|s| s.f(3)), "FILL"))
 }
 
 fn key_of(identifier: &Value) -> String {
     format!(
         "{}|{}",
-        identifier
-            .get("system")
-            .and_then(Value::as_str)
-            .unwrap_or(""),
-        identifier
-            .get("value")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
+        identifier.get("value").and_then(Value::as_str).unwrap_or("")
     )
 }
 
@@ -569,14 +478,11 @@ fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
         .unwrap_or_else(|| terminology::report_status(&status_code).to_string());
     let mut code = cwe(obr.f(4).first(), "", opts);
     if code.is_null() {
-        code = obj!{"text" => "unknown"};
+        code = obj! {"text" => "unknown"};
     }
     let (patient, encounter) = refs(subject);
-    let (start, end) = (
-        date_time(&obr.f(7).text(), opts),
-        date_time(&obr.f(8).text(), opts),
-    );
-    let resource = obj!{
+    let (start, end) = (date_time(&obr.f(7).text(), opts), date_time(&obr.f(8).text(), opts));
+    let resource = obj! {
         "identifier" => arr![r.placer, r.identifier.clone()],
         "status" => status,
         "category" => arr![cwe(obr.f(24).first(), "0074", opts)],
@@ -592,31 +498,16 @@ fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
         "presentedForm" => r.forms,
     };
     let _ = (r.orc, r.index);
-    let conditional = r
-        .identifier
-        .get("system")
-        .is_some()
-        .then_some(&r.identifier);
+    let conditional = r.identifier.get("system").is_some().then_some(&r.identifier);
     ctx.add("DiagnosticReport", &r.key, conditional, resource);
 }
 
 /// A standalone DocumentReference for an ED/RP OBX outside any OBR.
-fn attachment_document(
-    ctx: &mut Ctx<'_>,
-    subject: &Subject,
-    obx: &Seg<'_>,
-    attachment: Value,
-    position: usize,
-) {
+fn attachment_document(ctx: &mut Ctx<'_>, subject: &Subject, obx: &Seg<'_>, attachment: Value, position: usize) {
     let opts = ctx.opts;
     let (patient, encounter) = refs(subject);
-    let key = format!(
-        "{}|OBX-ED|{}|{}",
-        subject.key,
-        position,
-        obx.f(3).c(1).text()
-    );
-    let resource = obj!{
+    let key = format!("{}|OBX-ED|{}|{}", subject.key, position, obx.f(3).c(1).text());
+    let resource = obj! {
         "status" => "current",
         "type" => cwe(obx.f(3).first(), "", opts),
         "subject" => patient,
@@ -675,12 +566,7 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 specimen: spm.clone(),
                 part_of: None,
             },
-            None => ObsContext {
-                group_key: subject.key.clone(),
-                default_time: None,
-                specimen: None,
-                part_of: None,
-            },
+            None => ObsContext { group_key: subject.key.clone(), default_time: None, specimen: None, part_of: None },
         };
         match observation(ctx, subject, &p.obx, &p.notes, &group, p.position)? {
             ObxOut::Observation(r) => {
@@ -711,26 +597,13 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 spm = None;
                 obr_count += 1;
                 let (placer, filler) = order_identifiers(orc.as_ref(), Some(seg), ctx.opts);
-                let identifier = if filler.is_null() {
-                    placer.clone()
-                } else {
-                    filler
-                };
+                let identifier = if filler.is_null() { placer.clone() } else { filler };
                 let key = if identifier.is_null() {
-                    format!(
-                        "{}|OBR|{}|{}",
-                        subject.key,
-                        seg.f(4).c(1).text(),
-                        seg.f(7).text()
-                    )
+                    format!("{}|OBR|{}|{}", subject.key, seg.f(4).c(1).text(), seg.f(7).text())
                 } else {
                     key_of(&identifier)
                 };
-                let placer = if key_of(&placer) == key_of(&identifier) {
-                    Value::Null
-                } else {
-                    placer
-                };
+                let placer = if key_of(&placer) == key_of(&identifier) { Value::Null } else { placer };
                 report = Some(Report {
                     orc: orc.take(),
                     obr: *seg,
@@ -747,11 +620,7 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
             "OBX" => {
                 flush(ctx, subject, &mut pending, &mut report, &spm)?;
                 obx_count += 1;
-                pending = Some(Pending {
-                    obx: *seg,
-                    notes: Vec::new(),
-                    position: obx_count,
-                });
+                pending = Some(Pending { obx: *seg, notes: Vec::new(), position: obx_count });
             }
             "NTE" => match (pending.as_mut(), report.as_mut()) {
                 (Some(p), _) => p.notes.push(nte_text(seg)),
@@ -776,9 +645,7 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         finish_report(ctx, subject, r);
     }
     if obr_count == 0 && obx_count == 0 {
-        return Err(ConvertError::Missing {
-            path: "OBR segment (ORU^R01 has no result)".into(),
-        });
+        return Err(ConvertError::Missing { path: "OBR segment (ORU^R01 has no result)".into() });
     }
     Ok(())
 }
@@ -844,22 +711,10 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
     let mut obx_count = 0;
     for seg in &msg.segments {
         match seg.name {
-            "ORC" => orders.push(Order {
-                orc: Some(*seg),
-                obr: None,
-                tq1: None,
-                notes: Vec::new(),
-                obx: Vec::new(),
-            }),
+            "ORC" => orders.push(Order { orc: Some(*seg), obr: None, tq1: None, notes: Vec::new(), obx: Vec::new() }),
             "OBR" | "RQD" | "RXO" => match orders.last_mut() {
                 Some(o) if o.obr.is_none() => o.obr = Some(*seg),
-                _ => orders.push(Order {
-                    orc: None,
-                    obr: Some(*seg),
-                    tq1: None,
-                    notes: Vec::new(),
-                    obx: Vec::new(),
-                }),
+                _ => orders.push(Order { orc: None, obr: Some(*seg), tq1: None, notes: Vec::new(), obx: Vec::new() }),
             },
             "TQ1" => {
                 if let Some(o) = orders.last_mut() {
@@ -883,47 +738,25 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         }
     }
     if orders.is_empty() {
-        return Err(ConvertError::Missing {
-            path: "ORC or OBR segment".into(),
-        });
+        return Err(ConvertError::Missing { path: "ORC or OBR segment".into() });
     }
     for (n, order) in orders.iter().enumerate() {
         let opts = ctx.opts;
         let (placer, filler) = order_identifiers(order.orc.as_ref(), order.obr.as_ref(), opts);
-        let identity = if !filler.is_null() {
-            filler.clone()
-        } else {
-            placer.clone()
-        };
-        let key = if identity.is_null() {
-            format!("{}|ORDER|{n}", subject.key)
-        } else {
-            key_of(&identity)
-        };
+        let identity = if !filler.is_null() { filler.clone() } else { placer.clone() };
+        let key = if identity.is_null() { format!("{}|ORDER|{n}", subject.key) } else { key_of(&identity) };
         let obr = order.obr.as_ref();
-        let code = obr
-            .map(|o| cwe(o.f(4).first(), "", opts))
-            .unwrap_or(Value::Null);
+        let code = obr.map(|o| cwe(o.f(4).first(), "", opts)).unwrap_or(Value::Null);
         let code = if code.is_null() {
-            obj!{"text" => "unknown"}
+            obj! {"text" => "unknown"}
         } else {
             code
         };
-        let requester = match order
-            .orc
-            .as_ref()
-            .map(|o| o.f(12))
-            .filter(|f| !f.is_empty())
-        {
+        let requester = match order.orc.as_ref().map(|o| o.f(12)).filter(|f| !f.is_empty()) {
             Some(f) => practitioner(ctx, f.first()),
             None => obr.and_then(|o| practitioner(ctx, o.f(16).first())),
         };
-        let group = ObsContext {
-            group_key: key.clone(),
-            default_time: None,
-            specimen: None,
-            part_of: None,
-        };
+        let group = ObsContext { group_key: key.clone(), default_time: None, specimen: None, part_of: None };
         let mut supporting = Vec::new();
         for (obx, pos) in &order.obx {
             if let ObxOut::Observation(r) = observation(ctx, subject, obx, &[], &group, *pos)? {
@@ -937,7 +770,7 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
             .map(|t| t.f(9).c(1).text().into_owned())
             .or_else(|| order.orc.as_ref().map(|o| o.f(7).c(6).text().into_owned()))
             .unwrap_or_default();
-        let resource = obj!{
+        let resource = obj! {
             "identifier" => arr![placer, filler],
             "status" => order_status(order.orc.as_ref()),
             "intent" => "order",
@@ -961,15 +794,8 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
 /// MDM^T02/T06: a DocumentReference from TXA, the document from the OBXs
 /// (text lines joined, or an ED's data). T06 (addendum) relates to the
 /// parent document (TXA-13).
-pub(crate) fn mdm(
-    ctx: &mut Ctx<'_>,
-    msg: &Msg<'_>,
-    subject: &Subject,
-    event: &str,
-) -> Result<(), ConvertError> {
-    let txa = msg.seg("TXA").ok_or_else(|| ConvertError::Missing {
-        path: "TXA segment".into(),
-    })?;
+pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
+    let txa = msg.seg("TXA").ok_or_else(|| ConvertError::Missing { path: "TXA segment".into() })?;
     let opts = ctx.opts;
     let mut text_lines: Vec<String> = Vec::new();
     let mut attachments: Vec<Value> = Vec::new();
@@ -986,9 +812,7 @@ pub(crate) fn mdm(
                     attachments.push(a);
                 }
             }
-            "TX" | "FT" | "ST" | "" => {
-                text_lines.extend(obx.f(5).reps().map(|r| r.whole().into_owned()))
-            }
+            "TX" | "FT" | "ST" | "" => text_lines.extend(obx.f(5).reps().map(|r| r.whole().into_owned())),
             // Other types (HD, CE ...) describe the document, not its content.
             _ => {}
         }
@@ -1001,16 +825,14 @@ pub(crate) fn mdm(
         };
         attachments.insert(
             0,
-            obj!{
+            obj! {
                 "contentType" => content_type,
                 "data" => base64::engine::general_purpose::STANDARD.encode(text_lines.join("\n")),
             },
         );
     }
     if attachments.is_empty() {
-        return Err(ConvertError::Missing {
-            path: "OBX-5 (the document content of the MDM message)".into(),
-        });
+        return Err(ConvertError::Missing { path: "OBX-5 (the document content of the MDM message)".into() });
     }
     let mut authors: Vec<Value> = Vec::new();
     for f in [5, 9] {
@@ -1035,18 +857,13 @@ pub(crate) fn mdm(
     };
     let parent = ei(txa.f(13).first(), "", opts);
     let relates = if event == "T06" && !parent.is_null() {
-        arr![obj!{"code" => "appends", "target" => obj!{"identifier" => parent}}]
+        arr![obj! {"code" => "appends", "target" => obj!{"identifier" => parent}}]
     } else {
         Value::Null
     };
     let (patient, encounter) = refs(subject);
     let key = if master.is_null() {
-        format!(
-            "{}|TXA|{}|{}",
-            subject.key,
-            txa.f(2).c(1).text(),
-            txa.f(6).text()
-        )
+        format!("{}|TXA|{}|{}", subject.key, txa.f(2).c(1).text(), txa.f(6).text())
     } else {
         key_of(&master)
     };
@@ -1060,7 +877,7 @@ pub(crate) fn mdm(
             obj! {"attachment" => a}
         })
         .collect();
-    let resource = obj!{
+    let resource = obj! {
         "masterIdentifier" => master.clone(),
         "identifier" => arr![ei(txa.f(16).first(), "", opts)],
         "status" => status,
@@ -1081,15 +898,8 @@ pub(crate) fn mdm(
 }
 
 /// SIU^S12-S26: an Appointment from SCH/TQ1 and the resources AIS/AIG/AIL/AIP.
-pub(crate) fn siu(
-    ctx: &mut Ctx<'_>,
-    msg: &Msg<'_>,
-    subject: &Subject,
-    event: &str,
-) -> Result<(), ConvertError> {
-    let sch = msg.seg("SCH").ok_or_else(|| ConvertError::Missing {
-        path: "SCH segment".into(),
-    })?;
+pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
+    let sch = msg.seg("SCH").ok_or_else(|| ConvertError::Missing { path: "SCH segment".into() })?;
     let opts = ctx.opts;
     let placer = ei(sch.f(1).first(), "PLAC", opts);
     let filler = ei(sch.f(2).first(), "FILL", opts);
@@ -1114,40 +924,27 @@ pub(crate) fn siu(
     };
     let tq1 = msg.seg("TQ1");
     let timing = sch.f(11).first();
-    let start_raw = tq1
-        .map(|t| t.f(7).text())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| timing.c(4).text());
-    let end_raw = tq1
-        .map(|t| t.f(8).text())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| timing.c(5).text());
-    let mut participants =
-        vec![obj!{"actor" => subject.patient.reference(), "status" => "accepted"}];
+    let start_raw = tq1.map(|t| t.f(7).text()).filter(|t| !t.is_empty()).unwrap_or_else(|| timing.c(4).text());
+    let end_raw = tq1.map(|t| t.f(8).text()).filter(|t| !t.is_empty()).unwrap_or_else(|| timing.c(5).text());
+    let mut participants = vec![obj! {"actor" => subject.patient.reference(), "status" => "accepted"}];
     for ail in msg.all("AIL") {
         if let Some(l) = location(ctx, ail.f(3).first()) {
-            participants.push(obj!{"actor" => l.reference(), "status" => "accepted"});
+            participants.push(obj! {"actor" => l.reference(), "status" => "accepted"});
         }
     }
     for aip in msg.all("AIP") {
         let opts = ctx.opts;
         let role = cwe(aip.f(4).first(), "0286", opts);
         if let Some(p) = practitioner(ctx, aip.f(3).first()) {
-            participants.push(
-                obj!{"type" => arr![role], "actor" => p.reference(), "status" => "accepted"},
-            );
+            participants.push(obj! {"type" => arr![role], "actor" => p.reference(), "status" => "accepted"});
         }
     }
     for aig in msg.all("AIG") {
         let opts = ctx.opts;
         let res = aig.f(3).first();
-        let name = if res.c(2).is_empty() {
-            res.c(1).text()
-        } else {
-            res.c(2).text()
-        };
+        let name = if res.c(2).is_empty() { res.c(1).text() } else { res.c(2).text() };
         if !name.is_empty() {
-            participants.push(obj!{
+            participants.push(obj! {
                 "type" => arr![cwe(aig.f(4).first(), "", opts)],
                 "actor" => obj!{"display" => name},
                 "status" => "accepted",
@@ -1155,10 +952,7 @@ pub(crate) fn siu(
         }
     }
     let opts = ctx.opts;
-    let services: Vec<Value> = msg
-        .all("AIS")
-        .map(|a| cwe(a.f(3).first(), "", opts))
-        .collect();
+    let services: Vec<Value> = msg.all("AIS").map(|a| cwe(a.f(3).first(), "", opts)).collect();
     let notes: Vec<String> = {
         // NTEs directly after SCH/TQ1 are the appointment's comment.
         let mut out = Vec::new();
@@ -1179,17 +973,9 @@ pub(crate) fn siu(
         "s" | "sec" => duration.map(|d| d.div_ceil(60)),
         _ => None,
     };
-    let identity = if filler.is_null() {
-        placer.clone()
-    } else {
-        filler.clone()
-    };
-    let key = if identity.is_null() {
-        format!("{}|SCH|{}", subject.key, start_raw)
-    } else {
-        key_of(&identity)
-    };
-    let resource = obj!{
+    let identity = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let key = if identity.is_null() { format!("{}|SCH|{}", subject.key, start_raw) } else { key_of(&identity) };
+    let resource = obj! {
         "identifier" => arr![placer, filler],
         "status" => status,
         "serviceType" => services,
@@ -1234,11 +1020,8 @@ pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 while j < segs.len() && !matches!(segs[j].name, "RXA" | "ORC") {
                     if segs[j].name == "OBX" {
                         obx_count += 1;
-                        let notes: Vec<String> = segs[j + 1..]
-                            .iter()
-                            .take_while(|s| s.name == "NTE")
-                            .map(nte_text)
-                            .collect();
+                        let notes: Vec<String> =
+                            segs[j + 1..].iter().take_while(|s| s.name == "NTE").map(nte_text).collect();
                         observation(ctx, subject, &segs[j], &notes, &group, obx_count)?;
                     }
                     j += 1;
@@ -1251,9 +1034,7 @@ pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         i += 1;
     }
     if !found {
-        return Err(ConvertError::Missing {
-            path: "RXA segment".into(),
-        });
+        return Err(ConvertError::Missing { path: "RXA segment".into() });
     }
     Ok(())
 }
@@ -1268,15 +1049,11 @@ fn immunization(
     let opts = ctx.opts;
     let vaccine = cwe(rxa.f(5).first(), "", opts);
     if vaccine.is_null() {
-        return Err(ConvertError::Missing {
-            path: "RXA-5 (administered code)".into(),
-        });
+        return Err(ConvertError::Missing { path: "RXA-5 (administered code)".into() });
     }
     let when = date_time(&rxa.f(3).text(), opts);
     if when.is_null() {
-        return Err(ConvertError::Missing {
-            path: "RXA-3 (date/time start of administration)".into(),
-        });
+        return Err(ConvertError::Missing { path: "RXA-3 (date/time start of administration)".into() });
     }
     let status = match rxa.f(20).text().as_ref() {
         "RE" | "NA" => "not-done",
@@ -1295,35 +1072,23 @@ fn immunization(
         "" => Value::Null,
         _ => Value::Bool(false),
     };
-    let report_origin = if primary == Value::Bool(false) {
-        cwe(info_source, "", opts)
-    } else {
-        Value::Null
-    };
+    let report_origin = if primary == Value::Bool(false) { cwe(info_source, "", opts) } else { Value::Null };
     let manufacturer = {
         let m = rxa.f(17).first();
         let code = m.c(1).text();
         if code.is_empty() {
             None
         } else {
-            let sys = if m.c(3).is_empty() {
-                None
-            } else {
-                terminology::system_uri(&m.c(3).text())
-            };
-            let identifier = obj!{"system" => sys, "value" => code};
+            let sys = if m.c(3).is_empty() { None } else { terminology::system_uri(&m.c(3).text()) };
+            let identifier = obj! {"system" => sys, "value" => code};
             let key = key_of(&identifier);
-            let resource = obj!{"identifier" => arr![identifier.clone()], "active" => true, "name" => m.c(2).text()};
+            let resource = obj! {"identifier" => arr![identifier.clone()], "active" => true, "name" => m.c(2).text()};
             Some(ctx.add("Organization", &key, Some(&identifier), resource))
         }
     };
     let mut performers = Vec::new();
     for (field, function) in [(10, "AP"), (12, "OP")] {
-        let node = if field == 12 {
-            orc.map(|o| o.f(12))
-        } else {
-            Some(rxa.f(10))
-        };
+        let node = if field == 12 { orc.map(|o| o.f(12)) } else { Some(rxa.f(10)) };
         if let Some(node) = node
             && let Some(p) = practitioner(ctx, node.first())
         {
@@ -1335,23 +1100,14 @@ fn immunization(
     }
     let opts = ctx.opts;
     let (placer, filler) = order_identifiers(orc, None, opts);
-    let identity = if filler.is_null() {
-        placer.clone()
-    } else {
-        filler.clone()
-    };
+    let identity = if filler.is_null() { placer.clone() } else { filler.clone() };
     let key = if identity.is_null() {
-        format!(
-            "{}|RXA|{}|{}",
-            subject.key,
-            rxa.f(5).c(1).text(),
-            rxa.f(3).text()
-        )
+        format!("{}|RXA|{}|{}", subject.key, rxa.f(5).c(1).text(), rxa.f(3).text())
     } else {
         key_of(&identity)
     };
     let (patient, encounter) = refs(subject);
-    let resource = obj!{
+    let resource = obj! {
         "identifier" => arr![placer, filler],
         "status" => status,
         "statusReason" => cwe(rxa.f(18).first(), "", opts),

@@ -32,10 +32,7 @@ pub fn parse_offset(off: &str) -> Option<String> {
     if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let (h, m) = (
-        digits[..2].parse::<u32>().ok()?,
-        digits[2..].parse::<u32>().ok()?,
-    );
+    let (h, m) = (digits[..2].parse::<u32>().ok()?, digits[2..].parse::<u32>().ok()?);
     if h > 14 || m > 59 || (h == 14 && m > 0) {
         return None;
     }
@@ -65,8 +62,7 @@ pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
         Some(_) => return None,
         None => (body, None),
     };
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![4, 6, 8, 10, 12, 14].contains(&digits.len())
-    {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![4, 6, 8, 10, 12, 14].contains(&digits.len()) {
         return None;
     }
     let num = |r: std::ops::Range<usize>| digits.get(r).and_then(|x| x.parse::<u32>().ok());
@@ -103,12 +99,7 @@ pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
             Some(t)
         }
     };
-    Some(V2Time {
-        date,
-        time,
-        offset,
-        _raw: raw,
-    })
+    Some(V2Time { date, time, offset, _raw: raw })
 }
 
 /// FHIR `dateTime` from a v2 DTM. A time needs an offset (the value's or
@@ -117,23 +108,16 @@ pub(crate) fn date_time(raw: &str, opts: &Hl7ToFhirOptions) -> Value {
     let Some(t) = parse_dtm(raw) else {
         return Value::Null;
     };
-    let offset = t
-        .offset
-        .clone()
-        .or_else(|| opts.default_offset.as_deref().and_then(parse_offset));
+    let offset = t.offset.clone().or_else(|| opts.default_offset.as_deref().and_then(parse_offset));
     match (t.time, offset) {
-        (Some(time), Some(off)) if t.date.len() == 10 => {
-            Value::String(format!("{}T{time}{off}", t.date))
-        }
+        (Some(time), Some(off)) if t.date.len() == 10 => Value::String(format!("{}T{time}{off}", t.date)),
         _ => Value::String(t.date),
     }
 }
 
 /// FHIR `date` from a v2 DT/DTM (the time is dropped).
 pub(crate) fn date(raw: &str) -> Value {
-    parse_dtm(raw)
-        .map(|t| Value::String(t.date))
-        .unwrap_or(Value::Null)
+    parse_dtm(raw).map(|t| Value::String(t.date)).unwrap_or(Value::Null)
 }
 
 /// FHIR `instant`: needs a full date, a time and an offset, else null.
@@ -146,17 +130,8 @@ pub(crate) fn instant(raw: &str, opts: &Hl7ToFhirOptions) -> Value {
 
 /// The Identifier.system for an assigning authority (HD) given as its
 /// namespace id, universal id and universal id type.
-pub(crate) fn authority_system(
-    ns: &str,
-    uid: &str,
-    uid_type: &str,
-    opts: &Hl7ToFhirOptions,
-) -> Value {
-    if let Some(sys) = opts
-        .identifier_systems
-        .get(ns)
-        .or_else(|| opts.identifier_systems.get(uid))
-    {
+pub(crate) fn authority_system(ns: &str, uid: &str, uid_type: &str, opts: &Hl7ToFhirOptions) -> Value {
+    if let Some(sys) = opts.identifier_systems.get(ns).or_else(|| opts.identifier_systems.get(uid)) {
         return Value::String(sys.clone());
     }
     if !uid.is_empty() {
@@ -174,11 +149,7 @@ pub(crate) fn authority_system(
     if name.is_empty() {
         return Value::Null;
     }
-    Value::String(format!(
-        "{}{}",
-        opts.unknown_authority_prefix,
-        uri_safe(name)
-    ))
+    Value::String(format!("{}{}", opts.unknown_authority_prefix, uri_safe(name)))
 }
 
 /// Percent-encodes what may not appear in a URI.
@@ -203,7 +174,7 @@ fn identifier_type(code: &str) -> Value {
     if code.is_empty() {
         return Value::Null;
     }
-    obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => code}]}
+    obj! {"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => code}]}
 }
 
 /// CX to Identifier.
@@ -213,7 +184,7 @@ pub(crate) fn cx(n: Node<'_>, opts: &Hl7ToFhirOptions) -> Value {
         return Value::Null;
     }
     let auth = n.c(4);
-    obj!{
+    obj! {
         "type" => identifier_type(&n.c(5).text()),
         "system" => hd_system(auth, opts),
         "value" => value,
@@ -228,7 +199,7 @@ pub(crate) fn ei(n: Node<'_>, type_code: &str, opts: &Hl7ToFhirOptions) -> Value
     if value.is_empty() {
         return Value::Null;
     }
-    obj!{
+    obj! {
         "type" => identifier_type(type_code),
         "system" => authority_system(&n.c(2).text(), &n.c(3).text(), &n.c(4).text(), opts),
         "value" => value,
@@ -292,11 +263,11 @@ pub(crate) fn xpn(n: Node<'_>) -> Value {
         return Value::Null;
     }
     let period = if n.c(12).is_empty() && n.c(13).is_empty() {
-        obj!{"start" => date(&n.c(10).s(1).text()), "end" => date(&n.c(10).s(2).text())}
+        obj! {"start" => date(&n.c(10).s(1).text()), "end" => date(&n.c(10).s(2).text())}
     } else {
-        obj!{"start" => date(&n.c(12).text()), "end" => date(&n.c(13).text())}
+        obj! {"start" => date(&n.c(12).text()), "end" => date(&n.c(13).text())}
     };
-    obj!{
+    obj! {
         "use" => name_use(&n.c(7).text()),
         "family" => family,
         "given" => arr![given, s(n.c(3))],
@@ -316,12 +287,7 @@ pub(crate) fn xad(n: Node<'_>) -> Value {
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    if street.is_empty()
-        && n.c(3).is_empty()
-        && n.c(5).is_empty()
-        && n.c(6).is_empty()
-        && n.c(2).is_empty()
-    {
+    if street.is_empty() && n.c(3).is_empty() && n.c(5).is_empty() && n.c(6).is_empty() && n.c(2).is_empty() {
         return Value::Null;
     }
     let kind = n.c(7).text();
@@ -336,11 +302,11 @@ pub(crate) fn xad(n: Node<'_>) -> Value {
         _ => ("", ""),
     };
     let period = if n.c(13).is_empty() && n.c(14).is_empty() {
-        obj!{"start" => date(&n.c(12).s(1).text()), "end" => date(&n.c(12).s(2).text())}
+        obj! {"start" => date(&n.c(12).s(1).text()), "end" => date(&n.c(12).s(2).text())}
     } else {
-        obj!{"start" => date(&n.c(13).text()), "end" => date(&n.c(14).text())}
+        obj! {"start" => date(&n.c(13).text()), "end" => date(&n.c(14).text())}
     };
-    obj!{
+    obj! {
         "use" => use_,
         "type" => type_,
         "line" => arr![street, s(n.c(2))],
@@ -406,7 +372,7 @@ pub(crate) fn xtn(n: Node<'_>, default_use: &str) -> Value {
         _ => "",
     };
     let rank = n.c(18).text().parse::<u32>().ok().filter(|r| *r > 0);
-    obj!{
+    obj! {
         "system" => system,
         "value" => value,
         "use" => use_,
@@ -417,13 +383,7 @@ pub(crate) fn xtn(n: Node<'_>, default_use: &str) -> Value {
 
 /// A Coding; the system from the v2 mnemonic (options first) or
 /// `default_table` when the mnemonic is empty.
-pub(crate) fn coding(
-    code: &str,
-    display: &str,
-    mnemonic: &str,
-    default_table: &str,
-    opts: &Hl7ToFhirOptions,
-) -> Value {
+pub(crate) fn coding(code: &str, display: &str, mnemonic: &str, default_table: &str, opts: &Hl7ToFhirOptions) -> Value {
     let code = code.trim();
     if code.is_empty() {
         return Value::Null;
@@ -431,12 +391,9 @@ pub(crate) fn coding(
     let system = if mnemonic.is_empty() {
         (!default_table.is_empty()).then(|| terminology::v2_table(default_table))
     } else {
-        opts.code_systems
-            .get(mnemonic)
-            .cloned()
-            .or_else(|| terminology::system_uri(mnemonic))
+        opts.code_systems.get(mnemonic).cloned().or_else(|| terminology::system_uri(mnemonic))
     };
-    obj!{"system" => system, "code" => code, "display" => display.trim()}
+    obj! {"system" => system, "code" => code, "display" => display.trim()}
 }
 
 /// CWE/CE/CNE to CodeableConcept (primary and alternate coding, original
@@ -446,13 +403,7 @@ pub(crate) fn cwe(n: Node<'_>, default_table: &str, opts: &Hl7ToFhirOptions) -> 
     if n.is_empty() {
         return Value::Null;
     }
-    let primary = coding(
-        &n.c(1).text(),
-        &n.c(2).text(),
-        &n.c(3).text(),
-        default_table,
-        opts,
-    );
+    let primary = coding(&n.c(1).text(), &n.c(2).text(), &n.c(3).text(), default_table, opts);
     let alternate = coding(&n.c(4).text(), &n.c(5).text(), &n.c(6).text(), "", opts);
     let original = n.c(9).text();
     let text = if !original.is_empty() {
@@ -465,7 +416,7 @@ pub(crate) fn cwe(n: Node<'_>, default_table: &str, opts: &Hl7ToFhirOptions) -> 
     if primary.is_null() && alternate.is_null() && text.is_null() {
         return Value::Null;
     }
-    obj!{"coding" => arr![primary, alternate], "text" => text}
+    obj! {"coding" => arr![primary, alternate], "text" => text}
 }
 
 /// A CodeableConcept with only text.
@@ -474,7 +425,7 @@ pub(crate) fn text_concept(t: &str) -> Value {
     if t.is_empty() {
         Value::Null
     } else {
-        obj!{"text" => t}
+        obj! {"text" => t}
     }
 }
 
@@ -484,13 +435,13 @@ pub(crate) fn xcn(n: Node<'_>, opts: &Hl7ToFhirOptions) -> (Value, Value) {
     let identifier = if id.is_empty() {
         Value::Null
     } else {
-        obj!{"type" => identifier_type(&n.c(13).text()), "system" => hd_system(n.c(9), opts), "value" => id}
+        obj! {"type" => identifier_type(&n.c(13).text()), "system" => hd_system(n.c(9), opts), "value" => id}
     };
     let family = n.c(2).s(1).text();
     let name = if family.is_empty() && n.c(3).is_empty() {
         Value::Null
     } else {
-        obj!{
+        obj! {
             "use" => name_use(&n.c(10).text()),
             "family" => family,
             "given" => arr![s(n.c(3)), s(n.c(4))],
@@ -503,15 +454,11 @@ pub(crate) fn xcn(n: Node<'_>, opts: &Hl7ToFhirOptions) -> (Value, Value) {
 
 /// XON to (Identifier, name) for an Organization.
 pub(crate) fn xon(n: Node<'_>, opts: &Hl7ToFhirOptions) -> (Value, Value) {
-    let id = if n.c(10).is_empty() {
-        n.c(3).text()
-    } else {
-        n.c(10).text()
-    };
+    let id = if n.c(10).is_empty() { n.c(3).text() } else { n.c(10).text() };
     let identifier = if id.is_empty() {
         Value::Null
     } else {
-        obj!{"type" => identifier_type(&n.c(7).text()), "system" => hd_system(n.c(6), opts), "value" => id}
+        obj! {"type" => identifier_type(&n.c(7).text()), "system" => hd_system(n.c(6), opts), "value" => id}
     };
     (identifier, s(n.c(1)))
 }
@@ -519,11 +466,8 @@ pub(crate) fn xon(n: Node<'_>, opts: &Hl7ToFhirOptions) -> (Value, Value) {
 /// The parts of a PL (person location) that name a place, most general
 /// first: facility, building, floor, point of care, room, bed.
 pub(crate) fn pl_name(n: Node<'_>) -> Option<String> {
-    let parts: Vec<String> = [4, 7, 8, 1, 2, 3]
-        .into_iter()
-        .map(|c| n.c(c).text().into_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let parts: Vec<String> =
+        [4, 7, 8, 1, 2, 3].into_iter().map(|c| n.c(c).text().into_owned()).filter(|t| !t.is_empty()).collect();
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
@@ -542,7 +486,7 @@ pub(crate) fn pl_physical_type(n: Node<'_>) -> Value {
     } else {
         ("si", "Site")
     };
-    obj!{
+    obj! {
         "coding" => arr![
             obj!{
                 "system" => "http://terminology.hl7.org/CodeSystem/location-physical-type",
@@ -557,11 +501,7 @@ pub(crate) fn pl_physical_type(n: Node<'_>) -> Value {
 pub(crate) fn decimal(t: &str) -> Option<Value> {
     let t = t.trim();
     let t = t.strip_prefix('+').unwrap_or(t);
-    if t.is_empty()
-        || !t
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
-    {
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') {
         return None;
     }
     if let Ok(i) = t.parse::<i64>() {
@@ -596,36 +536,16 @@ mod tests {
     #[test]
     fn dates_keep_precision_and_offset() {
         let o = opts();
-        assert_eq!(
-            date_time("198808181126+0215", &o),
-            "1988-08-18T11:26:00+02:15"
-        );
-        assert_eq!(
-            date_time("20120314235954.325-0500", &o),
-            "2012-03-14T23:59:54.325-05:00"
-        );
+        assert_eq!(date_time("198808181126+0215", &o), "1988-08-18T11:26:00+02:15");
+        assert_eq!(date_time("20120314235954.325-0500", &o), "2012-03-14T23:59:54.325-05:00");
         assert_eq!(date_time("201203", &o), "2012-03");
         assert_eq!(date_time("2012", &o), "2012");
         assert_eq!(date_time("20120314", &o), "2012-03-14");
         // No offset and none configured: the date only, never a guessed zone.
         assert_eq!(date_time("20150208113419", &o), "2015-02-08");
-        let with = Hl7ToFhirOptions {
-            default_offset: Some("+01:00".into()),
-            ..opts()
-        };
-        assert_eq!(
-            date_time("20150208113419", &with),
-            "2015-02-08T11:34:19+01:00"
-        );
-        for bad in [
-            "2012131",
-            "20121301",
-            "2012-03-14",
-            "20120314+99",
-            "0000",
-            "abc",
-            "",
-        ] {
+        let with = Hl7ToFhirOptions { default_offset: Some("+01:00".into()), ..opts() };
+        assert_eq!(date_time("20150208113419", &with), "2015-02-08T11:34:19+01:00");
+        for bad in ["2012131", "20121301", "2012-03-14", "20120314+99", "0000", "abc", ""] {
             assert_eq!(date_time(bad, &o), Value::Null, "{bad}");
         }
         assert_eq!(instant("20120314", &o), Value::Null);
@@ -634,27 +554,20 @@ mod tests {
     #[test]
     fn identifier_systems_come_from_the_assigning_authority() {
         let o = opts();
-        let id = cx(
-            node("PATID1234^5^M11^test1&2.16.1&HCD^MR^GOOD HEALTH HOSPITAL"),
-            &o,
-        );
+        let id = cx(node("PATID1234^5^M11^test1&2.16.1&HCD^MR^GOOD HEALTH HOSPITAL"), &o);
         assert_eq!(id["system"], "urn:oid:2.16.1");
         assert_eq!(id["value"], "PATID1234");
         assert_eq!(id["type"]["coding"][0]["code"], "MR");
         let id = cx(node("123456789^^^USSSA^SS"), &o);
         assert_eq!(id["system"], "urn:plexus:authority:USSSA");
         let mut o2 = opts();
-        o2.identifier_systems
-            .insert("USSSA".into(), "http://hl7.org/fhir/sid/us-ssn".into());
-        assert_eq!(
-            cx(node("123456789^^^USSSA^SS"), &o2)["system"],
-            "http://hl7.org/fhir/sid/us-ssn"
-        );
+        o2.identifier_systems.insert("USSSA".into(), "http://hl7.org/fhir/sid/us-ssn".into());
+        assert_eq!(cx(node("123456789^^^USSSA^SS"), &o2)["system"], "http://hl7.org/fhir/sid/us-ssn");
     }
 
     #[test]
     fn search_tokens_escape_separators() {
-        let t = identifier_token(&obj!{"system" => "urn:oid:1.2", "value" => "a|b,c d"}).unwrap();
+        let t = identifier_token(&obj! {"system" => "urn:oid:1.2", "value" => "a|b,c d"}).unwrap();
         assert_eq!(t, "urn:oid:1.2|a\\%7Cb\\,c%20d");
     }
 }

@@ -6,8 +6,7 @@ use serde_json::Value;
 
 use super::bundle::{Ctx, Ref};
 use super::datatypes::{
-    authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn,
-    xon, xpn, xtn,
+    authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn, xon, xpn, xtn,
 };
 use super::view::{Node, Seg};
 use crate::error::ConvertError;
@@ -30,31 +29,19 @@ fn non_null(items: impl IntoIterator<Item = Value>) -> Vec<Value> {
 fn id_key(identifier: &Value) -> String {
     format!(
         "{}|{}",
-        identifier
-            .get("system")
-            .and_then(Value::as_str)
-            .unwrap_or(""),
-        identifier
-            .get("value")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
+        identifier.get("value").and_then(Value::as_str).unwrap_or("")
     )
 }
 
 /// PID-3's identifier to use for the conditional update: the MR-typed one,
 /// else the first.
 fn primary_identifier(ids: &[Value]) -> Option<&Value> {
-    ids.iter()
-        .find(|i| i.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("MR"))
-        .or_else(|| ids.first())
+    ids.iter().find(|i| i.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("MR")).or_else(|| ids.first())
 }
 
 /// Patient from PID (+ PD1); `merge_from` links a replaced patient (A40).
-pub(crate) fn patient(
-    ctx: &mut Ctx<'_>,
-    pid: &Seg<'_>,
-    pd1: Option<&Seg<'_>>,
-) -> Result<Subject, ConvertError> {
+pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -> Result<Subject, ConvertError> {
     let opts = ctx.opts;
     let mut identifiers: Vec<Value> = non_null(pid.f(3).reps().map(|r| cx(r, opts)));
     // PID-2 (external id) and PID-4 (alternate id) are deprecated but common.
@@ -62,7 +49,7 @@ pub(crate) fn patient(
     identifiers.extend(non_null(pid.f(4).reps().map(|r| cx(r, opts))));
     let ssn = pid.f(19).text();
     if !ssn.is_empty() {
-        identifiers.push(obj!{
+        identifiers.push(obj! {
             "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "SS"}]},
             "system" => "http://hl7.org/fhir/sid/us-ssn",
             "value" => ssn,
@@ -70,7 +57,7 @@ pub(crate) fn patient(
     }
     let dl = pid.f(20);
     if !dl.c(1).is_empty() {
-        identifiers.push(obj!{
+        identifiers.push(obj! {
             "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "DL"}]},
             "system" => authority_system(&dl.c(2).text(), "", "", opts),
             "value" => dl.c(1).text(),
@@ -81,24 +68,18 @@ pub(crate) fn patient(
     let birth = pid.f(7).text();
     let birth_date = date(&birth);
     if identifiers.is_empty() && names.is_empty() {
-        return Err(ConvertError::Missing {
-            path: "PID-3 (patient identifier) or PID-5 (name)".into(),
-        });
+        return Err(ConvertError::Missing { path: "PID-3 (patient identifier) or PID-5 (name)".into() });
     }
     let primary = primary_identifier(&identifiers).cloned();
     let key = match &primary {
         Some(id) => id_key(id),
         // No identifier at all: name and birth date are the best identity
         // available (and no conditional update is possible).
-        None => format!(
-            "{}|{}",
-            pid.f(5).first().whole(),
-            birth
-        ),
+        None => format!("{}|{}", pid.f(5).first().whole(), birth),
     };
     let birth_time = match date_time(&birth, opts) {
         Value::String(t) if t.len() > 10 => {
-            obj!{
+            obj! {
                 "extension" => arr![
                     obj!{
                         "url" => "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
@@ -130,7 +111,7 @@ pub(crate) fn patient(
         .or_else(|| terminology::gender(&gender_code).map(str::to_string));
     let language = cwe(pid.f(15).first(), "0296", opts);
 
-    let resource = obj!{
+    let resource = obj! {
         "identifier" => identifiers,
         "active" => true,
         "name" => names,
@@ -167,31 +148,21 @@ pub(crate) fn patient(
     {
         p.insert("generalPractitioner".into(), Value::Array(general));
     }
-    Ok(Subject {
-        patient,
-        key,
-        encounter: None,
-    })
+    Ok(Subject { patient, key, encounter: None })
 }
 
 /// A40: the surviving patient (`subject`) replaces the one named in MRG-1.
-pub(crate) fn merge(
-    ctx: &mut Ctx<'_>,
-    subject: &Subject,
-    mrg: &Seg<'_>,
-) -> Result<(), ConvertError> {
+pub(crate) fn merge(ctx: &mut Ctx<'_>, subject: &Subject, mrg: &Seg<'_>) -> Result<(), ConvertError> {
     let opts = ctx.opts;
     let old_ids = non_null(mrg.f(1).reps().map(|r| cx(r, opts)));
     let Some(old_primary) = primary_identifier(&old_ids).cloned() else {
-        return Err(ConvertError::Missing {
-            path: "MRG-1 (prior patient identifier)".into(),
-        });
+        return Err(ConvertError::Missing { path: "MRG-1 (prior patient identifier)".into() });
     };
     let old = ctx.add(
         "Patient",
         &id_key(&old_primary),
         Some(&old_primary),
-        obj!{
+        obj! {
             "identifier" => old_ids,
             "active" => false,
             "name" => non_null(mrg.f(7).reps().map(xpn)),
@@ -201,10 +172,7 @@ pub(crate) fn merge(
     if let Some(survivor) = ctx.resource_mut(&subject.patient)
         && let Some(obj) = survivor.as_object_mut()
     {
-        obj.insert(
-            "link".into(),
-            arr![obj!{"other" => old.reference(), "type" => "replaces"}],
-        );
+        obj.insert("link".into(), arr![obj! {"other" => old.reference(), "type" => "replaces"}]);
     }
     Ok(())
 }
@@ -216,16 +184,12 @@ pub(crate) fn practitioner(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
         return None;
     }
     // Without an identifier the name as written is the identity.
-    let key = if identifier.is_null() {
-        n.whole().into_owned()
-    } else {
-        id_key(&identifier)
-    };
+    let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
     if let Some(seen) = ctx.existing("Practitioner", &key) {
         return Some(seen);
     }
     let conditional = (!identifier.is_null()).then_some(&identifier);
-    let resource = obj!{"identifier" => arr![identifier.clone()], "name" => arr![name]};
+    let resource = obj! {"identifier" => arr![identifier.clone()], "name" => arr![name]};
     Some(ctx.add("Practitioner", &key, conditional, resource))
 }
 
@@ -235,14 +199,9 @@ pub(crate) fn organization(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     if identifier.is_null() && name.is_null() {
         return None;
     }
-    let key = if identifier.is_null() {
-        n.whole().into_owned()
-    } else {
-        id_key(&identifier)
-    };
+    let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
     let conditional = (!identifier.is_null()).then_some(&identifier);
-    let resource =
-        obj!{"identifier" => arr![identifier.clone()], "active" => true, "name" => name};
+    let resource = obj! {"identifier" => arr![identifier.clone()], "active" => true, "name" => name};
     Some(ctx.add("Organization", &key, conditional, resource))
 }
 
@@ -252,7 +211,7 @@ pub(crate) fn location(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     if let Some(seen) = ctx.existing("Location", &name) {
         return Some(seen);
     }
-    let resource = obj!{
+    let resource = obj! {
         "status" => "active",
         "name" => name.as_str(),
         "description" => n.c(9).text(),
@@ -266,7 +225,7 @@ fn participant(ctx: &mut Ctx<'_>, code: &str, display: &str, n: Node<'_>) -> Vec
     n.reps()
         .filter_map(|r| practitioner(ctx, r))
         .map(|p| {
-            obj!{
+            obj! {
                 "type" => arr![
                     obj!{
                         "coding" => arr![
@@ -318,10 +277,10 @@ pub(crate) fn encounter(
         return;
     }
     let class = match ctx.opts.table("0004", &class_code) {
-        Some(code) => obj!{"system" => terminology::ACT_CODE_SYSTEM, "code" => code},
+        Some(code) => obj! {"system" => terminology::ACT_CODE_SYSTEM, "code" => code},
         None => {
             let (code, display) = terminology::encounter_class(&class_code);
-            obj!{"system" => terminology::ACT_CODE_SYSTEM, "code" => code, "display" => display}
+            obj! {"system" => terminology::ACT_CODE_SYSTEM, "code" => code, "display" => display}
         }
     };
     let mut participants = participant(ctx, "ATND", "attender", pv1.f(7));
@@ -331,15 +290,13 @@ pub(crate) fn encounter(
     let mut locations = Vec::new();
     for (field, status) in [(3, "active"), (6, "completed"), (11, "active")] {
         if let Some(loc) = location(ctx, pv1.f(field).first()) {
-            locations.push(obj!{"location" => loc.reference(), "status" => status});
+            locations.push(obj! {"location" => loc.reference(), "status" => status});
         }
     }
     let opts = ctx.opts;
-    let reason = pv2
-        .map(|p| cwe(p.f(3).first(), "", opts))
-        .unwrap_or(Value::Null);
+    let reason = pv2.map(|p| cwe(p.f(3).first(), "", opts)).unwrap_or(Value::Null);
     let discharge = cwe(pv1.f(36).first(), "0112", opts);
-    let resource = obj!{
+    let resource = obj! {
         "identifier" => arr![visit.clone()],
         "status" => opts.table("ENCOUNTER", event).map(str::to_string) .unwrap_or_else(|| encounter_status(event, pv1).to_string()),
         "class" => class,
@@ -369,14 +326,7 @@ pub(crate) fn encounter(
 }
 
 fn subject_refs(subject: &Subject) -> (Value, Value) {
-    (
-        subject.patient.reference(),
-        subject
-            .encounter
-            .as_ref()
-            .map(Ref::reference)
-            .unwrap_or(Value::Null),
-    )
+    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
 }
 
 /// RelatedPerson from NK1.
@@ -388,13 +338,8 @@ pub(crate) fn related_person(ctx: &mut Ctx<'_>, subject: &Subject, nk1: &Seg<'_>
     }
     let mut telecom: Vec<Value> = nk1.f(5).reps().map(|r| xtn(r, "home")).collect();
     telecom.extend(nk1.f(6).reps().map(|r| xtn(r, "work")));
-    let key = format!(
-        "{}|NK1|{}|{}",
-        subject.key,
-        nk1.f(1).text(),
-        nk1.f(2).first().c(1).text()
-    );
-    let resource = obj!{
+    let key = format!("{}|NK1|{}|{}", subject.key, nk1.f(1).text(), nk1.f(2).first().c(1).text());
+    let resource = obj! {
         "identifier" => non_null(nk1.f(33).reps().map(|r| cx(r, opts))),
         "active" => true,
         "patient" => subject.patient.reference(),
@@ -428,14 +373,9 @@ pub(crate) fn allergy(ctx: &mut Ctx<'_>, subject: &Subject, al1: &Seg<'_>) {
         "U" => "unable-to-assess",
         _ => "",
     };
-    let reactions: Vec<Value> = al1
-        .f(5)
-        .reps()
-        .map(|r| text_concept(&r.whole()))
-        .filter(|v| !v.is_null())
-        .collect();
+    let reactions: Vec<Value> = al1.f(5).reps().map(|r| text_concept(&r.whole())).filter(|v| !v.is_null()).collect();
     let key = format!("{}|AL1|{}", subject.key, al1.f(3).first().whole());
-    let resource = obj!{
+    let resource = obj! {
         "clinicalStatus" => obj!{
             "coding" => arr![
                 obj!{
@@ -469,14 +409,8 @@ pub(crate) fn condition(ctx: &mut Ctx<'_>, subject: &Subject, dg1: &Seg<'_>) {
     let opts = ctx.opts;
     let (patient, encounter) = subject_refs(subject);
     let identifier = super::datatypes::ei(dg1.f(20).first(), "", opts);
-    let key = format!(
-        "{}|DG1|{}|{}|{}",
-        subject.key,
-        dg1.f(3).first().whole(),
-        dg1.f(4).text(),
-        dg1.f(5).text()
-    );
-    let resource = obj!{
+    let key = format!("{}|DG1|{}|{}|{}", subject.key, dg1.f(3).first().whole(), dg1.f(4).text(), dg1.f(5).text());
+    let resource = obj! {
         "identifier" => arr![identifier],
         "category" => arr![
             obj!{
@@ -508,16 +442,12 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     if company_id.is_null() && company_name.is_empty() {
         return;
     }
-    let payor_key = if company_id.is_null() {
-        company_name.clone()
-    } else {
-        id_key(&company_id)
-    };
+    let payor_key = if company_id.is_null() { company_name.clone() } else { id_key(&company_id) };
     let payor = ctx.add(
         "Organization",
         &payor_key,
         (!company_id.is_null()).then_some(&company_id),
-        obj!{
+        obj! {
             "identifier" => arr![company_id.clone()],
             "active" => true,
             "name" => company_name,
@@ -530,7 +460,7 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     let identifier = if policy.is_empty() {
         Value::Null
     } else {
-        obj!{
+        obj! {
             "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "MB"}]},
             "value" => policy.as_ref(),
         }
@@ -544,13 +474,7 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     };
     let group = in1.f(8).text();
     let plan = in1.f(2).first();
-    let key = format!(
-        "{}|IN1|{}|{}|{}",
-        subject.key,
-        payor_key,
-        in1.f(2).c(1).text(),
-        policy
-    );
+    let key = format!("{}|IN1|{}|{}|{}", subject.key, payor_key, in1.f(2).c(1).text(), policy);
     let class: Vec<Value> = [
         ("group", group.into_owned(), in1.f(9).first().c(1).text().into_owned()),
         ("plan", plan.c(1).text().into_owned(), plan.c(2).text().into_owned()),
@@ -567,7 +491,7 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
         }
     })
     .collect();
-    let resource = obj!{
+    let resource = obj! {
         "identifier" => arr![identifier.clone()],
         "status" => "active",
         "type" => cwe(in1.f(15).first(), "0086", opts),

@@ -35,7 +35,8 @@ fn http(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Val
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -70,7 +71,16 @@ fn sending_the_same_message_twice_creates_nothing_new() {
     if testkit::peers_or_skip("convert::fhir_peer").is_none() {
         return;
     }
-    for file in ["ADT-A40-01.hl7", "ADT04-251.hl7", "ADT04-23.hl7", "SIU-S13-01.hl7", "LAB-ORM-1.hl7", "MDM_01.hl7", "MDM-T02-01.hl7", "ORU-R01-RMGEAD.hl7"] {
+    for file in [
+        "ADT-A40-01.hl7",
+        "ADT04-251.hl7",
+        "ADT04-23.hl7",
+        "SIU-S13-01.hl7",
+        "LAB-ORM-1.hl7",
+        "MDM_01.hl7",
+        "MDM-T02-01.hl7",
+        "ORU-R01-RMGEAD.hl7",
+    ] {
         // A fresh server per message, so the counts below are this message's.
         let Some(peer) = testkit::FhirPeer::start("convert::fhir_peer") else { return };
         let base = peer.base_url.as_str();

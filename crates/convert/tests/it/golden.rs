@@ -13,8 +13,7 @@ fn every_supported_fixture_matches_its_golden_bundle() {
     assert!(fixtures.len() >= 30, "fixtures missing: {}", fixtures.len());
     let mut mismatches = Vec::new();
     for (stem, text) in &fixtures {
-        let bundle = convert::hl7_to_fhir_text(text, &Default::default())
-            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let bundle = convert::hl7_to_fhir_text(text, &Default::default()).unwrap_or_else(|e| panic!("{stem}: {e}"));
         let path = golden_dir().join(format!("{stem}.json"));
         if update {
             let pretty = serde_json::to_string_pretty(&bundle).unwrap() + "\n";

@@ -46,7 +46,8 @@ fn configured_systems_tables_and_offset_apply() {
     let patient = resource(&bundle, "Patient");
     assert_eq!(patient["identifier"][0]["system"], "https://hospital.example/mrn");
     assert_eq!(patient["gender"], "other");
-    let entry = bundle["entry"].as_array().unwrap().iter().find(|e| e["resource"]["resourceType"] == "Patient").unwrap();
+    let entry =
+        bundle["entry"].as_array().unwrap().iter().find(|e| e["resource"]["resourceType"] == "Patient").unwrap();
     assert_eq!(entry["request"]["url"], "Patient?identifier=https://hospital.example/mrn|4711");
     let obs = resource(&bundle, "Observation");
     assert_eq!(obs["code"]["coding"][0]["system"], "https://hospital.example/lab-codes");

@@ -34,7 +34,13 @@ fn normalise(kind: &str, r: &hl7v2::Repetition<'_>) -> String {
     let number = |v: &str| v.trim().parse::<f64>().map(|n| format!("{n}")).unwrap_or_else(|_| v.to_string());
     match kind {
         "NM" => number(&r.text()),
-        "SN" => format!("{}{}{}{}", comp(1), number(&comp(2)), comp(3), if comp(4).is_empty() { String::new() } else { number(&comp(4)) }),
+        "SN" => format!(
+            "{}{}{}{}",
+            comp(1),
+            number(&comp(2)),
+            comp(3),
+            if comp(4).is_empty() { String::new() } else { number(&comp(4)) }
+        ),
         _ => r.text().into_owned(),
     }
 }
@@ -81,7 +87,9 @@ fn results(msg: &Message) -> BTreeSet<Result_> {
         }
         let flags: Vec<String> = obx
             .field(8)
-            .map(|f| f.repetitions().map(|r| r.component(1).map(|c| c.text().into_owned()).unwrap_or_default()).collect())
+            .map(|f| {
+                f.repetitions().map(|r| r.component(1).map(|c| c.text().into_owned()).unwrap_or_default()).collect()
+            })
             .unwrap_or_default();
         let r = Result_ {
             code: text(&obx, 3, 1),

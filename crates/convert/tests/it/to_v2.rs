@@ -160,7 +160,8 @@ fn synthea_observations_become_a_valid_oru() {
         .filter(|e| e["resource"]["resourceType"] == "Observation")
         .map(|e| &e["resource"])
         .collect::<Vec<_>>();
-    let with_value = observations.iter().filter(|o| o.as_object().unwrap().keys().any(|k| k.starts_with("value"))).count();
+    let with_value =
+        observations.iter().filter(|o| o.as_object().unwrap().keys().any(|k| k.starts_with("value"))).count();
     let components: usize = observations.iter().filter_map(|o| o["component"].as_array()).map(Vec::len).sum();
     assert_eq!(msg.segments_named("OBX").count(), with_value + components, "one OBX per value and per component");
     // Blood pressure components share the sub-id of their observation.
@@ -205,7 +206,12 @@ fn a_document_with_a_binary_becomes_mdm_t02_and_an_oru_with_an_ed_obx() {
 
     // And back: the document survives HL7 v2 -> FHIR.
     let back = convert::hl7_to_fhir(&mdm, &Default::default()).unwrap();
-    let doc = back["entry"].as_array().unwrap().iter().find(|e| e["resource"]["resourceType"] == "DocumentReference").unwrap();
+    let doc = back["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "DocumentReference")
+        .unwrap();
     assert_eq!(doc["resource"]["content"][0]["attachment"]["data"], pdf.as_str());
     assert_eq!(doc["resource"]["content"][0]["attachment"]["contentType"], "application/pdf");
 }

@@ -62,7 +62,10 @@ fn every_obx_value_type_becomes_its_value_x() {
     assert_eq!(obs[0]["referenceRange"][0]["low"]["value"], json!(3.0));
     assert_eq!(obs[0]["referenceRange"][0]["high"]["value"], json!(5.0));
     assert_eq!(obs[0]["status"], "final");
-    assert_eq!(obs[0]["code"]["coding"][0], json!({"system": "http://loinc.org", "code": "2093-3", "display": "Cholesterol"}));
+    assert_eq!(
+        obs[0]["code"]["coding"][0],
+        json!({"system": "http://loinc.org", "code": "2093-3", "display": "Cholesterol"})
+    );
     assert_eq!(obs[0]["effectiveDateTime"], "2024-05-01T08:20:00+02:00");
 
     // ST, TX (repetitions are lines), FT (escapes and line breaks decoded).
@@ -73,10 +76,7 @@ fn every_obx_value_type_becomes_its_value_x() {
     // CWE: a CodeableConcept with the v2 table's system.
     assert_eq!(obs[4]["valueCodeableConcept"]["coding"][0]["code"], "YEL");
     assert_eq!(obs[4]["valueCodeableConcept"]["coding"][0]["display"], "Yellow");
-    assert_eq!(
-        obs[4]["valueCodeableConcept"]["coding"][0]["system"],
-        "http://terminology.hl7.org/CodeSystem/v2-0255"
-    );
+    assert_eq!(obs[4]["valueCodeableConcept"]["coding"][0]["system"], "http://terminology.hl7.org/CodeSystem/v2-0255");
 
     // SN: comparator, range, ratio; corrected and preliminary statuses.
     assert_eq!(obs[5]["valueQuantity"]["comparator"], ">");
@@ -120,7 +120,8 @@ fn spm_becomes_a_specimen_that_the_observations_and_report_reference() {
     let specimen = &specimens[0]["resource"];
     let url = specimens[0]["fullUrl"].as_str().unwrap();
     assert_eq!(specimen["type"]["coding"][0]["code"], "BLD");
-    let ids: Vec<&str> = specimen["identifier"].as_array().unwrap().iter().filter_map(|i| i["value"].as_str()).collect();
+    let ids: Vec<&str> =
+        specimen["identifier"].as_array().unwrap().iter().filter_map(|i| i["value"].as_str()).collect();
     assert!(ids.contains(&"SP-1") && ids.contains(&"SF-1"), "placer and filler ids: {ids:?}");
     assert_eq!(specimen["collection"]["collectedDateTime"], "2024-05-01T07:55:00+02:00");
     assert_eq!(specimen["receivedTime"], "2024-05-01T08:05:00+02:00");
@@ -131,7 +132,8 @@ fn spm_becomes_a_specimen_that_the_observations_and_report_reference() {
     }
     let report = entries.iter().map(|e| &e["resource"]).find(|r| r["resourceType"] == "DiagnosticReport").unwrap();
     assert_eq!(report["specimen"][0]["reference"], url);
-    let results: Vec<&str> = report["result"].as_array().unwrap().iter().map(|r| r["reference"].as_str().unwrap()).collect();
+    let results: Vec<&str> =
+        report["result"].as_array().unwrap().iter().map(|r| r["reference"].as_str().unwrap()).collect();
     let distinct: std::collections::BTreeSet<&str> = results.iter().copied().collect();
     assert_eq!((results.len(), distinct.len()), (10, 10), "every Observation once: {results:?}");
 }

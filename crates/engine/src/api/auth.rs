@@ -38,7 +38,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rand::RngCore;
@@ -84,8 +84,14 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope, in a stable order (`--scopes all`).
-    pub const ALL: [Scope; 6] =
-        [Scope::MessagesRead, Scope::MessagesReplay, Scope::ChannelsAdmin, Scope::Sync, Scope::SendToEhr, Scope::Metrics];
+    pub const ALL: [Scope; 6] = [
+        Scope::MessagesRead,
+        Scope::MessagesReplay,
+        Scope::ChannelsAdmin,
+        Scope::Sync,
+        Scope::SendToEhr,
+        Scope::Metrics,
+    ];
 
     /// The scope's name as written in tokens and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -108,7 +114,9 @@ impl fmt::Display for Scope {
 
 /// A scope name that is not one of [`Scope::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}, expected one of messages:read, messages:replay, channels:admin, sync, SEND_TO_EHR, metrics")]
+#[error(
+    "unknown scope {0:?}, expected one of messages:read, messages:replay, channels:admin, sync, SEND_TO_EHR, metrics"
+)]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
@@ -454,10 +462,7 @@ mod tests {
             assert_eq!(scope.to_string(), scope.as_str());
         }
         assert_eq!(parse_scopes("all").unwrap(), Scope::ALL.to_vec());
-        assert_eq!(
-            parse_scopes("metrics, messages:read,metrics").unwrap(),
-            [Scope::MessagesRead, Scope::Metrics]
-        );
+        assert_eq!(parse_scopes("metrics, messages:read,metrics").unwrap(), [Scope::MessagesRead, Scope::Metrics]);
         assert_eq!(parse_scopes("messages:write"), Err(UnknownScope("messages:write".into())));
         assert!(parse_scopes(" , ").is_err());
         // Scope names are exact: the EHR scope is upper case by convention.

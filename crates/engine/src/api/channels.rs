@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use store::{DeliveryState, StateCount};
 
 use super::auth::{self, Scope};
@@ -26,7 +26,8 @@ pub fn router(state: ApiState) -> Router {
 
 async fn list(State(state): State<ApiState>) -> Result<Json<Value>, Problem> {
     let counts = state.store.counts().await.map_err(|e| Problem::store("counting deliveries", &e))?;
-    let channels: Vec<Value> = state.channels.iter().map(|c| channel_json(c, status(&state, &c.name), &counts)).collect();
+    let channels: Vec<Value> =
+        state.channels.iter().map(|c| channel_json(c, status(&state, &c.name), &counts)).collect();
     Ok(Json(json!({ "channels": channels })))
 }
 

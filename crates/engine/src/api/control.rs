@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::info;
 
+use super::ApiState;
 use super::auth::{self, Caller, Scope};
 use super::problem::Problem;
-use super::ApiState;
 
 /// Whether a channel runs; shared by its ingest path, its workers and the
 /// API.

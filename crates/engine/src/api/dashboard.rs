@@ -49,10 +49,7 @@ pub fn router() -> Router {
         .route("/", get(|headers: HeaderMap| async move { asset(INDEX, &headers) }))
         .route("/ui", get(|headers: HeaderMap| async move { asset(INDEX, &headers) }))
         .route("/ui/", get(|headers: HeaderMap| async move { asset(INDEX, &headers) }))
-        .route(
-            "/ui/{*file}",
-            get(|Path(file): Path<String>, headers: HeaderMap| async move { asset(&file, &headers) }),
-        )
+        .route("/ui/{*file}", get(|Path(file): Path<String>, headers: HeaderMap| async move { asset(&file, &headers) }))
 }
 
 /// The answer for one file: the body with its type and cache headers, 304
@@ -200,8 +197,7 @@ mod tests {
             "/ui/.hidden.js",
             "/ui/app.rs",
             "/ui/a//b.js",
-        ]
-        {
+        ] {
             let response = get(uri, None).await;
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{uri}");
             assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json", "{uri}");

@@ -13,12 +13,12 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use store::{AuditQuery, Cursor, DeliveryState, MessageDetail, MessageId, NewAuditEvent, ReplayRequest, SearchQuery};
 
+use super::ApiState;
 use super::auth::{self, Caller, Scope};
 use super::problem::Problem;
-use super::ApiState;
 
 /// The most messages one search page returns.
 pub const MAX_PAGE: u32 = 1000;
@@ -85,7 +85,7 @@ pub fn search_query(params: &[(String, String)]) -> Result<SearchQuery, Problem>
                 return Err(Problem::bad_request(format!(
                     "unknown query parameter {key:?}; expected one of {}",
                     SEARCH_PARAMS.join(", ")
-                )))
+                )));
             }
         }
     }
@@ -98,9 +98,9 @@ pub fn search_query(params: &[(String, String)]) -> Result<SearchQuery, Problem>
 }
 
 fn time(key: &str, value: &str) -> Result<DateTime<Utc>, Problem> {
-    DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc)).map_err(|_| {
-        Problem::bad_request(format!("{key} must be an RFC 3339 time such as 2026-11-21T10:00:00Z"))
-    })
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| Problem::bad_request(format!("{key} must be an RFC 3339 time such as 2026-11-21T10:00:00Z")))
 }
 
 /// A store search error: a foreign cursor is the client's fault.
@@ -112,7 +112,10 @@ fn search_error(e: &store::StoreError) -> Problem {
     }
 }
 
-async fn search(State(state): State<ApiState>, Query(params): Query<Vec<(String, String)>>) -> Result<Json<Value>, Problem> {
+async fn search(
+    State(state): State<ApiState>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, Problem> {
     let q = search_query(&params)?;
     let page = state.store.search(&q).await.map_err(|e| search_error(&e))?;
     Ok(Json(json!(page)))
@@ -245,8 +248,7 @@ pub fn hl7_tree(raw: &[u8]) -> Option<Value> {
                 // A value with components shows the whole value as written
                 // (`DOE^JANE`); its decoded parts are in `components`. Its
                 // `text()` would be the first component only.
-                let value =
-                    if components.is_empty() { rep.text() } else { String::from_utf8_lossy(rep.raw()) };
+                let value = if components.is_empty() { rep.text() } else { String::from_utf8_lossy(rep.raw()) };
                 let mut v = json!({ "path": rep_path, "value": value });
                 if !components.is_empty() {
                     v["components"] = json!(components);
@@ -281,7 +283,8 @@ fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, Probl
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("the body is not valid JSON for this request: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON for this request: {e}")))
 }
 
 async fn replay_one(
@@ -393,7 +396,9 @@ async fn replay_search(
     .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
     .collect();
     if filters.is_empty() {
-        return Err(Problem::bad_request("give at least one search filter (channel, state, from, to, control_id, mrn, order_key, type, event)"));
+        return Err(Problem::bad_request(
+            "give at least one search filter (channel, state, from, to, control_id, mrn, order_key, type, event)",
+        ));
     }
     let max = b.max.unwrap_or(100);
     if !(1..=MAX_REPLAY).contains(&max) {
@@ -481,7 +486,8 @@ mod tests {
 
     #[test]
     fn hl7_tree_has_paths() {
-        let raw = b"MSH|^~\\&|LAB|HOSP|EHR|CLINIC|20261121||ORU^R01|C1|P|2.5.1\rPID|1||A~B||Doe^Jane\rOBX|1\rOBX|2|NM|x\r";
+        let raw =
+            b"MSH|^~\\&|LAB|HOSP|EHR|CLINIC|20261121||ORU^R01|C1|P|2.5.1\rPID|1||A~B||Doe^Jane\rOBX|1\rOBX|2|NM|x\r";
         let tree = hl7_tree(raw).unwrap();
         let segments = tree["segments"].as_array().unwrap();
         assert_eq!(segments[1]["path"], "PID");

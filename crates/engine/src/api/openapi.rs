@@ -7,7 +7,7 @@
 
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 /// One documented operation.
 struct Operation {

@@ -3,7 +3,7 @@
 //! answer; it never carries internals: store errors are logged by their
 //! [`store::StoreError::summary`] and answered with a generic text.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::warn;
@@ -60,9 +60,12 @@ impl Problem {
     pub fn store(context: &str, e: &store::StoreError) -> Problem {
         warn!(error = %e.summary(), context, "api: store error");
         match e.class() {
-            store::ErrorClass::Permanent => {
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", format!("{context} failed"))
-            }
+            store::ErrorClass::Permanent => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                format!("{context} failed"),
+            ),
             _ => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -104,7 +107,10 @@ mod tests {
     #[test]
     fn store_errors_answer_without_internals() {
         let p = Problem::store("searching messages", &store::StoreError::Closed);
-        assert_eq!((p.status, p.detail.as_str()), (503, "searching messages failed: the store is unavailable, try again"));
+        assert_eq!(
+            (p.status, p.detail.as_str()),
+            (503, "searching messages failed: the store is unavailable, try again")
+        );
         let p = Problem::store("reading a message", &store::StoreError::NotFound("MRN-123".into()));
         assert_eq!((p.status, p.detail.as_str()), (500, "reading a message failed"));
         let r = p.into_response();

@@ -623,7 +623,10 @@ fn compile_step(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -
             return None;
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: set, copy, delete, map, route, javascript or hl7_to_fhir");
+            errors.push(
+                path.key("type").to_string(),
+                "required: set, copy, delete, map, route, javascript or hl7_to_fhir",
+            );
             return None;
         }
     };
@@ -639,7 +642,9 @@ fn compile_step(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -
         other => {
             errors.push(
                 path.key("type").to_string(),
-                format!("unknown step type {other:?}, expected set, copy, delete, map, route, javascript or hl7_to_fhir"),
+                format!(
+                    "unknown step type {other:?}, expected set, copy, delete, map, route, javascript or hl7_to_fhir"
+                ),
             );
             None
         }

@@ -380,5 +380,8 @@ enabled = false
 type = "http"
 "#
     );
-    assert_eq!(errors(&text), ["channel \"adt-in\".destination[1].channel: channel \"off\" is disabled (enabled = false)"]);
+    assert_eq!(
+        errors(&text),
+        ["channel \"adt-in\".destination[1].channel: channel \"off\" is disabled (enabled = false)"]
+    );
 }

@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fhir::sync::{self, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus};
 use fhir::FhirClient;
+use fhir::sync::{self, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus};
 use store::{
     Store, SyncJobCounts, SyncJobId, SyncJobOutcome, SyncJobProgress, SyncJobQuery, SyncJobStatus, SyncJobUpdate,
 };
@@ -155,7 +155,12 @@ const EARLIER_JOBS: u32 = 500;
 /// patient recorded (its report's `target_ids`), so that this run looks
 /// those resources up by id; empty when there is none or the store cannot
 /// say (the run then searches by identifier, as always).
-pub async fn known_targets(store: &dyn Store, source: &str, target: &str, patient_id: &str) -> BTreeMap<String, String> {
+pub async fn known_targets(
+    store: &dyn Store,
+    source: &str,
+    target: &str,
+    patient_id: &str,
+) -> BTreeMap<String, String> {
     let recent = match store.sync_jobs(&SyncJobQuery { before: None, limit: EARLIER_JOBS }).await {
         Ok(jobs) => jobs,
         Err(e) => {

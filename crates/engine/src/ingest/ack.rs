@@ -56,8 +56,11 @@ pub(super) fn store_failure(message: &Message, code: AckCode, control_id: &str) 
 /// The AE/CE answered while the channel is stopped from the API: the
 /// sender should send it again later.
 pub(super) fn channel_stopped(message: &Message, code: AckCode, control_id: &str) -> Vec<u8> {
-    let issues =
-        [Issue::error(None, ErrorCode::ApplicationInternalError, "the channel is stopped; send the message again later")];
+    let issues = [Issue::error(
+        None,
+        ErrorCode::ApplicationInternalError,
+        "the channel is stopped; send the message again later",
+    )];
     build(message, code, &issues, control_id)
 }
 

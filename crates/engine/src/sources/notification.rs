@@ -75,7 +75,9 @@ use crate::flows::notification::config::{
     AcknowledgementConfig, FetchGuardConfig, FieldPaths, InboundAuth, Limits, ObjectStorageConfig,
 };
 use crate::flows::notification::stage::{ACK_DESTINATION, NOTIFICATION_TYPE, NotificationOutput, StageSettings};
-use crate::flows::notification::{BundleLocation, Notification, NotificationConfig, Problem, UrlGuard, Verifier, parse};
+use crate::flows::notification::{
+    BundleLocation, Notification, NotificationConfig, Problem, UrlGuard, Verifier, parse,
+};
 use crate::sources::SourceConfig;
 
 pub use crate::flows::notification::stage::NotificationStage;
@@ -309,8 +311,13 @@ async fn post_notification(
     body: Bytes,
 ) -> Response {
     let Some(endpoint) = endpoints.get(&name) else {
-        return Problem::new(StatusCode::NOT_FOUND, "no-such-channel", "No such channel", "no notification source serves this channel")
-            .into_response();
+        return Problem::new(
+            StatusCode::NOT_FOUND,
+            "no-such-channel",
+            "No such channel",
+            "no notification source serves this channel",
+        )
+        .into_response();
     };
     endpoint.receive(&headers, body, peer).await
 }
@@ -319,8 +326,13 @@ impl NotificationEndpoint {
     async fn receive(&self, headers: &HeaderMap, body: Bytes, peer: SocketAddr) -> Response {
         let received_at = chrono::Utc::now();
         if body.len() > self.max_body_size {
-            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Notification too large", "the body exceeds max_body_size")
-                .into_response();
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Notification too large",
+                "the body exceeds max_body_size",
+            )
+            .into_response();
         }
         if let Err(e) = self.verifier.verify(headers, &body, received_at.timestamp()) {
             info!(channel = %self.stage.channel(), %peer, kind = e.kind(), "notification refused");

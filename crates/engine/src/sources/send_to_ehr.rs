@@ -47,8 +47,8 @@ use store::{ClaimedDelivery, Store};
 
 use crate::api::auth::{ANONYMOUS, Auth, AuthError, Scope};
 use crate::config::{ChannelConfig, ConfigErrors};
-use crate::flows::send_to_ehr::api::{self, Caller, CallerAuth, SendToEhrState};
 use crate::flows::send_to_ehr::Rejection;
+use crate::flows::send_to_ehr::api::{self, Caller, CallerAuth, SendToEhrState};
 use crate::flows::send_to_ehr::build::ehr_message_from_stored;
 use crate::flows::send_to_ehr::persist::StoreTracking;
 use crate::flows::send_to_ehr::{PatientSource, SendToEhrConfig};
@@ -71,10 +71,16 @@ pub(crate) fn cross_check(
         let SourceConfig::SendToEhr(config) = &channel.source else { continue };
         let path = format!("{}.source", channel.path());
         match &config.patient_source {
-            None => errors.push(format!("{path}.patient_source"), "required: the [fhir_servers.NAME] to read patients from"),
+            None => {
+                errors.push(format!("{path}.patient_source"), "required: the [fhir_servers.NAME] to read patients from")
+            }
             Some(name) if !fhir_servers.contains_key(name) => {
                 let known: Vec<&str> = fhir_servers.keys().map(String::as_str).collect();
-                let known = if known.is_empty() { "none is configured".to_string() } else { format!("known: {}", known.join(", ")) };
+                let known = if known.is_empty() {
+                    "none is configured".to_string()
+                } else {
+                    format!("known: {}", known.join(", "))
+                };
                 errors.push(format!("{path}.patient_source"), format!("no [fhir_servers.{name}] table ({known})"));
             }
             Some(_) => {}
@@ -145,7 +151,9 @@ impl CallerAuth for Auth {
         match Auth::authorize(self, headers, Scope::SendToEhr).await {
             // With authentication off there is no application name: the
             // configured default sender applies.
-            Ok(caller) if caller.token_name == ANONYMOUS && caller.token_id.is_empty() => Ok(Caller { application: None }),
+            Ok(caller) if caller.token_name == ANONYMOUS && caller.token_id.is_empty() => {
+                Ok(Caller { application: None })
+            }
             Ok(caller) => Ok(Caller { application: Some(caller.token_name) }),
             Err(e) => Err(auth_rejection(&e)),
         }
@@ -181,7 +189,10 @@ pub struct SendToEhrApi {
 
 impl std::fmt::Debug for SendToEhrApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendToEhrApi").field("channel", &self.channel).field("destinations", &self.destinations).finish()
+        f.debug_struct("SendToEhrApi")
+            .field("channel", &self.channel)
+            .field("destinations", &self.destinations)
+            .finish()
     }
 }
 

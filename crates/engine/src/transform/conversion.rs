@@ -117,8 +117,10 @@ pub(super) fn run(
 ) -> Result<(), TransformError> {
     let bundle = convert::hl7_to_fhir(msg, options)
         .map_err(|e| TransformError::Convert { step: step.to_owned(), reason: e.to_string() })?;
-    let content = serde_json::to_vec(&bundle)
-        .map_err(|e| TransformError::Convert { step: step.to_owned(), reason: format!("cannot encode the Bundle: {e}") })?;
+    let content = serde_json::to_vec(&bundle).map_err(|e| TransformError::Convert {
+        step: step.to_owned(),
+        reason: format!("cannot encode the Bundle: {e}"),
+    })?;
     outcome.converted = Some(Converted { content, content_type: FHIR_JSON });
     Ok(())
 }

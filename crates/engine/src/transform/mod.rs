@@ -345,10 +345,7 @@ pub fn load_script_files(
                 js.script = Some(text);
                 js.loaded_from = js.file.take();
             }
-            Err(e) => errors.push(
-                format!("{path_prefix}[{i}].file"),
-                format!("cannot read {}: {e}", full.display()),
-            ),
+            Err(e) => errors.push(format!("{path_prefix}[{i}].file"), format!("cannot read {}: {e}", full.display())),
         }
     }
 }
@@ -719,7 +716,12 @@ impl Transform {
 }
 
 impl Step {
-    fn run(&self, msg: &mut Message, ctx: &mut TransformContext, outcome: &mut TransformOutcome) -> Result<(), TransformError> {
+    fn run(
+        &self,
+        msg: &mut Message,
+        ctx: &mut TransformContext,
+        outcome: &mut TransformOutcome,
+    ) -> Result<(), TransformError> {
         let edit_error = |path: &Path, e: hl7v2::EditError| TransformError::Edit {
             step: self.name.clone(),
             path: path.to_string(),
@@ -821,7 +823,10 @@ impl Compiler<'_> {
             }
             Ok(p) => Some(p),
             Err(e) => {
-                self.error(field, format!("invalid path {text:?}: expected {} at character {}", e.reason, e.position + 1));
+                self.error(
+                    field,
+                    format!("invalid path {text:?}: expected {} at character {}", e.reason, e.position + 1),
+                );
                 None
             }
         }

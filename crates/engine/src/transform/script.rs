@@ -30,7 +30,7 @@ use hl7v2::{Delimiters, Message, Path, Presence};
 use rquickjs::context::EvalOptions;
 use rquickjs::convert::Coerced;
 use rquickjs::function::Opt;
-use rquickjs::{CaughtError, CatchResultExt, Context, Ctx, Exception, FromJs, Function, Object, Runtime, Value};
+use rquickjs::{CatchResultExt, CaughtError, Context, Ctx, Exception, FromJs, Function, Object, Runtime, Value};
 
 use super::{TransformContext, TransformError, TransformOutcome, remove_segments, segment_ref};
 
@@ -94,7 +94,10 @@ impl State {
     fn reserve(&mut self, cx: &Ctx<'_>, extra: usize) -> rquickjs::Result<()> {
         if self.msg.as_bytes().len() + self.map_bytes() + extra > self.budget {
             self.over_budget = true;
-            return Err(Exception::throw_internal(cx, "out of memory: the message and channel map would exceed the script's memory limit"));
+            return Err(Exception::throw_internal(
+                cx,
+                "out of memory: the message and channel map would exceed the script's memory limit",
+            ));
         }
         Ok(())
     }
@@ -240,7 +243,11 @@ impl Script {
             CaughtError::Value(v) if v.is_null() || v.is_undefined() => Failure::Nullish,
             CaughtError::Value(v) => {
                 let shown = Coerced::<String>::from_js(cx, v).map(|c| c.0).unwrap_or_else(|_| "a value".into());
-                Failure::Thrown { message: format!("uncaught exception: {}", truncate(&shown)), line: None, column: None }
+                Failure::Thrown {
+                    message: format!("uncaught exception: {}", truncate(&shown)),
+                    line: None,
+                    column: None,
+                }
             }
             CaughtError::Error(e) => Failure::Thrown { message: e.to_string(), line: None, column: None },
         }
@@ -355,20 +362,15 @@ fn message_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Result<Objec
     let s = Rc::clone(shared);
     msg.set(
         "set",
-        Function::new(
-            cx.clone(),
-            move |cx: Ctx<'js>, path: String, value: Opt<Value<'js>>| -> rquickjs::Result<()> {
-                // Convert first: String(value) may run the script's own
-                // toString, which may call msg.get.
-                let value = text_of(&cx, value)?;
-                let path = parse_path(&cx, "msg.set", &path)?;
-                let mut st = state(&cx, &s)?;
-                st.reserve(&cx, value.len())?;
-                st.msg
-                    .set(path, &value)
-                    .map_err(|e| Exception::throw_message(&cx, &format!("msg.set({path}): {e}")))
-            },
-        )?,
+        Function::new(cx.clone(), move |cx: Ctx<'js>, path: String, value: Opt<Value<'js>>| -> rquickjs::Result<()> {
+            // Convert first: String(value) may run the script's own
+            // toString, which may call msg.get.
+            let value = text_of(&cx, value)?;
+            let path = parse_path(&cx, "msg.set", &path)?;
+            let mut st = state(&cx, &s)?;
+            st.reserve(&cx, value.len())?;
+            st.msg.set(path, &value).map_err(|e| Exception::throw_message(&cx, &format!("msg.set({path}): {e}")))
+        })?,
     )?;
 
     let s = Rc::clone(shared);
@@ -474,10 +476,9 @@ fn destination_set_object<'js>(cx: &Ctx<'js>, shared: &Shared) -> rquickjs::Resu
         "removeAllExcept",
         Function::new(cx.clone(), move |cx: Ctx<'js>, names: Value<'js>| -> rquickjs::Result<()> {
             let names: Vec<String> = match names.as_array() {
-                Some(array) => array
-                    .iter::<Coerced<String>>()
-                    .map(|n| n.map(|c| c.0))
-                    .collect::<rquickjs::Result<_>>()?,
+                Some(array) => {
+                    array.iter::<Coerced<String>>().map(|n| n.map(|c| c.0)).collect::<rquickjs::Result<_>>()?
+                }
                 None => vec![Coerced::<String>::from_js(&cx, names)?.0],
             };
             let mut st = state(&cx, &s)?;

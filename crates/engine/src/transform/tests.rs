@@ -94,7 +94,10 @@ fn every_step_type_deserialises_from_toml() {
     assert_eq!(parsed.len(), 6);
     assert!(matches!(&parsed[1], StepConfig::Copy(c) if c.when.as_deref() == Some(r#"MSH-9-1 == "ADT""#)));
     let StepConfig::Javascript(j) = &parsed[5] else { panic!() };
-    assert_eq!((j.timeout_ms, j.memory_limit_mb, j.stack_limit_kb), (250, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_STACK_LIMIT_KB));
+    assert_eq!(
+        (j.timeout_ms, j.memory_limit_mb, j.stack_limit_kb),
+        (250, DEFAULT_MEMORY_LIMIT_MB, DEFAULT_STACK_LIMIT_KB)
+    );
 }
 
 #[test]
@@ -104,7 +107,8 @@ fn unknown_fields_and_types_are_refused() {
     struct Doc {
         transform: Vec<StepConfig>,
     }
-    let e = toml::from_str::<Doc>("[[transform]]\ntype = \"set\"\npath = \"PID-8\"\nvalue = \"F\"\nvalu = 1\n").unwrap_err();
+    let e = toml::from_str::<Doc>("[[transform]]\ntype = \"set\"\npath = \"PID-8\"\nvalue = \"F\"\nvalu = 1\n")
+        .unwrap_err();
     assert!(e.to_string().contains("unknown field `valu`"), "{e}");
     let e = toml::from_str::<Doc>("[[transform]]\ntype = \"rename\"\npath = \"PID-8\"\n").unwrap_err();
     assert!(e.to_string().contains("unknown variant `rename`"), "{e}");
@@ -188,7 +192,9 @@ fn check_destinations_names_unknown_route_targets() {
 fn script_files_are_loaded_relative_to_the_config_folder() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("upper.js"), "msg.set('PID-5-1', msg.get('PID-5-1').toUpperCase());\n").unwrap();
-    let mut s = steps("[[transform]]\ntype = \"javascript\"\nfile = \"upper.js\"\n[[transform]]\ntype = \"javascript\"\nfile = \"missing.js\"\n");
+    let mut s = steps(
+        "[[transform]]\ntype = \"javascript\"\nfile = \"upper.js\"\n[[transform]]\ntype = \"javascript\"\nfile = \"missing.js\"\n",
+    );
     let mut errors = ConfigErrors::default();
     load_script_files(&mut s, dir.path(), "t", &mut errors);
     assert_eq!(errors.0.len(), 1, "{errors}");
@@ -211,9 +217,13 @@ fn an_error_in_a_script_file_names_the_file_and_line() {
         other => panic!("{other:?}"),
     }
     // Loaded by the config loader, a syntax error names the file's field.
-    std::fs::write(&file, "var ok = 1;
+    std::fs::write(
+        &file,
+        "var ok = 1;
 var = 2;
-").unwrap();
+",
+    )
+    .unwrap();
     let mut s = vec![StepConfig::Javascript(JavascriptStep::from_file("bad.js"))];
     let mut errors = ConfigErrors::default();
     load_script_files(&mut s, dir.path(), "t", &mut errors);
@@ -287,7 +297,9 @@ fn map_uses_the_table_then_the_default_else_leaves_the_value() {
     let t = compile(&format!("[[transform]]\ntype = \"map\"\npath = \"PV1-2\"\n{table}\n"));
     assert_eq!(run(&t).0.get("PV1-2").as_deref(), Some("OUTPATIENT"));
 
-    let t = compile(&format!("[[transform]]\ntype = \"map\"\npath = \"PID-8\"\nto = \"ZPI-3\"\n{table}\ndefault = \"UNKNOWN\"\n"));
+    let t = compile(&format!(
+        "[[transform]]\ntype = \"map\"\npath = \"PID-8\"\nto = \"ZPI-3\"\n{table}\ndefault = \"UNKNOWN\"\n"
+    ));
     let (m, _, _) = run(&t);
     assert_eq!(m.get("ZPI-3").as_deref(), Some("UNKNOWN"));
     assert_eq!(m.get("PID-8").as_deref(), Some("F"), "the source is untouched when `to` is given");
@@ -329,7 +341,10 @@ fn an_unrepresentable_character_is_an_edit_error_naming_the_step() {
     let t = compile("[[transform]]\ntype = \"set\"\npath = \"PID-5-1\"\nvalue = \"\u{6F22}\"\n");
     let mut m = Message::parse("MSH|^~\\&|A|B|C|D|20261121||ADT^A04|1|P|2.5||||||8859/1\rPID|1").unwrap();
     let e = t.apply(&mut m, &mut TransformContext::default()).unwrap_err();
-    assert!(matches!(&e, TransformError::Edit { step, path, .. } if step == "channel \"t\".transform[0]" && path == "PID-5-1"), "{e:?}");
+    assert!(
+        matches!(&e, TransformError::Edit { step, path, .. } if step == "channel \"t\".transform[0]" && path == "PID-5-1"),
+        "{e:?}"
+    );
     assert_eq!(e.class(), FailureClass::Permanent);
 }
 
@@ -415,7 +430,12 @@ fn js_error_reports_message_and_line() {
     let e = run_err(&t);
     assert_eq!(
         e,
-        TransformError::Script { step: "t[0]".into(), message: "Error: no MRN".into(), line: Some(3), column: Some(11) }
+        TransformError::Script {
+            step: "t[0]".into(),
+            message: "Error: no MRN".into(),
+            line: Some(3),
+            column: Some(11)
+        }
     );
     assert_eq!(e.to_string(), "t[0]: script error at line 3, column 11: Error: no MRN");
     assert_eq!(e.class(), FailureClass::Permanent);
@@ -716,7 +736,10 @@ fn hl7_to_fhir_of_an_unsupported_event_fails_permanently_naming_it() {
     assert_eq!(e.kind(), "convert_error");
     assert_eq!(e.class(), FailureClass::Permanent);
     let text = e.to_string();
-    assert!(text.starts_with("channel \"t\".transform[0]: cannot convert the message: unsupported message type ADT^A17"), "{text}");
+    assert!(
+        text.starts_with("channel \"t\".transform[0]: cannot convert the message: unsupported message type ADT^A17"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -780,7 +803,8 @@ fn hl7_to_fhir_converts_an_oru_to_a_report_with_its_observation() {
     let mut ctx = TransformContext::new("t", "id-1");
     let outcome = t.apply(&mut m, &mut ctx).unwrap();
     let bundle: serde_json::Value = serde_json::from_slice(&outcome.converted().unwrap().content).unwrap();
-    let resources: Vec<&serde_json::Value> = bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    let resources: Vec<&serde_json::Value> =
+        bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
     assert!(resources.iter().any(|r| r["resourceType"] == "DiagnosticReport"), "{bundle}");
     let obs = resources.iter().find(|r| r["resourceType"] == "Observation").expect("an Observation from OBX");
     assert_eq!(obs["code"]["coding"][0]["system"], "http://loinc.org");

@@ -63,27 +63,14 @@ pub(crate) async fn collect(
     progress: &dyn ProgressSink,
 ) -> Result<Collected, FhirError> {
     let mut collected = Collected::default();
-    progress.on_event(&ProgressEvent::Phase {
-        phase: SyncPhase::FetchClinical,
-    });
-    let types: Vec<&str> = options
-        .resource_types
-        .iter()
-        .map(String::as_str)
-        .filter(|t| *t != "Patient")
-        .collect();
+    progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::FetchClinical });
+    let types: Vec<&str> = options.resource_types.iter().map(String::as_str).filter(|t| *t != "Patient").collect();
 
     let mut use_searches = true;
     if options.fetch == ClinicalFetch::Everything {
-        let type_list = std::iter::once("Patient")
-            .chain(types.iter().copied())
-            .collect::<Vec<_>>()
-            .join(",");
+        let type_list = std::iter::once("Patient").chain(types.iter().copied()).collect::<Vec<_>>().join(",");
         let count = source.page_size().to_string();
-        match source
-            .patient_everything(patient_id, &[("_type", &type_list), ("_count", &count)])
-            .await
-        {
+        match source.patient_everything(patient_id, &[("_type", &type_list), ("_count", &count)]).await {
             Ok(results) => {
                 for r in results.resources.into_iter().chain(results.included) {
                     collected.add(r);
@@ -94,8 +81,7 @@ pub(crate) async fn collect(
                     use_searches = false;
                 } else {
                     collected.warnings.push(
-                        "Patient/$everything did not return the patient; read it and searched by type instead"
-                            .into(),
+                        "Patient/$everything did not return the patient; read it and searched by type instead".into(),
                     );
                 }
             }
@@ -124,15 +110,10 @@ pub(crate) async fn collect(
         let mut urls = vec![format!("Patient/{patient_id}")];
         urls.extend(searches.iter().map(Search::relative_url));
         let mut answers = source.get_many(&urls).await?.into_iter();
-        let patient = answers.next().unwrap_or_else(|| {
-            Err(FhirError::InvalidRequest(
-                "no answer for the patient".into(),
-            ))
-        })?;
+        let patient =
+            answers.next().unwrap_or_else(|| Err(FhirError::InvalidRequest("no answer for the patient".into())))?;
         if crate::resource::resource_type(&patient) != Some("Patient") {
-            return Err(FhirError::InvalidRequest(format!(
-                "Patient/{patient_id} answered with another resource type"
-            )));
+            return Err(FhirError::InvalidRequest(format!("Patient/{patient_id} answered with another resource type")));
         }
         collected.patient = collected.add(patient);
         for (search, answer) in searches.iter().zip(answers) {
@@ -155,9 +136,7 @@ pub(crate) async fn collect(
             }
         }
     }
-    progress.on_event(&ProgressEvent::Fetched {
-        resources: collected.resources.len(),
-    });
+    progress.on_event(&ProgressEvent::Fetched { resources: collected.resources.len() });
 
     // Reference levels.
     let base = source.base_url().clone();
@@ -180,9 +159,7 @@ pub(crate) async fn collect(
             break;
         }
         depth += 1;
-        progress.on_event(&ProgressEvent::Phase {
-            phase: SyncPhase::FetchReferences,
-        });
+        progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::FetchReferences });
         let wanted: Vec<ResourceKey> = wanted.into_iter().collect();
         let urls: Vec<String> = wanted.iter().map(ResourceKey::to_string).collect();
         let answers = source.get_many(&urls).await?;
@@ -195,9 +172,7 @@ pub(crate) async fn collect(
                     }
                 }
                 Ok(_) => {
-                    collected
-                        .missing
-                        .insert(key, "the source answered with a different resource".into());
+                    collected.missing.insert(key, "the source answered with a different resource".into());
                 }
                 Err(e) if e.class() == crate::ErrorClass::Transient => return Err(e),
                 Err(e) => {
@@ -210,9 +185,7 @@ pub(crate) async fn collect(
                 }
             }
         }
-        progress.on_event(&ProgressEvent::Fetched {
-            resources: collected.resources.len(),
-        });
+        progress.on_event(&ProgressEvent::Fetched { resources: collected.resources.len() });
     }
     Ok(collected)
 }

@@ -54,8 +54,8 @@ use crate::error::{ErrorClass, FhirError};
 use crate::resource::{self, ResourceKey};
 
 pub use report::{
-    FetchError, NoProgress, ProgressEvent, ProgressSink, RequestCounts, ResourceFailure, RunError,
-    SyncPhase, SyncReport, SyncStatus, Timings, TypeCounts, WriteMode,
+    FetchError, NoProgress, ProgressEvent, ProgressSink, RequestCounts, ResourceFailure, RunError, SyncPhase,
+    SyncReport, SyncStatus, Timings, TypeCounts, WriteMode,
 };
 
 use plan::Action;
@@ -178,10 +178,7 @@ pub struct SyncOptions {
 impl Default for SyncOptions {
     fn default() -> Self {
         SyncOptions {
-            resource_types: DEFAULT_RESOURCE_TYPES
-                .iter()
-                .map(|t| (*t).to_owned())
-                .collect(),
+            resource_types: DEFAULT_RESOURCE_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             max_reference_depth: 3,
             fetch: ClinicalFetch::PerType,
             write_concurrency: 4,
@@ -194,10 +191,7 @@ impl SyncOptions {
     /// Options for `types` (names as in FHIR, e.g. `Observation`), every
     /// other option at its default.
     pub fn for_types<S: AsRef<str>>(types: &[S]) -> SyncOptions {
-        SyncOptions {
-            resource_types: types.iter().map(|t| t.as_ref().to_owned()).collect(),
-            ..SyncOptions::default()
-        }
+        SyncOptions { resource_types: types.iter().map(|t| t.as_ref().to_owned()).collect(), ..SyncOptions::default() }
     }
 
     /// Every type of [`ALL_RESOURCE_TYPES`].
@@ -266,59 +260,37 @@ pub struct Candidates {
 
 /// Searches the source for patients (at most `limit` candidates, one
 /// request).
-pub async fn search_patients(
-    source: &FhirClient,
-    query: &PatientQuery,
-    limit: usize,
-) -> Result<Candidates, FhirError> {
+pub async fn search_patients(source: &FhirClient, query: &PatientQuery, limit: usize) -> Result<Candidates, FhirError> {
     if query.family.trim().is_empty() && query.identifier.is_none() {
-        return Err(FhirError::InvalidRequest(
-            "a family name or an identifier is required".into(),
-        ));
+        return Err(FhirError::InvalidRequest("a family name or an identifier is required".into()));
     }
     let limit = limit.clamp(1, 1000);
     let mut search = Search::new("Patient");
     if !query.family.trim().is_empty() {
         search = search.param("family", query.family.trim());
     }
-    if let Some(given) = query
-        .given
-        .as_deref()
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-    {
+    if let Some(given) = query.given.as_deref().map(str::trim).filter(|g| !g.is_empty()) {
         search = search.param("given", given);
     }
     if let Some(date) = &query.birth_date {
-        NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| {
-            FhirError::InvalidRequest(format!("birth date must be YYYY-MM-DD, not {date:?}"))
-        })?;
+        NaiveDate::parse_from_str(date, "%Y-%m-%d")
+            .map_err(|_| FhirError::InvalidRequest(format!("birth date must be YYYY-MM-DD, not {date:?}")))?;
         search = search.param("birthdate", date.as_str());
     }
     if let Some(gender) = &query.gender {
         if !matches!(gender.as_str(), "male" | "female" | "other" | "unknown") {
-            return Err(FhirError::InvalidRequest(
-                "gender must be male, female, other or unknown".into(),
-            ));
+            return Err(FhirError::InvalidRequest("gender must be male, female, other or unknown".into()));
         }
         search = search.param("gender", gender.as_str());
     }
     if let Some(identifier) = &query.identifier {
         search = search.param("identifier", identifier.as_str());
     }
-    let page = source
-        .search(&search.param("_count", limit.to_string()))
-        .await?;
-    let candidates: Vec<PatientCandidate> = bundle::search_matches(&page)
-        .filter_map(candidate)
-        .take(limit)
-        .collect();
-    let truncated = bundle::next_link(&page).is_some()
-        || bundle::total(&page).is_some_and(|t| t > candidates.len() as u64);
-    Ok(Candidates {
-        candidates,
-        truncated,
-    })
+    let page = source.search(&search.param("_count", limit.to_string())).await?;
+    let candidates: Vec<PatientCandidate> = bundle::search_matches(&page).filter_map(candidate).take(limit).collect();
+    let truncated =
+        bundle::next_link(&page).is_some() || bundle::total(&page).is_some_and(|t| t > candidates.len() as u64);
+    Ok(Candidates { candidates, truncated })
 }
 
 fn candidate(patient: &Value) -> Option<PatientCandidate> {
@@ -329,21 +301,13 @@ fn candidate(patient: &Value) -> Option<PatientCandidate> {
     let strings = |v: &Value, k: &str| -> Vec<String> {
         v.get(k)
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
             .unwrap_or_default()
     };
     let preferred = |key: &str, uses: &[&str]| -> Option<Value> {
         let list = patient.get(key)?.as_array()?;
         uses.iter()
-            .find_map(|u| {
-                list.iter()
-                    .find(|x| x.get("use").and_then(Value::as_str) == Some(u))
-            })
+            .find_map(|u| list.iter().find(|x| x.get("use").and_then(Value::as_str) == Some(u)))
             .or_else(|| list.first())
             .cloned()
     };
@@ -368,19 +332,11 @@ fn candidate(patient: &Value) -> Option<PatientCandidate> {
     let phones: Vec<&Value> = patient
         .get("telecom")
         .and_then(Value::as_array)
-        .map(|t| {
-            t.iter()
-                .filter(|c| c.get("system").and_then(Value::as_str) == Some("phone"))
-                .collect()
-        })
+        .map(|t| t.iter().filter(|c| c.get("system").and_then(Value::as_str) == Some("phone")).collect())
         .unwrap_or_default();
     let phone = ["home", "mobile"]
         .iter()
-        .find_map(|u| {
-            phones
-                .iter()
-                .find(|p| p.get("use").and_then(Value::as_str) == Some(u))
-        })
+        .find_map(|u| phones.iter().find(|p| p.get("use").and_then(Value::as_str) == Some(u)))
         .or(phones.first())
         .and_then(|p| text(p, "value"));
     Some(PatientCandidate {
@@ -390,11 +346,7 @@ fn candidate(patient: &Value) -> Option<PatientCandidate> {
         gender: text(patient, "gender"),
         identifiers: resource::identifiers(patient)
             .into_iter()
-            .map(|i| CandidateIdentifier {
-                kind: i.type_code.or(i.type_text),
-                system: i.system,
-                value: i.value,
-            })
+            .map(|i| CandidateIdentifier { kind: i.type_code.or(i.type_text), system: i.system, value: i.value })
             .collect(),
         address,
         phone,
@@ -415,33 +367,15 @@ pub async fn sync_patient(
     let started = Instant::now();
     let source = source.counted();
     let target = target.counted();
-    let mut report = SyncReport::new(
-        source.name(),
-        target.name(),
-        patient_id,
-        &options.resource_types,
-    );
+    let mut report = SyncReport::new(source.name(), target.name(), patient_id, &options.resource_types);
     tracing::info!(source_server = %source.name(), target_server = %target.name(), types = options.resource_types.len(), "patient sync started");
-    if let Err(e) = run(
-        &source,
-        &target,
-        patient_id,
-        options,
-        progress,
-        &mut report,
-        started,
-    )
-    .await
-    {
+    if let Err(e) = run(&source, &target, patient_id, options, progress, &mut report, started).await {
         report.status = SyncStatus::Failed;
         report.error = Some(RunError::from(&e));
     } else if !report.failures.is_empty() || !report.fetch_errors.is_empty() {
         report.status = SyncStatus::PartiallyFailed;
     }
-    report.requests = RequestCounts {
-        source: source.stats(),
-        target: target.stats(),
-    };
+    report.requests = RequestCounts { source: source.stats(), target: target.stats() };
     report.finished_at = Utc::now();
     report.timings.total_ms = elapsed_ms(started);
     let totals = report.totals();
@@ -477,18 +411,10 @@ async fn run(
     started: Instant,
 ) -> Result<(), FhirError> {
     if !resource::is_valid_id(patient_id) {
-        return Err(FhirError::InvalidRequest(format!(
-            "invalid patient id {patient_id:?}"
-        )));
+        return Err(FhirError::InvalidRequest(format!("invalid patient id {patient_id:?}")));
     }
-    if let Some(bad) = options
-        .resource_types
-        .iter()
-        .find(|t| !resource::is_valid_type(t))
-    {
-        return Err(FhirError::InvalidRequest(format!(
-            "invalid resource type {bad:?}"
-        )));
+    if let Some(bad) = options.resource_types.iter().find(|t| !resource::is_valid_type(t)) {
+        return Err(FhirError::InvalidRequest(format!("invalid resource type {bad:?}")));
     }
 
     // 1. Fetch.
@@ -507,16 +433,12 @@ async fn run(
         ));
     }
     for (key, reason) in &collected.missing {
-        report.warnings.push(format!(
-            "referenced {key} was not synced ({reason}): references to it were left out"
-        ));
+        report.warnings.push(format!("referenced {key} was not synced ({reason}): references to it were left out"));
     }
 
     // 2-3. Match and plan.
     let match_started = Instant::now();
-    progress.on_event(&ProgressEvent::Phase {
-        phase: SyncPhase::Match,
-    });
+    progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::Match });
     let keys = plan::match_keys(&collected, source.name());
     let lookup = plan::look_up(target, &keys, &options.known_targets).await?;
     let mut current = plan::plan(&collected, &keys, &lookup, source.base_url());
@@ -534,18 +456,13 @@ async fn run(
         failed: current.count(|a| matches!(a, Action::Fail { .. })),
     });
     // The first plan decides how each resource is counted (module docs).
-    let first: HashMap<ResourceKey, Action> = current
-        .items
-        .iter()
-        .map(|p| (p.source.clone(), p.action.clone()))
-        .collect();
+    let first: HashMap<ResourceKey, Action> =
+        current.items.iter().map(|p| (p.source.clone(), p.action.clone())).collect();
     report.timings.match_ms = elapsed_ms(match_started);
 
     // 4. Write.
     let write_started = Instant::now();
-    progress.on_event(&ProgressEvent::Phase {
-        phase: SyncPhase::Write,
-    });
+    progress.on_event(&ProgressEvent::Phase { phase: SyncPhase::Write });
     let mut written: HashMap<ResourceKey, Written> = HashMap::new();
     let mut indexes = write::to_write(&current);
     let total = indexes.len();
@@ -567,10 +484,7 @@ async fn run(
                 }
                 // Refused, or a version conflict (the target changed since
                 // the look-up): either way look again and go on.
-                Err(e)
-                    if e.class() == ErrorClass::Permanent
-                        || matches!(e.status(), Some(409 | 412)) =>
-                {
+                Err(e) if e.class() == ErrorClass::Permanent || matches!(e.status(), Some(409 | 412)) => {
                     tracing::info!(
                         target_server = %target.name(),
                         status = e.status(),
@@ -596,14 +510,7 @@ async fn run(
         }
         if !done {
             report.write_mode = WriteMode::Individual;
-            let results = write::individual(
-                target,
-                &current,
-                &indexes,
-                options.write_concurrency,
-                progress,
-            )
-            .await;
+            let results = write::individual(target, &current, &indexes, options.write_concurrency, progress).await;
             written.extend(results);
         }
     }
@@ -615,9 +522,7 @@ async fn run(
         let planned = first.get(key).unwrap_or(&item.action);
         let outcome = written.get(key);
         let target_id = match outcome {
-            Some(Written::Created { target_id } | Written::Updated { target_id }) => {
-                Some(target_id.clone())
-            }
+            Some(Written::Created { target_id } | Written::Updated { target_id }) => Some(target_id.clone()),
             _ => item.action.target_id().map(str::to_owned),
         };
         let failure = match (outcome, &item.action) {
@@ -626,11 +531,7 @@ async fn run(
             _ => None,
         };
         if let Some((class, reason)) = &failure {
-            report.failures.push(ResourceFailure {
-                source: key.to_string(),
-                class: *class,
-                reason: reason.clone(),
-            });
+            report.failures.push(ResourceFailure { source: key.to_string(), class: *class, reason: reason.clone() });
         }
         let counts = report.counts(&key.resource_type);
         match (failure, planned) {

@@ -54,11 +54,7 @@ pub(crate) struct MatchKey {
 impl MatchKey {
     /// The token search value `system|value`, escaped.
     pub fn token(&self) -> String {
-        format!(
-            "{}|{}",
-            resource::escape_search_value(&self.system),
-            resource::escape_search_value(&self.value)
-        )
+        format!("{}|{}", resource::escape_search_value(&self.system), resource::escape_search_value(&self.value))
     }
 }
 
@@ -73,10 +69,7 @@ pub(crate) enum Action {
     /// Not in the target: create it.
     Create,
     /// In the target with other content: update it.
-    Update {
-        target_id: String,
-        version_id: Option<String>,
-    },
+    Update { target_id: String, version_id: Option<String> },
     /// In the target with the same content.
     Unchanged { target_id: String },
     /// Cannot be synced.
@@ -128,10 +121,7 @@ impl Plan {
 }
 
 /// Chooses each resource's match key.
-pub(crate) fn match_keys(
-    collected: &Collected,
-    source_name: &str,
-) -> HashMap<ResourceKey, MatchKey> {
+pub(crate) fn match_keys(collected: &Collected, source_name: &str) -> HashMap<ResourceKey, MatchKey> {
     // (type, system, value) -> how many synced resources carry it.
     let mut seen: HashMap<(String, String, String), usize> = HashMap::new();
     for (key, r) in &collected.resources {
@@ -162,9 +152,7 @@ pub(crate) fn match_keys(
                     {
                         return None;
                     }
-                    if seen.get(&(key.resource_type.clone(), system.clone(), value.clone()))
-                        != Some(&1)
-                    {
+                    if seen.get(&(key.resource_type.clone(), system.clone(), value.clone())) != Some(&1) {
                         return None;
                     }
                     let rank = match (id.use_.as_deref(), id.type_code.as_deref()) {
@@ -177,16 +165,8 @@ pub(crate) fn match_keys(
                 })
                 .min_by_key(|(rank, pos, _, _)| (*rank, *pos));
             let chosen = match best {
-                Some((_, _, system, value)) => MatchKey {
-                    system,
-                    value,
-                    provenance: false,
-                },
-                None => MatchKey {
-                    system: provenance.clone(),
-                    value: key.to_string(),
-                    provenance: true,
-                },
+                Some((_, _, system, value)) => MatchKey { system, value, provenance: false },
+                None => MatchKey { system: provenance.clone(), value: key.to_string(), provenance: true },
             };
             (key.clone(), chosen)
         })
@@ -226,16 +206,10 @@ pub(crate) async fn look_up(
     const IN_BATCH: usize = 16 * 1024;
     const ALONE: usize = 4 * 1024;
     let mut lookup = Lookup::default();
-    let confirmed = if hints.is_empty() {
-        HashSet::new()
-    } else {
-        look_up_by_id(target, keys, hints, &mut lookup).await?
-    };
-    let rest: HashMap<ResourceKey, MatchKey> = keys
-        .iter()
-        .filter(|(source, _)| !confirmed.contains(*source))
-        .map(|(s, k)| (s.clone(), k.clone()))
-        .collect();
+    let confirmed =
+        if hints.is_empty() { HashSet::new() } else { look_up_by_id(target, keys, hints, &mut lookup).await? };
+    let rest: HashMap<ResourceKey, MatchKey> =
+        keys.iter().filter(|(source, _)| !confirmed.contains(*source)).map(|(s, k)| (s.clone(), k.clone())).collect();
     if rest.is_empty() {
         return Ok(lookup);
     }
@@ -275,14 +249,8 @@ async fn look_up_by_id(
     type Hinted<'a> = (&'a ResourceKey, &'a MatchKey, &'a str);
     let mut by_type: BTreeMap<&str, Vec<Hinted<'_>>> = BTreeMap::new();
     for (source, key) in keys {
-        if let Some(id) = hints
-            .get(&source.to_string())
-            .filter(|id| resource::is_valid_id(id))
-        {
-            by_type
-                .entry(source.resource_type.as_str())
-                .or_default()
-                .push((source, key, id.as_str()));
+        if let Some(id) = hints.get(&source.to_string()).filter(|id| resource::is_valid_id(id)) {
+            by_type.entry(source.resource_type.as_str()).or_default().push((source, key, id.as_str()));
         }
     }
     let mut searches: Vec<(Search, Vec<Hinted<'_>>)> = Vec::new();
@@ -290,9 +258,8 @@ async fn look_up_by_id(
         hinted.sort_by(|a, b| a.2.cmp(b.2));
         for chunk in hinted.chunks(IDS_PER_SEARCH) {
             let ids: Vec<&str> = chunk.iter().map(|h| h.2).collect();
-            let search = Search::new(resource_type)
-                .param("_id", ids.join(","))
-                .param("_count", (ids.len() + 10).to_string());
+            let search =
+                Search::new(resource_type).param("_id", ids.join(",")).param("_count", (ids.len() + 10).to_string());
             searches.push((search, chunk.to_vec()));
         }
     }
@@ -317,21 +284,13 @@ async fn look_up_by_id(
             if t != search.resource_type() {
                 continue;
             }
-            let carried: HashSet<(String, String)> = resource::identifiers(&r)
-                .into_iter()
-                .filter_map(|i| Some((i.system?, i.value?)))
-                .collect();
+            let carried: HashSet<(String, String)> =
+                resource::identifiers(&r).into_iter().filter_map(|i| Some((i.system?, i.value?))).collect();
             for (source, key, _) in hinted.iter().filter(|h| h.2 == id) {
                 if carried.contains(&(key.system.clone(), key.value.clone())) {
-                    let copies = lookup
-                        .found
-                        .entry((t.to_owned(), key.token()))
-                        .or_default();
+                    let copies = lookup.found.entry((t.to_owned(), key.token())).or_default();
                     if !copies.iter().any(|c| c.id == id) {
-                        copies.push(TargetCopy {
-                            id: id.to_owned(),
-                            resource: r.clone(),
-                        });
+                        copies.push(TargetCopy { id: id.to_owned(), resource: r.clone() });
                     }
                     confirmed.insert((*source).clone());
                 }
@@ -348,10 +307,7 @@ async fn look_up_with(
 ) -> Result<Lookup, FhirError> {
     let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (source, key) in keys {
-        groups
-            .entry((source.resource_type.clone(), key.system.clone()))
-            .or_default()
-            .push(key.value.clone());
+        groups.entry((source.resource_type.clone(), key.system.clone())).or_default().push(key.value.clone());
     }
     let mut searches = Vec::new();
     for ((resource_type, system), mut values) in groups {
@@ -372,10 +328,7 @@ async fn look_up_with(
         for v in values {
             let token = token_of(&system, &v);
             // Its length in the URL, percent-encoded, plus the comma.
-            let cost = url::form_urlencoded::byte_serialize(token.as_bytes())
-                .map(str::len)
-                .sum::<usize>()
-                + 3;
+            let cost = url::form_urlencoded::byte_serialize(token.as_bytes()).map(str::len).sum::<usize>() + 3;
             if length + cost > url_budget {
                 flush(&mut tokens, &mut searches);
                 length = 0;
@@ -387,10 +340,8 @@ async fn look_up_with(
     }
     let urls: Vec<String> = searches.iter().map(Search::relative_url).collect();
     let answers = target.get_many(&urls).await?;
-    let wanted: HashSet<(String, String, String)> = keys
-        .iter()
-        .map(|(s, k)| (s.resource_type.clone(), k.system.clone(), k.value.clone()))
-        .collect();
+    let wanted: HashSet<(String, String, String)> =
+        keys.iter().map(|(s, k)| (s.resource_type.clone(), k.system.clone(), k.value.clone())).collect();
     let mut lookup = Lookup::default();
     for (search, answer) in searches.iter().zip(answers) {
         let results = match answer {
@@ -401,9 +352,7 @@ async fn look_up_with(
             Ok(r) => r,
             Err(e) if e.class() == ErrorClass::Transient => return Err(e),
             Err(e) => {
-                lookup
-                    .failed_types
-                    .insert(search.resource_type().to_owned(), e.to_string());
+                lookup.failed_types.insert(search.resource_type().to_owned(), e.to_string());
                 continue;
             }
         };
@@ -421,15 +370,9 @@ async fn look_up_with(
                 };
                 let k = (t.to_owned(), s, v);
                 if wanted.contains(&k) && once.insert(k.clone()) {
-                    let copies = lookup
-                        .found
-                        .entry((k.0.clone(), token_of(&k.1, &k.2)))
-                        .or_default();
+                    let copies = lookup.found.entry((k.0.clone(), token_of(&k.1, &k.2))).or_default();
                     if !copies.iter().any(|c| c.id == id) {
-                        copies.push(TargetCopy {
-                            id: id.to_owned(),
-                            resource: r.clone(),
-                        });
+                        copies.push(TargetCopy { id: id.to_owned(), resource: r.clone() });
                     }
                 }
             }
@@ -439,12 +382,7 @@ async fn look_up_with(
 }
 
 fn token_of(system: &str, value: &str) -> String {
-    MatchKey {
-        system: system.to_owned(),
-        value: value.to_owned(),
-        provenance: false,
-    }
-    .token()
+    MatchKey { system: system.to_owned(), value: value.to_owned(), provenance: false }.token()
 }
 
 /// Types whose `identifier` is a single element (0..1) in R4.
@@ -467,35 +405,21 @@ pub(crate) fn plan(
             continue;
         };
         if let Some(reason) = lookup.failed_types.get(&source.resource_type) {
-            matched.insert(
-                source.clone(),
-                Err(format!("the target cannot be searched for it: {reason}")),
-            );
+            matched.insert(source.clone(), Err(format!("the target cannot be searched for it: {reason}")));
             continue;
         }
-        let copies = lookup
-            .found
-            .get(&(source.resource_type.clone(), key.token()))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let copies = lookup.found.get(&(source.resource_type.clone(), key.token())).map(Vec::as_slice).unwrap_or(&[]);
         let m = match copies {
             [] => Ok(None),
             [one] => {
-                claimed
-                    .entry((source.resource_type.clone(), one.id.clone()))
-                    .or_default()
-                    .push(source.clone());
+                claimed.entry((source.resource_type.clone(), one.id.clone())).or_default().push(source.clone());
                 Ok(Some(one.clone()))
             }
             many => Err(format!(
                 "ambiguous match: {} {} resources in the target carry its identifier ({})",
                 many.len(),
                 source.resource_type,
-                if key.provenance {
-                    "provenance identifier"
-                } else {
-                    "business identifier"
-                },
+                if key.provenance { "provenance identifier" } else { "business identifier" },
             )),
         };
         matched.insert(source.clone(), m);
@@ -526,10 +450,8 @@ pub(crate) fn plan(
             (k.clone(), d)
         })
         .collect();
-    let mut failed: HashMap<ResourceKey, String> = matched
-        .iter()
-        .filter_map(|(k, m)| m.as_ref().err().map(|e| (k.clone(), e.clone())))
-        .collect();
+    let mut failed: HashMap<ResourceKey, String> =
+        matched.iter().filter_map(|(k, m)| m.as_ref().err().map(|e| (k.clone(), e.clone()))).collect();
     loop {
         let newly: Vec<(ResourceKey, String)> = deps
             .iter()
@@ -547,11 +469,8 @@ pub(crate) fn plan(
     }
 
     // 3. Placeholders for everything that will be created.
-    let placeholders: HashMap<ResourceKey, String> = collected
-        .resources
-        .iter()
-        .map(|(k, _)| (k.clone(), format!("urn:uuid:{}", uuid::Uuid::new_v4())))
-        .collect();
+    let placeholders: HashMap<ResourceKey, String> =
+        collected.resources.iter().map(|(k, _)| (k.clone(), format!("urn:uuid:{}", uuid::Uuid::new_v4()))).collect();
     let target_ref = |k: &ResourceKey| -> Option<String> {
         match matched.get(k) {
             Some(Ok(Some(copy))) => Some(format!("{}/{}", k.resource_type, copy.id)),
@@ -592,16 +511,11 @@ pub(crate) fn plan(
             plan.removed_references.insert(source.clone(), removed);
         }
         let action = if let Some(reason) = failed.get(source) {
-            Action::Fail {
-                class: ErrorClass::Permanent,
-                reason: reason.clone(),
-            }
+            Action::Fail { class: ErrorClass::Permanent, reason: reason.clone() }
         } else {
             match matched.get(source) {
                 Some(Ok(Some(copy))) if resource::same_content(&desired, &copy.resource) => {
-                    Action::Unchanged {
-                        target_id: copy.id.clone(),
-                    }
+                    Action::Unchanged { target_id: copy.id.clone() }
                 }
                 Some(Ok(Some(copy))) => Action::Update {
                     target_id: copy.id.clone(),
@@ -793,10 +707,7 @@ mod tests {
         assert_eq!(get("ExplanationOfBenefit", "e2").value, "b");
         let o = get("Observation", "o1");
         assert!(o.provenance);
-        assert_eq!(
-            (o.system.as_str(), o.value.as_str()),
-            ("urn:plexus:source:ehr", "Observation/o1")
-        );
+        assert_eq!((o.system.as_str(), o.value.as_str()), ("urn:plexus:source:ehr", "Observation/o1"));
     }
 
     #[test]
@@ -819,15 +730,8 @@ mod tests {
         );
         let p = plan(&c, &keys, &lookup, &base());
         let patient = p.get(&ResourceKey::new("Patient", "p")).expect("planned");
-        assert_eq!(
-            patient.action,
-            Action::Unchanged {
-                target_id: "T1".into()
-            }
-        );
-        let obs = p
-            .get(&ResourceKey::new("Observation", "o"))
-            .expect("planned");
+        assert_eq!(patient.action, Action::Unchanged { target_id: "T1".into() });
+        let obs = p.get(&ResourceKey::new("Observation", "o")).expect("planned");
         assert_eq!(obs.action, Action::Create);
         assert_eq!(
             obs.desired,
@@ -836,11 +740,7 @@ mod tests {
                    "performer": [{"display": "Dr"}],
                    "identifier": [{"system": "urn:plexus:source:ehr", "value": "Observation/o"}]})
         );
-        assert_eq!(
-            p.removed_references
-                .get(&ResourceKey::new("Observation", "o")),
-            Some(&1)
-        );
+        assert_eq!(p.removed_references.get(&ResourceKey::new("Observation", "o")), Some(&1));
     }
 
     #[test]
@@ -852,33 +752,15 @@ mod tests {
             json!({"resourceType": "Observation", "id": "free"}),
         ]);
         let keys = match_keys(&c, "ehr");
-        let copy = |id: &str| TargetCopy {
-            id: id.into(),
-            resource: json!({"resourceType": "Practitioner", "id": id}),
-        };
+        let copy = |id: &str| TargetCopy { id: id.into(), resource: json!({"resourceType": "Practitioner", "id": id}) };
         let mut lookup = Lookup::default();
-        lookup.found.insert(
-            ("Practitioner".into(), "urn:npi|5".into()),
-            vec![copy("a"), copy("b")],
-        );
+        lookup.found.insert(("Practitioner".into(), "urn:npi|5".into()), vec![copy("a"), copy("b")]);
         let p = plan(&c, &keys, &lookup, &base());
-        for id in [
-            ("Practitioner", "dr"),
-            ("Encounter", "e"),
-            ("Observation", "o"),
-        ] {
+        for id in [("Practitioner", "dr"), ("Encounter", "e"), ("Observation", "o")] {
             let item = p.get(&ResourceKey::new(id.0, id.1)).expect("planned");
-            assert!(
-                matches!(item.action, Action::Fail { .. }),
-                "{id:?}: {:?}",
-                item.action
-            );
+            assert!(matches!(item.action, Action::Fail { .. }), "{id:?}: {:?}", item.action);
         }
-        assert_eq!(
-            p.get(&ResourceKey::new("Observation", "free"))
-                .map(|i| &i.action),
-            Some(&Action::Create)
-        );
+        assert_eq!(p.get(&ResourceKey::new("Observation", "free")).map(|i| &i.action), Some(&Action::Create));
     }
 
     #[test]
@@ -890,19 +772,13 @@ mod tests {
         ]);
         let keys = match_keys(&c, "ehr");
         let mut lookup = Lookup::default();
-        lookup.failed_types.insert(
-            "Linkage".into(),
-            "HTTP 400: unknown parameter identifier".into(),
-        );
+        lookup.failed_types.insert("Linkage".into(), "HTTP 400: unknown parameter identifier".into());
         let p = plan(&c, &keys, &lookup, &base());
         let action = |t: &str, id: &str| p.get(&ResourceKey::new(t, id)).map(|i| i.action.clone());
         assert!(
             matches!(action("Linkage", "l"), Some(Action::Fail { reason, .. }) if reason.contains("unknown parameter"))
         );
-        assert!(matches!(
-            action("Observation", "o"),
-            Some(Action::Fail { .. })
-        ));
+        assert!(matches!(action("Observation", "o"), Some(Action::Fail { .. })));
         assert_eq!(action("Observation", "free"), Some(Action::Create));
     }
 
@@ -918,12 +794,7 @@ mod tests {
         let keys = match_keys(&c, "ehr");
         let p = plan(&c, &keys, &Lookup::default(), &base());
         let order = write_order(&p, &[0, 1, 2, 3]);
-        let pos = |i: usize| {
-            order
-                .iter()
-                .position(|scc| scc.contains(&i))
-                .expect("in order")
-        };
+        let pos = |i: usize| order.iter().position(|scc| scc.contains(&i)).expect("in order");
         assert_eq!(order.len(), 3);
         assert_eq!(pos(1), pos(2), "b and c form one component");
         assert!(pos(1) < pos(0), "b before a");

@@ -78,10 +78,7 @@ pub struct RunError {
 
 impl From<&FhirError> for RunError {
     fn from(e: &FhirError) -> RunError {
-        RunError {
-            class: e.class(),
-            message: e.to_string(),
-        }
+        RunError { class: e.class(), message: e.to_string() }
     }
 }
 
@@ -168,12 +165,7 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
-    pub(crate) fn new(
-        source: &str,
-        target: &str,
-        patient_id: &str,
-        types: &[String],
-    ) -> SyncReport {
+    pub(crate) fn new(source: &str, target: &str, patient_id: &str, types: &[String]) -> SyncReport {
         let now = Utc::now();
         SyncReport {
             source: source.to_owned(),
@@ -198,16 +190,14 @@ impl SyncReport {
 
     /// Sums over every type.
     pub fn totals(&self) -> TypeCounts {
-        self.per_type
-            .values()
-            .fold(TypeCounts::default(), |mut t, c| {
-                t.fetched += c.fetched;
-                t.created += c.created;
-                t.updated += c.updated;
-                t.unchanged += c.unchanged;
-                t.failed += c.failed;
-                t
-            })
+        self.per_type.values().fold(TypeCounts::default(), |mut t, c| {
+            t.fetched += c.fetched;
+            t.created += c.created;
+            t.updated += c.updated;
+            t.unchanged += c.unchanged;
+            t.failed += c.failed;
+            t
+        })
     }
 
     pub(crate) fn counts(&mut self, resource_type: &str) -> &mut TypeCounts {

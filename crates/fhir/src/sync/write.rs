@@ -42,9 +42,7 @@ pub(crate) enum Written {
 
 /// Indexes (into the plan) of the resources to write.
 pub(crate) fn to_write(plan: &Plan) -> Vec<usize> {
-    (0..plan.items.len())
-        .filter(|&i| matches!(plan.items[i].action, Action::Create | Action::Update { .. }))
-        .collect()
+    (0..plan.items.len()).filter(|&i| matches!(plan.items[i].action, Action::Create | Action::Update { .. })).collect()
 }
 
 /// Writes `indexes` as one transaction. `Err` when the target refused the
@@ -63,10 +61,7 @@ pub(crate) async fn transaction(
             let item = &plan.items[i];
             let t = &item.source.resource_type;
             match &item.action {
-                Action::Update {
-                    target_id,
-                    version_id,
-                } => {
+                Action::Update { target_id, version_id } => {
                     let mut resource = item.desired.clone();
                     set_id(&mut resource, target_id);
                     BundleEntry {
@@ -81,11 +76,7 @@ pub(crate) async fn transaction(
                 _ => BundleEntry {
                     full_url: Some(item.placeholder.clone()),
                     resource: Some(item.desired.clone()),
-                    method: if conditional {
-                        EntryMethod::Put
-                    } else {
-                        EntryMethod::Post
-                    },
+                    method: if conditional { EntryMethod::Put } else { EntryMethod::Post },
                     url: if conditional {
                         format!("{t}?identifier={}", encode_query_value(&item.key.token()))
                     } else {
@@ -106,11 +97,7 @@ pub(crate) async fn transaction(
                 method: "POST".into(),
                 path: String::new(),
             },
-            reason: format!(
-                "transaction-response has {} entries for {} sent",
-                responses.len(),
-                indexes.len()
-            ),
+            reason: format!("transaction-response has {} entries for {} sent", responses.len(), indexes.len()),
         });
     }
     let mut out = HashMap::new();
@@ -125,9 +112,7 @@ pub(crate) async fn transaction(
                         Written::Updated { target_id: k.id }
                     }
                 }
-                (_, Some(id)) => Written::Updated {
-                    target_id: id.to_owned(),
-                },
+                (_, Some(id)) => Written::Updated { target_id: id.to_owned() },
                 _ => Written::Failed {
                     class: ErrorClass::Permanent,
                     reason: "the transaction response gives no id for it".into(),
@@ -143,9 +128,7 @@ pub(crate) async fn transaction(
                 reason: format!(
                     "HTTP {}{}",
                     r.status,
-                    r.outcome
-                        .map(|o| format!(": {}", o.summary()))
-                        .unwrap_or_default()
+                    r.outcome.map(|o| format!(": {}", o.summary())).unwrap_or_default()
                 ),
             }
         };
@@ -223,14 +206,7 @@ async fn write_component(
     for &i in component {
         let item = &plan.items[i];
         if let Some(reason) = failed_dependency(plan, item, outcomes) {
-            record(
-                outcomes,
-                item.source.clone(),
-                Written::Failed {
-                    class: ErrorClass::Permanent,
-                    reason,
-                },
-            );
+            record(outcomes, item.source.clone(), Written::Failed { class: ErrorClass::Permanent, reason });
             continue;
         }
         let (content, incomplete) = finish_content(plan, &item.desired, resolved, component);
@@ -238,10 +214,8 @@ async fn write_component(
         match outcome {
             Ok((written, version)) => {
                 if let Written::Created { target_id } | Written::Updated { target_id } = &written {
-                    lock(resolved).insert(
-                        item.placeholder.clone(),
-                        format!("{}/{target_id}", item.source.resource_type),
-                    );
+                    lock(resolved)
+                        .insert(item.placeholder.clone(), format!("{}/{target_id}", item.source.resource_type));
                     if incomplete {
                         pending.push((i, version));
                     }
@@ -255,9 +229,7 @@ async fn write_component(
     for (i, version) in pending {
         let item = &plan.items[i];
         let Some(target_id) = lock(outcomes).get(&item.source).and_then(|w| match w {
-            Written::Created { target_id } | Written::Updated { target_id } => {
-                Some(target_id.clone())
-            }
+            Written::Created { target_id } | Written::Updated { target_id } => Some(target_id.clone()),
             Written::Failed { .. } => None,
         }) else {
             continue;
@@ -269,9 +241,7 @@ async fn write_component(
                 item.source.clone(),
                 Written::Failed {
                     class: ErrorClass::Permanent,
-                    reason:
-                        "written without some references: a resource of its reference cycle failed"
-                            .into(),
+                    reason: "written without some references: a resource of its reference cycle failed".into(),
                 },
             );
             continue;
@@ -294,10 +264,7 @@ async fn write_one(
     mut content: Value,
 ) -> Result<(Written, Option<String>), FhirError> {
     let outcome: WriteOutcome = match &item.action {
-        Action::Update {
-            target_id,
-            version_id,
-        } => {
+        Action::Update { target_id, version_id } => {
             set_id(&mut content, target_id);
             match version_id {
                 Some(v) => target.update_if_match(&content, v).await?,
@@ -306,9 +273,7 @@ async fn write_one(
         }
         _ => {
             let token = item.key.token();
-            target
-                .conditional_update(&content, &[("identifier", token.as_str())])
-                .await?
+            target.conditional_update(&content, &[("identifier", token.as_str())]).await?
         }
     };
     let target_id = outcome
@@ -326,11 +291,7 @@ async fn write_one(
             None,
         ));
     };
-    let written = if outcome.created() {
-        Written::Created { target_id }
-    } else {
-        Written::Updated { target_id }
-    };
+    let written = if outcome.created() { Written::Created { target_id } } else { Written::Updated { target_id } };
     Ok((written, outcome.version_id))
 }
 
@@ -346,10 +307,7 @@ fn finish_content(
     let mut content = desired.clone();
     let resolved = lock(resolved);
     let mut incomplete = false;
-    let in_component: Vec<&str> = component
-        .iter()
-        .map(|&i| plan.items[i].placeholder.as_str())
-        .collect();
+    let in_component: Vec<&str> = component.iter().map(|&i| plan.items[i].placeholder.as_str()).collect();
     reference::rewrite_references(&mut content, &mut |r| {
         if !r.starts_with("urn:uuid:") {
             return Rewrite::Keep;
@@ -358,11 +316,7 @@ fn finish_content(
             Some(t) => Rewrite::Replace(t.clone()),
             None => {
                 incomplete = true;
-                if in_component.contains(&r) {
-                    Rewrite::Remove
-                } else {
-                    Rewrite::Keep
-                }
+                if in_component.contains(&r) { Rewrite::Remove } else { Rewrite::Keep }
             }
         }
     });
@@ -383,10 +337,7 @@ fn failed_dependency(
 }
 
 fn failure(e: &FhirError) -> Written {
-    Written::Failed {
-        class: e.class(),
-        reason: e.to_string(),
-    }
+    Written::Failed { class: e.class(), reason: e.to_string() }
 }
 
 fn record(outcomes: &Mutex<HashMap<ResourceKey, Written>>, key: ResourceKey, written: Written) {

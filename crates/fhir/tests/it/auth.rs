@@ -47,59 +47,33 @@ async fn token_endpoint(
     log.requests.push((headers, form));
     let n = log.requests.len();
     let body = json!({"access_token": format!("token-{n}"), "token_type": "bearer", "expires_in": log.expires_in});
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn fhir_endpoint(State(log): State<Shared>, headers: HeaderMap) -> Response {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mut log = lock(&log);
     log.fhir_auth.push(auth.clone());
     let token = auth.strip_prefix("Bearer ").unwrap_or("");
     if token.is_empty() || log.revoked.iter().any(|t| t == token) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "",
-        )
-            .into_response();
+        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "").into_response();
     }
     let body = json!({"resourceType": "Patient", "id": "1"});
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        body.to_string(),
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
 }
 
 /// A token endpoint at `/token`, a SMART configuration at
 /// `/fhir/.well-known/smart-configuration`, and a FHIR endpoint at
 /// `/fhir/Patient/{id}` that wants a bearer token.
 async fn servers(expires_in: u64) -> (String, Shared) {
-    let log: Shared = Arc::new(Mutex::new(TokenLog {
-        expires_in,
-        ..TokenLog::default()
-    }));
+    let log: Shared = Arc::new(Mutex::new(TokenLog { expires_in, ..TokenLog::default() }));
     let app = Router::new()
         .route("/token", post(token_endpoint))
         .route("/fhir/Patient/{id}", get(fhir_endpoint))
         .route(
             "/fhir/.well-known/smart-configuration",
             get(|headers: HeaderMap| async move {
-                let host = headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
+                let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
                 axum::Json(json!({"token_endpoint": format!("http://{host}/token"),
                                   "token_endpoint_auth_methods_supported": ["private_key_jwt"]}))
             }),
@@ -109,10 +83,7 @@ async fn servers(expires_in: u64) -> (String, Shared) {
 }
 
 fn secrets(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-    let map: HashMap<String, String> = pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     move |k| map.get(k).cloned()
 }
 
@@ -123,14 +94,10 @@ fn client_credentials(base: &str, method: ClientAuthMethod, refresh_before: u64)
         client_id: "plexus client".into(),
         client_secret_env: "CRM_SECRET".into(),
         client_auth: method,
-        scopes: vec![
-            "system/Patient.read".into(),
-            "system/Observation.write".into(),
-        ],
+        scopes: vec!["system/Patient.read".into(), "system/Observation.write".into()],
         refresh_before_expiry_secs: refresh_before,
     };
-    FhirClient::with_secrets("crm", &config, &secrets(&[("CRM_SECRET", "s3cr:t&")]))
-        .expect("client")
+    FhirClient::with_secrets("crm", &config, &secrets(&[("CRM_SECRET", "s3cr:t&")])).expect("client")
 }
 
 #[tokio::test]
@@ -142,30 +109,14 @@ async fn client_credentials_request_and_token_reuse() {
     let log = lock(&log);
     assert_eq!(log.requests.len(), 1, "the token is reused");
     let (headers, form) = &log.requests[0];
-    assert_eq!(
-        form.get("grant_type").map(String::as_str),
-        Some("client_credentials")
-    );
-    assert_eq!(
-        form.get("scope").map(String::as_str),
-        Some("system/Patient.read system/Observation.write")
-    );
-    assert!(
-        !form.contains_key("client_secret"),
-        "basic auth keeps the secret out of the body"
-    );
+    assert_eq!(form.get("grant_type").map(String::as_str), Some("client_credentials"));
+    assert_eq!(form.get("scope").map(String::as_str), Some("system/Patient.read system/Observation.write"));
+    assert!(!form.contains_key("client_secret"), "basic auth keeps the secret out of the body");
     // RFC 6749 §2.3.1: id and secret form-urlencoded, then Basic.
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .expect("basic");
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(basic.strip_prefix("Basic ").expect("Basic"))
-        .expect("base64");
-    assert_eq!(
-        String::from_utf8(decoded).expect("utf8"),
-        "plexus+client:s3cr%3At%26"
-    );
+    let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).expect("basic");
+    let decoded =
+        base64::engine::general_purpose::STANDARD.decode(basic.strip_prefix("Basic ").expect("Basic")).expect("base64");
+    assert_eq!(String::from_utf8(decoded).expect("utf8"), "plexus+client:s3cr%3At%26");
     assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-1"]);
 }
 
@@ -177,14 +128,8 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
     let log = lock(&log);
     let (headers, form) = &log.requests[0];
     assert!(headers.get(header::AUTHORIZATION).is_none());
-    assert_eq!(
-        form.get("client_id").map(String::as_str),
-        Some("plexus client")
-    );
-    assert_eq!(
-        form.get("client_secret").map(String::as_str),
-        Some("s3cr:t&")
-    );
+    assert_eq!(form.get("client_id").map(String::as_str), Some("plexus client"));
+    assert_eq!(form.get("client_secret").map(String::as_str), Some("s3cr:t&"));
 }
 
 #[tokio::test]
@@ -222,74 +167,44 @@ async fn a_401_refreshes_the_token_once_and_retries() {
     let c = client_credentials(&base, ClientAuthMethod::ClientSecretBasic, 60);
     c.read("Patient", "1").await.expect("read");
     lock(&log).revoked.push("token-1".into());
-    c.read("Patient", "2")
-        .await
-        .expect("read after the server revoked the token");
+    c.read("Patient", "2").await.expect("read after the server revoked the token");
     {
         let log = lock(&log);
         assert_eq!(log.requests.len(), 2);
-        assert_eq!(
-            log.fhir_auth,
-            vec!["Bearer token-1", "Bearer token-1", "Bearer token-2"]
-        );
+        assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-1", "Bearer token-2"]);
     }
     // A server that refuses every token: one refresh, then the 401 comes
     // back (no loop).
-    lock(&log)
-        .revoked
-        .extend(["token-2".to_owned(), "token-3".to_owned()]);
+    lock(&log).revoked.extend(["token-2".to_owned(), "token-3".to_owned()]);
     let err = c.read("Patient", "3").await.expect_err("still 401");
-    assert_eq!(
-        (err.status(), err.class()),
-        (Some(401), ErrorClass::Permanent)
-    );
+    assert_eq!((err.status(), err.class()), (Some(401), ErrorClass::Permanent));
     assert_eq!(lock(&log).requests.len(), 3);
 }
 
 #[tokio::test]
 async fn missing_secret_is_a_config_error_naming_the_variable() {
     let mut config = fast_config("http://127.0.0.1:9/fhir");
-    config.auth = AuthConfig::Bearer {
-        token_env: "PLEXUS_TEST_NO_SUCH_TOKEN".into(),
-    };
+    config.auth = AuthConfig::Bearer { token_env: "PLEXUS_TEST_NO_SUCH_TOKEN".into() };
     let err = FhirClient::with_secrets("crm", &config, &secrets(&[])).expect_err("no secret");
     assert_eq!(err.class(), ErrorClass::Config);
-    assert!(
-        err.to_string().contains("PLEXUS_TEST_NO_SUCH_TOKEN"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("PLEXUS_TEST_NO_SUCH_TOKEN"), "{err}");
 }
 
 #[tokio::test]
 async fn static_bearer_and_basic_headers_and_no_secret_in_debug_output() {
     let (base, log) = servers(3600).await;
     let mut config = fast_config(&format!("{base}/fhir"));
-    config.auth = AuthConfig::Bearer {
-        token_env: "TOKEN".into(),
-    };
-    let c = FhirClient::with_secrets("crm", &config, &secrets(&[("TOKEN", "static-abc")]))
-        .expect("client");
+    config.auth = AuthConfig::Bearer { token_env: "TOKEN".into() };
+    let c = FhirClient::with_secrets("crm", &config, &secrets(&[("TOKEN", "static-abc")])).expect("client");
     c.read("Patient", "1").await.expect("read");
     assert_eq!(lock(&log).fhir_auth, vec!["Bearer static-abc"]);
-    assert!(
-        !format!("{c:?}").contains("static-abc"),
-        "the token never shows in Debug"
-    );
+    assert!(!format!("{c:?}").contains("static-abc"), "the token never shows in Debug");
 
-    config.auth = AuthConfig::Basic {
-        username: "svc".into(),
-        password_env: "PW".into(),
-    };
+    config.auth = AuthConfig::Basic { username: "svc".into(), password_env: "PW".into() };
     let c = FhirClient::with_secrets("crm", &config, &secrets(&[("PW", "pa55")])).expect("client");
     let _ = c.read("Patient", "1").await; // the mock wants Bearer: 401
     let seen = lock(&log).fhir_auth.last().cloned().unwrap_or_default();
-    assert_eq!(
-        seen,
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode("svc:pa55")
-        )
-    );
+    assert_eq!(seen, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:pa55")));
     assert!(!format!("{c:?}").contains("pa55"));
 }
 
@@ -303,12 +218,7 @@ struct Claims {
     jti: String,
 }
 
-fn smart_client(
-    base: &str,
-    algorithm: JwtAlgorithm,
-    key_file: &str,
-    token_url: Option<String>,
-) -> FhirClient {
+fn smart_client(base: &str, algorithm: JwtAlgorithm, key_file: &str, token_url: Option<String>) -> FhirClient {
     let mut config = fast_config(&format!("{base}/fhir"));
     config.auth = AuthConfig::SmartBackend {
         client_id: "plexus-backend".into(),
@@ -326,16 +236,8 @@ fn smart_client(
 
 /// Verifies one token request's assertion with `public_key`; returns its
 /// claims.
-fn verify_assertion(
-    form: &HashMap<String, String>,
-    algorithm: Algorithm,
-    public_pem: &str,
-    token_url: &str,
-) -> Claims {
-    assert_eq!(
-        form.get("grant_type").map(String::as_str),
-        Some("client_credentials")
-    );
+fn verify_assertion(form: &HashMap<String, String>, algorithm: Algorithm, public_pem: &str, token_url: &str) -> Claims {
+    assert_eq!(form.get("grant_type").map(String::as_str), Some("client_credentials"));
     assert_eq!(form.get("scope").map(String::as_str), Some("system/*.read"));
     assert_eq!(
         form.get("client_assertion_type").map(String::as_str),
@@ -357,18 +259,12 @@ fn verify_assertion(
     validation.set_issuer(&["plexus-backend"]);
     validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
     validation.leeway = 0;
-    let claims = jsonwebtoken::decode::<Claims>(jwt, &key, &validation)
-        .expect("signature and claims verify")
-        .claims;
+    let claims = jsonwebtoken::decode::<Claims>(jwt, &key, &validation).expect("signature and claims verify").claims;
     assert_eq!(claims.sub, "plexus-backend");
     assert_eq!(claims.iss, "plexus-backend");
     assert_eq!(claims.aud, token_url);
     let now = jsonwebtoken::get_current_timestamp();
-    assert!(
-        claims.exp > now && claims.exp <= now + 300,
-        "exp {} is at most 5 minutes ahead of {now}",
-        claims.exp
-    );
+    assert!(claims.exp > now && claims.exp <= now + 300, "exp {} is at most 5 minutes ahead of {now}", claims.exp);
     assert!(!claims.jti.is_empty());
     claims
 }
@@ -379,28 +275,13 @@ async fn smart_backend_rs384_assertion_is_signed_and_fresh_each_time() {
     // new assertion.
     let (base, log) = servers(30).await;
     let token_url = format!("{base}/token");
-    let c = smart_client(
-        &base,
-        JwtAlgorithm::RS384,
-        "keys/rsa-private.pem",
-        Some(token_url.clone()),
-    );
+    let c = smart_client(&base, JwtAlgorithm::RS384, "keys/rsa-private.pem", Some(token_url.clone()));
     c.read("Patient", "1").await.expect("read");
     c.read("Patient", "2").await.expect("read");
     let log = lock(&log);
     assert_eq!(log.requests.len(), 2);
-    let first = verify_assertion(
-        &log.requests[0].1,
-        Algorithm::RS384,
-        "keys/rsa-public.pem",
-        &token_url,
-    );
-    let second = verify_assertion(
-        &log.requests[1].1,
-        Algorithm::RS384,
-        "keys/rsa-public.pem",
-        &token_url,
-    );
+    let first = verify_assertion(&log.requests[0].1, Algorithm::RS384, "keys/rsa-public.pem", &token_url);
+    let second = verify_assertion(&log.requests[1].1, Algorithm::RS384, "keys/rsa-public.pem", &token_url);
     assert_ne!(first.jti, second.jti, "a fresh jti per assertion");
     assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-2"]);
 }
@@ -413,12 +294,7 @@ async fn smart_backend_es384_discovers_the_token_endpoint() {
     c.read("Patient", "2").await.expect("read");
     let log = lock(&log);
     assert_eq!(log.requests.len(), 1, "token reused");
-    verify_assertion(
-        &log.requests[0].1,
-        Algorithm::ES384,
-        "keys/ec-public.pem",
-        &format!("{base}/token"),
-    );
+    verify_assertion(&log.requests[0].1, Algorithm::ES384, "keys/ec-public.pem", &format!("{base}/token"));
 }
 
 #[tokio::test]
@@ -427,31 +303,18 @@ async fn a_tampered_assertion_does_not_verify() {
     // assertion rejects it once a claim is changed.
     let (base, log) = servers(3600).await;
     let token_url = format!("{base}/token");
-    let c = smart_client(
-        &base,
-        JwtAlgorithm::RS384,
-        "keys/rsa-private.pem",
-        Some(token_url.clone()),
-    );
+    let c = smart_client(&base, JwtAlgorithm::RS384, "keys/rsa-private.pem", Some(token_url.clone()));
     c.read("Patient", "1").await.expect("read");
     let jwt = lock(&log).requests[0].1["client_assertion"].clone();
     let mut validation = Validation::new(Algorithm::RS384);
     validation.set_audience(&[&token_url]);
-    let rsa =
-        DecodingKey::from_rsa_pem(&std::fs::read(fixture("keys/rsa-public.pem")).expect("key"))
-            .expect("key");
+    let rsa = DecodingKey::from_rsa_pem(&std::fs::read(fixture("keys/rsa-public.pem")).expect("key")).expect("key");
     assert!(jsonwebtoken::decode::<Value>(&jwt, &rsa, &validation).is_ok());
     let parts: Vec<&str> = jwt.split('.').collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut claims: Value =
-        serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).expect("b64")).expect("json");
     claims["sub"] = json!("someone-else");
-    let forged = format!(
-        "{}.{}.{}",
-        parts[0],
-        b64.encode(claims.to_string()),
-        parts[2]
-    );
+    let forged = format!("{}.{}.{}", parts[0], b64.encode(claims.to_string()), parts[2]);
     assert!(jsonwebtoken::decode::<Value>(&forged, &rsa, &validation).is_err());
 }
 
@@ -462,26 +325,14 @@ async fn token_endpoint_errors_are_reported_without_secrets() {
         post(|| async {
             (
                 StatusCode::UNAUTHORIZED,
-                axum::Json(
-                    json!({"error": "invalid_client", "error_description": "unknown client"}),
-                ),
+                axum::Json(json!({"error": "invalid_client", "error_description": "unknown client"})),
             )
         }),
     );
     let base = serve(app).await;
     let c = client_credentials(&base, ClientAuthMethod::ClientSecretPost, 60);
     let err = c.read("Patient", "1").await.expect_err("no token");
-    assert!(
-        matches!(
-            err,
-            FhirError::Auth {
-                status: Some(401),
-                transient: false,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, FhirError::Auth { status: Some(401), transient: false, .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
         "crm: authentication failed: token endpoint answered HTTP 401: invalid_client: unknown client"

@@ -15,12 +15,7 @@ use serde_json::{Value, json};
 use crate::support::{client, fast_config, serve};
 
 fn fhir_json(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
 }
 
 fn outcome(code: &str, diagnostics: &str) -> Value {
@@ -52,10 +47,7 @@ async fn server_answering_503_twice_then_200_is_retried() {
             "/fhir/Patient/{id}",
             get(|State(hits): State<Hits>| async move {
                 if hits.next() <= 2 {
-                    fhir_json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        outcome("transient", "warming up"),
-                    )
+                    fhir_json(StatusCode::SERVICE_UNAVAILABLE, outcome("transient", "warming up"))
                 } else {
                     fhir_json(StatusCode::OK, patient("1"))
                 }
@@ -64,10 +56,7 @@ async fn server_answering_503_twice_then_200_is_retried() {
         .with_state(hits.clone());
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    let p = c
-        .read("Patient", "1")
-        .await
-        .expect("third attempt succeeds");
+    let p = c.read("Patient", "1").await.expect("third attempt succeeds");
     assert_eq!(p["id"], "1");
     assert_eq!(hits.get(), 3);
     let stats = c.stats();
@@ -94,10 +83,7 @@ async fn bad_request_with_operation_outcome_reports_its_diagnostics() {
         .with_state(hits.clone());
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    let err = c
-        .create(&json!({"resourceType": "Patient", "birthDate": "20-03-1962"}))
-        .await
-        .expect_err("rejected");
+    let err = c.create(&json!({"resourceType": "Patient", "birthDate": "20-03-1962"})).await.expect_err("rejected");
     assert_eq!(hits.get(), 1, "a 400 is not retried");
     assert_eq!(err.status(), Some(400));
     assert_eq!(err.class(), ErrorClass::Permanent);
@@ -129,51 +115,32 @@ async fn retries_stop_at_the_configured_limit() {
     let c = FhirClient::new("mock", &config).expect("client");
     let err = c.read("Patient", "1").await.expect_err("always 502");
     assert_eq!(hits.get(), 3, "one attempt and two retries");
-    assert_eq!(
-        (err.status(), err.class()),
-        (Some(502), ErrorClass::Transient)
-    );
+    assert_eq!((err.status(), err.class()), (Some(502), ErrorClass::Transient));
 }
 
 #[tokio::test]
 async fn retry_after_is_honoured_and_too_long_a_wait_is_not_retried() {
     let hits = Hits::default();
-    let app =
-        Router::new()
-            .route(
-                "/fhir/Patient/{id}",
-                get(
-                    |State(hits): State<Hits>,
-                     axum::extract::Path(id): axum::extract::Path<String>| async move {
-                        let n = hits.next();
-                        if id == "long" {
-                            // An hour: beyond the client's cap, so no retry.
-                            return (
-                                StatusCode::TOO_MANY_REQUESTS,
-                                [(header::RETRY_AFTER, "3600")],
-                                "",
-                            )
-                                .into_response();
-                        }
-                        if n == 1 {
-                            (
-                                StatusCode::TOO_MANY_REQUESTS,
-                                [(header::RETRY_AFTER, "0")],
-                                "",
-                            )
-                                .into_response()
-                        } else {
-                            fhir_json(StatusCode::OK, patient(&id))
-                        }
-                    },
-                ),
-            )
-            .with_state(hits.clone());
+    let app = Router::new()
+        .route(
+            "/fhir/Patient/{id}",
+            get(|State(hits): State<Hits>, axum::extract::Path(id): axum::extract::Path<String>| async move {
+                let n = hits.next();
+                if id == "long" {
+                    // An hour: beyond the client's cap, so no retry.
+                    return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "3600")], "").into_response();
+                }
+                if n == 1 {
+                    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "0")], "").into_response()
+                } else {
+                    fhir_json(StatusCode::OK, patient(&id))
+                }
+            }),
+        )
+        .with_state(hits.clone());
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    c.read("Patient", "short")
-        .await
-        .expect("retried after Retry-After: 0");
+    c.read("Patient", "short").await.expect("retried after Retry-After: 0");
     assert_eq!(hits.get(), 2);
 
     let err = c.read("Patient", "long").await.expect_err("not retried");
@@ -205,16 +172,10 @@ async fn a_plain_create_is_not_retried_after_a_502_but_a_conditional_one_is() {
     let c = client("mock", &format!("{base}/fhir"));
     // The proxy may have passed the create on before failing: sending it
     // again could create the patient twice.
-    let err = c
-        .create(&json!({"resourceType": "Patient"}))
-        .await
-        .expect_err("not retried");
+    let err = c.create(&json!({"resourceType": "Patient"})).await.expect_err("not retried");
     assert_eq!((err.status(), hits.get()), (Some(502), 1));
     let ok = c
-        .create_if_none_exist(
-            &json!({"resourceType": "Patient"}),
-            &[("identifier", "s|1")],
-        )
+        .create_if_none_exist(&json!({"resourceType": "Patient"}), &[("identifier", "s|1")])
         .await
         .expect("retried: the condition makes it idempotent");
     assert!(ok.created());
@@ -240,10 +201,7 @@ async fn timeouts_are_retried_then_reported() {
     config.retry.max_retries = 1;
     let c = FhirClient::new("mock", &config).expect("client");
     let err = c.read("Patient", "1").await.expect_err("times out");
-    assert!(
-        matches!(err, FhirError::Timeout { attempts: 2, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, FhirError::Timeout { attempts: 2, .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Transient);
     assert_eq!(hits.get(), 2);
 }
@@ -275,23 +233,13 @@ async fn search_follows_next_links_and_refuses_other_hosts() {
     );
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    let all = c
-        .search_all(&Search::new("Observation").param("patient", "Patient/1"))
-        .await
-        .expect("pages");
-    let ids: Vec<&str> = all
-        .resources
-        .iter()
-        .filter_map(|r| r["id"].as_str())
-        .collect();
+    let all = c.search_all(&Search::new("Observation").param("patient", "Patient/1")).await.expect("pages");
+    let ids: Vec<&str> = all.resources.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, vec!["a", "b", "c"]);
     assert_eq!(all.pages, 2);
     assert_eq!(c.stats().paging_requests, 1);
 
-    let err = c
-        .search_all(&Search::new("Observation").param("code", "evil"))
-        .await
-        .expect_err("foreign link");
+    let err = c.search_all(&Search::new("Observation").param("code", "evil")).await.expect_err("foreign link");
     assert!(err.to_string().contains("another server"), "{err}");
 }
 
@@ -312,10 +260,7 @@ async fn total_without_links_and_ignored_offset_is_an_error_not_a_short_result()
     );
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    let err = c
-        .search_all(&Search::new("Condition"))
-        .await
-        .expect_err("truncated");
+    let err = c.search_all(&Search::new("Condition")).await.expect_err("truncated");
     assert!(err.to_string().contains("ignores _offset"), "{err}");
 }
 
@@ -325,11 +270,8 @@ async fn responses_are_gzip_decoded() {
         .route(
             "/fhir/Patient/{id}",
             get(|headers: HeaderMap| async move {
-                let accepts = headers
-                    .get(header::ACCEPT_ENCODING)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
+                let accepts =
+                    headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 let mut p = patient("1");
                 p["note"] = json!("x".repeat(4096));
                 p["acceptEncoding"] = json!(accepts);
@@ -342,13 +284,7 @@ async fn responses_are_gzip_decoded() {
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
     let p = c.read("Patient", "1").await.expect("decoded");
-    assert!(
-        p["acceptEncoding"]
-            .as_str()
-            .is_some_and(|a| a.contains("gzip")),
-        "{}",
-        p["acceptEncoding"]
-    );
+    assert!(p["acceptEncoding"].as_str().is_some_and(|a| a.contains("gzip")), "{}", p["acceptEncoding"]);
     assert_eq!(p["note"].as_str().map(str::len), Some(4096));
 }
 
@@ -359,13 +295,7 @@ async fn conditional_writes_send_the_right_urls_and_headers() {
         move |req: Request| {
             let seen = seen.clone();
             async move {
-                let h = |n: &str| {
-                    req.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-")
-                        .to_owned()
-                };
+                let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
                 seen.lock().expect("lock").push(format!(
                     "{} {} if-match={} if-none-exist={} prefer={} type={}",
                     req.method(),
@@ -375,20 +305,8 @@ async fn conditional_writes_send_the_right_urls_and_headers() {
                     h("prefer"),
                     h("content-type"),
                 ));
-                let status = if req.method() == axum::http::Method::PUT {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                };
-                (
-                    status,
-                    [
-                        (header::LOCATION, "Patient/9/_history/2"),
-                        (header::ETAG, "W/\"2\""),
-                    ],
-                    "",
-                )
-                    .into_response()
+                let status = if req.method() == axum::http::Method::PUT { StatusCode::OK } else { StatusCode::CREATED };
+                (status, [(header::LOCATION, "Patient/9/_history/2"), (header::ETAG, "W/\"2\"")], "").into_response()
             }
         }
     };
@@ -399,26 +317,10 @@ async fn conditional_writes_send_the_right_urls_and_headers() {
     let c = client("mock", &format!("{base}/fhir"));
     let p = json!({"resourceType": "Patient", "id": "9"});
     let w = c.update_if_match(&p, "1").await.expect("update");
-    assert_eq!(
-        (
-            w.status,
-            w.key.as_ref().map(|k| k.id.as_str()),
-            w.version_id.as_deref()
-        ),
-        (200, Some("9"), Some("2"))
-    );
-    let w = c
-        .conditional_update(&p, &[("identifier", "urn:mrn|A,1")])
-        .await
-        .expect("conditional update");
-    assert_eq!(
-        w.key.map(|k| k.id),
-        Some("9".into()),
-        "the id comes from Location when there is no body"
-    );
-    c.create_if_none_exist(&p, &[("identifier", "urn:mrn|A")])
-        .await
-        .expect("conditional create");
+    assert_eq!((w.status, w.key.as_ref().map(|k| k.id.as_str()), w.version_id.as_deref()), (200, Some("9"), Some("2")));
+    let w = c.conditional_update(&p, &[("identifier", "urn:mrn|A,1")]).await.expect("conditional update");
+    assert_eq!(w.key.map(|k| k.id), Some("9".into()), "the id comes from Location when there is no body");
+    c.create_if_none_exist(&p, &[("identifier", "urn:mrn|A")]).await.expect("conditional create");
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(
         seen,
@@ -435,15 +337,10 @@ async fn search_post_sends_a_form_body() {
     let app = Router::new().route(
         "/fhir/Patient/_search",
         post(|headers: HeaderMap, body: String| async move {
-            let ok = headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v == "application/x-www-form-urlencoded")
+            let ok = headers.get(header::CONTENT_TYPE).is_some_and(|v| v == "application/x-www-form-urlencoded")
                 && body == "family=Brekke&birthdate=1945-12-10&_count=200";
             if ok {
-                fhir_json(
-                    StatusCode::OK,
-                    json!({"resourceType": "Bundle", "type": "searchset", "total": 0}),
-                )
+                fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset", "total": 0}))
             } else {
                 fhir_json(StatusCode::BAD_REQUEST, outcome("invalid", &body))
             }
@@ -452,11 +349,7 @@ async fn search_post_sends_a_form_body() {
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
     let page = c
-        .search_post(
-            &Search::new("Patient")
-                .param("family", "Brekke")
-                .param("birthdate", "1945-12-10"),
-        )
+        .search_post(&Search::new("Patient").param("family", "Brekke").param("birthdate", "1945-12-10"))
         .await
         .expect("form search");
     assert_eq!(page["total"], 0);
@@ -464,36 +357,34 @@ async fn search_post_sends_a_form_body() {
 
 #[tokio::test]
 async fn everything_reads_every_page_of_the_operation() {
-    let app = Router::new()
-    .route(
+    let app = Router::new().route(
         "/fhir/Patient/p1/$everything",
         get(|req: Request| async move {
             let q = req.uri().query().unwrap_or("").to_owned();
             let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
             if q.contains("page=2") {
-                fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset",
-                    "entry": [{"resource": {"resourceType": "Observation", "id": "o1"}}]}))
+                fhir_json(
+                    StatusCode::OK,
+                    json!({"resourceType": "Bundle", "type": "searchset",
+                    "entry": [{"resource": {"resourceType": "Observation", "id": "o1"}}]}),
+                )
             } else if q != "_type=Observation%2CCondition" {
                 fhir_json(StatusCode::BAD_REQUEST, outcome("invalid", &q))
             } else {
-                fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset",
+                fhir_json(
+                    StatusCode::OK,
+                    json!({"resourceType": "Bundle", "type": "searchset",
                     "link": [{"relation": "next", "url": format!("http://{host}/fhir/Patient/p1/$everything?page=2")}],
                     "entry": [{"resource": {"resourceType": "Patient", "id": "p1"}},
-                              {"resource": {"resourceType": "Condition", "id": "c1"}}]}))
+                              {"resource": {"resourceType": "Condition", "id": "c1"}}]}),
+                )
             }
         }),
     );
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    let all = c
-        .patient_everything("p1", &[("_type", "Observation,Condition")])
-        .await
-        .expect("everything");
-    let ids: Vec<&str> = all
-        .resources
-        .iter()
-        .filter_map(|r| r["id"].as_str())
-        .collect();
+    let all = c.patient_everything("p1", &[("_type", "Observation,Condition")]).await.expect("everything");
+    let ids: Vec<&str> = all.resources.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, vec!["p1", "c1", "o1"]);
 }
 
@@ -505,42 +396,30 @@ async fn a_rejected_batch_falls_back_to_single_reads_once() {
             "/fhir/",
             post(|State(hits): State<Hits>| async move {
                 hits.next();
-                fhir_json(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    outcome("not-supported", "no batches here"),
-                )
+                fhir_json(StatusCode::METHOD_NOT_ALLOWED, outcome("not-supported", "no batches here"))
             }),
         )
         .route(
             "/fhir/Patient/{id}",
-            get(
-                |axum::extract::Path(id): axum::extract::Path<String>| async move {
-                    if id == "gone" {
-                        fhir_json(StatusCode::GONE, outcome("deleted", "deleted"))
-                    } else {
-                        fhir_json(StatusCode::OK, patient(&id))
-                    }
-                },
-            ),
+            get(|axum::extract::Path(id): axum::extract::Path<String>| async move {
+                if id == "gone" {
+                    fhir_json(StatusCode::GONE, outcome("deleted", "deleted"))
+                } else {
+                    fhir_json(StatusCode::OK, patient(&id))
+                }
+            }),
         )
         .with_state(batch_hits.clone());
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
-    let urls: Vec<String> = ["Patient/a", "Patient/gone", "Patient/b"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let urls: Vec<String> = ["Patient/a", "Patient/gone", "Patient/b"].iter().map(|s| s.to_string()).collect();
     let answers = c.get_many(&urls).await.expect("fallback");
     assert_eq!(answers.len(), 3);
     assert_eq!(answers[0].as_ref().expect("a")["id"], "a");
     assert!(answers[1].as_ref().expect_err("gone").is_not_found());
     assert_eq!(answers[2].as_ref().expect("b")["id"], "b");
     c.get_many(&urls).await.expect("again");
-    assert_eq!(
-        batch_hits.get(),
-        1,
-        "the client remembers the server refuses batches"
-    );
+    assert_eq!(batch_hits.get(), 1, "the client remembers the server refuses batches");
 }
 
 #[tokio::test]
@@ -567,7 +446,9 @@ async fn included_resources_come_back_apart_from_the_matches() {
             if !q.contains("_include=Observation%3Asubject") {
                 return fhir_json(StatusCode::BAD_REQUEST, outcome("invalid", &q));
             }
-            fhir_json(StatusCode::OK, json!({"resourceType": "Bundle", "type": "searchset", "total": 2,
+            fhir_json(
+                StatusCode::OK,
+                json!({"resourceType": "Bundle", "type": "searchset", "total": 2,
                 "entry": [
                     {"resource": {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p"}},
                      "search": {"mode": "match"}},
@@ -575,24 +456,17 @@ async fn included_resources_come_back_apart_from_the_matches() {
                     {"resource": {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p"}},
                      "search": {"mode": "match"}},
                     {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}}
-                ]}))
+                ]}),
+            )
         }),
     );
     let base = serve(app).await;
     let c = client("mock", &format!("{base}/fhir"));
     let r = c
-        .search_all(
-            &Search::new("Observation")
-                .param("patient", "Patient/p")
-                .param("_include", "Observation:subject"),
-        )
+        .search_all(&Search::new("Observation").param("patient", "Patient/p").param("_include", "Observation:subject"))
         .await
         .expect("search");
-    let ids = |v: &[Value]| {
-        v.iter()
-            .filter_map(|r| r["id"].as_str().map(str::to_owned))
-            .collect::<Vec<_>>()
-    };
+    let ids = |v: &[Value]| v.iter().filter_map(|r| r["id"].as_str().map(str::to_owned)).collect::<Vec<_>>();
     assert_eq!(ids(&r.resources), vec!["o1", "o2"]);
     assert_eq!(ids(&r.included), vec!["p"]);
 }

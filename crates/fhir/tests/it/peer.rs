@@ -11,9 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use fhir::reference::{self, RefTarget};
-use fhir::sync::{
-    self, ClinicalFetch, PatientQuery, SyncOptions, SyncReport, SyncStatus, WriteMode,
-};
+use fhir::sync::{self, ClinicalFetch, PatientQuery, SyncOptions, SyncReport, SyncStatus, WriteMode};
 use fhir::{FhirClient, ResourceKey, Search};
 use serde_json::{Value, json};
 use testkit::FhirPeer;
@@ -74,40 +72,22 @@ fn assert_references_resolve(all: &BTreeMap<ResourceKey, Value>, base: &url::Url
         let contained: Vec<&str> = r
             .get("contained")
             .and_then(Value::as_array)
-            .map(|c| {
-                c.iter()
-                    .filter_map(|x| x.get("id").and_then(Value::as_str))
-                    .collect()
-            })
+            .map(|c| c.iter().filter_map(|x| x.get("id").and_then(Value::as_str)).collect())
             .unwrap_or_default();
         for site in reference::references(r) {
             checked += 1;
             match reference::classify(&site.reference, base) {
                 RefTarget::Contained(id) => {
-                    assert!(
-                        id.is_empty() || contained.contains(&id.as_str()),
-                        "{key} {}: #{id}",
-                        site.path
-                    )
+                    assert!(id.is_empty() || contained.contains(&id.as_str()), "{key} {}: #{id}", site.path)
                 }
                 RefTarget::Local(target) => {
-                    assert!(
-                        all.contains_key(&target),
-                        "{key} {}: {target} is not in the target",
-                        site.path
-                    )
+                    assert!(all.contains_key(&target), "{key} {}: {target} is not in the target", site.path)
                 }
-                other => panic!(
-                    "{key} {}: reference {other:?} cannot resolve in the target",
-                    site.path
-                ),
+                other => panic!("{key} {}: reference {other:?} cannot resolve in the target", site.path),
             }
         }
     }
-    assert!(
-        checked > 1000,
-        "the bundle has thousands of references; checked {checked}"
-    );
+    assert!(checked > 1000, "the bundle has thousands of references; checked {checked}");
 }
 
 /// The identifiers of each resource of `all` (without Plexus's provenance
@@ -121,17 +101,13 @@ fn identifiers_by_type(all: &BTreeMap<ResourceKey, Value>) -> BTreeMap<String, V
             .map(|a| {
                 a.iter()
                     .filter(|i| {
-                        !i.get("system")
-                            .and_then(Value::as_str)
-                            .is_some_and(|s| s.starts_with("urn:plexus:source:"))
+                        !i.get("system").and_then(Value::as_str).is_some_and(|s| s.starts_with("urn:plexus:source:"))
                     })
                     .collect()
             })
             .unwrap_or_default();
         if !ids.is_empty() {
-            out.entry(k.resource_type.clone())
-                .or_default()
-                .push(serde_json::to_string(&ids).expect("json"));
+            out.entry(k.resource_type.clone()).or_default().push(serde_json::to_string(&ids).expect("json"));
         }
     }
     for v in out.values_mut() {
@@ -171,9 +147,7 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
         birth_date: Some("1945-12-10".into()),
         ..PatientQuery::default()
     };
-    let found = sync::search_patients(&ehr, &query, 10)
-        .await
-        .expect("search");
+    let found = sync::search_patients(&ehr, &query, 10).await.expect("search");
     assert_eq!(found.candidates.len(), 1);
     assert!(!found.truncated);
     let c = &found.candidates[0];
@@ -182,39 +156,20 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
     assert_eq!(c.birth_date.as_deref(), Some("1945-12-10"));
     assert_eq!(c.gender.as_deref(), Some("male"));
     assert_eq!(c.identifiers.len(), 5);
-    assert!(
-        c.address
-            .as_deref()
-            .is_some_and(|a| a.contains("Massachusetts") || a.contains("MA"))
-    );
+    assert!(c.address.as_deref().is_some_and(|a| a.contains("Massachusetts") || a.contains("MA")));
     assert!(c.phone.is_some());
-    let brekkes = sync::search_patients(
-        &ehr,
-        &PatientQuery {
-            family: "Brekke".into(),
-            ..Default::default()
-        },
-        10,
-    )
-    .await
-    .expect("search");
-    assert_eq!(
-        brekkes.candidates.len(),
-        2,
-        "prefix match finds Derek Brekke too"
-    );
+    let brekkes = sync::search_patients(&ehr, &PatientQuery { family: "Brekke".into(), ..Default::default() }, 10)
+        .await
+        .expect("search");
+    assert_eq!(brekkes.candidates.len(), 2, "prefix match finds Derek Brekke too");
 
     // First sync: everything created, in one transaction or the fallbacks.
-    let report =
-        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let report = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert_counts(&report, 319, 0, 0);
     assert!(report.fetch_errors.is_empty() && report.failures.is_empty());
     let source_requests = report.requests.source.requests - report.requests.source.paging_requests;
-    assert!(
-        source_requests <= 15,
-        "{source_requests} requests to the EHR besides paging"
-    );
+    assert!(source_requests <= 15, "{source_requests} requests to the EHR besides paging");
 
     // The target holds the same resources per type as the EHR's record of
     // this patient (the EHR also has 25 other patients).
@@ -248,15 +203,11 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
     assert!(target_all.contains_key(&ResourceKey::new("Patient", target_patient.as_str())));
 
     // Second sync: nothing to write.
-    let again =
-        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let again = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(again.status, SyncStatus::Succeeded);
     assert_counts(&again, 0, 0, 319);
     assert_eq!(again.write_mode, WriteMode::Nothing);
-    assert_eq!(
-        again.target_patient_id.as_deref(),
-        Some(target_patient.as_str())
-    );
+    assert_eq!(again.target_patient_id.as_deref(), Some(target_patient.as_str()));
     assert_eq!(snapshot(&target).await.len(), target_all.len());
 
     // One Observation changes in the EHR: exactly one update.
@@ -272,27 +223,17 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
     let changed = if value == 1234.5 { 4321.25 } else { 1234.5 };
     obs["valueQuantity"]["value"] = json!(changed);
     ehr.update(&obs).await.expect("change the Observation");
-    let third =
-        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let third = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(third.status, SyncStatus::Succeeded, "{third:#?}");
     assert_counts(&third, 0, 1, 318);
     assert_eq!(third.per_type["Observation"].updated, 1);
     let provenance = format!("urn:plexus:source:ehr|Observation/{}", obs_key.id);
-    let copy = target
-        .search(&Search::new("Observation").param("identifier", provenance))
-        .await
-        .expect("search the copy");
+    let copy =
+        target.search(&Search::new("Observation").param("identifier", provenance)).await.expect("search the copy");
     let copies: Vec<&Value> = fhir::bundle::search_matches(&copy).collect();
     assert_eq!(copies.len(), 1);
-    assert_eq!(
-        copies[0]["valueQuantity"]["value"].as_f64(),
-        Some(changed)
-    );
-    assert_eq!(
-        snapshot(&target).await.len(),
-        target_all.len(),
-        "no duplicates"
-    );
+    assert_eq!(copies[0]["valueQuantity"]["value"].as_f64(), Some(changed));
+    assert_eq!(snapshot(&target).await.len(), target_all.len(), "no duplicates");
 }
 
 #[tokio::test]
@@ -306,8 +247,7 @@ async fn sync_writes_one_by_one_when_transactions_are_disabled() {
     let target = FhirClient::new("crm", &config).expect("client");
     let patient_id = load_ehr(&ehr).await;
 
-    let report =
-        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let report = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert_eq!(report.write_mode, WriteMode::Individual);
     assert_counts(&report, 319, 0, 0);
@@ -315,8 +255,7 @@ async fn sync_writes_one_by_one_when_transactions_are_disabled() {
     assert_eq!(target_all.len(), 319);
     assert_references_resolve(&target_all, target.base_url());
 
-    let again =
-        sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
+    let again = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_counts(&again, 0, 0, 319);
 }
 
@@ -329,28 +268,19 @@ async fn reference_cycle_is_created_then_updated() {
         return;
     };
     let ehr = client("ehr", &ehr_peer.base_url);
-    let patient = ehr
-        .create(&json!({"resourceType": "Patient", "name": [{"family": "Cycle"}]}))
-        .await
-        .expect("patient");
+    let patient =
+        ehr.create(&json!({"resourceType": "Patient", "name": [{"family": "Cycle"}]})).await.expect("patient");
     let pid = patient.key.expect("id").id;
     let obs = |code: &str| {
         json!({"resourceType": "Observation", "status": "final", "code": {"text": code},
                "subject": {"reference": format!("Patient/{pid}")}})
     };
-    let a = ehr
-        .create(&obs("a"))
-        .await
-        .expect("a")
-        .resource
-        .expect("body");
+    let a = ehr.create(&obs("a")).await.expect("a").resource.expect("body");
     let mut b = obs("b");
-    b["hasMember"] =
-        json!([{"reference": format!("Observation/{}", a["id"].as_str().expect("id"))}]);
+    b["hasMember"] = json!([{"reference": format!("Observation/{}", a["id"].as_str().expect("id"))}]);
     let b = ehr.create(&b).await.expect("b").resource.expect("body");
     let mut a2 = a.clone();
-    a2["hasMember"] =
-        json!([{"reference": format!("Observation/{}", b["id"].as_str().expect("id"))}]);
+    a2["hasMember"] = json!([{"reference": format!("Observation/{}", b["id"].as_str().expect("id"))}]);
     ehr.update(&a2).await.expect("close the cycle");
 
     for transactions in [false, true] {
@@ -358,30 +288,18 @@ async fn reference_cycle_is_created_then_updated() {
         config.transactions = transactions;
         // A fresh target namespace per mode: a different source name gives
         // different provenance identifiers.
-        let target = FhirClient::new(if transactions { "crm-tx" } else { "crm-1by1" }, &config)
-            .expect("client");
-        let source = FhirClient::new(
-            if transactions { "ehr-tx" } else { "ehr-1by1" },
-            &fast_config(&ehr_peer.base_url),
-        )
-        .expect("client");
-        let report = sync::sync_patient(
-            &source,
-            &target,
-            &pid,
-            &SyncOptions::for_types(&["Observation"]),
-            &sync::NoProgress,
-        )
-        .await;
+        let target = FhirClient::new(if transactions { "crm-tx" } else { "crm-1by1" }, &config).expect("client");
+        let source =
+            FhirClient::new(if transactions { "ehr-tx" } else { "ehr-1by1" }, &fast_config(&ehr_peer.base_url))
+                .expect("client");
+        let report =
+            sync::sync_patient(&source, &target, &pid, &SyncOptions::for_types(&["Observation"]), &sync::NoProgress)
+                .await;
         assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
         assert_counts(&report, 3, 0, 0);
         assert_eq!(
             report.write_mode,
-            if transactions {
-                WriteMode::Transaction
-            } else {
-                WriteMode::Individual
-            },
+            if transactions { WriteMode::Transaction } else { WriteMode::Individual },
             "the peer refuses conditional transactions over 8 entries, not this one of 3: {:?}",
             report.warnings
         );
@@ -390,35 +308,18 @@ async fn reference_cycle_is_created_then_updated() {
             let target = target.clone();
             let token = format!("{system}|Observation/{id}");
             async move {
-                let page = target
-                    .search(&Search::new("Observation").param("identifier", token))
-                    .await
-                    .expect("search");
-                fhir::bundle::search_matches(&page)
-                    .next()
-                    .cloned()
-                    .expect("copy")
+                let page = target.search(&Search::new("Observation").param("identifier", token)).await.expect("search");
+                fhir::bundle::search_matches(&page).next().cloned().expect("copy")
             }
         };
         let ta = find(a["id"].as_str().expect("id")).await;
         let tb = find(b["id"].as_str().expect("id")).await;
         let member = |o: &Value| o["hasMember"][0]["reference"].as_str().map(str::to_owned);
-        assert_eq!(
-            member(&ta),
-            Some(format!("Observation/{}", tb["id"].as_str().expect("id")))
-        );
-        assert_eq!(
-            member(&tb),
-            Some(format!("Observation/{}", ta["id"].as_str().expect("id")))
-        );
-        let again = sync::sync_patient(
-            &source,
-            &target,
-            &pid,
-            &SyncOptions::for_types(&["Observation"]),
-            &sync::NoProgress,
-        )
-        .await;
+        assert_eq!(member(&ta), Some(format!("Observation/{}", tb["id"].as_str().expect("id"))));
+        assert_eq!(member(&tb), Some(format!("Observation/{}", ta["id"].as_str().expect("id"))));
+        let again =
+            sync::sync_patient(&source, &target, &pid, &SyncOptions::for_types(&["Observation"]), &sync::NoProgress)
+                .await;
         assert_counts(&again, 0, 0, 3);
     }
 }
@@ -431,34 +332,17 @@ async fn references_beyond_the_depth_limit_are_left_out_not_dangling() {
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let options = SyncOptions {
-        max_reference_depth: 0,
-        ..SyncOptions::for_types(&["Immunization"])
-    };
+    let options = SyncOptions { max_reference_depth: 0, ..SyncOptions::for_types(&["Immunization"]) };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
-    assert_eq!(
-        report.per_type.keys().collect::<Vec<_>>(),
-        vec!["Immunization", "Patient"]
-    );
+    assert_eq!(report.per_type.keys().collect::<Vec<_>>(), vec!["Immunization", "Patient"]);
     assert_counts(&report, 14, 0, 0);
-    assert!(
-        report.warnings.iter().any(|w| w.contains("depth limit")),
-        "{:?}",
-        report.warnings
-    );
+    assert!(report.warnings.iter().any(|w| w.contains("depth limit")), "{:?}", report.warnings);
     let immunizations = all_of_type(&target, "Immunization").await;
     assert_eq!(immunizations.len(), 13);
     for i in &immunizations {
-        assert!(
-            i.get("encounter").is_none(),
-            "the Encounter reference was left out"
-        );
-        assert!(
-            i["patient"]["reference"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("Patient/"))
-        );
+        assert!(i.get("encounter").is_none(), "the Encounter reference was left out");
+        assert!(i["patient"]["reference"].as_str().is_some_and(|r| r.starts_with("Patient/")));
     }
 
     // With depth 1 the Encounters come along, and their Practitioners and
@@ -468,21 +352,12 @@ async fn references_beyond_the_depth_limit_are_left_out_not_dangling() {
         .iter()
         .filter_map(|i| i["encounter"]["reference"].as_str().map(str::to_owned))
         .collect();
-    let options = SyncOptions {
-        max_reference_depth: 1,
-        ..SyncOptions::for_types(&["Immunization"])
-    };
+    let options = SyncOptions { max_reference_depth: 1, ..SyncOptions::for_types(&["Immunization"]) };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
-    assert_eq!(
-        report.per_type["Encounter"].created as usize,
-        encounters.len()
-    );
+    assert_eq!(report.per_type["Encounter"].created as usize, encounters.len());
     assert_eq!(report.per_type["Patient"].unchanged, 1);
-    assert_eq!(
-        report.per_type["Immunization"].updated, 13,
-        "now with their encounter"
-    );
+    assert_eq!(report.per_type["Immunization"].updated, 13, "now with their encounter");
     let mut all = BTreeMap::new();
     for t in ["Patient", "Immunization", "Encounter"] {
         for r in all_of_type(&target, t).await {
@@ -510,17 +385,10 @@ async fn everything_falls_back_to_searches_on_a_server_without_it() {
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let options = SyncOptions {
-        fetch: ClinicalFetch::Everything,
-        ..all_types()
-    };
+    let options = SyncOptions { fetch: ClinicalFetch::Everything, ..all_types() };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
-    assert!(
-        report.warnings.iter().any(|w| w.contains("$everything")),
-        "{:?}",
-        report.warnings
-    );
+    assert!(report.warnings.iter().any(|w| w.contains("$everything")), "{:?}", report.warnings);
     assert_counts(&report, 319, 0, 0);
 }
 
@@ -532,14 +400,7 @@ async fn all_clinical_types_search_without_errors() {
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let report = sync::sync_patient(
-        &ehr,
-        &target,
-        &patient_id,
-        &SyncOptions::all_types(),
-        &sync::NoProgress,
-    )
-    .await;
+    let report = sync::sync_patient(&ehr, &target, &patient_id, &SyncOptions::all_types(), &sync::NoProgress).await;
     assert!(report.fetch_errors.is_empty(), "{:#?}", report.fetch_errors);
     assert_eq!(report.status, SyncStatus::Succeeded);
     assert_counts(&report, 319, 0, 0);
@@ -552,14 +413,7 @@ async fn unknown_patient_fails_the_run_with_not_found() {
     };
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
-    let report = sync::sync_patient(
-        &ehr,
-        &target,
-        "no-such-patient",
-        &SyncOptions::default(),
-        &sync::NoProgress,
-    )
-    .await;
+    let report = sync::sync_patient(&ehr, &target, "no-such-patient", &SyncOptions::default(), &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Failed);
     let error = report.error.expect("error");
     assert_eq!(error.class, fhir::ErrorClass::Permanent);
@@ -582,24 +436,10 @@ async fn progress_events_cover_every_phase() {
     let events = events.into_inner().expect("events");
     use sync::{ProgressEvent as E, SyncPhase as P};
     for phase in [P::FetchClinical, P::FetchReferences, P::Match, P::Write] {
-        assert!(
-            events.contains(&E::Phase { phase }),
-            "{phase:?} in {events:?}"
-        );
+        assert!(events.contains(&E::Phase { phase }), "{phase:?} in {events:?}");
     }
-    assert!(events.contains(&E::Planned {
-        create: 319,
-        update: 0,
-        unchanged: 0,
-        failed: 0
-    }));
-    assert_eq!(
-        events.last(),
-        Some(&E::Written {
-            done: 319,
-            total: 319
-        })
-    );
+    assert!(events.contains(&E::Planned { create: 319, update: 0, unchanged: 0, failed: 0 }));
+    assert_eq!(events.last(), Some(&E::Written { done: 319, total: 319 }));
     // Events serialise for the dashboard stream.
     let json = serde_json::to_value(&events[0]).expect("json");
     assert_eq!(json["event"], "phase");
@@ -617,10 +457,7 @@ async fn client_interactions_against_the_peer() {
     // No /metadata: empty capabilities, not an error.
     let caps = c.capabilities().await.expect("capabilities");
     assert!(caps.statement().is_none());
-    assert_eq!(
-        caps.system_interaction("transaction"),
-        fhir::Support::Unknown
-    );
+    assert_eq!(caps.system_interaction("transaction"), fhir::Support::Unknown);
 
     let system = format!("urn:test:{}", testkit::unique_name("mrn"));
     let patient = json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "1"}],
@@ -631,21 +468,12 @@ async fn client_interactions_against_the_peer() {
     let v1 = created.version_id.clone().expect("version");
 
     let read = c.read("Patient", &key.id).await.expect("read");
-    assert_eq!(
-        read["extension"][0]["valueString"], "kept",
-        "unknown extensions pass through"
-    );
-    assert_eq!(
-        c.vread("Patient", &key.id, &v1).await.expect("vread")["id"],
-        key.id.as_str()
-    );
+    assert_eq!(read["extension"][0]["valueString"], "kept", "unknown extensions pass through");
+    assert_eq!(c.vread("Patient", &key.id, &v1).await.expect("vread")["id"], key.id.as_str());
 
     // Conditional create matches the existing one.
     let token = format!("{system}|1");
-    let again = c
-        .create_if_none_exist(&patient, &[("identifier", &token)])
-        .await
-        .expect("conditional create");
+    let again = c.create_if_none_exist(&patient, &[("identifier", &token)]).await.expect("conditional create");
     assert_eq!(again.status, 200);
     assert_eq!(again.key.as_ref(), Some(&key));
 
@@ -654,10 +482,7 @@ async fn client_interactions_against_the_peer() {
     changed["gender"] = json!("female");
     let updated = c.update_if_match(&changed, &v1).await.expect("update");
     assert_eq!(updated.status, 200);
-    let stale = c
-        .update_if_match(&changed, &v1)
-        .await
-        .expect_err("stale version");
+    let stale = c.update_if_match(&changed, &v1).await.expect_err("stale version");
     assert!(matches!(stale.status(), Some(409 | 412)), "{stale}");
     assert_eq!(stale.class(), fhir::ErrorClass::Transient);
 
@@ -683,21 +508,16 @@ async fn client_interactions_against_the_peer() {
 
     // Paging: the peer sends no next links, so the client pages by _offset.
     for i in 0..5 {
-        c.create(
-            &json!({"resourceType": "Patient", "name": [{"family": format!("Pager{i}")}],
-                         "identifier": [{"system": system, "value": format!("p{i}")}]}),
-        )
-        .await
-        .expect("create");
+        c.create(&json!({"resourceType": "Patient", "name": [{"family": format!("Pager{i}")}],
+                         "identifier": [{"system": system, "value": format!("p{i}")}]}))
+            .await
+            .expect("create");
     }
     let stats_before = c.stats();
     let all = c
         .search_all(
             &Search::new("Patient")
-                .param(
-                    "identifier",
-                    format!("{system}|p0,{system}|p1,{system}|p2,{system}|p3,{system}|p4"),
-                )
+                .param("identifier", format!("{system}|p0,{system}|p1,{system}|p2,{system}|p3,{system}|p4"))
                 .param("_count", "2"),
         )
         .await
@@ -707,13 +527,7 @@ async fn client_interactions_against_the_peer() {
     assert_eq!(c.stats().paging_requests - stats_before.paging_requests, 2);
 
     // Batch reads: one found, one missing.
-    let answers = c
-        .get_many(&[
-            format!("Patient/{}", key.id),
-            "Patient/does-not-exist".into(),
-        ])
-        .await
-        .expect("batch");
+    let answers = c.get_many(&[format!("Patient/{}", key.id), "Patient/does-not-exist".into()]).await.expect("batch");
     assert!(answers[0].is_ok());
     assert!(answers[1].as_ref().expect_err("missing").is_not_found());
 
@@ -721,57 +535,35 @@ async fn client_interactions_against_the_peer() {
     c.delete("Patient", &key.id).await.expect("delete");
     let gone = c.read("Patient", &key.id).await.expect_err("deleted");
     assert!(gone.is_not_found(), "{gone}");
-    c.delete("Patient", &key.id)
-        .await
-        .expect("deleting twice is fine");
+    c.delete("Patient", &key.id).await.expect("deleting twice is fine");
 
     // A request the server rejects: the OperationOutcome comes back typed
     // (the peer puts its message in details.text).
-    let bad = c
-        .search(&Search::new("Patient").param("birthdate", "xyz"))
-        .await
-        .expect_err("bad date");
+    let bad = c.search(&Search::new("Patient").param("birthdate", "xyz")).await.expect_err("bad date");
     assert_eq!(bad.status(), Some(400));
     assert_eq!(bad.class(), fhir::ErrorClass::Permanent);
     let outcome = bad.outcome().expect("outcome");
-    assert!(
-        outcome
-            .diagnostics()
-            .iter()
-            .any(|d| d.contains("Invalid format for date")),
-        "{outcome:?}"
-    );
+    assert!(outcome.diagnostics().iter().any(|d| d.contains("Invalid format for date")), "{outcome:?}");
     assert!(bad.to_string().contains("Invalid format for date"), "{bad}");
     // The request is named by method and path, never with its query (the
     // diagnostics are the server's own words).
-    assert!(
-        bad.to_string().starts_with("peer: GET Patient: HTTP 400: "),
-        "{bad}"
-    );
+    assert!(bad.to_string().starts_with("peer: GET Patient: HTTP 400: "), "{bad}");
 
     // A conditional update matching two resources: 412, and permanent.
     for _ in 0..2 {
-        c.create(
-            &json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "dup"}]}),
-        )
-        .await
-        .expect("create");
+        c.create(&json!({"resourceType": "Patient", "identifier": [{"system": system, "value": "dup"}]}))
+            .await
+            .expect("create");
     }
     let dup = format!("{system}|dup");
     let ambiguous = c
         .conditional_update(&json!({"resourceType": "Patient"}), &[("identifier", &dup)])
         .await
         .expect_err("ambiguous");
-    assert_eq!(
-        (ambiguous.status(), ambiguous.class()),
-        (Some(412), fhir::ErrorClass::Permanent)
-    );
+    assert_eq!((ambiguous.status(), ambiguous.class()), (Some(412), fhir::ErrorClass::Permanent));
 
     // $everything is not supported by the peer.
-    let everything = c
-        .patient_everything(&cu2.key.expect("key").id, &[])
-        .await
-        .expect_err("unsupported");
+    let everything = c.patient_everything(&cu2.key.expect("key").id, &[]).await.expect_err("unsupported");
     assert!(everything.is_unsupported(), "{everything}");
 }
 
@@ -786,29 +578,13 @@ async fn conditional_transaction_over_the_peers_limit_falls_back_and_converges()
     let ehr = client("ehr", &ehr_peer.base_url);
     let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
-    let report = sync::sync_patient(
-        &ehr,
-        &target,
-        &patient_id,
-        &SyncOptions::for_types(&["Condition"]),
-        &sync::NoProgress,
-    )
-    .await;
+    let report =
+        sync::sync_patient(&ehr, &target, &patient_id, &SyncOptions::for_types(&["Condition"]), &sync::NoProgress)
+            .await;
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert_eq!(report.write_mode, WriteMode::PlainTransaction);
-    assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("strict isolation")),
-        "{:?}",
-        report.warnings
-    );
-    let created: HashMap<&str, u64> = report
-        .per_type
-        .iter()
-        .map(|(t, c)| (t.as_str(), c.created))
-        .collect();
+    assert!(report.warnings.iter().any(|w| w.contains("strict isolation")), "{:?}", report.warnings);
+    let created: HashMap<&str, u64> = report.per_type.iter().map(|(t, c)| (t.as_str(), c.created)).collect();
     assert_eq!(created["Condition"], 10);
     assert_eq!(all_of_type(&target, "Condition").await.len(), 10);
 }
@@ -847,12 +623,10 @@ async fn partly_applied_transaction_converges_without_duplicates() {
 
     // In the EHR: two new Observations, and the Condition changes.
     for code in ["a", "b"] {
-        ehr.create(
-            &json!({"resourceType": "Observation", "status": "final", "code": {"text": code},
-                           "subject": subject}),
-        )
-        .await
-        .expect("observation");
+        ehr.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": code},
+                           "subject": subject}))
+            .await
+            .expect("observation");
     }
     condition["code"]["text"] = json!("v2");
     ehr.update(&condition).await.expect("change the condition");
@@ -861,26 +635,17 @@ async fn partly_applied_transaction_converges_without_duplicates() {
     let target_url = target_peer.base_url.clone();
     let edited = std::sync::atomic::AtomicBool::new(false);
     let hook = |e: &sync::ProgressEvent| {
-        if *e
-            != (sync::ProgressEvent::Phase {
-                phase: sync::SyncPhase::Write,
-            })
+        if *e != (sync::ProgressEvent::Phase { phase: sync::SyncPhase::Write })
             || edited.swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             return;
         }
         let url = target_url.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let other = client("someone-else", &url);
-                let mut copy = all_of_type(&other, "Condition")
-                    .await
-                    .pop()
-                    .expect("the copy");
+                let mut copy = all_of_type(&other, "Condition").await.pop().expect("the copy");
                 copy["note"] = json!([{"text": "edited in the target"}]);
                 other.update(&copy).await.expect("edit");
             });
@@ -892,20 +657,13 @@ async fn partly_applied_transaction_converges_without_duplicates() {
     assert!(edited.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(report.status, SyncStatus::Succeeded, "{report:#?}");
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("refused the conditional transaction") && w.contains("HTTP 412")),
+        report.warnings.iter().any(|w| w.contains("refused the conditional transaction") && w.contains("HTTP 412")),
         "{:?}",
         report.warnings
     );
     assert_eq!(report.per_type["Observation"].created, 2, "{report:#?}");
     assert_eq!(report.per_type["Condition"].updated, 1);
-    assert_eq!(
-        all_of_type(&target, "Observation").await.len(),
-        2,
-        "created once, not twice"
-    );
+    assert_eq!(all_of_type(&target, "Observation").await.len(), 2, "created once, not twice");
     let conditions = all_of_type(&target, "Condition").await;
     assert_eq!(conditions.len(), 1);
     assert_eq!(conditions[0]["code"]["text"], "v2");
@@ -922,16 +680,10 @@ async fn known_target_ids_are_read_by_id_and_a_wrong_one_is_searched_for() {
     let first = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_counts(&first, 319, 0, 0);
     assert_eq!(first.target_ids.len(), 319, "every resource has its target id");
-    assert_eq!(
-        first.target_ids.get(&format!("Patient/{patient_id}")),
-        first.target_patient_id.as_ref()
-    );
+    assert_eq!(first.target_ids.get(&format!("Patient/{patient_id}")), first.target_patient_id.as_ref());
 
     // With the ids: one batch of `_id` reads, no identifier search.
-    let hinted = SyncOptions {
-        known_targets: first.target_ids.clone(),
-        ..all_types()
-    };
+    let hinted = SyncOptions { known_targets: first.target_ids.clone(), ..all_types() };
     let second = sync::sync_patient(&ehr, &target, &patient_id, &hinted, &sync::NoProgress).await;
     assert_counts(&second, 0, 0, 319);
     assert_eq!(second.requests.target.requests, 1, "{:?}", second.requests);
@@ -939,21 +691,14 @@ async fn known_target_ids_are_read_by_id_and_a_wrong_one_is_searched_for() {
 
     // A wrong id (another Observation's copy) does not match: that one is
     // found by its identifier, and nothing is created or updated.
-    let mut observations: Vec<&String> = first
-        .target_ids
-        .keys()
-        .filter(|k| k.starts_with("Observation/"))
-        .collect();
+    let mut observations: Vec<&String> = first.target_ids.keys().filter(|k| k.starts_with("Observation/")).collect();
     observations.sort();
     let (a, b) = (observations[0].clone(), observations[1].clone());
     let mut wrong = first.target_ids.clone();
     let b_target = wrong[&b].clone();
     wrong.insert(a.clone(), b_target);
     wrong.insert("Observation/not-synced".into(), "nothing-here".into());
-    let options = SyncOptions {
-        known_targets: wrong,
-        ..all_types()
-    };
+    let options = SyncOptions { known_targets: wrong, ..all_types() };
     let third = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
     assert_counts(&third, 0, 0, 319);
     assert_eq!(third.requests.target.requests, 2, "{:?}", third.requests);

@@ -10,10 +10,7 @@ use url::Url;
 
 /// The crate's fixture folder.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }
 
 /// A config for `base_url` with millisecond backoffs, so retry tests take no
@@ -33,9 +30,7 @@ pub fn client(name: &str, base_url: &str) -> FhirClient {
 
 /// Serves `router` on 127.0.0.1:0; returns its `http://127.0.0.1:PORT`.
 pub async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -45,18 +40,14 @@ pub async fn serve(router: axum::Router) -> String {
 
 /// The Synthea patient bundle (a transaction of 319 entries).
 pub fn synthea_bundle() -> Value {
-    let text =
-        std::fs::read_to_string(fixture("synthea-patient-bundle.json")).expect("bundle fixture");
+    let text = std::fs::read_to_string(fixture("synthea-patient-bundle.json")).expect("bundle fixture");
     serde_json::from_str(&text).expect("bundle json")
 }
 
 /// Loads the Synthea bundle (319 resources) into `ehr`; returns the
 /// patient's id on `ehr`. Shared with the patient-sync bench.
 pub async fn load_synthea(ehr: &FhirClient) -> String {
-    let response = ehr
-        .transaction(&synthea_bundle())
-        .await
-        .expect("load the bundle");
+    let response = ehr.transaction(&synthea_bundle()).await.expect("load the bundle");
     let entries = fhir::bundle::entry_responses(&response);
     assert_eq!(entries.len(), 319);
     assert!(entries.iter().all(|e| e.is_success()), "every entry loaded");
@@ -91,23 +82,12 @@ pub async fn load_ehr(ehr: &FhirClient) -> String {
         })
         .collect();
     assert_eq!(others.len(), 25);
-    let response = ehr
-        .batch(&fhir::bundle::batch(&others))
-        .await
-        .expect("load the patients");
-    assert!(
-        fhir::bundle::entry_responses(&response)
-            .iter()
-            .all(|e| e.is_success())
-    );
+    let response = ehr.batch(&fhir::bundle::batch(&others)).await.expect("load the patients");
+    assert!(fhir::bundle::entry_responses(&response).iter().all(|e| e.is_success()));
     patient
 }
 
 /// Every resource of `resource_type` on `client`.
 pub async fn all_of_type(client: &FhirClient, resource_type: &str) -> Vec<Value> {
-    client
-        .search_all(&Search::new(resource_type).param("_count", "1000"))
-        .await
-        .expect("search all")
-        .resources
+    client.search_all(&Search::new(resource_type).param("_count", "1000")).await.expect("search all").resources
 }

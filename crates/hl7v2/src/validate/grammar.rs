@@ -38,10 +38,7 @@ pub(crate) struct Item {
 
 /// Parses the abstract syntax; `Err` names the byte position.
 pub(crate) fn parse(text: &str) -> Result<Vec<Item>, usize> {
-    let mut p = Parser {
-        b: text.as_bytes(),
-        i: 0,
-    };
+    let mut p = Parser { b: text.as_bytes(), i: 0 };
     let items = p.seq(None)?;
     p.ws();
     if p.i != p.b.len() {
@@ -136,11 +133,7 @@ impl Parser<'_> {
         }
         self.i += 1;
         let start = self.i;
-        while self
-            .b
-            .get(self.i)
-            .is_some_and(|c| c.is_ascii_digit() || *c == b'.')
-        {
+        while self.b.get(self.i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
             self.i += 1;
         }
         let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|_| start)?;
@@ -150,12 +143,7 @@ impl Parser<'_> {
 
 impl Item {
     fn new(node: Node) -> Item {
-        Item {
-            node,
-            optional: false,
-            repeats: false,
-            since: None,
-        }
+        Item { node, optional: false, repeats: false, since: None }
     }
 
     fn exists(&self, v: Version) -> bool {
@@ -214,10 +202,7 @@ impl Item {
                 (s, message)
             }
             Node::Choice(ns) => {
-                let all: Vec<_> = ns
-                    .iter()
-                    .map(|n| String::from_utf8_lossy(n).into_owned())
-                    .collect();
+                let all: Vec<_> = ns.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
                 let message = format!("one of {} is required", all.join(", "));
                 (all.first().cloned().unwrap_or_default(), message)
             }
@@ -225,10 +210,7 @@ impl Item {
                 .iter()
                 .find(|it| it.exists(v) && !it.optional)
                 .or_else(|| items.iter().find(|it| it.exists(v)))
-                .map_or(
-                    (String::new(), "a required group is missing".into()),
-                    |it| it.describe(v),
-                ),
+                .map_or((String::new(), "a required group is missing".into()), |it| it.describe(v)),
         }
     }
 }
@@ -250,10 +232,8 @@ impl Matcher<'_> {
     }
 
     fn occurrence_so_far(&self, name: &str) -> u32 {
-        self.segments[..self.pos.min(self.segments.len())]
-            .iter()
-            .filter(|n| n.as_slice() == name.as_bytes())
-            .count() as u32
+        self.segments[..self.pos.min(self.segments.len())].iter().filter(|n| n.as_slice() == name.as_bytes()).count()
+            as u32
     }
 
     fn push(&mut self, issue: Issue) {
@@ -268,11 +248,7 @@ impl Matcher<'_> {
             let n = self.occurrence_so_far(&name) + 1;
             Location::segment(&name, n)
         });
-        self.push(Issue::error(
-            location,
-            ErrorCode::SegmentSequenceError,
-            message,
-        ));
+        self.push(Issue::error(location, ErrorCode::SegmentSequenceError, message));
     }
 
     /// Reports required items in `items[from..to]` that were not matched
@@ -320,15 +296,8 @@ impl Matcher<'_> {
             }
             let name = String::from_utf8_lossy(&s).into_owned();
             let n = self.occurrence_so_far(&name) + 1;
-            let message = format!(
-                "segment {name} is not expected here in {} ({})",
-                self.structure, self.version
-            );
-            self.push(Issue::error(
-                Location::segment(&name, n),
-                ErrorCode::SegmentSequenceError,
-                message,
-            ));
+            let message = format!("segment {name} is not expected here in {} ({})", self.structure, self.version);
+            self.push(Issue::error(Location::segment(&name, n), ErrorCode::SegmentSequenceError, message));
             self.pos += 1;
         }
     }
@@ -364,14 +333,7 @@ mod tests {
                 [b[0], b[1], b[2]]
             })
             .collect();
-        let mut m = Matcher {
-            segments: &names,
-            version: v,
-            structure: "T",
-            pos: 0,
-            issues: Vec::new(),
-            limit: 100,
-        };
+        let mut m = Matcher { segments: &names, version: v, structure: "T", pos: 0, issues: Vec::new(), limit: 100 };
         m.seq(&items, &[]);
         m.issues.iter().map(|i| i.to_string()).collect()
     }
@@ -389,10 +351,7 @@ mod tests {
     #[test]
     fn misplaced_missing_and_repeated_segments_are_reported_once() {
         let v = Version::V2_5;
-        assert_eq!(
-            run(ORU, "MSH PID", v),
-            ["OBR(1): 100 Segment sequence error: required segment OBR is missing (E)"]
-        );
+        assert_eq!(run(ORU, "MSH PID", v), ["OBR(1): 100 Segment sequence error: required segment OBR is missing (E)"]);
         assert_eq!(
             run(ORU, "MSH PID OBR PV1 OBX", v),
             ["PV1(1): 100 Segment sequence error: segment PV1 is not expected here in T (2.5) (E)"]

@@ -64,14 +64,8 @@ const STRUCTURES: &[(&str, &str)] = &[
          [{ROL}]@2.4 [{DB1}] [{OBX [{PRT}]@2.7}] [{AL1}] [{DG1}] [DRG] [{PR1 [{ROL}]}] [{GT1}] \
          [{IN1 [IN2] [{IN3}] [{ROL}]@2.4}] [ACC] [UB1] [UB2]",
     ),
-    (
-        "ADT_A09",
-        "MSH [{SFT}]@2.5 [UAC]@2.7 EVN PID [PD1] PV1 [PV2] [{DB1}] [{OBX}] [{DG1}]",
-    ),
-    (
-        "ADT_A39",
-        "MSH [{SFT}]@2.5 [UAC]@2.7 EVN {PID [PD1] MRG [PV1]}",
-    ),
+    ("ADT_A09", "MSH [{SFT}]@2.5 [UAC]@2.7 EVN PID [PD1] PV1 [PV2] [{DB1}] [{OBX}] [{DG1}]"),
+    ("ADT_A39", "MSH [{SFT}]@2.5 [UAC]@2.7 EVN {PID [PD1] MRG [PV1]}"),
     (
         "ORU_R01",
         "MSH [{SFT}]@2.5 [UAC]@2.7 {[PID [PD1] [{PRT}]@2.7 [{NTE}] [{NK1}] [{ARV}]@2.6 \
@@ -118,17 +112,10 @@ const TRIGGERS: &[(&str, &[&str], &str)] = &[
     ("ORM", &["O01"], "ORM_O01"),
     (
         "SIU",
-        &[
-            "S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23",
-            "S24", "S26",
-        ],
+        &["S12", "S13", "S14", "S15", "S16", "S17", "S18", "S19", "S20", "S21", "S22", "S23", "S24", "S26"],
         "SIU_S12",
     ),
-    (
-        "MDM",
-        &["T01", "T03", "T05", "T07", "T09", "T11"],
-        "MDM_T01",
-    ),
+    ("MDM", &["T01", "T03", "T05", "T07", "T09", "T11"], "MDM_T01"),
     ("MDM", &["T02", "T04", "T06", "T08", "T10"], "MDM_T02"),
     ("VXU", &["V04"], "VXU_V04"),
 ];
@@ -145,10 +132,7 @@ pub fn structure_for(code: &str, trigger: &str) -> Option<&'static str> {
     if code == "ACK" {
         return Some("ACK");
     }
-    TRIGGERS
-        .iter()
-        .find(|(c, triggers, _)| *c == code && triggers.contains(&trigger))
-        .map(|(_, _, s)| *s)
+    TRIGGERS.iter().find(|(c, triggers, _)| *c == code && triggers.contains(&trigger)).map(|(_, _, s)| *s)
 }
 
 fn grammars() -> &'static Vec<(&'static str, Vec<grammar::Item>)> {
@@ -158,10 +142,7 @@ fn grammars() -> &'static Vec<(&'static str, Vec<grammar::Item>)> {
             .iter()
             .filter_map(|(name, text)| {
                 let parsed = grammar::parse(text);
-                debug_assert!(
-                    parsed.is_ok(),
-                    "structure {name} does not parse: {parsed:?}"
-                );
+                debug_assert!(parsed.is_ok(), "structure {name} does not parse: {parsed:?}");
                 parsed.ok().map(|g| (*name, g))
             })
             .collect()
@@ -218,15 +199,10 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
     let declared = text(&msh, 9, 1, 3);
     if !declared.is_empty() && declared != structure {
         issues.push(Issue {
-            location: Some(Location {
-                component: Some(3),
-                ..Location::field("MSH", 1, 9)
-            }),
+            location: Some(Location { component: Some(3), ..Location::field("MSH", 1, 9) }),
             code: ErrorCode::TableValueNotFound,
             severity: Severity::Warning,
-            message: format!(
-                "MSH-9-3 {declared} is not the structure of {code}^{trigger} ({structure})"
-            ),
+            message: format!("MSH-9-3 {declared} is not the structure of {code}^{trigger} ({structure})"),
             diagnostic: None,
         });
     }
@@ -237,14 +213,8 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
             .filter(|raw| !raw.starts_with(b"Z"))
             .map(|raw| [raw[0], raw[1], raw[2]])
             .collect();
-        let mut m = grammar::Matcher {
-            segments: &names,
-            version,
-            structure,
-            pos: 0,
-            issues: Vec::new(),
-            limit: MAX_ISSUES,
-        };
+        let mut m =
+            grammar::Matcher { segments: &names, version, structure, pos: 0, issues: Vec::new(), limit: MAX_ISSUES };
         m.seq(items, &[]);
         issues.extend(m.issues);
     }
@@ -277,15 +247,9 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
 /// replaced otherwise, so a malformed header cannot carry free text (which
 /// could be patient data) into logs and ACKs.
 fn shown(value: &str) -> &str {
-    let code_like = value.len() <= 12
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if code_like {
-        value
-    } else {
-        "(value not shown)"
-    }
+    let code_like =
+        value.len() <= 12 && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if code_like { value } else { "(value not shown)" }
 }
 
 /// Decoded text of SEG-field(1)-component-1, empty when absent.
@@ -304,21 +268,12 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         return Version::V2_5;
     };
     let at = |field: u32| Location::field("MSH", 1, field);
-    let at_component = |field: u32, c: u32| Location {
-        component: Some(c),
-        ..at(field)
-    };
+    let at_component = |field: u32, c: u32| Location { component: Some(c), ..at(field) };
     let raw_version = text(&msh, 12, 1, 1);
     let version = Version::parse(&raw_version);
     let rules_version = version.unwrap_or(Version::V2_5);
 
-    let missing = |f: u32| {
-        Issue::error(
-            at(f),
-            ErrorCode::RequiredFieldMissing,
-            format!("MSH-{f} is required"),
-        )
-    };
+    let missing = |f: u32| Issue::error(at(f), ErrorCode::RequiredFieldMissing, format!("MSH-{f} is required"));
     let code = text(&msh, 9, 1, 1);
     let trigger = text(&msh, 9, 1, 2);
     if code.is_empty() {
@@ -355,10 +310,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
         issues.push(Issue::error(
             at_component(11, 1),
             ErrorCode::UnsupportedProcessingId,
-            format!(
-                "processing id {} is not in HL7 table 0103",
-                shown(&processing)
-            ),
+            format!("processing id {} is not in HL7 table 0103", shown(&processing)),
         ));
     }
     if raw_version.is_empty() {
@@ -376,11 +328,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
             issues.push(missing(7));
         }
     } else if let Err(why) = check_dtm(&timestamp) {
-        issues.push(Issue::error(
-            at(7),
-            ErrorCode::DataTypeError,
-            format!("MSH-7 is not a valid DTM: {why}"),
-        ));
+        issues.push(Issue::error(at(7), ErrorCode::DataTypeError, format!("MSH-7 is not a valid DTM: {why}")));
     }
     for f in [15u32, 16] {
         let v = text(&msh, f as usize, 1, 1);
@@ -461,10 +409,7 @@ fn obx(seg: &Segment<'_>, occurrence: u32, issues: &mut Vec<Issue>) {
         }
         if let Err(why) = check_nm(&rep.text()) {
             issues.push(Issue::error(
-                Location {
-                    repetition: (reps > 1).then_some(r as u32 + 1),
-                    ..Location::field("OBX", occurrence, 5)
-                },
+                Location { repetition: (reps > 1).then_some(r as u32 + 1), ..Location::field("OBX", occurrence, 5) },
                 ErrorCode::DataTypeError,
                 format!("OBX-5 is not a valid NM (OBX-2 is NM): {why}"),
             ));
@@ -477,10 +422,7 @@ mod tests {
     use super::*;
 
     fn issues(text: &str) -> Vec<String> {
-        validate(&Message::parse(text).unwrap())
-            .iter()
-            .map(|i| i.to_string())
-            .collect()
+        validate(&Message::parse(text).unwrap()).iter().map(|i| i.to_string()).collect()
     }
 
     #[test]
@@ -495,9 +437,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            outcome(&validate(
-                &Message::parse("MSH|^~\\&|A||||20261121||ADT^A99|1|P|2.5").unwrap()
-            )),
+            outcome(&validate(&Message::parse("MSH|^~\\&|A||||20261121||ADT^A99|1|P|2.5").unwrap())),
             Outcome::Rejected
         );
     }
@@ -520,7 +460,8 @@ mod tests {
 
     #[test]
     fn obx_value_is_checked_as_nm_when_obx_2_says_so() {
-        let text = "MSH|^~\\&|A||||20261121||ORU^R01|1|P|2.5\rOBR|1|||X\rOBX|1|NM|X||1.5~abc||||||F\rOBX|2||X||7||||||F";
+        let text =
+            "MSH|^~\\&|A||||20261121||ORU^R01|1|P|2.5\rOBR|1|||X\rOBX|1|NM|X||1.5~abc||||||F\rOBX|2||X||7||||||F";
         assert_eq!(
             issues(text),
             [
@@ -534,10 +475,7 @@ mod tests {
     fn every_structure_parses() {
         assert_eq!(grammars().len(), STRUCTURES.len());
         for (_, triggers, structure) in TRIGGERS {
-            assert!(
-                STRUCTURES.iter().any(|(s, _)| s == structure),
-                "{structure}"
-            );
+            assert!(STRUCTURES.iter().any(|(s, _)| s == structure), "{structure}");
             assert!(!triggers.is_empty());
         }
     }

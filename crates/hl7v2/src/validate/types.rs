@@ -115,10 +115,7 @@ fn date_parts(d: &[u8]) -> Result<(), &'static str> {
 /// ```
 pub fn check_nm(value: &str) -> Result<(), &'static str> {
     let b = value.as_bytes();
-    let b = b
-        .strip_prefix(b"+")
-        .or_else(|| b.strip_prefix(b"-"))
-        .unwrap_or(b);
+    let b = b.strip_prefix(b"+").or_else(|| b.strip_prefix(b"-")).unwrap_or(b);
     let dots = b.iter().filter(|&&c| c == b'.').count();
     let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
     if dots > 1 || digits == 0 || digits + dots != b.len() {
@@ -148,29 +145,25 @@ pub(crate) const T0001: &[&str] = &["A", "F", "M", "N", "O", "U"];
 pub(crate) const T0008: &[&str] = &["AA", "AE", "AR", "CA", "CE", "CR"];
 /// HL7 table 0076, message type.
 pub(crate) const T0076: &[&str] = &[
-    "ACK", "ADR", "ADT", "BAR", "BPS", "BRP", "BRT", "BTS", "CCF", "CCI", "CCM", "CCQ", "CCU",
-    "CQU", "CRM", "CSU", "DBC", "DBU", "DEL", "DFT", "DOC", "DPR", "DRC", "DRG", "DSR", "EAC",
-    "EAN", "EAR", "EHC", "ESR", "ESU", "INR", "INU", "LSR", "LSU", "MDM", "MFD", "MFK", "MFN",
-    "MFQ", "MFR", "NMD", "NMQ", "NMR", "OMB", "OMD", "OMG", "OMI", "OML", "OMN", "OMP", "OMQ",
-    "OMS", "OPL", "OPR", "OPU", "ORA", "ORB", "ORD", "ORF", "ORG", "ORI", "ORL", "ORM", "ORN",
-    "ORP", "ORR", "ORS", "ORU", "ORX", "OSM", "OSQ", "OSR", "OSU", "OUL", "PEX", "PGL", "PIN",
-    "PMU", "PPG", "PPP", "PPR", "PPT", "PPV", "PRR", "PTR", "QBP", "QCK", "QCN", "QRF", "QRY",
-    "QSB", "QSX", "QVR", "RAR", "RAS", "RCI", "RCL", "RDE", "RDR", "RDS", "RDY", "REF", "RER",
-    "RGR", "RGV", "ROC", "ROD", "ROR", "RPA", "RPI", "RPL", "RPR", "RQA", "RQC", "RQI", "RQP",
-    "RRA", "RRD", "RRE", "RRG", "RRI", "RSP", "RTB", "SCN", "SDN", "SDR", "SIU", "SLN", "SLR",
-    "SMD", "SQM", "SQR", "SRM", "SRR", "SSR", "SSU", "STC", "STI", "SUR", "TBR", "TCR", "TCU",
-    "UDM", "VXQ", "VXR", "VXU", "VXX",
+    "ACK", "ADR", "ADT", "BAR", "BPS", "BRP", "BRT", "BTS", "CCF", "CCI", "CCM", "CCQ", "CCU", "CQU", "CRM", "CSU",
+    "DBC", "DBU", "DEL", "DFT", "DOC", "DPR", "DRC", "DRG", "DSR", "EAC", "EAN", "EAR", "EHC", "ESR", "ESU", "INR",
+    "INU", "LSR", "LSU", "MDM", "MFD", "MFK", "MFN", "MFQ", "MFR", "NMD", "NMQ", "NMR", "OMB", "OMD", "OMG", "OMI",
+    "OML", "OMN", "OMP", "OMQ", "OMS", "OPL", "OPR", "OPU", "ORA", "ORB", "ORD", "ORF", "ORG", "ORI", "ORL", "ORM",
+    "ORN", "ORP", "ORR", "ORS", "ORU", "ORX", "OSM", "OSQ", "OSR", "OSU", "OUL", "PEX", "PGL", "PIN", "PMU", "PPG",
+    "PPP", "PPR", "PPT", "PPV", "PRR", "PTR", "QBP", "QCK", "QCN", "QRF", "QRY", "QSB", "QSX", "QVR", "RAR", "RAS",
+    "RCI", "RCL", "RDE", "RDR", "RDS", "RDY", "REF", "RER", "RGR", "RGV", "ROC", "ROD", "ROR", "RPA", "RPI", "RPL",
+    "RPR", "RQA", "RQC", "RQI", "RQP", "RRA", "RRD", "RRE", "RRG", "RRI", "RSP", "RTB", "SCN", "SDN", "SDR", "SIU",
+    "SLN", "SLR", "SMD", "SQM", "SQR", "SRM", "SRR", "SSR", "SSU", "STC", "STI", "SUR", "TBR", "TCR", "TCU", "UDM",
+    "VXQ", "VXR", "VXU", "VXX",
 ];
 /// HL7 table 0085, observation result status.
-pub(crate) const T0085: &[&str] = &[
-    "A", "C", "D", "F", "I", "N", "O", "P", "R", "S", "U", "W", "X",
-];
+pub(crate) const T0085: &[&str] = &["A", "C", "D", "F", "I", "N", "O", "P", "R", "S", "U", "W", "X"];
 /// HL7 table 0103, processing id.
 pub(crate) const T0103: &[&str] = &["D", "P", "T"];
 /// HL7 table 0104, version id.
 pub(crate) const T0104: &[&str] = &[
-    "2.0", "2.0D", "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1",
-    "2.8", "2.8.1", "2.8.2", "2.9",
+    "2.0", "2.0D", "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2",
+    "2.9",
 ];
 /// HL7 table 0155, accept/application acknowledgment conditions.
 pub(crate) const T0155: &[&str] = &["AL", "ER", "NE", "SU"];
@@ -208,9 +201,7 @@ pub(crate) fn is_event(code: &str) -> bool {
     match b {
         [letter, d1, d2] if d1.is_ascii_digit() && d2.is_ascii_digit() => {
             let n = (d1 - b'0') * 10 + (d2 - b'0');
-            RANGES
-                .iter()
-                .any(|&(l, lo, hi)| l == *letter && (lo..=hi).contains(&n))
+            RANGES.iter().any(|&(l, lo, hi)| l == *letter && (lo..=hi).contains(&n))
         }
         _ => false,
     }
@@ -241,19 +232,8 @@ pub(crate) struct Rule {
 
 const ALWAYS: Option<Version> = Some(Version::V2_3);
 
-const fn rule(
-    segment: &'static str,
-    field: u32,
-    kind: Kind,
-    required_since: Option<Version>,
-) -> Rule {
-    Rule {
-        segment,
-        field,
-        kind,
-        required_since,
-        table: None,
-    }
+const fn rule(segment: &'static str, field: u32, kind: Kind, required_since: Option<Version>) -> Rule {
+    Rule { segment, field, kind, required_since, table: None }
 }
 
 const fn coded(
@@ -262,13 +242,7 @@ const fn coded(
     required_since: Option<Version>,
     table: (&'static str, &'static [&'static str]),
 ) -> Rule {
-    Rule {
-        segment,
-        field,
-        kind: Kind::Text,
-        required_since,
-        table: Some(table),
-    }
+    Rule { segment, field, kind: Kind::Text, required_since, table: Some(table) }
 }
 
 /// Table 0003 is a predicate, not a list: marked with an empty slice.
@@ -362,12 +336,7 @@ pub(crate) const RULES: &[Rule] = &[
 /// Checks one repetition's first component against a rule. `at` builds
 /// the location only when there is something to report: validation runs on
 /// every message, and most values are fine.
-pub(crate) fn check(
-    rule: &Rule,
-    value: &str,
-    segment: &str,
-    at: impl FnOnce() -> Location,
-) -> Option<Issue> {
+pub(crate) fn check(rule: &Rule, value: &str, segment: &str, at: impl FnOnce() -> Location) -> Option<Issue> {
     let result = match rule.kind {
         Kind::Text => Ok(()),
         Kind::Si => check_si(value).map_err(|w| ("SI", w)),
@@ -383,11 +352,7 @@ pub(crate) fn check(
         ));
     }
     let (table, values) = rule.table?;
-    let known = if table == "0003" {
-        is_event(value)
-    } else {
-        values.contains(&value)
-    };
+    let known = if table == "0003" { is_event(value) } else { values.contains(&value) };
     (!known).then(|| {
         Issue::error(
             at(),
@@ -402,10 +367,7 @@ pub(crate) fn rules_for(name: [u8; 3]) -> &'static [Rule] {
     let Some(first) = RULES.iter().position(|r| r.segment.as_bytes() == name) else {
         return &[];
     };
-    let len = RULES[first..]
-        .iter()
-        .take_while(|r| r.segment.as_bytes() == name)
-        .count();
+    let len = RULES[first..].iter().take_while(|r| r.segment.as_bytes() == name).count();
     &RULES[first..first + len]
 }
 
@@ -415,9 +377,7 @@ mod tests {
 
     #[test]
     fn event_table_covers_the_fixture_triggers_and_refuses_typos() {
-        for e in [
-            "A01", "A62", "R01", "O01", "S26", "T11", "V04", "PC1", "PCL", "Z99",
-        ] {
+        for e in ["A01", "A62", "R01", "O01", "S26", "T11", "V04", "PC1", "PCL", "Z99"] {
             assert!(is_event(e), "{e}");
         }
         for e in ["A63", "A00", "R1", "PC0", "XYZ", "a01", ""] {
@@ -430,11 +390,7 @@ mod tests {
         let mut seen: Vec<&str> = Vec::new();
         for pair in RULES.windows(2) {
             if pair[0].segment != pair[1].segment {
-                assert!(
-                    !seen.contains(&pair[1].segment),
-                    "{} split",
-                    pair[1].segment
-                );
+                assert!(!seen.contains(&pair[1].segment), "{} split", pair[1].segment);
                 seen.push(pair[0].segment);
             }
         }

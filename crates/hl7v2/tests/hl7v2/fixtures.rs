@@ -67,55 +67,22 @@ fn segment_count_matches_non_blank_lines() {
 fn oru_r01_01_reads_header_patient_and_observations() {
     let msg = fixture("ORU-R01-01.hl7");
     let t = msg.message_type().unwrap();
-    assert_eq!(
-        (&*t.code, &*t.trigger, &*t.structure),
-        ("ORU", "R01", "ORU_R01")
-    );
-    assert_eq!(
-        msg.control_id().as_deref(),
-        Some("2.16.840.1.114222.4.3.3.5.1.2-20120314235954.325")
-    );
+    assert_eq!((&*t.code, &*t.trigger, &*t.structure), ("ORU", "R01", "ORU_R01"));
+    assert_eq!(msg.control_id().as_deref(), Some("2.16.840.1.114222.4.3.3.5.1.2-20120314235954.325"));
     assert_eq!(msg.version().as_deref(), Some("2.5.1"));
     assert_eq!(msg.get("MSH-15").as_deref(), Some("AL"));
     assert_eq!(msg.get("MSH-16").as_deref(), Some("NE"));
-    assert_eq!(
-        msg.get("MSH-3-2").as_deref(),
-        Some("2.16.840.1.114222.4.3.3.5.1.2")
-    );
+    assert_eq!(msg.get("MSH-3-2").as_deref(), Some("2.16.840.1.114222.4.3.3.5.1.2"));
     assert_eq!(msg.get("PID-5-1").as_deref(), Some("Finn"));
     assert_eq!(msg.get("PID-5-2").as_deref(), Some("Huckleberry"));
-    assert_eq!(
-        msg.get("PID-3-4-2").as_deref(),
-        Some("2.16.840.1.114222.4.3.3.5.1.2")
-    );
-    assert_eq!(
-        msg.get("PID-10(2)-2").as_deref(),
-        Some("American Indian or Alaska Native")
-    );
-    let obx5: Vec<String> = msg
-        .segments_named("OBX")
-        .map(|s| s.get(5).unwrap_or_default().into_owned())
-        .collect();
-    assert_eq!(
-        obx5,
-        [
-            "https://testurl.com",
-            "App5",
-            "27268008",
-            "https://testurl.com",
-            "27"
-        ]
-    );
+    assert_eq!(msg.get("PID-3-4-2").as_deref(), Some("2.16.840.1.114222.4.3.3.5.1.2"));
+    assert_eq!(msg.get("PID-10(2)-2").as_deref(), Some("American Indian or Alaska Native"));
+    let obx5: Vec<String> = msg.segments_named("OBX").map(|s| s.get(5).unwrap_or_default().into_owned()).collect();
+    assert_eq!(obx5, ["https://testurl.com", "App5", "27268008", "https://testurl.com", "27"]);
     assert_eq!(msg.get("OBX(5)-5(2)").as_deref(), Some("25"));
     // PV1-14 holds "A\T\E": the escape decodes to the sub-component separator.
-    assert_eq!(
-        msg.get_raw("PV1-14"),
-        Some(&br"NHS Provider-General (inc.A\T\E-this Hosp)"[..])
-    );
-    assert_eq!(
-        msg.get("PV1-14").as_deref(),
-        Some("NHS Provider-General (inc.A&E-this Hosp)")
-    );
+    assert_eq!(msg.get_raw("PV1-14"), Some(&br"NHS Provider-General (inc.A\T\E-this Hosp)"[..]));
+    assert_eq!(msg.get("PV1-14").as_deref(), Some("NHS Provider-General (inc.A&E-this Hosp)"));
     assert_eq!(msg.presence("OBX(2)-3"), Presence::Empty);
     assert_eq!(msg.presence("OBX(2)-99"), Presence::Absent);
     assert_eq!(msg.presence("OBX(6)-1"), Presence::Absent);
@@ -161,8 +128,7 @@ async fn mllp_over_tcp_carries_every_fixture_and_its_ack() {
         while let Some(frame) = frames.next().await {
             let frame = frame.unwrap();
             let msg = hl7v2::Message::parse(frame.to_vec()).unwrap();
-            let ack =
-                Ack::new(AckCode::ApplicationAccept, "ACK1", "20261121120000").for_message(&msg);
+            let ack = Ack::new(AckCode::ApplicationAccept, "ACK1", "20261121120000").for_message(&msg);
             acks.send(ack.encode()).await.unwrap();
             received.push(frame.to_vec());
         }
@@ -201,18 +167,8 @@ async fn mllp_over_tcp_carries_every_fixture_and_its_ack() {
 /// OUL, PPR, RDE, RDS, REF, ADT A06/A07/A15/A16/A25-A27/A29/A45/A47/A60).
 const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
     // RF1 (referral) is not part of ADT_A01/A03/A05 in any version.
-    (
-        "ADT-A01-01.hl7",
-        &[
-            "RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A01 (2.8) (E)",
-        ],
-    ),
-    (
-        "ADT-A03-01.hl7",
-        &[
-            "RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A03 (2.8) (E)",
-        ],
-    ),
+    ("ADT-A01-01.hl7", &["RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A01 (2.8) (E)"]),
+    ("ADT-A03-01.hl7", &["RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A03 (2.8) (E)"]),
     // Table 0354 has no ADT_A04 structure: A04 uses ADT_A01.
     (
         "ADT-A04-01.hl7",
@@ -221,12 +177,7 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
             "RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A01 (2.8) (E)",
         ],
     ),
-    (
-        "ADT-A05-01.hl7",
-        &[
-            "RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A05 (2.8) (E)",
-        ],
-    ),
+    ("ADT-A05-01.hl7", &["RF1(1): 100 Segment sequence error: segment RF1 is not expected here in ADT_A05 (2.8) (E)"]),
     (
         "ADT-A08-01.hl7",
         &[
@@ -235,10 +186,7 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
         ],
     ),
     // `DB1||PT|DB1456|...`: DB1-1 (Set ID) is required.
-    (
-        "ADT-A09-01.hl7",
-        &["DB1(1)-1: 101 Required field missing: DB1-1 is required (E)"],
-    ),
+    ("ADT-A09-01.hl7", &["DB1(1)-1: 101 Required field missing: DB1-1 is required (E)"]),
     (
         "ADT-A10-01.hl7",
         &[
@@ -248,9 +196,7 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
     ),
     (
         "ADT-A11-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 ADT_A11 is not the structure of ADT^A11 (ADT_A09) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 ADT_A11 is not the structure of ADT^A11 (ADT_A09) (W)"],
     ),
     (
         "ADT-A13-01.hl7",
@@ -282,9 +228,7 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
     ),
     (
         "ADT-A40-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 ADT_A40 is not the structure of ADT^A40 (ADT_A39) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 ADT_A40 is not the structure of ADT^A40 (ADT_A39) (W)"],
     ),
     // `MRG|||ACC1234...`: MRG-1 (prior patient identifier list) is required.
     (
@@ -295,12 +239,7 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
         ],
     ),
     // 2.3 ADT_A01 orders DG1 before GT1; this file has GT1 then DG1.
-    (
-        "ADT01-23.hl7",
-        &[
-            "DG1(1): 100 Segment sequence error: segment DG1 is not expected here in ADT_A01 (2.3) (E)",
-        ],
-    ),
+    ("ADT01-23.hl7", &["DG1(1): 100 Segment sequence error: segment DG1 is not expected here in ADT_A01 (2.3) (E)"]),
     // `IN1|1|PAR^PARENT||||LUIGI`: IN1-3 (insurance company id) is required.
     (
         "ADT04-23.hl7",
@@ -310,39 +249,25 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
         ],
     ),
     // MSH PID NK1 PV1: the EVN every ADT_A01 needs is missing.
-    (
-        "ADT04-251.hl7",
-        &["EVN(1): 100 Segment sequence error: required segment EVN is missing (E)"],
-    ),
+    ("ADT04-251.hl7", &["EVN(1): 100 Segment sequence error: required segment EVN is missing (E)"]),
     // RXA-4 (end of administration) is R in the base standard; the CDC
     // immunization guide relaxes it, the base standard does not.
-    (
-        "IZ_1_1.1_Admin_Child_Max_Message.hl7",
-        &["RXA(1)-4: 101 Required field missing: RXA-4 is required (E)"],
-    ),
+    ("IZ_1_1.1_Admin_Child_Max_Message.hl7", &["RXA(1)-4: 101 Required field missing: RXA-4 is required (E)"]),
     (
         "MDM-T05-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T05 is not the structure of MDM^T05 (MDM_T01) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T05 is not the structure of MDM^T05 (MDM_T01) (W)"],
     ),
     (
         "MDM-T06-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T06 is not the structure of MDM^T06 (MDM_T02) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T06 is not the structure of MDM^T06 (MDM_T02) (W)"],
     ),
     (
         "MDM-T09-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T09 is not the structure of MDM^T09 (MDM_T01) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T09 is not the structure of MDM^T09 (MDM_T01) (W)"],
     ),
     (
         "MDM-T10-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T10 is not the structure of MDM^T10 (MDM_T02) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 MDM_T10 is not the structure of MDM^T10 (MDM_T02) (W)"],
     ),
     // Declared ADT^A01 but carries an MDM body (ORC, TQ1, OBR, NTE, TXA);
     // the second ORC (`ORC||||2222`) also lacks ORC-1.
@@ -382,55 +307,37 @@ const EXPECTED_ISSUES: &[(&str, &[&str])] = &[
     ),
     (
         "SIU-S13-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S13 is not the structure of SIU^S13 (SIU_S12) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S13 is not the structure of SIU^S13 (SIU_S12) (W)"],
     ),
     (
         "SIU-S14-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S14 is not the structure of SIU^S14 (SIU_S12) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S14 is not the structure of SIU^S14 (SIU_S12) (W)"],
     ),
     (
         "SIU-S15-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S15 is not the structure of SIU^S15 (SIU_S12) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S15 is not the structure of SIU^S15 (SIU_S12) (W)"],
     ),
     (
         "SIU-S16-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S16 is not the structure of SIU^S16 (SIU_S12) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S16 is not the structure of SIU^S16 (SIU_S12) (W)"],
     ),
     (
         "SIU-S17-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S17 is not the structure of SIU^S17 (SIU_S12) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S17 is not the structure of SIU^S17 (SIU_S12) (W)"],
     ),
     (
         "SIU-S26-01.hl7",
-        &[
-            "MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S26 is not the structure of SIU^S26 (SIU_S12) (W)",
-        ],
+        &["MSH(1)-9-3: 103 Table value not found: MSH-9-3 SIU_S26 is not the structure of SIU^S26 (SIU_S12) (W)"],
     ),
     // `RXA|0|1|20210818||...`: RXA-4 empty, as in the immunization sample.
-    (
-        "VXU-V04-01.hl7",
-        &["RXA(1)-4: 101 Required field missing: RXA-4 is required (E)"],
-    ),
+    ("VXU-V04-01.hl7", &["RXA(1)-4: 101 Required field missing: RXA-4 is required (E)"]),
 ];
 
 #[test]
 fn every_fixture_validates_or_yields_the_issues_checked_by_hand() {
     for (name, bytes) in fixtures() {
         let msg = Message::parse(bytes).unwrap();
-        let issues: Vec<String> = hl7v2::validate::validate(&msg)
-            .iter()
-            .map(|i| i.to_string())
-            .collect();
+        let issues: Vec<String> = hl7v2::validate::validate(&msg).iter().map(|i| i.to_string()).collect();
         let expected: Vec<String> = EXPECTED_ISSUES
             .iter()
             .find(|(n, _)| *n == name)
@@ -450,17 +357,10 @@ fn fixture_issues_become_err_segments_in_the_ack() {
     use hl7v2::ack::{Ack, AckCode, AckMode};
     let msg = fixture("ADT04-23.hl7");
     let issues = hl7v2::validate::validate(&msg);
-    assert_eq!(
-        hl7v2::validate::outcome(&issues),
-        hl7v2::ack::Outcome::Errored
-    );
-    let code = AckMode::of(&msg)
-        .immediate(hl7v2::validate::outcome(&issues))
-        .unwrap();
+    assert_eq!(hl7v2::validate::outcome(&issues), hl7v2::ack::Outcome::Errored);
+    let code = AckMode::of(&msg).immediate(hl7v2::validate::outcome(&issues)).unwrap();
     assert_eq!(code, AckCode::ApplicationError);
-    let ack = Ack::new(code, "ACK9", "20261121120000")
-        .issues(&issues)
-        .for_message(&msg);
+    let ack = Ack::new(code, "ACK9", "20261121120000").issues(&issues).for_message(&msg);
     // 2.3: the ELD layout in ERR-1, MSA-6 from the first issue.
     assert_eq!(
         String::from_utf8_lossy(ack.as_bytes()),

@@ -10,7 +10,10 @@ fn mixed_separators_blank_lines_and_leading_noise() {
     let names: Vec<&str> = msg.segments().map(|s| s.name()).collect();
     assert_eq!(names, ["MSH", "EVN", "PID", "ZPD", "PV1"]);
     assert_eq!(msg.encode(), input);
-    assert_eq!(msg.to_standard_form(), b"MSH|^~\\&|A|B|C|D|20261121||ADT^A08|1|P|2.5\rEVN||20261121\rPID|1||42\rZPD|x\rPV1|1|I|||||\r");
+    assert_eq!(
+        msg.to_standard_form(),
+        b"MSH|^~\\&|A|B|C|D|20261121||ADT^A08|1|P|2.5\rEVN||20261121\rPID|1||42\rZPD|x\rPV1|1|I|||||\r"
+    );
     // Trailing separators are empty fields, not absent ones.
     let pv1 = msg.segment("PV1").unwrap();
     assert_eq!(pv1.field_count(), 7);
@@ -28,8 +31,7 @@ fn segments_without_fields_and_z_segments() {
 
 #[test]
 fn msh2_with_truncation_character_from_2_7() {
-    let msg =
-        Message::parse("MSH|^~\\&#|A||||20261121||ADT^A01|1|P|2.7\rPID|1||12#3\\P\\4").unwrap();
+    let msg = Message::parse("MSH|^~\\&#|A||||20261121||ADT^A01|1|P|2.7\rPID|1||12#3\\P\\4").unwrap();
     assert_eq!(msg.delimiters().truncation(), Some(b'#'));
     assert_eq!(msg.get("MSH-2").as_deref(), Some("^~\\&#"));
     assert_eq!(msg.get("MSH-3").as_deref(), Some("A"));
@@ -57,27 +59,19 @@ fn latin1_bytes_and_declared_charsets() {
     assert_eq!(msg.get("PID-5-1").as_deref(), Some("Müller"));
     assert_eq!(msg.get("PID-5-2").as_deref(), Some("René"));
     // Declared 8859/1.
-    let msg =
-        Message::parse(&b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||||\xc9lise"[..])
-            .unwrap();
+    let msg = Message::parse(&b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||||\xc9lise"[..]).unwrap();
     assert_eq!(msg.charset(), Charset::Latin1);
     assert_eq!(msg.get("PID-5").as_deref(), Some("Élise"));
     // Declared UTF-8 with a hex escape of UTF-8 bytes.
-    let msg = Message::parse(
-        "MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||||Jos\\XC3A9\\".as_bytes(),
-    )
-    .unwrap();
+    let msg = Message::parse("MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||||Jos\\XC3A9\\".as_bytes())
+        .unwrap();
     assert_eq!(msg.get("PID-5").as_deref(), Some("José"));
 }
 
 #[test]
 fn formatted_text_escapes() {
-    let msg =
-        Message::parse("MSH|^~\\&|A\rOBX|1|FT|||line 1\\.br\\line 2\\X0D\\\\H\\bold\\N\\").unwrap();
-    assert_eq!(
-        msg.get("OBX-5").as_deref(),
-        Some("line 1\nline 2\r\\H\\bold\\N\\")
-    );
+    let msg = Message::parse("MSH|^~\\&|A\rOBX|1|FT|||line 1\\.br\\line 2\\X0D\\\\H\\bold\\N\\").unwrap();
+    assert_eq!(msg.get("OBX-5").as_deref(), Some("line 1\nline 2\r\\H\\bold\\N\\"));
 }
 
 #[test]
@@ -90,41 +84,11 @@ fn parse_errors_say_what_and_where() {
         (b"PID|1", ParseErrorKind::MissingHeader, 0, 1, None),
         (b"\xef\xbb\xbfFHS|^~\\&", ParseErrorKind::Batch, 3, 1, None),
         (b"MSH", ParseErrorKind::TruncatedHeader, 3, 1, Some(1)),
-        (
-            b"MSHA^~\\&",
-            ParseErrorKind::InvalidDelimiters(hl7v2::DelimiterError::NotPunctuation),
-            3,
-            1,
-            Some(1),
-        ),
-        (
-            b"MSH|^^\\&|",
-            ParseErrorKind::InvalidDelimiters(hl7v2::DelimiterError::Duplicate),
-            4,
-            1,
-            Some(2),
-        ),
-        (
-            b"MSH||",
-            ParseErrorKind::InvalidDelimiters(hl7v2::DelimiterError::Missing),
-            4,
-            1,
-            Some(2),
-        ),
-        (
-            b"MSH|^~\\&|A\rPID|1\rOBX1|2",
-            ParseErrorKind::InvalidSegmentName,
-            17,
-            3,
-            None,
-        ),
-        (
-            b"MSH|^~\\&|A\nPID|1\n continued text",
-            ParseErrorKind::InvalidSegmentName,
-            17,
-            3,
-            None,
-        ),
+        (b"MSHA^~\\&", ParseErrorKind::InvalidDelimiters(hl7v2::DelimiterError::NotPunctuation), 3, 1, Some(1)),
+        (b"MSH|^^\\&|", ParseErrorKind::InvalidDelimiters(hl7v2::DelimiterError::Duplicate), 4, 1, Some(2)),
+        (b"MSH||", ParseErrorKind::InvalidDelimiters(hl7v2::DelimiterError::Missing), 4, 1, Some(2)),
+        (b"MSH|^~\\&|A\rPID|1\rOBX1|2", ParseErrorKind::InvalidSegmentName, 17, 3, None),
+        (b"MSH|^~\\&|A\nPID|1\n continued text", ParseErrorKind::InvalidSegmentName, 17, 3, None),
     ];
     for (input, kind, offset, segment, field) in cases {
         let e = Message::parse(*input).unwrap_err();
@@ -137,12 +101,7 @@ fn parse_errors_say_what_and_where() {
     // The header is handed back when MSH was readable, and only then.
     let e = Message::parse(&b"MSH|^~\\&|A|B|C|D||||ID7\rPID|1\r\x00\x01"[..]).unwrap_err();
     assert_eq!(e.header().unwrap().control_id().as_deref(), Some("ID7"));
-    assert!(
-        Message::parse(&b"MSH|^^\\&|A"[..])
-            .unwrap_err()
-            .header()
-            .is_none()
-    );
+    assert!(Message::parse(&b"MSH|^^\\&|A"[..]).unwrap_err().header().is_none());
     // Display names positions, never content.
     assert_eq!(e.to_string(), "invalid segment name at byte 30, segment 3");
 }

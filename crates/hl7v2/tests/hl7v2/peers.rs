@@ -32,14 +32,8 @@ fn python_hl7_reads_every_ack_we_build() {
     for (_, bytes) in crate::fixtures::fixtures() {
         let msg = Message::parse(bytes).unwrap();
         let issues = hl7v2::validate::validate(&msg);
-        let code = if issues.is_empty() {
-            AckCode::ApplicationAccept
-        } else {
-            AckCode::ApplicationError
-        };
-        let ack = Ack::new(code, "ACK1", "20261121120000")
-            .issues(&issues)
-            .for_message(&msg);
+        let code = if issues.is_empty() { AckCode::ApplicationAccept } else { AckCode::ApplicationError };
+        let ack = Ack::new(code, "ACK1", "20261121120000").issues(&issues).for_message(&msg);
         input.extend_from_slice(&ack.encode());
         input.push(0x1c);
         let msa2 = ack.get("MSA-2").unwrap_or_default().into_owned();
@@ -54,16 +48,8 @@ fn python_hl7_reads_every_ack_we_build() {
         .expect("start the peers' python");
     child.stdin.take().unwrap().write_all(&input).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 71);
     assert_eq!(lines, expected);
 }

@@ -23,27 +23,15 @@ fn join(parts: Vec<String>, sep: char) -> String {
 /// A field: repetitions of components of sub-components.
 fn field() -> impl Strategy<Value = String> {
     prop::collection::vec(
-        prop::collection::vec(
-            prop::collection::vec(leaf(), 1..3).prop_map(|s| join(s, '&')),
-            1..4,
-        )
-        .prop_map(|c| join(c, '^')),
+        prop::collection::vec(prop::collection::vec(leaf(), 1..3).prop_map(|s| join(s, '&')), 1..4)
+            .prop_map(|c| join(c, '^')),
         1..3,
     )
     .prop_map(|r| join(r, '~'))
 }
 
 fn segment() -> impl Strategy<Value = String> {
-    (
-        prop_oneof![
-            Just("PID"),
-            Just("OBX"),
-            Just("NTE"),
-            Just("ZX1"),
-            Just("PV1")
-        ],
-        prop::collection::vec(field(), 0..8),
-    )
+    (prop_oneof![Just("PID"), Just("OBX"), Just("NTE"), Just("ZX1"), Just("PV1")], prop::collection::vec(field(), 0..8))
         .prop_map(|(name, fields)| {
             let mut s = name.to_string();
             for f in fields {
@@ -58,16 +46,11 @@ fn segment() -> impl Strategy<Value = String> {
 fn message() -> impl Strategy<Value = (Vec<String>, Vec<&'static str>, bool)> {
     prop::collection::vec(segment(), 0..8).prop_flat_map(|segments| {
         let n = segments.len() + 1;
-        (
-            Just(segments),
-            prop::collection::vec(prop_oneof![Just("\r"), Just("\n"), Just("\r\n")], n),
-            any::<bool>(),
-        )
+        (Just(segments), prop::collection::vec(prop_oneof![Just("\r"), Just("\n"), Just("\r\n")], n), any::<bool>())
     })
 }
 
-const MSH: &str =
-    "MSH|^~\\&|APP|FAC|RCV|RFAC|20261121120000||ADT^A08|CTRL|P|2.5.1|||||||UNICODE UTF-8";
+const MSH: &str = "MSH|^~\\&|APP|FAC|RCV|RFAC|20261121120000||ADT^A08|CTRL|P|2.5.1|||||||UNICODE UTF-8";
 
 fn assemble(segments: &[String], seps: &[&str], trailing: bool) -> String {
     let mut text = MSH.to_string();
@@ -270,9 +253,7 @@ fn exercise(bytes: &[u8]) {
                 }
             }
             let issues = hl7v2::validate::validate(&msg);
-            let ack = Ack::new(AckCode::ApplicationError, "A", "20261121")
-                .issues(&issues)
-                .for_message(&msg);
+            let ack = Ack::new(AckCode::ApplicationError, "A", "20261121").issues(&issues).for_message(&msg);
             assert!(Message::parse(ack.encode()).is_ok());
             let _ = msg.get("PID-5-1");
             let _ = msg.set("PID-5-1", "x");
@@ -281,8 +262,7 @@ fn exercise(bytes: &[u8]) {
         }
         Err(e) => {
             assert!(e.offset() <= bytes.len());
-            let nak =
-                Ack::new(AckCode::ApplicationReject, "N", "20261121").for_parse_error(&e, bytes);
+            let nak = Ack::new(AckCode::ApplicationReject, "N", "20261121").for_parse_error(&e, bytes);
             assert!(Message::parse(nak.encode()).is_ok());
         }
     }

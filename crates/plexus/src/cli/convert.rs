@@ -118,7 +118,8 @@ fn hl7_to_fhir(args: &Hl7ToFhirArgs) -> anyhow::Result<String> {
         None => Hl7ToFhirOptions::default(),
     };
     let text = read(&args.file)?;
-    let bundle = convert::hl7_to_fhir_text(&text, &opts).with_context(|| format!("converting {}", args.file.display()))?;
+    let bundle =
+        convert::hl7_to_fhir_text(&text, &opts).with_context(|| format!("converting {}", args.file.display()))?;
     Ok(serde_json::to_string_pretty(&bundle)? + "\n")
 }
 
@@ -133,7 +134,8 @@ fn fhir_to_hl7(args: &FhirToHl7Args) -> anyhow::Result<Vec<u8>> {
     }
     let input: serde_json::Value =
         serde_json::from_str(&read(&args.file)?).with_context(|| format!("{} is not JSON", args.file.display()))?;
-    let msg = convert::fhir_to_hl7(&input, target, &opts).with_context(|| format!("converting {}", args.file.display()))?;
+    let msg =
+        convert::fhir_to_hl7(&input, target, &opts).with_context(|| format!("converting {}", args.file.display()))?;
     let mut bytes = msg.as_bytes().to_vec();
     if !args.raw {
         for b in bytes.iter_mut().filter(|b| **b == b'\r') {

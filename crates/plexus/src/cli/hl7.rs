@@ -207,9 +207,8 @@ fn is_batch(bytes: &[u8]) -> bool {
 
 fn split_messages(bytes: &[u8]) -> Vec<&[u8]> {
     // Line starts: offset 0 and every byte after CR or LF.
-    let line_starts = std::iter::once(0).chain(
-        bytes.iter().enumerate().filter(|(_, b)| matches!(b, b'\r' | b'\n')).map(|(i, _)| i + 1),
-    );
+    let line_starts = std::iter::once(0)
+        .chain(bytes.iter().enumerate().filter(|(_, b)| matches!(b, b'\r' | b'\n')).map(|(i, _)| i + 1));
     let mut starts = Vec::new();
     let mut envelope = Vec::new();
     for start in line_starts {
@@ -277,7 +276,12 @@ fn write_tree(msg: &Message, label: &str, all: bool, out: &mut impl Write) -> io
     let kind = msg
         .message_type()
         .map(|t| {
-            [t.code, t.trigger, t.structure].iter().filter(|p| !p.is_empty()).map(|p| p.as_ref()).collect::<Vec<_>>().join("^")
+            [t.code, t.trigger, t.structure]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.as_ref())
+                .collect::<Vec<_>>()
+                .join("^")
         })
         .unwrap_or_else(|| "(no MSH-9)".to_owned());
     writeln!(
@@ -352,7 +356,7 @@ fn tree_rows(msg: &Message, all: bool) -> Vec<Row> {
                                 depth: depth + 1,
                                 path: format!("{rep_path}-1-{}", s + 1),
                                 value: leaf(sub.presence(), sub.text()),
-                                });
+                            });
                         }
                     }
                     continue;
@@ -513,7 +517,8 @@ fn get(args: &GetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let many = inputs.len() > 1;
     let mut missing = false;
     for input in &inputs {
-        let msg = parse(input).map_err(|e| anyhow::anyhow!("{}: does not parse: {}", input.label, describe_parse_error(&e)))?;
+        let msg = parse(input)
+            .map_err(|e| anyhow::anyhow!("{}: does not parse: {}", input.label, describe_parse_error(&e)))?;
         let prefix = if many { format!("{}: ", input.label) } else { String::new() };
         if args.raw {
             match msg.get_raw(path) {
@@ -634,10 +639,7 @@ fn civil(secs: u64) -> (String, String) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}{month:02}{day:02}"),
-        format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
-    )
+    (format!("{year:04}{month:02}{day:02}"), format!("{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
 #[cfg(test)]

@@ -29,9 +29,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use engine::config::Config;
-use fhir::sync::{
-    self, PatientQuery, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus,
-};
+use fhir::sync::{self, PatientQuery, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus};
 use fhir::{FhirClient, ServerConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use store::{NewSyncJob, StoreOptions};
@@ -131,10 +129,8 @@ pub fn run(cmd: SyncCommand) -> anyhow::Result<ExitCode> {
         SyncCommand::Patient(a) => &a.common.log,
     };
     logging::init(LogFormat::Text, Some(log))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     match cmd {
         SyncCommand::Search(args) => runtime.block_on(search(args)),
         SyncCommand::Patient(args) => runtime.block_on(patient(args)),
@@ -147,21 +143,13 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn client(
-    servers: &BTreeMap<String, ServerConfig>,
-    name: &str,
-    path: &Path,
-) -> anyhow::Result<FhirClient> {
+fn client(servers: &BTreeMap<String, ServerConfig>, name: &str, path: &Path) -> anyhow::Result<FhirClient> {
     let Some(config) = servers.get(name) else {
         let known: Vec<&str> = servers.keys().map(String::as_str).collect();
         bail!(
             "{} has no [fhir_servers.{name}] (it has: {})",
             path.display(),
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
+            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
         );
     };
     Ok(FhirClient::new(name, config)?)
@@ -201,10 +189,7 @@ async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
             for id in &c.identifiers {
                 println!(
                     "   identifier: {}{}|{}",
-                    id.kind
-                        .as_deref()
-                        .map(|k| format!("{k} "))
-                        .unwrap_or_default(),
+                    id.kind.as_deref().map(|k| format!("{k} ")).unwrap_or_default(),
                     id.system.as_deref().unwrap_or(""),
                     id.value.as_deref().unwrap_or("")
                 );
@@ -214,24 +199,14 @@ async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
             println!("(more patients match: narrow the search, or raise --limit)");
         }
     }
-    Ok(if found.candidates.is_empty() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if found.candidates.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn options(args: &PatientArgs) -> SyncOptions {
     let mut options = match args.resources.as_slice() {
         [] => SyncOptions::default(),
         [all] if all.eq_ignore_ascii_case("all") => SyncOptions::all_types(),
-        types => SyncOptions::for_types(
-            &types
-                .iter()
-                .map(|t| t.trim())
-                .filter(|t| !t.is_empty())
-                .collect::<Vec<_>>(),
-        ),
+        types => SyncOptions::for_types(&types.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect::<Vec<_>>()),
     };
     options.max_reference_depth = args.depth;
     if args.everything {
@@ -245,10 +220,7 @@ async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
     let source = client(&config.fhir_servers, &args.source, &args.common.config)?;
     let target = client(&config.fhir_servers, &args.target, &args.common.config)?;
     if source.base_url() == target.base_url() {
-        bail!(
-            "source and target are the same server ({})",
-            source.base_url()
-        );
+        bail!("source and target are the same server ({})", source.base_url());
     }
     let options = options(&args);
     let bar = progress_bar();
@@ -292,11 +264,7 @@ async fn patient(args: PatientArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_report(&report);
     }
-    Ok(if report.status == SyncStatus::Succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if report.status == SyncStatus::Succeeded { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The folder of a SQLite store file, as `plexus serve` creates it.
@@ -329,24 +297,15 @@ fn show(bar: &ProgressBar, event: &ProgressEvent) {
             SyncPhase::Match => "looking up the target",
             SyncPhase::Write => "writing",
         }),
-        ProgressEvent::Fetched { resources } => {
-            bar.set_message(format!("read {resources} resources"))
-        }
-        ProgressEvent::Planned {
-            create,
-            update,
-            unchanged,
-            failed,
-        } => {
+        ProgressEvent::Fetched { resources } => bar.set_message(format!("read {resources} resources")),
+        ProgressEvent::Planned { create, update, unchanged, failed } => {
             bar.set_style(
                 ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
             bar.set_length((create + update) as u64);
-            bar.set_message(format!(
-                "to create {create}, update {update}; unchanged {unchanged}, failed {failed}"
-            ));
+            bar.set_message(format!("to create {create}, update {update}; unchanged {unchanged}, failed {failed}"));
         }
         ProgressEvent::Written { done, .. } => bar.set_position(*done as u64),
     }
@@ -374,10 +333,7 @@ fn print_report(report: &SyncReport) {
             "type", "fetched", "created", "updated", "unchanged", "failed"
         );
         for (t, c) in &report.per_type {
-            println!(
-                "{t:<28} {:>8} {:>8} {:>8} {:>10} {:>7}",
-                c.fetched, c.created, c.updated, c.unchanged, c.failed
-            );
+            println!("{t:<28} {:>8} {:>8} {:>8} {:>10} {:>7}", c.fetched, c.created, c.updated, c.unchanged, c.failed);
         }
         let t = report.totals();
         println!(
@@ -389,10 +345,7 @@ fn print_report(report: &SyncReport) {
         println!("failed {} ({}): {}", f.source, f.class, f.reason);
     }
     for f in &report.fetch_errors {
-        println!(
-            "could not read {} ({}): {}",
-            f.resource_type, f.class, f.reason
-        );
+        println!("could not read {} ({}): {}", f.resource_type, f.class, f.reason);
     }
     for w in &report.warnings {
         println!("warning: {w}");
@@ -468,39 +421,17 @@ mod tests {
             c: SyncCommand,
         }
         let parse = |extra: &[&str]| {
-            let mut argv = vec![
-                "t",
-                "patient",
-                "--config",
-                "c.toml",
-                "--source",
-                "a",
-                "--target",
-                "b",
-                "--patient",
-                "1",
-            ];
+            let mut argv =
+                vec!["t", "patient", "--config", "c.toml", "--source", "a", "--target", "b", "--patient", "1"];
             argv.extend_from_slice(extra);
             match T::parse_from(argv).c {
                 SyncCommand::Patient(p) => options(&p),
                 SyncCommand::Search(_) => unreachable!("parsed a patient command"),
             }
         };
-        assert_eq!(
-            parse(&[]).resource_types.len(),
-            sync::DEFAULT_RESOURCE_TYPES.len()
-        );
-        assert_eq!(
-            parse(&["--resources", "Observation,Condition"]).resource_types,
-            vec!["Observation", "Condition"]
-        );
-        assert_eq!(
-            parse(&["--resources", "all"]).resource_types.len(),
-            sync::ALL_RESOURCE_TYPES.len()
-        );
-        assert_eq!(
-            parse(&["--depth", "1", "--everything"]).fetch,
-            sync::ClinicalFetch::Everything
-        );
+        assert_eq!(parse(&[]).resource_types.len(), sync::DEFAULT_RESOURCE_TYPES.len());
+        assert_eq!(parse(&["--resources", "Observation,Condition"]).resource_types, vec!["Observation", "Condition"]);
+        assert_eq!(parse(&["--resources", "all"]).resource_types.len(), sync::ALL_RESOURCE_TYPES.len());
+        assert_eq!(parse(&["--depth", "1", "--everything"]).fetch, sync::ClinicalFetch::Everything);
     }
 }

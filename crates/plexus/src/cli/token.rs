@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use engine::api::auth;
 use engine::config::Config;
@@ -171,4 +171,3 @@ fn table(tokens: &[ApiToken], now: DateTime<Utc>) -> String {
     }
     out
 }
-

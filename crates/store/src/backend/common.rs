@@ -265,11 +265,9 @@ pub(crate) fn encode_response(r: Option<&Response>) -> (Option<&'static str>, Op
     match r {
         None => (None, None, None),
         Some(Response::Ack { text }) => (Some("ack"), None, Some(truncate(text, MAX_RESPONSE_BYTES).to_owned())),
-        Some(Response::Http { status, body_excerpt }) => (
-            Some("http"),
-            Some(i64::from(*status)),
-            Some(truncate(body_excerpt, MAX_RESPONSE_BYTES).to_owned()),
-        ),
+        Some(Response::Http { status, body_excerpt }) => {
+            (Some("http"), Some(i64::from(*status)), Some(truncate(body_excerpt, MAX_RESPONSE_BYTES).to_owned()))
+        }
         Some(Response::Text { text }) => (Some("text"), None, Some(truncate(text, MAX_RESPONSE_BYTES).to_owned())),
     }
 }
@@ -279,10 +277,9 @@ fn decode_response(kind: Option<&str>, status: Option<i64>, text: Option<String>
     let text = text.unwrap_or_default();
     match kind? {
         "ack" => Some(Response::Ack { text }),
-        "http" => Some(Response::Http {
-            status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
-            body_excerpt: text,
-        }),
+        "http" => {
+            Some(Response::Http { status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(0), body_excerpt: text })
+        }
         _ => Some(Response::Text { text }),
     }
 }
@@ -833,7 +830,8 @@ pub(crate) fn finish_page(
 ) -> SearchPage {
     let more = rows.len() > limit;
     rows.truncate(limit);
-    let next = if more { rows.last().map(|r| encode_cursor(from_micros(r.received_at), MessageId(r.id))) } else { None };
+    let next =
+        if more { rows.last().map(|r| encode_cursor(from_micros(r.received_at), MessageId(r.id))) } else { None };
     let items = rows
         .into_iter()
         .map(|r| {

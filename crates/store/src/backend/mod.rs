@@ -24,10 +24,7 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
         "sqlite" => sqlite::open(url, options).await,
         "postgres" | "postgresql" => postgres::open(url, options).await,
         "mysql" | "mariadb" => mysql::open(url, options).await,
-        _ => Err(StoreError::InvalidUrl(format!(
-            "expected sqlite://, postgres:// or mysql://, got {:?}",
-            scheme
-        ))),
+        _ => Err(StoreError::InvalidUrl(format!("expected sqlite://, postgres:// or mysql://, got {:?}", scheme))),
     }
 }
 

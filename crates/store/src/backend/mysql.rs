@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Executor, FromRow, MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -70,7 +70,12 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let (ops, rx) = mpsc::channel(options.max_batch.saturating_mul(4).max(64));
     let changed = Arc::new(watch::channel(0u64).0);
     let shutdown = Arc::new(Notify::new());
-    let w = Writer { pool: writer_pool, clock: options.clock.clone(), window: options.duplicate_window, changed: changed.clone() };
+    let w = Writer {
+        pool: writer_pool,
+        clock: options.clock.clone(),
+        window: options.duplicate_window,
+        changed: changed.clone(),
+    };
     let handle = tokio::spawn(w.run(rx, options.max_batch, shutdown.clone()));
     Ok(Arc::new(MySqlStore {
         pool,
@@ -171,7 +176,13 @@ impl Store for MySqlStore {
         Ok(claim)
     }
 
-    async fn complete(&self, delivery: DeliveryId, lease: LeaseToken, outcome: Outcome, policy: &RetryPolicy) -> Result<Completion> {
+    async fn complete(
+        &self,
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: &RetryPolicy,
+    ) -> Result<Completion> {
         self.complete_with_retry_after(delivery, lease, outcome, policy, None).await
     }
 
@@ -413,7 +424,8 @@ impl Writer {
         }
         .await;
         if needs_lock {
-            let released = sqlx::query("SELECT RELEASE_LOCK(CONCAT('plexus_accept:', DATABASE()))").execute(&mut *conn).await;
+            let released =
+                sqlx::query("SELECT RELEASE_LOCK(CONCAT('plexus_accept:', DATABASE()))").execute(&mut *conn).await;
             if released.is_err() {
                 // A connection that may still hold the lock must not go back
                 // to the pool; closing it releases the lock.

@@ -12,8 +12,8 @@ use chrono::{TimeDelta, Utc};
 use sqlx::Connection;
 
 use super::common::*;
-use crate::model::*;
 use crate::StoreOptions;
+use crate::model::*;
 
 const CHANNELS: usize = 30;
 const MESSAGES: usize = 3000;
@@ -37,7 +37,11 @@ fn cases(claim_candidates: &str, now_binds: usize, claim_indexes: &'static [&'st
     let now = Utc::now();
     let text = |s: &str| Param::Text(s.to_owned());
     vec![
-        search("search by channel", SearchQuery { channel: Some("c3".into()), ..Default::default() }, &["messages_channel_time"]),
+        search(
+            "search by channel",
+            SearchQuery { channel: Some("c3".into()), ..Default::default() },
+            &["messages_channel_time"],
+        ),
         search(
             "search by channel and time",
             SearchQuery {
@@ -48,10 +52,26 @@ fn cases(claim_candidates: &str, now_binds: usize, claim_indexes: &'static [&'st
             },
             &["messages_channel_time"],
         ),
-        search("search by time", SearchQuery { received_from: Some(now - TimeDelta::minutes(5)), ..Default::default() }, &["messages_time"]),
-        search("search by control id", SearchQuery { control_id: Some("C17".into()), ..Default::default() }, &["messages_control_id"]),
-        search("search by order key", SearchQuery { order_key: Some("K17".into()), ..Default::default() }, &["messages_order_key"]),
-        search("search by patient", SearchQuery { patient_id: Some("MRN17".into()), ..Default::default() }, &["message_patients_patient"]),
+        search(
+            "search by time",
+            SearchQuery { received_from: Some(now - TimeDelta::minutes(5)), ..Default::default() },
+            &["messages_time"],
+        ),
+        search(
+            "search by control id",
+            SearchQuery { control_id: Some("C17".into()), ..Default::default() },
+            &["messages_control_id"],
+        ),
+        search(
+            "search by order key",
+            SearchQuery { order_key: Some("K17".into()), ..Default::default() },
+            &["messages_order_key"],
+        ),
+        search(
+            "search by patient",
+            SearchQuery { patient_id: Some("MRN17".into()), ..Default::default() },
+            &["message_patients_patient"],
+        ),
         search(
             "search by message type",
             SearchQuery { message_type: Some("ORU".into()), event: Some("R01".into()), ..Default::default() },
@@ -108,7 +128,9 @@ fn cases(claim_candidates: &str, now_binds: usize, claim_indexes: &'static [&'st
         },
         Case {
             name: "counts",
-            sql: "SELECT channel, destination, state, COUNT(*) AS n FROM deliveries GROUP BY channel, destination, state".into(),
+            sql:
+                "SELECT channel, destination, state, COUNT(*) AS n FROM deliveries GROUP BY channel, destination, state"
+                    .into(),
             params: vec![],
             indexes: &["deliveries_state"],
         },
@@ -214,7 +236,10 @@ async fn sqlite_common_queries_use_indexes() {
     let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
     sqlx::query("ANALYZE").execute(&mut conn).await.expect("analyze");
     for case in cases(super::sqlite::CLAIM_CANDIDATES, 1, &["deliveries_queue"]) {
-        let q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", case.sql)));
+        let q = sqlx::query_as::<_, (i64, i64, i64, String)>(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            case.sql
+        )));
         let rows = bind_all!(q, &case.params).fetch_all(&mut conn).await.expect("explain");
         let plan: String = rows.into_iter().map(|r| r.3 + "\n").collect();
         // "SCAN t" alone is a full scan; "SCAN t USING [COVERING] INDEX i"
@@ -226,7 +251,11 @@ async fn sqlite_common_queries_use_indexes() {
             p.lines().any(|l| l.trim_start().starts_with("SCAN") && (!l.contains("INDEX") || !whole_index_ok))
         });
         if case.name.starts_with("search by channel") || case.name == "search by time" {
-            assert!(!plan.contains("TEMP B-TREE"), "{}: sorts instead of reading the index in order\n{plan}", case.name);
+            assert!(
+                !plan.contains("TEMP B-TREE"),
+                "{}: sorts instead of reading the index in order\n{plan}",
+                case.name
+            );
         }
     }
 }
@@ -318,7 +347,8 @@ async fn mysql_common_queries_use_indexes() {
             let key: Option<String> = r.try_get("key").ok().flatten();
             let extra: Option<String> = r.try_get("Extra").ok().flatten();
             // ALL reads the table, "index" a whole index.
-            full_scan |= access.as_deref() == Some("ALL") || (access.as_deref() == Some("index") && case.name != "counts");
+            full_scan |=
+                access.as_deref() == Some("ALL") || (access.as_deref() == Some("index") && case.name != "counts");
             plan.push_str(&format!("{table:?} type={access:?} key={key:?} {extra:?}\n"));
         }
         check(&case, &plan, |_| full_scan);

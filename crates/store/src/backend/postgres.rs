@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgPool, Postgres, QueryBuilder, Row};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -73,7 +73,12 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let (ops, rx) = mpsc::channel(options.max_batch.saturating_mul(4).max(64));
     let changed = Arc::new(watch::channel(0u64).0);
     let shutdown = Arc::new(Notify::new());
-    let w = Writer { pool: writer_pool, clock: options.clock.clone(), window: options.duplicate_window, changed: changed.clone() };
+    let w = Writer {
+        pool: writer_pool,
+        clock: options.clock.clone(),
+        window: options.duplicate_window,
+        changed: changed.clone(),
+    };
     let handle = tokio::spawn(w.run(rx, options.max_batch, shutdown.clone()));
     let mut listener = PgListener::connect_with(&listener_pool).await?;
     listener.listen(WORK_CHANNEL).await?;
@@ -169,7 +174,13 @@ impl Store for PgStore {
         Ok(claim)
     }
 
-    async fn complete(&self, delivery: DeliveryId, lease: LeaseToken, outcome: Outcome, policy: &RetryPolicy) -> Result<Completion> {
+    async fn complete(
+        &self,
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: &RetryPolicy,
+    ) -> Result<Completion> {
         self.complete_with_retry_after(delivery, lease, outcome, policy, None).await
     }
 
@@ -417,10 +428,12 @@ impl Writer {
         if !keys.is_empty() {
             // In array order (sorted), so two nodes never wait on each other
             // in a cycle.
-            sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, n) ORDER BY n")
-                .bind(&keys)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+            )
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await?;
         }
         let existing = originals(&mut tx, messages, window_start(now, self.window)).await?;
         let plans = plan_batch(messages, existing);
@@ -486,7 +499,8 @@ async fn insert_unnest(conn: &mut PgConnection, inserts: &[&Prepared<'_>], now: 
     }
     let deliveries: Vec<(&Prepared<'_>, &NewDelivery)> =
         inserts.iter().flat_map(|p| p.message.deliveries.iter().map(move |d| (*p, d))).collect();
-    let opt = |f: fn(&NewMessage) -> &Option<String>| inserts.iter().map(|p| f(p.message).as_deref()).collect::<Vec<_>>();
+    let opt =
+        |f: fn(&NewMessage) -> &Option<String>| inserts.iter().map(|p| f(p.message).as_deref()).collect::<Vec<_>>();
     sqlx::query(INSERT_BATCH)
         .bind(inserts.iter().map(|p| p.id).collect::<Vec<_>>())
         .bind(inserts.iter().map(|p| p.message.channel.as_str()).collect::<Vec<_>>())

@@ -39,7 +39,9 @@ macro_rules! read_side {
             // One transaction: a consistent snapshot of the message, its
             // deliveries and their attempts while writers commit.
             let mut tx = pool.begin().await?;
-            let mut qb = QueryBuilder::<$db>::new(format!("SELECT {MESSAGE_COLUMNS}, m.raw, m.ack FROM messages m WHERE m.id = "));
+            let mut qb = QueryBuilder::<$db>::new(format!(
+                "SELECT {MESSAGE_COLUMNS}, m.raw, m.ack FROM messages m WHERE m.id = "
+            ));
             qb.push_bind(id.0);
             let Some(row) = qb.build().fetch_optional(&mut *tx).await? else { return Ok(None) };
             let message = MessageRow::from_row(&row)?;
@@ -50,14 +52,16 @@ macro_rules! read_side {
             qb.push_bind(id.0).push(" ORDER BY patient_id");
             let patient_ids: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
 
-            let mut qb = QueryBuilder::<$db>::new(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = "));
+            let mut qb =
+                QueryBuilder::<$db>::new(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = "));
             qb.push_bind(id.0).push(" ORDER BY id");
             let deliveries: Vec<DeliveryRow> = qb.build_query_as().fetch_all(&mut *tx).await?;
 
             let attempts: Vec<AttemptRow> = if deliveries.is_empty() {
                 Vec::new()
             } else {
-                let mut qb = QueryBuilder::<$db>::new(format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id IN ("));
+                let mut qb =
+                    QueryBuilder::<$db>::new(format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id IN ("));
                 let mut sep = qb.separated(", ");
                 for d in &deliveries {
                     sep.push_bind(d.id);
@@ -110,7 +114,6 @@ macro_rules! read_side {
         }
     };
 }
-
 
 /// The identity, for backends whose placeholders are `?`.
 pub(crate) fn question_marks(sql: &str) -> String {

@@ -18,8 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, watch, Notify};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
+};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -32,7 +34,6 @@ use crate::model::*;
 use crate::{Clock, Result, SqliteSynchronous as Sync, Store, StoreError, StoreOptions};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
 
 /// A store on a local SQLite file.
 #[derive(Debug)]
@@ -48,7 +49,9 @@ pub(crate) struct SqliteStore {
 pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
     if url.contains(":memory:") || url.contains("mode=memory") {
         // Each pooled connection would see its own empty database.
-        return Err(StoreError::InvalidUrl("an in-memory SQLite store cannot be shared by the writer and readers".into()));
+        return Err(StoreError::InvalidUrl(
+            "an in-memory SQLite store cannot be shared by the writer and readers".into(),
+        ));
     }
     let connect = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::InvalidUrl(format!("sqlite url: {e}")))?
@@ -71,11 +74,8 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     // The checkpointer task copies the log into the database beside the
     // writer; the writer does it itself only if the log grows far past that.
     exec(&mut conn, "PRAGMA wal_autocheckpoint = 16384").await?;
-    let readers = SqlitePoolOptions::new()
-        .max_connections(options.pool_size)
-        .connect_with(connect)
-        .await
-        .map_err(open_error)?;
+    let readers =
+        SqlitePoolOptions::new().max_connections(options.pool_size).connect_with(connect).await.map_err(open_error)?;
 
     let (ops, rx) = mpsc::channel(options.max_batch.saturating_mul(4).max(64));
     let (changed, changes) = watch::channel(0u64);
@@ -127,7 +127,9 @@ async fn checkpointer(readers: SqlitePool, changes: watch::Receiver<u64>) {
 /// database.
 fn open_error(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::Database(_) | sqlx::Error::Io(_) => StoreError::InvalidUrl(format!("cannot open the SQLite store: {e}")),
+        sqlx::Error::Database(_) | sqlx::Error::Io(_) => {
+            StoreError::InvalidUrl(format!("cannot open the SQLite store: {e}"))
+        }
         e => StoreError::Database(e),
     }
 }
@@ -156,7 +158,13 @@ impl Store for SqliteStore {
         writer::call(&self.ops, |r| Op::Claim(request.clone(), r)).await
     }
 
-    async fn complete(&self, delivery: DeliveryId, lease: LeaseToken, outcome: Outcome, policy: &RetryPolicy) -> Result<Completion> {
+    async fn complete(
+        &self,
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        outcome: Outcome,
+        policy: &RetryPolicy,
+    ) -> Result<Completion> {
         self.complete_with_retry_after(delivery, lease, outcome, policy, None).await
     }
 
@@ -389,10 +397,13 @@ impl Writer {
                     warn!(error = %e.summary(), batch = messages.len(), "bulk accept failed, retrying one by one");
                     for (m, reply) in accepts {
                         let one = savepoint!(self.conn, insert_batch(&mut self.conn, &[&m], now, self.window).await);
-                        done.push(Done::new(reply, one.map(|(mut r, q)| {
-                            wake |= q;
-                            r.remove(0)
-                        })));
+                        done.push(Done::new(
+                            reply,
+                            one.map(|(mut r, q)| {
+                                wake |= q;
+                                r.remove(0)
+                            }),
+                        ));
                     }
                 }
             }
@@ -427,10 +438,13 @@ impl Writer {
         match op {
             Op::Accept(m, reply) => {
                 let r = savepoint!(*conn, insert_batch(conn, &[&m], now, self.window).await);
-                Done::new(reply, r.map(|(mut v, q)| {
-                    *wake |= q;
-                    v.remove(0)
-                }))
+                Done::new(
+                    reply,
+                    r.map(|(mut v, q)| {
+                        *wake |= q;
+                        v.remove(0)
+                    }),
+                )
             }
             Op::Claim(req, reply) => Done::new(reply, savepoint!(*conn, claim(conn, req, now).await)),
             Op::Complete { delivery, lease, outcome, policy, retry_after, reply } => {

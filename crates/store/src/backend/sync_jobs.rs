@@ -207,7 +207,12 @@ macro_rules! sync_job_sql {
 
         /// Applies `update` to a job that has not ended;
         /// [`StoreError::NotFound`] when there is none.
-        pub(crate) async fn update(pool: &$pool, id: SyncJobId, update: SyncJobUpdate, now: DateTime<Utc>) -> Result<()> {
+        pub(crate) async fn update(
+            pool: &$pool,
+            id: SyncJobId,
+            update: SyncJobUpdate,
+            now: DateTime<Utc>,
+        ) -> Result<()> {
             let mut qb = QueryBuilder::<$db>::new("UPDATE sync_jobs SET ");
             match update {
                 SyncJobUpdate::Started => {

@@ -124,7 +124,8 @@ macro_rules! tokens_side {
         }
 
         async fn token_revoke(pool: &$pool, name_or_id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<u64> {
-            let sql = $placeholders("UPDATE api_tokens SET revoked_at = ? WHERE (id = ? OR name = ?) AND revoked_at IS NULL");
+            let sql =
+                $placeholders("UPDATE api_tokens SET revoked_at = ? WHERE (id = ? OR name = ?) AND revoked_at IS NULL");
             let done = sqlx::query::<$db>(AssertSqlSafe(sql))
                 .bind(to_micros(now))
                 .bind(name_or_id)

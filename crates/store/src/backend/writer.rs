@@ -35,9 +35,19 @@ pub(crate) enum Op {
         retry_after: Option<Duration>,
         reply: Reply<Completion>,
     },
-    Extend { delivery: DeliveryId, lease: LeaseToken, by: Duration, reply: Reply<chrono::DateTime<chrono::Utc>> },
+    Extend {
+        delivery: DeliveryId,
+        lease: LeaseToken,
+        by: Duration,
+        reply: Reply<chrono::DateTime<chrono::Utc>>,
+    },
     Replay(ReplayRequest, Reply<ReplayResult>),
-    DeadLetter { delivery: DeliveryId, actor: String, reason: Option<String>, reply: Reply<()> },
+    DeadLetter {
+        delivery: DeliveryId,
+        actor: String,
+        reason: Option<String>,
+        reply: Reply<()>,
+    },
     Audit(NewAuditEvent, Reply<()>),
     Retention(RetentionRequest, Reply<RetentionBatch>),
 }
@@ -143,10 +153,7 @@ pub(crate) async fn accept_many(
 }
 
 /// Sends `op` to the writer and waits for its answer.
-pub(crate) async fn call<T>(
-    tx: &mpsc::Sender<Op>,
-    make: impl FnOnce(Reply<T>) -> Op,
-) -> Result<T> {
+pub(crate) async fn call<T>(tx: &mpsc::Sender<Op>, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
     let (reply, answer) = oneshot::channel();
     tx.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
     // A dropped reply means the writer stopped without answering (shutdown

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use store::*;
 
-use crate::support::{message, TestStore};
+use crate::support::{TestStore, message};
 
 /// Two connections each hand over 60 messages for 4 patients in one call,
 /// at the same time. Each message gets its own answer in order (a repeat of

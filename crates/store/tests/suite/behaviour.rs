@@ -7,7 +7,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use store::*;
 
-use crate::support::{fixture, message, t0, TestStore};
+use crate::support::{TestStore, fixture, message, t0};
 
 pub use crate::batch::accept_many_answers_each_in_order_and_keeps_arrival_order;
 pub use crate::retry_after::retry_after_holds_the_retry_back;
@@ -299,7 +299,8 @@ pub async fn transient_failures_retry_with_backoff_then_block_the_key(t: &TestSt
     let c = t.store.claim(&claim_req("adt", "ehr", 10)).await.unwrap();
     assert_eq!(c.deliveries.len(), 1);
     assert_eq!(c.deliveries[0].control_id.as_deref(), Some("2"));
-    let audit = t.store.audit_events(&AuditQuery { message_id: Some(detail.summary.id), ..Default::default() }).await.unwrap();
+    let audit =
+        t.store.audit_events(&AuditQuery { message_id: Some(detail.summary.id), ..Default::default() }).await.unwrap();
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0].action, "dead_letter");
     assert_eq!(audit[0].actor, "alice");
@@ -357,10 +358,14 @@ pub async fn expired_lease_is_claimed_again_and_stale_completion_rejected(t: &Te
     ));
     t.store.complete(second.id, second.lease, sent(), &block(3)).await.unwrap();
     // A completed delivery cannot be completed again.
-    assert!(matches!(t.store.complete(second.id, second.lease, sent(), &block(3)).await, Err(StoreError::LeaseLost(_))));
+    assert!(matches!(
+        t.store.complete(second.id, second.lease, sent(), &block(3)).await,
+        Err(StoreError::LeaseLost(_))
+    ));
 
     let d = t.store.get_message(first.message_id).await.unwrap().unwrap();
-    let log: Vec<_> = d.deliveries[0].attempt_log.iter().map(|a| (a.number, a.outcome.as_str(), a.worker.as_str())).collect();
+    let log: Vec<_> =
+        d.deliveries[0].attempt_log.iter().map(|a| (a.number, a.outcome.as_str(), a.worker.as_str())).collect();
     assert_eq!(log, [(1, "lease_expired", "test-worker"), (2, "sent", "worker-2")]);
 }
 
@@ -383,7 +388,11 @@ pub async fn filtered_deliveries_are_never_claimed(t: &TestStore) {
     let c = t.store.claim(&claim_req("adt", "ehr", 10)).await.unwrap();
     assert_eq!(c.deliveries.len(), 1, "the filtered one does not hold its key up");
     assert_eq!(c.deliveries[0].control_id.as_deref(), Some("2"));
-    let done = t.store.complete(c.deliveries[0].id, c.deliveries[0].lease, Outcome::Filtered { rule: "late-rule".into() }, &block(3)).await.unwrap();
+    let done = t
+        .store
+        .complete(c.deliveries[0].id, c.deliveries[0].lease, Outcome::Filtered { rule: "late-rule".into() }, &block(3))
+        .await
+        .unwrap();
     assert_eq!(done.state, DeliveryState::Filtered);
     let d = t.store.get_message(c.deliveries[0].message_id).await.unwrap().unwrap();
     assert_eq!(d.deliveries[0].filter_rule.as_deref(), Some("late-rule"));
@@ -403,7 +412,12 @@ pub async fn replay_requeues_with_an_audit_event(t: &TestStore) {
     changes.mark_unchanged();
     let r = t
         .store
-        .replay(ReplayRequest { message_id: id, destination: Some("ehr".into()), actor: "bob".into(), reason: Some("EHR lost it".into()) })
+        .replay(ReplayRequest {
+            message_id: id,
+            destination: Some("ehr".into()),
+            actor: "bob".into(),
+            reason: Some("EHR lost it".into()),
+        })
         .await
         .unwrap();
     assert_eq!(r.replayed, vec![before.deliveries[0].id]);
@@ -426,11 +440,20 @@ pub async fn replay_requeues_with_an_audit_event(t: &TestStore) {
     assert!(audit[0].detail.as_deref().unwrap().contains("EHR lost it"));
 
     // Replaying an in-flight delivery does nothing to it.
-    let r = t.store.replay(ReplayRequest { message_id: id, destination: None, actor: "bob".into(), reason: None }).await.unwrap();
+    let r = t
+        .store
+        .replay(ReplayRequest { message_id: id, destination: None, actor: "bob".into(), reason: None })
+        .await
+        .unwrap();
     assert_eq!(r.replayed, vec![before.deliveries[1].id]);
     assert_eq!(r.skipped, vec![before.deliveries[0].id]);
 
-    let missing = ReplayRequest { message_id: MessageId(uuid::Uuid::now_v7()), destination: None, actor: "bob".into(), reason: None };
+    let missing = ReplayRequest {
+        message_id: MessageId(uuid::Uuid::now_v7()),
+        destination: None,
+        actor: "bob".into(),
+        reason: None,
+    };
     assert!(matches!(t.store.replay(missing).await, Err(StoreError::NotFound(_))));
 }
 
@@ -441,7 +464,10 @@ pub async fn replayed_head_never_overtakes_a_delivery_in_flight(t: &TestStore) {
     t.store.complete(d1.id, d1.lease, sent(), &block(3)).await.unwrap();
     let d2 = t.store.claim(&claim_req("adt", "ehr", 5)).await.unwrap().deliveries.remove(0);
     assert_eq!(d2.control_id.as_deref(), Some("2"));
-    t.store.replay(ReplayRequest { message_id: id1, destination: None, actor: "ops".into(), reason: None }).await.unwrap();
+    t.store
+        .replay(ReplayRequest { message_id: id1, destination: None, actor: "ops".into(), reason: None })
+        .await
+        .unwrap();
     let c = t.store.claim(&claim_req("adt", "ehr", 5)).await.unwrap();
     assert!(c.deliveries.is_empty(), "message 2 of key A is still in flight: {c:?}");
     t.store.complete(d2.id, d2.lease, sent(), &block(3)).await.unwrap();
@@ -473,7 +499,8 @@ pub async fn record_audit_and_list_newest_first(t: &TestStore) {
         .await
         .unwrap();
     assert_eq!(page2.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(), ["user1", "user0"]);
-    let bad = NewAuditEvent { actor: String::new(), action: "x".into(), message_id: None, delivery_id: None, detail: None };
+    let bad =
+        NewAuditEvent { actor: String::new(), action: "x".into(), message_id: None, delivery_id: None, detail: None };
     assert!(t.store.record_audit(bad).await.is_err());
 }
 
@@ -481,7 +508,12 @@ pub async fn search_filters_and_keyset_pagination(t: &TestStore) {
     // 30 messages over 30 minutes on two channels, three patients, two types.
     let mut ids = Vec::new();
     for i in 0..30u32 {
-        let mut m = message(if i % 2 == 0 { "adt" } else { "lab" }, &format!("C{i:02}"), Some(&format!("MRN-{}", i % 3)), &["ehr"]);
+        let mut m = message(
+            if i % 2 == 0 { "adt" } else { "lab" },
+            &format!("C{i:02}"),
+            Some(&format!("MRN-{}", i % 3)),
+            &["ehr"],
+        );
         m.received_at = t0() + chrono::TimeDelta::minutes(i64::from(i));
         if i % 5 == 0 {
             m.message_type = Some("ORU".into());
@@ -523,10 +555,13 @@ pub async fn search_filters_and_keyset_pagination(t: &TestStore) {
 
     let by_patient = search(SearchQuery { patient_id: Some("ALT-12".into()), ..Default::default() }).await;
     assert_eq!(by_patient.items.iter().map(|m| m.id).collect::<Vec<_>>(), [ids[12]]);
-    let by_patient = search(SearchQuery { patient_id: Some("MRN-2".into()), channel: Some("lab".into()), ..Default::default() }).await;
+    let by_patient =
+        search(SearchQuery { patient_id: Some("MRN-2".into()), channel: Some("lab".into()), ..Default::default() })
+            .await;
     assert_eq!(by_patient.items.len(), 5);
 
-    let oru = search(SearchQuery { message_type: Some("ORU".into()), event: Some("R01".into()), ..Default::default() }).await;
+    let oru =
+        search(SearchQuery { message_type: Some("ORU".into()), event: Some("R01".into()), ..Default::default() }).await;
     assert_eq!(oru.items.len(), 6);
 
     let window = search(SearchQuery {
@@ -536,7 +571,10 @@ pub async fn search_filters_and_keyset_pagination(t: &TestStore) {
         ..Default::default()
     })
     .await;
-    assert_eq!(window.items.iter().map(|m| m.control_id.clone().unwrap()).collect::<Vec<_>>(), ["C18", "C16", "C14", "C12", "C10"]);
+    assert_eq!(
+        window.items.iter().map(|m| m.control_id.clone().unwrap()).collect::<Vec<_>>(),
+        ["C18", "C16", "C14", "C12", "C10"]
+    );
 
     let none = search(SearchQuery { state: Some(DeliveryState::Sent), ..Default::default() }).await;
     assert!(none.items.is_empty());
@@ -578,7 +616,12 @@ pub async fn retention_removes_contents_of_finished_messages_only(t: &TestStore)
     let c = t.store.claim(&claim_req("adt", "ehr", 10)).await.unwrap();
     let d = c.deliveries.iter().find(|d| d.message_id == done).unwrap();
     t.store
-        .complete(d.id, d.lease, Outcome::Sent { response: Some(Response::Ack { text: "MSA|AA".into() }), transformed: Some(b"x".to_vec()) }, &block(3))
+        .complete(
+            d.id,
+            d.lease,
+            Outcome::Sent { response: Some(Response::Ack { text: "MSA|AA".into() }), transformed: Some(b"x".to_vec()) },
+            &block(3),
+        )
         .await
         .unwrap();
     let p = c.deliveries.iter().find(|d| d.message_id == pending).unwrap();
@@ -658,6 +701,9 @@ pub async fn reopened_store_keeps_messages_queue_and_leases(t: &TestStore) {
     assert_eq!(next.deliveries.len(), 1);
     assert_eq!(next.deliveries[0].control_id.as_deref(), Some("2"));
     // The duplicate window survives the restart too.
-    assert!(matches!(store.accept(message("adt", "1", Some("A"), &["ehr"])).await.unwrap(), Accepted::Duplicate { .. }));
+    assert!(matches!(
+        store.accept(message("adt", "1", Some("A"), &["ehr"])).await.unwrap(),
+        Accepted::Duplicate { .. }
+    ));
     store.close().await;
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use store::{ClaimRequest, Outcome, RetryPolicy, StoreOptions};
 
-use crate::support::{message, Kind, TestDb};
+use crate::support::{Kind, TestDb, message};
 
 const CHILD_ENV: &str = "PLEXUS_STORE_CLUSTER_CHILD_URL";
 const MESSAGES: usize = 600;
@@ -134,7 +134,12 @@ async fn cluster_child_claim_loop() {
                     pool.exec(o.log, &[&key, &arrival, &worker]).await.expect("log send");
                     pool.exec(o.release, &[&key]).await.expect("release key");
                     store
-                        .complete(d.id, d.lease, Outcome::Sent { response: None, transformed: None }, &RetryPolicy::default())
+                        .complete(
+                            d.id,
+                            d.lease,
+                            Outcome::Sent { response: None, transformed: None },
+                            &RetryPolicy::default(),
+                        )
                         .await
                         .expect("complete");
                     sent += 1;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use store::{Accepted, SearchQuery, StoreOptions};
 
-use crate::support::{message, Kind, TestDb};
+use crate::support::{Kind, TestDb, message};
 
 const CHILD_ENV: &str = "PLEXUS_STORE_CRASH_CHILD_URL";
 /// Acknowledgements the parent waits for before killing the child.
@@ -68,13 +68,15 @@ async fn acknowledged_accepts_survive_sigkill(kind: Kind) {
     store::open(&db.url, StoreOptions::default()).await.expect("open").close().await;
 
     let exe = std::env::current_exe().expect("test binary path");
-    let mut child = KillOnDrop(Command::new(exe)
-        .args(["--exact", "crash::crash_child_accept_loop", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, &db.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child"));
+    let mut child = KillOnDrop(
+        Command::new(exe)
+            .args(["--exact", "crash::crash_child_accept_loop", "--nocapture", "--test-threads", "1"])
+            .env(CHILD_ENV, &db.url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child"),
+    );
     let stdout = child.0.stdout.take().expect("child stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut acked = Vec::new();

@@ -11,8 +11,8 @@ mod crash;
 mod ordering;
 mod retry_after;
 mod support;
-mod tokens;
 mod sync_jobs;
+mod tokens;
 
 on_every_backend!(
     accept_stores_message_with_metadata_and_deliveries,

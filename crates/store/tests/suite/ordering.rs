@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use store::*;
 
-use crate::support::{message, Kind, TestStore};
+use crate::support::{Kind, TestStore, message};
 
 const WORKERS: usize = 3;
 const KEYS: u8 = 4;
@@ -55,14 +55,14 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 fn policy() -> impl Strategy<Value = RetryPolicy> {
-    (1u32..4, prop_oneof![Just(OnFailure::Block), Just(OnFailure::DeadLetter)]).prop_map(|(max_attempts, on_failure)| {
-        RetryPolicy {
+    (1u32..4, prop_oneof![Just(OnFailure::Block), Just(OnFailure::DeadLetter)]).prop_map(
+        |(max_attempts, on_failure)| RetryPolicy {
             max_attempts,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(4),
             on_failure,
-        }
-    })
+        },
+    )
 }
 
 #[derive(Debug)]
@@ -95,7 +95,8 @@ impl Model {
     fn check_claim(&mut self, claim: &Claim, worker: usize, now: DateTime<Utc>) -> Result<(), TestCaseError> {
         let mut keys_in_claim = HashSet::new();
         for d in &claim.deliveries {
-            let (key, arrival) = *self.arrivals.get(&d.message_id).ok_or_else(|| TestCaseError::fail("unknown message"))?;
+            let (key, arrival) =
+                *self.arrivals.get(&d.message_id).ok_or_else(|| TestCaseError::fail("unknown message"))?;
             self.deliveries.insert(d.id, (key, arrival));
             prop_assert!(!self.sent.contains(&d.id) && !self.dead.contains(&d.id), "a final delivery was claimed");
             if let Some((_, exp)) = self.leases.get(&d.id) {
@@ -154,7 +155,10 @@ async fn run_case(
                 let claim = store.claim(&req(worker, max)).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
                 prop_assert!(claim.deliveries.len() <= max as usize);
                 for d in &claim.deliveries {
-                    prop_assert_eq!(key_of(d.order_key.as_deref()), model.arrivals.get(&d.message_id).and_then(|a| a.0));
+                    prop_assert_eq!(
+                        key_of(d.order_key.as_deref()),
+                        model.arrivals.get(&d.message_id).and_then(|a| a.0)
+                    );
                 }
                 model.check_claim(&claim, worker, now)?;
             }
@@ -210,7 +214,12 @@ async fn run_case(
         model.check_claim(&claim, 0, now)?;
         if claim.deliveries.is_empty() {
             let blocked = store
-                .search(&SearchQuery { channel: Some(channel.into()), state: Some(DeliveryState::Error), limit: 1000, ..Default::default() })
+                .search(&SearchQuery {
+                    channel: Some(channel.into()),
+                    state: Some(DeliveryState::Error),
+                    limit: 1000,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             if blocked.items.is_empty() {
@@ -245,7 +254,8 @@ async fn run_case(
 }
 
 fn run(kind: Kind, cases: u32) {
-    let rt = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"));
+    let rt =
+        Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"));
     let suite = format!("store::ordering::{kind:?}");
     let Some(t) = rt.block_on(TestStore::open(kind, &suite)) else { return };
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use store::*;
 
-use crate::support::{message, t0, TestStore};
+use crate::support::{TestStore, message, t0};
 
 fn request() -> ClaimRequest {
     ClaimRequest {
@@ -50,9 +50,13 @@ pub async fn retry_after_holds_the_retry_back(t: &TestStore) {
 
     // A hint shorter than the backoff changes nothing.
     let now = t.clock.now();
-    let done = t.store.complete_with_retry_after(d.id, d.lease, busy(), &policy, Some(Duration::from_secs(1))).await.unwrap();
+    let done =
+        t.store.complete_with_retry_after(d.id, d.lease, busy(), &policy, Some(Duration::from_secs(1))).await.unwrap();
     let at = done.next_attempt_at.expect("retried");
-    assert!(at >= now + chrono::TimeDelta::seconds(10) && at <= now + chrono::TimeDelta::seconds(20), "{at} after {now}");
+    assert!(
+        at >= now + chrono::TimeDelta::seconds(10) && at <= now + chrono::TimeDelta::seconds(20),
+        "{at} after {now}"
+    );
 
     // The last attempt fails for good whatever the receiver asks.
     t.clock.set(at);

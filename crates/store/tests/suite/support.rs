@@ -147,15 +147,21 @@ pub fn message(channel: &str, control_id: &str, order_key: Option<&str>, destina
         received_at: t0(),
         peer_addr: Some("127.0.0.1:50000".into()),
         content_type: "x-application/hl7-v2+er7".into(),
-        raw: format!("MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261121||ADT^A08|{control_id}|P|2.5\rPID|1||{}\r", order_key.unwrap_or("-"))
-            .into_bytes(),
+        raw: format!(
+            "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261121||ADT^A08|{control_id}|P|2.5\rPID|1||{}\r",
+            order_key.unwrap_or("-")
+        )
+        .into_bytes(),
         control_id: Some(control_id.into()),
         sender_key: "LAB^HOSP".into(),
         message_type: Some("ADT".into()),
         event: Some("A08".into()),
         order_key: order_key.map(Into::into),
         patient_ids: order_key.map(|k| vec![k.to_owned()]).unwrap_or_default(),
-        ack: Some(format!("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20261121||ACK|A{control_id}|P|2.5\rMSA|AA|{control_id}\r").into_bytes()),
+        ack: Some(
+            format!("MSH|^~\\&|EHR|HOSP|LAB|HOSP|20261121||ACK|A{control_id}|P|2.5\rMSA|AA|{control_id}\r")
+                .into_bytes(),
+        ),
         deliveries: destinations.iter().map(|d| NewDelivery::queued(*d)).collect(),
     }
 }
@@ -206,7 +212,13 @@ macro_rules! on_every_backend {
 
 #[test]
 fn replace_database_keeps_credentials_and_params() {
-    assert_eq!(replace_database("postgres://postgres@127.0.0.1:5432/test", "x"), "postgres://postgres@127.0.0.1:5432/x");
-    assert_eq!(replace_database("mysql://root:pw@h/test?ssl-mode=disabled", "y"), "mysql://root:pw@h/y?ssl-mode=disabled");
+    assert_eq!(
+        replace_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        "postgres://postgres@127.0.0.1:5432/x"
+    );
+    assert_eq!(
+        replace_database("mysql://root:pw@h/test?ssl-mode=disabled", "y"),
+        "mysql://root:pw@h/y?ssl-mode=disabled"
+    );
     assert_eq!(replace_database("postgres://h", "z"), "postgres://h/z");
 }

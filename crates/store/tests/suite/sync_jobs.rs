@@ -10,7 +10,7 @@ use store::{
     SyncJobUpdate,
 };
 
-use crate::support::{t0, Kind, TestStore};
+use crate::support::{Kind, TestStore, t0};
 
 fn new_job(patient: &str) -> NewSyncJob {
     NewSyncJob {
@@ -42,7 +42,10 @@ async fn job_lifecycle_is_recorded(t: &TestStore) {
 
     t.clock.advance(Duration::from_secs(1));
     let mut counts = BTreeMap::new();
-    counts.insert("Observation".to_owned(), SyncJobCounts { fetched: 5, created: 3, updated: 1, unchanged: 1, failed: 0 });
+    counts.insert(
+        "Observation".to_owned(),
+        SyncJobCounts { fetched: 5, created: 3, updated: 1, unchanged: 1, failed: 0 },
+    );
     counts.insert("Patient".to_owned(), SyncJobCounts { fetched: 1, created: 1, ..SyncJobCounts::default() });
     let report = serde_json::json!({"status": "succeeded", "warnings": ["w"]});
     let outcome = SyncJobOutcome {
@@ -90,7 +93,8 @@ async fn failed_job_keeps_its_error_and_unknown_ids_are_absent(t: &TestStore) {
     assert!(matches!(t.store.update_sync_job(unknown, SyncJobUpdate::Started).await, Err(StoreError::NotFound(_))));
     // A finished job must carry a final status.
     let other = t.store.create_sync_job(new_job("pat-3")).await.unwrap();
-    let not_final = SyncJobOutcome { status: SyncJobStatus::Running, counts: BTreeMap::new(), error: None, report: None };
+    let not_final =
+        SyncJobOutcome { status: SyncJobStatus::Running, counts: BTreeMap::new(), error: None, report: None };
     assert!(t.store.update_sync_job(other.id, SyncJobUpdate::Finished(not_final)).await.is_err());
     // Invalid jobs are refused before the database.
     let err = t.store.create_sync_job(NewSyncJob { source: String::new(), ..new_job("p") }).await.unwrap_err();

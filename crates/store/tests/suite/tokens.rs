@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use store::{ErrorClass, NewApiToken, StoreError};
 
-use crate::support::{t0, TestStore};
+use crate::support::{TestStore, t0};
 
 fn token(id: &str, name: &str, scopes: &[&str]) -> NewApiToken {
     NewApiToken {
@@ -38,9 +38,13 @@ pub async fn api_tokens_create_find_list_revoke_and_touch(t: &TestStore) {
     s.create_api_token(ops).await.unwrap();
 
     // Malformed tokens are refused before the database.
-    for bad in [token("", "x", &["sync"]), token("has_underscore", "x", &["sync"]), token("c3", " ", &["sync"]),
-        token("c3", "x", &[]), token("c3", "x", &["two words"])]
-    {
+    for bad in [
+        token("", "x", &["sync"]),
+        token("has_underscore", "x", &["sync"]),
+        token("c3", " ", &["sync"]),
+        token("c3", "x", &[]),
+        token("c3", "x", &["two words"]),
+    ] {
         assert!(matches!(s.create_api_token(bad).await, Err(StoreError::Invalid { .. })));
     }
 

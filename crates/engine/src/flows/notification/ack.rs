@@ -170,12 +170,19 @@ impl AckWorker {
                     } else {
                         FailureClass::Permanent
                     };
-                    Outcome::Failed { class, reason: format!("the partner answered HTTP {status}"), response: Some(answer) }
+                    Outcome::Failed {
+                        class,
+                        reason: format!("the partner answered HTTP {status}"),
+                        response: Some(answer),
+                    }
                 }
             }
             Err(e) => Outcome::Failed {
                 class: FailureClass::Transient,
-                reason: format!("acknowledging failed: {}", if e.is_timeout() { "timeout" } else { "connection error" }),
+                reason: format!(
+                    "acknowledging failed: {}",
+                    if e.is_timeout() { "timeout" } else { "connection error" }
+                ),
                 response: None,
             },
         }

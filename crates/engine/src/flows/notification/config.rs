@@ -127,9 +127,7 @@ pub struct BearerConfig {
 
 impl std::fmt::Debug for BearerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BearerConfig")
-            .field("token", &"<redacted>")
-            .finish()
+        f.debug_struct("BearerConfig").field("token", &"<redacted>").finish()
     }
 }
 
@@ -229,11 +227,7 @@ impl std::fmt::Debug for AckAuth {
         match self {
             AckAuth::None => f.write_str("None"),
             AckAuth::Bearer { .. } => f.write_str("Bearer(<redacted>)"),
-            AckAuth::Hmac {
-                signature_header,
-                timestamp_header,
-                ..
-            } => f
+            AckAuth::Hmac { signature_header, timestamp_header, .. } => f
                 .debug_struct("Hmac")
                 .field("signature_header", signature_header)
                 .field("timestamp_header", timestamp_header)
@@ -256,10 +250,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bundle_bytes: default_max_bundle(),
-            fetch_timeout: default_fetch_timeout(),
-        }
+        Limits { max_bundle_bytes: default_max_bundle(), fetch_timeout: default_fetch_timeout() }
     }
 }
 
@@ -289,71 +280,38 @@ impl NotificationConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let at = |field: &str| {
-            if path.is_empty() {
-                field.to_string()
-            } else {
-                format!("{path}.{field}")
-            }
+            if path.is_empty() { field.to_string() } else { format!("{path}.{field}") }
         };
 
         let f = &self.fields;
-        check_field_path(
-            &mut errors,
-            &at("fields.notification_id"),
-            Some(&f.notification_id),
-        );
+        check_field_path(&mut errors, &at("fields.notification_id"), Some(&f.notification_id));
         check_field_path(&mut errors, &at("fields.file_id"), Some(&f.file_id));
         check_field_path(&mut errors, &at("fields.patient"), f.patient.as_deref());
-        check_field_path(
-            &mut errors,
-            &at("fields.presigned_url"),
-            f.presigned_url.as_deref(),
-        );
+        check_field_path(&mut errors, &at("fields.presigned_url"), f.presigned_url.as_deref());
         check_field_path(&mut errors, &at("fields.bucket"), f.bucket.as_deref());
         check_field_path(&mut errors, &at("fields.key"), f.key.as_deref());
         match (&f.bucket, &f.key) {
-            (Some(_), None) => {
-                errors.push(at("fields.key"), "`bucket` is set: `key` is needed too")
-            }
-            (None, Some(_)) => {
-                errors.push(at("fields.bucket"), "`key` is set: `bucket` is needed too")
-            }
+            (Some(_), None) => errors.push(at("fields.key"), "`bucket` is set: `key` is needed too"),
+            (None, Some(_)) => errors.push(at("fields.bucket"), "`key` is set: `bucket` is needed too"),
             _ => {}
         }
         let object_path = f.bucket.is_some() && f.key.is_some();
         if f.presigned_url.is_none() && !object_path {
-            errors.push(
-                at("fields"),
-                "set `presigned_url`, or `bucket` and `key`, to say where the bundle is",
-            );
+            errors.push(at("fields"), "set `presigned_url`, or `bucket` and `key`, to say where the bundle is");
         }
         if object_path && self.storage.is_none() {
-            errors.push(
-                at("storage"),
-                "`fields.bucket`/`fields.key` need a [storage] section (token service, region)",
-            );
+            errors.push(at("storage"), "`fields.bucket`/`fields.key` need a [storage] section (token service, region)");
         }
 
         if self.auth.hmac.is_none() && self.auth.bearer.is_none() {
-            errors.push(
-                at("auth"),
-                "configure `hmac`, `bearer` or both: notifications must be authenticated",
-            );
+            errors.push(at("auth"), "configure `hmac`, `bearer` or both: notifications must be authenticated");
         }
         if let Some(h) = &self.auth.hmac {
             if h.secret.is_empty() {
                 errors.push(at("auth.hmac.secret"), "is empty");
             }
-            check_header(
-                &mut errors,
-                &at("auth.hmac.signature_header"),
-                &h.signature_header,
-            );
-            check_header(
-                &mut errors,
-                &at("auth.hmac.timestamp_header"),
-                &h.timestamp_header,
-            );
+            check_header(&mut errors, &at("auth.hmac.signature_header"), &h.signature_header);
+            check_header(&mut errors, &at("auth.hmac.timestamp_header"), &h.timestamp_header);
             if h.tolerance.get().is_zero() {
                 errors.push(at("auth.hmac.tolerance"), "must be more than zero");
             }
@@ -370,10 +328,7 @@ impl NotificationConfig {
             }
         }
         if f.presigned_url.is_some() && self.fetch.allowed_hosts.is_empty() {
-            errors.push(
-                at("fetch.allowed_hosts"),
-                "`fields.presigned_url` is set: list the hosts it may point at",
-            );
+            errors.push(at("fetch.allowed_hosts"), "`fields.presigned_url` is set: list the hosts it may point at");
         }
 
         if let Some(s) = &self.storage {
@@ -396,9 +351,7 @@ impl NotificationConfig {
         match unknown_placeholder(template) {
             Some(name) => errors.push(
                 at("acknowledgement.url"),
-                format!(
-                    "unknown placeholder `{{{name}}}` (use {{notification_id}} or {{file_id}})"
-                ),
+                format!("unknown placeholder `{{{name}}}` (use {{notification_id}} or {{file_id}})"),
             ),
             None => {
                 let sample = super::ack_url_for(template, "n", "f");
@@ -407,28 +360,14 @@ impl NotificationConfig {
         }
         match &self.acknowledgement.auth {
             AckAuth::None => {}
-            AckAuth::Bearer { token } if token.is_empty() => {
-                errors.push(at("acknowledgement.auth.token"), "is empty")
-            }
+            AckAuth::Bearer { token } if token.is_empty() => errors.push(at("acknowledgement.auth.token"), "is empty"),
             AckAuth::Bearer { .. } => {}
-            AckAuth::Hmac {
-                secret,
-                signature_header,
-                timestamp_header,
-            } => {
+            AckAuth::Hmac { secret, signature_header, timestamp_header } => {
                 if secret.is_empty() {
                     errors.push(at("acknowledgement.auth.secret"), "is empty");
                 }
-                check_header(
-                    &mut errors,
-                    &at("acknowledgement.auth.signature_header"),
-                    signature_header,
-                );
-                check_header(
-                    &mut errors,
-                    &at("acknowledgement.auth.timestamp_header"),
-                    timestamp_header,
-                );
+                check_header(&mut errors, &at("acknowledgement.auth.signature_header"), signature_header);
+                check_header(&mut errors, &at("acknowledgement.auth.timestamp_header"), timestamp_header);
             }
         }
 
@@ -446,10 +385,7 @@ fn check_field_path(errors: &mut ConfigErrors, at: &str, value: Option<&str>) {
     if let Some(p) = value
         && (p.is_empty() || p.split('.').any(str::is_empty))
     {
-        errors.push(
-            at,
-            format!("`{p}` is not a dot path (write e.g. `data.fileId`)"),
-        );
+        errors.push(at, format!("`{p}` is not a dot path (write e.g. `data.fileId`)"));
     }
 }
 
@@ -519,10 +455,7 @@ mod tests {
     fn a_complete_config_reads_and_validates() {
         let c: NotificationConfig = toml::from_str(GOOD).unwrap();
         assert_eq!(c.validate("src"), Ok(()));
-        assert_eq!(
-            c.auth.hmac.as_ref().unwrap().signature_header,
-            "x-signature"
-        );
+        assert_eq!(c.auth.hmac.as_ref().unwrap().signature_header, "x-signature");
         assert_eq!(c.limits.fetch_timeout, Duration::from_secs(10));
     }
 
@@ -588,9 +521,7 @@ mod tests {
         let c: NotificationConfig = toml::from_str(GOOD).unwrap();
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("secret = \"s\"")
-                && !shown.contains("\"cs\"")
-                && !shown.contains("\"ack\""),
+            !shown.contains("secret = \"s\"") && !shown.contains("\"cs\"") && !shown.contains("\"ack\""),
             "{shown}"
         );
     }

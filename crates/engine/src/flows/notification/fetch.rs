@@ -109,9 +109,7 @@ impl FetchError {
     /// How this failure should be handled.
     pub fn class(&self) -> ErrorClass {
         match self {
-            FetchError::Timeout(_) | FetchError::Http(_) | FetchError::ObjectStore(_) => {
-                ErrorClass::Transient
-            }
+            FetchError::Timeout(_) | FetchError::Http(_) | FetchError::ObjectStore(_) => ErrorClass::Transient,
             FetchError::Status(s) if *s >= 500 || *s == 429 || *s == 408 => ErrorClass::Transient,
             FetchError::Token(t) => t.class(),
             FetchError::NoStorage | FetchError::Client(_) => ErrorClass::Config,
@@ -155,12 +153,7 @@ impl BundleFetcher {
             Some(s) => Some(ObjectStorage::new(s)?),
             None => None,
         };
-        Ok(BundleFetcher {
-            client,
-            guard,
-            limits: config.limits,
-            storage,
-        })
+        Ok(BundleFetcher { client, guard, limits: config.limits, storage })
     }
 
     /// Fetches the bundle at `location`, within the time limit.
@@ -171,28 +164,19 @@ impl BundleFetcher {
                 BundleLocation::PresignedUrl(url) => self.get_presigned(url).await?,
                 BundleLocation::Object { bucket, key } => {
                     let storage = self.storage.as_ref().ok_or(FetchError::NoStorage)?;
-                    storage
-                        .get(bucket, key, self.limits.max_bundle_bytes.0)
-                        .await?
+                    storage.get(bucket, key, self.limits.max_bundle_bytes.0).await?
                 }
             };
             parse_bundle(bytes)
         };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| FetchError::Timeout(timeout))?
+        tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout(timeout))?
     }
 
     async fn get_presigned(&self, url: &Url) -> Result<Bytes, FetchError> {
         let mut current = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             self.guard.check_url(&current)?;
-            let response = self
-                .client
-                .get(current.clone())
-                .send()
-                .await
-                .map_err(request_error)?;
+            let response = self.client.get(current.clone()).send().await.map_err(request_error)?;
             let status = response.status();
             if status.is_redirection() {
                 let next = response
@@ -201,10 +185,7 @@ impl BundleFetcher {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|loc| current.join(loc).ok())
                     .ok_or(FetchError::BadRedirect(status.as_u16()))?;
-                tracing::debug!(
-                    status = status.as_u16(),
-                    "following a redirect of a pre-signed URL"
-                );
+                tracing::debug!(status = status.as_u16(), "following a redirect of a pre-signed URL");
                 current = next;
                 continue;
             }
@@ -264,14 +245,10 @@ async fn read_limited(response: reqwest::Response, limit: u64) -> Result<Bytes, 
 
 /// Checks that `bytes` is a FHIR Bundle.
 pub fn parse_bundle(bytes: Bytes) -> Result<FetchedBundle, FetchError> {
-    let bundle: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| FetchError::NotJson(e.to_string()))?;
+    let bundle: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| FetchError::NotJson(e.to_string()))?;
     match bundle.get("resourceType").and_then(|t| t.as_str()) {
         Some("Bundle") => Ok(FetchedBundle { bytes, bundle }),
-        Some(other) => Err(FetchError::NotBundle(format!(
-            "`{}`",
-            other.chars().take(64).collect::<String>()
-        ))),
+        Some(other) => Err(FetchError::NotBundle(format!("`{}`", other.chars().take(64).collect::<String>()))),
         None => Err(FetchError::NotBundle("missing".into())),
     }
 }
@@ -304,15 +281,9 @@ impl ObjectStorage {
             .with_bucket_name(bucket)
             .with_credentials(self.credentials.clone());
         if let Some(endpoint) = &self.config.endpoint {
-            builder = builder
-                .with_endpoint(endpoint)
-                .with_allow_http(endpoint.starts_with("http://"));
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
         }
-        let store = Arc::new(
-            builder
-                .build()
-                .map_err(|e| FetchError::ObjectStore(e.to_string()))?,
-        );
+        let store = Arc::new(builder.build().map_err(|e| FetchError::ObjectStore(e.to_string()))?);
         buckets.insert(bucket.to_string(), store.clone());
         Ok(store)
     }
@@ -468,8 +439,7 @@ impl TokenCredentials {
     }
 
     async fn request(&self) -> Result<CachedCredential, TokenError> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let response = self
             .http
             .post(&self.token_url)
@@ -482,31 +452,20 @@ impl TokenCredentials {
         if !status.is_success() {
             return Err(TokenError::Status(status.as_u16()));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| TokenError::Http(error_chain(&e)))?;
-        let answer: TokenAnswer =
-            serde_json::from_slice(&body).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let body = response.bytes().await.map_err(|e| TokenError::Http(error_chain(&e)))?;
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let now = Utc::now();
         let expires_at = match (answer.expiration, answer.expires_in) {
             (Some(at), _) => at,
-            (None, Some(secs)) => {
-                now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2_000))
-            }
+            (None, Some(secs)) => now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2_000)),
             (None, None) => {
-                return Err(TokenError::Malformed(
-                    "neither `expiration` nor `expires_in`".into(),
-                ));
+                return Err(TokenError::Malformed("neither `expiration` nor `expires_in`".into()));
             }
         };
-        let refresh_before =
-            chrono::Duration::from_std(self.refresh_before).unwrap_or(chrono::Duration::zero());
+        let refresh_before = chrono::Duration::from_std(self.refresh_before).unwrap_or(chrono::Duration::zero());
         let refresh_at = expires_at - refresh_before;
         if refresh_at <= now {
-            tracing::warn!(
-                "temporary credentials expire within the refresh margin; they are used once"
-            );
+            tracing::warn!("temporary credentials expire within the refresh margin; they are used once");
         }
         Ok(CachedCredential {
             credential: Arc::new(AwsCredential {
@@ -524,12 +483,7 @@ impl CredentialProvider for TokenCredentials {
     type Credential = AwsCredential;
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        self.credential()
-            .await
-            .map_err(|e| object_store::Error::Generic {
-                store: "S3",
-                source: Box::new(e),
-            })
+        self.credential().await.map_err(|e| object_store::Error::Generic { store: "S3", source: Box::new(e) })
     }
 }
 
@@ -539,41 +493,23 @@ mod tests {
 
     #[test]
     fn only_bundles_pass() {
-        let ok = parse_bundle(Bytes::from_static(
-            br#"{"resourceType":"Bundle","type":"collection"}"#,
-        ))
-        .unwrap();
+        let ok = parse_bundle(Bytes::from_static(br#"{"resourceType":"Bundle","type":"collection"}"#)).unwrap();
         assert_eq!(ok.bundle["type"], "collection");
         assert!(matches!(
             parse_bundle(Bytes::from_static(br#"{"resourceType":"Patient"}"#)),
             Err(FetchError::NotBundle(t)) if t == "`Patient`"
         ));
-        assert!(matches!(
-            parse_bundle(Bytes::from_static(b"[]")),
-            Err(FetchError::NotBundle(_))
-        ));
-        assert!(matches!(
-            parse_bundle(Bytes::from_static(b"MSH|^~\\&|")),
-            Err(FetchError::NotJson(_))
-        ));
+        assert!(matches!(parse_bundle(Bytes::from_static(b"[]")), Err(FetchError::NotBundle(_))));
+        assert!(matches!(parse_bundle(Bytes::from_static(b"MSH|^~\\&|")), Err(FetchError::NotJson(_))));
     }
 
     #[test]
     fn classes_drive_retries() {
         assert_eq!(FetchError::Status(503).class(), ErrorClass::Transient);
         assert_eq!(FetchError::Status(403).class(), ErrorClass::Permanent);
-        assert_eq!(
-            FetchError::TooLarge { limit: 1 }.class(),
-            ErrorClass::Permanent
-        );
-        assert_eq!(
-            FetchError::Timeout(Duration::from_secs(1)).class(),
-            ErrorClass::Transient
-        );
-        assert_eq!(
-            FetchError::Token(TokenError::Status(401)).class(),
-            ErrorClass::Config
-        );
+        assert_eq!(FetchError::TooLarge { limit: 1 }.class(), ErrorClass::Permanent);
+        assert_eq!(FetchError::Timeout(Duration::from_secs(1)).class(), ErrorClass::Transient);
+        assert_eq!(FetchError::Token(TokenError::Status(401)).class(), ErrorClass::Config);
         assert_eq!(FetchError::NoStorage.class(), ErrorClass::Config);
     }
 }

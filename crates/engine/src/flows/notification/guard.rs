@@ -44,15 +44,9 @@ impl HostPattern {
             None => (false, lower),
         };
         if name.is_empty() || name.contains('*') {
-            return Err(format!(
-                "`{text}` is not a host pattern (write `files.example.com` or `*.example.com`)"
-            ));
+            return Err(format!("`{text}` is not a host pattern (write `files.example.com` or `*.example.com`)"));
         }
-        let bracketed = if name.contains(':') {
-            format!("[{name}]")
-        } else {
-            name.clone()
-        };
+        let bracketed = if name.contains(':') { format!("[{name}]") } else { name.clone() };
         match Host::parse(&bracketed) {
             Ok(Host::Domain(_)) => {}
             Ok(_) if !wild => {}
@@ -60,15 +54,9 @@ impl HostPattern {
             Err(_) => return Err(format!("`{text}` is not a host pattern")),
         }
         if wild && !name.contains('.') {
-            return Err(format!(
-                "`{text}` is too broad: a wildcard needs at least two labels after it"
-            ));
+            return Err(format!("`{text}` is too broad: a wildcard needs at least two labels after it"));
         }
-        Ok(if wild {
-            HostPattern::Subdomains(name)
-        } else {
-            HostPattern::Exact(name)
-        })
+        Ok(if wild { HostPattern::Subdomains(name) } else { HostPattern::Exact(name) })
     }
 
     /// Whether `host` (as in a URL, lower case) matches.
@@ -133,11 +121,7 @@ impl UrlGuard {
     /// nothing, which is the safe side).
     pub fn new(config: &FetchGuardConfig) -> Self {
         UrlGuard {
-            patterns: config
-                .allowed_hosts
-                .iter()
-                .filter_map(|p| HostPattern::parse(p).ok())
-                .collect(),
+            patterns: config.allowed_hosts.iter().filter_map(|p| HostPattern::parse(p).ok()).collect(),
             allow_http: config.allow_http,
             allow_private: config.allow_private_addresses,
         }
@@ -177,10 +161,7 @@ impl UrlGuard {
     /// Whether `addr` (an address of `host`) may be connected to.
     pub fn check_addr(&self, host: &str, addr: IpAddr) -> Result<(), GuardError> {
         if !self.allow_private && is_forbidden(addr) {
-            return Err(GuardError::ForbiddenAddress {
-                host: host.to_string(),
-                addr,
-            });
+            return Err(GuardError::ForbiddenAddress { host: host.to_string(), addr });
         }
         Ok(())
     }
@@ -188,9 +169,7 @@ impl UrlGuard {
     /// The DNS resolver for the fetch client: resolves with the system
     /// resolver and refuses the name if any address is forbidden.
     pub fn resolver(&self) -> GuardedResolver {
-        GuardedResolver {
-            guard: self.clone(),
-        }
+        GuardedResolver { guard: self.clone() }
     }
 }
 
@@ -208,17 +187,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
-                .map_err(|e| GuardError::Resolve {
-                    host: host.clone(),
-                    reason: e.to_string(),
-                })?
+                .map_err(|e| GuardError::Resolve { host: host.clone(), reason: e.to_string() })?
                 .collect();
             if addrs.is_empty() {
-                return Err(GuardError::Resolve {
-                    host,
-                    reason: "no addresses".into(),
-                }
-                .into());
+                return Err(GuardError::Resolve { host, reason: "no addresses".into() }.into());
             }
             // All or nothing: a name with one private address among public
             // ones is refused, not filtered, since the partner's DNS should
@@ -263,12 +235,7 @@ fn is_forbidden_v6(a: Ipv6Addr) -> bool {
     if seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
         // NAT64 64:ff9b::/96
         let [_, _, _, _, _, _, hi, lo] = seg;
-        return is_forbidden_v4(Ipv4Addr::new(
-            (hi >> 8) as u8,
-            hi as u8,
-            (lo >> 8) as u8,
-            lo as u8,
-        ));
+        return is_forbidden_v4(Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8));
     }
     // Otherwise only global unicast 2000::/3 is allowed, minus the special
     // ranges inside it. This also refuses ::, ::1, IPv4-compatible ::/96,
@@ -314,61 +281,30 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in [
-            "",
-            "*",
-            "*.com",
-            "a.*.com",
-            "*.127.0.0.1",
-            "exa mple.com",
-            "*.",
-        ] {
-            assert!(
-                HostPattern::parse(bad).is_err(),
-                "{bad:?} should be refused"
-            );
+        for bad in ["", "*", "*.com", "a.*.com", "*.127.0.0.1", "exa mple.com", "*."] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be refused");
         }
-        assert_eq!(
-            HostPattern::parse("::1").unwrap(),
-            HostPattern::Exact("::1".into())
-        );
+        assert_eq!(HostPattern::parse("::1").unwrap(), HostPattern::Exact("::1".into()));
     }
 
     #[test]
     fn scheme_credentials_and_allow_list_are_checked_before_any_dns() {
         let g = guard(&["*.partner.example"]);
         assert_eq!(g.check_url(&url("https://files.partner.example/b")), Ok(()));
-        assert_eq!(
-            g.check_url(&url("http://files.partner.example/b")),
-            Err(GuardError::Scheme("http".into()))
-        );
-        assert_eq!(
-            g.check_url(&url("file:///etc/passwd")),
-            Err(GuardError::Scheme("file".into()))
-        );
-        assert_eq!(
-            g.check_url(&url("https://u:p@files.partner.example/b")),
-            Err(GuardError::Credentials)
-        );
+        assert_eq!(g.check_url(&url("http://files.partner.example/b")), Err(GuardError::Scheme("http".into())));
+        assert_eq!(g.check_url(&url("file:///etc/passwd")), Err(GuardError::Scheme("file".into())));
+        assert_eq!(g.check_url(&url("https://u:p@files.partner.example/b")), Err(GuardError::Credentials));
         assert_eq!(
             g.check_url(&url("https://metadata.google.internal/")),
-            Err(GuardError::HostNotAllowed(
-                "metadata.google.internal".into()
-            ))
+            Err(GuardError::HostNotAllowed("metadata.google.internal".into()))
         );
     }
 
     #[test]
     fn loopback_literals_are_refused_by_default() {
         let g = guard(&["127.0.0.1", "::1"]);
-        assert!(matches!(
-            g.check_url(&url("https://127.0.0.1/x")),
-            Err(GuardError::ForbiddenAddress { .. })
-        ));
-        assert!(matches!(
-            g.check_url(&url("https://[::1]/x")),
-            Err(GuardError::ForbiddenAddress { .. })
-        ));
+        assert!(matches!(g.check_url(&url("https://127.0.0.1/x")), Err(GuardError::ForbiddenAddress { .. })));
+        assert!(matches!(g.check_url(&url("https://[::1]/x")), Err(GuardError::ForbiddenAddress { .. })));
         let open = UrlGuard::new(&FetchGuardConfig {
             allowed_hosts: vec!["127.0.0.1".into()],
             allow_http: true,
@@ -403,14 +339,7 @@ mod tests {
         ] {
             assert!(is_forbidden(a.parse().unwrap()), "{a} should be forbidden");
         }
-        for a in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "172.32.0.1",
-            "100.128.0.1",
-            "198.20.0.1",
-            "52.95.110.1",
-        ] {
+        for a in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "198.20.0.1", "52.95.110.1"] {
             assert!(!is_forbidden(a.parse().unwrap()), "{a} should be allowed");
         }
     }
@@ -438,12 +367,7 @@ mod tests {
         ] {
             assert!(is_forbidden(a.parse().unwrap()), "{a} should be forbidden");
         }
-        for a in [
-            "2606:4700:4700::1111",
-            "2a00:1450:4001::200e",
-            "::ffff:8.8.8.8",
-            "64:ff9b::808:808",
-        ] {
+        for a in ["2606:4700:4700::1111", "2a00:1450:4001::200e", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
             assert!(!is_forbidden(a.parse().unwrap()), "{a} should be allowed");
         }
     }
@@ -458,9 +382,6 @@ mod tests {
             Err(e) => e,
         };
         let guard_err = err.downcast_ref::<GuardError>().expect("a GuardError");
-        assert!(
-            matches!(guard_err, GuardError::ForbiddenAddress { .. }),
-            "{guard_err}"
-        );
+        assert!(matches!(guard_err, GuardError::ForbiddenAddress { .. }), "{guard_err}");
     }
 }

@@ -49,9 +49,7 @@ pub fn ack_url_for(template: &str, notification_id: &str, file_id: &str) -> Stri
 }
 
 fn encode_segment(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>().replace('+', "%20")
 }
 
 #[cfg(test)]
@@ -61,11 +59,7 @@ mod tests {
     #[test]
     fn ack_urls_encode_ids_as_one_segment() {
         assert_eq!(
-            ack_url_for(
-                "https://p.example/n/{notification_id}/files/{file_id}/ack",
-                "a/b?c",
-                "x y"
-            ),
+            ack_url_for("https://p.example/n/{notification_id}/files/{file_id}/ack", "a/b?c", "x y"),
             "https://p.example/n/a%2Fb%3Fc/files/x%20y/ack"
         );
     }

@@ -60,10 +60,7 @@ impl DedupeKey {
 impl Notification {
     /// The dedupe keys, notification id first.
     pub fn dedupe_keys(&self) -> [DedupeKey; 2] {
-        [
-            DedupeKey::Notification(self.notification_id.clone()),
-            DedupeKey::File(self.file_id.clone()),
-        ]
+        [DedupeKey::Notification(self.notification_id.clone()), DedupeKey::File(self.file_id.clone())]
     }
 }
 
@@ -108,19 +105,13 @@ impl ParseError {
 
     /// The JSON problem answering this error.
     pub fn problem(&self) -> super::verify::Problem {
-        super::verify::Problem::new(
-            self.status(),
-            "malformed-notification",
-            "Malformed notification",
-            self.to_string(),
-        )
+        super::verify::Problem::new(self.status(), "malformed-notification", "Malformed notification", self.to_string())
     }
 }
 
 /// Parses a notification body with the configured field paths.
 pub fn parse(fields: &FieldPaths, body: &[u8]) -> Result<Notification, ParseError> {
-    let json: Value =
-        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let json: Value = serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let notification_id = required_id(&json, &fields.notification_id)?;
     let file_id = required_id(&json, &fields.file_id)?;
     let patient = match &fields.patient {
@@ -133,39 +124,26 @@ pub fn parse(fields: &FieldPaths, body: &[u8]) -> Result<Notification, ParseErro
         None => None,
     };
     let location = if let Some((path, text)) = url {
-        BundleLocation::PresignedUrl(
-            Url::parse(&text).map_err(|_| ParseError::BadUrl(path.clone()))?,
-        )
+        BundleLocation::PresignedUrl(Url::parse(&text).map_err(|_| ParseError::BadUrl(path.clone()))?)
     } else {
         match (&fields.bucket, &fields.key) {
-            (Some(bp), Some(kp)) => {
-                match (optional_string(&json, bp)?, optional_string(&json, kp)?) {
-                    (Some(bucket), Some(key)) => BundleLocation::Object { bucket, key },
-                    (None, _) if fields.presigned_url.is_none() => {
-                        return Err(ParseError::Missing(bp.clone()));
-                    }
-                    (Some(_), None) => return Err(ParseError::Missing(kp.clone())),
-                    _ => return Err(no_location(fields)),
+            (Some(bp), Some(kp)) => match (optional_string(&json, bp)?, optional_string(&json, kp)?) {
+                (Some(bucket), Some(key)) => BundleLocation::Object { bucket, key },
+                (None, _) if fields.presigned_url.is_none() => {
+                    return Err(ParseError::Missing(bp.clone()));
                 }
-            }
+                (Some(_), None) => return Err(ParseError::Missing(kp.clone())),
+                _ => return Err(no_location(fields)),
+            },
             _ => return Err(no_location(fields)),
         }
     };
-    Ok(Notification {
-        notification_id,
-        file_id,
-        patient,
-        location,
-    })
+    Ok(Notification { notification_id, file_id, patient, location })
 }
 
 fn no_location(fields: &FieldPaths) -> ParseError {
     let show = |p: &Option<String>| p.clone().unwrap_or_else(|| "-".into());
-    ParseError::NoLocation {
-        url: show(&fields.presigned_url),
-        bucket: show(&fields.bucket),
-        key: show(&fields.key),
-    }
+    ParseError::NoLocation { url: show(&fields.presigned_url), bucket: show(&fields.bucket), key: show(&fields.key) }
 }
 
 /// The value at dot path `path`, `None` when absent or null.
@@ -187,10 +165,7 @@ fn optional_id(json: &Value, path: &str) -> Result<Option<String>, ParseError> {
         Some(Value::String(s)) if s.trim().is_empty() => Err(ParseError::Missing(path.to_string())),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Ok(Some(n.to_string())),
-        Some(_) => Err(ParseError::WrongType {
-            path: path.to_string(),
-            expected: "a string or an integer",
-        }),
+        Some(_) => Err(ParseError::WrongType { path: path.to_string(), expected: "a string or an integer" }),
     }
 }
 
@@ -203,10 +178,7 @@ fn optional_string(json: &Value, path: &str) -> Result<Option<String>, ParseErro
         None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ParseError::WrongType {
-            path: path.to_string(),
-            expected: "a string",
-        }),
+        Some(_) => Err(ParseError::WrongType { path: path.to_string(), expected: "a string" }),
     }
 }
 
@@ -232,28 +204,15 @@ mod tests {
         assert_eq!(n.notification_id, "n-1");
         assert_eq!(n.file_id, "77");
         assert_eq!(n.patient.as_deref(), Some("p-9"));
-        assert_eq!(
-            n.location,
-            BundleLocation::PresignedUrl(Url::parse("https://files.example/b?sig=1").unwrap())
-        );
-        assert_eq!(
-            n.dedupe_keys().map(|k| k.as_stored()),
-            ["notification:n-1".to_string(), "file:77".to_string()]
-        );
+        assert_eq!(n.location, BundleLocation::PresignedUrl(Url::parse("https://files.example/b?sig=1").unwrap()));
+        assert_eq!(n.dedupe_keys().map(|k| k.as_stored()), ["notification:n-1".to_string(), "file:77".to_string()]);
     }
 
     #[test]
     fn an_object_notification_is_read() {
-        let body =
-            br#"{"id":"n-2","data":{"fileId":"f-2","location":{"bucket":"b","key":"p/1.json"}}}"#;
+        let body = br#"{"id":"n-2","data":{"fileId":"f-2","location":{"bucket":"b","key":"p/1.json"}}}"#;
         let n = parse(&fields(), body).unwrap();
-        assert_eq!(
-            n.location,
-            BundleLocation::Object {
-                bucket: "b".into(),
-                key: "p/1.json".into()
-            }
-        );
+        assert_eq!(n.location, BundleLocation::Object { bucket: "b".into(), key: "p/1.json".into() });
         assert_eq!(n.patient, None);
     }
 
@@ -261,52 +220,30 @@ mod tests {
     fn array_segments_index_arrays() {
         let mut f = fields();
         f.file_id = "files.1.id".into();
-        let body =
-            br#"{"id":"n","files":[{"id":"a"},{"id":"b"}],"data":{"url":"https://x.example/"}}"#;
+        let body = br#"{"id":"n","files":[{"id":"a"},{"id":"b"}],"data":{"url":"https://x.example/"}}"#;
         assert_eq!(parse(&f, body).unwrap().file_id, "b");
     }
 
     #[test]
     fn errors_name_the_missing_path() {
+        assert_eq!(parse(&fields(), br#"{"data":{"fileId":"f"}}"#), Err(ParseError::Missing("id".into())));
+        assert_eq!(parse(&fields(), br#"{"id":"n","data":{}}"#), Err(ParseError::Missing("data.fileId".into())));
+        assert_eq!(parse(&fields(), br#"{"id":" ","data":{"fileId":"f"}}"#), Err(ParseError::Missing("id".into())));
         assert_eq!(
-            parse(&fields(), br#"{"data":{"fileId":"f"}}"#),
-            Err(ParseError::Missing("id".into()))
-        );
-        assert_eq!(
-            parse(&fields(), br#"{"id":"n","data":{}}"#),
-            Err(ParseError::Missing("data.fileId".into()))
-        );
-        assert_eq!(
-            parse(&fields(), br#"{"id":" ","data":{"fileId":"f"}}"#),
-            Err(ParseError::Missing("id".into()))
-        );
-        assert_eq!(
-            parse(
-                &fields(),
-                br#"{"id":"n","data":{"fileId":"f","location":{"bucket":"b"}}}"#
-            ),
+            parse(&fields(), br#"{"id":"n","data":{"fileId":"f","location":{"bucket":"b"}}}"#),
             Err(ParseError::Missing("data.location.key".into()))
         );
-        assert!(matches!(
-            parse(&fields(), br#"{"id":"n","data":{"fileId":"f"}}"#),
-            Err(ParseError::NoLocation { .. })
-        ));
+        assert!(matches!(parse(&fields(), br#"{"id":"n","data":{"fileId":"f"}}"#), Err(ParseError::NoLocation { .. })));
     }
 
     #[test]
     fn wrong_types_and_bad_json_are_explained() {
         assert_eq!(
             parse(&fields(), br#"{"id":{"x":1},"data":{"fileId":"f"}}"#),
-            Err(ParseError::WrongType {
-                path: "id".into(),
-                expected: "a string or an integer"
-            })
+            Err(ParseError::WrongType { path: "id".into(), expected: "a string or an integer" })
         );
         assert_eq!(
-            parse(
-                &fields(),
-                br#"{"id":"n","data":{"fileId":"f","url":"not a url"}}"#
-            ),
+            parse(&fields(), br#"{"id":"n","data":{"fileId":"f","url":"not a url"}}"#),
             Err(ParseError::BadUrl("data.url".into()))
         );
         let err = parse(&fields(), b"{\"id\": \"secret-patient-name").unwrap_err();

@@ -237,7 +237,11 @@ impl NotificationStage {
 
     /// The bundle of `delivery`'s notification: from the cache, or fetched
     /// (and the fetch recorded).
-    async fn bundle(&self, delivery: &ClaimedDelivery, notification: &Notification) -> Result<Arc<FetchedBundle>, FlowError> {
+    async fn bundle(
+        &self,
+        delivery: &ClaimedDelivery,
+        notification: &Notification,
+    ) -> Result<Arc<FetchedBundle>, FlowError> {
         if let Some(b) = self.lock_bundles().get(delivery.message_id) {
             return Ok(b);
         }
@@ -299,7 +303,12 @@ impl NotificationStage {
         }
     }
 
-    fn convert(&self, bundle: &FetchedBundle, notification: &Notification, output: NotificationOutput) -> Result<FlowOutput, FlowError> {
+    fn convert(
+        &self,
+        bundle: &FetchedBundle,
+        notification: &Notification,
+        output: NotificationOutput,
+    ) -> Result<FlowOutput, FlowError> {
         let target = match output {
             NotificationOutput::Fhir => {
                 return Ok(FlowOutput { content: bundle.bytes.to_vec(), content_type: "application/fhir+json".into() });
@@ -312,7 +321,11 @@ impl NotificationStage {
             _ => &["Observation", "Device", "DeviceMetric"],
         };
         if !has_resources(&bundle.bundle, wanted) {
-            return Err(FlowError::Skip(format!("the bundle holds no {} for {}", wanted.join(" or "), output.as_str())));
+            return Err(FlowError::Skip(format!(
+                "the bundle holds no {} for {}",
+                wanted.join(" or "),
+                output.as_str()
+            )));
         }
         let mut options = self.hl7.clone();
         if options.control_id.is_empty() {
@@ -360,8 +373,8 @@ impl FlowStage for NotificationStage {
             Ok(None) => return Err(FlowError::Permanent("the notification is no longer stored".into())),
             Err(e) => return Err(FlowError::Transient(e.summary())),
         };
-        let notification =
-            parse(&self.config.fields, &raw).map_err(|e| FlowError::Permanent(format!("the stored notification: {e}")))?;
+        let notification = parse(&self.config.fields, &raw)
+            .map_err(|e| FlowError::Permanent(format!("the stored notification: {e}")))?;
         self.destination_done(delivery.message_id, destination, &notification).await;
         Ok(())
     }
@@ -387,9 +400,12 @@ pub fn control_id(file_id: &str, output: NotificationOutput) -> String {
 }
 
 fn has_resources(bundle: &Value, types: &[&str]) -> bool {
-    bundle.get("entry").and_then(Value::as_array).into_iter().flatten().any(|e| {
-        e.pointer("/resource/resourceType").and_then(Value::as_str).is_some_and(|t| types.contains(&t))
-    })
+    bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| e.pointer("/resource/resourceType").and_then(Value::as_str).is_some_and(|t| types.contains(&t)))
 }
 
 fn fetch_failure(e: &FetchError) -> FlowError {

@@ -52,9 +52,7 @@ pub enum AuthError {
     MalformedSignature(String),
     /// The timestamp is outside the tolerance window (a replay, or a clock
     /// far off).
-    #[error(
-        "the timestamp is {skew_secs} s away from the server's clock (tolerance {tolerance_secs} s)"
-    )]
+    #[error("the timestamp is {skew_secs} s away from the server's clock (tolerance {tolerance_secs} s)")]
     StaleTimestamp {
         /// How far off, in seconds (absolute).
         skew_secs: u64,
@@ -77,9 +75,7 @@ impl AuthError {
     /// failed authentication.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            AuthError::MalformedTimestamp(_) | AuthError::MalformedSignature(_) => {
-                http::StatusCode::BAD_REQUEST
-            }
+            AuthError::MalformedTimestamp(_) | AuthError::MalformedSignature(_) => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::UNAUTHORIZED,
         }
     }
@@ -128,12 +124,7 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 impl Problem {
     /// A problem of kind `kind` (becomes `urn:plexus:problem:<kind>`).
-    pub fn new(
-        status: http::StatusCode,
-        kind: &str,
-        title: &str,
-        detail: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: http::StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
         Problem {
             type_uri: format!("urn:plexus:problem:{kind}"),
             title: title.to_string(),
@@ -145,8 +136,7 @@ impl Problem {
 
 impl axum::response::IntoResponse for Problem {
     fn into_response(self) -> axum::response::Response {
-        let status = http::StatusCode::from_u16(self.status)
-            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let status = http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         // Serialising four strings and a number cannot fail.
         let body = serde_json::to_vec(&self).unwrap_or_default();
         (status, [(http::header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response()
@@ -180,12 +170,7 @@ impl Verifier {
 }
 
 /// Verifies the HMAC-SHA256 signature and the timestamp window.
-pub fn verify_hmac(
-    config: &HmacConfig,
-    headers: &HeaderMap,
-    body: &[u8],
-    now_unix: i64,
-) -> Result<(), AuthError> {
+pub fn verify_hmac(config: &HmacConfig, headers: &HeaderMap, body: &[u8], now_unix: i64) -> Result<(), AuthError> {
     let timestamp = headers
         .get(config.timestamp_header.as_str())
         .ok_or_else(|| AuthError::MissingTimestamp(config.timestamp_header.clone()))?
@@ -199,64 +184,46 @@ pub fn verify_hmac(
         .ok()
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| AuthError::MalformedTimestamp(config.timestamp_header.clone()))?;
-    let ts: i64 = ts_text
-        .parse()
-        .map_err(|_| AuthError::MalformedTimestamp(config.timestamp_header.clone()))?;
+    let ts: i64 = ts_text.parse().map_err(|_| AuthError::MalformedTimestamp(config.timestamp_header.clone()))?;
 
     let sig_text = signature.strip_prefix(b"sha256=").unwrap_or(signature);
-    let sig = hex::decode(sig_text)
-        .map_err(|_| AuthError::MalformedSignature(config.signature_header.clone()))?;
+    let sig = hex::decode(sig_text).map_err(|_| AuthError::MalformedSignature(config.signature_header.clone()))?;
 
     // The signature is checked before the window, so an unauthenticated
     // caller learns nothing about our clock.
-    let mut mac = HmacSha256::new_from_slice(config.secret.as_bytes())
-        .map_err(|_| AuthError::BadSignature)?;
+    let mut mac = HmacSha256::new_from_slice(config.secret.as_bytes()).map_err(|_| AuthError::BadSignature)?;
     mac.update(timestamp);
     mac.update(b".");
     mac.update(body);
-    mac.verify_slice(&sig)
-        .map_err(|_| AuthError::BadSignature)?;
+    mac.verify_slice(&sig).map_err(|_| AuthError::BadSignature)?;
 
     let skew = now_unix.abs_diff(ts);
     let tolerance = config.tolerance.get().as_secs();
     if skew > tolerance {
-        return Err(AuthError::StaleTimestamp {
-            skew_secs: skew,
-            tolerance_secs: tolerance,
-        });
+        return Err(AuthError::StaleTimestamp { skew_secs: skew, tolerance_secs: tolerance });
     }
     Ok(())
 }
 
 /// Verifies `Authorization: Bearer <token>`.
 pub fn verify_bearer(config: &BearerConfig, headers: &HeaderMap) -> Result<(), AuthError> {
-    let value = headers
-        .get(http::header::AUTHORIZATION)
-        .ok_or(AuthError::MissingBearer)?
-        .as_bytes();
+    let value = headers.get(http::header::AUTHORIZATION).ok_or(AuthError::MissingBearer)?.as_bytes();
     let token = strip_bearer(value).ok_or(AuthError::MissingBearer)?;
     let given = Sha256::digest(token);
     let expected = Sha256::digest(config.token.as_bytes());
-    if bool::from(given.as_slice().ct_eq(expected.as_slice())) {
-        Ok(())
-    } else {
-        Err(AuthError::BadBearer)
-    }
+    if bool::from(given.as_slice().ct_eq(expected.as_slice())) { Ok(()) } else { Err(AuthError::BadBearer) }
 }
 
 fn strip_bearer(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| rest.trim_ascii())
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
 }
 
 /// The hex HMAC-SHA256 signature of `timestamp + "." + body`: what a
 /// partner sends, and what Plexus sends on signed acknowledgements.
 pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
     // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-    let mut mac = HmacSha256::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -280,10 +247,7 @@ mod tests {
     fn signed(ts: &str, body: &[u8], secret: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("x-timestamp", ts.parse().unwrap());
-        h.insert(
-            "x-signature",
-            sign(secret.as_bytes(), ts, body).parse().unwrap(),
-        );
+        h.insert("x-signature", sign(secret.as_bytes(), ts, body).parse().unwrap());
         h
     }
 
@@ -320,61 +284,37 @@ mod tests {
     #[test]
     fn a_tampered_body_is_rejected() {
         let h = signed(&NOW.to_string(), b"{\"id\":\"n1\"}", "top-secret");
-        assert_eq!(
-            verify_hmac(&hmac_config(), &h, b"{\"id\":\"n2\"}", NOW),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_hmac(&hmac_config(), &h, b"{\"id\":\"n2\"}", NOW), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn a_wrong_secret_is_rejected() {
         let h = signed(&NOW.to_string(), b"{}", "other");
-        assert_eq!(
-            verify_hmac(&hmac_config(), &h, b"{}", NOW),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_hmac(&hmac_config(), &h, b"{}", NOW), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn a_swapped_timestamp_breaks_the_signature() {
         let mut h = signed(&NOW.to_string(), b"{}", "top-secret");
         h.insert("x-timestamp", (NOW + 1).to_string().parse().unwrap());
-        assert_eq!(
-            verify_hmac(&hmac_config(), &h, b"{}", NOW),
-            Err(AuthError::BadSignature)
-        );
+        assert_eq!(verify_hmac(&hmac_config(), &h, b"{}", NOW), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn a_replay_outside_the_window_is_rejected_either_way() {
         let h = signed(&NOW.to_string(), b"{}", "top-secret");
         let err = verify_hmac(&hmac_config(), &h, b"{}", NOW + 301).unwrap_err();
-        assert_eq!(
-            err,
-            AuthError::StaleTimestamp {
-                skew_secs: 301,
-                tolerance_secs: 300
-            }
-        );
+        assert_eq!(err, AuthError::StaleTimestamp { skew_secs: 301, tolerance_secs: 300 });
         assert_eq!(err.status(), http::StatusCode::UNAUTHORIZED);
-        assert!(matches!(
-            verify_hmac(&hmac_config(), &h, b"{}", NOW - 301),
-            Err(AuthError::StaleTimestamp { .. })
-        ));
+        assert!(matches!(verify_hmac(&hmac_config(), &h, b"{}", NOW - 301), Err(AuthError::StaleTimestamp { .. })));
     }
 
     #[test]
     fn missing_and_malformed_headers_are_named() {
         let mut h = HeaderMap::new();
-        assert_eq!(
-            verify_hmac(&hmac_config(), &h, b"{}", NOW),
-            Err(AuthError::MissingTimestamp("x-timestamp".into()))
-        );
+        assert_eq!(verify_hmac(&hmac_config(), &h, b"{}", NOW), Err(AuthError::MissingTimestamp("x-timestamp".into())));
         h.insert("x-timestamp", "yesterday".parse().unwrap());
-        assert_eq!(
-            verify_hmac(&hmac_config(), &h, b"{}", NOW),
-            Err(AuthError::MissingSignature("x-signature".into()))
-        );
+        assert_eq!(verify_hmac(&hmac_config(), &h, b"{}", NOW), Err(AuthError::MissingSignature("x-signature".into())));
         h.insert("x-signature", "zz".parse().unwrap());
         let err = verify_hmac(&hmac_config(), &h, b"{}", NOW).unwrap_err();
         assert_eq!(err, AuthError::MalformedTimestamp("x-timestamp".into()));
@@ -393,24 +333,16 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_compared_exactly() {
-        let cfg = BearerConfig {
-            token: "abc123".into(),
-        };
+        let cfg = BearerConfig { token: "abc123".into() };
         let mut h = HeaderMap::new();
         assert_eq!(verify_bearer(&cfg, &h), Err(AuthError::MissingBearer));
         h.insert(http::header::AUTHORIZATION, "Basic abc123".parse().unwrap());
         assert_eq!(verify_bearer(&cfg, &h), Err(AuthError::MissingBearer));
         h.insert(http::header::AUTHORIZATION, "Bearer abc12".parse().unwrap());
         assert_eq!(verify_bearer(&cfg, &h), Err(AuthError::BadBearer));
-        h.insert(
-            http::header::AUTHORIZATION,
-            "Bearer abc1234".parse().unwrap(),
-        );
+        h.insert(http::header::AUTHORIZATION, "Bearer abc1234".parse().unwrap());
         assert_eq!(verify_bearer(&cfg, &h), Err(AuthError::BadBearer));
-        h.insert(
-            http::header::AUTHORIZATION,
-            "bearer abc123".parse().unwrap(),
-        );
+        h.insert(http::header::AUTHORIZATION, "bearer abc123".parse().unwrap());
         assert_eq!(verify_bearer(&cfg, &h), Ok(()));
     }
 
@@ -418,16 +350,11 @@ mod tests {
     fn both_methods_must_pass_when_both_are_configured() {
         let v = Verifier::new(InboundAuth {
             hmac: Some(hmac_config()),
-            bearer: Some(BearerConfig {
-                token: "abc123".into(),
-            }),
+            bearer: Some(BearerConfig { token: "abc123".into() }),
         });
         let mut h = signed(&NOW.to_string(), b"{}", "top-secret");
         assert_eq!(v.verify(&h, b"{}", NOW), Err(AuthError::MissingBearer));
-        h.insert(
-            http::header::AUTHORIZATION,
-            "Bearer abc123".parse().unwrap(),
-        );
+        h.insert(http::header::AUTHORIZATION, "Bearer abc123".parse().unwrap());
         assert_eq!(v.verify(&h, b"{}", NOW), Ok(()));
     }
 
@@ -439,11 +366,7 @@ mod tests {
         assert_eq!(json["status"], 401);
         assert_eq!(json["title"], "Notification not authenticated");
         assert_eq!(json["detail"], "the signature does not match");
-        let stale = AuthError::StaleTimestamp {
-            skew_secs: 400,
-            tolerance_secs: 300,
-        }
-        .problem();
+        let stale = AuthError::StaleTimestamp { skew_secs: 400, tolerance_secs: 300 }.problem();
         assert!(!stale.detail.contains("top-secret"));
     }
 
@@ -453,9 +376,7 @@ mod tests {
         let response = AuthError::MissingBearer.problem().into_response();
         assert_eq!(response.status(), http::StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[http::header::CONTENT_TYPE], PROBLEM_JSON);
-        let body = axum::body::to_bytes(response.into_body(), 4096)
-            .await
-            .unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["type"], "urn:plexus:problem:missing-bearer-token");
         assert_eq!(json["status"], 401);

@@ -180,7 +180,10 @@ pub struct SendToEhrState {
 
 impl std::fmt::Debug for SendToEhrState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendToEhrState").field("config", &self.config).field("fhir_base", &self.fhir_base).finish_non_exhaustive()
+        f.debug_struct("SendToEhrState")
+            .field("config", &self.config)
+            .field("fhir_base", &self.fhir_base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -205,7 +208,9 @@ impl IntoResponse for Rejection {
         let mut response = fhir_json(status, &self.to_operation_outcome());
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme it wants.
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"plexus\""));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"plexus\""));
         }
         response
     }
@@ -217,7 +222,11 @@ fn fhir_json(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-async fn send_to_ehr(State(state): State<SendToEhrState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn send_to_ehr(
+    State(state): State<SendToEhrState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match submit(&state, &headers, body, Utc::now()).await {
         Ok(answer) => fhir_json(StatusCode::OK, &answer),
         Err(rejection) => {
@@ -228,15 +237,25 @@ async fn send_to_ehr(State(state): State<SendToEhrState>, headers: HeaderMap, bo
     }
 }
 
-async fn submit(state: &SendToEhrState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>, now: DateTime<Utc>) -> Result<Value, Rejection> {
+async fn submit(
+    state: &SendToEhrState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    now: DateTime<Utc>,
+) -> Result<Value, Rejection> {
     let caller = state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
     let body = body.map_err(|e| {
         let status = e.status().as_u16();
         let status = if status == 413 { 413 } else { 400 };
-        Rejection::one(status, None, if status == 413 { "too-long" } else { "structure" }, format!("request body: {}", e.body_text()))
+        Rejection::one(
+            status,
+            None,
+            if status == 413 { "too-long" } else { "structure" },
+            format!("request body: {}", e.body_text()),
+        )
     })?;
-    let json: Value =
-        serde_json::from_slice(&body).map_err(|e| Rejection::one(400, None, "structure", format!("request body: not JSON ({e})")))?;
+    let json: Value = serde_json::from_slice(&body)
+        .map_err(|e| Rejection::one(400, None, "structure", format!("request body: not JSON ({e})")))?;
     let request = validate_request(&json, &state.config, caller.application.as_deref())?;
     let resolved = resolve(&request, state.source.as_ref()).await?;
     let transaction_id = uuid::Uuid::now_v7().to_string();
@@ -277,11 +296,14 @@ async fn read(state: &SendToEhrState, headers: &HeaderMap, resource_type: &str, 
                 404,
                 None,
                 "not-supported",
-                format!("{resource_type}: only Binary, DocumentReference and CommunicationRequest of a submission are served here"),
+                format!(
+                    "{resource_type}: only Binary, DocumentReference and CommunicationRequest of a submission are served here"
+                ),
             ));
         }
     };
-    let not_found = || Rejection::one(404, None, "not-found", format!("{resource_type}/{id}: no such submission resource"));
+    let not_found =
+        || Rejection::one(404, None, "not-found", format!("{resource_type}/{id}: no such submission resource"));
     if !super::request::is_fhir_id(id) {
         return Err(not_found());
     }
@@ -300,24 +322,47 @@ async fn tracking(State(state): State<SendToEhrState>, headers: HeaderMap, RawQu
     }
 }
 
-async fn track(state: &SendToEhrState, headers: &HeaderMap, query: &str, now: DateTime<Utc>) -> Result<Value, Rejection> {
+async fn track(
+    state: &SendToEhrState,
+    headers: &HeaderMap,
+    query: &str,
+    now: DateTime<Utc>,
+) -> Result<Value, Rejection> {
     state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
-    let ids: Vec<String> =
-        url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "transaction-id").map(|(_, v)| v.into_owned()).collect();
+    let ids: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "transaction-id")
+        .map(|(_, v)| v.into_owned())
+        .collect();
     let transaction_id = match ids.as_slice() {
-        [] => return Err(Rejection::one(400, Some("transaction-id"), "required", "transaction-id: required query parameter is missing")),
+        [] => {
+            return Err(Rejection::one(
+                400,
+                Some("transaction-id"),
+                "required",
+                "transaction-id: required query parameter is missing",
+            ));
+        }
         [one] if one.trim().is_empty() => {
             return Err(Rejection::one(400, Some("transaction-id"), "required", "transaction-id: is empty"));
         }
         [one] => one.trim(),
-        _ => return Err(Rejection::one(400, Some("transaction-id"), "structure", "transaction-id: given more than once")),
+        _ => {
+            return Err(Rejection::one(
+                400,
+                Some("transaction-id"),
+                "structure",
+                "transaction-id: given more than once",
+            ));
+        }
     };
     let record = state.tracking.get(transaction_id).await.map_err(|e| {
         tracing::error!(error = %e, "send-to-ehr: tracking not readable");
         Rejection::one(503, None, "transient", "tracking is unavailable; retry later")
     })?;
     match record {
-        Some(record) if !record.is_expired(now, state.config.tracking_retention.get()) => Ok(tracking_bundle(&[record])),
+        Some(record) if !record.is_expired(now, state.config.tracking_retention.get()) => {
+            Ok(tracking_bundle(&[record]))
+        }
         _ => Err(not_found(transaction_id)),
     }
 }

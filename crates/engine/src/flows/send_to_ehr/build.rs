@@ -48,7 +48,8 @@ pub fn default_title(patient: &Value, document_type: &str) -> String {
     let name = names.iter().find(|n| n.get("use").and_then(Value::as_str) == Some("official")).or(names.first());
     let family = name.and_then(|n| n.get("family")).and_then(Value::as_str).unwrap_or("");
     let given = name.and_then(|n| n.pointer("/given/0")).and_then(Value::as_str).unwrap_or("");
-    let birth: String = patient.get("birthDate").and_then(Value::as_str).unwrap_or("").chars().filter(char::is_ascii_digit).collect();
+    let birth: String =
+        patient.get("birthDate").and_then(Value::as_str).unwrap_or("").chars().filter(char::is_ascii_digit).collect();
     let identifiers: Vec<&Value> = patient.get("identifier").and_then(Value::as_array).into_iter().flatten().collect();
     let identifier = identifiers
         .iter()
@@ -58,11 +59,18 @@ pub fn default_title(patient: &Value, document_type: &str) -> String {
         .and_then(Value::as_str)
         .or_else(|| patient.get("id").and_then(Value::as_str))
         .unwrap_or("");
-    [family, given, birth.as_str(), document_type, identifier].iter().map(|part| title_part(part)).collect::<Vec<_>>().join("_")
+    [family, given, birth.as_str(), document_type, identifier]
+        .iter()
+        .map(|part| title_part(part))
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 fn title_part(part: &str) -> String {
-    part.trim().chars().map(|c| if c == '_' || c == '/' || c == '\\' || c.is_whitespace() || c.is_control() { '-' } else { c }).collect()
+    part.trim()
+        .chars()
+        .map(|c| if c == '_' || c == '/' || c == '\\' || c.is_whitespace() || c.is_control() { '-' } else { c })
+        .collect()
 }
 
 /// A FHIR instant for `now` (UTC, seconds).
@@ -74,13 +82,20 @@ pub fn fhir_instant(now: DateTime<Utc>) -> String {
 /// resolved request. `fhir_base` is this server's public FHIR base
 /// (`https://plexus.example/fhir`): the attachment's url is the Binary's
 /// absolute URL under it ([`binary_url`]).
-pub fn outputs(request: &SendToEhrRequest, resolved: &Resolved, fhir_base: &str, transaction_id: &str, now: DateTime<Utc>) -> Outputs {
+pub fn outputs(
+    request: &SendToEhrRequest,
+    resolved: &Resolved,
+    fhir_base: &str,
+    transaction_id: &str,
+    now: DateTime<Utc>,
+) -> Outputs {
     let when = fhir_instant(now);
     let title = request.title.clone().unwrap_or_else(|| default_title(&resolved.patient, &request.document_type));
     let data = base64::engine::general_purpose::STANDARD.encode(&request.payload);
     let patient_ref = json!({"reference": format!("Patient/{}", request.patient_id)});
     let encounter_ref = request.encounter_id.as_ref().map(|id| json!({"reference": format!("Encounter/{id}")}));
-    let transaction_identifier = json!({"system": TRANSACTION_ID_SYSTEM, "value": format!("urn:uuid:{transaction_id}")});
+    let transaction_identifier =
+        json!({"system": TRANSACTION_ID_SYSTEM, "value": format!("urn:uuid:{transaction_id}")});
     let sender = match &request.sender {
         Sender::Rpps(rpps) => json!({"identifier": {"system": RPPS_SYSTEM, "value": rpps}, "type": "Practitioner"}),
         Sender::Application(name) => json!({"display": name}),
@@ -249,10 +264,13 @@ pub struct StoredSubmission {
 /// (never quoting patient data); it is permanent: the stored bytes do not
 /// change.
 pub fn read_submission(bundle: &[u8]) -> Result<StoredSubmission, String> {
-    let bundle: Value = serde_json::from_slice(bundle).map_err(|e| format!("the stored submission is not JSON ({e})"))?;
+    let bundle: Value =
+        serde_json::from_slice(bundle).map_err(|e| format!("the stored submission is not JSON ({e})"))?;
     let entries: Vec<&Value> =
         bundle.get("entry").and_then(Value::as_array).into_iter().flatten().filter_map(|e| e.get("resource")).collect();
-    let one = |kind: &str| entries.iter().copied().find(|r| r.get("resourceType").and_then(Value::as_str) == Some(kind)).cloned();
+    let one = |kind: &str| {
+        entries.iter().copied().find(|r| r.get("resourceType").and_then(Value::as_str) == Some(kind)).cloned()
+    };
     let missing = |kind: &str| format!("the stored submission has no {kind}");
     let patient = one("Patient").ok_or_else(|| missing("Patient"))?;
     let document_reference = one("DocumentReference").ok_or_else(|| missing("DocumentReference"))?;
@@ -277,10 +295,21 @@ pub fn read_submission(bundle: &[u8]) -> Result<StoredSubmission, String> {
 /// The message for the EHR in `format` from a stored submission: the
 /// worker's conversion. Deterministic (MSH-7 is the submission time, MSH-10
 /// from the transaction id), so a retried delivery sends the same message.
-pub fn ehr_message_from_stored(stored: &[u8], format: OutputFormat, options: &FhirToHl7Options) -> Result<EhrMessage, String> {
+pub fn ehr_message_from_stored(
+    stored: &[u8],
+    format: OutputFormat,
+    options: &FhirToHl7Options,
+) -> Result<EhrMessage, String> {
     let submission = read_submission(stored)?;
-    ehr_message(&submission.outputs, &submission.resolved, format, &submission.transaction_id, submission.submitted, options)
-        .map_err(|e| e.to_string())
+    ehr_message(
+        &submission.outputs,
+        &submission.resolved,
+        format,
+        &submission.transaction_id,
+        submission.submitted,
+        options,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// The message for the EHR in `format`.
@@ -313,7 +342,8 @@ pub fn ehr_message(
     if options.message_time.is_empty() {
         options.message_time = now.format("%Y%m%d%H%M%S+0000").to_string();
     }
-    let mut message = convert::fhir_to_hl7(&bundle, target, &options).map_err(|source| BuildError::Convert { target: name, source })?;
+    let mut message = convert::fhir_to_hl7(&bundle, target, &options)
+        .map_err(|source| BuildError::Convert { target: name, source })?;
     let edit = |e: hl7v2::EditError| BuildError::Edit { target: name, reason: e.to_string() };
     let obx_count = message.segments_named("OBX").count();
     for n in 1..=obx_count {

@@ -145,7 +145,10 @@ impl SendToEhrConfig {
             if !SUPPORTED_CONTENT_TYPES.contains(&ct.as_str()) {
                 errors.push(
                     format!("{path}.content_types[{i}]"),
-                    format!("`{ct}` cannot be checked against a payload (supported: {})", SUPPORTED_CONTENT_TYPES.join(", ")),
+                    format!(
+                        "`{ct}` cannot be checked against a payload (supported: {})",
+                        SUPPORTED_CONTENT_TYPES.join(", ")
+                    ),
                 );
             }
         }
@@ -154,7 +157,10 @@ impl SendToEhrConfig {
         }
         for (i, code) in self.document_types.iter().enumerate() {
             if !is_loinc_code(code) {
-                errors.push(format!("{path}.document_types[{i}]"), format!("`{code}` is not a LOINC code (digits, a dash and a check digit, e.g. 11488-4)"));
+                errors.push(
+                    format!("{path}.document_types[{i}]"),
+                    format!("`{code}` is not a LOINC code (digits, a dash and a check digit, e.g. 11488-4)"),
+                );
             }
         }
         if self.max_payload.0 == 0 {

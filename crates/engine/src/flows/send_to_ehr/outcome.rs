@@ -29,7 +29,10 @@ pub struct Rejection {
 impl Rejection {
     /// A refusal with one problem.
     pub fn one(status: u16, parameter: Option<&str>, code: &'static str, diagnostics: impl Into<String>) -> Rejection {
-        Rejection { status, problems: vec![Problem { parameter: parameter.map(str::to_string), code, diagnostics: diagnostics.into() }] }
+        Rejection {
+            status,
+            problems: vec![Problem { parameter: parameter.map(str::to_string), code, diagnostics: diagnostics.into() }],
+        }
     }
 
     /// The refusal as an OperationOutcome; `expression` points at the

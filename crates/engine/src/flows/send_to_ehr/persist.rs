@@ -116,12 +116,8 @@ impl TrackingStore for StoreTracking {
     async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError> {
         let Some(detail) = self.message(transaction_id).await? else { return Ok(None) };
         let summary = &detail.summary;
-        let patient_id = summary
-            .order_key
-            .as_deref()
-            .and_then(|k| k.strip_prefix(ORDER_KEY_PREFIX))
-            .unwrap_or_default()
-            .to_string();
+        let patient_id =
+            summary.order_key.as_deref().and_then(|k| k.strip_prefix(ORDER_KEY_PREFIX)).unwrap_or_default().to_string();
         let updated = detail.deliveries.iter().map(|d| d.updated_at).max().unwrap_or(summary.received_at);
         let created = summary.received_at;
         Ok(Some(TrackingRecord {
@@ -184,14 +180,18 @@ pub fn status_of(deliveries: &[DeliveryDetail]) -> TrackingStatus {
     }
     if let Some(failed) = deliveries.iter().find(|d| matches!(d.state, DeliveryState::Error | DeliveryState::Dead)) {
         let reason = failed.error_reason.as_deref().unwrap_or("no reason recorded");
-        return TrackingStatus::EnteredInError { reason: format!("delivery to {} failed: {reason}", failed.destination) };
+        return TrackingStatus::EnteredInError {
+            reason: format!("delivery to {} failed: {reason}", failed.destination),
+        };
     }
     let sent: Vec<&DeliveryDetail> = deliveries.iter().filter(|d| d.state == DeliveryState::Sent).collect();
     let waiting = deliveries.iter().any(|d| matches!(d.state, DeliveryState::Queued | DeliveryState::InFlight));
     if !waiting {
         return match sent.iter().map(|d| sent_at(d)).max() {
             Some(at) => TrackingStatus::Completed { sent: at },
-            None => TrackingStatus::EnteredInError { reason: "not delivered: every destination filtered it out".into() },
+            None => {
+                TrackingStatus::EnteredInError { reason: "not delivered: every destination filtered it out".into() }
+            }
         };
     }
     let untouched = deliveries.iter().all(|d| d.state == DeliveryState::Queued && d.attempts == 0);
@@ -269,7 +269,11 @@ mod tests {
         let b = delivery("mdm", DeliveryState::Filtered, 0);
         assert_eq!(status_of(&[a.clone(), b]), TrackingStatus::Completed { sent: at(2) });
         a.attempt_log.clear();
-        assert_eq!(status_of(&[a]), TrackingStatus::Completed { sent: at(5) }, "without an attempt log, the state change");
+        assert_eq!(
+            status_of(&[a]),
+            TrackingStatus::Completed { sent: at(5) },
+            "without an attempt log, the state change"
+        );
     }
 
     #[test]

@@ -83,17 +83,38 @@ pub struct SendToEhrRequest {
 /// Validates a `$send-to-ehr` request body. `caller` is the calling
 /// application's name (from its API token) used when no
 /// `sender-identifier` is given; without one, `config.default_sender`.
-pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&str>) -> Result<SendToEhrRequest, Rejection> {
+pub fn validate_request(
+    body: &Value,
+    config: &SendToEhrConfig,
+    caller: Option<&str>,
+) -> Result<SendToEhrRequest, Rejection> {
     let mut v = Validator::default();
     let Some(object) = body.as_object() else {
-        return Err(Rejection::one(400, None, "structure", "request body: expected a FHIR Parameters resource (a JSON object)"));
+        return Err(Rejection::one(
+            400,
+            None,
+            "structure",
+            "request body: expected a FHIR Parameters resource (a JSON object)",
+        ));
     };
     match object.get("resourceType").and_then(Value::as_str) {
         Some("Parameters") => {}
         Some(other) => {
-            return Err(Rejection::one(400, None, "structure", format!("request body: expected a FHIR Parameters resource, got {other}")));
+            return Err(Rejection::one(
+                400,
+                None,
+                "structure",
+                format!("request body: expected a FHIR Parameters resource, got {other}"),
+            ));
         }
-        None => return Err(Rejection::one(400, None, "structure", "request body: expected a FHIR Parameters resource (no resourceType)")),
+        None => {
+            return Err(Rejection::one(
+                400,
+                None,
+                "structure",
+                "request body: expected a FHIR Parameters resource (no resourceType)",
+            ));
+        }
     }
     let entries: &[Value] = match object.get("parameter") {
         None => &[],
@@ -113,7 +134,11 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
         };
         let Some(&(known, value_key)) = PARAMETERS.iter().find(|(n, _)| *n == name) else {
             let expected: Vec<&str> = PARAMETERS.iter().map(|(n, _)| *n).collect();
-            v.malformed(None, "structure", format!("{name}: unknown parameter (expected one of {})", expected.join(", ")));
+            v.malformed(
+                None,
+                "structure",
+                format!("{name}: unknown parameter (expected one of {})", expected.join(", ")),
+            );
             continue;
         };
         if seen.contains(&known) {
@@ -141,7 +166,11 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
     let patient_id = match get("subject") {
         None if seen.contains(&"subject") => None,
         None => {
-            v.unprocessable(Some("subject"), "required", "subject: required parameter is missing (a reference to Patient/{id})");
+            v.unprocessable(
+                Some("subject"),
+                "required",
+                "subject: required parameter is missing (a reference to Patient/{id})",
+            );
             None
         }
         Some(value) => v.reference("subject", value, "Patient"),
@@ -150,7 +179,11 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
         None if seen.contains(&"context") => None,
         None => {
             if config.encounter == EncounterRule::Required {
-                v.unprocessable(Some("context"), "required", "context: required parameter is missing (a reference to Encounter/{id})");
+                v.unprocessable(
+                    Some("context"),
+                    "required",
+                    "context: required parameter is missing (a reference to Encounter/{id})",
+                );
             }
             None
         }
@@ -178,7 +211,10 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
         v.unprocessable(
             Some("content-type"),
             "required",
-            format!("content-type: required here, the default {DEFAULT_CONTENT_TYPE} is not accepted (accepted: {})", config.content_types.join(", ")),
+            format!(
+                "content-type: required here, the default {DEFAULT_CONTENT_TYPE} is not accepted (accepted: {})",
+                config.content_types.join(", ")
+            ),
         );
     }
 
@@ -192,32 +228,45 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
             if config.document_types.contains(&code) {
                 Some(code)
             } else {
-                let shown = if get("document-type").is_none() { format!("the default {code}") } else { format!("`{code}`") };
+                let shown =
+                    if get("document-type").is_none() { format!("the default {code}") } else { format!("`{code}`") };
                 v.unprocessable(
                     Some("document-type"),
                     "code-invalid",
-                    format!("document-type: {shown} is not an accepted LOINC document type (accepted: {})", config.document_types.join(", ")),
+                    format!(
+                        "document-type: {shown} is not an accepted LOINC document type (accepted: {})",
+                        config.document_types.join(", ")
+                    ),
                 );
                 None
             }
         })
     };
 
-    let title = get("document-title").and_then(|value| v.string("document-title", value, "valueString")).and_then(|t| {
-        let t = t.trim();
-        if t.is_empty() {
-            v.unprocessable(Some("document-title"), "value", "document-title: is empty (omit it to use the default title)");
-            None
-        } else if t.chars().count() > MAX_TITLE_CHARS {
-            v.unprocessable(Some("document-title"), "too-long", format!("document-title: longer than {MAX_TITLE_CHARS} characters"));
-            None
-        } else if t.chars().any(char::is_control) {
-            v.unprocessable(Some("document-title"), "value", "document-title: contains control characters");
-            None
-        } else {
-            Some(t.to_string())
-        }
-    });
+    let title =
+        get("document-title").and_then(|value| v.string("document-title", value, "valueString")).and_then(|t| {
+            let t = t.trim();
+            if t.is_empty() {
+                v.unprocessable(
+                    Some("document-title"),
+                    "value",
+                    "document-title: is empty (omit it to use the default title)",
+                );
+                None
+            } else if t.chars().count() > MAX_TITLE_CHARS {
+                v.unprocessable(
+                    Some("document-title"),
+                    "too-long",
+                    format!("document-title: longer than {MAX_TITLE_CHARS} characters"),
+                );
+                None
+            } else if t.chars().any(char::is_control) {
+                v.unprocessable(Some("document-title"), "value", "document-title: contains control characters");
+                None
+            } else {
+                Some(t.to_string())
+            }
+        });
     let title_ok = !seen.contains(&"document-title") || title.is_some();
 
     let sender = match get("sender-identifier") {
@@ -229,7 +278,11 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
     let payload = match get("payload") {
         None if seen.contains(&"payload") => None,
         None => {
-            v.unprocessable(Some("payload"), "required", "payload: required parameter is missing (the document, base64)");
+            v.unprocessable(
+                Some("payload"),
+                "required",
+                "payload: required parameter is missing (the document, base64)",
+            );
             None
         }
         Some(value) => v.string("payload", value, "valueString").and_then(|text| v.payload(text, config.max_payload.0)),
@@ -242,11 +295,17 @@ pub fn validate_request(body: &Value, config: &SendToEhrConfig, caller: Option<&
             Some(kind) => format!("they look like {kind}"),
             None => "they match no accepted type".to_string(),
         };
-        v.unprocessable(Some("content-type"), "value", format!("content-type: the payload's bytes are not {ct} ({seen})"));
+        v.unprocessable(
+            Some("content-type"),
+            "value",
+            format!("content-type: the payload's bytes are not {ct} ({seen})"),
+        );
     }
 
     match (patient_id, content_type, document_type, sender, payload) {
-        (Some(patient_id), Some(content_type), Some(document_type), Some(sender), Some(payload)) if v.problems.is_empty() && title_ok => {
+        (Some(patient_id), Some(content_type), Some(document_type), Some(sender), Some(payload))
+            if v.problems.is_empty() && title_ok =>
+        {
             Ok(SendToEhrRequest { patient_id, encounter_id, content_type, document_type, title, sender, payload })
         }
         _ => Err(v.into_rejection()),
@@ -276,7 +335,11 @@ impl Validator {
         // useless: say so rather than answer with nothing.
         let mut problems = self.problems;
         if problems.is_empty() {
-            problems.push(Problem { parameter: None, code: "processing", diagnostics: "request could not be read".into() });
+            problems.push(Problem {
+                parameter: None,
+                code: "processing",
+                diagnostics: "request could not be read".into(),
+            });
         }
         Rejection { status: if self.malformed { 400 } else { 422 }, problems }
     }
@@ -294,7 +357,11 @@ impl Validator {
     /// `{"reference": "Type/id"}` to the id.
     fn reference(&mut self, name: &str, value: &Value, kind: &str) -> Option<String> {
         let Some(reference) = value.get("reference") else {
-            self.malformed(Some(name), "structure", format!("{name}: valueReference has no reference (expected {kind}/{{id}})"));
+            self.malformed(
+                Some(name),
+                "structure",
+                format!("{name}: valueReference has no reference (expected {kind}/{{id}})"),
+            );
             return None;
         };
         let Some(reference) = reference.as_str() else {
@@ -308,7 +375,11 @@ impl Validator {
                 None
             }
             _ => {
-                self.unprocessable(Some(name), "value", format!("{name}: expected a reference to {kind}/{{id}}, got `{reference}`"));
+                self.unprocessable(
+                    Some(name),
+                    "value",
+                    format!("{name}: expected a reference to {kind}/{{id}}, got `{reference}`"),
+                );
                 None
             }
         }
@@ -321,7 +392,11 @@ impl Validator {
     fn sender(&mut self, raw: &str) -> Option<Sender> {
         let value = raw.trim();
         if value.is_empty() {
-            self.unprocessable(Some("sender-identifier"), "value", "sender-identifier: is empty (omit it to use the calling application's name)");
+            self.unprocessable(
+                Some("sender-identifier"),
+                "value",
+                "sender-identifier: is empty (omit it to use the calling application's name)",
+            );
             None
         } else if value.bytes().all(|b| b.is_ascii_digit()) {
             if value.len() == 11 {
@@ -335,7 +410,11 @@ impl Validator {
                 None
             }
         } else if value.chars().count() > 64 || value.chars().any(char::is_control) {
-            self.unprocessable(Some("sender-identifier"), "value", "sender-identifier: longer than 64 characters or contains control characters");
+            self.unprocessable(
+                Some("sender-identifier"),
+                "value",
+                "sender-identifier: longer than 64 characters or contains control characters",
+            );
             None
         } else {
             Some(Sender::Application(value.to_string()))
@@ -350,7 +429,11 @@ impl Validator {
         let padding = clean.bytes().rev().take(2).filter(|b| *b == b'=').count() as u64;
         let decoded_len = (clean.len() as u64 / 4 * 3).saturating_sub(padding);
         if decoded_len > max.saturating_add(2) {
-            self.unprocessable(Some("payload"), "too-long", format!("payload: about {decoded_len} bytes, over the limit of {max} bytes"));
+            self.unprocessable(
+                Some("payload"),
+                "too-long",
+                format!("payload: about {decoded_len} bytes, over the limit of {max} bytes"),
+            );
             return None;
         }
         let bytes = match base64::engine::general_purpose::STANDARD.decode(clean.as_bytes()) {
@@ -364,7 +447,11 @@ impl Validator {
             self.unprocessable(Some("payload"), "required", "payload: is empty");
             None
         } else if bytes.len() as u64 > max {
-            self.unprocessable(Some("payload"), "too-long", format!("payload: {} bytes, over the limit of {max} bytes", bytes.len()));
+            self.unprocessable(
+                Some("payload"),
+                "too-long",
+                format!("payload: {} bytes, over the limit of {max} bytes", bytes.len()),
+            );
             None
         } else {
             Some(bytes)
