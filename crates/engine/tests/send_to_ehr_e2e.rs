@@ -238,7 +238,12 @@ hl7 = {{ receiving_application = "EHR", receiving_facility = "HOSP" }}
     let base = format!("http://{}", engine.api_addr());
     let issue = |name: &'static str, scopes: &'static [Scope]| {
         let store = Arc::clone(engine.store());
-        async move { issue_token(store.as_ref(), name, scopes, None).await.expect("token issued").bearer }
+        async move {
+            // PostgreSQL and MariaDB are shared test databases that keep an
+            // earlier run's tokens; names are unique among active tokens.
+            store.revoke_api_token(name).await.expect("earlier token revoked");
+            issue_token(store.as_ref(), name, scopes, None).await.expect("token issued").bearer
+        }
     };
 
     // Without a token: 401; with a token lacking the scope: 403; both as

@@ -386,11 +386,13 @@ impl Writer {
         let messages: Vec<&NewMessage> = accepts.iter().map(|(m, _)| m).collect();
         match self.accept_tx(&messages, now).await {
             Ok((answers, queued)) => {
-                for ((_, reply), answer) in accepts.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
-                }
+                // Wake the workers before answering: when an accept
+                // returns, the work it queued has been announced.
                 if queued {
                     self.changed.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                for ((_, reply), answer) in accepts.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
                 }
             }
             Err(e) if accepts.len() == 1 => {

@@ -349,11 +349,13 @@ impl Writer {
             let messages: Vec<&NewMessage> = accepts.iter().map(|(m, _)| m).collect();
             match accept_chained(&mut self.conn, &messages, now, self.window, "BEGIN IMMEDIATE", "COMMIT").await {
                 Ok((answers, queued)) => {
-                    for ((_, reply), answer) in accepts.into_iter().zip(answers) {
-                        let _ = reply.send(Ok(answer));
-                    }
+                    // Wake the workers before answering: when a call
+                    // returns, the work it queued has been announced.
                     if queued {
                         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    for ((_, reply), answer) in accepts.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
                     }
                     return;
                 }
@@ -415,11 +417,11 @@ impl Writer {
 
         match exec(&mut self.conn, "COMMIT").await {
             Ok(()) => {
-                for d in done {
-                    d.send(None);
-                }
                 if wake {
                     self.changed.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                for d in done {
+                    d.send(None);
                 }
             }
             Err(e) => {
