@@ -1,5 +1,22 @@
 //! Backend selection by URL scheme.
 
+/// The value of `$work`, or, when it failed, its error after rolling the
+/// transaction `$tx` back at once. A dropped sqlx transaction is rolled
+/// back only when its connection is next used; until then its row locks
+/// stand, and a `SKIP LOCKED` query on another connection passes those rows
+/// over (a refused replay kept retention from removing the message).
+macro_rules! or_rollback {
+    ($tx:ident, $work:expr) => {
+        match $work {
+            Ok(value) => value,
+            Err(e) => {
+                let _ = $tx.rollback().await;
+                return Err(e.into());
+            }
+        }
+    };
+}
+
 mod common;
 mod locks;
 mod mysql;

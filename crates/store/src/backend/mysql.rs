@@ -171,7 +171,7 @@ impl Store for MySqlStore {
             .bind(i64::from(request.max))
             .fetch_all(&mut *tx)
             .await?;
-        let claim = claim_with(&mut tx, request, now, candidates).await?;
+        let claim = or_rollback!(tx, claim_with(&mut tx, request, now, candidates).await);
         tx.commit().await?;
         Ok(claim)
     }
@@ -196,7 +196,8 @@ impl Store for MySqlStore {
     ) -> Result<Completion> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let done = complete(&mut tx, delivery, lease, outcome, policy.clone(), retry_after, now).await?;
+        let done =
+            or_rollback!(tx, complete(&mut tx, delivery, lease, outcome, policy.clone(), retry_after, now).await);
         tx.commit().await?;
         self.wake();
         Ok(done)
@@ -210,7 +211,7 @@ impl Store for MySqlStore {
     async fn replay(&self, request: ReplayRequest) -> Result<ReplayResult> {
         validate_actor(&request.actor)?;
         let mut tx = self.pool.begin().await?;
-        let done = replay(&mut tx, request, self.clock.now()).await?;
+        let done = or_rollback!(tx, replay(&mut tx, request, self.clock.now()).await);
         tx.commit().await?;
         if !done.replayed.is_empty() {
             self.wake();
@@ -221,7 +222,7 @@ impl Store for MySqlStore {
     async fn dead_letter(&self, delivery: DeliveryId, actor: &str, reason: Option<String>) -> Result<()> {
         validate_actor(actor)?;
         let mut tx = self.pool.begin().await?;
-        dead_letter(&mut tx, delivery, actor.to_owned(), reason, self.clock.now()).await?;
+        or_rollback!(tx, dead_letter(&mut tx, delivery, actor.to_owned(), reason, self.clock.now()).await);
         tx.commit().await?;
         self.wake();
         Ok(())
@@ -254,7 +255,7 @@ impl Store for MySqlStore {
             return Err(StoreError::invalid("batch_size", "must be at least 1"));
         }
         let mut tx = self.pool.begin().await?;
-        let done = retention(&mut tx, request.clone(), self.clock.now()).await?;
+        let done = or_rollback!(tx, retention(&mut tx, request.clone(), self.clock.now()).await);
         tx.commit().await?;
         Ok(done)
     }
@@ -420,7 +421,7 @@ impl Writer {
         }
         let result = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let r = insert_batch(&mut tx, messages, now, self.window).await?;
+            let r = or_rollback!(tx, insert_batch(&mut tx, messages, now, self.window).await);
             tx.commit().await?;
             Ok::<_, StoreError>(r)
         }

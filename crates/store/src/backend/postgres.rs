@@ -169,7 +169,7 @@ impl Store for PgStore {
             .bind(i64::from(request.max))
             .fetch_all(&mut *tx)
             .await?;
-        let claim = claim_with(&mut tx, request, now, candidates).await?;
+        let claim = or_rollback!(tx, claim_with(&mut tx, request, now, candidates).await);
         tx.commit().await?;
         Ok(claim)
     }
@@ -194,7 +194,8 @@ impl Store for PgStore {
     ) -> Result<Completion> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await?;
-        let done = complete(&mut tx, delivery, lease, outcome, policy.clone(), retry_after, now).await?;
+        let done =
+            or_rollback!(tx, complete(&mut tx, delivery, lease, outcome, policy.clone(), retry_after, now).await);
         tx.commit().await?;
         self.wake();
         Ok(done)
@@ -208,9 +209,9 @@ impl Store for PgStore {
     async fn replay(&self, request: ReplayRequest) -> Result<ReplayResult> {
         validate_actor(&request.actor)?;
         let mut tx = self.pool.begin().await?;
-        let done = replay(&mut tx, request, self.clock.now()).await?;
+        let done = or_rollback!(tx, replay(&mut tx, request, self.clock.now()).await);
         if !done.replayed.is_empty() {
-            notify_work(&mut tx).await?;
+            or_rollback!(tx, notify_work(&mut tx).await);
         }
         tx.commit().await?;
         if !done.replayed.is_empty() {
@@ -222,8 +223,8 @@ impl Store for PgStore {
     async fn dead_letter(&self, delivery: DeliveryId, actor: &str, reason: Option<String>) -> Result<()> {
         validate_actor(actor)?;
         let mut tx = self.pool.begin().await?;
-        dead_letter(&mut tx, delivery, actor.to_owned(), reason, self.clock.now()).await?;
-        notify_work(&mut tx).await?;
+        or_rollback!(tx, dead_letter(&mut tx, delivery, actor.to_owned(), reason, self.clock.now()).await);
+        or_rollback!(tx, notify_work(&mut tx).await);
         tx.commit().await?;
         self.wake();
         Ok(())
@@ -256,7 +257,7 @@ impl Store for PgStore {
             return Err(StoreError::invalid("batch_size", "must be at least 1"));
         }
         let mut tx = self.pool.begin().await?;
-        let done = retention(&mut tx, request.clone(), self.clock.now()).await?;
+        let done = or_rollback!(tx, retention(&mut tx, request.clone(), self.clock.now()).await);
         tx.commit().await?;
         Ok(done)
     }
@@ -437,13 +438,13 @@ impl Writer {
             .execute(&mut *tx)
             .await?;
         }
-        let existing = originals(&mut tx, messages, window_start(now, self.window)).await?;
+        let existing = or_rollback!(tx, originals(&mut tx, messages, window_start(now, self.window)).await);
         let plans = plan_batch(messages, existing);
         let inserts: Vec<&Prepared<'_>> =
             plans.iter().filter_map(|p| if let Plan::Insert(p) = p { Some(p) } else { None }).collect();
         let queued = inserts.iter().any(|p| p.has_queued());
         if !inserts.is_empty() {
-            insert_unnest(&mut tx, &inserts, to_micros(now), queued).await?;
+            or_rollback!(tx, insert_unnest(&mut tx, &inserts, to_micros(now), queued).await);
         }
         tx.commit().await?;
         let answers = plans
