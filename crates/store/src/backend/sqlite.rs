@@ -471,6 +471,9 @@ impl Writer {
     }
 }
 
+/// The largest batch whose statements stay prepared (see `accept_chained`).
+const CACHED_BATCH: usize = 2;
+
 /// Accepts a batch in at most two calls to SQLite's worker thread (each
 /// call is a round trip through a channel and a thread wake-up, which costs
 /// more than the inserts themselves): `prefix; duplicate lookup`, then
@@ -484,6 +487,13 @@ async fn accept_chained(
     prefix: &'static str,
     suffix: &'static str,
 ) -> Result<(Vec<Accepted>, bool)> {
+    // Prepared statements are cached only for the smallest batches: their
+    // few texts recur (one sender waiting for each ACK sends batches of
+    // one), and preparing them again would be most of such a commit's work.
+    // The texts of larger batches change with their size, so a cached one
+    // would rarely be used again, and hundreds of large prepared statements
+    // would hold tens of megabytes.
+    let cached = messages.len() <= CACHED_BATCH;
     let mut pending_prefix = Some(prefix);
     let mut existing = Vec::new();
     for chunk in control_ids(messages).chunks(IN_CHUNK) {
@@ -497,10 +507,7 @@ async fn accept_chained(
             sep.push_bind(*cid);
         }
         qb.push(") AND received_at >= ").push_bind(window_start(now, window));
-        // Not cached: the text changes with the batch's size, so a cached
-        // statement would rarely be used again, and hundreds of large
-        // prepared statements would hold tens of megabytes.
-        existing.extend(qb.build_query_as::<OriginalRow>().persistent(false).fetch_all(&mut *conn).await?);
+        existing.extend(qb.build_query_as::<OriginalRow>().persistent(cached).fetch_all(&mut *conn).await?);
     }
     let plans = plan_batch(messages, existing);
     let inserts: Vec<&Prepared<'_>> =
@@ -512,7 +519,7 @@ async fn accept_chained(
     push_inserts(&mut statements, true, &inserts, to_micros(now));
     next_statement(&mut statements, true, suffix);
     for mut qb in statements {
-        qb.build().persistent(false).execute(&mut *conn).await?;
+        qb.build().persistent(cached).execute(&mut *conn).await?;
     }
     let queued = inserts.iter().any(|p| p.has_queued());
     let answers = plans
