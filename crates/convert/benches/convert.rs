@@ -41,6 +41,16 @@ fn hl7_to_fhir(c: &mut Criterion) {
         g.bench_function("convert + serialise JSON", |b| {
             b.iter(|| serde_json::to_vec(&convert::hl7_to_fhir(black_box(&parsed), &opts).unwrap()).unwrap())
         });
+        // The direct path: the same bytes, no serde_json::Value.
+        g.bench_function("parse + convert to JSON bytes", |b| {
+            b.iter(|| {
+                let msg = hl7v2::Message::parse(black_box(text.as_bytes())).unwrap();
+                convert::hl7_to_fhir_json(&msg, &opts).unwrap()
+            })
+        });
+        g.bench_function("convert to JSON bytes", |b| {
+            b.iter(|| convert::hl7_to_fhir_json(black_box(&parsed), &opts).unwrap())
+        });
         g.finish();
     }
 }

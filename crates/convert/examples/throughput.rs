@@ -8,7 +8,9 @@
 //!     cargo run --release -p plexus-convert --example throughput_mimalloc
 //!
 //! The first uses the system allocator (glibc malloc), the second mimalloc,
-//! the global allocator of the `plexus` binary.
+//! the global allocator of the `plexus` binary. Each file is measured twice:
+//! parse + `hl7_to_fhir` (a `serde_json::Value`), and parse +
+//! `hl7_to_fhir_json` (the Bundle's JSON bytes, written directly).
 
 use std::path::Path;
 use std::time::Instant;
@@ -24,7 +26,7 @@ fn cpu_secs() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Runs every file for 5 CPU-seconds and prints the rates.
+/// Runs every file for 5 CPU-seconds per path and prints the rates.
 pub fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7v2");
     let opts = convert::Hl7ToFhirOptions::default();
@@ -36,23 +38,29 @@ pub fn main() {
                 continue;
             }
         };
-        let (Some(start), wall) = (cpu_secs(), Instant::now()) else {
-            eprintln!("/proc/self/stat is not readable");
-            return;
-        };
-        let mut done = 0u64;
-        while cpu_secs().is_some_and(|now| now - start < 5.0) {
-            for _ in 0..200 {
-                let Ok(msg) = hl7v2::Message::parse(text.as_bytes()) else { return };
-                std::hint::black_box(convert::hl7_to_fhir(&msg, &opts).is_ok());
+        for (label, json) in [("parse+convert (Value)", false), ("parse+convert to JSON bytes", true)] {
+            let (Some(start), wall) = (cpu_secs(), Instant::now()) else {
+                eprintln!("/proc/self/stat is not readable");
+                return;
+            };
+            let mut done = 0u64;
+            while cpu_secs().is_some_and(|now| now - start < 5.0) {
+                for _ in 0..200 {
+                    let Ok(msg) = hl7v2::Message::parse(text.as_bytes()) else { return };
+                    if json {
+                        std::hint::black_box(convert::hl7_to_fhir_json(&msg, &opts).is_ok());
+                    } else {
+                        std::hint::black_box(convert::hl7_to_fhir(&msg, &opts).is_ok());
+                    }
+                }
+                done += 200;
             }
-            done += 200;
+            let cpu = cpu_secs().unwrap_or(start) - start;
+            println!(
+                "{file}: {:.0} {label} per CPU-second ({:.0} per wall-second)",
+                done as f64 / cpu.max(0.01),
+                done as f64 / wall.elapsed().as_secs_f64()
+            );
         }
-        let cpu = cpu_secs().unwrap_or(start) - start;
-        println!(
-            "{file}: {:.0} parse+convert per CPU-second ({:.0} per wall-second)",
-            done as f64 / cpu.max(0.01),
-            done as f64 / wall.elapsed().as_secs_f64()
-        );
     }
 }

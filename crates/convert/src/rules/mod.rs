@@ -52,7 +52,6 @@
 //!   output: FHIR forbids empty elements.
 
 mod path;
-pub(crate) use path::prune_empty as prune;
 mod transform;
 
 use std::fmt;

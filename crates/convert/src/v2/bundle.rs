@@ -12,10 +12,10 @@
 //! fields). Resources updated conditionally carry no `id`, because a server
 //! must reject a body whose id differs from the one it found.
 
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::datatypes::identifier_token;
+use super::json::Json;
 use crate::options::Hl7ToFhirOptions;
 
 /// A resource type and the deterministic uuid of one resource.
@@ -25,20 +25,41 @@ pub(crate) struct Ref {
 }
 
 impl Ref {
+    fn of(uuid: uuid::Uuid) -> Ref {
+        Ref { full_url: urn(uuid) }
+    }
+}
+
+/// `urn:uuid:<hyphenated uuid>` (written without the formatting machinery:
+/// a Bundle makes dozens).
+fn urn(uuid: uuid::Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let mut s = String::with_capacity(9 + buf.len());
+    s.push_str("urn:uuid:");
+    s.push_str(uuid.hyphenated().encode_lower(&mut buf));
+    s
+}
+
+/// The uuid as 32 hex digits (a resource id).
+fn simple(uuid: uuid::Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    uuid.simple().encode_lower(&mut buf).to_string()
+}
+
+impl Ref {
     /// A FHIR Reference to this entry.
-    pub fn reference(&self) -> Value {
-        obj! {"reference" => self.full_url.as_str()}
+    pub fn reference<'a>(&self) -> Json<'a> {
+        Json::Obj(vec![("reference", self.full_url.clone().into())])
     }
 }
 
 /// The Bundle being built.
 #[derive(Debug)]
-pub(crate) struct Ctx<'o> {
-    pub opts: &'o Hl7ToFhirOptions,
-    entries: Vec<Value>,
-    /// The fullUrl of each entry, beside it: looking one up in the entry
-    /// itself would hash a map key per entry per addition.
-    urls: Vec<String>,
+pub(crate) struct Ctx<'a> {
+    pub opts: &'a Hl7ToFhirOptions,
+    entries: Vec<Json<'a>>,
+    /// The uuid of each entry's fullUrl, beside it (compared as 16 bytes).
+    uuids: Vec<uuid::Uuid>,
 }
 
 /// The deterministic uuid for `kind` + `identity`.
@@ -54,9 +75,9 @@ pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-impl<'o> Ctx<'o> {
-    pub fn new(opts: &'o Hl7ToFhirOptions) -> Self {
-        Ctx { opts, entries: Vec::with_capacity(16), urls: Vec::with_capacity(16) }
+impl<'a> Ctx<'a> {
+    pub fn new(opts: &'a Hl7ToFhirOptions) -> Self {
+        Ctx { opts, entries: Vec::with_capacity(16), uuids: Vec::with_capacity(16) }
     }
 
     /// Adds `resource` (its `resourceType` set first). `identity` is the
@@ -64,36 +85,41 @@ impl<'o> Ctx<'o> {
     /// used for a conditional update, if it has one. Adding the same type and
     /// identity twice keeps the first (a practitioner named in PV1-7 and in
     /// an OBX is one resource).
-    pub fn add(&mut self, kind: &str, identity: &str, identifier: Option<&Value>, resource: Value) -> Ref {
+    pub fn add(
+        &mut self,
+        kind: &'static str,
+        identity: &str,
+        identifier: Option<&Json<'_>>,
+        resource: Json<'a>,
+    ) -> Ref {
         let uuid = stable_uuid(kind, identity);
-        let full_url = format!("urn:uuid:{uuid}");
-        if self.urls.contains(&full_url) {
+        let full_url = urn(uuid);
+        if self.uuids.contains(&uuid) {
             return Ref { full_url };
         }
         // Only a system-qualified identifier is safe to search by: a bare
         // value ("1134") may belong to another authority's record.
-        let token = identifier.filter(|i| i.get("system").is_some_and(Value::is_string)).and_then(identifier_token);
-        // The resource keeps its own map; resourceType (and id) go in front
-        // with shift_insert rather than by copying every member into a new map.
+        let token = identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token);
+        // resourceType (and id) go in front of the resource's own members.
         let mut body = match resource {
-            Value::Object(fields) => fields,
-            _ => Map::new(),
+            Json::Obj(members) => members,
+            _ => Vec::new(),
         };
-        body.shift_remove("resourceType");
-        body.shift_remove("id");
+        body.retain(|(k, _)| *k != "resourceType" && *k != "id");
         let url = match &token {
             Some(t) => format!("{kind}?identifier={t}"),
             None => {
-                let id = uuid.simple().to_string();
-                body.shift_insert(0, "id".into(), Value::String(id.clone()));
-                format!("{kind}/{id}")
+                let id = simple(uuid);
+                let url = [kind, "/", &id].concat();
+                body.insert(0, ("id", id.into()));
+                url
             }
         };
-        body.shift_insert(0, "resourceType".into(), Value::String(kind.to_string()));
-        self.urls.push(full_url.clone());
+        body.insert(0, ("resourceType", kind.into()));
+        self.uuids.push(uuid);
         self.entries.push(obj! {
-            "fullUrl" => full_url.as_str(),
-            "resource" => Value::Object(body),
+            "fullUrl" => full_url.clone(),
+            "resource" => Json::Obj(body),
             "request" => obj!{"method" => "PUT", "url" => url},
         });
         Ref { full_url }
@@ -102,27 +128,27 @@ impl<'o> Ctx<'o> {
     /// The entry already added for `kind` + `identity`, if any (so callers
     /// can skip building a resource that would be dropped as a duplicate).
     pub fn existing(&self, kind: &str, identity: &str) -> Option<Ref> {
-        let full_url = format!("urn:uuid:{}", stable_uuid(kind, identity));
-        self.urls.contains(&full_url).then_some(Ref { full_url })
+        let uuid = stable_uuid(kind, identity);
+        self.uuids.contains(&uuid).then(|| Ref::of(uuid))
     }
 
     /// Mutable access to an added resource (to add results to a report).
-    pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Value> {
-        let at = self.urls.iter().position(|u| *u == r.full_url)?;
+    pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Json<'a>> {
+        let uuid = uuid::Uuid::parse_str(r.full_url.strip_prefix("urn:uuid:")?).ok()?;
+        let at = self.uuids.iter().position(|u| *u == uuid)?;
         self.entries.get_mut(at).and_then(|e| e.get_mut("resource"))
     }
 
-    /// The finished transaction Bundle, empty elements pruned. `timestamp`
-    /// is the message's own time (MSH-7), never the clock.
-    pub fn finish(self, bundle_identity: &str, timestamp: Value) -> Value {
-        let mut bundle = obj! {
+    /// The finished transaction Bundle (its empty elements are left out when
+    /// it is written or turned into a Value). `timestamp` is the message's
+    /// own time (MSH-7), never the clock.
+    pub fn finish(self, bundle_identity: &str, timestamp: Json<'a>) -> Json<'a> {
+        obj! {
             "resourceType" => "Bundle",
-            "id" => stable_uuid("Bundle", bundle_identity).simple().to_string(),
+            "id" => simple(stable_uuid("Bundle", bundle_identity)),
             "type" => "transaction",
             "timestamp" => timestamp,
             "entry" => self.entries,
-        };
-        crate::rules::prune(&mut bundle);
-        bundle
+        }
     }
 }

@@ -7,26 +7,28 @@
 //! (the OBR an OBX belongs to, the SPM a specimen OBX follows), because
 //! HL7 v2 expresses grouping only by position.
 
+use std::borrow::Cow;
+
+use super::json::{self, Json};
 use base64::Engine as _;
-use serde_json::Value;
 
 use super::bundle::{Ctx, Ref};
-use super::datatypes::{cwe, date, date_time, decimal, ei, instant};
+use super::datatypes::{cwe, date, date_time, decimal, ei, instant, trimmed};
 use super::patient::{Subject, location, organization, practitioner};
 use super::view::{Msg, Node, Seg};
 use crate::error::ConvertError;
 use crate::terminology;
 
 /// What an OBX value becomes.
-enum ObxValue {
+enum ObxValue<'a> {
     /// `value[x]` members (and components for repetitions).
-    Value(Vec<(&'static str, Value)>),
+    Value(Vec<(&'static str, Json<'a>)>),
     /// An ED or RP: an Attachment, not an Observation value in R4.
-    Attachment(Value),
+    Attachment(Json<'a>),
     None,
 }
 
-fn quantity(value: Value, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
+fn quantity<'a>(value: Json<'a>, units: Node<'a>, opts: &crate::options::Hl7ToFhirOptions) -> Json<'a> {
     let code = units.c(1).text();
     let text = units.c(2).text();
     let mnemonic = units.c(3).text();
@@ -42,11 +44,11 @@ fn quantity(value: Value, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptio
 }
 
 /// SN (structured numeric): `comparator^num1^separator^num2`.
-fn structured_numeric(
-    n: Node<'_>,
-    units: Node<'_>,
+fn structured_numeric<'a>(
+    n: Node<'a>,
+    units: Node<'a>,
     opts: &crate::options::Hl7ToFhirOptions,
-) -> Option<(&'static str, Value)> {
+) -> Option<(&'static str, Json<'a>)> {
     let comparator = n.c(1).text();
     let num1 = n.c(2).text();
     let sep = n.c(3).text();
@@ -56,13 +58,11 @@ fn structured_numeric(
             let v = decimal(&num1)?;
             let mut q = quantity(v, units, opts);
             let comp = match comparator.as_ref() {
-                "<" | "<=" | ">=" | ">" => Value::String(comparator.into_owned()),
-                "" | "=" => Value::Null,
+                "<" | "<=" | ">=" | ">" => Json::from(comparator.into_owned()),
+                "" | "=" => Json::Null,
                 _ => return None,
             };
-            if let Some(o) = q.as_object_mut() {
-                o.insert("comparator".into(), comp);
-            }
+            q.insert("comparator", comp);
             Some(("valueQuantity", q))
         }
         ("-", false) => Some((
@@ -84,16 +84,16 @@ fn structured_numeric(
 }
 
 /// An NM value written with a comparator (`<5`, `>=10`), as feeds do.
-fn comparator_quantity(
+fn comparator_quantity<'a>(
     t: &str,
-    units: Node<'_>,
+    units: Node<'a>,
     opts: &crate::options::Hl7ToFhirOptions,
-) -> Option<(&'static str, Value)> {
+) -> Option<(&'static str, Json<'a>)> {
     let t = t.trim();
     for comp in ["<=", ">=", "<", ">"] {
         if let Some(rest) = t.strip_prefix(comp) {
             let mut q = quantity(decimal(rest)?, units, opts);
-            q.as_object_mut()?.insert("comparator".into(), Value::String(comp.into()));
+            q.insert("comparator", Json::from(comp));
             return Some(("valueQuantity", q));
         }
     }
@@ -128,7 +128,7 @@ fn mime(kind: &str, subtype: &str) -> String {
 
 /// ED (encapsulated data) to an Attachment. The data is validated, because a
 /// FHIR base64Binary that does not decode is invalid.
-fn ed_attachment(n: Node<'_>, path: &str) -> Result<Value, ConvertError> {
+fn ed_attachment<'a>(n: Node<'a>, path: &str) -> Result<Json<'a>, ConvertError> {
     let content_type = mime(&n.c(2).text(), &n.c(3).text());
     let encoding = n.c(4).text().to_ascii_uppercase();
     let raw = n.c(5).whole();
@@ -156,24 +156,28 @@ fn ed_attachment(n: Node<'_>, path: &str) -> Result<Value, ConvertError> {
     Ok(obj! {"contentType" => content_type, "data" => data})
 }
 
-fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions) -> Result<ObxValue, ConvertError> {
+fn obx_value<'a>(
+    obx: &Seg<'a>,
+    path: &str,
+    opts: &crate::options::Hl7ToFhirOptions,
+) -> Result<ObxValue<'a>, ConvertError> {
     let kind = obx.f(2).text();
     let field = obx.f(5);
     let units = obx.f(6).first();
-    let reps: Vec<Node<'_>> = field.reps().collect();
+    let reps: Vec<Node<'a>> = field.reps().collect();
     if reps.is_empty() {
         return Ok(ObxValue::None);
     }
-    let one = |n: Node<'_>| -> Option<(&'static str, Value)> {
+    let one = |n: Node<'a>| -> Option<(&'static str, Json<'a>)> {
         match kind.as_ref() {
             "NM" => match decimal(&n.text()) {
                 Some(v) => Some(("valueQuantity", quantity(v, units, opts))),
                 // Feeds put "<5" in NM: read it as SN rather than drop it.
-                None => comparator_quantity(&n.text(), units, opts)
-                    .or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
+                None => {
+                    comparator_quantity(&n.text(), units, opts).or_else(|| Some(("valueString", Json::from(n.whole()))))
+                }
             },
-            "SN" => structured_numeric(n, units, opts)
-                .or_else(|| Some(("valueString", Value::String(n.whole().into_owned())))),
+            "SN" => structured_numeric(n, units, opts).or_else(|| Some(("valueString", Json::from(n.whole())))),
             "CE" | "CWE" | "CNE" | "CF" | "CV" => Some(("valueCodeableConcept", cwe(n, "", opts))),
             "DT" => Some(("valueDateTime", date(&n.text()))),
             "DTM" | "TS" => Some(("valueDateTime", date_time(&n.text(), opts))),
@@ -183,10 +187,10 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
                 let ok = t.len() >= 4 && t[..4].bytes().all(|b| b.is_ascii_digit());
                 ok.then(|| {
                     let sec = t.get(4..6).filter(|s| s.bytes().all(|b| b.is_ascii_digit())).unwrap_or("00");
-                    ("valueTime", Value::String(format!("{}:{}:{sec}", &t[..2], &t[2..4])))
+                    ("valueTime", Json::from(format!("{}:{}:{sec}", &t[..2], &t[2..4])))
                 })
             }
-            _ => Some(("valueString", Value::String(n.whole().into_owned()))),
+            _ => Some(("valueString", Json::from(n.whole()))),
         }
     };
     match kind.as_ref() {
@@ -200,8 +204,13 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
         }
         // Text types: repetitions are lines of one text.
         "ST" | "TX" | "FT" | "" => {
-            let text: Vec<String> = reps.iter().map(|r| r.whole().into_owned()).collect();
-            return Ok(ObxValue::Value(vec![("valueString", Value::String(text.join("\n")))]));
+            let mut text = reps[0].whole();
+            for r in &reps[1..] {
+                let t = text.to_mut();
+                t.push('\n');
+                t.push_str(&r.whole());
+            }
+            return Ok(ObxValue::Value(vec![("valueString", Json::from(text))]));
         }
         _ => {}
     }
@@ -210,53 +219,45 @@ fn obx_value(obx: &Seg<'_>, path: &str, opts: &crate::options::Hl7ToFhirOptions)
         if let Some((k, v)) = one(r) {
             // The first repetition is the value; further ones become
             // components with the same code (Observation has one value[x]).
-            out.push((
-                if i == 0 { k } else { "component" },
-                if i == 0 { v } else { Value::Object(std::iter::once((k.to_string(), v)).collect()) },
-            ));
+            out.push((if i == 0 { k } else { "component" }, if i == 0 { v } else { Json::Obj(vec![(k, v)]) }));
         }
     }
     Ok(ObxValue::Value(out))
 }
 
 /// OBX-7 reference range: `low-high`, `<high`, `>low`, or text.
-fn reference_range(text: &str, units: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
-    let t = text.trim();
+fn reference_range<'a>(text: Cow<'a, str>, units: Node<'a>, opts: &crate::options::Hl7ToFhirOptions) -> Json<'a> {
+    let t = trimmed(text);
     if t.is_empty() {
-        return Value::Null;
+        return Json::Null;
     }
-    let simple = |v: Value| {
+    let simple = |v: Json<'a>| {
         let mut q = quantity(v, units, opts);
-        if let Some(o) = q.as_object_mut() {
-            o.remove("comparator");
-        }
+        q.remove("comparator");
         q
     };
     if let Some((lo, hi)) = t.split_once('-').filter(|(lo, _)| !lo.trim().is_empty())
         && let (Some(l), Some(h)) = (decimal(lo), decimal(hi))
     {
-        return obj! {"low" => simple(l), "high" => simple(h), "text" => t};
+        return obj! {"low" => simple(l), "high" => simple(h), "text" => t.clone()};
     }
     for (prefix, key) in [("<=", "high"), ("<", "high"), (">=", "low"), (">", "low")] {
         if let Some(rest) = t.strip_prefix(prefix)
             && let Some(v) = decimal(rest)
         {
-            let mut range = serde_json::Map::new();
-            range.insert(key.to_string(), simple(v));
-            range.insert("text".into(), Value::String(t.to_string()));
-            return Value::Object(range);
+            return Json::Obj(vec![(key, simple(v)), ("text", Json::Str(t.clone()))]);
         }
     }
     obj! {"text" => t}
 }
 
-fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value {
+fn interpretation<'a>(n: Node<'a>, opts: &crate::options::Hl7ToFhirOptions) -> Json<'a> {
     let code = n.c(1).text();
     if code.is_empty() {
-        return Value::Null;
+        return Json::Null;
     }
     if let Some(over) = opts.table("0078", &code) {
-        return obj! {"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over}]};
+        return obj! {"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over.to_string()}]};
     }
     let mnemonic = n.c(3).text();
     let v2_flag = mnemonic.is_empty() || mnemonic.eq_ignore_ascii_case("HL70078");
@@ -275,19 +276,28 @@ fn interpretation(n: Node<'_>, opts: &crate::options::Hl7ToFhirOptions) -> Value
     }
 }
 
-fn nte_text(seg: &Seg<'_>) -> String {
-    seg.f(3).reps().map(|r| r.whole().into_owned()).collect::<Vec<_>>().join("\n")
+/// NTE-3's repetitions as lines of one text (borrowed when there is one).
+fn nte_text<'a>(seg: &Seg<'a>) -> Cow<'a, str> {
+    let mut reps = seg.f(3).reps();
+    let Some(first) = reps.next() else { return Cow::Borrowed("") };
+    let mut text = first.whole();
+    for r in reps {
+        let t = text.to_mut();
+        t.push('\n');
+        t.push_str(&r.whole());
+    }
+    text
 }
 
-fn refs(subject: &Subject) -> (Value, Value) {
-    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
+fn refs<'a>(subject: &Subject) -> (Json<'a>, Json<'a>) {
+    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Json::Null))
 }
 
 /// One OBX as an Observation. Returns its reference, or the attachment for
 /// ED/RP values.
-enum ObxOut {
+enum ObxOut<'a> {
     Observation(Ref),
-    Attachment(Value),
+    Attachment(Json<'a>),
     Nothing,
 }
 
@@ -298,14 +308,14 @@ struct ObsContext<'a> {
     part_of: Option<Ref>,
 }
 
-fn observation(
-    ctx: &mut Ctx<'_>,
+fn observation<'a>(
+    ctx: &mut Ctx<'a>,
     subject: &Subject,
-    obx: &Seg<'_>,
-    notes: &[String],
+    obx: &Seg<'a>,
+    notes: &[Cow<'a, str>],
     group: &ObsContext<'_>,
     position: usize,
-) -> Result<ObxOut, ConvertError> {
+) -> Result<ObxOut<'a>, ConvertError> {
     let opts = ctx.opts;
     let path = format!("OBX({position})-5");
     let code = cwe(obx.f(3).first(), "", opts);
@@ -321,7 +331,7 @@ fn observation(
         }
         return Err(ConvertError::Missing { path: format!("OBX({position})-3 (observation identifier)") });
     }
-    let mut performers: Vec<Value> =
+    let mut performers: Vec<Json<'a>> =
         obx.f(16).reps().filter_map(|r| practitioner(ctx, r)).map(|r| r.reference()).collect();
     performers.extend(organization(ctx, obx.f(23).first()).map(|r| r.reference()));
     let opts = ctx.opts;
@@ -348,29 +358,30 @@ fn observation(
         "effectiveDateTime" => effective,
         "performer" => performers,
     };
-    let obj = resource.as_object_mut().ok_or_else(|| ConvertError::Invalid {
-        path: path.clone(),
-        reason: "internal: observation is not an object".into(),
-    })?;
+    let Json::Obj(obj) = &mut resource else {
+        return Err(ConvertError::Invalid { path, reason: "internal: observation is not an object".into() });
+    };
     let mut components = Vec::new();
     for (k, v) in values {
         if k == "component" {
-            let mut c = obj! {"code" => obj["code"].clone()};
-            if let (Some(c), Some(vals)) = (c.as_object_mut(), v.as_object()) {
-                c.extend(vals.clone());
+            let mut c = obj! {"code" => obj.iter().find(|(k, _)| *k == "code").map(|(_, v)| v.clone())};
+            if let (Json::Obj(c), Json::Obj(vals)) = (&mut c, v) {
+                for (k, v) in vals {
+                    json::insert(c, k, v);
+                }
             }
             components.push(c);
         } else {
-            obj.insert(k.to_string(), v);
+            json::insert(obj, k, v);
         }
     }
-    obj.insert("interpretation".into(), Value::Array(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()));
-    obj.insert("note".into(), Value::Array(notes.iter().map(|n| obj! {"text" => n.as_str()}).collect()));
-    obj.insert("bodySite".into(), cwe(obx.f(20).first(), "", opts));
-    obj.insert("method".into(), cwe(obx.f(17).first(), "", opts));
-    obj.insert("specimen".into(), group.specimen.as_ref().map(Ref::reference).unwrap_or(Value::Null));
-    obj.insert("referenceRange".into(), arr![reference_range(&obx.f(7).text(), units, opts)]);
-    obj.insert("component".into(), Value::Array(components));
+    json::insert(obj, "interpretation", Json::Arr(obx.f(8).reps().map(|r| interpretation(r, opts)).collect()));
+    json::insert(obj, "note", Json::Arr(notes.iter().map(|n| obj! {"text" => n.clone()}).collect()));
+    json::insert(obj, "bodySite", cwe(obx.f(20).first(), "", opts));
+    json::insert(obj, "method", cwe(obx.f(17).first(), "", opts));
+    json::insert(obj, "specimen", group.specimen.as_ref().map(Ref::reference).unwrap_or(Json::Null));
+    json::insert(obj, "referenceRange", arr![reference_range(obx.f(7).text(), units, opts)]);
+    json::insert(obj, "component", Json::Arr(components));
     let mut key =
         format!("{}|OBX|{}|{}|{}", group.group_key, obx.f(3).c(1).text(), obx.f(3).c(3).text(), obx.f(4).text());
     // A second OBX with the same code and no distinguishing sub-id (OBX-4),
@@ -388,20 +399,20 @@ fn observation(
 /// segment that is neither OBX, NTE nor PRT... of the group.
 struct Pending<'m> {
     obx: Seg<'m>,
-    notes: Vec<String>,
+    notes: Vec<Cow<'m, str>>,
     position: usize,
 }
 
-fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str) -> Ref {
+fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: &str) -> Ref {
     let opts = ctx.opts;
     let ids = spm.f(2).first();
     // SPM-2 is an EIP: placer EI in component 1, filler EI in component 2,
     // each with its sub-components.
-    let ei_of = |c: usize, kind: &str| {
+    let ei_of = |c: usize, kind: &'static str| {
         let n = ids.c(c);
         let value = n.s(1).text();
         if value.is_empty() {
-            return Value::Null;
+            return Json::Null;
         }
         obj! {
             "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => kind}]},
@@ -414,8 +425,8 @@ fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str
     let collected = spm.f(17).first();
     let (start, end) = (date_time(&collected.c(1).text(), opts), date_time(&collected.c(2).text(), opts));
     let collection = obj! {
-        "collectedDateTime" => if end.is_null() { start.clone() } else { Value::Null },
-        "collectedPeriod" => if end.is_null() { Value::Null } else { obj!{"start" => start, "end" => end} },
+        "collectedDateTime" => if end.is_null() { start.clone() } else { Json::Null },
+        "collectedPeriod" => if end.is_null() { Json::Null } else { obj!{"start" => start, "end" => end} },
         "method" => cwe(spm.f(7).first(), "0488", opts),
         "bodySite" => cwe(spm.f(8).first(), "", opts),
     };
@@ -434,24 +445,24 @@ fn specimen(ctx: &mut Ctx<'_>, subject: &Subject, spm: &Seg<'_>, group_key: &str
     ctx.add("Specimen", &key, conditional, resource)
 }
 
-fn order_identifiers(
-    orc: Option<&Seg<'_>>,
-    obr: Option<&Seg<'_>>,
+fn order_identifiers<'a>(
+    orc: Option<&Seg<'a>>,
+    obr: Option<&Seg<'a>>,
     opts: &crate::options::Hl7ToFhirOptions,
-) -> (Value, Value) {
-    let pick = |o: Option<Node<'_>>, b: Option<Node<'_>>, kind: &str| match (o, b) {
+) -> (Json<'a>, Json<'a>) {
+    let pick = |o: Option<Node<'a>>, b: Option<Node<'a>>, kind: &'static str| match (o, b) {
         (Some(o), _) if !o.is_empty() => ei(o.first(), kind, opts),
         (_, Some(b)) if !b.is_empty() => ei(b.first(), kind, opts),
-        _ => Value::Null,
+        _ => Json::Null,
     };
     (pick(orc.map(|s| s.f(2)), obr.map(|s| s.f(2)), "PLAC"), pick(orc.map(|s| s.f(3)), obr.map(|s| s.f(3)), "FILL"))
 }
 
-fn key_of(identifier: &Value) -> String {
+fn key_of(identifier: &Json<'_>) -> String {
     format!(
         "{}|{}",
-        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
-        identifier.get("value").and_then(Value::as_str).unwrap_or("")
+        identifier.get("system").and_then(Json::as_str).unwrap_or(""),
+        identifier.get("value").and_then(Json::as_str).unwrap_or("")
     )
 }
 
@@ -459,16 +470,16 @@ struct Report<'m> {
     orc: Option<Seg<'m>>,
     obr: Seg<'m>,
     index: usize,
-    notes: Vec<String>,
-    results: Vec<Value>,
-    specimens: Vec<Value>,
-    forms: Vec<Value>,
+    notes: Vec<Cow<'m, str>>,
+    results: Vec<Json<'m>>,
+    specimens: Vec<Json<'m>>,
+    forms: Vec<Json<'m>>,
     key: String,
-    identifier: Value,
-    placer: Value,
+    identifier: Json<'m>,
+    placer: Json<'m>,
 }
 
-fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
+fn finish_report<'a>(ctx: &mut Ctx<'a>, subject: &Subject, r: Report<'a>) {
     let opts = ctx.opts;
     let obr = &r.obr;
     let status_code = obr.f(25).text();
@@ -489,8 +500,8 @@ fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
         "code" => code,
         "subject" => patient,
         "encounter" => encounter,
-        "effectiveDateTime" => if end.is_null() { start.clone() } else { Value::Null },
-        "effectivePeriod" => if end.is_null() { Value::Null } else { obj!{"start" => start, "end" => end} },
+        "effectiveDateTime" => if end.is_null() { start.clone() } else { Json::Null },
+        "effectivePeriod" => if end.is_null() { Json::Null } else { obj!{"start" => start, "end" => end} },
         "issued" => instant(&obr.f(22).text(), opts),
         "specimen" => r.specimens,
         "result" => r.results,
@@ -503,7 +514,7 @@ fn finish_report(ctx: &mut Ctx<'_>, subject: &Subject, r: Report<'_>) {
 }
 
 /// A standalone DocumentReference for an ED/RP OBX outside any OBR.
-fn attachment_document(ctx: &mut Ctx<'_>, subject: &Subject, obx: &Seg<'_>, attachment: Value, position: usize) {
+fn attachment_document<'a>(ctx: &mut Ctx<'a>, subject: &Subject, obx: &Seg<'a>, attachment: Json<'a>, position: usize) {
     let opts = ctx.opts;
     let (patient, encounter) = refs(subject);
     let key = format!("{}|OBX-ED|{}|{}", subject.key, position, obx.f(3).c(1).text());
@@ -521,18 +532,18 @@ fn attachment_document(ctx: &mut Ctx<'_>, subject: &Subject, obx: &Seg<'_>, atta
 /// the SPECIMEN group after the OBX of the order) to the specimen, unless
 /// they already name one. `specimen` stays where the mapper puts it, before
 /// `referenceRange` and `component`.
-fn link_specimen(ctx: &mut Ctx<'_>, results: &[Value], specimen: &Ref) {
+fn link_specimen<'a>(ctx: &mut Ctx<'a>, results: &[Json<'_>], specimen: &Ref) {
     for result in results {
-        let Some(url) = result.get("reference").and_then(Value::as_str) else { continue };
+        let Some(url) = result.get("reference").and_then(Json::as_str) else { continue };
         let observation = Ref { full_url: url.to_string() };
-        let Some(Value::Object(obs)) = ctx.resource_mut(&observation) else { continue };
-        match obs.get_mut("specimen") {
-            // The mapper leaves a null in place (pruned at the end).
-            Some(slot) if slot.is_null() => *slot = specimen.reference(),
+        let Some(Json::Obj(obs)) = ctx.resource_mut(&observation) else { continue };
+        match obs.iter_mut().find(|(k, _)| *k == "specimen") {
+            // The mapper leaves a null in place (left out when written).
+            Some((_, slot)) if slot.is_null() => *slot = specimen.reference(),
             Some(_) => {}
             None => {
-                let at = obs.keys().position(|k| k == "referenceRange" || k == "component").unwrap_or(obs.len());
-                obs.shift_insert(at, "specimen".into(), specimen.reference());
+                let at = obs.iter().position(|(k, _)| *k == "referenceRange" || *k == "component").unwrap_or(obs.len());
+                obs.insert(at, ("specimen", specimen.reference()));
             }
         }
     }
@@ -540,20 +551,20 @@ fn link_specimen(ctx: &mut Ctx<'_>, results: &[Value], specimen: &Ref) {
 
 /// ORU^R01: one DiagnosticReport per OBR with its Observations and
 /// Specimens; OBX before the first OBR are patient-level Observations.
-pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Result<(), ConvertError> {
     let mut report: Option<Report<'_>> = None;
-    let mut orc: Option<Seg<'_>> = None;
+    let mut orc: Option<Seg<'a>> = None;
     let mut pending: Option<Pending<'_>> = None;
     let mut spm: Option<Ref> = None;
     let mut obx_count = 0usize;
     let mut obr_count = 0usize;
 
     // Flushes the pending OBX into the current report (or standalone).
-    fn flush<'m>(
-        ctx: &mut Ctx<'_>,
+    fn flush<'a>(
+        ctx: &mut Ctx<'a>,
         subject: &Subject,
-        pending: &mut Option<Pending<'m>>,
-        report: &mut Option<Report<'m>>,
+        pending: &mut Option<Pending<'a>>,
+        report: &mut Option<Report<'a>>,
         spm: &Option<Ref>,
     ) -> Result<(), ConvertError> {
         let Some(p) = pending.take() else {
@@ -603,7 +614,7 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 } else {
                     key_of(&identifier)
                 };
-                let placer = if key_of(&placer) == key_of(&identifier) { Value::Null } else { placer };
+                let placer = if key_of(&placer) == key_of(&identifier) { Json::Null } else { placer };
                 report = Some(Report {
                     orc: orc.take(),
                     obr: *seg,
@@ -652,7 +663,11 @@ pub(crate) fn oru(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
 
 /// OBX segments of a message without orders (ADT, VXU's patient level):
 /// standalone Observations about the patient and visit, with their NTEs.
-pub(crate) fn patient_observations(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+pub(crate) fn patient_observations<'a>(
+    ctx: &mut Ctx<'a>,
+    msg: &Msg<'a>,
+    subject: &Subject,
+) -> Result<(), ConvertError> {
     let group = ObsContext { group_key: subject.key.clone(), default_time: None, specimen: None, part_of: None };
     let segs = &msg.segments;
     let mut position = 0;
@@ -661,7 +676,7 @@ pub(crate) fn patient_observations(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &S
             continue;
         }
         position += 1;
-        let notes: Vec<String> = segs[i + 1..].iter().take_while(|s| s.name == "NTE").map(nte_text).collect();
+        let notes: Vec<Cow<'a, str>> = segs[i + 1..].iter().take_while(|s| s.name == "NTE").map(nte_text).collect();
         if let ObxOut::Attachment(a) = observation(ctx, subject, seg, &notes, &group, position)? {
             attachment_document(ctx, subject, seg, a, position);
         }
@@ -669,7 +684,7 @@ pub(crate) fn patient_observations(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &S
     Ok(())
 }
 
-fn order_status(orc: Option<&Seg<'_>>) -> &'static str {
+fn order_status<'a>(orc: Option<&Seg<'a>>) -> &'static str {
     let Some(orc) = orc else { return "unknown" };
     match orc.f(5).text().as_ref() {
         "A" | "CM" => return "completed",
@@ -699,12 +714,12 @@ fn priority(code: &str) -> &'static str {
 
 /// ORM^O01: a ServiceRequest per ORC/OBR, with the order's NTEs as notes and
 /// its OBXs as supporting Observations.
-pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+pub(crate) fn orm<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Result<(), ConvertError> {
     struct Order<'m> {
         orc: Option<Seg<'m>>,
         obr: Option<Seg<'m>>,
         tq1: Option<Seg<'m>>,
-        notes: Vec<String>,
+        notes: Vec<Cow<'m, str>>,
         obx: Vec<(Seg<'m>, usize)>,
     }
     let mut orders: Vec<Order<'_>> = Vec::new();
@@ -746,7 +761,7 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
         let identity = if !filler.is_null() { filler.clone() } else { placer.clone() };
         let key = if identity.is_null() { format!("{}|ORDER|{n}", subject.key) } else { key_of(&identity) };
         let obr = order.obr.as_ref();
-        let code = obr.map(|o| cwe(o.f(4).first(), "", opts)).unwrap_or(Value::Null);
+        let code = obr.map(|o| cwe(o.f(4).first(), "", opts)).unwrap_or(Json::Null);
         let code = if code.is_null() {
             obj! {"text" => "unknown"}
         } else {
@@ -778,12 +793,12 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
             "code" => code,
             "subject" => patient,
             "encounter" => encounter,
-            "occurrenceDateTime" => tq1.map(|t| date_time(&t.f(7).text(), opts)).unwrap_or(Value::Null),
-            "authoredOn" => order.orc.as_ref().map(|o| date_time(&o.f(9).text(), opts)).unwrap_or(Value::Null),
+            "occurrenceDateTime" => tq1.map(|t| date_time(&t.f(7).text(), opts)).unwrap_or(Json::Null),
+            "authoredOn" => order.orc.as_ref().map(|o| date_time(&o.f(9).text(), opts)).unwrap_or(Json::Null),
             "requester" => requester.map(|r| r.reference()),
             "reasonCode" => obr.map(|o| o.f(31).reps().map(|r| cwe(r, "", opts)).collect::<Vec<_>>()),
             "supportingInfo" => supporting,
-            "note" => order.notes.iter().map(|t| obj!{"text" => t.as_str()}).collect::<Vec<_>>(),
+            "note" => order.notes.iter().map(|t| obj!{"text" => t.clone()}).collect::<Vec<_>>(),
         };
         let conditional = identity.get("system").is_some().then_some(&identity);
         ctx.add("ServiceRequest", &key, conditional, resource);
@@ -794,11 +809,11 @@ pub(crate) fn orm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
 /// MDM^T02/T06: a DocumentReference from TXA, the document from the OBXs
 /// (text lines joined, or an ED's data). T06 (addendum) relates to the
 /// parent document (TXA-13).
-pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
+pub(crate) fn mdm<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
     let txa = msg.seg("TXA").ok_or_else(|| ConvertError::Missing { path: "TXA segment".into() })?;
     let opts = ctx.opts;
     let mut text_lines: Vec<String> = Vec::new();
-    let mut attachments: Vec<Value> = Vec::new();
+    let mut attachments: Vec<Json<'a>> = Vec::new();
     for (i, obx) in msg.all("OBX").enumerate() {
         let path = format!("OBX({})-5", i + 1);
         match obx.f(2).text().as_ref() {
@@ -834,7 +849,7 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
     if attachments.is_empty() {
         return Err(ConvertError::Missing { path: "OBX-5 (the document content of the MDM message)".into() });
     }
-    let mut authors: Vec<Value> = Vec::new();
+    let mut authors: Vec<Json<'a>> = Vec::new();
     for f in [5, 9] {
         for r in txa.f(f).reps() {
             if let Some(p) = practitioner(ctx, r) {
@@ -859,7 +874,7 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
     let relates = if event == "T06" && !parent.is_null() {
         arr![obj! {"code" => "appends", "target" => obj!{"identifier" => parent}}]
     } else {
-        Value::Null
+        Json::Null
     };
     let (patient, encounter) = refs(subject);
     let key = if master.is_null() {
@@ -868,12 +883,10 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
         key_of(&master)
     };
     let created_for_attachment = created.clone();
-    let content: Vec<Value> = attachments
+    let content: Vec<Json<'a>> = attachments
         .into_iter()
         .map(|mut a| {
-            if let Some(o) = a.as_object_mut() {
-                o.insert("creation".into(), created_for_attachment.clone());
-            }
+            a.insert("creation", created_for_attachment.clone());
             obj! {"attachment" => a}
         })
         .collect();
@@ -898,7 +911,7 @@ pub(crate) fn mdm(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
 }
 
 /// SIU^S12-S26: an Appointment from SCH/TQ1 and the resources AIS/AIG/AIL/AIP.
-pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
+pub(crate) fn siu<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject, event: &str) -> Result<(), ConvertError> {
     let sch = msg.seg("SCH").ok_or_else(|| ConvertError::Missing { path: "SCH segment".into() })?;
     let opts = ctx.opts;
     let placer = ei(sch.f(1).first(), "PLAC", opts);
@@ -952,8 +965,8 @@ pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
         }
     }
     let opts = ctx.opts;
-    let services: Vec<Value> = msg.all("AIS").map(|a| cwe(a.f(3).first(), "", opts)).collect();
-    let notes: Vec<String> = {
+    let services: Vec<Json<'a>> = msg.all("AIS").map(|a| cwe(a.f(3).first(), "", opts)).collect();
+    let notes: Vec<Cow<'a, str>> = {
         // NTEs directly after SCH/TQ1 are the appointment's comment.
         let mut out = Vec::new();
         let mut in_header = false;
@@ -995,10 +1008,10 @@ pub(crate) fn siu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject, event: &s
 
 /// VXU^V04: an Immunization per RXA (route and site from RXR), its OBXs as
 /// Observations part of it.
-pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result<(), ConvertError> {
+pub(crate) fn vxu<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Result<(), ConvertError> {
     let segs = &msg.segments;
     let mut found = false;
-    let mut orc: Option<Seg<'_>> = None;
+    let mut orc: Option<Seg<'a>> = None;
     let mut obx_count = 0;
     let mut i = 0;
     while i < segs.len() {
@@ -1020,7 +1033,7 @@ pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
                 while j < segs.len() && !matches!(segs[j].name, "RXA" | "ORC") {
                     if segs[j].name == "OBX" {
                         obx_count += 1;
-                        let notes: Vec<String> =
+                        let notes: Vec<Cow<'a, str>> =
                             segs[j + 1..].iter().take_while(|s| s.name == "NTE").map(nte_text).collect();
                         observation(ctx, subject, &segs[j], &notes, &group, obx_count)?;
                     }
@@ -1039,12 +1052,12 @@ pub(crate) fn vxu(ctx: &mut Ctx<'_>, msg: &Msg<'_>, subject: &Subject) -> Result
     Ok(())
 }
 
-fn immunization(
-    ctx: &mut Ctx<'_>,
+fn immunization<'a>(
+    ctx: &mut Ctx<'a>,
     subject: &Subject,
-    rxa: &Seg<'_>,
-    rxr: Option<&Seg<'_>>,
-    orc: Option<&Seg<'_>>,
+    rxa: &Seg<'a>,
+    rxr: Option<&Seg<'a>>,
+    orc: Option<&Seg<'a>>,
 ) -> Result<Ref, ConvertError> {
     let opts = ctx.opts;
     let vaccine = cwe(rxa.f(5).first(), "", opts);
@@ -1064,15 +1077,15 @@ fn immunization(
     let dose = match decimal(&amount) {
         // 999 means "amount unknown" in immunization messages.
         Some(v) if amount.trim() != "999" => quantity(v, rxa.f(7).first(), opts),
-        _ => Value::Null,
+        _ => Json::Null,
     };
     let info_source = rxa.f(9).first();
     let primary = match info_source.c(1).text().as_ref() {
-        "00" => Value::Bool(true),
-        "" => Value::Null,
-        _ => Value::Bool(false),
+        "00" => Json::Bool(true),
+        "" => Json::Null,
+        _ => Json::Bool(false),
     };
-    let report_origin = if primary == Value::Bool(false) { cwe(info_source, "", opts) } else { Value::Null };
+    let report_origin = if primary == Json::Bool(false) { cwe(info_source, "", opts) } else { Json::Null };
     let manufacturer = {
         let m = rxa.f(17).first();
         let code = m.c(1).text();

@@ -7,24 +7,22 @@
 //! The output is deterministic: no clock, no randomness; ids are hashes of
 //! identifying fields (see [`bundle`]).
 
-/// Builds a JSON object from `"key" => value` pairs, moving each value in
-/// (`Value::from`) and leaving out empty ones (null, "", [], {}): FHIR
-/// forbids empty elements, and serde_json's `json!` would deep-copy every
-/// interpolated `Value` through its serializer, which dominated the cost of a
-/// conversion.
+/// Builds a JSON object ([`json::Json`]) from `"key" => value` pairs,
+/// moving each value in (`Json::from`) and leaving out empty ones (null, "",
+/// [], {}): FHIR forbids empty elements. Keys are the literals, in the order
+/// written.
 macro_rules! obj {
     (@count) => { 0usize };
     (@count $head:literal $($tail:literal)*) => { 1usize + obj!(@count $($tail)*) };
     ($($key:literal => $value:expr),* $(,)?) => {{
-        // The map is allocated at the first non-empty member: most nested
-        // objects (a period, an assigner) come out empty, and an IndexMap
-        // with a capacity costs two allocations even if nothing goes in.
+        // The member list is allocated at the first non-empty member: most
+        // nested objects (a period, an assigner) come out empty.
         #[allow(unused_mut)]
-        let mut map: Option<serde_json::Map<String, serde_json::Value>> = None;
+        let mut members: Vec<(&'static str, $crate::v2::json::Json<'_>)> = Vec::new();
         #[allow(unused_variables)]
         let capacity = obj!(@count $($key)*);
-        $( $crate::v2::put_lazy(&mut map, capacity, $key, serde_json::Value::from($value)); )*
-        serde_json::Value::Object(map.unwrap_or_default())
+        $( $crate::v2::put_lazy(&mut members, capacity, $key, $crate::v2::json::Json::from($value)); )*
+        $crate::v2::json::Json::Obj(members)
     }};
 }
 
@@ -32,34 +30,31 @@ macro_rules! obj {
 macro_rules! arr {
     ($($value:expr),* $(,)?) => {{
         #[allow(unused_mut)]
-        let mut items: Vec<serde_json::Value> = Vec::new();
-        $( $crate::v2::push(&mut items, serde_json::Value::from($value)); )*
-        serde_json::Value::Array(items)
+        let mut items: Vec<$crate::v2::json::Json<'_>> = Vec::new();
+        $( $crate::v2::push(&mut items, $crate::v2::json::Json::from($value)); )*
+        $crate::v2::json::Json::Arr(items)
     }};
 }
 
-/// Whether a value is empty in the FHIR sense (and so left out).
-pub(crate) fn is_empty(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
-}
-
-/// Inserts unless empty, creating the map (with room for `capacity`
-/// members) at the first insertion.
-pub(crate) fn put_lazy(map: &mut Option<serde_json::Map<String, Value>>, capacity: usize, key: &str, value: Value) {
-    if !is_empty(&value) {
-        map.get_or_insert_with(|| serde_json::Map::with_capacity(capacity)).insert(key.to_string(), value);
+/// Appends unless empty, reserving room for `capacity` members at the first
+/// one.
+pub(crate) fn put_lazy<'a>(
+    members: &mut Vec<(&'static str, Json<'a>)>,
+    capacity: usize,
+    key: &'static str,
+    value: Json<'a>,
+) {
+    if !value.is_empty() {
+        if members.capacity() == 0 {
+            members.reserve_exact(capacity);
+        }
+        members.push((key, value));
     }
 }
 
 /// Pushes unless empty.
-pub(crate) fn push(items: &mut Vec<Value>, value: Value) {
-    if !is_empty(&value) {
+pub(crate) fn push<'a>(items: &mut Vec<Json<'a>>, value: Json<'a>) {
+    if !value.is_empty() {
         items.push(value);
     }
 }
@@ -67,22 +62,24 @@ pub(crate) fn push(items: &mut Vec<Value>, value: Value) {
 pub(crate) mod bundle;
 mod clinical;
 pub(crate) mod datatypes;
+pub(crate) mod json;
 mod patient;
 pub(crate) mod view;
-
-use serde_json::Value;
 
 use crate::error::ConvertError;
 use crate::options::Hl7ToFhirOptions;
 use bundle::Ctx;
+use json::Json;
 use view::Msg;
 
 /// The message types and events [`convert`] supports, for error messages.
 pub const SUPPORTED: &str = "supported: ADT^A01 A02 A03 A04 A05 A08 A11 A13 A28 A31 A40, ORU^R01, ORM^O01, \
      SIU^S12 S13 S14 S15 S26, MDM^T02 T06, VXU^V04";
 
-/// Converts a parsed message to a transaction Bundle.
-pub(crate) fn convert(message: &hl7v2::Message, opts: &Hl7ToFhirOptions) -> Result<Value, ConvertError> {
+/// Converts a parsed message to a transaction Bundle, ready to write or to
+/// turn into a `serde_json::Value` (both leave out its empty elements). Its
+/// text borrows from `message`.
+pub(crate) fn convert<'a>(message: &'a hl7v2::Message, opts: &'a Hl7ToFhirOptions) -> Result<Json<'a>, ConvertError> {
     opts.validate()?;
     let msg = Msg::new(message);
     let msh = msg.seg("MSH").ok_or_else(|| ConvertError::NotHl7("no MSH segment".into()))?;

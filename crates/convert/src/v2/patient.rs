@@ -2,12 +2,11 @@
 //! XCN/XON/PL participants, AL1, DG1, IN1: the segments of ADT messages,
 //! which the other message types reuse for their patient and visit.
 
-use serde_json::Value;
-
 use super::bundle::{Ctx, Ref};
 use super::datatypes::{
     authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn, xon, xpn, xtn,
 };
+use super::json::Json;
 use super::view::{Node, Seg};
 use crate::error::ConvertError;
 use crate::terminology;
@@ -21,29 +20,37 @@ pub(crate) struct Subject {
     pub encounter: Option<Ref>,
 }
 
-fn non_null(items: impl IntoIterator<Item = Value>) -> Vec<Value> {
+fn non_null<'a>(items: impl IntoIterator<Item = Json<'a>>) -> Vec<Json<'a>> {
     items.into_iter().filter(|v| !v.is_null()).collect()
 }
 
 /// The identity of an Identifier: `system|value`.
-fn id_key(identifier: &Value) -> String {
+fn id_key(identifier: &Json<'_>) -> String {
     format!(
         "{}|{}",
-        identifier.get("system").and_then(Value::as_str).unwrap_or(""),
-        identifier.get("value").and_then(Value::as_str).unwrap_or("")
+        identifier.get("system").and_then(Json::as_str).unwrap_or(""),
+        identifier.get("value").and_then(Json::as_str).unwrap_or("")
     )
 }
 
 /// PID-3's identifier to use for the conditional update: the MR-typed one,
 /// else the first.
-fn primary_identifier(ids: &[Value]) -> Option<&Value> {
-    ids.iter().find(|i| i.pointer("/type/coding/0/code").and_then(Value::as_str) == Some("MR")).or_else(|| ids.first())
+fn primary_identifier<'j, 'a>(ids: &'j [Json<'a>]) -> Option<&'j Json<'a>> {
+    let code = |i: &Json<'_>| {
+        i.get("type")
+            .and_then(|t| t.get("coding"))
+            .and_then(|c| c.at(0))
+            .and_then(|c| c.get("code"))
+            .and_then(Json::as_str)
+            == Some("MR")
+    };
+    ids.iter().find(|i| code(i)).or_else(|| ids.first())
 }
 
 /// Patient from PID (+ PD1); `merge_from` links a replaced patient (A40).
-pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -> Result<Subject, ConvertError> {
+pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>>) -> Result<Subject, ConvertError> {
     let opts = ctx.opts;
-    let mut identifiers: Vec<Value> = non_null(pid.f(3).reps().map(|r| cx(r, opts)));
+    let mut identifiers: Vec<Json<'a>> = non_null(pid.f(3).reps().map(|r| cx(r, opts)));
     // PID-2 (external id) and PID-4 (alternate id) are deprecated but common.
     identifiers.extend(non_null(pid.f(2).reps().map(|r| cx(r, opts))));
     identifiers.extend(non_null(pid.f(4).reps().map(|r| cx(r, opts))));
@@ -78,7 +85,7 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
         None => format!("{}|{}", pid.f(5).first().whole(), birth),
     };
     let birth_time = match date_time(&birth, opts) {
-        Value::String(t) if t.len() > 10 => {
+        Json::Str(t) if t.len() > 10 => {
             obj! {
                 "extension" => arr![
                     obj!{
@@ -88,21 +95,21 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
                 ],
             }
         }
-        _ => Value::Null,
+        _ => Json::Null,
     };
     let mut telecom = non_null(pid.f(13).reps().map(|r| xtn(r, "home")));
     telecom.extend(non_null(pid.f(14).reps().map(|r| xtn(r, "work"))));
     let deceased_time = date_time(&pid.f(29).text(), opts);
     let deceased_flag = match pid.f(30).text().as_ref() {
-        "Y" => Value::Bool(true),
-        "N" => Value::Bool(false),
-        _ => Value::Null,
+        "Y" => Json::Bool(true),
+        "N" => Json::Bool(false),
+        _ => Json::Null,
     };
     let birth_order = pid.f(25).text().parse::<u32>().ok().filter(|n| *n > 0);
     let multiple = match pid.f(24).text().as_ref() {
-        "Y" => Value::Bool(true),
-        "N" => Value::Bool(false),
-        _ => Value::Null,
+        "Y" => Json::Bool(true),
+        "N" => Json::Bool(false),
+        _ => Json::Null,
     };
     let gender_code = pid.f(8).text();
     let gender = opts
@@ -119,13 +126,13 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
         "gender" => gender,
         "birthDate" => birth_date,
         "_birthDate" => birth_time,
-        "deceasedBoolean" => if deceased_time.is_null() { deceased_flag } else { Value::Null },
+        "deceasedBoolean" => if deceased_time.is_null() { deceased_flag } else { Json::Null },
         "deceasedDateTime" => deceased_time,
         "address" => non_null(pid.f(11).reps().map(xad)),
         "maritalStatus" => cwe(pid.f(16).first(), "0002", opts),
         "multipleBirthInteger" => birth_order,
-        "multipleBirthBoolean" => if birth_order.is_none() { multiple } else { Value::Null },
-        "communication" => if language.is_null() { Value::Null } else { arr![obj!{"language" => language, "preferred" => true}] },
+        "multipleBirthBoolean" => if birth_order.is_none() { multiple } else { Json::Null },
+        "communication" => if language.is_null() { Json::Null } else { arr![obj!{"language" => language, "preferred" => true}] },
     };
     // The Patient goes first in the Bundle (readers expect it there); its
     // general practitioners (PD1) are added after it and linked back.
@@ -144,15 +151,15 @@ pub(crate) fn patient(ctx: &mut Ctx<'_>, pid: &Seg<'_>, pd1: Option<&Seg<'_>>) -
         }
     }
     if !general.is_empty()
-        && let Some(Value::Object(p)) = ctx.resource_mut(&patient)
+        && let Some(p) = ctx.resource_mut(&patient)
     {
-        p.insert("generalPractitioner".into(), Value::Array(general));
+        p.insert("generalPractitioner", Json::Arr(general));
     }
     Ok(Subject { patient, key, encounter: None })
 }
 
 /// A40: the surviving patient (`subject`) replaces the one named in MRG-1.
-pub(crate) fn merge(ctx: &mut Ctx<'_>, subject: &Subject, mrg: &Seg<'_>) -> Result<(), ConvertError> {
+pub(crate) fn merge<'a>(ctx: &mut Ctx<'a>, subject: &Subject, mrg: &Seg<'a>) -> Result<(), ConvertError> {
     let opts = ctx.opts;
     let old_ids = non_null(mrg.f(1).reps().map(|r| cx(r, opts)));
     let Some(old_primary) = primary_identifier(&old_ids).cloned() else {
@@ -169,16 +176,14 @@ pub(crate) fn merge(ctx: &mut Ctx<'_>, subject: &Subject, mrg: &Seg<'_>) -> Resu
             "link" => arr![obj!{"other" => subject.patient.reference(), "type" => "replaced-by"}],
         },
     );
-    if let Some(survivor) = ctx.resource_mut(&subject.patient)
-        && let Some(obj) = survivor.as_object_mut()
-    {
-        obj.insert("link".into(), arr![obj! {"other" => old.reference(), "type" => "replaces"}]);
+    if let Some(survivor) = ctx.resource_mut(&subject.patient) {
+        survivor.insert("link", arr![obj! {"other" => old.reference(), "type" => "replaces"}]);
     }
     Ok(())
 }
 
 /// Practitioner from an XCN (None when empty).
-pub(crate) fn practitioner(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
+pub(crate) fn practitioner<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     let (identifier, name) = xcn(n, ctx.opts);
     if identifier.is_null() && name.is_null() {
         return None;
@@ -194,7 +199,7 @@ pub(crate) fn practitioner(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
 }
 
 /// Organization from an XON (None when empty).
-pub(crate) fn organization(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
+pub(crate) fn organization<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     let (identifier, name) = xon(n, ctx.opts);
     if identifier.is_null() && name.is_null() {
         return None;
@@ -206,14 +211,14 @@ pub(crate) fn organization(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
 }
 
 /// Location from a PL (None when empty).
-pub(crate) fn location(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
+pub(crate) fn location<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     let name = pl_name(n)?;
     if let Some(seen) = ctx.existing("Location", &name) {
         return Some(seen);
     }
     let resource = obj! {
         "status" => "active",
-        "name" => name.as_str(),
+        "name" => name.clone(),
         "description" => n.c(9).text(),
         "mode" => "instance",
         "physicalType" => pl_physical_type(n),
@@ -221,7 +226,7 @@ pub(crate) fn location(ctx: &mut Ctx<'_>, n: Node<'_>) -> Option<Ref> {
     Some(ctx.add("Location", &name, None, resource))
 }
 
-fn participant(ctx: &mut Ctx<'_>, code: &str, display: &str, n: Node<'_>) -> Vec<Value> {
+fn participant<'a>(ctx: &mut Ctx<'a>, code: &'static str, display: &'static str, n: Node<'a>) -> Vec<Json<'a>> {
     n.reps()
         .filter_map(|r| practitioner(ctx, r))
         .map(|p| {
@@ -260,11 +265,11 @@ fn encounter_status(event: &str, pv1: &Seg<'_>) -> &'static str {
 
 /// Encounter from PV1 (+ PV2). None when PV1 is absent or describes no visit
 /// (patient class N, "not applicable", and no visit number).
-pub(crate) fn encounter(
-    ctx: &mut Ctx<'_>,
+pub(crate) fn encounter<'a>(
+    ctx: &mut Ctx<'a>,
     subject: &mut Subject,
-    pv1: Option<&Seg<'_>>,
-    pv2: Option<&Seg<'_>>,
+    pv1: Option<&Seg<'a>>,
+    pv2: Option<&Seg<'a>>,
     event: &str,
 ) {
     let Some(pv1) = pv1 else { return };
@@ -294,7 +299,7 @@ pub(crate) fn encounter(
         }
     }
     let opts = ctx.opts;
-    let reason = pv2.map(|p| cwe(p.f(3).first(), "", opts)).unwrap_or(Value::Null);
+    let reason = pv2.map(|p| cwe(p.f(3).first(), "", opts)).unwrap_or(Json::Null);
     let discharge = cwe(pv1.f(36).first(), "0112", opts);
     let resource = obj! {
         "identifier" => arr![visit.clone()],
@@ -325,18 +330,18 @@ pub(crate) fn encounter(
     subject.encounter = Some(ctx.add("Encounter", &key, conditional, resource));
 }
 
-fn subject_refs(subject: &Subject) -> (Value, Value) {
-    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Value::Null))
+fn subject_refs<'a>(subject: &Subject) -> (Json<'a>, Json<'a>) {
+    (subject.patient.reference(), subject.encounter.as_ref().map(Ref::reference).unwrap_or(Json::Null))
 }
 
 /// RelatedPerson from NK1.
-pub(crate) fn related_person(ctx: &mut Ctx<'_>, subject: &Subject, nk1: &Seg<'_>) {
+pub(crate) fn related_person<'a>(ctx: &mut Ctx<'a>, subject: &Subject, nk1: &Seg<'a>) {
     let opts = ctx.opts;
-    let names: Vec<Value> = nk1.f(2).reps().map(xpn).filter(|v| !v.is_null()).collect();
+    let names: Vec<Json<'a>> = nk1.f(2).reps().map(xpn).filter(|v| !v.is_null()).collect();
     if names.is_empty() && nk1.f(13).is_empty() {
         return;
     }
-    let mut telecom: Vec<Value> = nk1.f(5).reps().map(|r| xtn(r, "home")).collect();
+    let mut telecom: Vec<Json<'a>> = nk1.f(5).reps().map(|r| xtn(r, "home")).collect();
     telecom.extend(nk1.f(6).reps().map(|r| xtn(r, "work")));
     let key = format!("{}|NK1|{}|{}", subject.key, nk1.f(1).text(), nk1.f(2).first().c(1).text());
     let resource = obj! {
@@ -355,7 +360,7 @@ pub(crate) fn related_person(ctx: &mut Ctx<'_>, subject: &Subject, nk1: &Seg<'_>
 }
 
 /// AllergyIntolerance from AL1.
-pub(crate) fn allergy(ctx: &mut Ctx<'_>, subject: &Subject, al1: &Seg<'_>) {
+pub(crate) fn allergy<'a>(ctx: &mut Ctx<'a>, subject: &Subject, al1: &Seg<'a>) {
     let opts = ctx.opts;
     let code = cwe(al1.f(3).first(), "", opts);
     if code.is_null() {
@@ -373,7 +378,7 @@ pub(crate) fn allergy(ctx: &mut Ctx<'_>, subject: &Subject, al1: &Seg<'_>) {
         "U" => "unable-to-assess",
         _ => "",
     };
-    let reactions: Vec<Value> = al1.f(5).reps().map(|r| text_concept(&r.whole())).filter(|v| !v.is_null()).collect();
+    let reactions: Vec<Json<'a>> = al1.f(5).reps().map(|r| text_concept(r.whole())).filter(|v| !v.is_null()).collect();
     let key = format!("{}|AL1|{}", subject.key, al1.f(3).first().whole());
     let resource = obj! {
         "clinicalStatus" => obj!{
@@ -390,17 +395,17 @@ pub(crate) fn allergy(ctx: &mut Ctx<'_>, subject: &Subject, al1: &Seg<'_>) {
         "code" => code,
         "patient" => subject.patient.reference(),
         "onsetDateTime" => date_time(&al1.f(6).text(), opts),
-        "reaction" => if reactions.is_empty() { Value::Null } else { arr![obj!{"manifestation" => reactions}] },
+        "reaction" => if reactions.is_empty() { Json::Null } else { arr![obj!{"manifestation" => reactions}] },
     };
     ctx.add("AllergyIntolerance", &key, None, resource);
 }
 
 /// Condition from DG1.
-pub(crate) fn condition(ctx: &mut Ctx<'_>, subject: &Subject, dg1: &Seg<'_>) {
+pub(crate) fn condition<'a>(ctx: &mut Ctx<'a>, subject: &Subject, dg1: &Seg<'a>) {
     let opts = ctx.opts;
     let mut code = cwe(dg1.f(3).first(), "", opts);
     if code.is_null() {
-        code = text_concept(&dg1.f(4).text());
+        code = text_concept(dg1.f(4).text());
     }
     if code.is_null() {
         return;
@@ -434,7 +439,7 @@ pub(crate) fn condition(ctx: &mut Ctx<'_>, subject: &Subject, dg1: &Seg<'_>) {
 }
 
 /// Coverage (and its payor Organization) from IN1.
-pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
+pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) {
     let opts = ctx.opts;
     // The payor is the insurance company: IN1-3 (its id) and IN1-4 (name).
     let company_id = cx(in1.f(3).first(), opts);
@@ -458,11 +463,11 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     let opts = ctx.opts;
     let policy = in1.f(36).text();
     let identifier = if policy.is_empty() {
-        Value::Null
+        Json::Null
     } else {
         obj! {
             "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "MB"}]},
-            "value" => policy.as_ref(),
+            "value" => policy.clone(),
         }
     };
     let relationship = match in1.f(17).c(1).text().as_ref() {
@@ -475,7 +480,7 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
     let group = in1.f(8).text();
     let plan = in1.f(2).first();
     let key = format!("{}|IN1|{}|{}|{}", subject.key, payor_key, in1.f(2).c(1).text(), policy);
-    let class: Vec<Value> = [
+    let class: Vec<Json<'a>> = [
         ("group", group.into_owned(), in1.f(9).first().c(1).text().into_owned()),
         ("plan", plan.c(1).text().into_owned(), plan.c(2).text().into_owned()),
     ]
@@ -496,7 +501,7 @@ pub(crate) fn coverage(ctx: &mut Ctx<'_>, subject: &Subject, in1: &Seg<'_>) {
         "status" => "active",
         "type" => cwe(in1.f(15).first(), "0086", opts),
         "beneficiary" => subject.patient.reference(),
-        "relationship" => if relationship.is_empty() { Value::Null } else { obj!{
+        "relationship" => if relationship.is_empty() { Json::Null } else { obj!{
             "coding" => arr![
                 obj!{
                     "system" => "http://terminology.hl7.org/CodeSystem/subscriber-relationship",

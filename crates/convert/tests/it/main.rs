@@ -4,6 +4,7 @@
 
 mod fhir_peer;
 mod golden;
+mod json_output;
 mod options;
 mod robustness;
 mod round_trip;

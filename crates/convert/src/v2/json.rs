@@ -1,0 +1,468 @@
+//! The JSON tree the HL7 v2 mappers build: made for building and writing,
+//! not for lookup.
+//!
+//! A `serde_json::Value` with `preserve_order` costs an IndexMap per object
+//! (two allocations and a SipHash per key) and an owned `String` per key and
+//! per text, about 900 allocations for a typical ADT^A01 Bundle before any
+//! work is done. Here object keys are the mappers' `&'static str` literals in
+//! the order written (the few lookups scan linearly: objects hold a handful
+//! of members), and text read from the message is borrowed from it unless an
+//! escape sequence or the character set had to be decoded. The tree is
+//! written as JSON directly ([`Json::write`]) or turned into a
+//! `serde_json::Value` for the public API ([`Json::into_value`]); both give
+//! the same document, member order included.
+
+use std::borrow::Cow;
+
+use serde_json::{Number, Value};
+
+/// A JSON value under construction.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Json<'a> {
+    Null,
+    Bool(bool),
+    Num(Number),
+    Str(Cow<'a, str>),
+    Arr(Vec<Json<'a>>),
+    /// Members in output order. Keys are unique (see [`Json::insert`]).
+    Obj(Vec<(&'static str, Json<'a>)>),
+}
+
+impl<'a> Json<'a> {
+    /// Whether this value is empty in the FHIR sense (null, "", [], {}); not
+    /// recursive: see [`Json::prune`].
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Json::Null => true,
+            Json::Str(s) => s.is_empty(),
+            Json::Arr(a) => a.is_empty(),
+            Json::Obj(o) => o.is_empty(),
+            Json::Bool(_) | Json::Num(_) => false,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The member `key` of an object.
+    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
+        match self {
+            Json::Obj(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The member `key` of an object, mutably.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json<'a>> {
+        match self {
+            Json::Obj(members) => members.iter_mut().find(|(k, _)| *k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Item `at` of an array.
+    pub fn at(&self, at: usize) -> Option<&Json<'a>> {
+        match self {
+            Json::Arr(items) => items.get(at),
+            _ => None,
+        }
+    }
+
+    /// Sets member `key` of an object: replaced where it is, else appended
+    /// (an ordered map's insert). Empty values are kept (left out only when
+    /// written), so a mapper can hold a member's place. No effect on a
+    /// value that is not an object.
+    pub fn insert(&mut self, key: &'static str, value: Json<'a>) {
+        if let Json::Obj(members) = self {
+            insert(members, key, value);
+        }
+    }
+
+    /// Removes member `key` of an object, keeping the others' order.
+    pub fn remove(&mut self, key: &str) {
+        if let Json::Obj(members) = self {
+            members.retain(|(k, _)| *k != key);
+        }
+    }
+
+    /// The same document as a `serde_json::Value` (member order kept),
+    /// empty members and items left out depth first as FHIR wants (an
+    /// object whose members are all empty is empty itself); None when
+    /// `self` is empty.
+    pub fn into_value(self) -> Option<Value> {
+        match self {
+            Json::Null => None,
+            Json::Bool(b) => Some(Value::Bool(b)),
+            Json::Num(n) => Some(Value::Number(n)),
+            Json::Str(s) => (!s.is_empty()).then(|| Value::String(s.into_owned())),
+            Json::Arr(items) => {
+                let items: Vec<Value> = items.into_iter().filter_map(Json::into_value).collect();
+                (!items.is_empty()).then_some(Value::Array(items))
+            }
+            Json::Obj(members) => {
+                let mut map = serde_json::Map::with_capacity(members.len());
+                for (k, v) in members {
+                    if let Some(v) = v.into_value() {
+                        map.insert(k.to_string(), v);
+                    }
+                }
+                (!map.is_empty()).then_some(Value::Object(map))
+            }
+        }
+    }
+
+    /// Appends this value as JSON to `out`, compact or indented by two
+    /// spaces, leaving out empty members and items as [`Json::into_value`]
+    /// does: byte for byte what `serde_json::to_vec` and
+    /// `serde_json::to_vec_pretty` write for that value. Writes nothing and
+    /// returns false when `self` is empty.
+    pub fn write(&self, out: &mut Vec<u8>, pretty: bool) -> bool {
+        if pretty { self.write_pretty(out, 0) } else { self.write_compact(out) }
+    }
+
+    // Both writers prune as they go: a container is written, then taken back
+    // (truncated) if nothing in it was written, which costs less than a
+    // separate pass over the tree.
+    fn write_compact(&self, out: &mut Vec<u8>) -> bool {
+        match self {
+            Json::Arr(items) => {
+                let mark = out.len();
+                out.push(b'[');
+                let mut any = false;
+                for item in items {
+                    let at = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    if item.write_compact(out) {
+                        any = true;
+                    } else {
+                        out.truncate(at);
+                    }
+                }
+                if !any {
+                    out.truncate(mark);
+                    return false;
+                }
+                out.push(b']');
+                true
+            }
+            Json::Obj(members) => {
+                let mark = out.len();
+                out.push(b'{');
+                let mut any = false;
+                for (k, v) in members {
+                    let at = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    write_key(out, k);
+                    out.push(b':');
+                    if v.write_compact(out) {
+                        any = true;
+                    } else {
+                        out.truncate(at);
+                    }
+                }
+                if !any {
+                    out.truncate(mark);
+                    return false;
+                }
+                out.push(b'}');
+                true
+            }
+            scalar => scalar.write_scalar(out),
+        }
+    }
+
+    fn write_pretty(&self, out: &mut Vec<u8>, depth: usize) -> bool {
+        // serde_json's PrettyFormatter: a newline and the indent before each
+        // item, `": "` after a key (empty containers are never written).
+        let indent = |out: &mut Vec<u8>, depth: usize| {
+            out.push(b'\n');
+            out.resize(out.len() + 2 * depth, b' ');
+        };
+        match self {
+            Json::Arr(items) => {
+                let mark = out.len();
+                out.push(b'[');
+                let mut any = false;
+                for item in items {
+                    let at = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    indent(out, depth + 1);
+                    if item.write_pretty(out, depth + 1) {
+                        any = true;
+                    } else {
+                        out.truncate(at);
+                    }
+                }
+                if !any {
+                    out.truncate(mark);
+                    return false;
+                }
+                indent(out, depth);
+                out.push(b']');
+                true
+            }
+            Json::Obj(members) => {
+                let mark = out.len();
+                out.push(b'{');
+                let mut any = false;
+                for (k, v) in members {
+                    let at = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    indent(out, depth + 1);
+                    write_key(out, k);
+                    out.extend_from_slice(b": ");
+                    if v.write_pretty(out, depth + 1) {
+                        any = true;
+                    } else {
+                        out.truncate(at);
+                    }
+                }
+                if !any {
+                    out.truncate(mark);
+                    return false;
+                }
+                indent(out, depth);
+                out.push(b'}');
+                true
+            }
+            scalar => scalar.write_scalar(out),
+        }
+    }
+
+    /// Writes a scalar; false (nothing written) for null and "".
+    fn write_scalar(&self, out: &mut Vec<u8>) -> bool {
+        match self {
+            Json::Null => return false,
+            Json::Bool(true) => out.extend_from_slice(b"true"),
+            Json::Bool(false) => out.extend_from_slice(b"false"),
+            // Number's Display is serde_json's own number writer (itoa for
+            // integers, ryu for floats). Numbers are rare in a Bundle.
+            Json::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Json::Str(s) if s.is_empty() => return false,
+            Json::Str(s) => write_str(out, s),
+            Json::Arr(_) | Json::Obj(_) => return false,
+        }
+        true
+    }
+}
+
+impl PartialEq<&str> for Json<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == Some(*other)
+    }
+}
+
+/// Sets `key` in `members` (replaced in place, else appended).
+pub(crate) fn insert<'a>(members: &mut Vec<(&'static str, Json<'a>)>, key: &'static str, value: Json<'a>) {
+    match members.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, slot)) => *slot = value,
+        None => members.push((key, value)),
+    }
+}
+
+/// Writes `s` as a JSON string with serde_json's escaping: `"` and `\`,
+/// and control characters (short forms where JSON has them, else
+/// `\u00xx`); everything else, non-ASCII included, as is.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time while none needs escaping (most text).
+        if let Some(word) = bytes.get(i..i + 8)
+            && let Ok(word) = <[u8; 8]>::try_from(word)
+            && !needs_escape(u64::from_le_bytes(word))
+        {
+            i += 8;
+            continue;
+        }
+        let b = bytes[i];
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0x08 => b'b',
+            0x0c => b'f',
+            0..=0x1f => b'u',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Whether any of the eight bytes in `w` is below 0x20, `"` or `\` (the
+/// classic "has a zero byte" bit trick; it may report a false positive
+/// only for a word that also holds a true one, which the byte loop then
+/// sorts out).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    (below_space | has_zero(w ^ (ONES * u64::from(b'"'))) | has_zero(w ^ (ONES * u64::from(b'\\')))) != 0
+}
+
+/// Writes an object key: the mappers' literals need no escaping.
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    debug_assert!(!key.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'), "{key}");
+    out.push(b'"');
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'"');
+}
+
+impl<'a> From<&'a str> for Json<'a> {
+    fn from(s: &'a str) -> Self {
+        Json::Str(Cow::Borrowed(s))
+    }
+}
+
+impl<'a> From<String> for Json<'a> {
+    fn from(s: String) -> Self {
+        Json::Str(Cow::Owned(s))
+    }
+}
+
+impl<'a> From<Cow<'a, str>> for Json<'a> {
+    fn from(s: Cow<'a, str>) -> Self {
+        Json::Str(s)
+    }
+}
+
+impl<'a> From<bool> for Json<'a> {
+    fn from(b: bool) -> Self {
+        Json::Bool(b)
+    }
+}
+
+impl<'a> From<u32> for Json<'a> {
+    fn from(n: u32) -> Self {
+        Json::Num(n.into())
+    }
+}
+
+impl<'a> From<Vec<Json<'a>>> for Json<'a> {
+    fn from(items: Vec<Json<'a>>) -> Self {
+        Json::Arr(items)
+    }
+}
+
+impl<'a, T: Into<Json<'a>>> From<Option<T>> for Json<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Json::Null, Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Json<'static> {
+        Json::Obj(vec![
+            ("resourceType", "Bundle".into()),
+            ("empty", Json::Obj(vec![("a", Json::Null), ("b", Json::Arr(vec![Json::Str("".into())]))])),
+            ("text", "quote \" back \\ nl \n cr \r tab \t bell \u{7} del \u{7f} é ü 日本 / <>".into()),
+            ("n", Json::Num(Number::from(-42))),
+            ("f", Json::Num(Number::from_f64(5.20).unwrap())),
+            ("big", Json::Num(Number::from_f64(1e21).unwrap())),
+            ("t", true.into()),
+            ("list", Json::Arr(vec![Json::Obj(vec![("x", 1u32.into())]), "y".into(), false.into()])),
+            ("null", Json::Null),
+        ])
+    }
+
+    #[test]
+    fn writes_what_serde_json_writes_for_the_pruned_value() {
+        let tree = sample();
+        let value = tree.clone().into_value().unwrap();
+        for pretty in [false, true] {
+            let mut out = Vec::new();
+            assert!(tree.write(&mut out, pretty));
+            let expected = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) };
+            assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(expected.unwrap()).unwrap());
+        }
+        // Every control character.
+        let all: String = (0u8..0x20).map(char::from).collect();
+        let mut out = Vec::new();
+        Json::Str(all.as_str().into()).write(&mut out, false);
+        assert_eq!(out, serde_json::to_vec(&all).unwrap());
+    }
+
+    #[test]
+    fn strings_are_escaped_wherever_the_special_character_falls() {
+        // The eight-bytes-at-a-time scan must see a special byte at every
+        // offset, next to ASCII, non-ASCII and bytes just above the ranges.
+        for special in ["\"", "\\", "\n", "\u{1f}", "\u{0}", "\u{7f}", "é", " ", "!", "#", "[", "]"] {
+            for at in 0..20 {
+                for filler in ["a", "~", "ü"] {
+                    let s = format!("{}{special}{}", filler.repeat(at), filler.repeat(19 - at));
+                    let mut out = Vec::new();
+                    Json::Str(s.as_str().into()).write(&mut out, false);
+                    assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn empty_members_are_left_out_depth_first() {
+        let value = sample().into_value().unwrap();
+        assert!(value.get("empty").is_none());
+        assert!(value.get("null").is_none());
+        assert_eq!(value["list"][0]["x"], 1);
+        let empty = Json::Obj(vec![("a", Json::Arr(vec![Json::Null, Json::Obj(vec![]), Json::Str("".into())]))]);
+        for pretty in [false, true] {
+            let mut out = b"x".to_vec();
+            assert!(!empty.write(&mut out, pretty));
+            assert_eq!(out, b"x");
+        }
+        assert_eq!(empty.into_value(), None);
+    }
+
+    #[test]
+    fn insert_replaces_in_place_or_appends() {
+        let mut o = Json::Obj(vec![("a", 1u32.into()), ("b", 2u32.into())]);
+        o.insert("a", 3u32.into());
+        o.insert("c", Json::Null);
+        let Json::Obj(members) = &o else { panic!("not an object") };
+        let keys: Vec<_> = members.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(o.get("a"), Some(&3u32.into()));
+        o.remove("b");
+        assert!(o.get("b").is_none());
+    }
+}
