@@ -118,9 +118,15 @@ fn hl7_to_fhir(args: &Hl7ToFhirArgs) -> anyhow::Result<String> {
         None => Hl7ToFhirOptions::default(),
     };
     let text = read(&args.file)?;
-    let bundle =
-        convert::hl7_to_fhir_text(&text, &opts).with_context(|| format!("converting {}", args.file.display()))?;
-    Ok(serde_json::to_string_pretty(&bundle)? + "\n")
+    let converting = || format!("converting {}", args.file.display());
+    let message = hl7v2::Message::parse(text.as_bytes())
+        .map_err(|e| convert::ConvertError::NotHl7(e.to_string()))
+        .with_context(converting)?;
+    // The Bundle is written straight from the converter (the same bytes as
+    // serde_json's pretty printer over `hl7_to_fhir`'s value).
+    let mut json = convert::hl7_to_fhir_json_pretty(&message, &opts).with_context(converting)?;
+    json.push(b'\n');
+    Ok(String::from_utf8(json)?)
 }
 
 fn fhir_to_hl7(args: &FhirToHl7Args) -> anyhow::Result<Vec<u8>> {
@@ -179,9 +185,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = write(dir.path(), "a.hl7", ADT);
         let options = write(dir.path(), "o.toml", "[identifier_systems]\nHOSP = \"https://hosp.example/mrn\"\n");
-        let json = hl7_to_fhir(&Hl7ToFhirArgs { file, options: Some(options) }).unwrap();
+        let json = hl7_to_fhir(&Hl7ToFhirArgs { file, options: Some(options.clone()) }).unwrap();
         let bundle: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(bundle["entry"][0]["resource"]["identifier"][0]["system"], "https://hosp.example/mrn");
+        // Printed as serde_json's pretty printer prints the library's Value.
+        let opts = Hl7ToFhirOptions::from_toml(&std::fs::read_to_string(&options).unwrap()).unwrap();
+        let value = convert::hl7_to_fhir_text(ADT, &opts).unwrap();
+        assert_eq!(json, serde_json::to_string_pretty(&value).unwrap() + "\n");
     }
 
     #[test]
