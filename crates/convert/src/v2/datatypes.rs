@@ -38,7 +38,7 @@ pub fn parse_offset(off: &str) -> Option<String> {
     if h > 14 || m > 59 || (h == 14 && m > 0) {
         return None;
     }
-    Some(format!("{sign}{}:{}", &digits[..2], &digits[2..]))
+    Some([sign, &digits[..2], ":", &digits[2..]].concat())
 }
 
 /// A v2 date/time split into its parts, as far as it is given.
@@ -72,18 +72,24 @@ pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
     if year == "0000" {
         return None;
     }
-    let mut date = year.to_string();
+    // The parts are copied as written: each is two ASCII digits, checked
+    // above, so no number formatting is needed (a Bundle has dozens of dates).
+    let part = |r: std::ops::Range<usize>| digits.get(r).unwrap_or("00");
+    let mut date = String::with_capacity(10);
+    date.push_str(year);
     if let Some(m) = num(4..6) {
         if !(1..=12).contains(&m) {
             return None;
         }
-        date.push_str(&format!("-{m:02}"));
+        date.push('-');
+        date.push_str(part(4..6));
     }
     if let Some(d) = num(6..8) {
         if !(1..=31).contains(&d) {
             return None;
         }
-        date.push_str(&format!("-{d:02}"));
+        date.push('-');
+        date.push_str(part(6..8));
     }
     let time = match num(8..10) {
         None => None,
@@ -93,12 +99,8 @@ pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
             if h > 23 || mi > 59 || se > 59 {
                 return None;
             }
-            let mut t = format!("{h:02}:{mi:02}:{se:02}");
-            if let Some(f) = frac {
-                t.push('.');
-                t.push_str(f);
-            }
-            Some(t)
+            let frac = frac.map(|f| [".", f]).unwrap_or_default();
+            Some([part(8..10), ":", part(10..12), ":", part(12..14), frac[0], frac[1]].concat())
         }
     };
     Some(V2Time { date, time, offset, _raw: raw })
@@ -112,7 +114,7 @@ pub(crate) fn date_time(raw: &str, opts: &Hl7ToFhirOptions) -> Json<'static> {
     };
     let offset = t.offset.clone().or_else(|| opts.default_offset.as_deref().and_then(parse_offset));
     match (t.time, offset) {
-        (Some(time), Some(off)) if t.date.len() == 10 => Json::from(format!("{}T{time}{off}", t.date)),
+        (Some(time), Some(off)) if t.date.len() == 10 => Json::from([t.date.as_str(), "T", &time, &off].concat()),
         _ => Json::from(t.date),
     }
 }
