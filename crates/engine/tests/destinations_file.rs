@@ -189,3 +189,37 @@ async fn a_concurrent_reader_never_sees_a_partial_file() {
     assert!(checked > 0, "the reader saw no file at all");
     assert_eq!(listing(&out).len(), 20);
 }
+
+/// A worker hands the deliveries it claimed over together: each file lands
+/// under its own name (in more than one folder), and a delivery that cannot
+/// be written (its name exists under `if_exists = "fail"`, no control id for
+/// the name) fails alone, in its place, leaving no temporary file.
+#[tokio::test]
+async fn a_batch_is_written_together_and_fails_file_by_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = build(
+        tmp.path(),
+        "type = \"file\"\ndirectory = \"out\"\nfile_name = \"${control_id}/x.hl7\"\nif_exists = \"fail\"\n",
+    )
+    .await;
+    let Destination::File(file) = &dest else { panic!("not a file destination") };
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(out.join("TAKEN")).unwrap();
+    std::fs::write(out.join("TAKEN/x.hl7"), b"old").unwrap();
+    let batch = [
+        outbound(b"first", Some("C1")),
+        outbound(b"second", Some("TAKEN")),
+        outbound(b"third", None),
+        outbound(b"fourth", Some("C4")),
+    ];
+    let answers = file.send_many(&batch).await;
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0].as_ref().unwrap().summary, "wrote C1/x.hl7");
+    assert!(matches!(answers[1], Err(DeliveryError::FileExists { .. })), "{:?}", answers[1]);
+    assert!(matches!(answers[2], Err(DeliveryError::Content { .. })), "{:?}", answers[2]);
+    assert_eq!(answers[3].as_ref().unwrap().summary, "wrote C4/x.hl7");
+    assert_eq!(std::fs::read(out.join("C1/x.hl7")).unwrap(), b"first");
+    assert_eq!(std::fs::read(out.join("C4/x.hl7")).unwrap(), b"fourth");
+    assert_eq!(std::fs::read(out.join("TAKEN/x.hl7")).unwrap(), b"old");
+    assert_eq!(listing(&out), ["C1/x.hl7", "C4/x.hl7", "TAKEN/x.hl7"], "no temp file left behind");
+}

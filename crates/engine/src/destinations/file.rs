@@ -33,6 +33,13 @@
 //! poll the folder should ignore names starting with a dot.
 //! With `if_exists = "fail"` the final step is a hard link, which fails
 //! rather than replace an existing file.
+//!
+//! A worker hands over the deliveries it claimed together
+//! ([`FileDestination::send_many`]): their files are written one after the
+//! other, then each is fsynced and renamed, and each folder is fsynced once
+//! for all of them, in one blocking task. A delivery is answered (and so
+//! completed) only after its own file and its folder entry are durable; the
+//! batch saves a folder fsync and a thread hand-off per file.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -138,58 +145,232 @@ impl FileDestination {
     /// Writes one message atomically; the response names the file
     /// (relative to the folder).
     pub async fn send(&self, out: &Outbound<'_>) -> Result<DeliveryResponse, DeliveryError> {
-        let relative = self.template.render(out)?;
-        let target = self.directory.join(&relative);
-        let content = out.content.to_vec();
-        let if_exists = self.if_exists;
-        let written = target.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&written, &content, if_exists)).await.map_err(|e| {
-            DeliveryError::File { op: "writing", path: target.clone(), source: std::io::Error::other(e.to_string()) }
-        })??;
-        debug!(message_id = out.message_id, "file written");
-        Ok(DeliveryResponse { kind: ResponseKind::Local, summary: format!("wrote {relative}"), body: None })
+        let mut answers = self.send_many(std::slice::from_ref(out)).await;
+        answers.pop().unwrap_or_else(|| Err(DeliveryError::Content { reason: "nothing was written".to_owned() }))
+    }
+
+    /// Writes several messages atomically, answering each in order: every
+    /// file is written and fsynced, then renamed, then each folder is
+    /// fsynced once. An answer is `Ok` only once its file is durable under
+    /// its final name; a failure affects only the files it concerns (a
+    /// failed folder fsync fails every file of that folder).
+    pub async fn send_many(&self, outs: &[Outbound<'_>]) -> Vec<Result<DeliveryResponse, DeliveryError>> {
+        let mut answers: Vec<Option<Result<DeliveryResponse, DeliveryError>>> = Vec::with_capacity(outs.len());
+        let mut files = Vec::with_capacity(outs.len());
+        for (index, out) in outs.iter().enumerate() {
+            match self.template.render(out) {
+                Ok(relative) => {
+                    let target = self.directory.join(&relative);
+                    files.push(PendingFile { index, relative, target, content: out.content.to_vec() });
+                    answers.push(None);
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        if !files.is_empty() {
+            let if_exists = self.if_exists;
+            let first = files[0].target.clone();
+            let count = files.len();
+            let written = tokio::task::spawn_blocking(move || {
+                let results = write_batch(&files, if_exists);
+                files.into_iter().zip(results).collect::<Vec<_>>()
+            })
+            .await;
+            match written {
+                Ok(written) => {
+                    for (file, result) in written {
+                        answers[file.index] = Some(result.map(|()| DeliveryResponse {
+                            kind: ResponseKind::Local,
+                            summary: format!("wrote {}", file.relative),
+                            body: None,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    // The blocking task panicked or was cancelled: nothing
+                    // is known to be durable, so every file is retried.
+                    let reason = e.to_string();
+                    debug!(files = count, "file batch task failed");
+                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
+                        *answer = Some(Err(DeliveryError::File {
+                            op: "writing",
+                            path: first.clone(),
+                            source: std::io::Error::other(reason.clone()),
+                        }));
+                    }
+                }
+            }
+        }
+        debug!(files = outs.len(), "file batch written");
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(DeliveryError::Content { reason: "nothing was written".to_owned() })))
+            .collect()
     }
 }
 
-/// Temp file + fsync + rename (or link) + fsync of the folder.
-fn write_atomically(target: &Path, content: &[u8], if_exists: IfExists) -> Result<(), DeliveryError> {
+/// One file of a batch: where it goes and what it holds.
+struct PendingFile {
+    /// Its position in the batch.
+    index: usize,
+    /// The rendered name, relative to the folder (for the response).
+    relative: String,
+    target: PathBuf,
+    content: Vec<u8>,
+}
+
+/// Writes a batch of files atomically (see the module documentation):
+/// temp file + write for each, fsync each, rename (or link) each, then one
+/// fsync per folder. Returns one result per file, in order; a temporary
+/// file whose delivery failed is removed.
+fn write_batch(files: &[PendingFile], if_exists: IfExists) -> Vec<Result<(), DeliveryError>> {
     let err = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| DeliveryError::File { op, path, source }
     };
-    let parent = target.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(err("creating folder", parent))?;
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = parent.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    // Folders created (or found) in this batch: created once, fsynced once.
+    let mut folders: Vec<(&Path, Result<(), String>)> = Vec::new();
+    let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(files.len());
+    let mut temps: Vec<Option<(PathBuf, std::fs::File)>> = Vec::with_capacity(files.len());
 
-    let result = (|| {
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&temp).map_err(err("creating", &temp))?;
-        file.write_all(content).map_err(err("writing", &temp))?;
-        file.sync_all().map_err(err("syncing", &temp))?;
-        drop(file);
-        match if_exists {
-            IfExists::Overwrite => std::fs::rename(&temp, target).map_err(err("renaming to", target))?,
-            IfExists::Fail => {
-                // A hard link fails when the name exists, where rename
-                // would silently replace it; the temp name is removed below.
-                std::fs::hard_link(&temp, target).map_err(|source| {
-                    if source.kind() == std::io::ErrorKind::AlreadyExists {
-                        DeliveryError::FileExists { path: target.to_path_buf() }
-                    } else {
-                        DeliveryError::File { op: "linking to", path: target.to_path_buf(), source }
-                    }
-                })?;
-                std::fs::remove_file(&temp).map_err(err("removing", &temp))?;
+    // 1. Write every temporary file.
+    for file in files {
+        let parent = file.target.parent().unwrap_or(Path::new("."));
+        let created = match folders.iter().find(|(f, _)| *f == parent) {
+            Some((_, r)) => r.clone(),
+            None => {
+                let r = std::fs::create_dir_all(parent).map_err(|e| e.to_string());
+                folders.push((parent, r.clone()));
+                r
+            }
+        };
+        if let Err(reason) = created {
+            results.push(Err(DeliveryError::File {
+                op: "creating folder",
+                path: parent.to_path_buf(),
+                source: std::io::Error::other(reason),
+            }));
+            temps.push(None);
+            continue;
+        }
+        let name = file.target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = parent.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(err("creating", &temp))
+            .and_then(|mut f| f.write_all(&file.content).map(|()| f).map_err(err("writing", &temp)));
+        match written {
+            Ok(f) => {
+                results.push(Ok(()));
+                temps.push(Some((temp, f)));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                results.push(Err(e));
+                temps.push(None);
             }
         }
-        // The rename is durable only once the folder's entry is on disk.
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(err("syncing folder", parent))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
     }
-    result
+
+    // 2. Make each one's content durable, side by side: one fsync waits
+    //    for the disk, and concurrent ones share the file system's journal
+    //    commits, where one after the other would pay a disk flush each.
+    let synced = sync_all_files(&temps);
+    // 3. Give each durable file its name.
+    for (((file, result), temp), synced) in files.iter().zip(results.iter_mut()).zip(temps).zip(synced) {
+        let Some((path, handle)) = temp else { continue };
+        drop(handle);
+        let done = synced.map_err(err("syncing", &path)).and_then(|()| publish(&path, &file.target, if_exists));
+        if let Err(e) = done {
+            let _ = std::fs::remove_file(&path);
+            *result = Err(e);
+        }
+    }
+
+    // 4. The renames are durable once their folders' entries are on disk.
+    for (folder, _) in folders.iter().filter(|(_, created)| created.is_ok()) {
+        let renamed = files
+            .iter()
+            .zip(results.iter())
+            .any(|(f, r)| r.is_ok() && f.target.parent().unwrap_or(Path::new(".")) == *folder);
+        if !renamed {
+            continue;
+        }
+        if let Err(e) = std::fs::File::open(folder).and_then(|d| d.sync_all()) {
+            let reason = e.to_string();
+            for (file, result) in files.iter().zip(results.iter_mut()) {
+                if result.is_ok() && file.target.parent().unwrap_or(Path::new(".")) == *folder {
+                    *result = Err(DeliveryError::File {
+                        op: "syncing folder",
+                        path: folder.to_path_buf(),
+                        source: std::io::Error::new(e.kind(), reason.clone()),
+                    });
+                }
+            }
+        }
+    }
+    results
+}
+
+/// At most this many threads fsync the files of one batch.
+const SYNC_THREADS: usize = 32;
+
+/// fsyncs every open file of `temps` (one result per entry; `Ok` for the
+/// empty ones), spreading them over up to [`SYNC_THREADS`] scoped threads.
+fn sync_all_files(temps: &[Option<(PathBuf, std::fs::File)>]) -> Vec<std::io::Result<()>> {
+    let open = temps.iter().filter(|t| t.is_some()).count();
+    if open <= 1 {
+        return temps.iter().map(|t| t.as_ref().map_or(Ok(()), |(_, f)| f.sync_all())).collect();
+    }
+    let per_thread = temps.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = temps
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk.iter().map(|t| t.as_ref().map_or(Ok(()), |(_, f)| f.sync_all())).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .zip(temps.chunks(per_thread))
+            .flat_map(|(h, chunk)| {
+                h.join().unwrap_or_else(|_| {
+                    chunk.iter().map(|_| Err(std::io::Error::other("fsync thread panicked"))).collect()
+                })
+            })
+            .collect()
+    })
+}
+
+/// Gives a durable temporary file its final name: a rename (replacing an
+/// existing file) or, with `if_exists = "fail"`, a hard link, which fails
+/// when the name exists, after which the temporary name is removed.
+fn publish(temp: &Path, target: &Path, if_exists: IfExists) -> Result<(), DeliveryError> {
+    match if_exists {
+        IfExists::Overwrite => std::fs::rename(temp, target).map_err(|source| DeliveryError::File {
+            op: "renaming to",
+            path: target.to_path_buf(),
+            source,
+        }),
+        IfExists::Fail => {
+            std::fs::hard_link(temp, target).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    DeliveryError::FileExists { path: target.to_path_buf() }
+                } else {
+                    DeliveryError::File { op: "linking to", path: target.to_path_buf(), source }
+                }
+            })?;
+            std::fs::remove_file(temp).map_err(|source| DeliveryError::File {
+                op: "removing",
+                path: temp.to_path_buf(),
+                source,
+            })
+        }
+    }
 }
 
 /// A parsed file-name template.
