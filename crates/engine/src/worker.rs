@@ -21,6 +21,15 @@
 //! them again, which is why transforms must be deterministic functions of
 //! the message.
 //!
+//! The deliveries of a batch for a `file` destination are written together
+//! ([`crate::destinations::FileDestination::send_many`]: one fsync per
+//! folder instead of one per file), and while a batch's completions
+//! commit, the worker already claims the next batch, so both share one
+//! store transaction (the keys still in flight are not claimable, so a
+//! patient's next message waits for the completion of the one before). A
+//! channel and destination without filters or transforms send the stored
+//! bytes as they are, without parsing them again.
+//!
 //! A worker with nothing to claim sleeps until the store reports new work
 //! ([`store::Store::changes`]), until the next retry or lease expiry the
 //! store announced, or at most [`IDLE_POLL`] (other processes sharing a
@@ -39,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::ContentKind;
-use crate::destinations::{Destination, Outbound};
+use crate::destinations::{DeliveryError, DeliveryResponse, Destination, Outbound};
 use crate::filter::{Filter, first_rejecting};
 use crate::flows::FlowOutput;
 use crate::transform::{Transform, TransformContext};
@@ -134,33 +143,46 @@ impl DestinationWorkers {
         };
         let mut changes = self.store.changes();
         let mut failures: u32 = 0;
+        // The next batch, claimed while the previous one was completing.
+        let mut claimed: Option<store::Claim> = None;
         debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker started");
-        while !shutdown.is_cancelled() {
-            if self.channel.switch.is_stopped() {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = self.channel.switch.running() => continue,
-                }
-            }
-            // Mark the current change count as seen *before* claiming, so a
-            // message committed during the claim still wakes the wait below.
-            changes.borrow_and_update();
-            let claim = match self.store.claim(&request).await {
-                Ok(c) => {
-                    failures = 0;
-                    c
-                }
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let delay = error_backoff(failures);
-                    warn!(
-                        channel = %self.channel.name, destination = %self.name,
-                        error = %e, class = ?e.class(), retry_in = ?delay,
-                        "claiming deliveries failed"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => continue,
+        loop {
+            let claim = match claimed.take() {
+                // Claimed while the previous batch completed: held, so it is
+                // attempted even if a stop or shutdown came in meanwhile.
+                Some(c) => c,
+                None => {
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    if self.channel.switch.is_stopped() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = self.channel.switch.running() => continue,
+                        }
+                    }
+                    // Mark the current change count as seen *before*
+                    // claiming, so a message committed during the claim
+                    // still wakes the wait below.
+                    changes.borrow_and_update();
+                    match self.store.claim(&request).await {
+                        Ok(c) => {
+                            failures = 0;
+                            c
+                        }
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            let delay = error_backoff(failures);
+                            warn!(
+                                channel = %self.channel.name, destination = %self.name,
+                                error = %e, class = ?e.class(), retry_in = ?delay,
+                                "claiming deliveries failed"
+                            );
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(delay) => continue,
+                            }
+                        }
                     }
                 }
             };
@@ -181,22 +203,78 @@ impl DestinationWorkers {
             // Different order keys: safe to run side by side. A shutdown
             // signal lets the batch finish; its deliveries are complete or,
             // if the process dies first, their leases expire.
-            join_all(claim.deliveries.into_iter().map(|d| self.handle(d))).await;
+            let done = self.attempt_batch(claim.deliveries).await;
+            if shutdown.is_cancelled() || self.channel.switch.is_stopped() {
+                // Nothing more is claimed: the loop stops or waits.
+                self.complete_all(done).await;
+                continue;
+            }
+            // Complete this batch and claim the next one at the same time:
+            // the store commits both in one transaction. Keys of this batch
+            // are still leased during that claim, so it never hands out a
+            // patient's next message before this one is completed.
+            let ((), next) = tokio::join!(self.complete_all(done), self.store.claim(&request));
+            // An empty or failed claim made ahead is simply made again, now
+            // that the completions are in (they may have freed keys).
+            claimed = next.ok().filter(|c| !c.deliveries.is_empty());
         }
         debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker stopped");
     }
 
-    /// Processes one claimed delivery and records its outcome.
-    async fn handle(&self, delivery: ClaimedDelivery) {
-        let id = delivery.id;
-        let lease = delivery.lease;
-        let message_id = delivery.message_id;
-        let attempt = delivery.attempt;
-        // The flow's `failed` hook needs the delivery after `process` took it.
-        let for_flow = self.channel.flow.as_ref().map(|_| delivery.clone());
+    /// Makes one attempt at each delivery of a claimed batch (each of a
+    /// different order key, so side by side), returning what to record.
+    async fn attempt_batch(&self, deliveries: Vec<ClaimedDelivery>) -> Vec<Done> {
         let started = std::time::Instant::now();
-        let Attempt { outcome, retry_after } = self.process(delivery).await;
-        self.metrics.attempt(&outcome, started.elapsed());
+        let file = match &self.destination {
+            Destination::File(f) if self.channel.flow.is_none() && deliveries.len() > 1 => f,
+            _ => {
+                return join_all(deliveries.into_iter().map(|d| async move {
+                    let for_flow = self.channel.flow.as_ref().map(|_| d.clone());
+                    let head = Head::of(&d);
+                    let attempt = self.process(d).await;
+                    Done { head, attempt, for_flow, took: started.elapsed() }
+                }))
+                .await;
+            }
+        };
+        // Files: filter and transform each, then write them all at once.
+        let prepared = join_all(deliveries.iter().map(|d| self.prepare(d, None))).await;
+        let mut done: Vec<Option<Done>> = Vec::with_capacity(deliveries.len());
+        let mut ready = Vec::with_capacity(deliveries.len());
+        let mut ids = Vec::with_capacity(deliveries.len());
+        for (d, p) in deliveries.iter().zip(prepared) {
+            match p {
+                Ok(r) => {
+                    ids.push(d.message_id.to_string());
+                    ready.push((done.len(), d, r));
+                    done.push(None);
+                }
+                Err(attempt) => {
+                    done.push(Some(Done { head: Head::of(d), attempt, for_flow: None, took: started.elapsed() }))
+                }
+            }
+        }
+        let outs: Vec<Outbound<'_>> =
+            ready.iter().zip(&ids).map(|((_, d, r), id)| r.outbound(d, id, &self.channel.name)).collect();
+        let sent = file.send_many(&outs).await;
+        drop(outs);
+        for ((slot, d, r), result) in ready.into_iter().zip(sent) {
+            let attempt = self.sent(d, r.transformed, result);
+            done[slot] = Some(Done { head: Head::of(d), attempt, for_flow: None, took: started.elapsed() });
+        }
+        done.into_iter().flatten().collect()
+    }
+
+    /// Records the outcomes of a batch (side by side: they share commits).
+    async fn complete_all(&self, done: Vec<Done>) {
+        join_all(done.into_iter().map(|d| self.record(d))).await;
+    }
+
+    /// Records the outcome of one attempt with the store.
+    async fn record(&self, done: Done) {
+        let Done { head, attempt: Attempt { outcome, retry_after }, for_flow, took } = done;
+        let Head { id, lease, message_id, attempt } = head;
+        self.metrics.attempt(&outcome, took);
         let summary = describe(&outcome);
         let reason = match &outcome {
             Outcome::Failed { reason, .. } => Some(reason.clone()),
@@ -270,36 +348,51 @@ impl DestinationWorkers {
     /// Filters, transforms and sends `delivery`'s content (the flow's output
     /// when `flowed`, which is then always kept as the transformed content).
     async fn process_content(&self, delivery: ClaimedDelivery, flowed: Option<&FlowOutput>) -> Attempt {
+        let ready = match self.prepare(&delivery, flowed).await {
+            Ok(r) => r,
+            Err(attempt) => return attempt,
+        };
+        let message_id = delivery.message_id.to_string();
+        let result = self.destination.send(&ready.outbound(&delivery, &message_id, &self.channel.name)).await;
+        self.sent(&delivery, ready.transformed, result)
+    }
+
+    /// Filters and transforms `delivery`'s content: what to send, or the
+    /// outcome when there is nothing to send (filtered, failed transform).
+    async fn prepare(&self, delivery: &ClaimedDelivery, flowed: Option<&FlowOutput>) -> Result<Ready, Attempt> {
         let kind = match flowed {
             Some(o) if o.content_type == crate::destinations::HL7_V2_CONTENT_TYPE => ContentKind::Hl7v2,
             Some(_) => ContentKind::Json,
             None => self.channel.content,
         };
-        let (content, transformed, converted_type) = match kind {
-            ContentKind::Hl7v2 => match self.prepare_hl7(&delivery).await {
+        match kind {
+            ContentKind::Hl7v2 => match self.prepare_hl7(delivery).await {
                 Prepared::Send { content, content_type, changed } => {
                     let transformed = (changed || flowed.is_some()).then(|| content.clone());
-                    (content, transformed, content_type)
+                    Ok(Ready { content, transformed, content_type })
                 }
-                Prepared::Filtered(rule) => return Outcome::Filtered { rule }.into(),
+                Prepared::Filtered(rule) => Err(Outcome::Filtered { rule }.into()),
                 Prepared::Failed(reason) => {
                     self.metrics.error("transform");
-                    return Outcome::Failed { class: FailureClass::Permanent, reason, response: None }.into();
+                    Err(Outcome::Failed { class: FailureClass::Permanent, reason, response: None }.into())
                 }
             },
-            ContentKind::Json | ContentKind::Fhir => (delivery.raw.clone(), flowed.map(|o| o.content.clone()), None),
-        };
-        let message_id = delivery.message_id.to_string();
-        let out = Outbound {
-            content: &content,
-            // A conversion step (hl7_to_fhir) changed what is sent.
-            content_type: converted_type.unwrap_or(&delivery.content_type),
-            message_id: &message_id,
-            channel: &self.channel.name,
-            control_id: delivery.control_id.as_deref(),
-            received_at: delivery.received_at,
-        };
-        match self.destination.send(&out).await {
+            ContentKind::Json | ContentKind::Fhir => Ok(Ready {
+                content: delivery.raw.clone(),
+                transformed: flowed.map(|o| o.content.clone()),
+                content_type: None,
+            }),
+        }
+    }
+
+    /// The outcome of sending `delivery`.
+    fn sent(
+        &self,
+        delivery: &ClaimedDelivery,
+        transformed: Option<Vec<u8>>,
+        result: Result<DeliveryResponse, DeliveryError>,
+    ) -> Attempt {
+        match result {
             Ok(response) => Outcome::Sent { response: Some(response.to_store()), transformed }.into(),
             Err(e) => {
                 self.metrics.error(e.kind());
@@ -318,6 +411,15 @@ impl DestinationWorkers {
     }
 
     async fn prepare_hl7(&self, delivery: &ClaimedDelivery) -> Prepared {
+        if self.channel.filter.is_empty()
+            && self.channel.transform.is_empty()
+            && self.filter.is_empty()
+            && self.transform.is_empty()
+        {
+            // Nothing to apply: the stored bytes are what an unchanged
+            // message encodes to, so there is no need to parse them again.
+            return Prepared::Send { content: delivery.raw.clone(), content_type: None, changed: false };
+        }
         let mut message = match hl7v2::Message::parse(delivery.raw.as_slice()) {
             Ok(m) => m,
             Err(e) => return Prepared::Failed(format!("the stored message does not parse: {e}")),
@@ -358,6 +460,55 @@ impl DestinationWorkers {
             None => Prepared::Send { content: message.encode(), content_type: None, changed },
         }
     }
+}
+
+/// What [`DestinationWorkers::prepare`] made of a delivery: the content to
+/// send.
+struct Ready {
+    content: Vec<u8>,
+    /// The content to keep with the attempt when it differs from the stored
+    /// message (or came from a flow).
+    transformed: Option<Vec<u8>>,
+    /// Set when a conversion step made the content.
+    content_type: Option<&'static str>,
+}
+
+impl Ready {
+    fn outbound<'a>(&'a self, delivery: &'a ClaimedDelivery, message_id: &'a str, channel: &'a str) -> Outbound<'a> {
+        Outbound {
+            content: &self.content,
+            // A conversion step (hl7_to_fhir) changed what is sent.
+            content_type: self.content_type.unwrap_or(&delivery.content_type),
+            message_id,
+            channel,
+            control_id: delivery.control_id.as_deref(),
+            received_at: delivery.received_at,
+        }
+    }
+}
+
+/// What identifies a delivery's attempt to the store.
+struct Head {
+    id: store::DeliveryId,
+    lease: store::LeaseToken,
+    message_id: store::MessageId,
+    attempt: u32,
+}
+
+impl Head {
+    fn of(d: &ClaimedDelivery) -> Self {
+        Head { id: d.id, lease: d.lease, message_id: d.message_id, attempt: d.attempt }
+    }
+}
+
+/// One attempt made, waiting to be recorded.
+struct Done {
+    head: Head,
+    attempt: Attempt,
+    /// The delivery, for the flow's `failed` hook (only with a flow).
+    for_flow: Option<ClaimedDelivery>,
+    /// How long the attempt took (for the metrics).
+    took: std::time::Duration,
 }
 
 enum Prepared {
