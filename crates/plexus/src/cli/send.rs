@@ -157,7 +157,10 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     let tls = tls_config(&args)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread: the connections only wait on sockets, and a load
+    // generator that hops between threads spends its CPU on wake-ups that
+    // the receiver it measures (often on the same machine) would rather have.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(send_all(&args, source, count, tls))?;
     let ok = report.success(&args);
     report.print(&args, count)?;
