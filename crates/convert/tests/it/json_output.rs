@@ -5,9 +5,12 @@
 
 use crate::support::{fixtures, golden_dir, hl7_fixtures};
 
-/// Both paths' output for `text`: (compact from the Value, compact direct,
-/// pretty direct), or both errors' texts.
-fn both(text: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), (String, String)> {
+/// What both paths wrote: compact from the Value, compact direct, pretty
+/// direct.
+type Outputs = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// Both paths' output for `text`, or both errors' texts.
+fn both(text: &str) -> Result<Outputs, (String, String)> {
     let opts = Default::default();
     let Ok(msg) = hl7v2::Message::parse(text.as_bytes()) else { return Err((String::new(), String::new())) };
     let value = convert::hl7_to_fhir(&msg, &opts);
