@@ -18,31 +18,17 @@ use fhir::{FhirClient, ResourceKey, Search};
 use serde_json::Value;
 use testkit::FhirPeer;
 
-const TYPES: &[&str] = &[
-    "Organization",
-    "Practitioner",
-    "Encounter",
-    "Observation",
-    "DiagnosticReport",
-    "Condition",
-    "Procedure",
-    "Immunization",
-    "MedicationRequest",
-    "CarePlan",
-    "CareTeam",
-    "Goal",
-    "Claim",
-    "ExplanationOfBenefit",
-    "Device",
-    "ImagingStudy",
-];
-
 /// The integration tests' set-up (clients, fixtures, loading the EHR).
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code)]
 mod support;
 
 use support::client;
+
+/// The bundle's clinical and referenced types (all but the Patient).
+fn types() -> &'static [&'static str] {
+    &support::BUNDLE_TYPES[1..]
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Figures {
@@ -64,7 +50,7 @@ fn main() {
     let ehr_peer = FhirPeer::start("bench fhir patient_sync").expect("ehr peer");
     let ehr = client("ehr", &ehr_peer.base_url);
     let patient_id = rt.block_on(support::load_synthea(&ehr));
-    let options = SyncOptions::for_types(TYPES);
+    let options = SyncOptions::for_types(types());
 
     let mut first = Vec::new();
     let mut second = Vec::new();
@@ -164,7 +150,7 @@ async fn one_request_per_resource(
     let mut resources: BTreeMap<ResourceKey, Value> = BTreeMap::new();
     let patient = ehr.read("Patient", patient_id).await.expect("patient");
     resources.insert(ResourceKey::of(&patient).expect("key"), patient);
-    for t in TYPES {
+    for t in types() {
         let search = Search::new(*t).param("patient", format!("Patient/{patient_id}"));
         for r in ehr.search_all(&search).await.expect("search").resources {
             resources.insert(ResourceKey::of(&r).expect("key"), r);

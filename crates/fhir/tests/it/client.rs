@@ -8,11 +8,11 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post, put};
+use axum::routing::{MethodRouter, any, get, post, put};
 use fhir::{ErrorClass, FhirClient, FhirError, Search};
 use serde_json::{Value, json};
 
-use crate::support::{client, fast_config, serve};
+use crate::support::{client, fast_config, mock_client, serve_fhir};
 
 fn fhir_json(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/fhir+json")], body.to_string()).into_response()
@@ -27,8 +27,16 @@ fn patient(id: &str) -> Value {
     json!({"resourceType": "Patient", "id": id, "meta": {"versionId": "1"}})
 }
 
+/// Counts the requests a mock route got.
 #[derive(Clone, Default)]
 struct Hits(Arc<AtomicUsize>);
+
+/// A mock server with one route whose handler counts its requests (with
+/// `State<Hits>`); returns it and the counter.
+fn counted(path: &str, route: MethodRouter<Hits>) -> (Router, Hits) {
+    let hits = Hits::default();
+    (Router::new().route(path, route).with_state(hits.clone()), hits)
+}
 
 impl Hits {
     fn next(&self) -> usize {
@@ -41,21 +49,17 @@ impl Hits {
 
 #[tokio::test]
 async fn server_answering_503_twice_then_200_is_retried() {
-    let hits = Hits::default();
-    let app = Router::new()
-        .route(
-            "/fhir/Patient/{id}",
-            get(|State(hits): State<Hits>| async move {
-                if hits.next() <= 2 {
-                    fhir_json(StatusCode::SERVICE_UNAVAILABLE, outcome("transient", "warming up"))
-                } else {
-                    fhir_json(StatusCode::OK, patient("1"))
-                }
-            }),
-        )
-        .with_state(hits.clone());
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let (app, hits) = counted(
+        "/fhir/Patient/{id}",
+        get(|State(hits): State<Hits>| async move {
+            if hits.next() <= 2 {
+                fhir_json(StatusCode::SERVICE_UNAVAILABLE, outcome("transient", "warming up"))
+            } else {
+                fhir_json(StatusCode::OK, patient("1"))
+            }
+        }),
+    );
+    let c = mock_client(app).await;
     let p = c.read("Patient", "1").await.expect("third attempt succeeds");
     assert_eq!(p["id"], "1");
     assert_eq!(hits.get(), 3);
@@ -65,24 +69,20 @@ async fn server_answering_503_twice_then_200_is_retried() {
 
 #[tokio::test]
 async fn bad_request_with_operation_outcome_reports_its_diagnostics() {
-    let hits = Hits::default();
-    let app = Router::new()
-        .route(
-            "/fhir/Patient",
-            post(|State(hits): State<Hits>| async move {
-                hits.next();
-                fhir_json(
-                    StatusCode::BAD_REQUEST,
-                    json!({"resourceType": "OperationOutcome", "issue": [{
-                        "severity": "error", "code": "invalid",
-                        "diagnostics": "Patient.birthDate: '20-03-1962' is not a valid date",
-                        "expression": ["Patient.birthDate"]}]}),
-                )
-            }),
-        )
-        .with_state(hits.clone());
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let (app, hits) = counted(
+        "/fhir/Patient",
+        post(|State(hits): State<Hits>| async move {
+            hits.next();
+            fhir_json(
+                StatusCode::BAD_REQUEST,
+                json!({"resourceType": "OperationOutcome", "issue": [{
+                    "severity": "error", "code": "invalid",
+                    "diagnostics": "Patient.birthDate: '20-03-1962' is not a valid date",
+                    "expression": ["Patient.birthDate"]}]}),
+            )
+        }),
+    );
+    let c = mock_client(app).await;
     let err = c.create(&json!({"resourceType": "Patient", "birthDate": "20-03-1962"})).await.expect_err("rejected");
     assert_eq!(hits.get(), 1, "a 400 is not retried");
     assert_eq!(err.status(), Some(400));
@@ -99,18 +99,14 @@ async fn bad_request_with_operation_outcome_reports_its_diagnostics() {
 
 #[tokio::test]
 async fn retries_stop_at_the_configured_limit() {
-    let hits = Hits::default();
-    let app = Router::new()
-        .route(
-            "/fhir/Patient/{id}",
-            get(|State(hits): State<Hits>| async move {
-                hits.next();
-                fhir_json(StatusCode::BAD_GATEWAY, json!({}))
-            }),
-        )
-        .with_state(hits.clone());
-    let base = serve(app).await;
-    let mut config = fast_config(&format!("{base}/fhir"));
+    let (app, hits) = counted(
+        "/fhir/Patient/{id}",
+        get(|State(hits): State<Hits>| async move {
+            hits.next();
+            fhir_json(StatusCode::BAD_GATEWAY, json!({}))
+        }),
+    );
+    let mut config = fast_config(&serve_fhir(app).await);
     config.retry.max_retries = 2;
     let c = FhirClient::new("mock", &config).expect("client");
     let err = c.read("Patient", "1").await.expect_err("always 502");
@@ -120,26 +116,22 @@ async fn retries_stop_at_the_configured_limit() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_and_too_long_a_wait_is_not_retried() {
-    let hits = Hits::default();
-    let app = Router::new()
-        .route(
-            "/fhir/Patient/{id}",
-            get(|State(hits): State<Hits>, axum::extract::Path(id): axum::extract::Path<String>| async move {
-                let n = hits.next();
-                if id == "long" {
-                    // An hour: beyond the client's cap, so no retry.
-                    return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "3600")], "").into_response();
-                }
-                if n == 1 {
-                    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "0")], "").into_response()
-                } else {
-                    fhir_json(StatusCode::OK, patient(&id))
-                }
-            }),
-        )
-        .with_state(hits.clone());
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let (app, hits) = counted(
+        "/fhir/Patient/{id}",
+        get(|State(hits): State<Hits>, axum::extract::Path(id): axum::extract::Path<String>| async move {
+            let n = hits.next();
+            if id == "long" {
+                // An hour: beyond the client's cap, so no retry.
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "3600")], "").into_response();
+            }
+            if n == 1 {
+                (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "0")], "").into_response()
+            } else {
+                fhir_json(StatusCode::OK, patient(&id))
+            }
+        }),
+    );
+    let c = mock_client(app).await;
     c.read("Patient", "short").await.expect("retried after Retry-After: 0");
     assert_eq!(hits.get(), 2);
 
@@ -154,22 +146,18 @@ async fn retry_after_is_honoured_and_too_long_a_wait_is_not_retried() {
 
 #[tokio::test]
 async fn a_plain_create_is_not_retried_after_a_502_but_a_conditional_one_is() {
-    let hits = Hits::default();
-    let app = Router::new()
-        .route(
-            "/fhir/Patient",
-            post(|State(hits): State<Hits>, headers: HeaderMap| async move {
-                let n = hits.next();
-                if n == 1 || (n == 2 && headers.contains_key("if-none-exist")) {
-                    fhir_json(StatusCode::BAD_GATEWAY, json!({}))
-                } else {
-                    fhir_json(StatusCode::CREATED, patient("new"))
-                }
-            }),
-        )
-        .with_state(hits.clone());
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let (app, hits) = counted(
+        "/fhir/Patient",
+        post(|State(hits): State<Hits>, headers: HeaderMap| async move {
+            let n = hits.next();
+            if n == 1 || (n == 2 && headers.contains_key("if-none-exist")) {
+                fhir_json(StatusCode::BAD_GATEWAY, json!({}))
+            } else {
+                fhir_json(StatusCode::CREATED, patient("new"))
+            }
+        }),
+    );
+    let c = mock_client(app).await;
     // The proxy may have passed the create on before failing: sending it
     // again could create the patient twice.
     let err = c.create(&json!({"resourceType": "Patient"})).await.expect_err("not retried");
@@ -184,19 +172,15 @@ async fn a_plain_create_is_not_retried_after_a_502_but_a_conditional_one_is() {
 
 #[tokio::test]
 async fn timeouts_are_retried_then_reported() {
-    let hits = Hits::default();
-    let app = Router::new()
-        .route(
-            "/fhir/Patient/{id}",
-            get(|State(hits): State<Hits>| async move {
-                hits.next();
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-                fhir_json(StatusCode::OK, patient("1"))
-            }),
-        )
-        .with_state(hits.clone());
-    let base = serve(app).await;
-    let mut config = fast_config(&format!("{base}/fhir"));
+    let (app, hits) = counted(
+        "/fhir/Patient/{id}",
+        get(|State(hits): State<Hits>| async move {
+            hits.next();
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            fhir_json(StatusCode::OK, patient("1"))
+        }),
+    );
+    let mut config = fast_config(&serve_fhir(app).await);
     config.request_timeout_secs = 1;
     config.retry.max_retries = 1;
     let c = FhirClient::new("mock", &config).expect("client");
@@ -231,8 +215,7 @@ async fn search_follows_next_links_and_refuses_other_hosts() {
             }
         }),
     );
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let all = c.search_all(&Search::new("Observation").param("patient", "Patient/1")).await.expect("pages");
     let ids: Vec<&str> = all.resources.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, vec!["a", "b", "c"]);
@@ -258,8 +241,7 @@ async fn total_without_links_and_ignored_offset_is_an_error_not_a_short_result()
             )
         }),
     );
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let err = c.search_all(&Search::new("Condition")).await.expect_err("truncated");
     assert!(err.to_string().contains("ignores _offset"), "{err}");
 }
@@ -281,8 +263,7 @@ async fn responses_are_gzip_decoded() {
         // Compresses only when the request accepts gzip: a client that
         // did not ask, or could not decode, fails the assertions below.
         .layer(tower_http::compression::CompressionLayer::new().gzip(true));
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let p = c.read("Patient", "1").await.expect("decoded");
     assert!(p["acceptEncoding"].as_str().is_some_and(|a| a.contains("gzip")), "{}", p["acceptEncoding"]);
     assert_eq!(p["note"].as_str().map(str::len), Some(4096));
@@ -313,8 +294,7 @@ async fn conditional_writes_send_the_right_urls_and_headers() {
     let app = Router::new()
         .route("/fhir/Patient", any(record(seen.clone())))
         .route("/fhir/Patient/{id}", put(record(seen.clone())));
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let p = json!({"resourceType": "Patient", "id": "9"});
     let w = c.update_if_match(&p, "1").await.expect("update");
     assert_eq!((w.status, w.key.as_ref().map(|k| k.id.as_str()), w.version_id.as_deref()), (200, Some("9"), Some("2")));
@@ -346,8 +326,7 @@ async fn search_post_sends_a_form_body() {
             }
         }),
     );
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let page = c
         .search_post(&Search::new("Patient").param("family", "Brekke").param("birthdate", "1945-12-10"))
         .await
@@ -381,8 +360,7 @@ async fn everything_reads_every_page_of_the_operation() {
             }
         }),
     );
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let all = c.patient_everything("p1", &[("_type", "Observation,Condition")]).await.expect("everything");
     let ids: Vec<&str> = all.resources.iter().filter_map(|r| r["id"].as_str()).collect();
     assert_eq!(ids, vec!["p1", "c1", "o1"]);
@@ -410,8 +388,7 @@ async fn a_rejected_batch_falls_back_to_single_reads_once() {
             }),
         )
         .with_state(batch_hits.clone());
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let urls: Vec<String> = ["Patient/a", "Patient/gone", "Patient/b"].iter().map(|s| s.to_string()).collect();
     let answers = c.get_many(&urls).await.expect("fallback");
     assert_eq!(answers.len(), 3);
@@ -460,8 +437,7 @@ async fn included_resources_come_back_apart_from_the_matches() {
             )
         }),
     );
-    let base = serve(app).await;
-    let c = client("mock", &format!("{base}/fhir"));
+    let c = mock_client(app).await;
     let r = c
         .search_all(&Search::new("Observation").param("patient", "Patient/p").param("_include", "Observation:subject"))
         .await

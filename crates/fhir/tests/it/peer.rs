@@ -16,34 +16,7 @@ use fhir::{FhirClient, ResourceKey, Search};
 use serde_json::{Value, json};
 use testkit::FhirPeer;
 
-use crate::support::{all_of_type, client, fast_config, load_ehr};
-
-/// The resource types of the Synthea bundle.
-const BUNDLE_TYPES: &[&str] = &[
-    "Patient",
-    "Organization",
-    "Practitioner",
-    "Encounter",
-    "Observation",
-    "DiagnosticReport",
-    "Condition",
-    "Procedure",
-    "Immunization",
-    "MedicationRequest",
-    "CarePlan",
-    "CareTeam",
-    "Goal",
-    "Claim",
-    "ExplanationOfBenefit",
-    "Device",
-    "ImagingStudy",
-];
-
-fn peers(suite: &str) -> Option<(FhirPeer, FhirPeer)> {
-    let ehr = FhirPeer::start(suite)?;
-    let target = FhirPeer::start(suite)?;
-    Some((ehr, target))
-}
+use crate::support::{BUNDLE_TYPES, PeerPair, all_of_type, client, fast_config, load_ehr};
 
 /// Every resource of the bundle's types on `client`, by key.
 async fn snapshot(client: &FhirClient) -> BTreeMap<ResourceKey, Value> {
@@ -132,11 +105,11 @@ fn assert_counts(report: &SyncReport, created: u64, updated: u64, unchanged: u64
 
 #[tokio::test]
 async fn synthea_patient_syncs_completely_and_idempotently() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer sync") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer sync")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
 
     // Search by name and birth date finds exactly the bundle's patient among
@@ -238,10 +211,10 @@ async fn synthea_patient_syncs_completely_and_idempotently() {
 
 #[tokio::test]
 async fn sync_writes_one_by_one_when_transactions_are_disabled() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer one-by-one") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer, ehr, target: _ }) = PeerPair::start("fhir::peer one-by-one")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
     let mut config = fast_config(&target_peer.base_url);
     config.transactions = false;
     let target = FhirClient::new("crm", &config).expect("client");
@@ -264,10 +237,9 @@ async fn sync_writes_one_by_one_when_transactions_are_disabled() {
 /// in a transaction: placeholders.
 #[tokio::test]
 async fn reference_cycle_is_created_then_updated() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer cycle") else {
+    let Some(PeerPair { ehr_peer, target_peer, ehr, target: _ }) = PeerPair::start("fhir::peer cycle") else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
     let patient =
         ehr.create(&json!({"resourceType": "Patient", "name": [{"family": "Cycle"}]})).await.expect("patient");
     let pid = patient.key.expect("id").id;
@@ -326,11 +298,11 @@ async fn reference_cycle_is_created_then_updated() {
 
 #[tokio::test]
 async fn references_beyond_the_depth_limit_are_left_out_not_dangling() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer depth") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer depth")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
     let options = SyncOptions { max_reference_depth: 0, ..SyncOptions::for_types(&["Immunization"]) };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
@@ -379,11 +351,11 @@ fn assert_local_references_resolve(all: &BTreeMap<ResourceKey, Value>, base: &ur
 
 #[tokio::test]
 async fn everything_falls_back_to_searches_on_a_server_without_it() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer everything") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer everything")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
     let options = SyncOptions { fetch: ClinicalFetch::Everything, ..all_types() };
     let report = sync::sync_patient(&ehr, &target, &patient_id, &options, &sync::NoProgress).await;
@@ -394,11 +366,11 @@ async fn everything_falls_back_to_searches_on_a_server_without_it() {
 
 #[tokio::test]
 async fn all_clinical_types_search_without_errors() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer all types") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer all types")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
     let report = sync::sync_patient(&ehr, &target, &patient_id, &SyncOptions::all_types(), &sync::NoProgress).await;
     assert!(report.fetch_errors.is_empty(), "{:#?}", report.fetch_errors);
@@ -408,11 +380,11 @@ async fn all_clinical_types_search_without_errors() {
 
 #[tokio::test]
 async fn unknown_patient_fails_the_run_with_not_found() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer unknown patient") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer unknown patient")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let report = sync::sync_patient(&ehr, &target, "no-such-patient", &SyncOptions::default(), &sync::NoProgress).await;
     assert_eq!(report.status, SyncStatus::Failed);
     let error = report.error.expect("error");
@@ -423,11 +395,11 @@ async fn unknown_patient_fails_the_run_with_not_found() {
 
 #[tokio::test]
 async fn progress_events_cover_every_phase() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer progress") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer progress")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
     let events = std::sync::Mutex::new(Vec::new());
     let sink = |e: &sync::ProgressEvent| events.lock().expect("lock").push(e.clone());
@@ -572,11 +544,11 @@ async fn conditional_transaction_over_the_peers_limit_falls_back_and_converges()
     // The regression this guards: the peer refuses a conditional transaction
     // of more than 8 entries before writing anything; the sync must fall
     // back to a plain transaction and still write each resource once.
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer fallback") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer fallback")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
     let report =
         sync::sync_patient(&ehr, &target, &patient_id, &SyncOptions::for_types(&["Condition"]), &sync::NoProgress)
@@ -598,11 +570,11 @@ async fn conditional_transaction_over_the_peers_limit_falls_back_and_converges()
 /// what this run did.
 #[tokio::test]
 async fn partly_applied_transaction_converges_without_duplicates() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer partial transaction") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer partial transaction")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let pid = ehr
         .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "partial"}]}))
         .await
@@ -671,11 +643,11 @@ async fn partly_applied_transaction_converges_without_duplicates() {
 
 #[tokio::test]
 async fn known_target_ids_are_read_by_id_and_a_wrong_one_is_searched_for() {
-    let Some((ehr_peer, target_peer)) = peers("fhir::peer known targets") else {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer known targets")
+    else {
         return;
     };
-    let ehr = client("ehr", &ehr_peer.base_url);
-    let target = client("crm", &target_peer.base_url);
     let patient_id = load_ehr(&ehr).await;
     let first = sync::sync_patient(&ehr, &target, &patient_id, &all_types(), &sync::NoProgress).await;
     assert_counts(&first, 319, 0, 0);

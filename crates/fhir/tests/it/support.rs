@@ -6,7 +6,29 @@ use std::path::PathBuf;
 
 use fhir::{FhirClient, Search, ServerConfig};
 use serde_json::Value;
+use testkit::FhirPeer;
 use url::Url;
+
+/// The resource types of the Synthea bundle, the Patient first.
+pub const BUNDLE_TYPES: &[&str] = &[
+    "Patient",
+    "Organization",
+    "Practitioner",
+    "Encounter",
+    "Observation",
+    "DiagnosticReport",
+    "Condition",
+    "Procedure",
+    "Immunization",
+    "MedicationRequest",
+    "CarePlan",
+    "CareTeam",
+    "Goal",
+    "Claim",
+    "ExplanationOfBenefit",
+    "Device",
+    "ImagingStudy",
+];
 
 /// The crate's fixture folder.
 pub fn fixture(name: &str) -> PathBuf {
@@ -36,6 +58,41 @@ pub async fn serve(router: axum::Router) -> String {
         let _ = axum::serve(listener, router).await;
     });
     format!("http://{addr}")
+}
+
+/// Serves a mock FHIR server (`router` answers under `/fhir`); returns its
+/// base URL, `http://127.0.0.1:PORT/fhir`.
+pub async fn serve_fhir(router: axum::Router) -> String {
+    format!("{}/fhir", serve(router).await)
+}
+
+/// A client named `mock`, with fast retries, of a mock FHIR server.
+pub async fn mock_client(router: axum::Router) -> FhirClient {
+    client("mock", &serve_fhir(router).await)
+}
+
+/// Two fresh FHIR peers, the EHR and the target, with a client of each
+/// (`ehr`, `crm`); `None` (reported as skipped) without the peers.
+pub struct PeerPair {
+    /// The EHR peer (kept running while the pair lives).
+    pub ehr_peer: FhirPeer,
+    /// The target peer.
+    pub target_peer: FhirPeer,
+    /// A client of the EHR named `ehr`.
+    pub ehr: FhirClient,
+    /// A client of the target named `crm`.
+    pub target: FhirClient,
+}
+
+impl PeerPair {
+    /// Starts both peers for `suite`.
+    pub fn start(suite: &str) -> Option<PeerPair> {
+        let ehr_peer = FhirPeer::start(suite)?;
+        let target_peer = FhirPeer::start(suite)?;
+        let ehr = client("ehr", &ehr_peer.base_url);
+        let target = client("crm", &target_peer.base_url);
+        Some(PeerPair { ehr_peer, target_peer, ehr, target })
+    }
 }
 
 /// The Synthea patient bundle (a transaction of 319 entries).

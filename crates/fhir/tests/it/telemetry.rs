@@ -6,16 +6,15 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use fhir::telemetry::{Answer, requests};
 
-use crate::support::{client, serve};
+use crate::support::{client, serve_fhir};
 
 #[tokio::test]
 async fn every_attempt_is_counted_by_server_and_status() {
     let app = Router::new()
         .route("/fhir/Patient/1", get(|| async { (StatusCode::OK, r#"{"resourceType":"Patient","id":"1"}"#) }))
         .route("/fhir/Patient/2", get(|| async { StatusCode::NOT_FOUND }));
-    let base = serve(app).await;
     // A name of its own: other tests in this process count under theirs.
-    let c = client("telemetry-it", &format!("{base}/fhir"));
+    let c = client("telemetry-it", &serve_fhir(app).await);
     c.read("Patient", "1").await.unwrap();
     c.read("Patient", "1").await.unwrap();
     assert!(c.read("Patient", "2").await.is_err());
