@@ -52,6 +52,26 @@ pub fn shared_dir() -> PathBuf {
     }
 }
 
+/// Every `.hl7` file of `crates/hl7v2/tests/fixtures` (the HL7 v2 samples
+/// every crate tests with), sorted by name. Panics when there are fewer
+/// than `at_least`: a test over "every fixture" must not pass over none.
+pub fn hl7v2_fixture_files(at_least: usize) -> Vec<PathBuf> {
+    let dir = workspace_root().join("crates").join("hl7v2").join("tests").join("fixtures");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a fixture folder entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= at_least,
+        "{} HL7 v2 fixtures in {}, expected at least {at_least}",
+        files.len(),
+        dir.display()
+    );
+    files
+}
+
 /// The installed peers folder (`$PLEXUS_PEERS`), or `None` after reporting
 /// `suite` as skipped. Also checks that the folder exists.
 pub fn peers_or_skip(suite: &str) -> Option<PathBuf> {
