@@ -7,7 +7,7 @@
 //!
 //! - [`hl7_to_fhir_text`]: an HL7 v2 message to a FHIR R4 transaction Bundle
 //!   (ADT, ORU, ORM, SIU, MDM, VXU; see [`SUPPORTED`]); [`hl7_to_fhir_json`]
-//!   writes the same Bundle straight to JSON bytes, three times faster, for
+//!   writes the same Bundle straight to JSON bytes, about twice as fast, for
 //!   callers that only send or store it.
 //! - [`rules::MappingRules`]: JSON to JSON (or FHIR) by declarative rules, both
 //!   ways.
@@ -47,7 +47,7 @@ pub fn hl7_to_fhir(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Resu
 /// The bytes are exactly `serde_json::to_vec(&hl7_to_fhir(message,
 /// options)?)`, member order included (`resourceType` first), but the
 /// Bundle is written from the converter's own tree, which borrows the
-/// message's text and hashes no keys: about three times the throughput of
+/// message's text and hashes no keys: about twice the throughput of
 /// [`hl7_to_fhir`] plus serialisation. Use it where the Bundle is only sent
 /// or stored; use [`hl7_to_fhir`] to read or edit it. Errors are those of
 /// [`hl7_to_fhir`].
