@@ -87,6 +87,75 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The SQLite writer's errors (rusqlite) join sqlx's as database errors, so
+/// that [`StoreError::class`] and [`StoreError::summary`] treat them alike.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(failure, message) => {
+                StoreError::Database(sqlx::Error::Database(Box::new(SqliteWriteError {
+                    extended_code: failure.extended_code,
+                    message: message.unwrap_or_else(|| failure.to_string()),
+                })))
+            }
+            // Everything else is a row that does not decode or a misused
+            // statement: this crate's bug or a corrupt value, not a busy
+            // database.
+            e => StoreError::Database(sqlx::Error::Decode(Box::new(e))),
+        }
+    }
+}
+
+/// An error SQLite returned to the writer's connection, with its extended
+/// result code (what sqlx's own SQLite errors carry too).
+#[derive(Debug)]
+pub(crate) struct SqliteWriteError {
+    extended_code: std::ffi::c_int,
+    message: String,
+}
+
+impl std::fmt::Display for SqliteWriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SqliteWriteError {}
+
+impl sqlx::error::DatabaseError for SqliteWriteError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(self.extended_code.to_string().into())
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        use sqlx::error::ErrorKind;
+        // SQLITE_CONSTRAINT_{UNIQUE, PRIMARYKEY, FOREIGNKEY, NOTNULL, CHECK}
+        match self.extended_code {
+            2067 | 1555 => ErrorKind::UniqueViolation,
+            787 => ErrorKind::ForeignKeyViolation,
+            1299 => ErrorKind::NotNullViolation,
+            275 => ErrorKind::CheckViolation,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
 impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(e: sqlx::migrate::MigrateError) -> Self {
         StoreError::Migrate(e)
@@ -158,6 +227,8 @@ fn classify_sqlx(e: &sqlx::Error) -> ErrorClass {
         sqlx::Error::Database(db) => {
             let transient = if let Some(e) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
                 e.code().and_then(|c| c.parse::<i64>().ok()).is_some_and(sqlite_transient)
+            } else if let Some(e) = db.try_downcast_ref::<SqliteWriteError>() {
+                sqlite_transient(i64::from(e.extended_code))
             } else if let Some(e) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
                 mysql_transient(e.number())
             } else {

@@ -25,6 +25,7 @@ mod plans;
 mod postgres;
 mod shared;
 mod sqlite;
+mod sqlite_writer;
 mod sync_jobs;
 mod tokens;
 mod writer;
