@@ -71,6 +71,8 @@ pub fn claim_batch(destination: &crate::destinations::DestinationConfig, workers
         D::Mllp(c) => share(c.connections),
         // reqwest pools connections itself; keep a modest number in flight.
         D::Http(_) => share(16),
+        // A transaction per delivery: a few at once per FHIR server.
+        D::Fhir(_) => share(8),
         D::File(_) | D::Channel(_) => CLAIM_BATCH,
     }
 }

@@ -164,7 +164,7 @@ pub enum OrderKey {
 pub struct DestinationEntry {
     /// Unique within the channel; the store keys its queue by it.
     pub name: String,
-    /// The connector (`type = "mllp" | "http" | "file" | "channel"`).
+    /// The connector (`type = "mllp" | "http" | "file" | "channel" | "fhir"`).
     pub connector: DestinationConfig,
     /// Destination filter rules, after the channel's filter and transform.
     pub filter: Vec<Filter>,
@@ -506,18 +506,19 @@ fn compile_connector(mut table: toml::Table, path: &CfgPath, errors: &mut Config
             return None;
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: mllp, http, file or channel");
+            errors.push(path.key("type").to_string(), "required: mllp, http, file, channel or fhir");
             return None;
         }
     };
     let config = match kind.as_str() {
-        "mllp" | "http" | "file" | "channel" => {
+        "mllp" | "http" | "file" | "channel" | "fhir" => {
             table.remove("type");
             let v = toml::Value::Table(table);
             match kind.as_str() {
                 "mllp" => de::component(v, path, errors).map(DestinationConfig::Mllp),
                 "http" => de::component(v, path, errors).map(DestinationConfig::Http),
                 "file" => de::component(v, path, errors).map(DestinationConfig::File),
+                "fhir" => de::component(v, path, errors).map(DestinationConfig::Fhir),
                 _ => de::component(v, path, errors).map(DestinationConfig::Channel),
             }
         }

@@ -40,6 +40,7 @@
 //! [`DeliveryError::to_store_response`].
 
 pub mod channel;
+pub mod fhir;
 pub mod file;
 pub mod http;
 pub mod mllp;
@@ -54,6 +55,7 @@ use serde::Deserialize;
 
 use crate::config::ConfigErrors;
 
+pub use self::fhir::{FhirConfig, FhirDestination};
 pub use channel::{ChannelConfig, ChannelDestination, ChannelInjector, InjectError, Injected, Injection};
 pub use file::{FileConfig, FileDestination, IfExists};
 pub use http::{HttpAuth, HttpConfig, HttpDestination, HttpMethod};
@@ -76,6 +78,8 @@ pub enum DestinationConfig {
     File(FileConfig),
     /// Into another channel of this engine.
     Channel(ChannelConfig),
+    /// A FHIR resource or Bundle to a FHIR R4 server.
+    Fhir(FhirConfig),
 }
 
 impl DestinationConfig {
@@ -86,6 +90,7 @@ impl DestinationConfig {
             DestinationConfig::Http(_) => "http",
             DestinationConfig::File(_) => "file",
             DestinationConfig::Channel(_) => "channel",
+            DestinationConfig::Fhir(_) => "fhir",
         }
     }
 
@@ -98,6 +103,7 @@ impl DestinationConfig {
             DestinationConfig::Http(c) => c.validate(path, errors),
             DestinationConfig::File(c) => c.validate(path, errors),
             DestinationConfig::Channel(c) => c.validate(path, errors),
+            DestinationConfig::Fhir(c) => c.validate(path, errors),
         }
     }
 
@@ -110,6 +116,7 @@ impl DestinationConfig {
             DestinationConfig::Http(c) => Destination::Http(Box::new(c.build(ctx)?)),
             DestinationConfig::File(c) => Destination::File(c.build(ctx).await?),
             DestinationConfig::Channel(c) => Destination::Channel(c.build(ctx)?),
+            DestinationConfig::Fhir(c) => Destination::Fhir(Box::new(c.build(ctx)?)),
         })
     }
 }
@@ -180,6 +187,8 @@ pub enum Destination {
     File(FileDestination),
     /// See [`channel`].
     Channel(ChannelDestination),
+    /// See [`mod@fhir`].
+    Fhir(Box<FhirDestination>),
 }
 
 impl Destination {
@@ -191,16 +200,18 @@ impl Destination {
             Destination::Http(d) => d.send(out).await,
             Destination::File(d) => d.send(out).await,
             Destination::Channel(d) => d.send(out).await,
+            Destination::Fhir(d) => d.send(out).await,
         }
     }
 
-    /// The connector's name (`mllp`, `http`, `file`, `channel`).
+    /// The connector's name (`mllp`, `http`, `file`, `channel`, `fhir`).
     pub fn kind(&self) -> &'static str {
         match self {
             Destination::Mllp(_) => "mllp",
             Destination::Http(_) => "http",
             Destination::File(_) => "file",
             Destination::Channel(_) => "channel",
+            Destination::Fhir(_) => "fhir",
         }
     }
 }
@@ -366,6 +377,23 @@ pub enum DeliveryError {
         /// The existing file.
         path: PathBuf,
     },
+    /// A FHIR server refused the content or could not be reached (see
+    /// [`mod@fhir`]).
+    #[error("{reason}")]
+    Fhir {
+        /// What failed (request or entry, status), without the server's
+        /// OperationOutcome.
+        reason: String,
+        /// The `fhir` crate's class of the failure.
+        class: ErrorClass,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+        /// `Retry-After`, when the server sent one.
+        retry_after: Option<Duration>,
+        /// The server's answer (OperationOutcome summary or the start of the
+        /// response Bundle; not part of the `Display`).
+        body: String,
+    },
     /// Injecting into another channel failed.
     #[error("injecting into channel {channel:?}: {source}")]
     Inject {
@@ -392,6 +420,7 @@ impl DeliveryError {
             // an operator can repair these, so retry rather than dead-letter.
             DeliveryError::File { .. } => ErrorClass::Transient,
             DeliveryError::Inject { source, .. } => source.class(),
+            DeliveryError::Fhir { class, .. } => *class,
         }
     }
 
@@ -401,6 +430,7 @@ impl DeliveryError {
         match self {
             DeliveryError::HttpStatus { retry_after, .. } => *retry_after,
             DeliveryError::Inject { source, .. } => source.retry_after(),
+            DeliveryError::Fhir { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -419,6 +449,7 @@ impl DeliveryError {
             DeliveryError::File { .. } => "file",
             DeliveryError::FileExists { .. } => "file_exists",
             DeliveryError::Inject { .. } => "inject",
+            DeliveryError::Fhir { .. } => "fhir",
         }
     }
 
@@ -438,6 +469,12 @@ impl DeliveryError {
             DeliveryError::Nak { ack, .. } => Some(store::Response::Ack { text: ack.clone() }),
             DeliveryError::HttpStatus { status, body, .. } => {
                 Some(store::Response::Http { status: *status, body_excerpt: body.clone() })
+            }
+            DeliveryError::Fhir { status: Some(status), body, .. } => {
+                Some(store::Response::Http { status: *status, body_excerpt: body.clone() })
+            }
+            DeliveryError::Fhir { status: None, body, .. } if !body.is_empty() => {
+                Some(store::Response::Text { text: body.clone() })
             }
             _ => None,
         }

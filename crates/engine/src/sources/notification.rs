@@ -9,8 +9,8 @@
 //! type = "notification"
 //! # listen = "0.0.0.0:8443"        # own listener; by default the API listener
 //! partner = "diabetes-app"         # sender key of the stored notifications
-//! output = "oru_r01"               # oru_r01 | ras_o17 | fhir, the default
-//! outputs = { emr-meds = "ras_o17" }
+//! output = "oru_r01"               # oru_r01 | ras_o17 | fhir | json, the default
+//! outputs = { emr-meds = "ras_o17", crm = { format = "json", rules = "rules/glucose.yaml" } }
 //! [channels.glucose.source.fields]
 //! notification_id = "id"
 //! file_id = "data.fileId"
@@ -55,6 +55,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use axum::Router;
@@ -74,7 +75,8 @@ use crate::flows::notification::ack::AckWorker;
 use crate::flows::notification::config::{
     AcknowledgementConfig, FetchGuardConfig, FieldPaths, InboundAuth, Limits, ObjectStorageConfig,
 };
-use crate::flows::notification::stage::{ACK_DESTINATION, NOTIFICATION_TYPE, NotificationOutput, StageSettings};
+use crate::flows::notification::json::{OutputSpec, resolve_rules};
+use crate::flows::notification::stage::{ACK_DESTINATION, NOTIFICATION_TYPE, StageSettings};
 use crate::flows::notification::{
     BundleLocation, Notification, NotificationConfig, Problem, UrlGuard, Verifier, parse,
 };
@@ -98,14 +100,17 @@ pub struct NotificationSourceConfig {
     #[serde(default)]
     pub partner: Option<String>,
     /// What the destinations receive: `oru_r01` (Observations and Devices,
-    /// the default), `ras_o17` (MedicationAdministrations) or `fhir` (the
-    /// bundle as fetched).
+    /// the default), `ras_o17` (MedicationAdministrations), `fhir` (the
+    /// bundle as fetched, for a `fhir` destination) or `json` (written as
+    /// a table: `{ format = "json", rules = "rules.yaml" }`, the bundle's
+    /// resources mapped by mapping rules; see
+    /// [`crate::flows::notification::json`]).
     #[serde(default)]
-    pub output: NotificationOutput,
+    pub output: OutputSpec,
     /// Per destination name, overriding `output` (one ORU and one RAS
-    /// destination to the same EMR carry a mixed bundle).
+    /// destination to the same EMR carry a mixed bundle), in the same forms.
     #[serde(default)]
-    pub outputs: BTreeMap<String, NotificationOutput>,
+    pub outputs: BTreeMap<String, OutputSpec>,
     /// MSH fields of the HL7 v2 outputs (sending/receiving application and
     /// facility, version ...). MSH-10 is derived from the file id when empty.
     #[serde(default)]
@@ -164,6 +169,10 @@ impl NotificationSourceConfig {
         if self.ack_retry.max_attempts == 0 {
             errors.push(format!("{path}.ack_retry.max_attempts"), "must be at least 1");
         }
+        self.output.validate(&format!("{path}.output"), errors);
+        for (destination, spec) in &self.outputs {
+            spec.validate(&format!("{path}.outputs.{destination}"), errors);
+        }
         if let Err(e) = self.flow_config().validate(path) {
             errors.0.extend(e.0);
         }
@@ -172,10 +181,18 @@ impl NotificationSourceConfig {
 
 /// Checks that need the channel: `outputs` name destinations of the
 /// channel, and no destination uses the reserved name of acknowledgements.
-pub(crate) fn cross_check(channels: &[ChannelConfig], errors: &mut ConfigErrors) {
+/// Also loads the `json` outputs' rules files (relative to `base_dir`, made
+/// absolute here), so `plexus check` reports a broken one.
+pub(crate) fn cross_check(channels: &mut [ChannelConfig], base_dir: Option<&FsPath>, errors: &mut ConfigErrors) {
     for channel in channels {
-        let SourceConfig::Notification(config) = &channel.source else { continue };
         let path = format!("{}.source", channel.path());
+        if let SourceConfig::Notification(config) = &mut channel.source {
+            resolve_rules(&mut config.output, base_dir, &format!("{path}.output"), errors);
+            for (destination, spec) in &mut config.outputs {
+                resolve_rules(spec, base_dir, &format!("{path}.outputs.{destination}"), errors);
+            }
+        }
+        let SourceConfig::Notification(config) = &channel.source else { continue };
         for destination in config.outputs.keys() {
             if channel.destination(destination).is_none() {
                 errors.push(format!("{path}.outputs.{destination}"), "no destination of this channel has this name");
@@ -237,8 +254,8 @@ pub fn prepare(
             channel: channel.name.clone(),
             partner: partner.clone(),
             config: flow.clone(),
-            output: config.output,
-            outputs: config.outputs.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            output: config.output.clone(),
+            outputs: config.outputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             hl7: config.hl7.clone(),
             destinations: channel.destinations.iter().map(|d| d.name.clone()).collect(),
         };
@@ -451,6 +468,7 @@ fn unavailable(channel: &str, e: &store::StoreError) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flows::notification::stage::NotificationOutput;
 
     const CHANNEL: &str = r#"
 version = 1
@@ -483,8 +501,8 @@ directory = "out"
     fn a_notification_channel_compiles() {
         let config = compile(r#"emr = "ras_o17""#, "emr").unwrap();
         let SourceConfig::Notification(source) = &config.channels[0].source else { panic!("notification source") };
-        assert_eq!(source.outputs["emr"], NotificationOutput::RasO17);
-        assert_eq!(source.output, NotificationOutput::OruR01);
+        assert_eq!(source.outputs["emr"], NotificationOutput::RasO17.into());
+        assert_eq!(source.output, NotificationOutput::OruR01.into());
         assert_eq!(source.duplicate_window, Duration::from_secs(24 * 3600));
         assert_eq!(config.channels[0].source.describe(), "notification (api listener)");
     }

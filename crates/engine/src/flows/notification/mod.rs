@@ -19,6 +19,8 @@
 //!
 //! - [`stage`]: the flow inside the destination workers (fetch, convert,
 //!   queue the acknowledgement once every destination has the bundle);
+//! - [`json`]: the `json` output (the bundle's resources through mapping
+//!   rules);
 //! - [`ack`]: the worker sending queued acknowledgements with retries.
 //!
 //! The engine source ([`crate::sources::notification`]: HTTP endpoint,
@@ -29,6 +31,7 @@ pub mod ack;
 pub mod config;
 pub mod fetch;
 pub mod guard;
+pub mod json;
 pub mod parse;
 pub mod stage;
 pub mod verify;

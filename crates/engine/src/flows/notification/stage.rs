@@ -20,7 +20,9 @@
 //! the delivery at once with the reason (the partner is never acknowledged
 //! for it). A bundle without anything a destination's format carries
 //! (no MedicationAdministration for `ras_o17`) completes that delivery as
-//! filtered, with the reason.
+//! filtered, with the reason. The `json` output maps the bundle's resources
+//! with mapping rules ([`super::json`]); a rule violation fails the delivery
+//! at once with the rule's message.
 //!
 //! # Acknowledgement
 //!
@@ -42,6 +44,7 @@
 //! acknowledged (see the source).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -52,6 +55,7 @@ use tracing::warn;
 
 use super::config::NotificationConfig;
 use super::fetch::{BundleFetcher, ErrorClass, FetchError, FetchedBundle};
+use super::json::{OutputSpec, load_rules, map_bundle};
 use super::parse::{Notification, parse};
 use crate::flows::{FlowError, FlowOutput, FlowStage};
 
@@ -79,9 +83,12 @@ pub enum NotificationOutput {
     OruR01,
     /// HL7 v2 RAS^O17 with the bundle's MedicationAdministrations.
     RasO17,
-    /// The bundle as fetched (`application/fhir+json`), for an `http`
-    /// destination posting to a FHIR server.
+    /// The bundle as fetched (`application/fhir+json`), for a `fhir`
+    /// destination (or an `http` one).
     Fhir,
+    /// The bundle's resources mapped by mapping rules into a JSON array
+    /// (`application/json`), see [`super::json`].
+    Json,
 }
 
 impl NotificationOutput {
@@ -91,6 +98,7 @@ impl NotificationOutput {
             NotificationOutput::OruR01 => "oru_r01",
             NotificationOutput::RasO17 => "ras_o17",
             NotificationOutput::Fhir => "fhir",
+            NotificationOutput::Json => "json",
         }
     }
 }
@@ -102,8 +110,10 @@ pub struct NotificationStage {
     partner: String,
     config: NotificationConfig,
     fetcher: BundleFetcher,
-    output: NotificationOutput,
-    outputs: HashMap<String, NotificationOutput>,
+    output: OutputSpec,
+    outputs: HashMap<String, OutputSpec>,
+    /// The compiled rules of the `json` outputs, by file.
+    rules: HashMap<PathBuf, Arc<convert::rules::MappingRules>>,
     hl7: convert::FhirToHl7Options,
     destinations: Vec<String>,
     store: Arc<dyn Store>,
@@ -124,9 +134,9 @@ pub struct StageSettings {
     /// The notification settings.
     pub config: NotificationConfig,
     /// The default output.
-    pub output: NotificationOutput,
+    pub output: OutputSpec,
     /// Outputs per destination name.
-    pub outputs: HashMap<String, NotificationOutput>,
+    pub outputs: HashMap<String, OutputSpec>,
     /// MSH fields of HL7 v2 outputs.
     pub hl7: convert::FhirToHl7Options,
     /// The channel's destinations (all of them must have the bundle before
@@ -135,9 +145,19 @@ pub struct StageSettings {
 }
 
 impl NotificationStage {
-    /// Builds the stage (the fetcher's clients; no connection is opened).
-    pub fn new(settings: StageSettings, store: Arc<dyn Store>) -> Result<NotificationStage, FetchError> {
+    /// Builds the stage (the fetcher's clients, the `json` outputs' rules;
+    /// no connection is opened).
+    pub fn new(settings: StageSettings, store: Arc<dyn Store>) -> Result<NotificationStage, StageError> {
         let fetcher = BundleFetcher::new(&settings.config)?;
+        let mut rules = HashMap::new();
+        for spec in std::iter::once(&settings.output).chain(settings.outputs.values()) {
+            if let Some(path) = &spec.rules
+                && !rules.contains_key(path)
+            {
+                let compiled = load_rules(path).map_err(StageError::Rules)?;
+                rules.insert(path.clone(), Arc::new(compiled));
+            }
+        }
         Ok(NotificationStage {
             channel: settings.channel,
             partner: settings.partner,
@@ -145,6 +165,7 @@ impl NotificationStage {
             fetcher,
             output: settings.output,
             outputs: settings.outputs,
+            rules,
             hl7: settings.hl7,
             destinations: settings.destinations,
             store,
@@ -170,8 +191,8 @@ impl NotificationStage {
     }
 
     /// What `destination` receives.
-    pub fn output_for(&self, destination: &str) -> NotificationOutput {
-        self.outputs.get(destination).copied().unwrap_or(self.output)
+    pub fn output_for(&self, destination: &str) -> &OutputSpec {
+        self.outputs.get(destination).unwrap_or(&self.output)
     }
 
     /// Stores a request to acknowledge `notification` (of the stored message
@@ -307,11 +328,21 @@ impl NotificationStage {
         &self,
         bundle: &FetchedBundle,
         notification: &Notification,
-        output: NotificationOutput,
+        spec: &OutputSpec,
     ) -> Result<FlowOutput, FlowError> {
+        let output = spec.format;
         let target = match output {
             NotificationOutput::Fhir => {
                 return Ok(FlowOutput { content: bundle.bytes.to_vec(), content_type: "application/fhir+json".into() });
+            }
+            NotificationOutput::Json => {
+                let rules = spec
+                    .rules
+                    .as_ref()
+                    .and_then(|p| self.rules.get(p))
+                    .ok_or_else(|| FlowError::Permanent("the json output has no mapping rules".into()))?;
+                let content = map_bundle(&bundle.bundle, spec, rules)?;
+                return Ok(FlowOutput { content, content_type: "application/json".into() });
             }
             NotificationOutput::OruR01 => convert::TargetMessage::OruR01,
             NotificationOutput::RasO17 => convert::TargetMessage::RasO17,
@@ -389,6 +420,17 @@ impl FlowStage for NotificationStage {
         )
         .await;
     }
+}
+
+/// Why a [`NotificationStage`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The fetcher's HTTP clients.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// A `json` output's rules file does not load.
+    #[error("mapping rules: {0}")]
+    Rules(String),
 }
 
 /// A stable MSH-10 per file and output (20 characters, the 2.5.1 length):
