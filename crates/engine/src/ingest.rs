@@ -148,6 +148,9 @@ pub struct ChannelIngest {
     validation: ValidationPolicy,
     ack_mode: AckMode,
     order_key: OrderKey,
+    /// The channel transform's leading JSON steps, run on a JSON body before
+    /// it is stored ([`crate::transform::Transform::check_json`]).
+    json_check: Option<crate::transform::Transform>,
     destinations: Vec<String>,
     store: Arc<dyn Store>,
     stats: IngestStats,
@@ -168,6 +171,8 @@ impl ChannelIngest {
             validation: channel.validation,
             ack_mode: channel.ack_mode,
             order_key: channel.order_key.clone(),
+            json_check: (channel.content != ContentKind::Hl7v2 && channel.transform.checks_json())
+                .then(|| channel.transform.clone()),
             destinations: channel.destinations.iter().map(|d| d.name.clone()).collect(),
             store,
             stats: IngestStats::default(),
@@ -339,10 +344,7 @@ impl ChannelIngest {
             sender_key: sender_key(&message),
             message_type: message.get("MSH-9-1").map(|s| s.into_owned()).filter(|s| !s.is_empty()),
             event: message.get("MSH-9-2").map(|s| s.into_owned()).filter(|s| !s.is_empty()),
-            order_key: match &self.order_key {
-                OrderKey::Path(p) => message.get(*p).map(|s| s.into_owned()).filter(|s| !s.is_empty()),
-                OrderKey::None => None,
-            },
+            order_key: self.order_key.of_hl7(&message),
             patient_ids: patient_ids(&message),
             ack: ack_bytes.clone(),
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
@@ -469,6 +471,15 @@ impl ChannelIngest {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
             return JsonOutcome::Invalid("a FHIR resource needs a string `resourceType`".to_string());
         }
+        // What every delivery would fail on is answered now (the steps are
+        // unconditional and deterministic): the sender learns why.
+        if let Some(transform) = &self.json_check
+            && let Err(e) = transform.check_json(&doc, Some(received.received_at))
+        {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return JsonOutcome::Invalid(e.to_string());
+        }
+        let order_key = self.order_key.of_json(&doc);
         drop(doc);
         let new = NewMessage {
             channel: self.name.clone(),
@@ -479,7 +490,7 @@ impl ChannelIngest {
             sender_key: String::new(),
             message_type: resource_type,
             event: None,
-            order_key: None,
+            order_key,
             patient_ids: Vec::new(),
             ack: None,
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),

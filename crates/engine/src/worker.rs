@@ -51,7 +51,7 @@ use crate::config::ContentKind;
 use crate::destinations::{DeliveryError, DeliveryResponse, Destination, Outbound};
 use crate::filter::{Filter, first_rejecting};
 use crate::flows::FlowOutput;
-use crate::transform::{Transform, TransformContext};
+use crate::transform::{Staged, Transform, TransformContext};
 
 /// The longest an idle worker sleeps without looking at the store.
 pub const IDLE_POLL: Duration = Duration::from_secs(5);
@@ -379,12 +379,40 @@ impl DestinationWorkers {
                     Err(Outcome::Failed { class: FailureClass::Permanent, reason, response: None }.into())
                 }
             },
+            ContentKind::Json | ContentKind::Fhir if flowed.is_none() && self.has_steps() => {
+                // mapping_rules / fhir_to_hl7 and what follows them.
+                let mut ctx = TransformContext::new(&self.channel.name, &delivery.message_id.to_string());
+                ctx.received_at = Some(delivery.received_at);
+                let stages = [
+                    (&self.channel.filter[..], &self.channel.transform, "channel"),
+                    (&self.filter[..], &self.transform, "destination"),
+                ];
+                match crate::transform::run_json_stages(&delivery.raw, stages, &self.name, ctx).await {
+                    Staged::Send { content, content_type, changed } => {
+                        Ok(Ready { transformed: changed.then(|| content.clone()), content, content_type })
+                    }
+                    Staged::Filtered(rule) => Err(Outcome::Filtered { rule }.into()),
+                    Staged::Failed(reason) => {
+                        self.metrics.error("transform");
+                        Err(Outcome::Failed { class: FailureClass::Permanent, reason, response: None }.into())
+                    }
+                }
+            }
             ContentKind::Json | ContentKind::Fhir => Ok(Ready {
                 content: delivery.raw.clone(),
                 transformed: flowed.map(|o| o.content.clone()),
                 content_type: None,
             }),
         }
+    }
+
+    /// True when the channel or this destination has filter rules or
+    /// transform steps.
+    fn has_steps(&self) -> bool {
+        !(self.channel.filter.is_empty()
+            && self.channel.transform.is_empty()
+            && self.filter.is_empty()
+            && self.transform.is_empty())
     }
 
     /// The outcome of sending `delivery`.

@@ -34,7 +34,7 @@ use super::{ConfigErrors, Duration};
 use crate::destinations::{self, DestinationConfig};
 use crate::filter::Filter;
 use crate::sources::{self, SourceConfig};
-use crate::transform::{self, StepConfig, Transform};
+use crate::transform::{self, ContentStage, StepConfig, Transform};
 
 /// A compiled channel.
 #[derive(Debug)]
@@ -152,10 +152,97 @@ pub enum AckMode {
 /// reach each destination in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderKey {
-    /// A path such as `PID-3-1` (the default: one queue per patient).
+    /// A path such as `PID-3-1` (the default of `hl7v2` channels: one queue
+    /// per patient).
     Path(hl7v2::Path),
-    /// No ordering: every message may go in parallel.
+    /// `json:<path>` (`json:patient.id`, `json:identifier[system=urn:x].value`)
+    /// for `json` and `fhir` channels: the scalar at that path of the body.
+    Json(convert::rules::JsonPath),
+    /// `fhir:patient` (the default of `fhir` channels): the patient the
+    /// resource or Bundle is about ([`fhir_patient_key`]).
+    FhirPatient,
+    /// No ordering: every message may go in parallel (the default of `json`
+    /// channels).
     None,
+}
+
+impl OrderKey {
+    /// The key of an HL7 v2 message (`None`: not ordered).
+    pub fn of_hl7(&self, message: &hl7v2::Message) -> Option<String> {
+        match self {
+            OrderKey::Path(p) => message.get(*p).map(|s| s.into_owned()).filter(|s| !s.is_empty()),
+            _ => None,
+        }
+    }
+
+    /// The key of a JSON or FHIR body (`None`: not ordered).
+    pub fn of_json(&self, doc: &serde_json::Value) -> Option<String> {
+        match self {
+            OrderKey::Json(path) => scalar_text(path.get(doc)?),
+            OrderKey::FhirPatient => fhir_patient_key(doc),
+            _ => None,
+        }
+    }
+}
+
+/// A JSON scalar as key text (strings as they are, numbers and booleans as
+/// written); objects, arrays, null and `""` give no key.
+fn scalar_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The patient a FHIR body is about, as an order key:
+///
+/// - a Patient: its first identifier with a value, as `system|value`, or
+///   else `Patient/<id>`;
+/// - a Bundle: the first Patient entry as above, or else the first entry's
+///   `subject` or `patient` reference;
+/// - another resource: its `subject` or `patient` reference: the
+///   `reference` text (`Patient/123`, `urn:uuid:...`), or the logical
+///   `identifier` as `system|value`.
+///
+/// The same patient must be written the same way by the sender to share a
+/// key (a Patient's identifier and a reference `Patient/123` differ).
+pub fn fhir_patient_key(doc: &serde_json::Value) -> Option<String> {
+    fn identifier(id: &serde_json::Value) -> Option<String> {
+        let value = id.get("value")?.as_str().filter(|v| !v.is_empty())?;
+        Some(format!("{}|{value}", id.get("system").and_then(|s| s.as_str()).unwrap_or("")))
+    }
+    fn patient(resource: &serde_json::Value) -> Option<String> {
+        resource
+            .get("identifier")
+            .and_then(|ids| ids.as_array())
+            .and_then(|ids| ids.iter().find_map(identifier))
+            .or_else(|| resource.get("id").and_then(|i| i.as_str()).map(|id| format!("Patient/{id}")))
+    }
+    fn reference(resource: &serde_json::Value) -> Option<String> {
+        ["subject", "patient"].iter().find_map(|key| {
+            let r = resource.get(*key)?;
+            r.get("reference")
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .or_else(|| r.get("identifier").and_then(identifier))
+        })
+    }
+    match doc.get("resourceType")?.as_str()? {
+        "Patient" => patient(doc),
+        "Bundle" => {
+            let resources: Vec<&serde_json::Value> =
+                doc.get("entry")?.as_array()?.iter().filter_map(|e| e.get("resource")).collect();
+            resources
+                .iter()
+                .find(|r| r.get("resourceType").and_then(|t| t.as_str()) == Some("Patient"))
+                .and_then(|p| patient(p))
+                .or_else(|| resources.iter().find_map(|r| reference(r)))
+        }
+        _ => reference(doc),
+    }
 }
 
 /// A destination of a channel, with the runtime's settings around the
@@ -268,9 +355,6 @@ fn default_lease() -> Duration {
 fn yes() -> bool {
     true
 }
-fn default_order_key() -> String {
-    "PID-3-1".to_string()
-}
 
 /// The channel's own settings (everything but source, filter, transform and
 /// destinations, which are compiled as separate components).
@@ -287,8 +371,9 @@ struct ChannelSettings {
     validation: ValidationPolicy,
     #[serde(default)]
     ack_mode: AckMode,
-    #[serde(default = "default_order_key")]
-    order_key: String,
+    /// Default by content: `PID-3-1`, `fhir:patient` or `none` (json).
+    #[serde(default)]
+    order_key: Option<String>,
 }
 
 /// The runtime's keys of a destination table (the connector reads the rest).
@@ -389,16 +474,7 @@ pub(super) fn compile(
     let source = source?;
     let transform = transform?;
 
-    let order_key = match settings.order_key.trim() {
-        "none" | "" => OrderKey::None,
-        text => match hl7v2::Path::parse(text) {
-            Ok(p) => OrderKey::Path(p),
-            Err(e) => {
-                errors.push(path.key("order_key").to_string(), format!("{e} (or write \"none\")"));
-                OrderKey::None
-            }
-        },
-    };
+    let order_key = compile_order_key(settings.order_key.as_deref(), settings.content, &path.key("order_key"), errors);
 
     if settings.content != ContentKind::Hl7v2 {
         let kind = match settings.content {
@@ -411,21 +487,31 @@ pub(super) fn compile(
                 format!("a {} source carries HL7 v2 only; content = \"{kind}\" needs an http source", source.kind()),
             );
         }
-        // Filters and transform steps address HL7 v2 fields.
+        // Filter rules address HL7 v2 fields: the channel's meet the JSON.
         if !filter.is_empty() {
-            errors.push(path.key("filter").to_string(), format!("filters need HL7 v2 content, not {kind}"));
+            errors.push(
+                path.key("filter").to_string(),
+                format!(
+                    "filters need HL7 v2 content, not {kind} (a destination's filter may read the HL7 v2 message a \
+                     fhir_to_hl7 step in the channel transform made)"
+                ),
+            );
         }
-        if !transform.is_empty() {
-            errors.push(path.key("transform").to_string(), format!("transform steps need HL7 v2 content, not {kind}"));
+    }
+    // Each step against the content it meets: JSON until fhir_to_hl7, HL7 v2
+    // until hl7_to_fhir; a destination's transform and filter start where
+    // the channel's transform left the content.
+    let start = if settings.content == ContentKind::Hl7v2 { ContentStage::Hl7 } else { ContentStage::Json };
+    let after_channel = transform.check_content(start, errors);
+    for (i, d) in destinations.iter().enumerate() {
+        if after_channel == ContentStage::Json && !d.filter.is_empty() {
+            errors.push(
+                format!("{path}.destination[{i}].filter"),
+                "filter rules read HL7 v2 fields, but here the content is still JSON (a fhir_to_hl7 step in the \
+                 channel transform makes it HL7 v2)",
+            );
         }
-        for (i, d) in destinations.iter().enumerate() {
-            if !d.filter.is_empty() || !d.transform.is_empty() {
-                errors.push(
-                    format!("{path}.destination[{i}]"),
-                    format!("filters and transform steps need HL7 v2 content, not {kind}"),
-                );
-            }
-        }
+        d.transform.check_content(after_channel, errors);
     }
 
     Some(ChannelConfig {
@@ -441,6 +527,58 @@ pub(super) fn compile(
         transform,
         destinations,
     })
+}
+
+/// `order_key` for a channel carrying `content`; `None` when not written.
+fn compile_order_key(text: Option<&str>, content: ContentKind, path: &CfgPath, errors: &mut ConfigErrors) -> OrderKey {
+    let text = match (text.map(str::trim), content) {
+        (Some(t), _) => t,
+        (None, ContentKind::Hl7v2) => "PID-3-1",
+        (None, ContentKind::Fhir) => "fhir:patient",
+        (None, ContentKind::Json) => "none",
+    };
+    let json_content = content != ContentKind::Hl7v2;
+    if matches!(text, "none" | "") {
+        return OrderKey::None;
+    }
+    if let Some(json) = text.strip_prefix("json:") {
+        if !json_content {
+            errors
+                .push(path.to_string(), "a json: order key needs content = \"json\" or \"fhir\"; give an HL7 v2 path");
+            return OrderKey::None;
+        }
+        return match convert::rules::JsonPath::parse(json.trim()) {
+            Ok(p) if !p.has_each() => OrderKey::Json(p),
+            Ok(_) => {
+                errors.push(path.to_string(), format!("{json:?}: an order key reads one value; [*] is not allowed"));
+                OrderKey::None
+            }
+            Err(e) => {
+                errors.push(path.to_string(), e.to_string());
+                OrderKey::None
+            }
+        };
+    }
+    if text == "fhir:patient" {
+        if !json_content {
+            errors.push(path.to_string(), "fhir:patient needs content = \"fhir\" or \"json\"; give an HL7 v2 path");
+        }
+        return OrderKey::FhirPatient;
+    }
+    if json_content {
+        errors.push(
+            path.to_string(),
+            format!("{text:?}: a JSON body has no HL7 v2 fields; write \"json:<path>\" (e.g. \"json:patient.id\"), \"fhir:patient\" or \"none\""),
+        );
+        return OrderKey::None;
+    }
+    match hl7v2::Path::parse(text) {
+        Ok(p) => OrderKey::Path(p),
+        Err(e) => {
+            errors.push(path.to_string(), format!("{e} (or write \"none\")"));
+            OrderKey::None
+        }
+    }
 }
 
 fn compile_destination(
@@ -626,7 +764,7 @@ fn compile_step(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -
         None => {
             errors.push(
                 path.key("type").to_string(),
-                "required: set, copy, delete, map, route, javascript or hl7_to_fhir",
+                "required: set, copy, delete, map, route, javascript, hl7_to_fhir, fhir_to_hl7 or mapping_rules",
             );
             return None;
         }
@@ -640,11 +778,14 @@ fn compile_step(value: toml::Value, path: &CfgPath, errors: &mut ConfigErrors) -
         "route" => de::component(v, path, errors).map(StepConfig::Route),
         "javascript" => de::component(v, path, errors).map(StepConfig::Javascript),
         "hl7_to_fhir" => de::component(v, path, errors).map(StepConfig::Hl7ToFhir),
+        "fhir_to_hl7" => de::component(v, path, errors).map(StepConfig::FhirToHl7),
+        "mapping_rules" => de::component(v, path, errors).map(StepConfig::MappingRules),
         other => {
             errors.push(
                 path.key("type").to_string(),
                 format!(
-                    "unknown step type {other:?}, expected set, copy, delete, map, route, javascript or hl7_to_fhir"
+                    "unknown step type {other:?}, expected set, copy, delete, map, route, javascript, hl7_to_fhir, \
+                     fhir_to_hl7 or mapping_rules"
                 ),
             );
             None

@@ -46,6 +46,19 @@
 //! code_tables = { "0001" = { X = "other" } }
 //! ```
 //!
+//! and, for `json` and `fhir` channels (see [`Content`]):
+//!
+//! ```toml
+//! [[channels.pms-in.transform]]
+//! type = "mapping_rules"            # JSON to JSON (or FHIR) by a rule file
+//! rules = "pms-patient.yaml"
+//! reverse = false
+//!
+//! [[channels.pms-in.transform]]
+//! type = "fhir_to_hl7"              # FHIR R4 to an HL7 v2 message
+//! message = "ADT_A08"
+//! ```
+//!
 //! Every built-in step may have a `when` rule (a [`Filter`] expression): the
 //! step runs only when the message matches it at that point.
 //!
@@ -84,6 +97,11 @@
 //!   ([`TransformOutcome::converted`]). Only `route` steps may follow it. A
 //!   message the converter cannot convert (an unsupported type or event, a
 //!   missing PID) fails the delivery permanently with the converter's reason.
+//! - **fhir_to_hl7** `message` and the keys of [`FhirToHl7Step`]: converts
+//!   FHIR R4 JSON to that HL7 v2 message, which later steps edit as any
+//!   other.
+//! - **mapping_rules** `rules`, `reverse`: maps JSON through a rule file
+//!   ([`convert::rules`]).
 //!
 //! # JavaScript
 //!
@@ -138,7 +156,10 @@
 //! and std's default) since QuickJS's stack limit is measured on the thread
 //! it runs on.
 
+mod content;
 mod conversion;
+mod fhir_to_hl7;
+mod rules;
 mod script;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,7 +176,10 @@ use crate::filter::Filter;
 
 use script::Script;
 
+pub use content::{Content, ContentStage, Stage, Staged, json_media_type, run_json_stages};
 pub use conversion::{Converted, FHIR_JSON, Hl7ToFhirStep};
+pub use fhir_to_hl7::FhirToHl7Step;
+pub use rules::MappingRulesStep;
 
 /// Default per-run time limit of a JavaScript step.
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
@@ -196,6 +220,10 @@ pub enum StepConfig {
     Javascript(JavascriptStep),
     /// Convert the message to a FHIR R4 transaction Bundle.
     Hl7ToFhir(Hl7ToFhirStep),
+    /// Convert FHIR R4 JSON to an HL7 v2 message.
+    FhirToHl7(FhirToHl7Step),
+    /// Map JSON through a rule file.
+    MappingRules(MappingRulesStep),
 }
 
 /// `type = "set"`: write `value` at `path`.
@@ -337,6 +365,14 @@ pub fn load_script_files(
     errors: &mut ConfigErrors,
 ) {
     for (i, step) in steps.iter_mut().enumerate() {
+        if let StepConfig::MappingRules(m) = step {
+            if m.text.is_none()
+                && let Err(e) = m.load(base_dir)
+            {
+                errors.push(format!("{path_prefix}[{i}].rules"), e);
+            }
+            continue;
+        }
         let StepConfig::Javascript(js) = step else { continue };
         let (None, Some(file)) = (&js.script, &js.file) else { continue };
         let full = base_dir.join(file);
@@ -364,6 +400,9 @@ pub struct TransformContext {
     /// Mirth's channel map: per-message values scripts share with later
     /// steps (and, if the caller carries the context on, later stages).
     pub channel_map: BTreeMap<String, String>,
+    /// When the message was received: MSH-7 of a `fhir_to_hl7` conversion
+    /// whose input holds no time.
+    pub received_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl TransformContext {
@@ -373,6 +412,7 @@ impl TransformContext {
             channel: channel.to_owned(),
             message_id: message_id.to_owned(),
             channel_map: BTreeMap::new(),
+            received_at: None,
         }
     }
 }
@@ -389,6 +429,9 @@ pub struct TransformOutcome {
     routed_by: Option<String>,
     /// What a conversion step made of the message, sent instead of it.
     pub(crate) converted: Option<Converted>,
+    /// A JSON step (`mapping_rules`, `fhir_to_hl7`) rewrote the content of
+    /// [`Transform::apply_content`].
+    pub(crate) rewritten: bool,
 }
 
 impl TransformOutcome {
@@ -586,6 +629,8 @@ enum Action {
     Route(Vec<String>),
     Script(Arc<Script>),
     Hl7ToFhir(Arc<convert::Hl7ToFhirOptions>),
+    FhirToHl7(Arc<fhir_to_hl7::FhirToHl7>),
+    MappingRules(rules::MappingRulesRun),
 }
 
 impl Transform {
@@ -755,6 +800,12 @@ impl Step {
             }
             Action::Script(script) => script.run(&self.name, msg, ctx, outcome),
             Action::Hl7ToFhir(options) => conversion::run(&self.name, options, msg, outcome),
+            // Checked at load (Transform::check_content): these never meet
+            // an HL7 v2 message in a valid configuration.
+            Action::FhirToHl7(_) | Action::MappingRules(_) => Err(TransformError::Convert {
+                step: self.name.clone(),
+                reason: "this step reads JSON and the content is an HL7 v2 message".to_owned(),
+            }),
         }
     }
 }
@@ -913,6 +964,22 @@ impl Compiler<'_> {
                 let options = if problems.is_empty() { s.options().ok() } else { None };
                 (when?, Action::Hl7ToFhir(Arc::new(options?)))
             }
+            StepConfig::FhirToHl7(s) => match s.compile() {
+                Ok(c) => (None, Action::FhirToHl7(Arc::new(c))),
+                Err(problems) => {
+                    for (field, message) in problems {
+                        self.error(&field, message);
+                    }
+                    return None;
+                }
+            },
+            StepConfig::MappingRules(s) => match s.compile() {
+                Ok(r) => (None, Action::MappingRules(r)),
+                Err(e) => {
+                    self.error("rules", e);
+                    return None;
+                }
+            },
         };
         Some(Step { name: self.name.to_owned(), when, action })
     }

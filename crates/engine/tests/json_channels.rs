@@ -1,0 +1,526 @@
+//! JSON and FHIR channels with transform steps, through the running engine:
+//! a FHIR Bundle POSTed to an http source, converted by `fhir_to_hl7` and
+//! delivered over MLLP to an in-test listener; a practice-management JSON
+//! body mapped by `mapping_rules` to a FHIR Patient posted to an in-test
+//! HTTP server; bad bodies answered with the specific reason; per-patient
+//! order keys for JSON bodies. Real sockets, a real SQLite store in a temp
+//! dir.
+//!
+//! The Bundle is tests/fixtures/synthea-patient-observations.json: the
+//! Synthea patient of /work/shared/data/fhir (see fixtures/PROVENANCE.md).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use bytes::BytesMut;
+use engine::config::Config;
+use engine::runtime::Engine;
+use hl7v2::mllp::MllpCodec;
+use store::{DeliveryDetail, DeliveryState, FailureClass, MessageDetail, MessageId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// A config with `body`'s channels, loaded from a file in `dir` beside a
+/// copy of examples/pms-patient.yaml (relative rule files resolve against
+/// the config file's folder).
+fn config(dir: &Path, body: &str) -> Result<Config, String> {
+    let text = format!(
+        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{body}",
+        dir.display()
+    );
+    std::fs::copy(examples().join("pms-patient.yaml"), dir.join("pms-patient.yaml")).unwrap();
+    let path = dir.join("plexus.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+/// An MLLP listener that answers AA to every frame and keeps the messages.
+async fn emr() -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let log = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut codec = MllpCodec::default();
+                let mut buf = BytesMut::new();
+                loop {
+                    while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                        let text = String::from_utf8(frame.to_vec()).unwrap();
+                        let msg = hl7v2::Message::parse(text.as_bytes()).unwrap();
+                        let control = msg.get("MSH-10").map(|v| v.into_owned()).unwrap_or_default();
+                        log.lock().unwrap().push(text);
+                        let ack = format!(
+                            "MSH|^~\\&|EMR|HOSP|PLEXUS||20261121120000||ACK^R01^ACK|A{control}|P|2.5.1\rMSA|AA|{control}\r"
+                        );
+                        let mut out = BytesMut::new();
+                        codec.encode(ack.as_bytes(), &mut out).unwrap();
+                        if stream.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// An HTTP server that records each request's content type and body.
+async fn fhir_server() -> (String, Arc<Mutex<Vec<(String, Bytes)>>>) {
+    let seen: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/fhir/Patient",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let log = Arc::clone(&log);
+            async move {
+                let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                log.lock().unwrap().push((ct, body));
+                (axum::http::StatusCode::CREATED, [("content-type", "application/fhir+json")], "{}")
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/fhir/Patient", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// POSTs `body` to `channel`'s http source; the status, content type and
+/// JSON answer.
+async fn post(engine: &Engine, channel: &str, media: &str, body: String) -> (u16, String, serde_json::Value) {
+    let url = format!("http://{}/channels/{channel}/messages", engine.api_addr());
+    let r = reqwest::Client::new().post(url).header("content-type", media).body(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = r.text().await.unwrap();
+    (status, ct, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+fn message_id(answer: &serde_json::Value) -> MessageId {
+    answer["message_id"].as_str().expect("a message id").parse().unwrap()
+}
+
+/// The message once its delivery to `destination` left the queue (polls;
+/// 30 s only bounds a hung test).
+async fn settled(engine: &Engine, id: MessageId, destination: &str) -> (MessageDetail, DeliveryDetail) {
+    for _ in 0..600 {
+        if let Some(detail) = engine.store().get_message(id).await.unwrap()
+            && let Some(d) = detail.deliveries.iter().find(|d| d.destination == destination)
+            && !matches!(d.state, DeliveryState::Queued | DeliveryState::InFlight)
+        {
+            let d = d.clone();
+            return (detail, d);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the delivery of {id} to {destination} did not settle");
+}
+
+fn fhir_channel(emr: &str) -> String {
+    format!(
+        r#"
+[channels.fhir-in]
+content = "fhir"
+[channels.fhir-in.source]
+type = "http"
+[[channels.fhir-in.destinations]]
+name = "emr"
+type = "mllp"
+address = "{emr}"
+retry = {{ max_attempts = 3, initial_backoff = "1s", max_backoff = "1s" }}
+[[channels.fhir-in.destinations.transform]]
+type = "fhir_to_hl7"
+message = "ORU_R01"
+sending_facility = "HOSP"
+receiving_application = "EMR"
+assigning_authorities = {{ "http://hospital.smarthealthit.org" = "HOSP" }}
+[[channels.fhir-in.destinations.transform]]
+type = "set"
+path = "MSH-6"
+value = "WARD"
+when = 'MSH-9-1 == "ORU"'
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_fhir_bundle_reaches_the_emr_as_a_valid_oru_with_the_patient_and_observations() {
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), &fhir_channel(&addr)).unwrap()).await.unwrap();
+    let bundle = fixture("synthea-patient-observations.json");
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", bundle.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (detail, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+
+    let received = seen.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    let oru = hl7v2::Message::parse(received[0].as_bytes()).unwrap();
+    let issues: Vec<String> = hl7v2::validate::validate(&oru).iter().map(|i| i.to_string()).collect();
+    assert!(issues.is_empty(), "the ORU validates: {issues:#?}");
+    let get = |path: &str| oru.get(path).map(|v| v.into_owned()).unwrap_or_default();
+    assert_eq!((get("MSH-9-1"), get("MSH-9-2")), ("ORU".to_owned(), "R01".to_owned()));
+    assert_eq!((get("MSH-4"), get("MSH-5"), get("MSH-6")), ("HOSP".to_owned(), "EMR".to_owned(), "WARD".to_owned()));
+    // The patient's identifiers (every one, in order: Synthea's id, then the
+    // MRN with the configured authority), name and birth date.
+    assert_eq!(get("PID-3(1)-1"), "2fa15bc7-8866-461a-9000-f739e425860a");
+    assert_eq!(
+        (get("PID-3(2)-1"), get("PID-3(2)-4-1"), get("PID-3(2)-5")),
+        ("2fa15bc7-8866-461a-9000-f739e425860a".to_owned(), "HOSP".to_owned(), "MR".to_owned())
+    );
+    assert_eq!((get("PID-5-1"), get("PID-5-2")), ("Brekke496".to_owned(), "Aaron697".to_owned()));
+    assert_eq!(get("PID-7"), "19451210");
+    // One OBX per Observation, with LOINC code, value and unit.
+    let obx: Vec<(String, String, String, String)> = (1..=3)
+        .map(|i| {
+            let g = |f: &str| get(&format!("OBX({i})-{f}"));
+            (g("3-1"), g("3-3"), g("5"), g("6-1"))
+        })
+        .collect();
+    assert_eq!(oru.segments_named("OBX").count(), 3);
+    assert_eq!((obx[0].0.as_str(), obx[0].1.as_str(), obx[0].3.as_str()), ("8302-2", "LN", "cm"));
+    assert!(obx[0].2.starts_with("173.90189"), "{obx:?}");
+    assert_eq!((obx[1].0.as_str(), obx[1].3.as_str()), ("72514-3", "{score}"));
+    assert_eq!((obx[2].0.as_str(), obx[2].3.as_str()), ("29463-7", "kg"));
+    assert!(obx[2].2.starts_with("84.16772"), "{obx:?}");
+    for i in 1..=3 {
+        assert_eq!(get(&format!("OBX({i})-2")), "NM");
+        assert_eq!(get(&format!("OBX({i})-11")), "F");
+    }
+    // The delivery keeps what was sent; the message is ordered by patient.
+    assert_eq!(d.transformed.as_deref(), Some(received[0].as_bytes()));
+    assert_eq!(
+        detail.summary.order_key.as_deref(),
+        Some("https://github.com/synthetichealth/synthea|2fa15bc7-8866-461a-9000-f739e425860a")
+    );
+    assert_eq!(detail.raw.as_deref(), Some(bundle.as_bytes()), "the stored message is the Bundle as received");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_resource_the_destination_cannot_convert_fails_its_delivery_permanently_naming_the_reason() {
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), &fhir_channel(&addr)).unwrap()).await.unwrap();
+    // A FHIR resource (accepted: the conversion is the destination's), but
+    // nothing an ORU^R01 can be made of.
+    let org = r#"{"resourceType": "Organization", "name": "Nobody"}"#;
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", org.into()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Error, "blocked, not retried");
+    assert_eq!(d.attempts, 1);
+    assert_eq!(d.error_class, Some(FailureClass::Permanent));
+    let reason = d.error_reason.unwrap();
+    assert!(
+        reason.starts_with(
+            "destination transform: channel \"fhir-in\".destination[0].transform[0]: cannot convert the message: "
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with("cannot convert the message: required Patient (the input has none) is missing"),
+        "{reason}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "nothing reached the EMR");
+
+    // The server keeps serving: the Bundle after it goes through.
+    let (status, _, answer) =
+        post(&engine, "fhir-in", "application/fhir+json", fixture("synthea-patient-observations.json")).await;
+    assert_eq!(status, 202);
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_channel_level_conversion_answers_a_body_it_cannot_convert_with_an_operation_outcome() {
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"
+[channels.fhir-in]
+content = "fhir"
+[channels.fhir-in.source]
+type = "http"
+[[channels.fhir-in.transform]]
+type = "fhir_to_hl7"
+message = "ORU_R01"
+[[channels.fhir-in.destinations]]
+name = "emr"
+type = "mllp"
+address = "{addr}"
+filter = ['MSH-9-1 == "ORU"']
+"#
+    );
+    let engine = Engine::start(config(dir.path(), &body).unwrap()).await.unwrap();
+    let org = r#"{"resourceType": "Organization", "name": "Nobody"}"#;
+    let (status, media, answer) = post(&engine, "fhir-in", "application/fhir+json", org.into()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(media, "application/fhir+json");
+    assert_eq!(answer["resourceType"], "OperationOutcome");
+    assert_eq!(answer["issue"][0]["code"], "invalid");
+    let diagnostics = answer["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        diagnostics.starts_with(
+            "invalid message: channel \"fhir-in\".transform[0]: cannot convert the message: required Patient (the input has none) is missing"
+        ),
+        "{diagnostics}"
+    );
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", "[1, 2]".into()).await;
+    assert_eq!(status, 400, "not a resource: {answer}");
+    assert_eq!(engine.store().search(&Default::default()).await.unwrap().items.len(), 0, "nothing stored");
+
+    // The server keeps serving; the destination filter reads the HL7 v2
+    // message the channel's conversion made.
+    let (status, _, answer) =
+        post(&engine, "fhir-in", "application/fhir+json", fixture("synthea-patient-observations.json")).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+fn pms_channel(url: &str, emr: &str) -> String {
+    format!(
+        r#"
+[channels.pms-in]
+content = "json"
+order_key = "json:patient.id"
+[channels.pms-in.source]
+type = "http"
+[[channels.pms-in.transform]]
+type = "mapping_rules"
+rules = "pms-patient.yaml"
+[[channels.pms-in.destinations]]
+name = "fhir"
+type = "http"
+url = "{url}"
+[[channels.pms-in.destinations]]
+name = "emr"
+type = "mllp"
+address = "{emr}"
+[[channels.pms-in.destinations.transform]]
+type = "fhir_to_hl7"
+message = "ADT_A08"
+"#
+    )
+}
+
+const PMS_PATIENT: &str = r#"{"patient": {"id": "123456", "first_name": " Jane ", "last_name": "Doe", "sex": "F",
+    "dob": "01/31/1980", "phone": " 555-0100 "}}"#;
+
+#[tokio::test]
+async fn practice_management_json_is_mapped_to_a_fhir_patient_and_an_adt() {
+    let (url, posted) = fhir_server().await;
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(config(dir.path(), &pms_channel(&url, &addr)).unwrap()).await.unwrap();
+    let (status, _, answer) = post(&engine, "pms-in", "application/json", PMS_PATIENT.into()).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = message_id(&answer);
+    let (detail, d) = settled(&engine, id, "fhir").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+    assert_eq!(detail.summary.order_key.as_deref(), Some("123456"));
+
+    let requests = posted.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    let (content_type, body) = &requests[0];
+    assert_eq!(content_type, "application/fhir+json");
+    let patient: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        patient,
+        serde_json::json!({
+            "resourceType": "Patient",
+            "identifier": [{"system": "https://pms.example/chart", "value": "123456"}],
+            "name": [{"family": "Doe", "given": ["Jane"]}],
+            "gender": "female",
+            "birthDate": "1980-01-31",
+            "telecom": [{"system": "phone", "value": "555-0100"}]
+        })
+    );
+    assert_eq!(d.transformed.as_deref(), Some(&body[..]));
+
+    let (_, d) = settled(&engine, id, "emr").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+    let adt = hl7v2::Message::parse(seen.lock().unwrap()[0].as_bytes()).unwrap();
+    let get = |path: &str| adt.get(path).map(|v| v.into_owned()).unwrap_or_default();
+    assert_eq!((get("MSH-9-1"), get("MSH-9-2")), ("ADT".to_owned(), "A08".to_owned()));
+    assert_eq!(
+        (get("PID-3-1"), get("PID-5-1"), get("PID-7"), get("PID-8")),
+        ("123456".into(), "Doe".into(), "19800131".into(), "F".into())
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_body_the_rules_reject_gets_every_violation_as_problem_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::start(config(dir.path(), &pms_channel("http://127.0.0.1:9/fhir/Patient", "127.0.0.1:9")).unwrap())
+            .await
+            .unwrap();
+    let bad = r#"{"patient": {"id": "12", "sex": "X", "dob": "1980-01-31"}}"#;
+    let (status, media, answer) = post(&engine, "pms-in", "application/json", bad.into()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(media, "application/problem+json");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with(
+            "channel \"pms-in\".transform[0]: cannot convert the message: mapping rules pms-patient.yaml: "
+        ),
+        "{detail}"
+    );
+    for expected in [
+        "rule 'chart number' at input path 'patient.id'",
+        "rule 'family name' at input path 'patient.last_name'",
+        "rule 'sex' at input path 'patient.sex'",
+        "rule 'birth date' at input path 'patient.dob'",
+    ] {
+        assert!(detail.contains(expected), "{expected} in {detail}");
+    }
+    // Not asserted: that no value is echoed. convert::rules quotes the value
+    // of a date that does not match its format ('1980-01-31' does not
+    // match ...), against its own promise; reported to the lead.
+    assert_eq!(engine.store().search(&Default::default()).await.unwrap().items.len(), 0, "nothing stored");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_fhir_channel_maps_fhir_back_to_the_practice_management_json() {
+    let (url, posted) = fhir_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"
+[channels.to-pms]
+content = "fhir"
+[channels.to-pms.source]
+type = "http"
+[[channels.to-pms.destinations]]
+name = "pms"
+type = "http"
+url = "{url}"
+transform = [{{ type = "mapping_rules", rules = "pms-patient.yaml", reverse = true }}]
+"#
+    );
+    let engine = Engine::start(config(dir.path(), &body).unwrap()).await.unwrap();
+    let patient = r#"{"resourceType": "Patient", "identifier": [{"system": "https://pms.example/chart", "value": "654321"}],
+        "name": [{"family": "Roe", "given": ["Ann"]}], "gender": "male", "birthDate": "1970-12-01"}"#;
+    let (status, _, answer) = post(&engine, "to-pms", "application/fhir+json", patient.into()).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = message_id(&answer);
+    let (detail, d) = settled(&engine, id, "pms").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+    // The default order key of a fhir channel: the Patient's identifier.
+    assert_eq!(detail.summary.order_key.as_deref(), Some("https://pms.example/chart|654321"));
+    let (content_type, body) = posted.lock().unwrap()[0].clone();
+    assert_eq!(content_type, "application/json");
+    let pms: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        pms,
+        serde_json::json!({"patient": {"id": "654321", "first_name": "Ann", "last_name": "Roe", "sex": "M", "dob": "12/01/1970"}})
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn configuration_errors_name_the_step_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = |body: &str| config(dir.path(), body).unwrap_err();
+    let base = fhir_channel("127.0.0.1:9");
+
+    let e = errors(&base.replace("message = \"ORU_R01\"", "message = \"ORU_R02\""));
+    assert!(
+        e.contains(
+            "channel \"fhir-in\".destination[0].transform[0].message: \"ORU_R02\" is not a message fhir_to_hl7 makes"
+        ),
+        "{e}"
+    );
+    let e = errors(&base.replace("sending_facility = \"HOSP\"", "version = \"3.0\"\nprocessing_id = \"X\""));
+    assert!(e.contains("transform[0].version: \"3.0\" is not an HL7 v2 version"), "{e}");
+    assert!(e.contains("transform[0].processing_id: \"X\" must be P, T or D"), "{e}");
+    let e = errors(&base.replace("sending_facility =", "sending_facilty ="));
+    assert!(e.contains("transform[0]") && e.contains("sending_facilty"), "{e}");
+
+    // HL7 v2 steps need a conversion first; JSON steps need JSON.
+    let unconverted = base.replace(
+        "type = \"fhir_to_hl7\"\nmessage = \"ORU_R01\"\nsending_facility = \"HOSP\"\nreceiving_application = \"EMR\"\n\
+         assigning_authorities = { \"http://hospital.smarthealthit.org\" = \"HOSP\" }",
+        "type = \"route\"\nto = [\"emr\"]",
+    );
+    assert!(unconverted.contains("type = \"route\""), "{unconverted}");
+    let e = errors(&unconverted);
+    assert!(
+        e.contains(
+            "channel \"fhir-in\".destination[0].transform[1]: works on HL7 v2, but here the content is still JSON"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("destination[0].transform[1].when: a `when` rule reads HL7 v2 fields"), "{e}");
+    let hl7 = "[channels.adt.source]\ntype = \"mllp\"\nlisten = \"127.0.0.1:0\"\n[[channels.adt.transform]]\ntype = \"fhir_to_hl7\"\nmessage = \"ORU_R01\"\n";
+    assert!(
+        errors(hl7).contains("channel \"adt\".transform[0]: reads JSON, but here the content is an HL7 v2 message")
+    );
+    let e = errors(
+        &base.replace("[channels.fhir-in.source]", "filter = ['MSH-9-1 == \"ORU\"']\n[channels.fhir-in.source]"),
+    );
+    assert!(e.contains("channel \"fhir-in\".filter: filters need HL7 v2 content, not fhir"), "{e}");
+
+    // Rule files are read and compiled at load.
+    let pms = pms_channel("http://127.0.0.1:9/", "127.0.0.1:9");
+    let e = errors(&pms.replace("pms-patient.yaml", "missing.yaml"));
+    assert!(e.contains("channel \"pms-in\".transform[0].rules: cannot read ") && e.contains("missing.yaml"), "{e}");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "version: 1\nrules:\n  - name: broken\n    source: a[\n    target: b\n",
+    )
+    .unwrap();
+    let e = errors(&pms.replace("pms-patient.yaml", "bad.yaml"));
+    assert!(e.contains("channel \"pms-in\".transform[0].rules: ") && e.contains("bad.yaml: rule 'broken'"), "{e}");
+    let e = errors(&pms.replace("pms-patient.yaml", "plexus.toml"));
+    assert!(e.contains("transform[0].rules: ") && e.contains("plexus.toml: rule file (toml)"), "{e}");
+
+    // Order keys follow the content.
+    let e = errors(&pms.replace("json:patient.id", "PID-3-1"));
+    assert!(e.contains("channel \"pms-in\".order_key: \"PID-3-1\": a JSON body has no HL7 v2 fields"), "{e}");
+    let e = errors(&pms.replace("json:patient.id", "json:patient[*].id"));
+    assert!(e.contains("channel \"pms-in\".order_key: ") && e.contains("[*] is not allowed"), "{e}");
+    let e = errors(
+        &hl7.replace("[channels.adt.source]", "[channels.adt]\norder_key = \"json:patient.id\"\n[channels.adt.source]"),
+    );
+    assert!(e.contains("channel \"adt\".order_key: a json: order key needs content"), "{e}");
+}
+
+#[test]
+fn the_example_configuration_loads() {
+    let path = examples().join("fhir-to-hl7.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let fhir = config.channels.iter().find(|c| c.name == "fhir-in").expect("the example's FHIR channel");
+    assert_eq!(fhir.order_key, engine::config::OrderKey::FhirPatient);
+    let pms = config.channels.iter().find(|c| c.name == "pms-in").expect("the example's JSON channel");
+    assert!(pms.transform.checks_json());
+}
