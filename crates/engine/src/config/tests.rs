@@ -360,7 +360,9 @@ fn every_example_compiles_with_its_variables_set() {
         // Every `${VAR}` an example names is set: the examples document
         // which secrets come from the environment.
         let env = |name: &str| name.starts_with("PARTNER_").then(|| "example-secret".to_string());
-        Config::from_toml_str_with_env(&text, &env).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        // Read as `plexus check --config examples/x.toml` would: files the
+        // example names (rule files, scripts) relative to its folder.
+        Config::compile_text(&text, &env, Some(&examples)).unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
         seen += 1;
     }
     assert!(seen >= 2, "examples/*.toml");
