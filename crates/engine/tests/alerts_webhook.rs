@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::routing::post;
-use engine::runtime::Engine;
-use ops_support::{Client, adt, config, eventually, mllp_receiver};
+use ops_support::{Client, Harness, adt, eventually, mllp_receiver};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -69,9 +68,8 @@ address = "127.0.0.1:{lis_port}"
 retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "200ms" }}
 "#
     );
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(dir.path(), &body)).await.unwrap();
-    let mut client = Client::connect(engine.source_addr("adt-in").unwrap()).await;
+    let h = Harness::start(&body).await;
+    let mut client = Client::connect(h.addr("adt-in")).await;
     assert_eq!(client.exchange(&adt("A1", "MRN1")).await, "AA");
 
     eventually("both alerts fire", async || {
@@ -80,7 +78,7 @@ retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "200ms"
     .await;
     // Keep failing for a while: many more failed attempts and evaluations,
     // no more notifications.
-    let telemetry = Arc::clone(engine.telemetry());
+    let telemetry = Arc::clone(h.engine().telemetry());
     eventually("5 consecutive failures", async || telemetry.destinations().iter().any(|d| d.consecutive_failures >= 5))
         .await;
     assert_eq!(received.lock().unwrap().len(), 2, "no flood while the destination stays down");
@@ -96,7 +94,8 @@ retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "200ms"
         events(&received, "lis unreachable", "resolved") == 1 && events(&received, "lis failing", "resolved") == 1
     })
     .await;
-    assert_eq!(*delivered.lock().unwrap(), vec!["A1".to_string()]);
+    let delivered: Vec<String> = delivered.lock().unwrap().iter().map(|(_, control_id)| control_id.clone()).collect();
+    assert_eq!(delivered, vec!["A1".to_string()]);
     // Several more evaluations (every 100 ms) with the destination healthy
     // again: nothing more is sent. (A pause, not a timing assertion: it
     // gives a flood the chance to show.)
@@ -123,5 +122,5 @@ retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "200ms"
     let text = serde_json::to_string(&all).unwrap();
     assert!(!text.contains("MRN1") && !text.contains("DOE"), "{text}");
 
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }

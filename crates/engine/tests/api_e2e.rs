@@ -4,13 +4,15 @@
 //! message, find it by control id, read it (audited), replay it and see it
 //! delivered again. Then the same over HTTPS (`[api] tls`).
 
+mod ops_support;
+
 use std::path::Path;
 use std::time::Duration;
 
 use engine::api::auth::{self, Scope};
-use engine::config::Config;
 use engine::runtime::Engine;
-use serde_json::{Value, json};
+use ops_support::{Harness, config, eventually, json_of, stored};
+use serde_json::json;
 use store::{AuditQuery, MessageId};
 
 const CHANNEL: &str = r#"
@@ -23,38 +25,9 @@ directory = "out"
 file_name = "${control_id}-${message_id}.hl7"
 "#;
 
-fn config(dir: &Path, api_extra: &str) -> Config {
-    let text = format!(
-        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{api_extra}\n{CHANNEL}",
-        dir.display()
-    );
-    let mut config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
-    config.base_dir = dir.to_path_buf();
-    config
-}
-
+/// The test's ADT^A08, all for one patient.
 fn adt(control_id: &str) -> String {
-    format!(
-        "MSH|^~\\&|ADT|HOSP|EHR|HOSP|20261121120000||ADT^A08^ADT_A01|{control_id}|P|2.5.1\r\
-         EVN|A08|20261121120000\r\
-         PID|1||MRN77^^^HOSP^MR||DOE^JANE||19800101|F\r\
-         PV1|1|I\r"
-    )
-}
-
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON answer"))
+    ops_support::adt(control_id, "MRN77")
 }
 
 /// Files the archive destination wrote.
@@ -145,11 +118,10 @@ async fn browse_read_and_replay(engine: &Engine, dir: &Path, http: &reqwest::Cli
 
 #[tokio::test]
 async fn search_read_and_replay_through_a_running_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(dir.path(), "")).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let base = format!("http://{}", engine.api_addr());
-    browse_read_and_replay(&engine, dir.path(), &reqwest::Client::new(), &base).await;
-    engine.shutdown(Duration::from_secs(5)).await;
+    let h = Harness::start(CHANNEL).await;
+    let base = format!("http://{}", h.api());
+    browse_read_and_replay(h.engine(), h.dir(), &reqwest::Client::new(), &base).await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -158,29 +130,27 @@ async fn the_api_serves_https_with_the_configured_certificate() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.path().join("api.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("api.key"), cert.signing_key.serialize_pem()).unwrap();
+    // The TLS line belongs to the [api] table the config starts with.
     let tls = "tls = { cert_file = \"api.pem\", key_file = \"api.key\" }";
-    let engine = Engine::start(config(dir.path(), tls)).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let port = engine.api_addr().port();
+    let config = config(dir.path(), &format!("{tls}\n{CHANNEL}"));
+    let h = Harness::start_in(dir, config).await;
+    let port = h.api().port();
     let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    let http = reqwest::Client::builder().tls_certs_only([ca]).resolve("localhost", engine.api_addr()).build().unwrap();
+    let http = reqwest::Client::builder().tls_certs_only([ca]).resolve("localhost", h.api()).build().unwrap();
     let base = format!("https://localhost:{port}");
-    browse_read_and_replay(&engine, dir.path(), &http, &base).await;
+    browse_read_and_replay(h.engine(), h.dir(), &http, &base).await;
     // Plain HTTP on the TLS port gets no answer.
     let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/healthz")).send().await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }
 
 #[tokio::test]
 async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(dir.path(), "")).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let base = format!("http://{}", engine.api_addr());
+    let h = Harness::start(CHANNEL).await;
+    let base = format!("http://{}", h.api());
     let http = reqwest::Client::new();
-    let token = auth::issue_token(engine.store().as_ref(), "ops", &[Scope::ChannelsAdmin, Scope::MessagesReplay], None)
-        .await
-        .unwrap()
-        .bearer;
+    let token = h.token("ops", &[Scope::ChannelsAdmin, Scope::MessagesReplay]).await;
     let send = async |control_id: &str| {
         let r = http
             .post(format!("{base}/channels/adt-in/messages"))
@@ -193,13 +163,8 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
     };
     let (status, _) = send("RUN-1").await;
     assert_eq!(status, 200);
-    let stored = |control_id: &str| {
-        let q = store::SearchQuery { control_id: Some(control_id.into()), ..store::SearchQuery::default() };
-        let store = engine.store().clone();
-        async move { store.search(&q).await.unwrap().items }
-    };
     eventually("RUN-1 is delivered", async || {
-        stored("RUN-1").await.first().is_some_and(|m| m.deliveries[0].state == store::DeliveryState::Sent)
+        stored(h.store(), "RUN-1").await.first().is_some_and(|m| m.deliveries[0].state == store::DeliveryState::Sent)
     })
     .await;
 
@@ -210,15 +175,15 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
     let (status, ack) = send("STOPPED-1").await;
     assert_eq!(status, 503, "{ack}");
     assert!(ack.contains("MSA|AE|STOPPED-1") && ack.contains("the channel is stopped"), "{ack}");
-    assert!(stored("STOPPED-1").await.is_empty());
+    assert!(stored(h.store(), "STOPPED-1").await.is_empty());
     // Workers do not claim: a replayed delivery stays queued while stopped.
-    let id = stored("RUN-1").await[0].id;
+    let id = stored(h.store(), "RUN-1").await[0].id;
     let (status, _) =
         json_of(http.post(format!("{base}/api/messages/{id}/replay")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        stored("RUN-1").await[0].deliveries[0].state,
+        stored(h.store(), "RUN-1").await[0].deliveries[0].state,
         store::DeliveryState::Queued,
         "a stopped channel delivered"
     );
@@ -227,12 +192,12 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
         json_of(http.post(format!("{base}/api/channels/adt-in/start")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 200);
     eventually("the replay is delivered after start", async || {
-        stored("RUN-1").await[0].deliveries[0].state == store::DeliveryState::Sent
+        stored(h.store(), "RUN-1").await[0].deliveries[0].state == store::DeliveryState::Sent
     })
     .await;
     let (status, _) = send("AFTER-1").await;
     assert_eq!(status, 200);
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }
 
 /// The OpenAPI document describes the whole API listener: every route it
@@ -241,9 +206,8 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
 /// without a token.
 #[tokio::test]
 async fn every_documented_route_is_served_and_guarded() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(dir.path(), "")).await.unwrap_or_else(|e| panic!("start: {e}"));
-    let base = format!("http://{}", engine.api_addr());
+    let h = Harness::start(CHANNEL).await;
+    let base = format!("http://{}", h.api());
     let http = reqwest::Client::new();
     let (status, doc) = json_of(http.get(format!("{base}/api/openapi.json")).send().await.unwrap()).await;
     assert_eq!(status, 200);
@@ -267,5 +231,5 @@ async fn every_documented_route_is_served_and_guarded() {
     let elsewhere = engine::api::openapi::documented_elsewhere().len();
     assert_eq!(checked, own + elsewhere, "every documented operation was tried");
     assert!(elsewhere >= 7, "health, metrics and the sync routes are documented");
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }

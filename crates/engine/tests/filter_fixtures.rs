@@ -3,30 +3,12 @@
 //! PROVENANCE.md there), and property tests: no rule text and no message
 //! makes compiling or evaluating panic.
 
-use std::path::{Path, PathBuf};
+mod ops_support;
 
 use engine::filter::{Filter, first_rejecting};
 use hl7v2::Message;
+use ops_support::fixtures;
 use proptest::prelude::*;
-
-fn fixtures() -> Vec<(String, Message)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hl7v2/tests/fixtures");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 60, "fixtures missing in {}", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let msg = Message::parse(std::fs::read(&p).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
-            (name, msg)
-        })
-        .collect()
-}
 
 /// `ADT-A01-01.hl7` names an ADT^A01: the type and trigger in the file name.
 fn type_from_name(name: &str) -> Option<(&str, &str)> {

@@ -7,13 +7,11 @@ mod ops_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::runtime::Engine;
-use ops_support::{Client, adt, config, eventually};
-use store::{Clock, DeliveryState, SearchQuery, Store, StoreOptions};
+use ops_support::{Client, Harness, adt, config, eventually, open_store, stored};
+use store::{Clock, DeliveryState, Store, StoreOptions};
 
 async fn message_id(store: &Arc<dyn Store>, control_id: &str) -> store::MessageId {
-    let query = SearchQuery { control_id: Some(control_id.to_string()), ..SearchQuery::default() };
-    store.search(&query).await.unwrap().items[0].id
+    stored(store, control_id).await[0].id
 }
 
 #[tokio::test]
@@ -51,15 +49,14 @@ retry = {{ max_attempts = 1000, initial_backoff = "1s" }}
     // The store's clock runs 40 days ahead of the wall clock that stamps
     // `received_at`: every message is 40 days old to retention.
     let clock = Clock::manual(chrono::Utc::now() + chrono::TimeDelta::days(40));
-    let url = format!("sqlite://{}/plexus.db", dir.path().display());
-    let store = store::open(&url, StoreOptions { clock: clock.clone(), ..StoreOptions::default() }).await.unwrap();
-    let engine = Engine::start_with_store(config, Arc::clone(&store)).await.unwrap();
+    let store = open_store(dir.path(), StoreOptions { clock: clock.clone(), ..StoreOptions::default() }).await;
+    let h = Harness::start_with_store(dir, config, Arc::clone(&store)).await;
 
-    let mut adt_in = Client::connect(engine.source_addr("adt-in").unwrap()).await;
+    let mut adt_in = Client::connect(h.addr("adt-in")).await;
     for id in ["R1", "R2", "R3"] {
         assert_eq!(adt_in.exchange(&adt(id, "MRN7")).await, "AA");
     }
-    let mut held = Client::connect(engine.source_addr("held").unwrap()).await;
+    let mut held = Client::connect(h.addr("held")).await;
     assert_eq!(held.exchange(&adt("H1", "MRN8")).await, "AA");
     let kept = message_id(&store, "H1").await;
 
@@ -95,7 +92,7 @@ retry = {{ max_attempts = 1000, initial_backoff = "1s" }}
     let detail = store.get_message(kept).await.unwrap().unwrap();
     assert!(detail.raw.is_some(), "a message still queued is never touched");
 
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }
 
 /// A run that removes nothing (a cut-off a century back), so that it cannot
@@ -147,8 +144,7 @@ async fn mariadb_runs_retention_on_one_node() {
 #[tokio::test]
 async fn sqlite_runs_retention_without_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/plexus.db", dir.path().display());
-    let store = store::open(&url, StoreOptions::default()).await.unwrap();
+    let store = open_store(dir.path(), StoreOptions::default()).await;
     let run = engine::retention::run_once(&*store, &every_second()).await.unwrap();
     assert!(run.ran);
     assert_eq!((run.messages, run.contents), (0, 0));

@@ -3,11 +3,8 @@
 
 mod ops_support;
 
-use std::time::Duration;
-
-use engine::api::auth::{Scope, issue_token};
-use engine::runtime::Engine;
-use ops_support::{Client, adt, config, eventually, get, sample};
+use engine::api::auth::Scope;
+use ops_support::{Client, Harness, adt, config, eventually, get, sample};
 
 const CHANNEL: &str = r#"
 [health]
@@ -29,13 +26,11 @@ filter = ['MSH-9-1 == "ORU"']
 
 #[tokio::test]
 async fn metrics_count_what_the_engine_did() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(config(dir.path(), CHANNEL)).await.unwrap();
-    let api = engine.api_addr();
-    let store = engine.store();
-    let scraper = issue_token(&**store, "prometheus", &[Scope::Metrics], None).await.unwrap().bearer;
-    let reader = issue_token(&**store, "dashboard", &[Scope::MessagesRead], None).await.unwrap().bearer;
-    let sender = issue_token(&**store, "sender", &[Scope::Sync], None).await.unwrap().bearer;
+    let h = Harness::start(CHANNEL).await;
+    let api = h.api();
+    let scraper = h.token("prometheus", &[Scope::Metrics]).await;
+    let reader = h.token("dashboard", &[Scope::MessagesRead]).await;
+    let sender = h.token("sender", &[Scope::Sync]).await;
     let token = Some(scraper.as_str());
 
     // Secure by default: no token, a bad token, a token without the scope.
@@ -45,7 +40,7 @@ async fn metrics_count_what_the_engine_did() {
     assert_eq!(get(api, "/api/health", None).await.0, 401);
     assert_eq!(get(api, "/api/health", Some(&sender)).await.0, 403);
 
-    let mut client = Client::connect(engine.source_addr("adt-in").unwrap()).await;
+    let mut client = Client::connect(h.addr("adt-in")).await;
 
     for id in ["M1", "M2", "M3"] {
         assert_eq!(client.exchange(&adt(id, "MRN1")).await, "AA");
@@ -124,7 +119,7 @@ async fn metrics_count_what_the_engine_did() {
     assert_eq!(channel["destinations"][0]["destination"], "archive");
     assert_eq!(channel["destinations"][1]["attempts"], 0, "filtered deliveries are not attempts");
 
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -132,14 +127,14 @@ async fn metrics_can_be_public() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), CHANNEL);
     config.api.metrics_public = true;
-    let engine = Engine::start(config).await.unwrap();
-    let (status, text) = get(engine.api_addr(), "/metrics", None).await;
+    let h = Harness::start_in(dir, config).await;
+    let (status, text) = get(h.api(), "/metrics", None).await;
     assert_eq!(status, 200);
     assert!(
         text.contains(r#"plexus_deliveries_total{channel="adt-in",destination="archive",outcome="sent"} 0"#),
         "{text}"
     );
     // Health still needs a token.
-    assert_eq!(get(engine.api_addr(), "/api/health", None).await.0, 401);
-    engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(get(h.api(), "/api/health", None).await.0, 401);
+    h.stop().await;
 }

@@ -5,86 +5,21 @@
 //! promises through `plexus serve` and peers written by others; these are
 //! the quick, precise ones.
 
+mod ops_support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use engine::config::Config;
-use engine::runtime::Engine;
 use hl7v2::mllp::MllpCodec;
+use ops_support::{Client, Harness, adt, config, eventually, field, oru, recording_receiver, stored};
 use store::{DeliveryState, SearchQuery, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder};
-
-/// A small valid ADT^A08 for patient `mrn`, control id `control_id`.
-fn adt(control_id: &str, mrn: &str) -> String {
-    format!(
-        "MSH|^~\\&|REG|HOSP|EHR|HOSP|20261121120000||ADT^A08^ADT_A01|{control_id}|P|2.5.1\r\
-         EVN|A08|20261121120000\r\
-         PID|1||{mrn}^^^HOSP^MR||DOE^JANE||19800101|F\r\
-         PV1|1|I\r"
-    )
-}
-
-fn oru(control_id: &str, mrn: &str) -> String {
-    format!(
-        "MSH|^~\\&|LAB|HOSP|EHR|HOSP|20261121120000||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r\
-         PID|1||{mrn}^^^HOSP^MR||DOE^JANE\r\
-         OBR|1||F1|GLU^Glucose\r\
-         OBX|1|NM|GLU^Glucose||5.4|mmol/L|||||F\r"
-    )
-}
-
-struct Harness {
-    engine: Option<Engine>,
-    dir: tempfile::TempDir,
-}
-
-impl Harness {
-    /// Starts an engine whose config is the store and API lines plus `body`.
-    /// `{dir}` in `body` is replaced with the temp dir.
-    async fn start(body: &str) -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(config(dir.path(), body)).await.unwrap_or_else(|e| panic!("start: {e}"));
-        Harness { engine: Some(engine), dir }
-    }
-
-    fn engine(&self) -> &Engine {
-        self.engine.as_ref().unwrap()
-    }
-
-    fn addr(&self, channel: &str) -> SocketAddr {
-        self.engine().source_addr(channel).unwrap()
-    }
-
-    fn store(&self) -> &Arc<dyn Store> {
-        self.engine().store()
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    async fn stop(mut self) -> tempfile::TempDir {
-        self.engine.take().unwrap().shutdown(Duration::from_secs(5)).await;
-        self.dir
-    }
-}
-
-fn config(dir: &Path, body: &str) -> Config {
-    let text = format!(
-        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
-        dir.display(),
-        body.replace("{dir}", &dir.display().to_string())
-    );
-    let mut config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
-    config.base_dir = dir.to_path_buf();
-    config
-}
 
 const ARCHIVE: &str = r#"
 [channels.adt-in.source]
@@ -99,68 +34,6 @@ type = "file"
 directory = "out"
 file_name = "${control_id}.hl7"
 "#;
-
-/// An MLLP client that writes raw bytes and reads framed answers.
-struct Client {
-    stream: TcpStream,
-    codec: MllpCodec,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        Client { stream: TcpStream::connect(addr).await.unwrap(), codec: MllpCodec::default(), buf: BytesMut::new() }
-    }
-
-    async fn write_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn send(&mut self, messages: &[&str]) {
-        let mut out = BytesMut::new();
-        for m in messages {
-            self.codec.encode(m.as_bytes(), &mut out).unwrap();
-        }
-        self.write_raw(&out).await;
-    }
-
-    /// The next answer, or `None` when the server closed the connection.
-    async fn read(&mut self) -> Option<hl7v2::Message> {
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.buf).unwrap() {
-                return Some(hl7v2::Message::parse(frame.to_vec()).expect("a well-formed ACK"));
-            }
-            let read = tokio::time::timeout(Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("an answer within 30 s");
-            match read {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
-fn field(msg: &hl7v2::Message, path: &str) -> String {
-    msg.get(path).map(|v| v.into_owned()).unwrap_or_default()
-}
-
-/// Waits (up to 30 s, polling) until `check` holds. Not a timing assertion:
-/// delivery is asynchronous, and 30 s only bounds a hung test.
-async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..600 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
-async fn stored(store: &Arc<dyn Store>, control_id: &str) -> Vec<store::MessageSummary> {
-    let query = SearchQuery { control_id: Some(control_id.to_string()), ..SearchQuery::default() };
-    store.search(&query).await.unwrap().items
-}
 
 #[tokio::test]
 async fn pipelined_frames_each_get_their_ack_in_order() {
@@ -227,21 +100,14 @@ async fn accepted_messages_reach_the_file_destination() {
     c.send(&[&m]).await;
     assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
     let file = h.path("out/FILE1.hl7");
-    eventually("the file destination writes FILE1.hl7", || file.exists()).await;
+    eventually("the file destination writes FILE1.hl7", async || file.exists()).await;
     assert_eq!(std::fs::read_to_string(&file).unwrap(), m);
     let summary = &stored(h.store(), "FILE1").await[0];
-    let store = Arc::clone(h.store());
     let id = summary.id;
-    let mut state = None;
-    for _ in 0..100 {
-        let d = store.get_message(id).await.unwrap().unwrap();
-        state = Some(d.deliveries[0].state);
-        if state == Some(DeliveryState::Sent) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, Some(DeliveryState::Sent));
+    eventually("the delivery is recorded as sent", async || {
+        h.store().get_message(id).await.unwrap().unwrap().deliveries[0].state == DeliveryState::Sent
+    })
+    .await;
     assert_eq!(summary.order_key.as_deref(), Some("MRN1"));
     assert_eq!(summary.sender_key, "REG^HOSP");
     assert_eq!((summary.message_type.as_deref(), summary.event.as_deref()), (Some("ADT"), Some("A08")));
@@ -345,8 +211,10 @@ async fn a_peer_closing_inside_a_frame_is_counted_and_others_go_on() {
     other.send(&[&m]).await;
     assert_eq!(field(&other.read().await.unwrap(), "MSA-1"), "AA");
     let stats = Arc::clone(h.engine().mllp_stats("adt-in").unwrap());
-    eventually("the truncated frame is counted", || stats.truncated.load(std::sync::atomic::Ordering::Relaxed) == 1)
-        .await;
+    eventually("the truncated frame is counted", async || {
+        stats.truncated.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
     assert!(stored(h.store(), "TRUNC1").await.is_empty());
     h.stop().await;
 }
@@ -420,16 +288,15 @@ impl Store for FailingAccepts {
 async fn a_failed_commit_answers_ae_never_aa() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), ARCHIVE);
-    let url = config.store.resolved_url(&config.base_dir);
-    let real = store::open(&url, store::StoreOptions::default()).await.unwrap();
-    let engine = Engine::start_with_store(config, Arc::new(FailingAccepts(real))).await.unwrap();
-    let mut c = Client::connect(engine.source_addr("adt-in").unwrap()).await;
+    let real = ops_support::open_store(dir.path(), store::StoreOptions::default()).await;
+    let h = Harness::start_with_store(dir, config, Arc::new(FailingAccepts(real))).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
     let m = adt("NOSTORE1", "MRN1");
     c.send(&[&m]).await;
     let nak = c.read().await.unwrap();
     assert_eq!((field(&nak, "MSA-1").as_str(), field(&nak, "MSA-2").as_str()), ("AE", "NOSTORE1"));
     assert_eq!(field(&nak, "ERR-3-1"), "207");
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -466,7 +333,7 @@ filter = ['PID-8 == "F"']
         assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA", "filters never change the ACK");
     }
     let (t1, t2, t1f) = (h.path("out/T1.hl7"), h.path("out/T2.hl7"), h.path("out-f/T1.hl7"));
-    eventually("deliveries", || t1.exists() && t2.exists() && t1f.exists()).await;
+    eventually("deliveries", async || t1.exists() && t2.exists() && t1f.exists()).await;
     let written = hl7v2::Message::parse(std::fs::read(&t1).unwrap()).unwrap();
     assert_eq!(field(&written, "MSH-5"), "ARCHIVE", "the channel transform ran");
     assert!(!h.path("out-f/T2.hl7").exists());
@@ -475,14 +342,13 @@ filter = ['PID-8 == "F"']
     // with the rule recorded.
     let store = Arc::clone(h.store());
     let id = stored(&store, "T3").await[0].id;
-    let mut detail = store.get_message(id).await.unwrap().unwrap();
-    for _ in 0..100 {
-        if detail.deliveries.iter().all(|d| d.state == DeliveryState::Filtered) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        detail = store.get_message(id).await.unwrap().unwrap();
-    }
+    eventually("both deliveries of T3 filtered", async || {
+        let detail = store.get_message(id).await.unwrap().unwrap();
+        detail.deliveries.iter().all(|d| d.state == DeliveryState::Filtered)
+    })
+    .await;
+    let detail = store.get_message(id).await.unwrap().unwrap();
+    assert_eq!(detail.deliveries.len(), 2, "one delivery per destination");
     for d in &detail.deliveries {
         assert_eq!(d.state, DeliveryState::Filtered);
         assert_eq!(d.filter_rule.as_deref(), Some("channel filter: MSH-9-1 == \"ADT\""));
@@ -490,15 +356,14 @@ filter = ['PID-8 == "F"']
     // The male patient reached the archive but was filtered by the
     // destination rule of "females".
     let id = stored(&store, "T2").await[0].id;
-    let mut states = Vec::new();
-    for _ in 0..100 {
+    eventually("both deliveries of T2 ended", async || {
         let detail = store.get_message(id).await.unwrap().unwrap();
-        states = detail.deliveries.iter().map(|d| (d.destination.clone(), d.state, d.filter_rule.clone())).collect();
-        if states.iter().all(|(_, s, _)| *s != DeliveryState::Queued && *s != DeliveryState::InFlight) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        detail.deliveries.iter().all(|d| d.state != DeliveryState::Queued && d.state != DeliveryState::InFlight)
+    })
+    .await;
+    let detail = store.get_message(id).await.unwrap().unwrap();
+    let mut states: Vec<_> =
+        detail.deliveries.iter().map(|d| (d.destination.clone(), d.state, d.filter_rule.clone())).collect();
     states.sort();
     assert_eq!(
         states,
@@ -534,49 +399,12 @@ file_name = "${control_id}.hl7"
     c.send(&[&m]).await;
     assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
     let file = h.path("copies/INJ1.hl7");
-    eventually("the injected copy is delivered", || file.exists()).await;
+    eventually("the injected copy is delivered", async || file.exists()).await;
     let found = stored(h.store(), "INJ1").await;
     let mut channels: Vec<&str> = found.iter().map(|m| m.channel.as_str()).collect();
     channels.sort();
     assert_eq!(channels, ["adt-in", "copies"]);
     h.stop().await;
-}
-
-/// An MLLP receiver that records the control ids it gets, in order, and
-/// answers AA.
-async fn recording_receiver() -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let mut codec = MllpCodec::default();
-                let mut buf = BytesMut::new();
-                loop {
-                    while let Ok(Some(frame)) = codec.decode(&mut buf) {
-                        let msg = hl7v2::Message::parse(frame.to_vec()).unwrap();
-                        log.lock().unwrap().push((field(&msg, "PID-3-1"), field(&msg, "MSH-10")));
-                        let ack = hl7v2::ack::Ack::new(hl7v2::ack::AckCode::ApplicationAccept, "R", "20261121")
-                            .for_message(&msg);
-                        let mut out = BytesMut::new();
-                        codec.encode(ack.as_bytes(), &mut out).unwrap();
-                        if socket.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                    match socket.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
 }
 
 #[tokio::test]
@@ -611,7 +439,7 @@ workers = 4
     for s in senders {
         s.await.unwrap();
     }
-    eventually("all 60 delivered", || seen.lock().unwrap().len() >= 60).await;
+    eventually("all 60 delivered", async || seen.lock().unwrap().len() >= 60).await;
     // Per patient, the receiver saw each sender's messages in the order
     // that sender sent them (the order they were acknowledged).
     let seen = seen.lock().unwrap().clone();
@@ -684,8 +512,8 @@ file_name = "${message_id}.json"
 
 #[tokio::test]
 async fn queued_deliveries_survive_a_restart() {
-    // A destination that cannot deliver yet (its folder is a file), then a
-    // restart with a working one: the queued message goes out.
+    // A destination that cannot deliver yet (nothing listens on its port),
+    // then a restart with a working one: the queued message goes out.
     let blocked = r#"
 [channels.adt-in.source]
 type = "mllp"
@@ -705,12 +533,13 @@ retry = { initial_backoff = "100ms", max_backoff = "200ms" }
 
     let (receiver, seen) = recording_receiver().await;
     let working = blocked.replace("127.0.0.1:9", &receiver.to_string());
-    let engine = Engine::start(config(dir.path(), &working)).await.unwrap();
-    eventually("the queued message is delivered after the restart", || {
+    let config = config(dir.path(), &working);
+    let h = Harness::start_in(dir, config).await;
+    eventually("the queued message is delivered after the restart", async || {
         seen.lock().unwrap().iter().any(|(_, id)| id == "KEEP1")
     })
     .await;
-    engine.shutdown(Duration::from_secs(5)).await;
+    h.stop().await;
 }
 
 #[tokio::test]
@@ -912,26 +741,16 @@ retry = {{ max_attempts = 5, initial_backoff = "1s", max_backoff = "4s" }}
     let mut c = Client::connect(h.addr("adt-in")).await;
     c.send(&[&adt("BUSY1", "MRN1")]).await;
     assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
-    let id = {
-        let mut found = Vec::new();
-        for _ in 0..100 {
-            found = stored(h.store(), "BUSY1").await;
-            if !found.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        found[0].id
-    };
+    // Stored before its AA.
+    let id = stored(h.store(), "BUSY1").await[0].id;
     let mut delivery = None;
-    for _ in 0..600 {
+    eventually("the first attempt is recorded", async || {
         let d = h.store().get_message(id).await.unwrap().unwrap().deliveries.remove(0);
-        if d.attempts >= 1 && d.state == DeliveryState::Queued {
-            delivery = Some(d);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let retrying = d.attempts >= 1 && d.state == DeliveryState::Queued;
+        delivery = retrying.then_some(d);
+        retrying
+    })
+    .await;
     let d = delivery.expect("the first attempt is recorded");
     let next = d.next_attempt_at.expect("a retry is planned");
     assert!(next >= d.updated_at + chrono::TimeDelta::seconds(600), "retry at {next}, attempt at {}", d.updated_at);

@@ -4,29 +4,13 @@
 //! would, applied to every fixture; the result must parse again and hold
 //! what the steps wrote, and the parts no step touched must be unchanged.
 
-use std::path::{Path, PathBuf};
+mod ops_support;
+
 use std::sync::Arc;
 
 use engine::transform::{StepConfig, Transform, TransformContext};
 use hl7v2::Message;
-
-fn fixtures() -> Vec<(String, Message)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hl7v2/tests/fixtures");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 60, "fixtures missing in {}", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name.clone(), Message::parse(std::fs::read(&p).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}")))
-        })
-        .collect()
-}
+use ops_support::fixtures;
 
 fn transform(toml_text: &str) -> Transform {
     #[derive(serde::Deserialize)]
