@@ -20,8 +20,10 @@
 //! accepting and finish the commits in flight, so every message that got an
 //! AA is stored. Then the workers stop claiming and finish the deliveries
 //! they hold (up to a grace period; a delivery still running after it is
-//! abandoned and its lease expires, so it is delivered again later). Last,
-//! the store is closed. Queued deliveries stay queued for the next start.
+//! abandoned and its lease expires, so it is delivered again later). Patient
+//! sync jobs get the same grace; those still running are recorded as failed
+//! (interrupted). Last, the store is closed. Queued deliveries stay queued
+//! for the next start.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +120,8 @@ pub struct Engine {
     telemetry: Arc<crate::metrics::Telemetry>,
     /// Queue-depth refresh and alerts, scheduled retention.
     background: JoinSet<()>,
+    /// Patient sync jobs started over the API (recorded as interrupted on stop).
+    sync_jobs: crate::flows::patient_sync::JobRunner,
 }
 
 impl Engine {
@@ -149,6 +153,7 @@ impl Engine {
             mllp_stats: HashMap::new(),
             telemetry: crate::metrics::Telemetry::new(config.health.window.get()),
             background: JoinSet::new(),
+            sync_jobs: crate::flows::patient_sync::JobRunner::new(Arc::clone(&store)),
         };
         match engine.start_components(config).await {
             Ok(()) => {
@@ -333,7 +338,9 @@ impl Engine {
             None => app,
         };
         let sync_servers = crate::api::sync::SyncServers::from_config(&fhir_servers);
-        let app = app.merge(crate::api::sync::router(Arc::clone(&self.store), sync_servers, api_auth.clone()));
+        // Before any job of this process: jobs a stopped server left unfinished.
+        self.sync_jobs.fail_abandoned().await;
+        let app = app.merge(crate::api::sync::router(self.sync_jobs.clone(), sync_servers, api_auth.clone()));
         let switches = ingest.channels().map(|c| (c.name().to_owned(), Arc::clone(c.switch()))).collect();
         let api_state = crate::api::ApiState::new(Arc::clone(&self.store), api_auth.clone(), api_channels);
         let app = app.merge(crate::api::router(api_state.with_switches(switches)));
@@ -425,12 +432,15 @@ impl Engine {
         info!("sources stopped; every acknowledged message is stored");
         while self.background.join_next().await.is_some() {}
         self.stop_workers.cancel();
+        let sync_jobs = self.sync_jobs.clone();
+        let sync_jobs = tokio::spawn(async move { sync_jobs.stop(grace).await });
         let drained = tokio::time::timeout(grace, async { while self.workers.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!(grace = ?grace, "workers still busy after the grace period; their deliveries will be retried after the lease expires");
             self.workers.abort_all();
             while self.workers.join_next().await.is_some() {}
         }
+        let _ = sync_jobs.await;
         self.store.close().await;
         info!("engine stopped");
     }

@@ -3,8 +3,16 @@
 //! tokens, and a real job between two FHIR peers (the Synthea patient from
 //! an EHR peer into a fresh target peer): POST the job, poll it until it
 //! ends, check its counts; a second job creates and updates nothing.
+//!
+//! Jobs cut off: a running engine stopped while a job waits on a FHIR
+//! server that never answers records it as interrupted; an engine started
+//! on a store where a stopped server left jobs unfinished records them as
+//! interrupted; on a shared store only jobs older than the threshold count.
+
+mod ops_support;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +21,13 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use engine::api::auth::{Auth, Scope, issue_token};
 use engine::api::sync::{SyncServers, router};
+use engine::flows::patient_sync::{
+    Abandoned, INTERRUPTED_BY_STOP, INTERRUPTED_FOUND_AT_START, JobRunner, STALE_AFTER, fail_abandoned_jobs,
+};
 use fhir::{FhirClient, ServerConfig};
+use ops_support::{Harness, config, eventually, json_of, open_store};
 use serde_json::{Value, json};
-use store::{Store, StoreOptions};
+use store::{Clock, NewSyncJob, Store, StoreOptions, SyncJobId, SyncJobOutcome, SyncJobStatus, SyncJobUpdate};
 use testkit::FhirPeer;
 use tower::ServiceExt as _;
 
@@ -29,15 +41,15 @@ struct Api {
 
 async fn api(servers: &[(&str, &str)]) -> Api {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
-    let store = store::open(&url, StoreOptions::default()).await.expect("open store");
+    let store = open_store(dir.path(), StoreOptions::default()).await;
     let sync_token = issue_token(store.as_ref(), "sync-ops", &[Scope::Sync], None).await.expect("token").bearer;
     let read_token = issue_token(store.as_ref(), "reader", &[Scope::MessagesRead], None).await.expect("token").bearer;
     let configs: BTreeMap<String, ServerConfig> = servers
         .iter()
         .map(|(name, base)| ((*name).to_owned(), ServerConfig::new(url::Url::parse(base).expect("url"))))
         .collect();
-    let router = router(Arc::clone(&store), SyncServers::from_config(&configs), Auth::new(Arc::clone(&store)));
+    let router =
+        router(JobRunner::new(Arc::clone(&store)), SyncServers::from_config(&configs), Auth::new(Arc::clone(&store)));
     Api { router, store, sync_token, read_token, _dir: dir }
 }
 
@@ -143,14 +155,13 @@ async fn refusals_are_problems_with_the_right_status() {
 #[tokio::test]
 async fn a_configured_server_without_its_secret_is_a_503_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
-    let store = store::open(&url, StoreOptions::default()).await.expect("open store");
+    let store = open_store(dir.path(), StoreOptions::default()).await;
     let mut crm = ServerConfig::new(url::Url::parse("http://127.0.0.1:10/fhir").expect("url"));
     crm.auth = fhir::AuthConfig::Bearer { token_env: "PLEXUS_TEST_UNSET_CRM_TOKEN".into() };
     let ehr = ServerConfig::new(url::Url::parse("http://127.0.0.1:9/fhir").expect("url"));
     let servers = BTreeMap::from([("crm".to_owned(), crm), ("ehr".to_owned(), ehr)]);
     let api = Api {
-        router: router(Arc::clone(&store), SyncServers::from_config(&servers), Auth::disabled()),
+        router: router(JobRunner::new(Arc::clone(&store)), SyncServers::from_config(&servers), Auth::disabled()),
         store,
         sync_token: String::new(),
         read_token: String::new(),
@@ -277,4 +288,139 @@ async fn a_job_syncs_the_synthea_patient_between_two_peers() {
     assert_eq!(ids, [second_id.as_str(), id.as_str()]);
     assert!(list["jobs"][0]["report"].is_null(), "listings leave the report out");
     api.store.close().await;
+}
+
+/// An HTTP server that accepts connections and never answers: a job
+/// reading from it runs until something stops it.
+async fn silent_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// The `[fhir_servers]` of an engine syncing from `ehr` to a target that
+/// nothing serves.
+fn fhir_servers(ehr: SocketAddr) -> String {
+    format!(
+        "[fhir_servers.ehr]\nbase_url = \"http://{ehr}/fhir\"\n[fhir_servers.crm]\nbase_url = \"http://127.0.0.1:9/fhir\"\n"
+    )
+}
+
+#[tokio::test]
+async fn a_graceful_stop_records_its_running_jobs_as_interrupted() {
+    let h = Harness::start(&fhir_servers(silent_server().await)).await;
+    let token = h.token("sync-ops", &[Scope::Sync]).await;
+    let request = reqwest::Client::new()
+        .post(format!("http://{}/api/sync/jobs", h.api()))
+        .bearer_auth(&token)
+        .json(&json!({"source": "ehr", "target": "crm", "patient": "p1"}));
+    let (status, job) = json_of(request.send().await.expect("POST")).await;
+    assert_eq!(status, 202, "{job}");
+    let id: SyncJobId = job["id"].as_str().expect("id").parse().expect("a job id");
+    eventually("the job runs (waiting on the silent EHR)", async || {
+        h.store().sync_job(id).await.unwrap().unwrap().status == SyncJobStatus::Running
+    })
+    .await;
+    let dir = h.stop().await;
+
+    // What the stopped engine left in its store.
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    let job = store.sync_job(id).await.unwrap().expect("the job");
+    assert_eq!(job.status, SyncJobStatus::Failed, "{job:?}");
+    assert_eq!(job.error.as_deref(), Some(INTERRUPTED_BY_STOP));
+    assert!(job.finished_at.is_some(), "{job:?}");
+    store.close().await;
+}
+
+fn new_job(requested_by: &str) -> NewSyncJob {
+    NewSyncJob {
+        source: "ehr".into(),
+        target: "crm".into(),
+        patient_id: "p1".into(),
+        resource_types: vec!["Observation".into()],
+        requested_by: requested_by.into(),
+    }
+}
+
+/// Records a job, started when `started`.
+async fn record_job(store: &dyn Store, requested_by: &str, started: bool) -> SyncJobId {
+    let id = store.create_sync_job(new_job(requested_by)).await.expect("create").id;
+    if started {
+        store.update_sync_job(id, SyncJobUpdate::Started).await.expect("start");
+    }
+    id
+}
+
+#[tokio::test]
+async fn a_restart_records_the_jobs_a_stopped_server_left_unfinished_as_interrupted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // What a killed server leaves behind: a job queued, one running, one
+    // that had finished.
+    let store = open_store(dir.path(), StoreOptions::default()).await;
+    let queued = record_job(store.as_ref(), "queued", false).await;
+    let running = record_job(store.as_ref(), "running", true).await;
+    let finished = record_job(store.as_ref(), "finished", true).await;
+    let outcome =
+        SyncJobOutcome { status: SyncJobStatus::Succeeded, counts: BTreeMap::new(), error: None, report: None };
+    store.update_sync_job(finished, SyncJobUpdate::Finished(outcome)).await.expect("finish");
+    store.close().await;
+
+    let config = config(dir.path(), &fhir_servers(silent_server().await));
+    let h = Harness::start_in(dir, config).await;
+    for id in [queued, running] {
+        let job = h.store().sync_job(id).await.unwrap().expect("the job");
+        assert_eq!(job.status, SyncJobStatus::Failed, "{job:?}");
+        assert_eq!(job.error.as_deref(), Some(INTERRUPTED_FOUND_AT_START));
+        assert!(job.finished_at.is_some(), "{job:?}");
+    }
+    let job = h.store().sync_job(finished).await.unwrap().expect("the job");
+    assert_eq!((job.status, job.error), (SyncJobStatus::Succeeded, None), "a final status never changes");
+    // The API shows it too.
+    let token = h.token("sync-ops", &[Scope::Sync]).await;
+    let request = reqwest::Client::new().get(format!("http://{}/api/sync/jobs/{running}", h.api())).bearer_auth(&token);
+    let (status, job) = json_of(request.send().await.expect("GET")).await;
+    assert_eq!((status, job["status"].as_str()), (200, Some("failed")), "{job}");
+    assert_eq!(job["error"], INTERRUPTED_FOUND_AT_START);
+    h.stop().await;
+}
+
+/// On PostgreSQL or MariaDB other processes may be running the unfinished
+/// jobs: only those whose last record is older than the threshold are
+/// taken for abandoned (the rule is the same on every backend; SQLite with
+/// a manual clock plays the shared store).
+#[tokio::test]
+async fn on_a_shared_store_only_jobs_older_than_the_threshold_are_abandoned() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Clock::manual(chrono::Utc::now());
+    let store = open_store(dir.path(), StoreOptions { clock: clock.clone(), ..StoreOptions::default() }).await;
+    let old_queued = record_job(store.as_ref(), "old-queued", false).await;
+    let old_running = record_job(store.as_ref(), "old-running", true).await;
+    let started_late = record_job(store.as_ref(), "started-late", false).await;
+    clock.advance(STALE_AFTER - Duration::from_secs(600));
+    store.update_sync_job(started_late, SyncJobUpdate::Started).await.expect("start");
+    let recent = record_job(store.as_ref(), "recent", true).await;
+    clock.advance(Duration::from_secs(1200));
+
+    let failed = fail_abandoned_jobs(store.as_ref(), Abandoned::OlderThan(STALE_AFTER)).await.expect("checked");
+    assert_eq!(failed, 2);
+    for (id, status) in [
+        (old_queued, SyncJobStatus::Failed),
+        (old_running, SyncJobStatus::Failed),
+        (started_late, SyncJobStatus::Running),
+        (recent, SyncJobStatus::Running),
+    ] {
+        let job = store.sync_job(id).await.unwrap().expect("the job");
+        assert_eq!(job.status, status, "{}", job.requested_by);
+        let error = (status == SyncJobStatus::Failed).then_some(INTERRUPTED_FOUND_AT_START);
+        assert_eq!(job.error.as_deref(), error, "{}", job.requested_by);
+    }
+    // Once recorded, a second check finds nothing more.
+    assert_eq!(fail_abandoned_jobs(store.as_ref(), Abandoned::OlderThan(STALE_AFTER)).await.expect("checked"), 0);
+    store.close().await;
 }

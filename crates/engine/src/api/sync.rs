@@ -10,10 +10,11 @@
 //! | `GET /api/sync/jobs[?limit=&before=]` | recent jobs, newest first |
 //!
 //! A job is recorded in the store (`queued`) before the 202, then run by a
-//! background task ([`run_job`]) that writes its progress (phase, resources
-//! done of total) as it goes and its counts and report at the end, so a
-//! client (the dashboard) polls `GET /api/sync/jobs/{id}` until the status is
-//! final.
+//! background task of the engine's [`JobRunner`] that writes its progress
+//! (phase, resources done of total) as it goes and its counts and report at
+//! the end, so a client (the dashboard) polls `GET /api/sync/jobs/{id}` until
+//! the status is final. A stop of the server records the jobs it cuts off as
+//! failed (see [`crate::flows::patient_sync`]).
 //!
 //! Errors are `application/problem+json`: an unknown server name is a 400
 //! that names it, an unknown job a 404, a failing source server a 502 with
@@ -37,7 +38,7 @@ use tracing::warn;
 
 use crate::api::auth::{Auth, Scope};
 use crate::api::problem::Problem;
-use crate::flows::patient_sync::run_job;
+use crate::flows::patient_sync::JobRunner;
 
 /// The most candidates one search returns.
 const MAX_CANDIDATES: usize = 100;
@@ -102,11 +103,13 @@ struct SyncState {
     store: Arc<dyn Store>,
     servers: Arc<SyncServers>,
     auth: Auth,
+    jobs: JobRunner,
 }
 
-/// The `/api/sync/*` routes. `auth` checks the `sync` scope on every route.
-pub fn router(store: Arc<dyn Store>, servers: SyncServers, auth: Auth) -> Router {
-    let state = SyncState { store, servers: Arc::new(servers), auth };
+/// The `/api/sync/*` routes. `auth` checks the `sync` scope on every route;
+/// `jobs` runs the jobs (and records them in its store).
+pub fn router(jobs: JobRunner, servers: SyncServers, auth: Auth) -> Router {
+    let state = SyncState { store: Arc::clone(jobs.store()), servers: Arc::new(servers), auth, jobs };
     Router::new()
         .route("/api/sync/servers", get(list_servers))
         .route("/api/sync/patients", get(search_patients))
@@ -278,7 +281,7 @@ async fn create_job(
     if let Err(e) = state.store.record_audit(audit).await {
         warn!(error = %e.summary(), "sync api: audit event not recorded");
     }
-    tokio::spawn(run_job(Arc::clone(&state.store), source, target, job.id, job.patient_id.clone(), options));
+    state.jobs.spawn(source, target, job.id, job.patient_id.clone(), options);
     let location = format!("/api/sync/jobs/{}", job.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
 }

@@ -12,17 +12,58 @@
 //! A job of a patient synced before (same source and target) starts from
 //! the target ids the last finished job recorded ([`known_targets`]), so its
 //! look-up reads those resources by id instead of searching by identifier.
+//!
+//! # Jobs cut off by a stop
+//!
+//! A job runs in the process that accepted it, and only that process records
+//! its end. So that no job stays `running` after its process is gone:
+//!
+//! - [`JobRunner`] keeps the jobs this process runs. A graceful stop gives
+//!   them the grace period, then stops the rest and records them `failed`
+//!   with [`INTERRUPTED_BY_STOP`]. It also cuts off a job that runs longer
+//!   than [`MAX_RUN_TIME`].
+//! - At start-up, [`fail_abandoned_jobs`] records as `failed`
+//!   ([`INTERRUPTED_FOUND_AT_START`]) the jobs a crashed (or killed) process
+//!   left `queued` or `running`. On SQLite, which one process uses, that is
+//!   every such job. On PostgreSQL and MariaDB several processes may run
+//!   jobs at once and a job record carries no heartbeat, only when it was
+//!   created and started: a job counts as abandoned when the later of the
+//!   two is more than [`STALE_AFTER`] ago. As every process cuts its own
+//!   jobs off after [`MAX_RUN_TIME`], a job older than that cannot still be
+//!   running anywhere (the margin covers clocks that differ between hosts).
+//!
+//! An interrupted job may have written part of the record to the target; a
+//! new job for the patient completes it without duplicates.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use fhir::FhirClient;
 use fhir::sync::{self, ProgressEvent, SyncOptions, SyncPhase, SyncReport, SyncStatus};
 use store::{
-    Store, SyncJobCounts, SyncJobId, SyncJobOutcome, SyncJobProgress, SyncJobQuery, SyncJobStatus, SyncJobUpdate,
+    Backend, Store, StoreError, SyncJob, SyncJobCounts, SyncJobId, SyncJobOutcome, SyncJobProgress, SyncJobQuery,
+    SyncJobStatus, SyncJobUpdate,
 };
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+/// The error recorded for a job that a graceful stop of the server cut off.
+pub const INTERRUPTED_BY_STOP: &str = "interrupted: the server stopped";
+
+/// The error recorded at start-up for a job a server that is gone left
+/// unfinished.
+pub const INTERRUPTED_FOUND_AT_START: &str = "interrupted: the server running it stopped before it ended";
+
+/// How long one job may run; a job still running then is stopped and
+/// recorded as failed (a new job completes it).
+pub const MAX_RUN_TIME: Duration = Duration::from_secs(60 * 60);
+
+/// On a store several processes share: how long after its last record
+/// (created, started) an unfinished job counts as abandoned.
+pub const STALE_AFTER: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// The progress a [`ProgressEvent`] leaves the job in, given where it was.
 pub fn progress_after(previous: &SyncJobProgress, event: &ProgressEvent) -> SyncJobProgress {
@@ -189,6 +230,170 @@ pub async fn known_targets(
     }
 }
 
+/// Which unfinished jobs found at start-up were left by a process that is
+/// gone (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Every `queued` or `running` job (a store only this process uses).
+    Every,
+    /// Those whose last record (started, else created) is older than this.
+    OlderThan(Duration),
+}
+
+impl Abandoned {
+    /// The rule for a store of `backend`: SQLite has one process, the
+    /// others may be shared.
+    pub fn for_backend(backend: Backend) -> Abandoned {
+        match backend {
+            Backend::Sqlite => Abandoned::Every,
+            Backend::Postgres | Backend::Mysql => Abandoned::OlderThan(STALE_AFTER),
+        }
+    }
+
+    /// Whether `job` counts as abandoned at `now` (the store's clock).
+    pub fn applies(self, job: &SyncJob, now: DateTime<Utc>) -> bool {
+        if job.status.is_final() {
+            return false;
+        }
+        match self {
+            Abandoned::Every => true,
+            Abandoned::OlderThan(age) => {
+                let last = job.started_at.unwrap_or(job.created_at);
+                chrono::TimeDelta::from_std(age).is_ok_and(|age| last + age < now)
+            }
+        }
+    }
+}
+
+/// Records every job `rule` finds abandoned as failed with
+/// [`INTERRUPTED_FOUND_AT_START`]; returns how many. Call it before this
+/// process starts jobs of its own.
+pub async fn fail_abandoned_jobs(store: &dyn Store, rule: Abandoned) -> Result<u64, StoreError> {
+    const PAGE: u32 = 1000;
+    let now = store.clock().now();
+    let mut abandoned = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.sync_jobs(&SyncJobQuery { before, limit: PAGE }).await?;
+        abandoned.extend(page.iter().filter(|j| rule.applies(j, now)).map(|j| j.id));
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => before = Some(last.id),
+            _ => break,
+        }
+    }
+    let mut failed = 0;
+    for id in abandoned {
+        if record_failed(store, id, INTERRUPTED_FOUND_AT_START).await? {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
+/// Records job `id` as failed with `error`: `false` when it had ended
+/// already (it finished meanwhile).
+async fn record_failed(store: &dyn Store, id: SyncJobId, error: &str) -> Result<bool, StoreError> {
+    let outcome = SyncJobOutcome {
+        status: SyncJobStatus::Failed,
+        counts: BTreeMap::new(),
+        error: Some(error.to_owned()),
+        report: None,
+    };
+    match store.update_sync_job(id, SyncJobUpdate::Finished(outcome)).await {
+        Ok(()) => {
+            info!(job = %id, error, "sync job recorded as failed");
+            Ok(true)
+        }
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The sync jobs this process runs in the background (those started over
+/// the API), so that they end recorded: cut off after [`MAX_RUN_TIME`], and
+/// recorded as interrupted when the server stops ([`JobRunner::stop`]).
+#[derive(Debug, Clone)]
+pub struct JobRunner {
+    store: Arc<dyn Store>,
+    running: Arc<Mutex<HashMap<SyncJobId, JoinHandle<()>>>>,
+    max_run_time: Duration,
+}
+
+impl JobRunner {
+    /// A runner recording its jobs in `store`.
+    pub fn new(store: Arc<dyn Store>) -> JobRunner {
+        JobRunner { store, running: Arc::default(), max_run_time: MAX_RUN_TIME }
+    }
+
+    /// The store the jobs are recorded in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Fails the jobs that a process which is gone left unfinished
+    /// ([`fail_abandoned_jobs`] with the rule of the store's backend). A
+    /// store that cannot answer is logged: the server starts anyway.
+    pub async fn fail_abandoned(&self) {
+        let rule = Abandoned::for_backend(self.store.backend());
+        match fail_abandoned_jobs(self.store.as_ref(), rule).await {
+            Ok(0) => {}
+            Ok(n) => warn!(jobs = n, "sync jobs left unfinished by a stopped server recorded as failed (interrupted)"),
+            Err(e) => warn!(error = %e.summary(), "sync jobs: unfinished jobs of a stopped server not checked"),
+        }
+    }
+
+    /// Runs recorded job `id` ([`run_job`]) in the background.
+    pub fn spawn(
+        &self,
+        source: FhirClient,
+        target: FhirClient,
+        id: SyncJobId,
+        patient_id: String,
+        options: SyncOptions,
+    ) {
+        let (store, running, limit) = (Arc::clone(&self.store), Arc::clone(&self.running), self.max_run_time);
+        // Held while the task is spawned and registered, so that its own
+        // removal at the end cannot come first.
+        let mut jobs = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.retain(|_, task| !task.is_finished());
+        let task = tokio::spawn(async move {
+            let run = run_job(Arc::clone(&store), source, target, id, patient_id, options);
+            if tokio::time::timeout(limit, run).await.is_err() {
+                let error = format!("timed out: the job ran longer than {} s", limit.as_secs());
+                if let Err(e) = record_failed(store.as_ref(), id, &error).await {
+                    warn!(job = %id, error = %e.summary(), "sync job: time-out not recorded");
+                }
+            }
+            running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+        jobs.insert(id, task);
+    }
+
+    /// How many jobs are running.
+    pub fn running(&self) -> usize {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|t| !t.is_finished()).count()
+    }
+
+    /// Gives the running jobs `grace` to end, then stops the others and
+    /// records them as failed with [`INTERRUPTED_BY_STOP`]. Call it once
+    /// nothing can start new jobs (the API listener has stopped).
+    pub async fn stop(&self, grace: Duration) {
+        let jobs: Vec<_> =
+            std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect();
+        let deadline = tokio::time::Instant::now() + grace;
+        for (id, mut task) in jobs {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_ok() {
+                continue;
+            }
+            task.abort();
+            let _ = task.await;
+            if let Err(e) = record_failed(self.store.as_ref(), id, INTERRUPTED_BY_STOP).await {
+                warn!(job = %id, error = %e.summary(), "sync job: interruption not recorded");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +424,49 @@ mod tests {
         ];
         let expected: Vec<_> = expected.iter().map(|(a, b, c)| ((*a).to_owned(), *b, *c)).collect();
         assert_eq!(seen, expected);
+    }
+
+    fn job(status: SyncJobStatus, created: DateTime<Utc>, started: Option<DateTime<Utc>>) -> SyncJob {
+        SyncJob {
+            id: SyncJobId(uuid::Uuid::now_v7()),
+            source: "ehr".into(),
+            target: "crm".into(),
+            patient_id: "p1".into(),
+            resource_types: vec![],
+            status,
+            progress: SyncJobProgress::default(),
+            counts: BTreeMap::new(),
+            error: None,
+            report: None,
+            requested_by: "test".into(),
+            created_at: created,
+            started_at: started,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn abandoned_jobs_are_the_unfinished_ones_by_the_backends_rule() {
+        let now = Utc::now();
+        let ago = |minutes: i64| now - chrono::TimeDelta::minutes(minutes);
+        let shared = Abandoned::for_backend(Backend::Postgres);
+        assert_eq!(shared, Abandoned::OlderThan(STALE_AFTER));
+        assert_eq!(Abandoned::for_backend(Backend::Mysql), shared);
+        assert_eq!(Abandoned::for_backend(Backend::Sqlite), Abandoned::Every);
+        assert!(STALE_AFTER > MAX_RUN_TIME, "a job older than the threshold cannot still run anywhere");
+
+        // A final job is never touched, however old.
+        for status in [SyncJobStatus::Succeeded, SyncJobStatus::PartiallyFailed, SyncJobStatus::Failed] {
+            assert!(!Abandoned::Every.applies(&job(status, ago(600), Some(ago(600))), now), "{status:?}");
+            assert!(!shared.applies(&job(status, ago(600), Some(ago(600))), now), "{status:?}");
+        }
+        // One process: every unfinished job, even one of a second ago.
+        assert!(Abandoned::Every.applies(&job(SyncJobStatus::Queued, now, None), now));
+        assert!(Abandoned::Every.applies(&job(SyncJobStatus::Running, now, Some(now)), now));
+        // Shared: by the start, else the creation, against the threshold.
+        assert!(shared.applies(&job(SyncJobStatus::Running, ago(300), Some(ago(121))), now));
+        assert!(!shared.applies(&job(SyncJobStatus::Running, ago(300), Some(ago(119))), now), "started recently");
+        assert!(shared.applies(&job(SyncJobStatus::Queued, ago(121), None), now));
+        assert!(!shared.applies(&job(SyncJobStatus::Queued, ago(119), None), now));
     }
 }
