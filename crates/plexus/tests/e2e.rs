@@ -9,129 +9,22 @@
 //! (the issue asks for 50000; that takes minutes in a debug build on 2 busy
 //! cores, so CI uses the smaller default and a release run can ask for more).
 
+mod e2e_support;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
 
+use e2e_support::{
+    BIN, Serve, config, counts_of, exchange, field, files_in, frame, free_addr, mllp_to_archive, plexus_send,
+    recording_receiver, wait_for,
+};
 use hl7v2::ack::Outcome;
 use hl7v2::mllp::MllpCodec;
-use tokio_util::codec::{Decoder, Encoder};
-
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
-
-/// A `plexus serve` child process, killed when dropped.
-struct Serve {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Serve {
-    /// Writes `config` to `dir/plexus.toml` and starts `plexus serve` on it,
-    /// logging at info level to `dir/<log_name>`. Returns once `/readyz`
-    /// answers 200.
-    fn start(dir: &Path, config: &str, api: SocketAddr, log_name: &str) -> Serve {
-        let path = dir.join("plexus.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.join(log_name);
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .args(["--log", "info"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn plexus serve");
-        let mut serve = Serve { child: Some(child), log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if http_get(api, "/readyz").is_some_and(|(status, _)| status == 200) {
-                return serve;
-            }
-            if let Some(status) = serve.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("plexus serve exited early ({status}):\n{}", serve.log_text());
-            }
-            assert!(Instant::now() < deadline, "plexus serve not ready:\n{}", serve.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "plexus serve did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    fn kill(mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 GET: (status, body), or `None` when nothing listens.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
-}
-
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], testkit::free_port()))
-}
-
-/// The store and API lines of a config, plus `body`.
-fn config(api: SocketAddr, body: &str) -> String {
-    format!("version = 1\n[store]\nurl = \"sqlite://data/plexus.db\"\n[api]\nlisten = \"{api}\"\n{body}")
-}
-
-fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../hl7v2/tests/fixtures")
-}
-
-fn fixture_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 70, "the HL7 v2 fixtures are in crates/hl7v2/tests/fixtures");
-    files
-}
+use tokio_util::codec::Decoder;
 
 /// What `mllp_send --loose` sends for a file: line ends become CR, the text
 /// is split before each `MSH|^~\&|`, each piece stripped of trailing CR,
@@ -156,32 +49,6 @@ fn answers(stdout: &[u8]) -> Vec<hl7v2::Message> {
     let mut out = Vec::new();
     while let Some(frame) = codec.decode(&mut buf).unwrap() {
         out.push(hl7v2::Message::parse(frame.to_vec()).expect("a well-formed ACK"));
-    }
-    out
-}
-
-fn field(msg: &hl7v2::Message, path: &str) -> String {
-    msg.get(path).map(|v| v.into_owned()).unwrap_or_default()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            if p.is_file() && !name.starts_with('.') {
-                out.push(p);
-            }
-        }
     }
     out
 }
@@ -220,18 +87,7 @@ fn every_fixture_through_python_hl7_mllp_send() {
     let mllp_send = peers.join("venv/bin/mllp_send");
     let dir = tempfile::tempdir().unwrap();
     let (api, mllp) = (free_addr(), free_addr());
-    let body = format!(
-        r#"
-[channels.adt-in.source]
-type = "mllp"
-listen = "{mllp}"
-[[channels.adt-in.destinations]]
-name = "archive"
-type = "file"
-directory = "out"
-file_name = "${{message_id}}.hl7"
-"#
-    );
+    let body = mllp_to_archive("adt-in", mllp, "", Some("${message_id}.hl7"));
     // The fixtures reuse control ids across different messages (MSG00001
     // from the same sender ...), which Plexus rightly treats as resends;
     // a zero duplicate window lets every one of them through here.
@@ -244,7 +100,7 @@ file_name = "${{message_id}}.hl7"
     let mut expected_files: Vec<Vec<u8>> = Vec::new();
     let mut patient_values: Vec<String> = Vec::new();
     let (mut aa, mut nak, mut reused) = (0, 0, 0);
-    for file in fixture_files() {
+    for file in testkit::hl7v2_fixture_files(70) {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let out: Output = Command::new(&mllp_send)
             .args(["--loose", "-p", &mllp.port().to_string(), "-f"])
@@ -324,57 +180,6 @@ file_name = "${{message_id}}.hl7"
     for value in &patient_values {
         assert!(!log.contains(value.as_str()), "patient data {value:?} in the info log:\n{log}");
     }
-}
-
-/// A fresh `plexus send` run: the summary as JSON.
-fn plexus_send(args: &[&str]) -> (bool, serde_json::Value, String) {
-    let out = Command::new(BIN).arg("send").args(args).arg("--json").output().expect("run plexus send");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let line = stdout.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("{}");
-    let summary = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
-    (out.status.success(), summary, format!("{stdout}\n{stderr}"))
-}
-
-/// (order key, control id) of every message a receiver got, in order.
-type Received = Arc<Mutex<Vec<(String, String)>>>;
-
-/// An MLLP receiver in the test process that records (order key, control
-/// id) of every message, in arrival order, and answers AA.
-fn recording_receiver() -> (SocketAddr, Received) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                let mut codec = MllpCodec::default();
-                let mut buf = bytes::BytesMut::new();
-                let mut chunk = [0u8; 64 * 1024];
-                loop {
-                    while let Ok(Some(frame)) = codec.decode(&mut buf) {
-                        let Ok(msg) = hl7v2::Message::parse(frame.to_vec()) else { return };
-                        log.lock().unwrap().push((field(&msg, "PID-3-1"), field(&msg, "MSH-10")));
-                        let ack = hl7v2::ack::Ack::new(hl7v2::ack::AckCode::ApplicationAccept, "R1", "20261121")
-                            .for_message(&msg);
-                        let mut out = bytes::BytesMut::new();
-                        codec.encode(ack.as_bytes(), &mut out).unwrap();
-                        if stream.write_all(&out).is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
 }
 
 /// `plexus send --count N --connections 8` against `plexus serve`, which is
@@ -481,9 +286,13 @@ lease = "2s"
     });
     assert!(serve.stop().success());
 
-    // The store holds each message once.
-    let store = store_of(dir.path());
-    let stored = count_stored(&store, "load");
+    // The store holds each message once (one delivery per message and
+    // destination: count one destination).
+    let stored: u64 = counts_of(dir.path())
+        .iter()
+        .filter(|c| c.channel == "load" && c.destination == "archive")
+        .map(|c| c.count)
+        .sum();
     assert_eq!(stored, count, "each acknowledged message stored once");
 
     // Per patient, the downstream receiver saw the messages in the order
@@ -506,21 +315,6 @@ lease = "2s"
     assert!(per_patient.len() >= 100, "messages of many patients");
 }
 
-fn store_of(dir: &Path) -> Arc<dyn store::Store> {
-    let url = format!("sqlite://{}/data/plexus.db", dir.display());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(store::open(&url, store::StoreOptions::default())).unwrap()
-}
-
-fn count_stored(store: &Arc<dyn store::Store>, channel: &str) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let counts = store.counts().await.unwrap();
-        // One delivery per message and destination: count one destination.
-        counts.iter().filter(|c| c.channel == channel && c.destination == "archive").map(|c| c.count).sum()
-    })
-}
-
 /// Plexus's mllp destination delivers to the Node MLLP peer and to a
 /// second `plexus serve`.
 #[test]
@@ -532,23 +326,12 @@ fn mllp_destination_delivers_to_the_node_peer_and_a_second_plexus() {
         .unwrap_or_else(|e| panic!("starting the node MLLP peer ({}): {e}", peers.display()));
 
     let second_dir = tempfile::tempdir().unwrap();
-    let (api2, mllp2) = (free_addr(), free_addr());
-    let body2 = format!(
-        r#"
-[channels.inbound.source]
-type = "mllp"
-listen = "{mllp2}"
-[[channels.inbound.destinations]]
-name = "archive"
-type = "file"
-directory = "out"
-file_name = "${{control_id}}.hl7"
-"#
-    );
-    let second = Serve::start(second_dir.path(), &config(api2, &body2), api2, "serve.log");
+    let mllp2 = free_addr();
+    let second =
+        Serve::start_with(second_dir.path(), &mllp_to_archive("inbound", mllp2, "", Some("${control_id}.hl7")));
 
     let first_dir = tempfile::tempdir().unwrap();
-    let (api1, mllp1) = (free_addr(), free_addr());
+    let mllp1 = free_addr();
     let body1 = format!(
         r#"
 [channels.adt-in.source]
@@ -564,7 +347,7 @@ type = "mllp"
 address = "{mllp2}"
 "#
     );
-    let first = Serve::start(first_dir.path(), &config(api1, &body1), api1, "serve.log");
+    let first = Serve::start_with(first_dir.path(), &body1);
 
     let (ok, summary, output) = plexus_send(&[
         "--to",
@@ -587,9 +370,7 @@ address = "{mllp2}"
     assert!(first.stop().success());
     assert!(second.stop().success());
 
-    let store = store_of(first_dir.path());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let counts = rt.block_on(store.counts()).unwrap();
+    let counts = counts_of(first_dir.path());
     let sent: HashMap<String, u64> = counts
         .iter()
         .filter(|c| c.state == store::DeliveryState::Sent)
@@ -606,36 +387,14 @@ address = "{mllp2}"
 #[test]
 fn bad_input_is_answered_or_closed_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (api, mllp) = (free_addr(), free_addr());
-    let body = format!(
-        r#"
-[channels.adt-in.source]
-type = "mllp"
-listen = "{mllp}"
-max_message_size = "64KiB"
-frame_timeout = "2s"
-idle_timeout = "10s"
-[[channels.adt-in.destinations]]
-name = "archive"
-type = "file"
-directory = "out"
-"#
-    );
-    let serve = Serve::start(dir.path(), &config(api, &body), api, "serve.log");
+    let mllp = free_addr();
+    let limits = "max_message_size = \"64KiB\"\nframe_timeout = \"2s\"\nidle_timeout = \"10s\"\n";
+    let serve = Serve::start_with(dir.path(), &mllp_to_archive("adt-in", mllp, limits, None));
     let good = |id: &str| {
         format!(
             "MSH|^~\\&|REG|HOSP|EHR|HOSP|20261121120000||ADT^A08^ADT_A01|{id}|P|2.5.1\rEVN|A08|20261121120000\r\
              PID|1||MRN77^^^HOSP^MR||ROE^RICHARD||19700101|M\rPV1|1|I\r"
         )
-    };
-    let exchange = |stream: &mut TcpStream, payload: &[u8]| -> Option<hl7v2::Message> {
-        stream.write_all(payload).ok()?;
-        read_frame(stream)
-    };
-    let frame = |m: &[u8]| {
-        let mut out = bytes::BytesMut::new();
-        MllpCodec::default().encode(m, &mut out).unwrap();
-        out.to_vec()
     };
 
     // The well-behaved sender, on its own connection throughout.
@@ -687,23 +446,6 @@ directory = "out"
     assert!(serve.stop().success());
 }
 
-fn read_frame(stream: &mut TcpStream) -> Option<hl7v2::Message> {
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let mut codec = MllpCodec::default();
-    let mut buf = bytes::BytesMut::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(frame) = codec.decode(&mut buf).ok()? {
-            return hl7v2::Message::parse(frame.to_vec()).ok();
-        }
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 /// `plexus check` prints every error with its path and exits non-zero; a
 /// valid file gets a summary and exit 0.
 #[test]
@@ -750,7 +492,6 @@ url = "not a url"
 #[test]
 fn http_ingest_answers_with_the_ack() {
     let dir = tempfile::tempdir().unwrap();
-    let api = free_addr();
     let body = r#"
 [channels.http-in.source]
 type = "http"
@@ -759,7 +500,8 @@ name = "archive"
 type = "file"
 directory = "out"
 "#;
-    let serve = Serve::start(dir.path(), &config(api, body), api, "serve.log");
+    let serve = Serve::start_with(dir.path(), body);
+    let api = serve.api;
     let msg = "MSH|^~\\&|REG|HOSP|EHR|HOSP|20261121120000||ADT^A08^ADT_A01|HTTP1|P|2.5.1\rEVN|A08|20261121120000\r\
                PID|1||MRN1^^^HOSP^MR||DOE^JANE||19800101|F\rPV1|1|I\r";
     let mut s = TcpStream::connect(api).unwrap();
