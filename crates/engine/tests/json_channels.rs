@@ -403,9 +403,10 @@ async fn a_body_the_rules_reject_gets_every_violation_as_problem_details() {
     ] {
         assert!(detail.contains(expected), "{expected} in {detail}");
     }
-    // Not asserted: that no value is echoed. convert::rules quotes the value
-    // of a date that does not match its format ('1980-01-31' does not
-    // match ...), against its own promise; reported to the lead.
+    // The refused values are patient data: none is echoed back.
+    for value in ["1980-01-31", "'X'", "\"X\""] {
+        assert!(!detail.contains(value), "{value} echoed in {detail}");
+    }
     assert_eq!(engine.store().search(&Default::default()).await.unwrap().items.len(), 0, "nothing stored");
     engine.shutdown(Duration::from_secs(5)).await;
 }

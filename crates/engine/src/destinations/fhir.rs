@@ -345,7 +345,7 @@ pub fn to_transaction(bundle: &Value) -> Result<Value, String> {
 #[derive(Debug)]
 struct EntryFailure {
     reason: String,
-    error: Option<fhir::FhirError>,
+    error: Option<Box<fhir::FhirError>>,
 }
 
 impl EntryFailure {
@@ -398,7 +398,7 @@ fn check_entries(request: &Value, answer: &Value) -> Result<String, EntryFailure
                 if r.status == 0 { "no status".to_string() } else { format!("HTTP {}", r.status) },
                 error.class()
             ),
-            error: Some(error),
+            error: Some(Box::new(error)),
         });
     }
     let created = answers.iter().filter(|r| r.status == 201).count();
