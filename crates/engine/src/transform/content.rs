@@ -168,25 +168,10 @@ impl Transform {
     /// tokio's blocking pool when the transform has a script.
     pub async fn apply_content_blocking(
         self: Arc<Self>,
-        mut content: Content,
-        mut ctx: TransformContext,
+        content: Content,
+        ctx: TransformContext,
     ) -> Result<(Content, TransformContext, TransformOutcome), TransformError> {
-        if !self.has_scripts() {
-            let outcome = self.apply_content(&mut content, &mut ctx)?;
-            return Ok((content, ctx, outcome));
-        }
-        let joined = tokio::task::spawn_blocking(move || {
-            let outcome = self.apply_content(&mut content, &mut ctx)?;
-            Ok((content, ctx, outcome))
-        })
-        .await;
-        match joined {
-            Ok(result) => result,
-            Err(e) => Err(TransformError::Engine {
-                step: "transform".to_owned(),
-                reason: format!("the blocking task ended abnormally: {e}"),
-            }),
-        }
+        self.off_runtime_if_scripted(content, ctx, Transform::apply_content).await
     }
 }
 

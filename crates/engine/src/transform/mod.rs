@@ -738,16 +738,28 @@ impl Transform {
     /// back with the outcome.
     pub async fn apply_blocking(
         self: Arc<Self>,
-        mut msg: Message,
-        mut ctx: TransformContext,
+        msg: Message,
+        ctx: TransformContext,
     ) -> Result<(Message, TransformContext, TransformOutcome), TransformError> {
+        self.off_runtime_if_scripted(msg, ctx, Transform::apply).await
+    }
+
+    /// Runs `apply` over `value` on tokio's blocking pool when the transform
+    /// has a script, inline otherwise; the one place that decides it for
+    /// HL7 v2 messages and for JSON content alike.
+    pub(crate) async fn off_runtime_if_scripted<T: Send + 'static>(
+        self: Arc<Self>,
+        mut value: T,
+        mut ctx: TransformContext,
+        apply: fn(&Transform, &mut T, &mut TransformContext) -> Result<TransformOutcome, TransformError>,
+    ) -> Result<(T, TransformContext, TransformOutcome), TransformError> {
         if !self.has_scripts() {
-            let outcome = self.apply(&mut msg, &mut ctx)?;
-            return Ok((msg, ctx, outcome));
+            let outcome = apply(&self, &mut value, &mut ctx)?;
+            return Ok((value, ctx, outcome));
         }
         let joined = tokio::task::spawn_blocking(move || {
-            let outcome = self.apply(&mut msg, &mut ctx)?;
-            Ok((msg, ctx, outcome))
+            let outcome = apply(&self, &mut value, &mut ctx)?;
+            Ok((value, ctx, outcome))
         })
         .await;
         match joined {
