@@ -143,6 +143,7 @@ impl Writer {
         }
         let now = self.clock.now();
         let mut wake = false;
+        let mut bulk_failed = false;
 
         // Fast path, the common case under ingestion load: a batch of
         // accepts only, as one transaction without savepoints.
@@ -169,6 +170,7 @@ impl Writer {
                     // Start again carefully, isolating each request.
                     warn!(error = %e.summary(), batch = messages.len(), "group commit failed, retrying one by one");
                     self.rollback();
+                    bulk_failed = true;
                 }
             }
         }
@@ -187,18 +189,27 @@ impl Writer {
 
         if !accepts.is_empty() {
             let messages: Vec<&NewMessage> = accepts.iter().map(|(m, _)| m).collect();
-            match self.savepoint(|w| w.accept_batch(&messages, now)) {
-                Ok((results, queued)) => {
+            // After a failed fast path the same bulk insert would fail the
+            // same way: go one by one at once.
+            let bulk = if bulk_failed { None } else { Some(self.savepoint(|w| w.accept_batch(&messages, now))) };
+            match bulk {
+                Some(Ok((results, queued))) => {
                     wake |= queued;
                     for ((_, reply), result) in accepts.into_iter().zip(results) {
                         done.push(Done::new(reply, Ok(result)));
                     }
                 }
-                Err(e) => {
+                failed => {
                     // Something in the bulk insert failed: retry one by one
                     // so that only the culprit gets the error.
-                    warn!(error = %e.summary(), batch = messages.len(), "bulk accept failed, retrying one by one");
+                    if let Some(Err(e)) = failed {
+                        warn!(error = %e.summary(), batch = messages.len(), "bulk accept failed, retrying one by one");
+                    }
                     for (m, reply) in accepts {
+                        if self.conn.is_autocommit() {
+                            let _ = reply.send(Err(transaction_lost()));
+                            continue;
+                        }
                         let one = self.savepoint(|w| w.accept_batch(&[&m], now));
                         done.push(Done::new(
                             reply,
@@ -213,7 +224,26 @@ impl Writer {
         }
 
         for op in others {
+            // Once SQLite has ended the transaction, a request run now
+            // would commit on its own (a SAVEPOINT outside a transaction
+            // starts one, and its RELEASE commits it).
+            if self.conn.is_autocommit() {
+                op.fail(transaction_lost());
+                continue;
+            }
             done.push(self.run_op(op, now, &mut wake));
+        }
+
+        if self.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (disk full, an I/O
+            // error, out of memory): nothing of this batch is stored. The
+            // request that hit it keeps its own error; the others get this.
+            warn!("the batch's transaction was rolled back by SQLite; every request of it fails");
+            let lost = Arc::new(transaction_lost());
+            for d in done {
+                d.send(Some(lost.clone()));
+            }
+            return;
         }
 
         match self.exec("COMMIT") {
@@ -279,20 +309,36 @@ impl Writer {
     /// Ends a transaction that failed. SQLite may have rolled it back
     /// already (then there is nothing to do).
     fn rollback(&self) {
-        if !self.conn.is_autocommit() {
-            let _ = self.exec("ROLLBACK");
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.exec("ROLLBACK")
+        {
+            // Every later BEGIN would fail: say why once, loudly.
+            warn!(error = %e.summary(), "rolling back the failed batch failed");
         }
     }
 
     /// Runs `work` inside a savepoint, so that a failing request of a batch
     /// undoes only its own writes.
+    ///
+    /// If the savepoint cannot be undone or released (SQLite ended the whole
+    /// transaction on disk full or an I/O error, so there is no savepoint
+    /// left), the whole transaction is rolled back, so nothing of the batch
+    /// commits half done, and the request keeps its own error (its class,
+    /// e.g. transient for a full disk, is the one that matters).
     fn savepoint<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.exec("SAVEPOINT op")?;
         let result = work(self);
-        if result.is_err() {
-            self.exec("ROLLBACK TO op")?;
+        let ended = match result {
+            Err(_) => self.exec("ROLLBACK TO op").and_then(|()| self.exec("RELEASE op")),
+            Ok(_) => self.exec("RELEASE op"),
+        };
+        if let Err(e) = ended {
+            self.rollback();
+            return Err(match result {
+                Err(own) => own,
+                Ok(_) => e,
+            });
         }
-        self.exec("RELEASE op")?;
         result
     }
 
@@ -719,4 +765,10 @@ fn rusqlite_summary(e: &rusqlite::Error) -> String {
         rusqlite::Error::SqliteFailure(f, _) => format!("database error {}", f.extended_code),
         _ => "database error".to_owned(),
     }
+}
+
+/// The answer for the requests of a batch whose transaction SQLite rolled
+/// back by itself: nothing of theirs is stored, and retrying later may work.
+fn transaction_lost() -> StoreError {
+    StoreError::Busy("the batch's transaction was rolled back by the database (disk full or I/O error)")
 }
