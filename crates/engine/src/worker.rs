@@ -441,11 +441,7 @@ impl DestinationWorkers {
     }
 
     async fn prepare_hl7(&self, delivery: &ClaimedDelivery) -> Prepared {
-        if self.channel.filter.is_empty()
-            && self.channel.transform.is_empty()
-            && self.filter.is_empty()
-            && self.transform.is_empty()
-        {
+        if !self.has_steps() {
             // Nothing to apply: the stored bytes are what an unchanged
             // message encodes to, so there is no need to parse them again.
             return Prepared::Send { content: delivery.raw.clone(), content_type: None, changed: false };
