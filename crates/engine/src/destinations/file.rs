@@ -46,7 +46,7 @@ use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{BuildContext, DeliveryError, DeliveryResponse, DestinationError, Outbound, ResponseKind};
 use crate::config::ConfigErrors;
@@ -190,7 +190,7 @@ impl FileDestination {
                     // The blocking task panicked or was cancelled: nothing
                     // is known to be durable, so every file is retried.
                     let reason = e.to_string();
-                    debug!(files = count, "file batch task failed");
+                    warn!(files = count, "file batch task failed; every file of it is retried");
                     for answer in answers.iter_mut().filter(|a| a.is_none()) {
                         *answer = Some(Err(DeliveryError::File {
                             op: "writing",
@@ -322,28 +322,32 @@ const SYNC_THREADS: usize = 32;
 fn sync_all_files(temps: &[Option<(PathBuf, std::fs::File)>]) -> Vec<std::io::Result<()>> {
     let open = temps.iter().filter(|t| t.is_some()).count();
     if open <= 1 {
-        return temps.iter().map(|t| t.as_ref().map_or(Ok(()), |(_, f)| f.sync_all())).collect();
+        return sync_chunk(temps);
     }
     let per_thread = temps.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = temps
+        // A thread that cannot start (the process is out of threads) is no
+        // reason to fail or abandon the batch: its share is fsynced here.
+        let started: Vec<_> = temps
             .chunks(per_thread)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk.iter().map(|t| t.as_ref().map_or(Ok(()), |(_, f)| f.sync_all())).collect::<Vec<_>>()
-                })
-            })
+            .map(|chunk| std::thread::Builder::new().spawn_scoped(scope, move || sync_chunk(chunk)).ok())
             .collect();
-        handles
+        started
             .into_iter()
             .zip(temps.chunks(per_thread))
-            .flat_map(|(h, chunk)| {
-                h.join().unwrap_or_else(|_| {
+            .flat_map(|(thread, chunk)| match thread {
+                Some(h) => h.join().unwrap_or_else(|_| {
                     chunk.iter().map(|_| Err(std::io::Error::other("fsync thread panicked"))).collect()
-                })
+                }),
+                None => sync_chunk(chunk),
             })
             .collect()
     })
+}
+
+/// fsyncs the open files of `chunk` one after the other.
+fn sync_chunk(chunk: &[Option<(PathBuf, std::fs::File)>]) -> Vec<std::io::Result<()>> {
+    chunk.iter().map(|t| t.as_ref().map_or(Ok(()), |(_, f)| f.sync_all())).collect()
 }
 
 /// Gives a durable temporary file its final name: a rename (replacing an
