@@ -11,6 +11,9 @@
 //! the global allocator of the `plexus` binary. Each file is measured twice:
 //! parse + `hl7_to_fhir` (a `serde_json::Value`), and parse +
 //! `hl7_to_fhir_json` (the Bundle's JSON bytes, written directly).
+//!
+//! Arguments, if any, name the fixtures to run (e.g. `ADT01-23.hl7`) and
+//! `json` or `value` to run one path only (for a profiler).
 
 use std::path::Path;
 use std::time::Instant;
@@ -30,7 +33,16 @@ fn cpu_secs() -> Option<f64> {
 pub fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hl7v2");
     let opts = convert::Hl7ToFhirOptions::default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| {
+        let files: Vec<&String> = args.iter().filter(|a| a.ends_with(".hl7")).collect();
+        files.is_empty() || files.iter().any(|f| *f == name)
+    };
+    let only = |path: &str| !args.iter().any(|a| a == "json" || a == "value") || args.iter().any(|a| a == path);
     for file in ["ADT-A01-01.hl7", "ADT01-23.hl7", "ORU-R01-01.hl7", "LRI_2.0-NG_CBC_Typ_Message.hl7"] {
+        if !wanted(file) {
+            continue;
+        }
         let text = match std::fs::read_to_string(dir.join(file)) {
             Ok(t) => t.replace('\n', "\r"),
             Err(e) => {
@@ -39,6 +51,9 @@ pub fn main() {
             }
         };
         for (label, json) in [("parse+convert (Value)", false), ("parse+convert to JSON bytes", true)] {
+            if !only(if json { "json" } else { "value" }) {
+                continue;
+            }
             let (Some(start), wall) = (cpu_secs(), Instant::now()) else {
                 eprintln!("/proc/self/stat is not readable");
                 return;

@@ -6,6 +6,8 @@
 //! or override entries through the options (`code_systems`), and the reverse
 //! direction uses the same table read backwards.
 
+use std::borrow::Cow;
+
 /// Built-in v2 coding-system mnemonic to FHIR system URI.
 const SYSTEMS: &[(&str, &str)] = &[
     ("LN", "http://loinc.org"),
@@ -42,23 +44,29 @@ const SYSTEMS: &[(&str, &str)] = &[
 /// The FHIR system URI for a v2 coding-system mnemonic, if known: the
 /// built-in table, `HL7nnnn`/`HL7xnnnn` table names, and OIDs.
 pub fn system_uri(mnemonic: &str) -> Option<String> {
+    system_uri_cow(mnemonic).map(Cow::into_owned)
+}
+
+/// [`system_uri`], borrowing the built-in URIs (the HL7 v2 mappers look one
+/// up for nearly every coded field).
+pub(crate) fn system_uri_cow(mnemonic: &str) -> Option<Cow<'static, str>> {
     let m = mnemonic.trim();
     if m.is_empty() {
         return None;
     }
     if let Some((_, uri)) = SYSTEMS.iter().find(|(k, _)| k.eq_ignore_ascii_case(m)) {
-        return Some((*uri).to_string());
+        return Some(Cow::Borrowed(uri));
     }
     // HL70078, HL7-0078, HL7 0078: a v2 table.
     let upper = m.to_ascii_uppercase();
     if let Some(rest) = upper.strip_prefix("HL7") {
         let digits = rest.trim_start_matches(['-', ' ', '_']);
         if digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Some(v2_table(digits));
+            return Some(v2_table_cow(digits));
         }
     }
     if is_oid(m) {
-        return Some(format!("urn:oid:{m}"));
+        return Some(Cow::Owned(format!("urn:oid:{m}")));
     }
     None
 }
@@ -77,6 +85,23 @@ pub fn system_mnemonic(uri: &str) -> Option<String> {
 /// `http://terminology.hl7.org/CodeSystem/v2-NNNN`.
 pub fn v2_table(number: &str) -> String {
     format!("http://terminology.hl7.org/CodeSystem/v2-{number}")
+}
+
+/// [`v2_table`], borrowed for the tables the mappers name (no allocation
+/// and no formatting for each coded field).
+pub(crate) fn v2_table_cow(number: &str) -> Cow<'static, str> {
+    macro_rules! known {
+        ($($n:literal)*) => {
+            match number {
+                $($n => Cow::Borrowed(concat!("http://terminology.hl7.org/CodeSystem/v2-", $n)),)*
+                _ => Cow::Owned(v2_table(number)),
+            }
+        };
+    }
+    known!(
+        "0001" "0002" "0004" "0007" "0018" "0023" "0063" "0069" "0074" "0078" "0085" "0086" "0092" "0112" "0114"
+        "0123" "0131" "0162" "0163" "0203" "0270" "0276" "0278" "0286" "0296" "0443" "0487" "0488" "0493"
+    )
 }
 
 /// Whether `s` is an ISO OID (digits and dots, no empty arc).

@@ -107,7 +107,7 @@ impl<'a> Ctx<'a> {
         };
         body.retain(|(k, _)| *k != "resourceType" && *k != "id");
         let url = match &token {
-            Some(t) => format!("{kind}?identifier={t}"),
+            Some(t) => [kind, "?identifier=", t].concat(),
             None => {
                 let id = simple(uuid);
                 let url = [kind, "/", &id].concat();

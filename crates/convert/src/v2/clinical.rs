@@ -415,7 +415,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
             return Json::Null;
         }
         obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => kind}]},
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => kind}]},
             "system" => super::datatypes::authority_system(&n.s(2).text(), &n.s(3).text(), &n.s(4).text(), opts),
             "value" => value,
         }
@@ -1106,7 +1106,7 @@ fn immunization<'a>(
             && let Some(p) = practitioner(ctx, node.first())
         {
             performers.push(obj!{
-                "function" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0443"), "code" => function}]},
+                "function" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0443"), "code" => function}]},
                 "actor" => p.reference(),
             });
         }

@@ -178,7 +178,7 @@ fn identifier_type<'a>(code: Cow<'a, str>) -> Json<'a> {
     if code.is_empty() {
         return Json::Null;
     }
-    obj! {"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => code}]}
+    obj! {"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => code}]}
 }
 
 /// CX to Identifier.
@@ -214,35 +214,40 @@ pub(crate) fn ei<'a>(n: Node<'a>, type_code: &'static str, opts: &Hl7ToFhirOptio
 /// search parameter (`\`, `,`, `|`, `$`) and for a URL query.
 pub(crate) fn identifier_token(identifier: &Json<'_>) -> Option<String> {
     let value = identifier.get("value")?.as_str()?;
-    let esc = |s: &str| {
-        let mut out = String::with_capacity(s.len());
-        for c in s.chars() {
-            match c {
-                '\\' | ',' | '|' | '$' => {
-                    out.push('\\');
-                    out.push(c);
-                }
-                _ => out.push(c),
-            }
-        }
-        query_escape(&out)
-    };
-    Some(match identifier.get("system").and_then(Json::as_str) {
-        Some(sys) => format!("{}|{}", esc(sys), esc(value)),
-        None => esc(value),
-    })
+    let system = identifier.get("system").and_then(Json::as_str);
+    let mut out = String::with_capacity(system.map_or(0, str::len) + value.len() + 8);
+    if let Some(sys) = system {
+        token_escape(&mut out, sys);
+        out.push('|');
+    }
+    token_escape(&mut out, value);
+    Some(out)
 }
 
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` escaped for a search parameter (a `\` before `\`, `,`, `|`,
+/// `$`), then for a URL query, in one pass (a token is made for every
+/// conditional entry).
+fn token_escape(out: &mut String, s: &str) {
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~:/\\@!*'(),".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+        if matches!(b, b'\\' | b',' | b'|' | b'$') {
+            // The search escape's backslash is itself kept as is by the
+            // query escape.
+            out.push('\\');
         }
+        push_query_byte(out, b);
     }
-    out
+}
+
+/// Appends one byte of a URL query: as is where allowed, else `%XX`.
+fn push_query_byte(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if b.is_ascii_alphanumeric() || b"-._~:/\\@!*'(),".contains(&b) {
+        out.push(char::from(b));
+    } else {
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
 }
 
 /// Table 0200 name type to HumanName.use (the IG's ConceptMap).
@@ -399,9 +404,9 @@ pub(crate) fn coding<'a>(
         return Json::Null;
     }
     let system = if mnemonic.is_empty() {
-        (!default_table.is_empty()).then(|| terminology::v2_table(default_table))
+        (!default_table.is_empty()).then(|| terminology::v2_table_cow(default_table))
     } else {
-        opts.code_systems.get(mnemonic).cloned().or_else(|| terminology::system_uri(mnemonic))
+        opts.code_systems.get(mnemonic).map(|s| Cow::Owned(s.clone())).or_else(|| terminology::system_uri_cow(mnemonic))
     };
     obj! {"system" => system, "code" => code, "display" => trimmed(display)}
 }

@@ -31,6 +31,7 @@ pub(crate) enum Json<'a> {
 impl<'a> Json<'a> {
     /// Whether this value is empty in the FHIR sense (null, "", [], {}); not
     /// recursive: see [`Json::prune`].
+    #[inline]
     pub fn is_empty(&self) -> bool {
         match self {
             Json::Null => true,

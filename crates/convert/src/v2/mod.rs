@@ -37,7 +37,9 @@ macro_rules! arr {
 }
 
 /// Appends unless empty, reserving room for `capacity` members at the first
-/// one.
+/// one. Inlined: it runs for every member written by `obj!`, and a call
+/// copies the member through the stack.
+#[inline(always)]
 pub(crate) fn put_lazy<'a>(
     members: &mut Vec<(&'static str, Json<'a>)>,
     capacity: usize,
@@ -53,6 +55,7 @@ pub(crate) fn put_lazy<'a>(
 }
 
 /// Pushes unless empty.
+#[inline(always)]
 pub(crate) fn push<'a>(items: &mut Vec<Json<'a>>, value: Json<'a>) {
     if !value.is_empty() {
         items.push(value);

@@ -26,11 +26,9 @@ fn non_null<'a>(items: impl IntoIterator<Item = Json<'a>>) -> Vec<Json<'a>> {
 
 /// The identity of an Identifier: `system|value`.
 fn id_key(identifier: &Json<'_>) -> String {
-    format!(
-        "{}|{}",
-        identifier.get("system").and_then(Json::as_str).unwrap_or(""),
-        identifier.get("value").and_then(Json::as_str).unwrap_or("")
-    )
+    let system = identifier.get("system").and_then(Json::as_str).unwrap_or("");
+    let value = identifier.get("value").and_then(Json::as_str).unwrap_or("");
+    [system, "|", value].concat()
 }
 
 /// PID-3's identifier to use for the conditional update: the MR-typed one,
@@ -57,7 +55,7 @@ pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>
     let ssn = pid.f(19).text();
     if !ssn.is_empty() {
         identifiers.push(obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "SS"}]},
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => "SS"}]},
             "system" => "http://hl7.org/fhir/sid/us-ssn",
             "value" => ssn,
         });
@@ -65,7 +63,7 @@ pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>
     let dl = pid.f(20);
     if !dl.c(1).is_empty() {
         identifiers.push(obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "DL"}]},
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => "DL"}]},
             "system" => authority_system(&dl.c(2).text(), "", "", opts),
             "value" => dl.c(1).text(),
             "period" => obj!{"end" => date(&dl.c(3).text())},
@@ -466,7 +464,7 @@ pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) 
         Json::Null
     } else {
         obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table("0203"), "code" => "MB"}]},
+            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => "MB"}]},
             "value" => policy.clone(),
         }
     };
