@@ -22,11 +22,15 @@
 //! the message.
 //!
 //! The deliveries of a batch for a `file` destination are written together
-//! ([`crate::destinations::FileDestination::send_many`]: one fsync per
-//! folder instead of one per file), and while a batch's completions
-//! commit, the worker already claims the next batch, so both share one
-//! store transaction (the keys still in flight are not claimable, so a
-//! patient's next message waits for the completion of the one before). A
+//! ([`crate::destinations::FileDestination::send_named`]: one fsync per
+//! folder instead of one per file, the contents handed over rather than
+//! copied). While a full batch's completions commit, the worker already
+//! claims the next batch, so both share one store transaction (the keys
+//! still in flight are not claimable, so a patient's next message waits for
+//! the completion of the one before). A batch smaller than asked for means
+//! the store had nothing else to hand out, so the worker claims again only
+//! once it is completed: claiming ahead then would mostly come back empty
+//! and be made a second time anyway, for the keys the completions free. A
 //! channel and destination without filters or transforms send the stored
 //! bytes as they are, without parsing them again.
 //!
@@ -48,7 +52,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::ContentKind;
-use crate::destinations::{DeliveryError, DeliveryResponse, Destination, Outbound};
+use crate::destinations::file::NamedContent;
+use crate::destinations::{DeliveryError, DeliveryResponse, Destination, FileDestination, Outbound};
 use crate::filter::{Filter, first_rejecting};
 use crate::flows::FlowOutput;
 use crate::transform::{Staged, Transform, TransformContext};
@@ -202,12 +207,16 @@ impl DestinationWorkers {
                 }
                 continue;
             }
+            // A full batch suggests more is waiting; a smaller one that the
+            // store had nothing else to hand out just now.
+            let full = claim.deliveries.len() >= request.max as usize;
             // Different order keys: safe to run side by side. A shutdown
             // signal lets the batch finish; its deliveries are complete or,
             // if the process dies first, their leases expire.
             let done = self.attempt_batch(claim.deliveries).await;
-            if shutdown.is_cancelled() || self.channel.switch.is_stopped() {
-                // Nothing more is claimed: the loop stops or waits.
+            if !full || shutdown.is_cancelled() || self.channel.switch.is_stopped() {
+                // Nothing is claimed ahead: the loop claims once the
+                // completions are in (or stops, or waits).
                 self.complete_all(done).await;
                 continue;
             }
@@ -216,9 +225,21 @@ impl DestinationWorkers {
             // are still leased during that claim, so it never hands out a
             // patient's next message before this one is completed.
             let ((), next) = tokio::join!(self.complete_all(done), self.store.claim(&request));
-            // An empty or failed claim made ahead is simply made again, now
-            // that the completions are in (they may have freed keys).
-            claimed = next.ok().filter(|c| !c.deliveries.is_empty());
+            match next {
+                Ok(next) if !next.deliveries.is_empty() => claimed = Some(next),
+                // Nothing but the keys just completed had work, if any:
+                // the loop claims again now that they are free.
+                Ok(_) => {}
+                Err(e) => {
+                    // The loop claims again at once (and backs off if that
+                    // fails too); the error says no more than the store's.
+                    warn!(
+                        channel = %self.channel.name, destination = %self.name,
+                        error = %e, class = ?e.class(),
+                        "claiming the next deliveries ahead failed; claiming again"
+                    );
+                }
+            }
         }
         debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker stopped");
     }
@@ -243,12 +264,12 @@ impl DestinationWorkers {
         let prepared = join_all(deliveries.iter().map(|d| self.prepare(d, None))).await;
         let mut done: Vec<Option<Done>> = Vec::with_capacity(deliveries.len());
         let mut ready = Vec::with_capacity(deliveries.len());
-        let mut ids = Vec::with_capacity(deliveries.len());
+        let mut slots = Vec::with_capacity(deliveries.len());
         for (d, p) in deliveries.iter().zip(prepared) {
             match p {
                 Ok(r) => {
-                    ids.push(d.message_id.to_string());
-                    ready.push((done.len(), d, r));
+                    slots.push(done.len());
+                    ready.push((d, r));
                     done.push(None);
                 }
                 Err(attempt) => {
@@ -256,15 +277,38 @@ impl DestinationWorkers {
                 }
             }
         }
-        let outs: Vec<Outbound<'_>> =
-            ready.iter().zip(&ids).map(|((_, d, r), id)| r.outbound(d, id, &self.channel.name)).collect();
-        let sent = file.send_many(&outs).await;
-        drop(outs);
-        for ((slot, d, r), result) in ready.into_iter().zip(sent) {
-            let attempt = self.sent(d, r.transformed, result);
-            done[slot] = Some(Done { head: Head::of(d), attempt, for_flow: None, took: started.elapsed() });
+        let heads: Vec<Head> = ready.iter().map(|(d, _)| Head::of(d)).collect();
+        let attempts = self.write_files(file, ready).await;
+        for ((slot, head), attempt) in slots.into_iter().zip(heads).zip(attempts) {
+            done[slot] = Some(Done { head, attempt, for_flow: None, took: started.elapsed() });
         }
         done.into_iter().flatten().collect()
+    }
+
+    /// Names and writes the files of `ready` together, handing their
+    /// contents over to the destination (no copy of each body), and returns
+    /// one attempt for each, in order.
+    async fn write_files(&self, file: &FileDestination, ready: Vec<(&ClaimedDelivery, Ready)>) -> Vec<Attempt> {
+        let mut attempts: Vec<Option<Attempt>> = Vec::with_capacity(ready.len());
+        let mut files = Vec::with_capacity(ready.len());
+        let mut waiting = Vec::with_capacity(ready.len());
+        for (d, r) in ready {
+            let message_id = d.message_id.to_string();
+            let name = file.file_name(&r.outbound(d, &message_id, &self.channel.name));
+            match name {
+                Ok(name) => {
+                    waiting.push((attempts.len(), d, r.transformed));
+                    files.push(NamedContent { name, content: r.content });
+                    attempts.push(None);
+                }
+                Err(e) => attempts.push(Some(self.sent(d, r.transformed, Err(e)))),
+            }
+        }
+        let written = file.send_named(files).await;
+        for ((slot, d, transformed), result) in waiting.into_iter().zip(written) {
+            attempts[slot] = Some(self.sent(d, transformed, result));
+        }
+        attempts.into_iter().map(|a| a.unwrap_or_else(no_answer)).collect()
     }
 
     /// Records the outcomes of a batch (side by side: they share commits).
@@ -354,6 +398,11 @@ impl DestinationWorkers {
             Ok(r) => r,
             Err(attempt) => return attempt,
         };
+        if let Destination::File(file) = &self.destination {
+            // Through the batch path, which takes the content over.
+            let mut attempts = self.write_files(file, vec![(&delivery, ready)]).await;
+            return attempts.pop().unwrap_or_else(no_answer);
+        }
         let message_id = delivery.message_id.to_string();
         let result = self.destination.send(&ready.outbound(&delivery, &message_id, &self.channel.name)).await;
         self.sent(&delivery, ready.transformed, result)
@@ -563,6 +612,17 @@ impl From<Outcome> for Attempt {
     fn from(outcome: Outcome) -> Self {
         Attempt { outcome, retry_after: None }
     }
+}
+
+/// The outcome of a file that the destination did not answer for (it
+/// answers every file; this keeps a bug from losing a delivery): retried.
+fn no_answer() -> Attempt {
+    Outcome::Failed {
+        class: FailureClass::Transient,
+        reason: "the file destination gave no answer".to_owned(),
+        response: None,
+    }
+    .into()
 }
 
 fn describe(outcome: &Outcome) -> &'static str {

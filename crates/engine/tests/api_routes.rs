@@ -4,8 +4,11 @@
 //! unknown ids (404), and what each answers; the audit trail of reads and
 //! replays; revoked and expired tokens; `api.auth = "none"`.
 
+mod ops_support;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,6 +17,7 @@ use chrono::{TimeZone, Utc};
 use engine::api::auth::{self, Auth, Scope};
 use engine::api::control::ChannelSwitch;
 use engine::api::{ApiState, ChannelInfo, openapi, router};
+use ops_support::WatchedStore;
 use serde_json::{Value, json};
 use store::{AuditQuery, DeliveryState, MessageId, NewDelivery, NewMessage, Store, StoreOptions};
 use tower::ServiceExt as _;
@@ -472,86 +476,14 @@ async fn channels_stop_and_start_with_channels_admin() {
     assert_eq!(trail, [("channel_start", "ops-admin"), ("channel_stop", "ops-admin")]);
 }
 
-/// A store whose reads and audit writes fail (a lost database), delegating
-/// the rest (and, unless `tokens_fail`, the token lookups) to a real one.
-#[derive(Debug)]
-struct Failing {
-    inner: Arc<dyn Store>,
-    tokens_fail: bool,
-}
-
-#[async_trait::async_trait]
-impl Store for Failing {
-    fn backend(&self) -> store::Backend {
-        self.inner.backend()
-    }
-    async fn accept(&self, m: NewMessage) -> store::Result<store::Accepted> {
-        self.inner.accept(m).await
-    }
-    async fn claim(&self, r: &store::ClaimRequest) -> store::Result<store::Claim> {
-        self.inner.claim(r).await
-    }
-    async fn complete(
-        &self,
-        d: store::DeliveryId,
-        l: store::LeaseToken,
-        o: store::Outcome,
-        p: &store::RetryPolicy,
-    ) -> store::Result<store::Completion> {
-        self.inner.complete(d, l, o, p).await
-    }
-    async fn extend_lease(
-        &self,
-        d: store::DeliveryId,
-        l: store::LeaseToken,
-        by: std::time::Duration,
-    ) -> store::Result<chrono::DateTime<Utc>> {
-        self.inner.extend_lease(d, l, by).await
-    }
-    async fn replay(&self, r: store::ReplayRequest) -> store::Result<store::ReplayResult> {
-        self.inner.replay(r).await
-    }
-    async fn dead_letter(&self, d: store::DeliveryId, actor: &str, reason: Option<String>) -> store::Result<()> {
-        self.inner.dead_letter(d, actor, reason).await
-    }
-    async fn record_audit(&self, _e: store::NewAuditEvent) -> store::Result<()> {
-        Err(store::StoreError::Closed)
-    }
-    async fn audit_events(&self, q: &AuditQuery) -> store::Result<Vec<store::AuditEvent>> {
-        self.inner.audit_events(q).await
-    }
-    async fn get_message(&self, id: MessageId) -> store::Result<Option<store::MessageDetail>> {
-        self.inner.get_message(id).await
-    }
-    async fn search(&self, _q: &store::SearchQuery) -> store::Result<store::SearchPage> {
-        Err(store::StoreError::NotFound("row for patient MRN-999 vanished".into()))
-    }
-    async fn counts(&self) -> store::Result<Vec<store::StateCount>> {
-        Err(store::StoreError::Closed)
-    }
-    async fn retention_batch(&self, r: &store::RetentionRequest) -> store::Result<store::RetentionBatch> {
-        self.inner.retention_batch(r).await
-    }
-    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.changes()
-    }
-    async fn api_token(&self, id: &str) -> store::Result<Option<store::ApiToken>> {
-        if self.tokens_fail { Err(store::StoreError::Closed) } else { self.inner.api_token(id).await }
-    }
-    async fn touch_api_token(&self, id: &str, at: chrono::DateTime<Utc>) -> store::Result<()> {
-        self.inner.touch_api_token(id, at).await
-    }
-    async fn close(&self) {
-        self.inner.close().await
-    }
-}
-
 #[tokio::test]
 async fn store_failures_answer_problems_without_internals_or_contents() {
     let api = api().await;
     let token = api.token("dashboard", &[Scope::MessagesRead]).await;
     let id = accept(api.store.as_ref(), "adt-in", "C1", "MRN-999", 0, &["ehr"]).await;
-    let failing: Arc<dyn Store> = Arc::new(Failing { inner: Arc::clone(&api.store), tokens_fail: false });
+    let watched = WatchedStore::new(Arc::clone(&api.store));
+    watched.fail_reads.store(true, Ordering::SeqCst);
+    let failing: Arc<dyn Store> = Arc::new(watched);
     let app = router(ApiState::new(Arc::clone(&failing), Auth::new(Arc::clone(&failing)), channels()));
 
     let (status, problem) = call(&app, Method::GET, "/api/messages?mrn=MRN-999", Some(&token), None).await;
@@ -565,7 +497,10 @@ async fn store_failures_answer_problems_without_internals_or_contents() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(!problem.to_string().contains("MSH") && !problem.to_string().contains("MRN-999"), "{problem}");
 
-    let no_tokens: Arc<dyn Store> = Arc::new(Failing { inner: Arc::clone(&api.store), tokens_fail: true });
+    let watched = WatchedStore::new(Arc::clone(&api.store));
+    watched.fail_reads.store(true, Ordering::SeqCst);
+    watched.fail_tokens.store(true, Ordering::SeqCst);
+    let no_tokens: Arc<dyn Store> = Arc::new(watched);
     let app = router(ApiState::new(Arc::clone(&no_tokens), Auth::new(Arc::clone(&no_tokens)), channels()));
     let (status, problem) = call(&app, Method::GET, "/api/channels", Some(&token), None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "an unreadable token store is not a bad token");

@@ -10,13 +10,13 @@ mod ops_support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::BytesMut;
 use hl7v2::mllp::MllpCodec;
-use ops_support::{Client, Harness, adt, config, eventually, field, oru, recording_receiver, stored};
-use store::{DeliveryState, SearchQuery, Store};
+use ops_support::{Client, Harness, WatchedStore, adt, config, eventually, field, oru, recording_receiver, stored};
+use store::{DeliveryState, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Decoder, Encoder};
@@ -219,77 +219,14 @@ async fn a_peer_closing_inside_a_frame_is_counted_and_others_go_on() {
     h.stop().await;
 }
 
-/// A store whose accepts fail (a full disk, a lost database), delegating
-/// everything else to a real store.
-#[derive(Debug)]
-struct FailingAccepts(Arc<dyn Store>);
-
-#[async_trait]
-impl Store for FailingAccepts {
-    fn backend(&self) -> store::Backend {
-        self.0.backend()
-    }
-    async fn accept(&self, _message: store::NewMessage) -> store::Result<store::Accepted> {
-        Err(store::StoreError::Closed)
-    }
-    async fn claim(&self, r: &store::ClaimRequest) -> store::Result<store::Claim> {
-        self.0.claim(r).await
-    }
-    async fn complete(
-        &self,
-        d: store::DeliveryId,
-        l: store::LeaseToken,
-        o: store::Outcome,
-        p: &store::RetryPolicy,
-    ) -> store::Result<store::Completion> {
-        self.0.complete(d, l, o, p).await
-    }
-    async fn extend_lease(
-        &self,
-        d: store::DeliveryId,
-        l: store::LeaseToken,
-        by: Duration,
-    ) -> store::Result<chrono::DateTime<chrono::Utc>> {
-        self.0.extend_lease(d, l, by).await
-    }
-    async fn replay(&self, r: store::ReplayRequest) -> store::Result<store::ReplayResult> {
-        self.0.replay(r).await
-    }
-    async fn dead_letter(&self, d: store::DeliveryId, actor: &str, reason: Option<String>) -> store::Result<()> {
-        self.0.dead_letter(d, actor, reason).await
-    }
-    async fn record_audit(&self, e: store::NewAuditEvent) -> store::Result<()> {
-        self.0.record_audit(e).await
-    }
-    async fn audit_events(&self, q: &store::AuditQuery) -> store::Result<Vec<store::AuditEvent>> {
-        self.0.audit_events(q).await
-    }
-    async fn get_message(&self, id: store::MessageId) -> store::Result<Option<store::MessageDetail>> {
-        self.0.get_message(id).await
-    }
-    async fn search(&self, q: &SearchQuery) -> store::Result<store::SearchPage> {
-        self.0.search(q).await
-    }
-    async fn counts(&self) -> store::Result<Vec<store::StateCount>> {
-        self.0.counts().await
-    }
-    async fn retention_batch(&self, r: &store::RetentionRequest) -> store::Result<store::RetentionBatch> {
-        self.0.retention_batch(r).await
-    }
-    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.changes()
-    }
-    async fn close(&self) {
-        self.0.close().await
-    }
-}
-
 #[tokio::test]
 async fn a_failed_commit_answers_ae_never_aa() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), ARCHIVE);
     let real = ops_support::open_store(dir.path(), store::StoreOptions::default()).await;
-    let h = Harness::start_with_store(dir, config, Arc::new(FailingAccepts(real))).await;
+    let failing = WatchedStore::new(real);
+    failing.fail_accepts.store(true, Ordering::SeqCst);
+    let h = Harness::start_with_store(dir, config, Arc::new(failing)).await;
     let mut c = Client::connect(h.addr("adt-in")).await;
     let m = adt("NOSTORE1", "MRN1");
     c.send(&[&m]).await;
@@ -407,10 +344,10 @@ file_name = "${control_id}.hl7"
     h.stop().await;
 }
 
-#[tokio::test]
-async fn each_patients_messages_arrive_in_order_with_several_workers() {
-    let (receiver, seen) = recording_receiver().await;
-    let body = format!(
+/// A channel `adt-in` from MLLP to an MLLP destination `downstream` at
+/// `receiver`, its settings plus `extra`.
+fn to_downstream(receiver: SocketAddr, extra: &str) -> String {
+    format!(
         r#"
 [channels.adt-in.source]
 type = "mllp"
@@ -419,10 +356,15 @@ listen = "127.0.0.1:0"
 name = "downstream"
 type = "mllp"
 address = "{receiver}"
-workers = 4
+{extra}
 "#
-    );
-    let h = Harness::start(&body).await;
+    )
+}
+
+#[tokio::test]
+async fn each_patients_messages_arrive_in_order_with_several_workers() {
+    let (receiver, seen) = recording_receiver().await;
+    let h = Harness::start(&to_downstream(receiver, "workers = 4")).await;
     let addr = h.addr("adt-in");
     // Three senders, interleaving five patients.
     let mut senders = Vec::new();
@@ -453,6 +395,74 @@ workers = 4
             assert_eq!(mine, sorted, "patient P{p}, sender S{s}");
         }
     }
+    h.stop().await;
+}
+
+/// A worker whose queue runs empty claims once after its last batch, not
+/// twice (a claim made ahead while completing, then the same claim again):
+/// a batch smaller than asked for is completed before the next claim.
+#[tokio::test]
+async fn a_worker_claims_once_when_its_queue_runs_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), ARCHIVE);
+    let real = ops_support::open_store(dir.path(), store::StoreOptions::default()).await;
+    let watched = Arc::new(WatchedStore::new(real));
+    let h = Harness::start_with_store(dir, config, Arc::clone(&watched) as Arc<dyn Store>).await;
+    eventually("the worker's first claim", async || !watched.claims("archive").is_empty()).await;
+    // Idle now: it sleeps until a message comes (or IDLE_POLL, 5 s).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(watched.claims("archive"), [Some(0)]);
+
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    c.send(&[&adt("ONCE1", "MRN1")]).await;
+    assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+    let id = stored(h.store(), "ONCE1").await[0].id;
+    eventually("the delivery is recorded as sent", async || {
+        h.store().get_message(id).await.unwrap().unwrap().deliveries[0].state == DeliveryState::Sent
+    })
+    .await;
+    // Well below IDLE_POLL: only the claims the delivery caused are in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(watched.claims("archive"), [Some(0), Some(1), Some(0)]);
+    h.stop().await;
+}
+
+/// A claim made ahead while a full batch completes that fails is logged at
+/// warn (the store's error, no message content) and claimed again: nothing
+/// is lost, and one patient's messages still go out in order.
+#[tokio::test]
+async fn a_failed_claim_ahead_is_logged_and_claimed_again() {
+    let warnings = ops_support::Warnings::collect();
+    let (receiver, seen) = recording_receiver().await;
+    // One connection and one worker: batches of one, so every batch is
+    // full and the next claim is made ahead while it completes.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &to_downstream(receiver, "connections = 1"));
+    let real = ops_support::open_store(dir.path(), store::StoreOptions::default()).await;
+    let watched = Arc::new(WatchedStore::new(real));
+    watched.fail_claim_after_deliveries.store(true, Ordering::SeqCst);
+    let h = Harness::start_with_store(dir, config, Arc::clone(&watched) as Arc<dyn Store>).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    for i in 0..6 {
+        c.send(&[&adt(&format!("AHEAD{i}"), if i % 2 == 0 { "MRN1" } else { "MRN2" })]).await;
+        assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
+    }
+    eventually("all 6 delivered", async || seen.lock().unwrap().len() >= 6).await;
+    assert!(watched.claims("downstream").contains(&None), "no claim failed: {:?}", watched.claims("downstream"));
+    let seen = seen.lock().unwrap().clone();
+    for mrn in ["MRN1", "MRN2"] {
+        let ids: Vec<&str> = seen.iter().filter(|(m, _)| m == mrn).map(|(_, id)| id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "{mrn}");
+        assert_eq!(ids.len(), 3, "{mrn}: {ids:?}");
+    }
+    let lines = warnings.lines();
+    let logged: Vec<&String> =
+        lines.iter().filter(|l| l.contains("claiming the next deliveries ahead failed")).collect();
+    assert_eq!(logged.len(), 1, "{lines:?}");
+    assert!(logged[0].contains("destination=downstream"), "{}", logged[0]);
+    assert!(!logged[0].contains("MRN") && !logged[0].contains("DOE"), "patient data logged: {}", logged[0]);
     h.stop().await;
 }
 

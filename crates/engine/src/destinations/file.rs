@@ -32,14 +32,22 @@
 //! itself is fsynced so the rename survives a power loss. Programs that
 //! poll the folder should ignore names starting with a dot.
 //! With `if_exists = "fail"` the final step is a hard link, which fails
-//! rather than replace an existing file.
+//! rather than replace an existing file: the temporary file is removed and
+//! the delivery fails for good, naming the file.
+//!
+//! A folder the name makes (`${date:%Y/%m/%d}/...`) is an entry in its
+//! parent folder like a file is, so the parent of every folder created is
+//! fsynced too: otherwise a power loss could take the new folder, and the
+//! delivered files in it, away after the delivery was completed.
 //!
 //! A worker hands over the deliveries it claimed together
-//! ([`FileDestination::send_many`]): their files are written one after the
+//! ([`FileDestination::send_named`]): their files are written one after the
 //! other, then each is fsynced and renamed, and each folder is fsynced once
 //! for all of them, in one blocking task. A delivery is answered (and so
 //! completed) only after its own file and its folder entry are durable; the
-//! batch saves a folder fsync and a thread hand-off per file.
+//! batch saves a folder fsync and a thread hand-off per file. The worker
+//! hands the contents over rather than lending them, so the blocking task
+//! needs no copy of each body.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -146,105 +154,211 @@ impl FileDestination {
     /// (relative to the folder).
     pub async fn send(&self, out: &Outbound<'_>) -> Result<DeliveryResponse, DeliveryError> {
         let mut answers = self.send_many(std::slice::from_ref(out)).await;
-        answers.pop().unwrap_or_else(|| Err(DeliveryError::Content { reason: "nothing was written".to_owned() }))
+        answers.pop().unwrap_or_else(|| Err(nothing_written()))
     }
 
-    /// Writes several messages atomically, answering each in order: every
-    /// file is written and fsynced, then renamed, then each folder is
-    /// fsynced once. An answer is `Ok` only once its file is durable under
-    /// its final name; a failure affects only the files it concerns (a
-    /// failed folder fsync fails every file of that folder).
+    /// Writes several messages atomically, answering each in order (see
+    /// [`FileDestination::send_named`]). The contents are borrowed, so each
+    /// is copied for the blocking task; a caller that owns them saves that
+    /// copy with [`FileDestination::file_name`] and `send_named`.
     pub async fn send_many(&self, outs: &[Outbound<'_>]) -> Vec<Result<DeliveryResponse, DeliveryError>> {
         let mut answers: Vec<Option<Result<DeliveryResponse, DeliveryError>>> = Vec::with_capacity(outs.len());
         let mut files = Vec::with_capacity(outs.len());
-        for (index, out) in outs.iter().enumerate() {
-            match self.template.render(out) {
-                Ok(relative) => {
-                    let target = self.directory.join(&relative);
-                    files.push(PendingFile { index, relative, target, content: out.content.to_vec() });
+        let mut slots = Vec::with_capacity(outs.len());
+        for out in outs {
+            match self.file_name(out) {
+                Ok(name) => {
+                    slots.push(answers.len());
+                    files.push(NamedContent { name, content: out.content.to_vec() });
                     answers.push(None);
                 }
                 Err(e) => answers.push(Some(Err(e))),
             }
         }
-        if !files.is_empty() {
-            let if_exists = self.if_exists;
-            let first = files[0].target.clone();
-            let count = files.len();
-            let written = tokio::task::spawn_blocking(move || {
-                let results = write_batch(&files, if_exists);
-                files.into_iter().zip(results).collect::<Vec<_>>()
-            })
-            .await;
-            match written {
-                Ok(written) => {
-                    for (file, result) in written {
-                        answers[file.index] = Some(result.map(|()| DeliveryResponse {
-                            kind: ResponseKind::Local,
-                            summary: format!("wrote {}", file.relative),
-                            body: None,
-                        }));
-                    }
-                }
-                Err(e) => {
-                    // The blocking task panicked or was cancelled: nothing
-                    // is known to be durable, so every file is retried.
-                    let reason = e.to_string();
-                    warn!(files = count, "file batch task failed; every file of it is retried");
-                    for answer in answers.iter_mut().filter(|a| a.is_none()) {
-                        *answer = Some(Err(DeliveryError::File {
+        for (slot, answer) in slots.into_iter().zip(self.send_named(files).await) {
+            answers[slot] = Some(answer);
+        }
+        answers.into_iter().map(|a| a.unwrap_or_else(|| Err(nothing_written()))).collect()
+    }
+
+    /// The name `out` is written under, relative to the folder: an error
+    /// (permanent) when the template cannot name it.
+    pub fn file_name(&self, out: &Outbound<'_>) -> Result<String, DeliveryError> {
+        self.template.render(out)
+    }
+
+    /// Writes files named by [`FileDestination::file_name`], taking their
+    /// contents, and answers each in order: every file is written and
+    /// fsynced, then renamed, then each folder (and the parent of each
+    /// folder created) is fsynced once. An answer is `Ok` only once its
+    /// file is durable under its final name; a failure affects only the
+    /// files it concerns (a failed folder fsync fails every file that
+    /// relies on it).
+    pub async fn send_named(&self, files: Vec<NamedContent>) -> Vec<Result<DeliveryResponse, DeliveryError>> {
+        let count = files.len();
+        if count == 0 {
+            return Vec::new();
+        }
+        let directory = self.directory.clone();
+        let if_exists = self.if_exists;
+        let first = directory.join(&files[0].name);
+        let written = tokio::task::spawn_blocking(move || {
+            let pending: Vec<PendingFile> = files
+                .into_iter()
+                .map(|f| PendingFile { target: directory.join(&f.name), relative: f.name, content: f.content })
+                .collect();
+            let results = write_batch(&pending, if_exists, &RealDisk);
+            // The names go back for the answers; the contents are dropped
+            // here, off the async threads.
+            pending.into_iter().map(|f| f.relative).zip(results).collect::<Vec<_>>()
+        })
+        .await;
+        let answers: Vec<_> = match written {
+            Ok(written) => written
+                .into_iter()
+                .map(|(relative, result)| {
+                    result.map(|()| DeliveryResponse {
+                        kind: ResponseKind::Local,
+                        summary: format!("wrote {relative}"),
+                        body: None,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                // The blocking task panicked or was cancelled: nothing is
+                // known to be durable, so every file is retried.
+                let reason = e.to_string();
+                warn!(files = count, "file batch task failed; every file of it is retried");
+                (0..count)
+                    .map(|_| {
+                        Err(DeliveryError::File {
                             op: "writing",
                             path: first.clone(),
                             source: std::io::Error::other(reason.clone()),
-                        }));
-                    }
-                }
+                        })
+                    })
+                    .collect()
             }
-        }
-        debug!(files = outs.len(), "file batch written");
+        };
+        debug!(files = count, "file batch written");
         answers
-            .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(DeliveryError::Content { reason: "nothing was written".to_owned() })))
-            .collect()
     }
+}
+
+/// A message for [`FileDestination::send_named`]: its file name and its
+/// content, handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedContent {
+    /// What [`FileDestination::file_name`] made of the message.
+    pub name: String,
+    /// The bytes to write.
+    pub content: Vec<u8>,
+}
+
+fn nothing_written() -> DeliveryError {
+    DeliveryError::Content { reason: "nothing was written".to_owned() }
 }
 
 /// One file of a batch: where it goes and what it holds.
 struct PendingFile {
-    /// Its position in the batch.
-    index: usize,
     /// The rendered name, relative to the folder (for the response).
     relative: String,
     target: PathBuf,
     content: Vec<u8>,
 }
 
+impl PendingFile {
+    fn folder(&self) -> &Path {
+        parent_of(&self.target)
+    }
+}
+
+/// The folder `path` is an entry of (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The file system calls of a batch that the unit tests watch or make
+/// fail: which folders are fsynced cannot be seen from outside short of a
+/// power loss, and a temporary file that cannot be removed cannot be
+/// arranged on a real disk by a test running as root.
+trait Disk {
+    /// fsyncs a folder, making the entries in it durable.
+    fn sync_folder(&self, folder: &Path) -> std::io::Result<()>;
+    /// Removes a (temporary) file.
+    fn remove_file(&self, path: &Path) -> std::io::Result<()>;
+}
+
+/// The real file system.
+struct RealDisk;
+
+impl Disk for RealDisk {
+    fn sync_folder(&self, folder: &Path) -> std::io::Result<()> {
+        std::fs::File::open(folder).and_then(|d| d.sync_all())
+    }
+
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Creates `folder` and the folders missing above it (like
+/// `create_dir_all`), adding every folder it created itself to `created`,
+/// outermost first: each is a new entry in its parent, which must be
+/// fsynced for it to survive a power loss. A folder another process
+/// creates meanwhile counts as found, not created.
+fn create_folder(folder: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    match std::fs::create_dir(folder) {
+        Ok(()) => {
+            created.push(folder.to_path_buf());
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(parent) = folder.parent().filter(|p| !p.as_os_str().is_empty()) else { return Err(e) };
+            create_folder(parent, created)?;
+            match std::fs::create_dir(folder) {
+                Ok(()) => {
+                    created.push(folder.to_path_buf());
+                    Ok(())
+                }
+                Err(_) if folder.is_dir() => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Err(_) if folder.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes a batch of files atomically (see the module documentation):
 /// temp file + write for each, fsync each, rename (or link) each, then one
-/// fsync per folder. Returns one result per file, in order; a temporary
-/// file whose delivery failed is removed.
-fn write_batch(files: &[PendingFile], if_exists: IfExists) -> Vec<Result<(), DeliveryError>> {
+/// fsync per folder, including the parent of every folder created. Returns
+/// one result per file, in order; a temporary file whose delivery failed is
+/// removed.
+fn write_batch(files: &[PendingFile], if_exists: IfExists, disk: &dyn Disk) -> Vec<Result<(), DeliveryError>> {
     let err = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| DeliveryError::File { op, path, source }
     };
-    // Folders created (or found) in this batch: created once, fsynced once.
+    // Folders of this batch's files: created (or found) once each.
     let mut folders: Vec<(&Path, Result<(), String>)> = Vec::new();
+    // Every folder this batch created, wherever in the tree.
+    let mut created: Vec<PathBuf> = Vec::new();
     let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(files.len());
     let mut temps: Vec<Option<(PathBuf, std::fs::File)>> = Vec::with_capacity(files.len());
 
     // 1. Write every temporary file.
     for file in files {
-        let parent = file.target.parent().unwrap_or(Path::new("."));
-        let created = match folders.iter().find(|(f, _)| *f == parent) {
+        let parent = file.folder();
+        let made = match folders.iter().find(|(f, _)| *f == parent) {
             Some((_, r)) => r.clone(),
             None => {
-                let r = std::fs::create_dir_all(parent).map_err(|e| e.to_string());
+                let r = create_folder(parent, &mut created).map_err(|e| e.to_string());
                 folders.push((parent, r.clone()));
                 r
             }
         };
-        if let Err(reason) = created {
+        if let Err(reason) = made {
             results.push(Err(DeliveryError::File {
                 op: "creating folder",
                 path: parent.to_path_buf(),
@@ -267,7 +381,7 @@ fn write_batch(files: &[PendingFile], if_exists: IfExists) -> Vec<Result<(), Del
                 temps.push(Some((temp, f)));
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&temp);
+                let _ = disk.remove_file(&temp);
                 results.push(Err(e));
                 temps.push(None);
             }
@@ -282,29 +396,27 @@ fn write_batch(files: &[PendingFile], if_exists: IfExists) -> Vec<Result<(), Del
     for (((file, result), temp), synced) in files.iter().zip(results.iter_mut()).zip(temps).zip(synced) {
         let Some((path, handle)) = temp else { continue };
         drop(handle);
-        let done = synced.map_err(err("syncing", &path)).and_then(|()| publish(&path, &file.target, if_exists));
+        let done = synced.map_err(err("syncing", &path)).and_then(|()| publish(&path, &file.target, if_exists, disk));
         if let Err(e) = done {
-            let _ = std::fs::remove_file(&path);
+            let _ = disk.remove_file(&path);
             *result = Err(e);
         }
     }
 
-    // 4. The renames are durable once their folders' entries are on disk.
-    for (folder, _) in folders.iter().filter(|(_, created)| created.is_ok()) {
-        let renamed = files
-            .iter()
-            .zip(results.iter())
-            .any(|(f, r)| r.is_ok() && f.target.parent().unwrap_or(Path::new(".")) == *folder);
-        if !renamed {
+    // 4. The renames are durable once their folders' entries are on disk,
+    //    and a new folder once its parent's entry is: each such folder is
+    //    fsynced once, and its failure fails the files relying on it.
+    for (folder, relying) in folders_to_sync(files, &created) {
+        if !relying.iter().any(|&i| results[i].is_ok()) {
             continue;
         }
-        if let Err(e) = std::fs::File::open(folder).and_then(|d| d.sync_all()) {
+        if let Err(e) = disk.sync_folder(&folder) {
             let reason = e.to_string();
-            for (file, result) in files.iter().zip(results.iter_mut()) {
-                if result.is_ok() && file.target.parent().unwrap_or(Path::new(".")) == *folder {
-                    *result = Err(DeliveryError::File {
+            for i in relying {
+                if results[i].is_ok() {
+                    results[i] = Err(DeliveryError::File {
                         op: "syncing folder",
-                        path: folder.to_path_buf(),
+                        path: folder.clone(),
                         source: std::io::Error::new(e.kind(), reason.clone()),
                     });
                 }
@@ -312,6 +424,29 @@ fn write_batch(files: &[PendingFile], if_exists: IfExists) -> Vec<Result<(), Del
         }
     }
     results
+}
+
+/// The folders to fsync after the renames, each with the files (by index)
+/// whose durability needs it: a file's own folder, and the parent of every
+/// created folder the file lies in. Deepest first, each once.
+fn folders_to_sync(files: &[PendingFile], created: &[PathBuf]) -> Vec<(PathBuf, Vec<usize>)> {
+    let mut needs: Vec<(PathBuf, Vec<usize>)> = Vec::new();
+    let mut need = |folder: &Path, index: usize| match needs.iter_mut().find(|(f, _)| f == folder) {
+        Some((_, relying)) => {
+            if !relying.contains(&index) {
+                relying.push(index);
+            }
+        }
+        None => needs.push((folder.to_path_buf(), vec![index])),
+    };
+    for (index, file) in files.iter().enumerate() {
+        need(file.folder(), index);
+        for new in created.iter().filter(|c| file.target.starts_with(c)) {
+            need(parent_of(new), index);
+        }
+    }
+    needs.sort_by_key(|(folder, _)| std::cmp::Reverse(folder.components().count()));
+    needs
 }
 
 /// At most this many threads fsync the files of one batch.
@@ -352,8 +487,12 @@ fn sync_chunk(chunk: &[Option<(PathBuf, std::fs::File)>]) -> Vec<std::io::Result
 
 /// Gives a durable temporary file its final name: a rename (replacing an
 /// existing file) or, with `if_exists = "fail"`, a hard link, which fails
-/// when the name exists, after which the temporary name is removed.
-fn publish(temp: &Path, target: &Path, if_exists: IfExists) -> Result<(), DeliveryError> {
+/// when the name exists (the caller then removes the temporary file),
+/// after which the temporary name is removed. Once the link is made the
+/// message is delivered: a temporary name that cannot be removed then is
+/// only logged (a hidden leftover readers skip), because failing the
+/// delivery would have its retry find its own file and fail for good.
+fn publish(temp: &Path, target: &Path, if_exists: IfExists, disk: &dyn Disk) -> Result<(), DeliveryError> {
     match if_exists {
         IfExists::Overwrite => std::fs::rename(temp, target).map_err(|source| DeliveryError::File {
             op: "renaming to",
@@ -368,11 +507,14 @@ fn publish(temp: &Path, target: &Path, if_exists: IfExists) -> Result<(), Delive
                     DeliveryError::File { op: "linking to", path: target.to_path_buf(), source }
                 }
             })?;
-            std::fs::remove_file(temp).map_err(|source| DeliveryError::File {
-                op: "removing",
-                path: temp.to_path_buf(),
-                source,
-            })
+            if let Err(e) = disk.remove_file(temp) {
+                // The folder, not the name: names may carry message values.
+                warn!(
+                    folder = %parent_of(temp).display(), error = %e,
+                    "a delivered file's temporary name could not be removed; it stays as a hidden file"
+                );
+            }
+            Ok(())
         }
     }
 }
@@ -610,6 +752,104 @@ mod tests {
         for good in ["x.hl7", "${date:%Y}/${date:%m}/${control_id}.hl7", "a.b/c", "$x{y}.txt"] {
             assert!(NameTemplate::parse(good).is_ok(), "{good:?} rejected");
         }
+    }
+
+    /// Watches the folder fsyncs of a batch; the named folder's fsync and
+    /// every temporary file's removal fail when asked to.
+    #[derive(Default)]
+    struct WatchedDisk {
+        synced: std::sync::Mutex<Vec<PathBuf>>,
+        failing_folder: Option<PathBuf>,
+        removal_fails: bool,
+    }
+
+    impl Disk for WatchedDisk {
+        fn sync_folder(&self, folder: &Path) -> std::io::Result<()> {
+            self.synced.lock().unwrap().push(folder.to_path_buf());
+            if self.failing_folder.as_deref() == Some(folder) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            RealDisk.sync_folder(folder)
+        }
+
+        fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+            if self.removal_fails {
+                return Err(std::io::Error::other("injected removal failure"));
+            }
+            RealDisk.remove_file(path)
+        }
+    }
+
+    fn pending(root: &Path, names: &[&str]) -> Vec<PendingFile> {
+        names
+            .iter()
+            .map(|n| PendingFile { relative: (*n).to_owned(), target: root.join(n), content: n.as_bytes().to_vec() })
+            .collect()
+    }
+
+    fn sorted(mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+        paths.sort();
+        paths
+    }
+
+    #[test]
+    fn new_folders_are_made_durable_in_their_parents_once_per_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let disk = WatchedDisk::default();
+        let files = pending(root, &["2026/11/21/a.hl7", "2026/11/21/b.hl7", "2026/11/22/c.hl7"]);
+        let results = write_batch(&files, IfExists::Overwrite, &disk);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        // The root holds the new "2026", which holds "11", which holds the
+        // two day folders; each day folder holds its files. Each is fsynced
+        // exactly once, the deeper ones first.
+        let synced = disk.synced.lock().unwrap().clone();
+        let expected: Vec<PathBuf> =
+            ["", "2026", "2026/11", "2026/11/21", "2026/11/22"].iter().map(|f| root.join(f)).collect();
+        assert_eq!(sorted(synced.clone()), sorted(expected), "{synced:?}");
+        let depth = |p: &PathBuf| p.components().count();
+        assert!(synced.windows(2).all(|w| depth(&w[0]) >= depth(&w[1])), "{synced:?}");
+
+        // The folders exist now: a later batch fsyncs only the file's folder.
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["2026/11/21/d.hl7"]), IfExists::Overwrite, &disk);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(*disk.synced.lock().unwrap(), [root.join("2026/11/21")]);
+    }
+
+    #[test]
+    fn a_failed_fsync_of_a_new_folders_parent_fails_the_files_below_it_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("old")).unwrap();
+        // "new" is created by the batch; its entry lives in the root.
+        let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
+        let files = pending(root, &["new/a.hl7", "old/b.hl7", "new/deeper/c.hl7"]);
+        let results = write_batch(&files, IfExists::Overwrite, &disk);
+        for i in [0, 2] {
+            match &results[i] {
+                Err(DeliveryError::File { op: "syncing folder", path, .. }) => assert_eq!(path, root),
+                other => panic!("file {i}: {other:?}"),
+            }
+        }
+        assert!(results[1].is_ok(), "{results:?}");
+    }
+
+    #[test]
+    fn a_linked_file_is_delivered_even_if_its_temporary_name_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let disk = WatchedDisk { removal_fails: true, ..WatchedDisk::default() };
+        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk);
+        // The name is there with the content: failing the delivery would
+        // have its retry find this very file and fail for good.
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(std::fs::read(root.join("a.hl7")).unwrap(), b"a.hl7");
+        let hidden = std::fs::read_dir(root)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".a.hl7."))
+            .count();
+        assert_eq!(hidden, 1, "the temporary name is left, hidden");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Set-up shared by the engine's integration tests: an engine started on a
 //! SQLite file in a temp dir ([`Harness`]), sample messages, an MLLP client
 //! and receiver, polling, HTTP helpers, a Prometheus text reader and the
-//! HL7 v2 fixtures. Each test binary uses a part of it.
+//! HL7 v2 fixtures, a store a test can watch and make fail
+//! ([`WatchedStore`]) and the warnings logged ([`Warnings`]). Each test
+//! binary uses a part of it.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -280,4 +283,218 @@ pub fn fixtures() -> Vec<(String, hl7v2::Message)> {
             (name, msg)
         })
         .collect()
+}
+
+/// A real store seen through by a test: it records what every claim
+/// handed out, and fails some calls when asked to (a full disk, a lost
+/// database), delegating the rest.
+#[derive(Debug)]
+pub struct WatchedStore {
+    inner: Arc<dyn Store>,
+    /// Every accept fails.
+    pub fail_accepts: AtomicBool,
+    /// Searches, counts and audit writes fail; the search error names a
+    /// patient, as a careless backend's might, so a test can check it is
+    /// not passed on.
+    pub fail_reads: AtomicBool,
+    /// Token lookups fail.
+    pub fail_tokens: AtomicBool,
+    /// The next claim after one that handed out deliveries fails (once).
+    pub fail_claim_after_deliveries: AtomicBool,
+    /// Per claim, in order: the destination and how many deliveries it
+    /// handed out (`None`: it failed).
+    claims: Mutex<Vec<(String, Option<usize>)>>,
+}
+
+impl WatchedStore {
+    pub fn new(inner: Arc<dyn Store>) -> WatchedStore {
+        WatchedStore {
+            inner,
+            fail_accepts: AtomicBool::new(false),
+            fail_reads: AtomicBool::new(false),
+            fail_tokens: AtomicBool::new(false),
+            fail_claim_after_deliveries: AtomicBool::new(false),
+            claims: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// What the claims of `destination` handed out so far, in order.
+    pub fn claims(&self, destination: &str) -> Vec<Option<usize>> {
+        self.claims.lock().unwrap().iter().filter(|(d, _)| d == destination).map(|(_, n)| *n).collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for WatchedStore {
+    fn backend(&self) -> store::Backend {
+        self.inner.backend()
+    }
+    async fn accept(&self, message: store::NewMessage) -> store::Result<store::Accepted> {
+        if self.fail_accepts.load(Ordering::SeqCst) {
+            return Err(store::StoreError::Closed);
+        }
+        self.inner.accept(message).await
+    }
+    async fn claim(&self, r: &store::ClaimRequest) -> store::Result<store::Claim> {
+        let after_deliveries = matches!(self.claims.lock().unwrap().last(), Some((_, Some(n))) if *n > 0);
+        let result = if after_deliveries && self.fail_claim_after_deliveries.swap(false, Ordering::SeqCst) {
+            Err(store::StoreError::Closed)
+        } else {
+            self.inner.claim(r).await
+        };
+        let handed = result.as_ref().ok().map(|c| c.deliveries.len());
+        self.claims.lock().unwrap().push((r.destination.clone(), handed));
+        result
+    }
+    async fn complete(
+        &self,
+        d: store::DeliveryId,
+        l: store::LeaseToken,
+        o: store::Outcome,
+        p: &store::RetryPolicy,
+    ) -> store::Result<store::Completion> {
+        self.inner.complete(d, l, o, p).await
+    }
+    async fn complete_with_retry_after(
+        &self,
+        d: store::DeliveryId,
+        l: store::LeaseToken,
+        o: store::Outcome,
+        p: &store::RetryPolicy,
+        retry_after: Option<Duration>,
+    ) -> store::Result<store::Completion> {
+        self.inner.complete_with_retry_after(d, l, o, p, retry_after).await
+    }
+    async fn extend_lease(
+        &self,
+        d: store::DeliveryId,
+        l: store::LeaseToken,
+        by: Duration,
+    ) -> store::Result<chrono::DateTime<chrono::Utc>> {
+        self.inner.extend_lease(d, l, by).await
+    }
+    async fn replay(&self, r: store::ReplayRequest) -> store::Result<store::ReplayResult> {
+        self.inner.replay(r).await
+    }
+    async fn dead_letter(&self, d: store::DeliveryId, actor: &str, reason: Option<String>) -> store::Result<()> {
+        self.inner.dead_letter(d, actor, reason).await
+    }
+    async fn record_audit(&self, e: store::NewAuditEvent) -> store::Result<()> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(store::StoreError::Closed);
+        }
+        self.inner.record_audit(e).await
+    }
+    async fn audit_events(&self, q: &store::AuditQuery) -> store::Result<Vec<store::AuditEvent>> {
+        self.inner.audit_events(q).await
+    }
+    async fn get_message(&self, id: store::MessageId) -> store::Result<Option<store::MessageDetail>> {
+        self.inner.get_message(id).await
+    }
+    async fn search(&self, q: &SearchQuery) -> store::Result<store::SearchPage> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(store::StoreError::NotFound("row for patient MRN-999 vanished".into()));
+        }
+        self.inner.search(q).await
+    }
+    async fn counts(&self) -> store::Result<Vec<store::StateCount>> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(store::StoreError::Closed);
+        }
+        self.inner.counts().await
+    }
+    async fn retention_batch(&self, r: &store::RetentionRequest) -> store::Result<store::RetentionBatch> {
+        self.inner.retention_batch(r).await
+    }
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes()
+    }
+    fn clock(&self) -> store::Clock {
+        self.inner.clock()
+    }
+    async fn try_lock(&self, name: &str) -> store::Result<Option<store::ClusterLock>> {
+        self.inner.try_lock(name).await
+    }
+    async fn create_sync_job(&self, job: store::NewSyncJob) -> store::Result<store::SyncJob> {
+        self.inner.create_sync_job(job).await
+    }
+    async fn update_sync_job(&self, id: store::SyncJobId, update: store::SyncJobUpdate) -> store::Result<()> {
+        self.inner.update_sync_job(id, update).await
+    }
+    async fn sync_job(&self, id: store::SyncJobId) -> store::Result<Option<store::SyncJob>> {
+        self.inner.sync_job(id).await
+    }
+    async fn sync_jobs(&self, query: &store::SyncJobQuery) -> store::Result<Vec<store::SyncJob>> {
+        self.inner.sync_jobs(query).await
+    }
+    async fn create_api_token(&self, token: store::NewApiToken) -> store::Result<store::ApiToken> {
+        self.inner.create_api_token(token).await
+    }
+    async fn api_tokens(&self) -> store::Result<Vec<store::ApiToken>> {
+        self.inner.api_tokens().await
+    }
+    async fn revoke_api_token(&self, name_or_id: &str) -> store::Result<u64> {
+        self.inner.revoke_api_token(name_or_id).await
+    }
+    async fn api_token(&self, id: &str) -> store::Result<Option<store::ApiToken>> {
+        if self.fail_tokens.load(Ordering::SeqCst) {
+            return Err(store::StoreError::Closed);
+        }
+        self.inner.api_token(id).await
+    }
+    async fn touch_api_token(&self, id: &str, at: chrono::DateTime<chrono::Utc>) -> store::Result<()> {
+        self.inner.touch_api_token(id, at).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// The WARN and ERROR events logged on this thread while it is held (the
+/// engine's tasks run there under a current-thread test runtime): their
+/// message and fields, one line each.
+pub struct Warnings {
+    lines: Arc<Mutex<Vec<String>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl Warnings {
+    pub fn collect() -> Warnings {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let _guard = tracing::subscriber::set_default(Collector(Arc::clone(&lines)));
+        Warnings { lines, _guard }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+struct Collector(Arc<Mutex<Vec<String>>>);
+
+impl tracing::Subscriber for Collector {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = String::new();
+        event.record(&mut LineVisitor(&mut line));
+        self.0.lock().unwrap().push(line);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+struct LineVisitor<'a>(&'a mut String);
+
+impl tracing::field::Visit for LineVisitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, "{}={value:?} ", field.name());
+    }
 }
