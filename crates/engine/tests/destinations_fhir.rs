@@ -7,62 +7,25 @@
 //!   and a replay create nothing new;
 //! - an HL7 ADT^A01 over MLLP through `hl7_to_fhir` creates the Patient.
 
-use std::collections::HashMap;
+mod partner_support;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::BytesMut;
 use engine::config::Config;
-use engine::flows::notification::verify::sign;
-use engine::runtime::Engine;
 use hl7v2::mllp::MllpCodec;
+use partner_support::{presigned, settled, start_engine, start_partner, wait_until};
 use serde_json::{Value, json};
 use store::{DeliveryState, MessageId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
 const SECRET: &str = "partner-secret";
 const PATIENT_URN: &str = "urn:uuid:0b6f1c55-8f5e-4d6e-9a53-2f7c1d1e0a01";
-
-// ---------------------------------------------------------------- partner
-
-#[derive(Default)]
-struct Partner {
-    files: Mutex<HashMap<String, Vec<u8>>>,
-    acks: Mutex<Vec<String>>,
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-async fn start_partner() -> (Arc<Partner>, SocketAddr) {
-    async fn file(State(p): State<Arc<Partner>>, Path(name): Path<String>) -> Response {
-        match p.files.lock().unwrap().get(&name) {
-            Some(body) => body.clone().into_response(),
-            None => (http::StatusCode::NOT_FOUND, "no such file").into_response(),
-        }
-    }
-    async fn ack(State(p): State<Arc<Partner>>, Path(file): Path<String>) -> Response {
-        p.acks.lock().unwrap().push(file);
-        http::StatusCode::NO_CONTENT.into_response()
-    }
-    let partner = Arc::new(Partner::default());
-    let router = Router::new()
-        .route("/files/{name}", get(file))
-        .route("/ack/{file}", post(ack))
-        .with_state(Arc::clone(&partner));
-    (partner, serve(router).await)
-}
+/// How long a test waits for the partner to be acknowledged.
+const LIMIT: Duration = Duration::from_secs(30);
 
 /// New data as a partner stores it: a `collection` with the patient (by
 /// identifier, no id), the meter (with an id) and two glucose readings
@@ -84,18 +47,6 @@ fn bundle() -> Vec<u8> {
         reading(140, "2026-11-21T12:30:00+01:00"),
     ]}))
     .unwrap()
-}
-
-// ---------------------------------------------------------------- engine
-
-async fn start_engine(dir: &std::path::Path, channels: &str) -> Engine {
-    let text = format!(
-        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{channels}",
-        dir.display()
-    );
-    let mut config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
-    config.base_dir = dir.to_path_buf();
-    Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"))
 }
 
 fn notification_channel(fhir: &str, partner: SocketAddr) -> String {
@@ -130,27 +81,9 @@ retry = {{ max_attempts = 5, initial_backoff = "100ms", max_backoff = "200ms" }}
     )
 }
 
+/// Posts the notification `id` of the pre-signed file `file`, signed.
 async fn notify(http: &reqwest::Client, engine: SocketAddr, id: &str, file: &str, partner: SocketAddr) -> (u16, Value) {
-    let body = json!({"id": id, "file": {"id": file, "url": format!("http://{partner}/files/{file}")}}).to_string();
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let response = http
-        .post(format!("http://{engine}/channels/glucose/notifications"))
-        .header("content-type", "application/json")
-        .header("x-timestamp", &ts)
-        .header("x-signature", sign(SECRET.as_bytes(), &ts, body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < Duration::from_secs(30), "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    partner_support::notify(http, engine, &presigned(partner, id, file), None, SECRET).await
 }
 
 /// Every resource of `resource_type` on the server (the peer answers
@@ -161,27 +94,14 @@ async fn all(http: &reqwest::Client, base: &str, resource_type: &str) -> Vec<Val
     page["entry"].as_array().cloned().unwrap_or_default().into_iter().map(|e| e["resource"].clone()).collect()
 }
 
-/// The deliveries of `id` once none is queued or in flight.
-async fn settled(engine: &Engine, id: MessageId) -> Vec<store::DeliveryDetail> {
-    let start = Instant::now();
-    loop {
-        let detail = engine.store().get_message(id).await.unwrap().unwrap();
-        if detail.deliveries.iter().all(|d| !matches!(d.state, DeliveryState::Queued | DeliveryState::InFlight)) {
-            return detail.deliveries;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "the deliveries of {id} did not settle");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notified_bundle_is_created_on_the_fhir_server_exactly_once() {
     let Some(peer) = testkit::FhirPeer::start("engine::destinations_fhir") else { return };
     let (partner, partner_addr) = start_partner().await;
-    partner.files.lock().unwrap().insert("f1".into(), bundle());
-    partner.files.lock().unwrap().insert("f1-copy".into(), bundle());
+    partner.add_file("f1", bundle());
+    partner.add_file("f1-copy", bundle());
     let dir = tempfile::tempdir().unwrap();
     let engine = start_engine(dir.path(), &notification_channel(&peer.base_url, partner_addr)).await;
     let addr = engine.source_addr("glucose").unwrap();
@@ -190,7 +110,7 @@ async fn a_notified_bundle_is_created_on_the_fhir_server_exactly_once() {
     let (status, answer) = notify(&http, addr, "n1", "f1", partner_addr).await;
     assert_eq!(status, 202, "{answer}");
     let id: MessageId = answer["message_id"].as_str().unwrap().parse().unwrap();
-    wait_until("the acknowledgement", || partner.acks.lock().unwrap().len() == 1).await;
+    wait_until("the acknowledgement", LIMIT, || partner.acks().len() == 1).await;
 
     let deliveries = settled(&engine, id).await;
     assert_eq!(deliveries[0].state, DeliveryState::Sent, "{:?}", deliveries[0].error_reason);
@@ -225,7 +145,7 @@ async fn a_notified_bundle_is_created_on_the_fhir_server_exactly_once() {
     let (status, answer) = notify(&http, addr, "n2", "f1-copy", partner_addr).await;
     assert_eq!(status, 202, "{answer}");
     let copy: MessageId = answer["message_id"].as_str().unwrap().parse().unwrap();
-    wait_until("the acknowledgements", || partner.acks.lock().unwrap().len() == 3).await;
+    wait_until("the acknowledgements", LIMIT, || partner.acks().len() == 3).await;
     assert_eq!(settled(&engine, copy).await[0].state, DeliveryState::Sent);
 
     // A replay of the first one delivers it again: still nothing new.
@@ -236,7 +156,7 @@ async fn a_notified_bundle_is_created_on_the_fhir_server_exactly_once() {
         reason: Some("replay to the FHIR server".into()),
     };
     assert_eq!(engine.store().replay(replay).await.unwrap().replayed.len(), 1);
-    wait_until("the replay's acknowledgement", || partner.acks.lock().unwrap().len() == 4).await;
+    wait_until("the replay's acknowledgement", LIMIT, || partner.acks().len() == 4).await;
     let deliveries = settled(&engine, id).await;
     assert_eq!(deliveries[0].state, DeliveryState::Sent);
     assert_eq!(deliveries[0].attempt_log.len(), 2, "delivered twice (the replay)");
@@ -254,7 +174,7 @@ async fn content_that_is_not_fhir_fails_permanently_with_the_reason() {
     // A Bundle of a type the destination does not deliver.
     let document = json!({"resourceType": "Bundle", "type": "document",
         "entry": [{"resource": {"resourceType": "Composition", "status": "final"}}]});
-    partner.files.lock().unwrap().insert("doc".into(), serde_json::to_vec(&document).unwrap());
+    partner.add_file("doc", serde_json::to_vec(&document).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let engine = start_engine(dir.path(), &notification_channel(&peer.base_url, partner_addr)).await;
     let http = reqwest::Client::new();
@@ -267,7 +187,7 @@ async fn content_that_is_not_fhir_fails_permanently_with_the_reason() {
     let reason = d.error_reason.as_deref().unwrap_or("");
     assert!(reason.contains("\"document\" is not delivered"), "{reason}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(partner.acks.lock().unwrap().is_empty(), "acknowledged undelivered data");
+    assert!(partner.acks().is_empty(), "acknowledged undelivered data");
     assert!(all(&http, &peer.base_url, "Composition").await.is_empty());
     engine.shutdown(Duration::from_secs(5)).await;
 }

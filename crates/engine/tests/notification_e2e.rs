@@ -10,103 +10,22 @@
 //! `cargo test -p plexus-engine --test notification_e2e`; the benchmark is
 //! `-- --ignored --nocapture bench_`.
 
+mod partner_support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use engine::config::Config;
 use engine::flows::notification::verify::sign;
-use engine::runtime::Engine;
+use partner_support::{ACK_TOKEN, notify, start_engine, start_partner, wait_until};
 use serde_json::{Value, json};
 use store::{DeliveryState, MessageId, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "partner-hmac-secret";
-
-// ---------------------------------------------------------------- partner
-
-#[derive(Default)]
-struct Partner {
-    /// Pre-signed files by name.
-    files: Mutex<HashMap<String, Vec<u8>>>,
-    /// Acknowledgements received: (notification id, file id).
-    acks: Mutex<Vec<(String, String)>>,
-    /// Acknowledgement calls still to answer 503.
-    ack_failures: AtomicUsize,
-    /// Calls of the acknowledgement endpoint, failed ones included.
-    ack_calls: AtomicUsize,
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-async fn start_partner() -> (Arc<Partner>, SocketAddr) {
-    let partner = Arc::new(Partner::default());
-    let router = Router::new()
-        .route("/files/{name}", get(file))
-        .route("/token", post(token))
-        .route("/ack/{notification}/{file}", post(ack))
-        .with_state(Arc::clone(&partner));
-    (partner, serve(router).await)
-}
-
-async fn file(State(p): State<Arc<Partner>>, Path(name): Path<String>) -> Response {
-    match p.files.lock().unwrap().get(&name) {
-        Some(body) => body.clone().into_response(),
-        None => (http::StatusCode::FORBIDDEN, "expired").into_response(),
-    }
-}
-
-async fn token(headers: http::HeaderMap, body: String) -> Response {
-    // Basic base64("plexus:client-secret")
-    let ok = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Basic cGxleHVzOmNsaWVudC1zZWNyZXQ=");
-    if !ok || body != "grant_type=client_credentials" {
-        return (http::StatusCode::UNAUTHORIZED, "bad client").into_response();
-    }
-    axum::Json(json!({
-        "accessKeyId": "ASIATEMPORARY", "secretAccessKey": "temporary-secret",
-        "sessionToken": "session-token", "expires_in": 3600
-    }))
-    .into_response()
-}
-
-async fn ack(
-    State(p): State<Arc<Partner>>,
-    Path((notification, file)): Path<(String, String)>,
-    headers: http::HeaderMap,
-    body: String,
-) -> Response {
-    p.ack_calls.fetch_add(1, Ordering::SeqCst);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer ack-token") {
-        return (http::StatusCode::UNAUTHORIZED, "no token").into_response();
-    }
-    let sent: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(sent["notification_id"], notification.as_str());
-    assert_eq!(sent["file_id"], file.as_str());
-    if p.ack_failures.load(Ordering::SeqCst) > 0 {
-        p.ack_failures.fetch_sub(1, Ordering::SeqCst);
-        return (http::StatusCode::SERVICE_UNAVAILABLE, "busy").into_response();
-    }
-    p.acks.lock().unwrap().push((notification, file));
-    http::StatusCode::NO_CONTENT.into_response()
-}
-
-impl Partner {
-    fn acks(&self) -> Vec<(String, String)> {
-        self.acks.lock().unwrap().clone()
-    }
-}
 
 // ---------------------------------------------------------------- EMR (MLLP)
 
@@ -272,7 +191,7 @@ client_id = "plexus"
 client_secret = "client-secret"
 [channels.glucose.source.acknowledgement]
 url = "http://{partner}/ack/{{notification_id}}/{{file_id}}"
-auth = {{ type = "bearer", token = "ack-token" }}
+auth = {{ type = "bearer", token = "{ACK_TOKEN}" }}
 [channels.glucose.source.limits]
 {limits}
 [[channels.glucose.destinations]]
@@ -285,58 +204,12 @@ retry = {{ max_attempts = 1000, initial_backoff = "100ms", max_backoff = "400ms"
     )
 }
 
-async fn start_engine(dir: &std::path::Path, channels: &str) -> Engine {
-    let text = format!(
-        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{channels}",
-        dir.display()
-    );
-    let mut config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
-    config.base_dir = dir.to_path_buf();
-    Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"))
-}
-
-/// Posts a notification signed at `ts` (now when `None`) with `secret`.
-async fn notify(
-    http: &reqwest::Client,
-    engine: SocketAddr,
-    body: &Value,
-    ts: Option<i64>,
-    secret: &str,
-) -> (u16, Value) {
-    let body = body.to_string();
-    let ts = ts.unwrap_or_else(|| chrono::Utc::now().timestamp()).to_string();
-    let response = http
-        .post(format!("http://{engine}/channels/glucose/notifications"))
-        .header("content-type", "application/json")
-        .header("x-timestamp", &ts)
-        .header("x-signature", sign(secret.as_bytes(), &ts, body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let media = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let value: Value = response.json().await.unwrap_or(Value::Null);
-    if status >= 400 {
-        assert_eq!(media, "application/problem+json", "{status} {value}");
-    }
-    (status, value)
-}
-
 fn presigned(partner: SocketAddr, id: &str, file: &str, patient: &str) -> Value {
     json!({"id": id, "patient": patient, "file": {"id": file, "url": format!("http://{partner}/files/{file}?X-Sig=abc")}})
 }
 
 fn object(id: &str, file: &str, patient: &str) -> Value {
     json!({"id": id, "patient": patient, "file": {"id": file, "bucket": "partner-bundles", "key": format!("{file}.json")}})
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "gave up waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn audit_actions(store: &Arc<dyn Store>, id: MessageId) -> Vec<String> {

@@ -5,23 +5,16 @@
 //! mapping-rules file; a bundle that breaks a rule fails its delivery with
 //! the rule's message and the partner is not acknowledged.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod partner_support;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use engine::config::Config;
-use engine::flows::notification::verify::sign;
 use engine::runtime::Engine;
+use partner_support::{presigned, settled, start_partner, wait_until};
 use serde_json::{Value, json};
 use store::{DeliveryState, FailureClass, MessageId};
-use tokio::net::TcpListener;
 
 const SECRET: &str = "partner-secret";
 
@@ -44,45 +37,6 @@ rules:
     target: loinc
 "#;
 
-#[derive(Default)]
-struct World {
-    files: Mutex<HashMap<String, Vec<u8>>>,
-    acks: Mutex<Vec<String>>,
-    received: Mutex<Vec<(String, Bytes)>>,
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-async fn start_world() -> (Arc<World>, SocketAddr) {
-    async fn file(State(w): State<Arc<World>>, Path(name): Path<String>) -> Response {
-        match w.files.lock().unwrap().get(&name) {
-            Some(body) => body.clone().into_response(),
-            None => (http::StatusCode::NOT_FOUND, "no such file").into_response(),
-        }
-    }
-    async fn ack(State(w): State<Arc<World>>, Path(file): Path<String>) -> Response {
-        w.acks.lock().unwrap().push(file);
-        http::StatusCode::NO_CONTENT.into_response()
-    }
-    async fn receive(State(w): State<Arc<World>>, headers: HeaderMap, body: Bytes) -> Response {
-        let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        w.received.lock().unwrap().push((ct, body));
-        http::StatusCode::CREATED.into_response()
-    }
-    let world = Arc::new(World::default());
-    let router = Router::new()
-        .route("/files/{name}", get(file))
-        .route("/ack/{file}", post(ack))
-        .route("/readings", post(receive))
-        .with_state(Arc::clone(&world));
-    (world, serve(router).await)
-}
-
 fn bundle(second_value: Value) -> Vec<u8> {
     let reading = |value: Value, at: &str| {
         json!({"resource": {"resourceType": "Observation", "status": "final",
@@ -102,7 +56,7 @@ fn bundle(second_value: Value) -> Vec<u8> {
     .unwrap()
 }
 
-async fn start_engine(dir: &std::path::Path, world: SocketAddr) -> Engine {
+async fn start_engine(dir: &std::path::Path, partner: SocketAddr) -> Engine {
     std::fs::create_dir_all(dir.join("rules")).unwrap();
     std::fs::write(dir.join("rules").join("glucose.yaml"), RULES).unwrap();
     let text = format!(
@@ -127,11 +81,11 @@ allowed_hosts = ["127.0.0.1"]
 allow_http = true
 allow_private_addresses = true
 [channels.glucose.source.acknowledgement]
-url = "http://{world}/ack/{{file_id}}"
+url = "http://{partner}/ack/{{file_id}}"
 [[channels.glucose.destinations]]
 name = "clinic"
 type = "http"
-url = "http://{world}/readings"
+url = "http://{partner}/readings"
 retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "100ms" }}
 "#,
         dir = dir.display()
@@ -144,48 +98,33 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "100ms" }}
     Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"))
 }
 
-async fn notify(engine: SocketAddr, id: &str, file: &str, world: SocketAddr) -> MessageId {
-    let body = json!({"id": id, "file": {"id": file, "url": format!("http://{world}/files/{file}")}}).to_string();
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let response = reqwest::Client::new()
-        .post(format!("http://{engine}/channels/glucose/notifications"))
-        .header("x-timestamp", &ts)
-        .header("x-signature", sign(SECRET.as_bytes(), &ts, body.as_bytes()))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let answer: Value = response.json().await.unwrap();
+/// Posts the notification `id` of the pre-signed file `file`, signed; it
+/// must be accepted.
+async fn notify(engine: SocketAddr, id: &str, file: &str, partner: SocketAddr) -> MessageId {
+    let body = presigned(partner, id, file);
+    let (status, answer) = partner_support::notify(&reqwest::Client::new(), engine, &body, None, SECRET).await;
+    assert_eq!(status, 202, "{answer}");
     answer["message_id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn settled(engine: &Engine, id: MessageId) -> store::DeliveryDetail {
-    let start = Instant::now();
-    loop {
-        let mut detail = engine.store().get_message(id).await.unwrap().unwrap();
-        let d = detail.deliveries.remove(0);
-        if !matches!(d.state, DeliveryState::Queued | DeliveryState::InFlight) {
-            return d;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "the delivery of {id} did not settle");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The channel's one delivery of `id`, once settled.
+async fn delivery(engine: &Engine, id: MessageId) -> store::DeliveryDetail {
+    settled(engine, id).await.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_observations_arrive_mapped_and_a_broken_rule_fails_the_delivery() {
-    let (world, world_addr) = start_world().await;
-    world.files.lock().unwrap().insert("good".into(), bundle(json!(140)));
-    world.files.lock().unwrap().insert("broken".into(), bundle(Value::Null));
+    let (partner, partner_addr) = start_partner().await;
+    partner.add_file("good", bundle(json!(140)));
+    partner.add_file("broken", bundle(Value::Null));
     let dir = tempfile::tempdir().unwrap();
-    let engine = start_engine(dir.path(), world_addr).await;
+    let engine = start_engine(dir.path(), partner_addr).await;
     let addr = engine.source_addr("glucose").unwrap();
 
-    let good = notify(addr, "n1", "good", world_addr).await;
-    let d = settled(&engine, good).await;
+    let good = notify(addr, "n1", "good", partner_addr).await;
+    let d = delivery(&engine, good).await;
     assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
-    let received = world.received.lock().unwrap().clone();
+    let received = partner.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].0, "application/json");
     let body: Value = serde_json::from_slice(&received[0].1).unwrap();
@@ -198,15 +137,11 @@ async fn the_observations_arrive_mapped_and_a_broken_rule_fails_the_delivery() {
     );
     // The mapped JSON is the delivery's transformed content.
     assert_eq!(d.transformed.as_deref(), Some(&received[0].1[..]));
-    let start = Instant::now();
-    while world.acks.lock().unwrap().is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(30), "no acknowledgement");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the acknowledgement", Duration::from_secs(30), || !partner.acks().is_empty()).await;
 
     // The second reading has no value: the rule says which and where.
-    let broken = notify(addr, "n2", "broken", world_addr).await;
-    let d = settled(&engine, broken).await;
+    let broken = notify(addr, "n2", "broken", partner_addr).await;
+    let d = delivery(&engine, broken).await;
     assert_eq!(d.state, DeliveryState::Error);
     assert_eq!(d.attempts, 1, "a rule violation is not retried");
     assert_eq!(d.error_class, Some(FailureClass::Permanent));
@@ -218,8 +153,8 @@ async fn the_observations_arrive_mapped_and_a_broken_rule_fails_the_delivery() {
         "{reason}"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(world.received.lock().unwrap().len(), 1, "the broken bundle reached the receiver");
-    assert_eq!(world.acks.lock().unwrap().clone(), vec!["good".to_string()], "acknowledged undelivered data");
+    assert_eq!(partner.received().len(), 1, "the broken bundle reached the receiver");
+    assert_eq!(partner.acked_files(), ["good"], "acknowledged undelivered data");
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
