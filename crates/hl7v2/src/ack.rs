@@ -170,7 +170,10 @@ impl AckMode {
     /// assert_eq!(AckMode::of(&original).immediate(Outcome::Errored), Some(AckCode::ApplicationError));
     /// ```
     pub fn of(msg: &Message) -> AckMode {
-        let read = |n: usize| msg.get(format!("MSH-{n}").as_str()).map(|v| v.trim().to_owned()).unwrap_or_default();
+        // MSH-n read from the header segment directly: this runs for every
+        // message received, and a path would be formatted and parsed twice.
+        let msh = msg.segment("MSH");
+        let read = |n: usize| msh.and_then(|s| s.get(n)).map(|v| v.trim().to_owned()).unwrap_or_default();
         let (accept, application) = (read(15), read(16));
         if accept.is_empty() && application.is_empty() {
             return AckMode::Original;

@@ -224,6 +224,9 @@ pub(crate) struct Matcher<'a> {
     pub(crate) pos: usize,
     pub(crate) issues: Vec<Issue>,
     pub(crate) limit: usize,
+    /// Follow sets no longer in use, kept for the next group: a result
+    /// with many OBX enters its group once per OBX.
+    pub(crate) spare: Vec<Vec<Name>>,
 }
 
 impl Matcher<'_> {
@@ -307,7 +310,9 @@ impl Matcher<'_> {
             Node::Segment(_) | Node::Choice(_) => self.pos += 1,
             Node::Group(items) => {
                 let v = self.version;
-                let mut follow = outer.to_vec();
+                let mut follow = self.spare.pop().unwrap_or_default();
+                follow.clear();
+                follow.extend_from_slice(outer);
                 for later in &siblings[i + 1..] {
                     later.first(v, &mut follow);
                 }
@@ -315,6 +320,7 @@ impl Matcher<'_> {
                     it.first(v, &mut follow);
                 }
                 self.seq(items, &follow);
+                self.spare.push(follow);
             }
         }
     }
@@ -333,7 +339,15 @@ mod tests {
                 [b[0], b[1], b[2]]
             })
             .collect();
-        let mut m = Matcher { segments: &names, version: v, structure: "T", pos: 0, issues: Vec::new(), limit: 100 };
+        let mut m = Matcher {
+            segments: &names,
+            version: v,
+            structure: "T",
+            pos: 0,
+            issues: Vec::new(),
+            limit: 100,
+            spare: Vec::new(),
+        };
         m.seq(&items, &[]);
         m.issues.iter().map(|i| i.to_string()).collect()
     }

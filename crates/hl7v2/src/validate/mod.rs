@@ -26,6 +26,7 @@
 mod grammar;
 mod types;
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use crate::ack::Outcome;
@@ -213,31 +214,39 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
             .filter(|raw| !raw.starts_with(b"Z"))
             .map(|raw| [raw[0], raw[1], raw[2]])
             .collect();
-        let mut m =
-            grammar::Matcher { segments: &names, version, structure, pos: 0, issues: Vec::new(), limit: MAX_ISSUES };
+        let mut m = grammar::Matcher {
+            segments: &names,
+            version,
+            structure,
+            pos: 0,
+            issues: Vec::new(),
+            limit: MAX_ISSUES,
+            spare: Vec::new(),
+        };
         m.seq(items, &[]);
         issues.extend(m.issues);
     }
     // Occurrence of each segment name so far (counting per segment would be
-    // quadratic in long results).
-    let mut seen: Vec<([u8; 3], u32)> = Vec::new();
+    // quadratic in long results), with the name's rules, looked up once.
+    let mut seen: Vec<([u8; 3], u32, &'static [types::Rule])> = Vec::new();
     for seg in msg.segments().skip(1) {
         if issues.len() >= MAX_ISSUES {
             break;
         }
         let raw = seg.raw();
         let name = [raw[0], raw[1], raw[2]];
-        let occurrence = match seen.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, count)) => {
+        let (occurrence, rules) = match seen.iter_mut().find(|(n, _, _)| *n == name) {
+            Some((_, count, rules)) => {
                 *count += 1;
-                *count
+                (*count, *rules)
             }
             None => {
-                seen.push((name, 1));
-                1
+                let rules = types::rules_for(name);
+                seen.push((name, 1, rules));
+                (1, rules)
             }
         };
-        fields(&seg, occurrence, version, &mut issues);
+        fields(&seg, rules, occurrence, version, &mut issues);
     }
     issues.truncate(MAX_ISSUES);
     issues
@@ -252,13 +261,16 @@ fn shown(value: &str) -> &str {
     if code_like { value } else { "(value not shown)" }
 }
 
-/// Decoded text of SEG-field(1)-component-1, empty when absent.
-fn text(seg: &Segment<'_>, field: usize, rep: usize, component: usize) -> String {
-    seg.field(field)
-        .and_then(|f| f.repetition(rep))
-        .and_then(|r| r.component(component))
-        .map(|c| c.text().trim().to_owned())
-        .unwrap_or_default()
+/// Decoded text of SEG-field(rep)-component, trimmed, empty when absent.
+/// Borrowed from the message unless it had escapes or another character
+/// set to decode: the header alone asks for about ten of these per message.
+fn text<'a>(seg: &Segment<'a>, field: usize, rep: usize, component: usize) -> Cow<'a, str> {
+    match seg.field(field).and_then(|f| f.repetition(rep)).and_then(|r| r.component(component)).map(|c| c.text()) {
+        Some(Cow::Borrowed(t)) => Cow::Borrowed(t.trim()),
+        Some(Cow::Owned(t)) if t.trim().len() == t.len() => Cow::Owned(t),
+        Some(Cow::Owned(t)) => Cow::Owned(t.trim().to_owned()),
+        None => Cow::Borrowed(""),
+    }
 }
 
 /// Checks MSH; returns the version whose rules apply (2.5 when MSH-12 is
@@ -278,7 +290,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
     let trigger = text(&msh, 9, 1, 2);
     if code.is_empty() {
         issues.push(missing(9));
-    } else if !types::T0076.contains(&code.as_str()) && !code.starts_with('Z') {
+    } else if !types::T0076.contains(&&*code) && !code.starts_with('Z') {
         issues.push(Issue::error(
             at_component(9, 1),
             ErrorCode::UnsupportedMessageType,
@@ -306,7 +318,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
     let processing = text(&msh, 11, 1, 1);
     if processing.is_empty() {
         issues.push(missing(11));
-    } else if !types::T0103.contains(&processing.as_str()) {
+    } else if !types::T0103.contains(&&*processing) {
         issues.push(Issue::error(
             at_component(11, 1),
             ErrorCode::UnsupportedProcessingId,
@@ -315,7 +327,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
     }
     if raw_version.is_empty() {
         issues.push(missing(12));
-    } else if !types::T0104.contains(&raw_version.as_str()) {
+    } else if !types::T0104.contains(&&*raw_version) {
         issues.push(Issue::error(
             at_component(12, 1),
             ErrorCode::UnsupportedVersionId,
@@ -332,7 +344,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
     }
     for f in [15u32, 16] {
         let v = text(&msh, f as usize, 1, 1);
-        if !v.is_empty() && !types::T0155.contains(&v.as_str()) {
+        if !v.is_empty() && !types::T0155.contains(&&*v) {
             issues.push(Issue::error(
                 at(f),
                 ErrorCode::TableValueNotFound,
@@ -343,9 +355,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
     rules_version
 }
 
-fn fields(seg: &Segment<'_>, occurrence: u32, version: Version, issues: &mut Vec<Issue>) {
-    let raw = seg.raw();
-    let rules = types::rules_for([raw[0], raw[1], raw[2]]);
+fn fields(seg: &Segment<'_>, rules: &[types::Rule], occurrence: u32, version: Version, issues: &mut Vec<Issue>) {
     if rules.is_empty() {
         return;
     }
@@ -364,14 +374,19 @@ fn fields(seg: &Segment<'_>, occurrence: u32, version: Version, issues: &mut Vec
             continue;
         }
         let Some(field) = field else { continue };
-        let reps = field.repetition_count();
+        if rule.kind == types::Kind::Text && rule.table.is_none() {
+            // Presence, checked above, is all such a rule asks: no value to
+            // decode (most rules of a long result are of this kind).
+            continue;
+        }
         for (r, rep) in field.repetitions().enumerate() {
             let value = rep.component(1).map(|c| c.text()).unwrap_or_default();
             if value.is_empty() || rep.is_null() {
                 continue;
             }
+            // Counted only to locate an issue: valid messages never need it.
             let at = || Location {
-                repetition: (reps > 1).then_some(r as u32 + 1),
+                repetition: (field.repetition_count() > 1).then_some(r as u32 + 1),
                 ..Location::field(name, occurrence, rule.field)
             };
             if let Some(issue) = types::check(rule, &value, name, at) {
@@ -402,12 +417,13 @@ fn obx(seg: &Segment<'_>, occurrence: u32, issues: &mut Vec<Issue>) {
     if value_type != "NM" {
         return;
     }
-    let reps = value.repetition_count();
     for (r, rep) in value.repetitions().enumerate() {
         if rep.is_empty() || rep.is_null() {
             continue;
         }
         if let Err(why) = check_nm(&rep.text()) {
+            // Counted only here: a valid value never needs it.
+            let reps = value.repetition_count();
             issues.push(Issue::error(
                 Location { repetition: (reps > 1).then_some(r as u32 + 1), ..Location::field("OBX", occurrence, 5) },
                 ErrorCode::DataTypeError,

@@ -364,11 +364,22 @@ pub(crate) fn check(rule: &Rule, value: &str, segment: &str, at: impl FnOnce() -
 
 /// The rules of one segment (they are contiguous in [`RULES`]).
 pub(crate) fn rules_for(name: [u8; 3]) -> &'static [Rule] {
-    let Some(first) = RULES.iter().position(|r| r.segment.as_bytes() == name) else {
-        return &[];
-    };
-    let len = RULES[first..].iter().take_while(|r| r.segment.as_bytes() == name).count();
-    &RULES[first..first + len]
+    // Looked up for every segment of every message: an index of the runs,
+    // compared as 3-byte arrays, instead of a string comparison per rule.
+    static INDEX: std::sync::OnceLock<Vec<([u8; 3], usize, usize)>> = std::sync::OnceLock::new();
+    let index = INDEX.get_or_init(|| {
+        let mut runs: Vec<([u8; 3], usize, usize)> = Vec::new();
+        for (i, rule) in RULES.iter().enumerate() {
+            let b = rule.segment.as_bytes();
+            let key = [b[0], b[1], b[2]];
+            match runs.last_mut() {
+                Some((last, _, end)) if *last == key => *end = i + 1,
+                _ => runs.push((key, i, i + 1)),
+            }
+        }
+        runs
+    });
+    index.iter().find(|(key, _, _)| *key == name).map_or(&[], |&(_, start, end)| &RULES[start..end])
 }
 
 #[cfg(test)]
