@@ -15,12 +15,53 @@ pub(crate) fn st<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 /// A JSON number or string as HL7 NM text (as written, no float noise).
+///
+/// A number is printed as serde_json holds it: the shortest text that reads
+/// back as the same f64 (1.5), or the text as written when serde_json's
+/// `arbitrary_precision` feature is on (1.50). HL7 NM has no exponent, so
+/// `1e-7` or `1e21` is written out in plain digits.
 pub(crate) fn num(v: Option<&Value>) -> String {
     match v {
-        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::Number(n)) => plain_decimal(&n.to_string()),
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
     }
+}
+
+/// `text` (a JSON number) without an exponent: the digits moved by the
+/// exponent, none changed. Text that is not a number in exponent form comes
+/// back as it was.
+fn plain_decimal(text: &str) -> String {
+    let Some((mantissa, exponent)) = text.split_once(['e', 'E']) else { return text.to_string() };
+    // An exponent beyond what an f64 can hold would only make a huge string.
+    let Some(exponent) = exponent.parse::<i64>().ok().filter(|e| e.abs() <= 400) else { return text.to_string() };
+    let (sign, unsigned) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return text.to_string();
+    }
+    let digits = [int, frac].concat();
+    // Where the decimal point falls in `digits`, counted from the left.
+    let point = i64::try_from(int.len()).unwrap_or(i64::MAX).saturating_add(exponent);
+    let (whole, fraction) = if point <= 0 {
+        (String::from("0"), "0".repeat(usize::try_from(-point).unwrap_or(0)) + &digits)
+    } else {
+        let point = usize::try_from(point).unwrap_or(usize::MAX);
+        if point >= digits.len() {
+            (digits.clone() + &"0".repeat(point - digits.len()), String::new())
+        } else {
+            (digits[..point].to_string(), digits[point..].to_string())
+        }
+    };
+    let whole = match whole.trim_start_matches('0') {
+        "" => "0",
+        significant => significant,
+    };
+    // Trailing zeros of the mantissa are kept: they are its precision.
+    if fraction.is_empty() { [sign, whole].concat() } else { [sign, whole, ".", &fraction].concat() }
 }
 
 /// FHIR date/dateTime/instant to v2 DTM: `2012-03-14T23:59:54.325-05:00`
@@ -281,6 +322,34 @@ pub(crate) fn units(seg: &mut SegW, f: usize, q: &Value) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn numbers_are_written_without_an_exponent() {
+        for (json, nm) in [
+            ("1.5", "1.5"),
+            ("1.0", "1.0"),
+            ("-3", "-3"),
+            ("1e21", "1000000000000000000000"),
+            ("1.5e-7", "0.00000015"),
+            ("-2.5E+3", "-2500"),
+            ("1.25e1", "12.5"),
+            ("0.5e1", "5"),
+            ("123e-2", "1.23"),
+            ("2.50e1", "25.0"),
+        ] {
+            assert_eq!(plain_decimal(json), nm, "{json}");
+        }
+        // Through serde_json's own f64 text.
+        let tiny: Value = serde_json::from_str("0.00000015").unwrap();
+        assert_eq!(num(Some(&tiny)), "0.00000015");
+        let big: Value = serde_json::from_str("1e21").unwrap();
+        assert_eq!(num(Some(&big)), "1000000000000000000000");
+        assert_eq!(num(Some(&Value::String("1.50".into()))), "1.50");
+        // Not a number in exponent form: unchanged.
+        for odd in ["abc", "1e", "e5", "1e99999"] {
+            assert_eq!(plain_decimal(odd), odd);
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -521,18 +521,42 @@ pub(crate) fn pl_physical_type(n: Node<'_>) -> Json<'static> {
     }
 }
 
-/// A decimal for JSON from v2 NM text; None when not a number.
+/// A FHIR decimal from v2 NM text, keeping its precision ("1.50" stays
+/// 1.50: FHIR says trailing zeros are significant); None when not a number.
+/// NM is `[+|-]digits[.digits]`; the text is put in JSON number syntax
+/// (no `+`, no leading zeros, a `0` before a bare `.`, no trailing `.`;
+/// "-0" is 0) and otherwise written as given, never through an f64.
 pub(crate) fn decimal(t: &str) -> Option<Json<'static>> {
     let t = t.trim();
     let t = t.strip_prefix('+').unwrap_or(t);
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') {
+    let (negative, body) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let (int, frac) = match body.split_once('.') {
+        Some((int, frac)) => (int, frac),
+        None => (body, ""),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) {
         return None;
     }
-    if let Ok(i) = t.parse::<i64>() {
-        return Some(Json::Num(i.into()));
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        significant => significant,
+    };
+    let mut out = String::with_capacity(int.len() + frac.len() + 2);
+    // An integer zero has no sign in JSON as serde_json writes it; "-0.0"
+    // keeps its sign, as it did when it went through an f64.
+    if negative && !(int == "0" && frac.is_empty()) {
+        out.push('-');
     }
-    let f = t.parse::<f64>().ok().filter(|f| f.is_finite())?;
-    serde_json::Number::from_f64(f).map(Json::Num)
+    out.push_str(int);
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(Json::Decimal(Cow::Owned(out)))
 }
 
 #[cfg(test)]
@@ -577,6 +601,37 @@ mod tests {
             cx(node("123456789^^^USSSA^SS"), &o2).into_value().unwrap()["system"],
             "http://hl7.org/fhir/sid/us-ssn"
         );
+    }
+
+    #[test]
+    fn decimals_keep_their_precision_in_json_number_syntax() {
+        let text = |t: &str| match decimal(t) {
+            Some(Json::Decimal(d)) => Some(d.into_owned()),
+            other => panic!("{t}: {other:?}"),
+        };
+        for (nm, json) in [
+            ("1.50", "1.50"),
+            ("+1.50", "1.50"),
+            (" 5.20 ", "5.20"),
+            ("-0.050", "-0.050"),
+            ("007", "7"),
+            ("00.10", "0.10"),
+            (".5", "0.5"),
+            ("-.5", "-0.5"),
+            ("5.", "5"),
+            ("100.00", "100.00"),
+            ("-0", "0"),
+            ("-0.0", "-0.0"),
+            ("12345678901234567890.123456789012345678", "12345678901234567890.123456789012345678"),
+        ] {
+            assert_eq!(text(nm).as_deref(), Some(json), "{nm}");
+            // What was written is a JSON number of the same value.
+            let parsed: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert!((parsed.as_f64().unwrap() - nm.trim().parse::<f64>().unwrap()).abs() < 1e-9, "{nm}");
+        }
+        for bad in ["", "-", ".", "+", "1.2.3", "1-2", "--1", "1e5", "0x10", "1,5", "NaN", "inf", "1 2"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

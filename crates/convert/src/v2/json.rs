@@ -22,6 +22,10 @@ pub(crate) enum Json<'a> {
     Null,
     Bool(bool),
     Num(Number),
+    /// A decimal as written in the message (FHIR decimals keep their
+    /// precision: "1.50" stays 1.50), already in JSON number syntax; see
+    /// `datatypes::decimal`.
+    Decimal(Cow<'a, str>),
     Str(Cow<'a, str>),
     Arr(Vec<Json<'a>>),
     /// Members in output order. Keys are unique (see [`Json::insert`]).
@@ -38,7 +42,7 @@ impl<'a> Json<'a> {
             Json::Str(s) => s.is_empty(),
             Json::Arr(a) => a.is_empty(),
             Json::Obj(o) => o.is_empty(),
-            Json::Bool(_) | Json::Num(_) => false,
+            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) => false,
         }
     }
 
@@ -103,6 +107,10 @@ impl<'a> Json<'a> {
             Json::Null => None,
             Json::Bool(b) => Some(Value::Bool(b)),
             Json::Num(n) => Some(Value::Number(n)),
+            // A serde_json::Number (without the arbitrary_precision feature)
+            // holds an f64: "1.50" becomes 1.5 here, the one place where the
+            // Value and the written JSON differ.
+            Json::Decimal(d) => d.parse::<Number>().ok().map(Value::Number),
             Json::Str(s) => (!s.is_empty()).then(|| Value::String(s.into_owned())),
             Json::Arr(items) => {
                 let items: Vec<Value> = items.into_iter().filter_map(Json::into_value).collect();
@@ -255,6 +263,7 @@ impl<'a> Json<'a> {
             // Number's Display is serde_json's own number writer (itoa for
             // integers, ryu for floats). Numbers are rare in a Bundle.
             Json::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Json::Decimal(d) => out.extend_from_slice(d.as_bytes()),
             Json::Str(s) if s.is_empty() => return false,
             Json::Str(s) => write_str(out, s),
             Json::Arr(_) | Json::Obj(_) => return false,
@@ -452,6 +461,17 @@ mod tests {
             assert_eq!(out, b"x");
         }
         assert_eq!(empty.into_value(), None);
+    }
+
+    #[test]
+    fn decimals_are_written_as_given_and_read_back_as_numbers() {
+        let tree = Json::Obj(vec![("value", Json::Decimal("1.50".into())), ("n", Json::Decimal("-7".into()))]);
+        let mut out = Vec::new();
+        assert!(tree.write(&mut out, false));
+        assert_eq!(out, br#"{"value":1.50,"n":-7}"#);
+        let value = tree.into_value().unwrap();
+        assert_eq!(value["value"].as_f64(), Some(1.5));
+        assert_eq!(value["n"].as_i64(), Some(-7));
     }
 
     #[test]

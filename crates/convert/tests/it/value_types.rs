@@ -52,8 +52,9 @@ fn every_obx_value_type_becomes_its_value_x() {
     assert_eq!(obs.len(), 10, "one Observation per OBX but ED and RP");
 
     // NM: Quantity with UCUM (the unit is flagged UCUM), interpretation,
-    // reference range and status. The decimal keeps its value; its written
-    // precision ("5.20") is not kept (see docs/conversion.md, "Decimals").
+    // reference range and status. A serde_json::Value holds the decimal as
+    // an f64 (5.2); the JSON output keeps its written precision ("5.20",
+    // see decimals_keep_their_written_precision_in_the_json_output).
     assert_eq!(
         obs[0]["valueQuantity"],
         json!({"value": 5.2, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"})
@@ -138,11 +139,49 @@ fn spm_becomes_a_specimen_that_the_observations_and_report_reference() {
     assert_eq!((results.len(), distinct.len()), (10, 10), "every Observation once: {results:?}");
 }
 
+/// The JSON output (`hl7_to_fhir_json`, what channels send) of `text`.
+fn json_output(text: &str) -> String {
+    let msg = hl7v2::Message::parse(text.as_bytes()).expect("parse");
+    String::from_utf8(convert::hl7_to_fhir_json(&msg, &Default::default()).expect("convert")).expect("UTF-8")
+}
+
+#[test]
+fn decimals_keep_their_written_precision_in_the_json_output() {
+    // FHIR decimals are significant to their last digit: NM "5.20" is 5.20,
+    // not 5.2; "3.0-5.0" keeps one decimal on both ends.
+    let out = json_output(ORU);
+    assert!(out.contains(r#""valueQuantity":{"value":5.20,"unit":"mmol/L""#), "5.20 lost its precision: {out}");
+    assert!(out.contains(r#""low":{"value":3.0,"#) && out.contains(r#""high":{"value":5.0,"#), "{out}");
+    // Trailing zeros, a leading +, leading zeros and a bare point in NM, SN
+    // and the reference range.
+    let text = ORU
+        .replace("||5.20|mmol/L^^UCUM|3.0-5.0|", "||+0100.50|mmol/L^^UCUM|.50-120.00|")
+        .replace("||>^100|", "||>^100.0|")
+        .replace("||^1^-^5|", "||^1.10^-^5.000|");
+    let out = json_output(&text);
+    for expected in [
+        r#""valueQuantity":{"value":100.50,"#,
+        r#""low":{"value":0.50,"#,
+        r#""high":{"value":120.00,"#,
+        r#""valueQuantity":{"value":100.0,"unit":"mg/dL""#,
+        r#""valueRange":{"low":{"value":1.10,"#,
+        r#""high":{"value":5.000,"#,
+    ] {
+        assert!(out.contains(expected), "{expected} missing in {out}");
+    }
+    // The same numbers as the Value path, where serde_json holds f64s.
+    let written: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(written, convert::hl7_to_fhir_text(&text, &Default::default()).unwrap());
+}
+
 #[test]
 fn the_value_type_bundle_is_valid_fhir_r4() {
     let Some(peers) = testkit::peers_or_skip("convert::value_types") else { return };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("value-types.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&bundle()).unwrap()).unwrap();
-    validate_fhir(&peers, &[path]);
+    // The JSON output too: its decimals are written as given (5.20).
+    let written = dir.path().join("value-types-json-output.json");
+    std::fs::write(&written, json_output(ORU)).unwrap();
+    validate_fhir(&peers, &[path, written]);
 }
