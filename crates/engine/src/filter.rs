@@ -1,4 +1,5 @@
-//! Filter expressions over HL7 v2 paths.
+//! Filter expressions over HL7 v2 paths, or over `json:` paths for JSON
+//! and FHIR content.
 //!
 //! A channel (and each destination) may list filter rules; a message goes on
 //! only if every rule matches, and a message that fails one is recorded as
@@ -36,6 +37,8 @@
 //! regex      := "/" ... "/" | string         in /.../ only \/ is an escape: /^\d{6}$/
 //! target     := path | segment               a segment: PID, OBX(2)
 //! path       := Terser style: PID-5-1, PID-3(2)-4-2, OBX(3)-5, MSH-9-2 (or PID.5.1)
+//!             | "json:" dot path              json:status, json:name[0].family,
+//!                                             json:telecom[system=phone].value
 //! string     := '"' ... '"' | "'" ... "'"    escapes: \" \' \\ \n \r \t \u{1F600}
 //! ```
 //!
@@ -58,6 +61,20 @@
 //! `present(X)` is true when the node is in the message at all, even empty;
 //! `null(X)` is true only for the explicit null `""`.
 //!
+//! # JSON and FHIR content
+//!
+//! On a `json` or `fhir` channel (until a `fhir_to_hl7` step makes the
+//! content HL7 v2) rules read `json:` paths, the dot paths of mapping rules
+//! and order keys: `json:resourceType == "Observation"`,
+//! `exists(json:entry[resource.resourceType=Patient])`. A string reads as
+//! it is, a number or boolean as its JSON text, and `null`, an object, an
+//! array or an absent member as "". A JSON `null` reads as absent (as in
+//! mapping rules), so `null(...)` takes HL7 v2 paths only. `exists` is true
+//! for a value that is not `""`, `[]` or `{}`; `present` also for those
+//! empty ones. A rule reads HL7 v2 paths or `json:` paths,
+//! never both, and the configuration check refuses a rule that would meet
+//! the other kind of content.
+//!
 //! # Design
 //!
 //! A hand-written lexer and recursive-descent parser turn the text into a
@@ -70,6 +87,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use convert::rules::JsonPath;
 use hl7v2::{Message, Path, Presence};
 use regex::Regex;
 
@@ -85,6 +103,20 @@ const MAX_DEPTH: usize = 64;
 pub struct Filter {
     source: String,
     expr: Expr,
+    reads: Reads,
+}
+
+/// What content a rule's paths address, fixed when it compiles: a rule
+/// reads HL7 v2 paths or `json:` paths, never both, so the configuration
+/// check can tell whether it fits the content it will meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// HL7 v2 paths (`PID-5-1`, segment names).
+    Hl7,
+    /// `json:` paths into a JSON body.
+    Json,
+    /// No path at all (`true`, `"a" == "a"`): fits any content.
+    Nothing,
 }
 
 /// Why a rule did not compile: where (1-based character column of the rule
@@ -126,7 +158,7 @@ impl Filter {
     /// ```
     pub fn compile(source: &str) -> Result<Filter, FilterError> {
         let tokens = lex(source)?;
-        let mut parser = Parser { tokens, pos: 0, depth: 0 };
+        let mut parser = Parser { tokens, pos: 0, depth: 0, reads: Reads::Nothing };
         let expr = parser.expression()?;
         let next = parser.peek();
         if next.kind != Tok::End {
@@ -135,12 +167,37 @@ impl Filter {
                 format!("expected `&&`, `||` or the end of the rule, found {}", next.describe()),
             ));
         }
-        Ok(Filter { source: source.to_owned(), expr })
+        Ok(Filter { source: source.to_owned(), expr, reads: parser.reads })
     }
 
-    /// Whether the message passes this rule.
+    /// Whether the message passes this rule. A rule of `json:` paths reads
+    /// every such path as absent here (the configuration check keeps such a
+    /// rule away from HL7 v2 content).
     pub fn matches(&self, msg: &Message) -> bool {
-        self.expr.eval(msg)
+        self.expr.eval(&Subject::Hl7(msg))
+    }
+
+    /// Whether the JSON document passes this rule. HL7 v2 paths read as
+    /// absent here (the configuration check keeps such a rule away from JSON
+    /// content).
+    ///
+    /// ```
+    /// use engine::filter::Filter;
+    /// let rule = Filter::compile(r#"json:resourceType == "Observation" && json:code.coding[system=http://loinc.org].code in ["2339-0", "15074-8"]"#)?;
+    /// let doc = serde_json::json!({
+    ///     "resourceType": "Observation",
+    ///     "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}]}
+    /// });
+    /// assert!(rule.matches_json(&doc));
+    /// # Ok::<(), engine::filter::FilterError>(())
+    /// ```
+    pub fn matches_json(&self, doc: &serde_json::Value) -> bool {
+        self.expr.eval(&Subject::Json(doc))
+    }
+
+    /// What content the rule's paths address.
+    pub fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// The rule as it was written (for "filtered by rule ...").
@@ -161,6 +218,11 @@ impl Filter {
 /// ```
 pub fn first_rejecting<'f>(rules: &'f [Filter], msg: &Message) -> Option<&'f Filter> {
     rules.iter().find(|rule| !rule.matches(msg))
+}
+
+/// [`first_rejecting`] for a JSON document.
+pub fn first_rejecting_json<'f>(rules: &'f [Filter], doc: &serde_json::Value) -> Option<&'f Filter> {
+    rules.iter().find(|rule| !rule.matches_json(doc))
 }
 
 impl fmt::Display for Filter {
@@ -194,12 +256,13 @@ enum Expr {
     Compare { left: Operand, op: Compare },
     Exists(Target),
     Present(Target),
-    Null(Path),
+    Null(Target),
 }
 
 #[derive(Clone, Debug)]
 enum Operand {
     Path(Path),
+    Json(JsonPath),
     Literal(String),
 }
 
@@ -219,10 +282,19 @@ enum Target {
     Path(Path),
     /// A segment name and which occurrence (1-based).
     Segment(String, usize),
+    /// A `json:` path.
+    Json(JsonPath),
+}
+
+/// What a rule is evaluated on.
+#[derive(Clone, Copy)]
+enum Subject<'m> {
+    Hl7(&'m Message),
+    Json(&'m serde_json::Value),
 }
 
 impl Expr {
-    fn eval(&self, msg: &Message) -> bool {
+    fn eval(&self, msg: &Subject<'_>) -> bool {
         match self {
             Expr::Const(b) => *b,
             Expr::Not(e) => !e.eval(msg),
@@ -239,23 +311,62 @@ impl Expr {
                     Compare::NotMatches(re) => !re.is_match(&value),
                 }
             }
-            Expr::Exists(Target::Path(p)) => msg.presence(p) == Presence::Valued,
-            Expr::Exists(Target::Segment(name, n)) | Expr::Present(Target::Segment(name, n)) => {
-                msg.segment_occurrence(name, *n).is_some()
-            }
-            Expr::Present(Target::Path(p)) => msg.presence(p) != Presence::Absent,
-            Expr::Null(p) => msg.presence(p) == Presence::Null,
+            Expr::Exists(t) => t.presence(msg) == Presence::Valued,
+            Expr::Present(t) => t.presence(msg) != Presence::Absent,
+            Expr::Null(t) => t.presence(msg) == Presence::Null,
         }
+    }
+}
+
+impl Target {
+    /// Whether the target is there, with a value or as the explicit null.
+    /// A segment is valued when it occurs. A JSON value is valued unless it
+    /// is `null` (the explicit null), `""`, `[]` or `{}`.
+    fn presence(&self, subject: &Subject<'_>) -> Presence {
+        match (self, subject) {
+            (Target::Path(p), Subject::Hl7(msg)) => msg.presence(p),
+            (Target::Segment(name, n), Subject::Hl7(msg)) => {
+                if msg.segment_occurrence(name, *n).is_some() {
+                    Presence::Valued
+                } else {
+                    Presence::Absent
+                }
+            }
+            // A JSON null reads as absent, as in mapping rules.
+            (Target::Json(path), Subject::Json(doc)) => match path.get(doc) {
+                None => Presence::Absent,
+                Some(v) if json_is_empty(v) => Presence::Empty,
+                Some(_) => Presence::Valued,
+            },
+            _ => Presence::Absent,
+        }
+    }
+}
+
+fn json_is_empty(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        _ => false,
     }
 }
 
 impl Operand {
     /// The value compared: absent, empty and the explicit null all read as
-    /// "" (see the module documentation).
-    fn value<'m>(&'m self, msg: &'m Message) -> Cow<'m, str> {
-        match self {
-            Operand::Literal(s) => Cow::Borrowed(s),
-            Operand::Path(p) => msg.valued(p).unwrap_or_default(),
+    /// "" (see the module documentation); a JSON number or boolean as its
+    /// JSON text, an object or array as "".
+    fn value<'m>(&'m self, subject: &Subject<'m>) -> Cow<'m, str> {
+        match (self, subject) {
+            (Operand::Literal(s), _) => Cow::Borrowed(s),
+            (Operand::Path(p), Subject::Hl7(msg)) => msg.valued(p).unwrap_or_default(),
+            (Operand::Json(path), Subject::Json(doc)) => match path.get(doc) {
+                Some(serde_json::Value::String(s)) => Cow::Borrowed(s),
+                Some(serde_json::Value::Number(n)) => Cow::Owned(n.to_string()),
+                Some(serde_json::Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
+                _ => Cow::Borrowed(""),
+            },
+            _ => Cow::Borrowed(""),
         }
     }
 }
@@ -283,6 +394,8 @@ enum Tok {
     Regex(String),
     /// A keyword or a path (anything starting with a letter).
     Word(String),
+    /// A `json:` path, as written after the prefix.
+    Json(String),
     End,
 }
 
@@ -313,6 +426,7 @@ impl Token {
             Tok::Str(s) => format!("the string {s:?}"),
             Tok::Regex(r) => format!("the regular expression /{r}/"),
             Tok::Word(w) => format!("`{w}`"),
+            Tok::Json(p) => format!("`json:{p}`"),
             Tok::End => "the end of the rule".into(),
         }
     }
@@ -357,6 +471,11 @@ fn lex(source: &str) -> Result<Vec<Token>, FilterError> {
                 let (text, len) = lex_regex(&chars, i)?;
                 push(Tok::Regex(text), len)
             }
+            ('j', _) if chars[i..].starts_with(&JSON_PREFIX) => {
+                let len = json_path_len(&chars[i + JSON_PREFIX.len()..]);
+                let path: String = chars[i + JSON_PREFIX.len()..i + JSON_PREFIX.len() + len].iter().collect();
+                push(Tok::Json(path), JSON_PREFIX.len() + len)
+            }
             (c, _) if c.is_ascii_alphabetic() => {
                 let len = word_len(&chars[i..]);
                 let word: String = chars[i..i + len].iter().collect();
@@ -372,6 +491,28 @@ fn lex(source: &str) -> Result<Vec<Token>, FilterError> {
     }
     tokens.push(Token { kind: Tok::End, column: chars.len() + 1 });
     Ok(tokens)
+}
+
+/// What starts a JSON path in a rule (as in a channel's `order_key`).
+const JSON_PREFIX: [char; 5] = ['j', 's', 'o', 'n', ':'];
+
+/// Length of a JSON path after its `json:` prefix: up to white space or an
+/// operator character outside brackets. Inside `[...]` anything but `]`
+/// goes, so `telecom[system=phone].value` is one path.
+fn json_path_len(chars: &[char]) -> usize {
+    let mut depth = 0usize;
+    for (i, c) in chars.iter().enumerate() {
+        match c {
+            '[' => depth += 1,
+            ']' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            c if c.is_whitespace() || matches!(c, '(' | ')' | '=' | '!' | '&' | '|' | ',' | '"' | '\'') => {
+                return i;
+            }
+            _ => {}
+        }
+    }
+    chars.len()
 }
 
 /// Length of a word starting at `chars[0]` (a letter): letters and digits,
@@ -496,6 +637,8 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     depth: usize,
+    /// What the paths seen so far address.
+    reads: Reads,
 }
 
 impl Parser {
@@ -519,6 +662,34 @@ impl Parser {
         } else {
             Err(FilterError::new(t.column, format!("expected {what} {after}, found {}", t.describe())))
         }
+    }
+
+    /// Records that a path of kind `reads` starts at `column`: one rule
+    /// reads one kind of content.
+    fn saw(&mut self, reads: Reads, column: usize) -> Result<(), FilterError> {
+        match (self.reads, reads) {
+            (Reads::Nothing, r) => self.reads = r,
+            (a, b) if a == b => {}
+            _ => {
+                return Err(FilterError::new(
+                    column,
+                    "a rule reads either HL7 v2 paths or json: paths, not both (write two rules)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A path or segment as the argument of a function or an operand.
+    fn target(&mut self, token: &Token) -> Result<Option<Target>, FilterError> {
+        let target = match &token.kind {
+            Tok::Word(text) => target(text, token.column)?,
+            Tok::Json(text) => Target::Json(json_path(text, token.column)?),
+            _ => return Ok(None),
+        };
+        let reads = if matches!(target, Target::Json(_)) { Reads::Json } else { Reads::Hl7 };
+        self.saw(reads, token.column)?;
+        Ok(Some(target))
     }
 
     fn nest(&mut self, column: usize) -> Result<(), FilterError> {
@@ -584,9 +755,9 @@ impl Parser {
                 self.advance();
                 self.expect(Tok::LParen, "`(`", &format!("after `{function}`"))?;
                 let arg = self.advance();
-                let target = match &arg.kind {
-                    Tok::Word(text) => target(text, arg.column)?,
-                    _ => {
+                let target = match self.target(&arg)? {
+                    Some(t) => t,
+                    None => {
                         return Err(FilterError::new(
                             arg.column,
                             format!("expected a path or a segment name in `{function}(...)`, found {}", arg.describe()),
@@ -597,7 +768,14 @@ impl Parser {
                 Ok(match (function.as_str(), target) {
                     ("exists", t) => Expr::Exists(t),
                     ("present", t) => Expr::Present(t),
-                    (_, Target::Path(p)) => Expr::Null(p),
+                    (_, Target::Json(_)) => {
+                        return Err(FilterError::new(
+                            arg.column,
+                            "`null(...)` tests HL7 v2's explicit null \"\"; a JSON null reads as absent, as in \
+                             mapping rules (use `!exists(...)`)",
+                        ));
+                    }
+                    (_, t @ Target::Path(_)) => Expr::Null(t),
                     (_, Target::Segment(..)) => {
                         return Err(FilterError::new(
                             arg.column,
@@ -606,7 +784,7 @@ impl Parser {
                     }
                 })
             }
-            Tok::Word(_) | Tok::Str(_) => self.comparison(),
+            Tok::Word(_) | Tok::Json(_) | Tok::Str(_) => self.comparison(),
             Tok::Regex(_) => Err(FilterError::new(
                 t.column,
                 "a /regular expression/ can only follow `=~` or `!~`, as in PID-7 =~ /^19/",
@@ -622,7 +800,7 @@ impl Parser {
         let left_token = self.peek().clone();
         let left = self.operand()?;
         let shown = match &left_token.kind {
-            Tok::Word(w) => format!("`{w}`"),
+            Tok::Word(_) | Tok::Json(_) => left_token.describe(),
             _ => "the string".to_owned(),
         };
         let op = self.advance();
@@ -675,12 +853,17 @@ impl Parser {
                     t.describe()
                 ),
             )),
-            Tok::Word(w) => match target(&w, t.column)? {
-                Target::Path(p) => Ok(Operand::Path(p)),
-                Target::Segment(..) => Err(FilterError::new(
-                    t.column,
-                    format!("expected a path with a field (such as `{w}-1`), found the segment name `{w}`"),
-                )),
+            Tok::Word(_) | Tok::Json(_) => match self.target(&t)? {
+                Some(Target::Path(p)) => Ok(Operand::Path(p)),
+                Some(Target::Json(p)) => Ok(Operand::Json(p)),
+                _ => {
+                    let w = t.describe();
+                    let w = w.trim_matches('`');
+                    Err(FilterError::new(
+                        t.column,
+                        format!("expected a path with a field (such as `{w}-1`), found the segment name `{w}`"),
+                    ))
+                }
             },
             _ => Err(FilterError::new(t.column, format!("expected a path or a string, found {}", t.describe()))),
         }
@@ -730,6 +913,27 @@ fn target(word: &str, column: usize) -> Result<Target, FilterError> {
         .map_err(|e| FilterError::new(column + e.position, format!("invalid path `{word}`: expected {}", e.reason)))
 }
 
+/// A `json:` path (the text after the prefix, which starts at `column`).
+/// `[*]` is refused: a rule compares one value; `[key=value]` picks the
+/// element to read (`json:entry[resource.resourceType=Patient]`).
+fn json_path(text: &str, column: usize) -> Result<JsonPath, FilterError> {
+    let column = column + JSON_PREFIX.len();
+    if text.is_empty() {
+        return Err(FilterError::new(column, "expected a JSON path after `json:`, as in json:resourceType"));
+    }
+    let path = JsonPath::parse(text).map_err(|e| FilterError::new(column, format!("invalid JSON path: {e}")))?;
+    if path.has_each() {
+        return Err(FilterError::new(
+            column,
+            format!(
+                "`json:{text}`: a rule reads one value, so `[*]` is not allowed; pick an element with \
+                 [key=value] (as in entry[resource.resourceType=Patient]) or an index ([0])"
+            ),
+        ));
+    }
+    Ok(path)
+}
+
 /// `PID` or `OBX(3)`: a segment name with an optional occurrence.
 fn segment_ref(word: &str) -> Option<(&str, usize)> {
     let (name, occurrence) = match word.split_once('(') {
@@ -774,6 +978,85 @@ mod tests {
             Ok(f) => panic!("{rule} compiled: {f:?}"),
             Err(e) => e,
         }
+    }
+
+    fn json_doc() -> serde_json::Value {
+        serde_json::json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [
+                {"system": "urn:oid:1.2.3", "code": "LOCAL"},
+                {"system": "http://loinc.org", "code": "2339-0"}
+            ]},
+            "valueQuantity": {"value": 5.4, "unit": "mmol/L"},
+            "issued": null,
+            "note": [],
+            "text": "",
+            "flag": true
+        })
+    }
+
+    fn eval_json(rule: &str) -> bool {
+        let filter = Filter::compile(rule).unwrap_or_else(|e| panic!("{}", e.render(rule)));
+        assert_eq!(filter.reads(), Reads::Json, "{rule}");
+        filter.matches_json(&json_doc())
+    }
+
+    #[test]
+    fn json_paths_read_json_documents() {
+        assert!(eval_json(r#"json:resourceType == "Observation""#));
+        assert!(!eval_json(r#"json:resourceType == "Patient""#));
+        assert!(eval_json(r#"json:status in ["final", "amended"] && json:status != "preliminary""#));
+        assert!(eval_json(r#"json:code.coding[system=http://loinc.org].code == "2339-0""#));
+        assert!(eval_json(r#"json:code.coding[0].code=="LOCAL""#), "no spaces around the operator");
+        assert!(eval_json(r#"json:code.coding[1].system =~ /loinc\.org$/"#));
+        assert!(eval_json(r#"json:valueQuantity.value == "5.4""#), "a number reads as its JSON text");
+        assert!(eval_json(r#"json:flag == "true""#));
+        assert!(eval_json(r#"json:code == """#), "an object reads as empty");
+        assert!(eval_json(r#"json:missing.member == """#));
+        assert!(eval_json("exists(json:code.coding[system=urn:oid:1.2.3])"));
+        assert!(!eval_json("exists(json:code.coding[system=urn:oid:9.9])"));
+        assert!(eval_json("exists(json:valueQuantity) && !exists(json:note) && !exists(json:text)"));
+        assert!(!eval_json("exists(json:issued) || present(json:issued)"), "a JSON null reads as absent");
+        assert!(eval_json("present(json:note) && present(json:text) && present(json:code)"));
+        assert!(!eval_json("present(json:missing)"));
+        assert!(eval_json(r#"(json:status == "x" || json:status == "final") && !(json:flag == "false")"#));
+    }
+
+    #[test]
+    fn json_rules_never_match_hl7_paths_and_back() {
+        let json_rule = Filter::compile(r#"json:resourceType == "Observation""#).unwrap();
+        assert!(!json_rule.matches(&msg()), "a json: path on an HL7 v2 message reads as absent");
+        let hl7_rule = Filter::compile(r#"MSH-9-1 == "ADT""#).unwrap();
+        assert_eq!(hl7_rule.reads(), Reads::Hl7);
+        assert!(!hl7_rule.matches_json(&json_doc()));
+        assert_eq!(Filter::compile(r#""a" == "a""#).unwrap().reads(), Reads::Nothing);
+        assert!(first_rejecting_json(std::slice::from_ref(&json_rule), &json_doc()).is_none());
+        let rejecting = Filter::compile(r#"json:status == "preliminary""#).unwrap();
+        assert_eq!(
+            first_rejecting_json(&[json_rule, rejecting], &json_doc()).map(Filter::source),
+            Some(r#"json:status == "preliminary""#)
+        );
+    }
+
+    #[test]
+    fn json_path_errors_point_at_the_path() {
+        let e = error(r#"json:resourceType == "Patient" && PID-8 == "F""#);
+        assert_eq!(e.column, 35);
+        assert!(e.message.contains("not both"), "{e}");
+        let e = error(r#"json:entry[*].resource.resourceType == "Patient""#);
+        assert_eq!(e.column, 6);
+        assert!(e.message.contains("[*]") && e.message.contains("[key=value]"), "{e}");
+        let e = error(r#"json: == "x""#);
+        assert_eq!(e.column, 6);
+        assert!(e.message.contains("expected a JSON path"), "{e}");
+        let e = error(r#"json:name[0 == "x""#);
+        assert!(e.message.contains("invalid JSON path"), "{e}");
+        let e = error(r#"exists(json:a..b)"#);
+        assert_eq!(e.column, 13);
+        let e = error("null(json:issued)");
+        assert_eq!(e.column, 6);
+        assert!(e.message.contains("!exists"), "{e}");
     }
 
     #[test]

@@ -221,6 +221,41 @@ async fn a_fhir_bundle_reaches_the_emr_as_a_valid_oru_with_the_patient_and_obser
 }
 
 #[tokio::test]
+async fn json_filter_rules_let_bundles_with_observations_through_and_record_the_rule_that_filtered_the_rest() {
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let channel = fhir_channel(&addr).replace(
+        "[channels.fhir-in.source]",
+        "filter = ['json:resourceType == \"Bundle\"', 'exists(json:entry[resource.resourceType=Observation])']\n\
+         [channels.fhir-in.source]",
+    );
+    let engine = Engine::start(config(dir.path(), &channel).unwrap()).await.unwrap();
+
+    let bundle = fixture("synthea-patient-observations.json");
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", bundle).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Sent, "{:?}", d.error_reason);
+
+    // A Patient on its own, then a Bundle of nothing but a Patient: each
+    // stopped by its own rule, which the delivery records.
+    let patient = r#"{"resourceType": "Patient", "id": "p1"}"#;
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", patient.to_owned()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Filtered);
+    assert_eq!(d.filter_rule.as_deref(), Some(r#"channel filter: json:resourceType == "Bundle""#));
+    let only_patient = r#"{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Patient", "id": "p2"}}]}"#;
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", only_patient.to_owned()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Filtered);
+    assert_eq!(d.filter_rule.as_deref(), Some("channel filter: exists(json:entry[resource.resourceType=Observation])"));
+    assert_eq!(seen.lock().unwrap().len(), 1, "only the Bundle with observations reached the EMR");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn a_resource_the_destination_cannot_convert_fails_its_delivery_permanently_naming_the_reason() {
     let (addr, seen) = emr().await;
     let dir = tempfile::tempdir().unwrap();
@@ -486,10 +521,40 @@ fn configuration_errors_name_the_step_and_key() {
     assert!(
         errors(hl7).contains("channel \"adt\".transform[0]: reads JSON, but here the content is an HL7 v2 message")
     );
+    // Filter rules read json: paths on JSON content, HL7 v2 paths on HL7 v2.
     let e = errors(
         &base.replace("[channels.fhir-in.source]", "filter = ['MSH-9-1 == \"ORU\"']\n[channels.fhir-in.source]"),
     );
-    assert!(e.contains("channel \"fhir-in\".filter: filters need HL7 v2 content, not fhir"), "{e}");
+    assert!(
+        e.contains(
+            r#"channel "fhir-in".filter: "MSH-9-1 == \"ORU\"" reads HL7 v2 fields, but here the content is JSON"#
+        ),
+        "{e}"
+    );
+    let e = errors(&unconverted.replace(
+        "[[channels.fhir-in.destinations.transform]]\ntype = \"route\"",
+        "filter = ['PID-8 == \"F\"']\n[[channels.fhir-in.destinations.transform]]\ntype = \"route\"",
+    ));
+    assert!(e.contains("channel \"fhir-in\".destination[0].filter: \"PID-8 == \\\"F\\\"\" reads HL7 v2 fields"), "{e}");
+    // A destination's filter runs before its own transform: on this channel
+    // it meets the JSON body.
+    let json_filtered = base.replace(
+        "[[channels.fhir-in.destinations.transform]]\ntype = \"fhir_to_hl7\"",
+        "filter = ['json:resourceType == \"Bundle\"']\n[[channels.fhir-in.destinations.transform]]\ntype = \"fhir_to_hl7\"",
+    );
+    assert!(json_filtered.contains("filter = ['json:"), "{json_filtered}");
+    config(dir.path(), &json_filtered).unwrap();
+    assert!(
+        errors(
+            &hl7.replace("[channels.adt.source]", "[channels.adt]\nfilter = 'exists(json:id)'\n[channels.adt.source]")
+        )
+        .contains(r#"channel "adt".filter: "exists(json:id)" reads json: paths"#)
+    );
+    let e = errors(&base.replace(
+        "[channels.fhir-in.source]",
+        "filter = ['json:entry[*].resource.id == \"x\"']\n[channels.fhir-in.source]",
+    ));
+    assert!(e.contains("channel \"fhir-in\".filter[0]: ") && e.contains("`[*]` is not allowed"), "{e}");
 
     // Rule files are read and compiled at load.
     let pms = pms_channel("http://127.0.0.1:9/", "127.0.0.1:9");

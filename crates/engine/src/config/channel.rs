@@ -32,7 +32,7 @@ use serde::Deserialize;
 use super::de::{self, PathBuf as CfgPath};
 use super::{ConfigErrors, Duration};
 use crate::destinations::{self, DestinationConfig};
-use crate::filter::Filter;
+use crate::filter::{Filter, Reads};
 use crate::sources::{self, SourceConfig};
 use crate::transform::{self, ContentStage, StepConfig, Transform};
 
@@ -487,30 +487,16 @@ pub(super) fn compile(
                 format!("a {} source carries HL7 v2 only; content = \"{kind}\" needs an http source", source.kind()),
             );
         }
-        // Filter rules address HL7 v2 fields: the channel's meet the JSON.
-        if !filter.is_empty() {
-            errors.push(
-                path.key("filter").to_string(),
-                format!(
-                    "filters need HL7 v2 content, not {kind} (a destination's filter may read the HL7 v2 message a \
-                     fhir_to_hl7 step in the channel transform made)"
-                ),
-            );
-        }
     }
-    // Each step against the content it meets: JSON until fhir_to_hl7, HL7 v2
-    // until hl7_to_fhir; a destination's transform and filter start where
-    // the channel's transform left the content.
+    // Each rule and step against the content it meets: JSON until
+    // fhir_to_hl7, HL7 v2 until hl7_to_fhir. The channel's filter meets the
+    // content as it arrives; a destination's transform and filter start
+    // where the channel's transform left the content.
     let start = if settings.content == ContentKind::Hl7v2 { ContentStage::Hl7 } else { ContentStage::Json };
+    check_filter_content(&filter, start, &path.key("filter").to_string(), errors);
     let after_channel = transform.check_content(start, errors);
     for (i, d) in destinations.iter().enumerate() {
-        if after_channel == ContentStage::Json && !d.filter.is_empty() {
-            errors.push(
-                format!("{path}.destination[{i}].filter"),
-                "filter rules read HL7 v2 fields, but here the content is still JSON (a fhir_to_hl7 step in the \
-                 channel transform makes it HL7 v2)",
-            );
-        }
+        check_filter_content(&d.filter, after_channel, &format!("{path}.destination[{i}].filter"), errors);
         d.transform.check_content(after_channel, errors);
     }
 
@@ -665,6 +651,30 @@ fn compile_connector(mut table: toml::Table, path: &CfgPath, errors: &mut Config
     }?;
     config.validate(path.as_str(), errors);
     Some(config)
+}
+
+/// Each rule of `rules` against the content it meets: `json:` paths need
+/// JSON (a `json` or `fhir` channel before any `fhir_to_hl7`), HL7 v2 paths
+/// an HL7 v2 message (after `hl7_to_fhir` the rules still read the message
+/// it converted).
+fn check_filter_content(rules: &[Filter], stage: ContentStage, path: &str, errors: &mut ConfigErrors) {
+    for (i, rule) in rules.iter().enumerate() {
+        let at = if rules.len() == 1 { path.to_owned() } else { format!("{path}[{i}]") };
+        match (stage, rule.reads()) {
+            (_, Reads::Nothing) | (ContentStage::Json, Reads::Json) => {}
+            (ContentStage::Hl7 | ContentStage::Converted, Reads::Hl7) => {}
+            (ContentStage::Json, Reads::Hl7) => errors.push(
+                at,
+                format!(
+                    "{:?} reads HL7 v2 fields, but here the content is JSON: read it with json: paths (as in \
+                     json:resourceType == \"Observation\"), or filter at a destination after a fhir_to_hl7 step",
+                    rule.source()
+                ),
+            ),
+            (_, Reads::Json) => errors
+                .push(at, format!("{:?} reads json: paths, but here the content is an HL7 v2 message", rule.source())),
+        }
+    }
 }
 
 fn compile_filters(value: Option<toml::Value>, path: &CfgPath, errors: &mut ConfigErrors) -> Vec<Filter> {

@@ -190,7 +190,7 @@ channel = "nowhere"
 }
 
 #[test]
-fn json_channels_need_an_http_source_and_no_hl7_filters() {
+fn json_channels_need_an_http_source_and_json_filters() {
     let text = MINIMAL.replace(
         "[channels.adt-in.source]",
         "[channels.adt-in]\ncontent = \"fhir\"\nfilter = ['MSH-9-1 == \"ADT\"']\n[channels.adt-in.source]",
@@ -200,7 +200,10 @@ fn json_channels_need_an_http_source_and_no_hl7_filters() {
         errs.iter().any(|e| e.starts_with("channel \"adt-in\".source.type: a mllp source carries HL7 v2 only")),
         "{errs:#?}"
     );
-    assert!(errs.iter().any(|e| e.starts_with("channel \"adt-in\".filter: filters need HL7 v2 content")), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.starts_with(r#"channel "adt-in".filter: "MSH-9-1 == \"ADT\"" reads HL7 v2 fields, but here the content is JSON: read it with json: paths"#)),
+        "{errs:#?}"
+    );
 }
 
 #[test]

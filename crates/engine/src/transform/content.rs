@@ -8,8 +8,8 @@
 //! [`Transform::apply_content`] runs them.
 //!
 //! On JSON content only `mapping_rules`, `fhir_to_hl7` and `route` steps
-//! run, and none has a `when` rule: `when` and filter rules read HL7 v2
-//! fields. So the JSON part of a channel's transform is unconditional, and
+//! run, and none has a `when` rule (filters, which may read `json:` paths,
+//! decide whether a message goes on at all). So the JSON part of a channel's transform is unconditional, and
 //! [`Transform::check_json`] runs it when the message arrives: a body the
 //! rules reject, or that cannot become the chosen HL7 v2 message, is
 //! answered with that reason (400) instead of being stored to fail every
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::{Action, Transform, TransformContext, TransformError, TransformOutcome};
 use crate::config::ConfigErrors;
-use crate::filter::{Filter, first_rejecting};
+use crate::filter::{Filter, first_rejecting, first_rejecting_json};
 
 /// The content a transform works on.
 #[derive(Debug, Clone)]
@@ -200,8 +200,9 @@ pub type Stage<'a> = (&'a [Filter], &'a Arc<Transform>, &'a str);
 
 /// Runs `stages` on a stored JSON message `raw` for `destination`, as the
 /// worker does for HL7 v2: the channel's filter and transform, then the
-/// destination's. Filters apply only where the content is HL7 v2 (after a
-/// `fhir_to_hl7`); the configuration allows no other.
+/// destination's. Filter rules read `json:` paths while the content is
+/// JSON and HL7 v2 paths after a `fhir_to_hl7`; the configuration check
+/// allows no other.
 pub async fn run_json_stages(raw: &[u8], stages: [Stage<'_>; 2], destination: &str, ctx: TransformContext) -> Staged {
     let mut content = match serde_json::from_slice::<Value>(raw) {
         Ok(doc) => Content::Json(doc),
@@ -212,13 +213,12 @@ pub async fn run_json_stages(raw: &[u8], stages: [Stage<'_>; 2], destination: &s
     // What an hl7_to_fhir step (after a fhir_to_hl7) made: sent instead.
     let mut converted = None;
     for (filter, transform, level) in stages {
-        if !filter.is_empty() {
-            let Content::Hl7(msg) = &content else {
-                return Staged::Failed(format!("{level} filter: filter rules read HL7 v2 and the content is JSON"));
-            };
-            if let Some(rule) = first_rejecting(filter, msg) {
-                return Staged::Filtered(format!("{level} filter: {}", rule.source()));
-            }
+        let rejecting = match &content {
+            Content::Hl7(msg) => first_rejecting(filter, msg),
+            Content::Json(doc) => first_rejecting_json(filter, doc),
+        };
+        if let Some(rule) = rejecting {
+            return Staged::Filtered(format!("{level} filter: {}", rule.source()));
         }
         if transform.is_empty() {
             continue;
