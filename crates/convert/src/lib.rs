@@ -45,7 +45,10 @@ pub fn hl7_to_fhir(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Resu
 /// compact JSON (UTF-8).
 ///
 /// The bytes are exactly `serde_json::to_vec(&hl7_to_fhir(message,
-/// options)?)`, member order included (`resourceType` first), but the
+/// options)?)`, member order included (`resourceType` first), except for
+/// decimals: they are written as the message gives them (NM `1.50` is
+/// `1.50`, its precision significant in FHIR), where a `serde_json::Value`
+/// holds an f64 (`1.5`). The
 /// Bundle is written from the converter's own tree, which borrows the
 /// message's text and hashes no keys: about twice the throughput of
 /// [`hl7_to_fhir`] plus serialisation. Use it where the Bundle is only sent

@@ -21,34 +21,84 @@ fn s<'a>(n: Node<'a>) -> Json<'a> {
     }
 }
 
-/// Parses `+hh:mm`, `+hhmm`, `Z` into `+hh:mm`.
-pub fn parse_offset(off: &str) -> Option<String> {
-    if off == "Z" {
-        return Some("+00:00".into());
-    }
-    let (sign, rest) = off.split_at_checked(1)?;
-    if sign != "+" && sign != "-" {
-        return None;
-    }
-    let digits: String = rest.chars().filter(|c| *c != ':').collect();
-    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (h, m) = (digits[..2].parse::<u32>().ok()?, digits[2..].parse::<u32>().ok()?);
-    if h > 14 || m > 59 || (h == 14 && m > 0) {
-        return None;
-    }
-    Some([sign, &digits[..2], ":", &digits[2..]].concat())
+/// A UTC offset: its sign and four digits (`hhmm`), checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Offset {
+    sign: char,
+    digits: [u8; 4],
 }
 
-/// A v2 date/time split into its parts, as far as it is given.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Offset {
+    /// Parses `+hh:mm`, `+hhmm`, `Z` (a colon anywhere is ignored).
+    fn parse(off: &str) -> Option<Offset> {
+        if off == "Z" {
+            return Some(Offset { sign: '+', digits: *b"0000" });
+        }
+        let (sign, rest) = off.split_at_checked(1)?;
+        let sign = match sign {
+            "+" => '+',
+            "-" => '-',
+            _ => return None,
+        };
+        let mut digits = [0u8; 4];
+        let mut count = 0;
+        for b in rest.bytes().filter(|b| *b != b':') {
+            if !b.is_ascii_digit() || count == 4 {
+                return None;
+            }
+            digits[count] = b;
+            count += 1;
+        }
+        if count != 4 {
+            return None;
+        }
+        let two = |at: usize| u32::from(digits[at] - b'0') * 10 + u32::from(digits[at + 1] - b'0');
+        let (h, m) = (two(0), two(2));
+        if h > 14 || m > 59 || (h == 14 && m > 0) {
+            return None;
+        }
+        Some(Offset { sign, digits })
+    }
+
+    /// Appends `+hh:mm`.
+    fn push_to(self, out: &mut String) {
+        out.push(self.sign);
+        let [h1, h2, m1, m2] = self.digits.map(char::from);
+        out.extend([h1, h2, ':', m1, m2]);
+    }
+}
+
+/// Parses `+hh:mm`, `+hhmm`, `Z` into `+hh:mm`.
+pub fn parse_offset(off: &str) -> Option<String> {
+    let offset = Offset::parse(off)?;
+    let mut out = String::with_capacity(6);
+    offset.push_to(&mut out);
+    Some(out)
+}
+
+/// A v2 date/time split into its parts, as far as it is given, borrowed
+/// from the message (checked digits, so copying them needs no formatting;
+/// a Bundle has dozens of dates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct V2Time<'a> {
-    date: String,
-    /// `hh:mm:ss[.fff]` when any time is given.
-    time: Option<String>,
-    offset: Option<String>,
-    _raw: &'a str,
+    year: &'a str,
+    month: Option<&'a str>,
+    day: Option<&'a str>,
+    /// Hours, minutes, seconds (`00` where not given) and the fraction of
+    /// a second, when any time is given.
+    time: Option<[&'a str; 4]>,
+    offset: Option<Offset>,
+}
+
+impl V2Time<'_> {
+    /// Appends the date: `YYYY[-MM[-DD]]`.
+    fn push_date(&self, out: &mut String) {
+        out.push_str(self.year);
+        for part in [self.month, self.day].into_iter().flatten() {
+            out.push('-');
+            out.push_str(part);
+        }
+    }
 }
 
 /// Parses a DTM/TS/DT value: `YYYY[MM[DD[HH[MM[SS[.S+]]]]]][+/-ZZZZ]`.
@@ -56,7 +106,7 @@ pub(crate) struct V2Time<'a> {
 pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
     let raw = raw.trim();
     let (body, offset) = match raw.find(['+', '-']) {
-        Some(at) => (&raw[..at], Some(parse_offset(&raw[at..])?)),
+        Some(at) => (&raw[..at], Some(Offset::parse(&raw[at..])?)),
         None => (raw, None),
     };
     let (digits, frac) = match body.split_once('.') {
@@ -72,25 +122,17 @@ pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
     if year == "0000" {
         return None;
     }
-    // The parts are copied as written: each is two ASCII digits, checked
-    // above, so no number formatting is needed (a Bundle has dozens of dates).
     let part = |r: std::ops::Range<usize>| digits.get(r).unwrap_or("00");
-    let mut date = String::with_capacity(10);
-    date.push_str(year);
-    if let Some(m) = num(4..6) {
-        if !(1..=12).contains(&m) {
-            return None;
-        }
-        date.push('-');
-        date.push_str(part(4..6));
-    }
-    if let Some(d) = num(6..8) {
-        if !(1..=31).contains(&d) {
-            return None;
-        }
-        date.push('-');
-        date.push_str(part(6..8));
-    }
+    let month = match num(4..6) {
+        Some(m) if !(1..=12).contains(&m) => return None,
+        Some(_) => Some(part(4..6)),
+        None => None,
+    };
+    let day = match num(6..8) {
+        Some(d) if !(1..=31).contains(&d) => return None,
+        Some(_) => Some(part(6..8)),
+        None => None,
+    };
     let time = match num(8..10) {
         None => None,
         Some(h) => {
@@ -99,11 +141,10 @@ pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
             if h > 23 || mi > 59 || se > 59 {
                 return None;
             }
-            let frac = frac.map(|f| [".", f]).unwrap_or_default();
-            Some([part(8..10), ":", part(10..12), ":", part(12..14), frac[0], frac[1]].concat())
+            Some([part(8..10), part(10..12), part(12..14), frac.unwrap_or("")])
         }
     };
-    Some(V2Time { date, time, offset, _raw: raw })
+    Some(V2Time { year, month, day, time, offset })
 }
 
 /// FHIR `dateTime` from a v2 DTM. A time needs an offset (the value's or
@@ -112,16 +153,29 @@ pub(crate) fn date_time(raw: &str, opts: &Hl7ToFhirOptions) -> Json<'static> {
     let Some(t) = parse_dtm(raw) else {
         return Json::Null;
     };
-    let offset = t.offset.clone().or_else(|| opts.default_offset.as_deref().and_then(parse_offset));
-    match (t.time, offset) {
-        (Some(time), Some(off)) if t.date.len() == 10 => Json::from([t.date.as_str(), "T", &time, &off].concat()),
-        _ => Json::from(t.date),
+    let offset = t.offset.or_else(|| opts.default_offset.as_deref().and_then(Offset::parse));
+    let mut out = String::with_capacity(32);
+    t.push_date(&mut out);
+    if let (Some([h, m, s, frac]), Some(off), Some(_)) = (t.time, offset, t.day) {
+        out.push('T');
+        out.extend([h, ":", m, ":", s]);
+        if !frac.is_empty() {
+            out.push('.');
+            out.push_str(frac);
+        }
+        off.push_to(&mut out);
     }
+    Json::from(out)
 }
 
 /// FHIR `date` from a v2 DT/DTM (the time is dropped).
 pub(crate) fn date(raw: &str) -> Json<'static> {
-    parse_dtm(raw).map(|t| Json::from(t.date)).unwrap_or(Json::Null)
+    let Some(t) = parse_dtm(raw) else {
+        return Json::Null;
+    };
+    let mut out = String::with_capacity(10);
+    t.push_date(&mut out);
+    Json::from(out)
 }
 
 /// FHIR `instant`: needs a full date, a time and an offset, else null.
@@ -183,16 +237,17 @@ fn identifier_type<'a>(code: Cow<'a, str>) -> Json<'a> {
 
 /// CX to Identifier.
 pub(crate) fn cx<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> Json<'a> {
-    let value = n.c(1).text();
+    let c = n.comps::<8>();
+    let value = c[0].text();
     if value.is_empty() {
         return Json::Null;
     }
-    let auth = n.c(4);
+    let auth = c[3];
     obj! {
-        "type" => identifier_type(n.c(5).text()),
+        "type" => identifier_type(c[4].text()),
         "system" => hd_system(auth, opts),
         "value" => value,
-        "period" => obj!{"start" => date(&n.c(7).text()), "end" => date(&n.c(8).text())},
+        "period" => obj!{"start" => date(&c[6].text()), "end" => date(&c[7].text())},
         "assigner" => obj!{"display" => s(auth.s(1))},
     }
 }
@@ -266,40 +321,51 @@ fn name_use(code: &str) -> &'static str {
 
 /// XPN to HumanName.
 pub(crate) fn xpn(n: Node<'_>) -> Json<'_> {
-    let family = n.c(1).s(1).text();
-    let given = n.c(2).text();
-    if family.is_empty() && given.is_empty() && n.c(3).is_empty() {
+    let c = n.comps::<13>();
+    let family = c[0].s(1).text();
+    let given = c[1].text();
+    if family.is_empty() && given.is_empty() && c[2].is_empty() {
         return Json::Null;
     }
-    let period = if n.c(12).is_empty() && n.c(13).is_empty() {
-        obj! {"start" => date(&n.c(10).s(1).text()), "end" => date(&n.c(10).s(2).text())}
+    let period = if c[11].is_empty() && c[12].is_empty() {
+        obj! {"start" => date(&c[9].s(1).text()), "end" => date(&c[9].s(2).text())}
     } else {
-        obj! {"start" => date(&n.c(12).text()), "end" => date(&n.c(13).text())}
+        obj! {"start" => date(&c[11].text()), "end" => date(&c[12].text())}
     };
     obj! {
-        "use" => name_use(&n.c(7).text()),
+        "use" => name_use(&c[6].text()),
         "family" => family,
-        "given" => arr![given, s(n.c(3))],
-        "prefix" => arr![s(n.c(5))],
-        "suffix" => arr![s(n.c(4)), s(n.c(6))],
+        "given" => arr![given, s(c[2])],
+        "prefix" => arr![s(c[4])],
+        "suffix" => arr![s(c[3]), s(c[5])],
         "period" => period,
     }
 }
 
 /// XAD to Address.
 pub(crate) fn xad(n: Node<'_>) -> Json<'_> {
+    let c = n.comps::<14>();
     // SAD: street address, street name, dwelling number. Senders split a
     // street either way; joining the parts keeps the whole line.
-    let sad = n.c(1);
-    let street = [sad.s(1).text(), sad.s(2).text(), sad.s(3).text()]
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    if street.is_empty() && n.c(3).is_empty() && n.c(5).is_empty() && n.c(6).is_empty() && n.c(2).is_empty() {
+    let sad = c[0];
+    let mut parts = [sad.s(1).text(), sad.s(2).text(), sad.s(3).text()].into_iter().filter(|p| !p.is_empty());
+    // Mostly one part: kept borrowed from the message.
+    let street = match (parts.next(), parts.next()) {
+        (None, _) => Cow::Borrowed(""),
+        (Some(one), None) => one,
+        (Some(first), Some(second)) => {
+            let mut joined = [first.as_ref(), " ", second.as_ref()].concat();
+            for more in parts {
+                joined.push(' ');
+                joined.push_str(&more);
+            }
+            Cow::Owned(joined)
+        }
+    };
+    if street.is_empty() && c[2].is_empty() && c[4].is_empty() && c[5].is_empty() && c[1].is_empty() {
         return Json::Null;
     }
-    let kind = n.c(7).text();
+    let kind = c[6].text();
     let (use_, type_) = match kind.as_ref() {
         "H" | "P" => ("home", ""),
         "B" | "O" => ("work", ""),
@@ -310,20 +376,20 @@ pub(crate) fn xad(n: Node<'_>) -> Json<'_> {
         "SH" => ("", "physical"),
         _ => ("", ""),
     };
-    let period = if n.c(13).is_empty() && n.c(14).is_empty() {
-        obj! {"start" => date(&n.c(12).s(1).text()), "end" => date(&n.c(12).s(2).text())}
+    let period = if c[12].is_empty() && c[13].is_empty() {
+        obj! {"start" => date(&c[11].s(1).text()), "end" => date(&c[11].s(2).text())}
     } else {
-        obj! {"start" => date(&n.c(13).text()), "end" => date(&n.c(14).text())}
+        obj! {"start" => date(&c[12].text()), "end" => date(&c[13].text())}
     };
     obj! {
         "use" => use_,
         "type" => type_,
-        "line" => arr![street, s(n.c(2))],
-        "city" => s(n.c(3)),
-        "district" => s(n.c(9)),
-        "state" => s(n.c(4)),
-        "postalCode" => s(n.c(5)),
-        "country" => s(n.c(6)),
+        "line" => arr![street, s(c[1])],
+        "city" => s(c[2]),
+        "district" => s(c[8]),
+        "state" => s(c[3]),
+        "postalCode" => s(c[4]),
+        "country" => s(c[5]),
         "period" => period,
     }
 }
@@ -331,14 +397,15 @@ pub(crate) fn xad(n: Node<'_>) -> Json<'_> {
 /// XTN to ContactPoint. `default_use` applies when XTN-2 is empty (PID-13
 /// is home, PID-14 work).
 pub(crate) fn xtn<'a>(n: Node<'a>, default_use: &'static str) -> Json<'a> {
-    let equip = n.c(3).text();
+    let c = n.comps::<18>();
+    let equip = c[2].text();
     let email = matches!(equip.as_ref(), "Internet" | "X.400" | "NET");
-    let value = if email && !n.c(4).is_empty() {
-        n.c(4).text()
-    } else if !n.c(1).is_empty() {
-        n.c(1).text()
-    } else if !n.c(12).is_empty() {
-        n.c(12).text()
+    let value = if email && !c[3].is_empty() {
+        c[3].text()
+    } else if !c[0].is_empty() {
+        c[0].text()
+    } else if !c[11].is_empty() {
+        c[11].text()
     } else {
         let mut v = String::new();
         for (c, pre) in [(5, "+"), (6, "("), (7, "")] {
@@ -354,7 +421,7 @@ pub(crate) fn xtn<'a>(n: Node<'a>, default_use: &'static str) -> Json<'a> {
                 }
             }
         }
-        let ext = n.c(8).text();
+        let ext = c[7].text();
         if !ext.is_empty() && !v.is_empty() {
             v.push_str(" ext. ");
             v.push_str(&ext);
@@ -373,20 +440,20 @@ pub(crate) fn xtn<'a>(n: Node<'a>, default_use: &'static str) -> Json<'a> {
         "" => "phone",
         _ => "other",
     };
-    let use_ = match (n.c(2).text().as_ref(), equip.as_ref()) {
+    let use_ = match (c[1].text().as_ref(), equip.as_ref()) {
         (_, "CP") => "mobile",
         ("PRN" | "ORN" | "VHN", _) => "home",
         ("WPN", _) => "work",
         ("", _) => default_use,
         _ => "",
     };
-    let rank = n.c(18).text().parse::<u32>().ok().filter(|r| *r > 0);
+    let rank = c[17].text().parse::<u32>().ok().filter(|r| *r > 0);
     obj! {
         "system" => system,
         "value" => value,
         "use" => use_,
         "rank" => rank,
-        "period" => obj!{"start" => date(&n.c(13).text()), "end" => date(&n.c(14).text())},
+        "period" => obj!{"start" => date(&c[12].text()), "end" => date(&c[13].text())},
     }
 }
 
@@ -424,16 +491,17 @@ pub(crate) fn trimmed(s: Cow<'_, str>) -> Cow<'_, str> {
 /// text). `default_table` names the v2 table the field is bound to, used
 /// when CWE-3 is empty.
 pub(crate) fn cwe<'a>(n: Node<'a>, default_table: &str, opts: &Hl7ToFhirOptions) -> Json<'a> {
+    let c = n.comps::<9>();
     if n.is_empty() {
         return Json::Null;
     }
-    let primary = coding(n.c(1).text(), n.c(2).text(), &n.c(3).text(), default_table, opts);
-    let alternate = coding(n.c(4).text(), n.c(5).text(), &n.c(6).text(), "", opts);
-    let original = n.c(9).text();
+    let primary = coding(c[0].text(), c[1].text(), &c[2].text(), default_table, opts);
+    let alternate = coding(c[3].text(), c[4].text(), &c[5].text(), "", opts);
+    let original = c[8].text();
     let text = if !original.is_empty() {
         Json::Str(original)
     } else if primary.is_null() {
-        s(n.c(2))
+        s(c[1])
     } else {
         Json::Null
     };
@@ -455,22 +523,23 @@ pub(crate) fn text_concept(t: Cow<'_, str>) -> Json<'_> {
 
 /// XCN to (Identifier, HumanName) for a Practitioner.
 pub(crate) fn xcn<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> (Json<'a>, Json<'a>) {
-    let id = n.c(1).text();
+    let c = n.comps::<13>();
+    let id = c[0].text();
     let identifier = if id.is_empty() {
         Json::Null
     } else {
-        obj! {"type" => identifier_type(n.c(13).text()), "system" => hd_system(n.c(9), opts), "value" => id}
+        obj! {"type" => identifier_type(c[12].text()), "system" => hd_system(c[8], opts), "value" => id}
     };
-    let family = n.c(2).s(1).text();
-    let name = if family.is_empty() && n.c(3).is_empty() {
+    let family = c[1].s(1).text();
+    let name = if family.is_empty() && c[2].is_empty() {
         Json::Null
     } else {
         obj! {
-            "use" => name_use(&n.c(10).text()),
+            "use" => name_use(&c[9].text()),
             "family" => family,
-            "given" => arr![s(n.c(3)), s(n.c(4))],
-            "prefix" => arr![s(n.c(6))],
-            "suffix" => arr![s(n.c(5)), s(n.c(7))],
+            "given" => arr![s(c[2]), s(c[3])],
+            "prefix" => arr![s(c[5])],
+            "suffix" => arr![s(c[4]), s(c[6])],
         }
     };
     (identifier, name)
@@ -478,13 +547,14 @@ pub(crate) fn xcn<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> (Json<'a>, Json<'
 
 /// XON to (Identifier, name) for an Organization.
 pub(crate) fn xon<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> (Json<'a>, Json<'a>) {
-    let id = if n.c(10).is_empty() { n.c(3).text() } else { n.c(10).text() };
+    let c = n.comps::<10>();
+    let id = if c[9].is_empty() { c[2].text() } else { c[9].text() };
     let identifier = if id.is_empty() {
         Json::Null
     } else {
-        obj! {"type" => identifier_type(n.c(7).text()), "system" => hd_system(n.c(6), opts), "value" => id}
+        obj! {"type" => identifier_type(c[6].text()), "system" => hd_system(c[5], opts), "value" => id}
     };
-    (identifier, s(n.c(1)))
+    (identifier, s(c[0]))
 }
 
 /// The parts of a PL (person location) that name a place, most general

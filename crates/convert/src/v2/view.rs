@@ -117,6 +117,18 @@ impl<'a> Node<'a> {
         Node { raw: nth(self.first().raw, self.cx.component, n), cx: self.cx }
     }
 
+    /// Components 1 to `N` of the first repetition (`[c(1), .., c(N)]`),
+    /// split in one pass: a datatype map reads a dozen components of one
+    /// field, and `c` scans the field from its start each time.
+    pub fn comps<const N: usize>(&self) -> [Node<'a>; N] {
+        let cx = self.cx;
+        let mut out = [Node { raw: b"", cx }; N];
+        for (slot, raw) in out.iter_mut().zip(self.first().raw.split(|b| *b == cx.component)) {
+            slot.raw = raw;
+        }
+        out
+    }
+
     /// Sub-component `n` (1-based) of this component.
     pub fn s(&self, n: usize) -> Node<'a> {
         Node { raw: nth(self.raw, self.cx.subcomponent, n), cx: self.cx }
@@ -182,6 +194,13 @@ pub(crate) mod tests {
         assert_eq!(ids[1].c(5).text(), "SS");
         assert_eq!(pid.f(5).c(2).whole(), "John&Jr");
         assert_eq!(pid.f(40).c(9).s(9).text(), "");
+        // comps reads the same components as c, in one pass.
+        let name = pid.f(5);
+        let comps = name.comps::<4>();
+        for (i, c) in comps.iter().enumerate() {
+            assert_eq!(c.whole(), name.c(i + 1).whole(), "component {}", i + 1);
+        }
+        assert_eq!(pid.f(3).comps::<6>()[3].s(2).text(), "1.2.3");
     }
 
     #[test]
