@@ -10,7 +10,38 @@ use hl7v2::{ErrorCode, Issue, Message, ParseError, Severity};
 
 /// MSH-7 of our ACKs: now, UTC, to the millisecond.
 fn timestamp() -> String {
-    Utc::now().format("%Y%m%d%H%M%S%.3f+0000").to_string()
+    dtm(Utc::now())
+}
+
+/// `YYYYMMDDHHMMSS.sss+0000`, written digit by digit: every ACK needs one,
+/// and chrono's `format` parses its format string on each call.
+fn dtm(now: chrono::DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let parts = [
+        (now.year().clamp(0, 9999) as u32, 4),
+        (now.month(), 2),
+        (now.day(), 2),
+        (now.hour(), 2),
+        (now.minute(), 2),
+        (now.second(), 2),
+    ];
+    let mut out = String::with_capacity(23);
+    for (value, width) in parts {
+        push_digits(&mut out, value, width);
+    }
+    out.push('.');
+    // A leap second shows as 1000 ms or more in chrono: keep three digits.
+    push_digits(&mut out, now.timestamp_subsec_millis().min(999), 3);
+    out.push_str("+0000");
+    out
+}
+
+/// The last `width` decimal digits of `value`, zero-padded.
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    for k in (0..width).rev() {
+        let digit = (value / 10u32.pow(k)) % 10;
+        out.push(char::from(b'0' + digit as u8));
+    }
 }
 
 /// Validation of a parsed message (header, structure, data types) and what
@@ -83,6 +114,14 @@ pub(super) fn code_of(ack: &[u8]) -> Option<AckCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_written_like_chrono_format() {
+        for text in ["2026-11-21T09:05:07.042Z", "1999-01-02T23:59:59.999Z", "2026-03-04T00:00:00Z"] {
+            let t = chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
+            assert_eq!(dtm(t), t.format("%Y%m%d%H%M%S%.3f+0000").to_string(), "{text}");
+        }
+    }
 
     #[test]
     fn timestamps_are_hl7_dtm_in_utc() {
