@@ -480,6 +480,10 @@ impl ChannelIngest {
             return JsonOutcome::Invalid(e.to_string());
         }
         let order_key = self.order_key.of_json(&doc);
+        // FHIR bodies are searchable by patient identifier, as PID-3 makes
+        // HL7 v2 messages; a plain JSON body has no known place for one.
+        let patient_ids =
+            if self.content == ContentKind::Fhir { crate::config::fhir_patient_ids(&doc) } else { Vec::new() };
         drop(doc);
         let new = NewMessage {
             channel: self.name.clone(),
@@ -491,7 +495,7 @@ impl ChannelIngest {
             message_type: resource_type,
             event: None,
             order_key,
-            patient_ids: Vec::new(),
+            patient_ids,
             ack: None,
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
             raw: received.bytes,

@@ -217,6 +217,13 @@ async fn a_fhir_bundle_reaches_the_emr_as_a_valid_oru_with_the_patient_and_obser
         Some("https://github.com/synthetichealth/synthea|2fa15bc7-8866-461a-9000-f739e425860a")
     );
     assert_eq!(detail.raw.as_deref(), Some(bundle.as_bytes()), "the stored message is the Bundle as received");
+    // The message browser finds it by any of the Patient's identifiers (the
+    // social security number here), as PID-3 makes HL7 v2 messages findable.
+    let query = store::SearchQuery { patient_id: Some("999-93-7537".into()), ..Default::default() };
+    let found = engine.store().search(&query).await.unwrap();
+    assert_eq!(found.items.iter().map(|m| m.id).collect::<Vec<_>>(), [detail.summary.id]);
+    let query = store::SearchQuery { patient_id: Some("not-an-id".into()), ..Default::default() };
+    assert!(engine.store().search(&query).await.unwrap().items.is_empty());
     engine.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -245,6 +245,57 @@ pub fn fhir_patient_key(doc: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The patient identifiers a FHIR body carries, for the message browser's
+/// identifier search (what PID-3 gives an HL7 v2 message): the `value` of
+/// every `identifier` of the Patient (or of each Patient entry of a
+/// Bundle), and, for other resources, of the logical identifier in their
+/// `subject` or `patient` reference. Values only, in order, once each.
+///
+/// ```
+/// let bundle = serde_json::json!({"resourceType": "Bundle", "entry": [
+///     {"resource": {"resourceType": "Patient", "identifier": [
+///         {"system": "urn:oid:1.2.3", "value": "MRN-1"}, {"value": "SSN-9"}]}},
+///     {"resource": {"resourceType": "Observation",
+///         "subject": {"identifier": {"system": "urn:oid:1.2.3", "value": "MRN-1"}}}}
+/// ]});
+/// assert_eq!(engine::config::fhir_patient_ids(&bundle), ["MRN-1", "SSN-9"]);
+/// ```
+pub fn fhir_patient_ids(doc: &serde_json::Value) -> Vec<String> {
+    fn value(identifier: &serde_json::Value) -> Option<&str> {
+        identifier.get("value")?.as_str().filter(|v| !v.is_empty())
+    }
+    fn collect<'a>(resource: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match resource.get("resourceType").and_then(|t| t.as_str()) {
+            Some("Patient") => {
+                let ids = resource.get("identifier").and_then(|i| i.as_array());
+                out.extend(ids.into_iter().flatten().filter_map(value));
+            }
+            Some("Bundle") => {
+                let entries = resource.get("entry").and_then(|e| e.as_array());
+                for r in entries.into_iter().flatten().filter_map(|e| e.get("resource")) {
+                    // A Bundle inside a Bundle is not followed: one level is
+                    // what senders use, and it bounds the work.
+                    if r.get("resourceType").and_then(|t| t.as_str()) != Some("Bundle") {
+                        collect(r, out);
+                    }
+                }
+            }
+            _ => out.extend(
+                ["subject", "patient"].iter().filter_map(|k| resource.get(*k)?.get("identifier")).filter_map(value),
+            ),
+        }
+    }
+    let mut found = Vec::new();
+    collect(doc, &mut found);
+    let mut ids: Vec<String> = Vec::with_capacity(found.len());
+    for id in found {
+        if !ids.iter().any(|x| x == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    ids
+}
+
 /// A destination of a channel, with the runtime's settings around the
 /// connector.
 #[derive(Debug)]

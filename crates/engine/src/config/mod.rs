@@ -52,6 +52,7 @@ use serde::Deserialize;
 
 pub use channel::{
     AckMode, ChannelConfig, ContentKind, DestinationEntry, OnFailure, OrderKey, RetryConfig, ValidationPolicy,
+    fhir_patient_ids, fhir_patient_key,
 };
 pub use error::{ConfigError, ConfigErrors};
 pub use operations::{AlertCondition, AlertRule, HealthConfig, RetentionConfig, RetentionSchedule};
