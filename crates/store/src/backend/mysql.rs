@@ -149,7 +149,7 @@ impl Store for MySqlStore {
     }
 
     async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted>> {
-        writer::accept_many(&self.ops, messages, validate_message).await
+        writer::accept_many(&self.ops, messages, validate_message, Op::Accept).await
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {

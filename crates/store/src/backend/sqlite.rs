@@ -169,11 +169,17 @@ impl Store for SqliteStore {
 
     async fn accept(&self, message: NewMessage) -> Result<Accepted> {
         validate_message(&message)?;
-        writer::call(&self.ops, |r| Op::Accept(message, r)).await
+        // Here, on the caller's task, not on the writer thread.
+        let stamp = Stamp::of(&message);
+        writer::call(&self.ops, |r| Op::AcceptStamped(message, stamp, r)).await
     }
 
     async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted>> {
-        writer::accept_many(&self.ops, messages, validate_message).await
+        writer::accept_many(&self.ops, messages, validate_message, |m, r| {
+            let stamp = Stamp::of(&m);
+            Op::AcceptStamped(m, stamp, r)
+        })
+        .await
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim> {

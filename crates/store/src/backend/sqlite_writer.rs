@@ -183,7 +183,11 @@ impl Writer {
         let mut others = Vec::new();
         for op in batch {
             match op {
-                Op::Accept(m, r) => accepts.push((m, r)),
+                Op::AcceptStamped(m, stamp, r) => accepts.push((m, stamp, r)),
+                Op::Accept(m, r) => {
+                    let stamp = Stamp::of(&m);
+                    accepts.push((m, stamp, r));
+                }
                 op => others.push(op),
             }
         }
@@ -194,7 +198,7 @@ impl Writer {
         // Fast path, the common case under ingestion load: a batch of
         // accepts only, as one transaction without savepoints.
         if others.is_empty() {
-            let messages: Vec<&NewMessage> = accepts.iter().map(|(m, _)| m).collect();
+            let messages: Vec<(&NewMessage, &Stamp)> = accepts.iter().map(|(m, s, _)| (m, s)).collect();
             let result = self.exec("BEGIN IMMEDIATE").and_then(|()| {
                 let r = self.accept_batch(&messages, now)?;
                 self.exec("COMMIT")?;
@@ -208,7 +212,7 @@ impl Writer {
                     if queued {
                         self.announce();
                     }
-                    for ((_, reply), answer) in accepts.into_iter().zip(answers) {
+                    for ((_, _, reply), answer) in accepts.into_iter().zip(answers) {
                         let _ = reply.send(Ok(answer));
                     }
                     return;
@@ -224,7 +228,7 @@ impl Writer {
 
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
             let e = Arc::new(e);
-            for (_, r) in accepts {
+            for (_, _, r) in accepts {
                 let _ = r.send(Err(StoreError::Batch(e.clone())));
             }
             for op in others {
@@ -235,14 +239,14 @@ impl Writer {
         let mut done = Vec::with_capacity(accepts.len() + others.len());
 
         if !accepts.is_empty() {
-            let messages: Vec<&NewMessage> = accepts.iter().map(|(m, _)| m).collect();
+            let messages: Vec<(&NewMessage, &Stamp)> = accepts.iter().map(|(m, s, _)| (m, s)).collect();
             // After a failed fast path the same bulk insert would fail the
             // same way: go one by one at once.
             let bulk = if bulk_failed { None } else { Some(self.savepoint(|w| w.accept_batch(&messages, now))) };
             match bulk {
                 Some(Ok((results, queued))) => {
                     wake |= queued;
-                    for ((_, reply), result) in accepts.into_iter().zip(results) {
+                    for ((_, _, reply), result) in accepts.into_iter().zip(results) {
                         done.push(Done::new(reply, Ok(result)));
                     }
                 }
@@ -252,12 +256,12 @@ impl Writer {
                     if let Some(Err(e)) = failed {
                         warn!(error = %e.summary(), batch = messages.len(), "bulk accept failed, retrying one by one");
                     }
-                    for (m, reply) in accepts {
+                    for (m, stamp, reply) in accepts {
                         if self.conn.is_autocommit() {
                             let _ = reply.send(Err(transaction_lost()));
                             continue;
                         }
-                        let one = self.savepoint(|w| w.accept_batch(&[&m], now));
+                        let one = self.savepoint(|w| w.accept_batch(&[(&m, &stamp)], now));
                         done.push(Done::new(
                             reply,
                             one.map(|(mut r, q)| {
@@ -317,7 +321,18 @@ impl Writer {
     fn run_op(&mut self, op: Op, now: DateTime<Utc>, wake: &mut bool) -> Done {
         match op {
             Op::Accept(m, reply) => {
-                let r = self.savepoint(|w| w.accept_batch(&[&m], now));
+                let stamp = Stamp::of(&m);
+                let r = self.savepoint(|w| w.accept_batch(&[(&m, &stamp)], now));
+                Done::new(
+                    reply,
+                    r.map(|(mut v, q)| {
+                        *wake |= q;
+                        v.remove(0)
+                    }),
+                )
+            }
+            Op::AcceptStamped(m, stamp, reply) => {
+                let r = self.savepoint(|w| w.accept_batch(&[(&m, &stamp)], now));
                 Done::new(
                     reply,
                     r.map(|(mut v, q)| {
@@ -397,7 +412,8 @@ impl Writer {
     /// identifiers and deliveries, one row per execution of a prepared
     /// statement. Returns each message's answer and whether a queued
     /// delivery was created.
-    fn accept_batch(&self, messages: &[&NewMessage], now: DateTime<Utc>) -> Result<(Vec<Accepted>, bool)> {
+    fn accept_batch(&self, batch: &[(&NewMessage, &Stamp)], now: DateTime<Utc>) -> Result<(Vec<Accepted>, bool)> {
+        let messages: Vec<&NewMessage> = batch.iter().map(|(m, _)| *m).collect();
         let cutoff = window_start(now, self.window);
         let mut existing = Vec::new();
         {
@@ -405,7 +421,7 @@ impl Writer {
                 "SELECT id, channel, sender_key, control_id, received_at, ack FROM messages \
                  WHERE control_id = ?1 AND received_at >= ?2",
             )?;
-            for cid in control_ids(messages) {
+            for cid in control_ids(&messages) {
                 let rows = lookup.query_map(params![cid, cutoff], |r| {
                     Ok(OriginalRow {
                         id: uuid_at(r, 0)?,
@@ -421,7 +437,7 @@ impl Writer {
                 }
             }
         }
-        let plans = plan_batch(messages, existing);
+        let plans = plan_stamped(&messages, existing, |i| batch[i].1.clone());
         let now_us = to_micros(now);
         let mut queued = false;
         {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::common::Stamp;
 use crate::model::*;
 use crate::{Result, StoreError};
 
@@ -26,6 +27,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 #[derive(Debug)]
 pub(crate) enum Op {
     Accept(NewMessage, Reply<Accepted>),
+    /// An accept whose id and digest the caller computed (SQLite, see
+    /// [`Stamp`]).
+    AcceptStamped(NewMessage, Stamp, Reply<Accepted>),
     Claim(ClaimRequest, Reply<Claim>),
     Complete {
         delivery: DeliveryId,
@@ -57,6 +61,7 @@ impl Op {
     pub(crate) fn fail(self, e: StoreError) {
         match self {
             Op::Accept(_, r) => drop(r.send(Err(e))),
+            Op::AcceptStamped(_, _, r) => drop(r.send(Err(e))),
             Op::Claim(_, r) => drop(r.send(Err(e))),
             Op::Complete { reply, .. } => drop(reply.send(Err(e))),
             Op::Extend { reply, .. } => drop(reply.send(Err(e))),
@@ -119,11 +124,12 @@ pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Opt
 /// batches one after the other, so a message is never committed before one
 /// sent ahead of it; sending them all before waiting lets them share a
 /// transaction instead of paying one commit each. An invalid message is
-/// answered at once and not sent.
+/// answered at once and not sent. `make` builds each request.
 pub(crate) async fn accept_many(
     tx: &mpsc::Sender<Op>,
     messages: Vec<NewMessage>,
     validate: impl Fn(&NewMessage) -> Result<()>,
+    make: impl Fn(NewMessage, Reply<Accepted>) -> Op,
 ) -> Vec<Result<Accepted>> {
     enum Pending {
         Answered(Result<Accepted>),
@@ -136,7 +142,7 @@ pub(crate) async fn accept_many(
             continue;
         }
         let (reply, answer) = oneshot::channel();
-        match tx.send(Op::Accept(message, reply)).await {
+        match tx.send(make(message, reply)).await {
             Ok(()) => pending.push(Pending::Waiting(answer)),
             Err(_) => pending.push(Pending::Answered(Err(StoreError::Closed))),
         }
