@@ -4,14 +4,17 @@
 //! and records a sync job in the store the config names, a second run
 //! changes nothing.
 
+mod e2e_support;
+
 use std::process::{Command, Output};
 
+use e2e_support::{BIN, block_on, config, free_addr, synthea_bundle};
 use fhir::{FhirClient, ServerConfig};
 use serde_json::Value;
 use testkit::FhirPeer;
 
 fn plexus(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_plexus")).args(args).output().expect("run plexus")
+    Command::new(BIN).args(args).output().expect("run plexus")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -20,12 +23,10 @@ fn text(bytes: &[u8]) -> String {
 
 /// Loads the Synthea bundle into the server at `base`; the patient's id.
 fn load_ehr(base: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
+    block_on(async {
         let ehr = FhirClient::new("ehr", &ServerConfig::new(base.parse().expect("url"))).expect("client");
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/tests/fixtures/synthea-patient-bundle.json");
-        let bundle: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+        let bundle: Value =
+            serde_json::from_str(&std::fs::read_to_string(synthea_bundle()).expect("fixture")).expect("json");
         let response = ehr.transaction(&bundle).await.expect("load the bundle");
         fhir::bundle::entry_responses(&response)
             .iter()
@@ -50,15 +51,11 @@ fn search_then_sync_with_a_recorded_job_on_the_engine_config() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cfg = dir.path().join("plexus.toml");
     // The same file `plexus serve` reads (store, api, servers), checked as a whole.
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 1\n\n[store]\nurl = \"sqlite://data/plexus.db\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n\
-             [fhir_servers.ehr]\nbase_url = \"{}\"\n\n[fhir_servers.crm]\nbase_url = \"{}\"\n",
-            ehr.base_url, crm.base_url
-        ),
-    )
-    .expect("config");
+    let servers = format!(
+        "\n[fhir_servers.ehr]\nbase_url = \"{}\"\n\n[fhir_servers.crm]\nbase_url = \"{}\"\n",
+        ehr.base_url, crm.base_url
+    );
+    std::fs::write(&cfg, config(free_addr(), &servers)).expect("config");
     let cfg = cfg.to_str().expect("utf-8 path");
     let check = plexus(&["check", "--config", cfg]);
     assert!(check.status.success(), "plexus check: {}{}", text(&check.stdout), text(&check.stderr));
@@ -120,8 +117,7 @@ fn search_then_sync_with_a_recorded_job_on_the_engine_config() {
     assert!(!stderr.contains(&patient) && !stderr.contains("Brekke496"), "{stderr}");
 
     // The job, in the store the config names.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
+    block_on(async {
         let url = format!("sqlite://{}", dir.path().join("data/plexus.db").display());
         let store = store::open(&url, store::StoreOptions::default()).await.expect("open store");
         let job = store.sync_job(job_id.parse().expect("job id")).await.expect("read").expect("recorded");

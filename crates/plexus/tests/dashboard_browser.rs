@@ -16,15 +16,15 @@
 //! Skips with the reason when Chromium, node or the script's node_modules
 //! are missing (`.ci/run` installs them; see docs/dashboard.md).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod e2e_support;
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use e2e_support::{BIN, Serve, config, free_addr, mllp_to_archive, synthea_bundle};
 use testkit::FhirPeer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_plexus");
 const SUITE: &str = "plexus::dashboard_browser";
 const SYNC_SUITE: &str = "plexus::dashboard_browser (patient sync flow)";
 const CHANNEL: &str = "adt-in";
@@ -40,11 +40,6 @@ const HOSTILE_MESSAGE: &str = "MSH|^~\\&|EVIL|HOSP|PLEXUS|HOSP|20260101120000||A
 EVN|A01|20260101120000\r\
 PID|1||666^^^HOSP^MR||<img src=x onerror=window.__plexusXss=true>^<script>window.__plexusXss=true</script>||19700101|F\r\
 PV1|1|I\r";
-
-/// The Synthea patient (319 resources) as a transaction Bundle.
-fn synthea_bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/tests/fixtures/synthea-patient-bundle.json")
-}
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -78,63 +73,6 @@ fn browser_or_skip() -> Option<PathBuf> {
         return None;
     }
     Some(chromium)
-}
-
-/// A `plexus serve` child process, killed when dropped.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(dir: &Path, config: &Path, api: SocketAddr) -> Serve {
-        let log = dir.join("serve.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--log", "info"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn plexus serve");
-        let mut serve = Serve { child, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_status(api, "/readyz") != Some(200) {
-            if let Some(status) = serve.child.try_wait().unwrap() {
-                panic!("plexus serve exited early ({status}):\n{}", serve.log_text());
-            }
-            assert!(Instant::now() < deadline, "plexus serve not ready:\n{}", serve.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serve
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The status of a plain GET, or `None` when nothing answers.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], testkit::free_port()))
 }
 
 /// `plexus token create`; returns the token it prints (once).
@@ -175,31 +113,14 @@ fn dashboard_in_headless_chromium() {
             ehr.base_url, hub.base_url
         )
     });
+    let text = config(api, &format!("{}{fhir_servers}", mllp_to_archive(CHANNEL, mllp, "", Some("${message_id}.hl7"))));
+    // Written now for the tokens, made in the store before the server starts
+    // (which writes the same file again).
     let config = dir.path().join("plexus.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"version = 1
-[store]
-url = "sqlite://data/plexus.db"
-[api]
-listen = "{api}"
-
-[channels.{CHANNEL}.source]
-type = "mllp"
-listen = "{mllp}"
-[[channels.{CHANNEL}.destinations]]
-name = "archive"
-type = "file"
-directory = "out"
-file_name = "${{message_id}}.hl7"
-{fhir_servers}"#
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, &text).unwrap();
     let admin = create_token(&config, "dashboard-test", "all");
     let reader = create_token(&config, "dashboard-reader", "messages:read");
-    let serve = Serve::start(dir.path(), &config, api);
+    let serve = Serve::start(dir.path(), &text, api, "serve.log");
 
     // Something to see before the browser arrives.
     let first = send_command(mllp, "DASHA", 2);

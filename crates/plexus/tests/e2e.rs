@@ -19,7 +19,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use e2e_support::{
-    BIN, Serve, config, counts_of, exchange, field, files_in, frame, free_addr, mllp_to_archive, plexus_send,
+    BIN, Serve, config, counts_of, exchange, field, files_in, frame, free_addr, http_get, mllp_to_archive, plexus_send,
     recording_receiver, wait_for,
 };
 use hl7v2::ack::Outcome;
@@ -315,6 +315,19 @@ lease = "2s"
     assert!(per_patient.len() >= 100, "messages of many patients");
 }
 
+/// Deliveries sent to `destination` so far, from the public `/metrics` of
+/// the server whose API is `api` (0 while it does not answer).
+fn sent_to(api: std::net::SocketAddr, destination: &str) -> u64 {
+    let Some((200, text)) = http_get(api, "/metrics") else { return 0 };
+    let labels = format!("destination=\"{destination}\"");
+    text.lines()
+        .filter(|l| l.starts_with("plexus_deliveries_total{") && l.contains(&labels))
+        .filter(|l| l.contains("outcome=\"sent\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// Plexus's mllp destination delivers to the Node MLLP peer and to a
 /// second `plexus serve`.
 #[test]
@@ -332,8 +345,10 @@ fn mllp_destination_delivers_to_the_node_peer_and_a_second_plexus() {
 
     let first_dir = tempfile::tempdir().unwrap();
     let mllp1 = free_addr();
+    // Metrics open to read: the test waits on them (lines before the
+    // first table go into [api]).
     let body1 = format!(
-        r#"
+        r#"metrics_public = true
 [channels.adt-in.source]
 type = "mllp"
 listen = "{mllp1}"
@@ -367,6 +382,11 @@ address = "{mllp2}"
     let out = second_dir.path().join("out");
     wait_for("the second plexus stores and writes all 200", Duration::from_secs(120), || files_in(&out).len() >= 200);
     assert_eq!(files_in(&out).len(), 200);
+    // The node peer's deliveries run on their own: a stop now could leave
+    // some of them queued (they would go out at the next start).
+    wait_for("the first plexus delivers all 200 to the node peer", Duration::from_secs(120), || {
+        sent_to(first.api, "node-peer") >= 200
+    });
     assert!(first.stop().success());
     assert!(second.stop().success());
 

@@ -1,7 +1,8 @@
 //! Set-up of the end-to-end tests of the binary: `plexus serve` as a child
 //! process on a config in a temp dir, `plexus send`, an MLLP exchange over
 //! a plain socket, a recording MLLP receiver, waiting, and reading the
-//! store a stopped server left.
+//! store a stopped server left. Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -130,6 +131,11 @@ pub fn mllp_to_archive(name: &str, listen: SocketAddr, source_extra: &str, file_
         "\n[channels.{name}.source]\ntype = \"mllp\"\nlisten = \"{listen}\"\n{source_extra}\
          [[channels.{name}.destinations]]\nname = \"archive\"\ntype = \"file\"\ndirectory = \"out\"\n{file_name}"
     )
+}
+
+/// The Synthea patient (319 resources) as a transaction Bundle.
+pub fn synthea_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fhir/tests/fixtures/synthea-patient-bundle.json")
 }
 
 /// The value at `path` in `msg`, empty when absent.
