@@ -37,7 +37,8 @@
 //!
 //! A folder the name makes (`${date:%Y/%m/%d}/...`) is an entry in its
 //! parent folder like a file is, so the parent of every folder created is
-//! fsynced too: otherwise a power loss could take the new folder, and the
+//! fsynced too (the destination's own folder's as well, when start-up
+//! creates it): otherwise a power loss could take the new folder, and the
 //! delivered files in it, away after the delivery was completed.
 //!
 //! A worker hands over the deliveries it claimed together
@@ -120,7 +121,7 @@ impl FileConfig {
         let dir = directory.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
             if create {
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                create_durably(&dir, &RealDisk).map_err(|e| e.to_string())?;
             }
             match std::fs::metadata(&dir) {
                 Ok(m) if m.is_dir() => Ok(()),
@@ -328,6 +329,19 @@ fn create_folder(folder: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<(
         Err(_) if folder.is_dir() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Creates `folder` and the folders missing above it, each made durable in
+/// its parent (the destination's folder at start-up: files completed into
+/// it later must not vanish with it).
+fn create_durably(folder: &Path, disk: &dyn Disk) -> std::io::Result<()> {
+    let mut created = Vec::new();
+    create_folder(folder, &mut created)?;
+    // Deepest first, as the batches do; each parent once.
+    for new in created.iter().rev() {
+        disk.sync_folder(parent_of(new))?;
+    }
+    Ok(())
 }
 
 /// Writes a batch of files atomically (see the module documentation):
@@ -815,6 +829,22 @@ mod tests {
         let results = write_batch(&pending(root, &["2026/11/21/d.hl7"]), IfExists::Overwrite, &disk);
         assert!(results[0].is_ok(), "{results:?}");
         assert_eq!(*disk.synced.lock().unwrap(), [root.join("2026/11/21")]);
+    }
+
+    #[test]
+    fn the_destinations_folder_is_made_durable_where_it_is_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("a")).unwrap();
+        let disk = WatchedDisk::default();
+        create_durably(&root.join("a/b/c"), &disk).unwrap();
+        assert!(root.join("a/b/c").is_dir());
+        // "b" is new in "a", "c" new in "b"; "a" was there.
+        assert_eq!(*disk.synced.lock().unwrap(), [root.join("a/b"), root.join("a")]);
+        // Found, not created: nothing to fsync.
+        let disk = WatchedDisk::default();
+        create_durably(&root.join("a/b/c"), &disk).unwrap();
+        assert!(disk.synced.lock().unwrap().is_empty());
     }
 
     #[test]
