@@ -92,7 +92,18 @@ impl<'a> Ctx<'a> {
         identifier: Option<&Json<'_>>,
         resource: Json<'a>,
     ) -> Ref {
-        let uuid = stable_uuid(kind, identity);
+        self.add_as(stable_uuid(kind, identity), kind, identifier, resource)
+    }
+
+    /// [`Ctx::add`] with the uuid already computed by [`Ctx::find`] (one
+    /// hash, not two, for a resource checked before it is built).
+    pub fn add_as(
+        &mut self,
+        uuid: uuid::Uuid,
+        kind: &'static str,
+        identifier: Option<&Json<'_>>,
+        resource: Json<'a>,
+    ) -> Ref {
         let full_url = urn(uuid);
         if self.uuids.contains(&uuid) {
             return Ref { full_url };
@@ -100,22 +111,24 @@ impl<'a> Ctx<'a> {
         // Only a system-qualified identifier is safe to search by: a bare
         // value ("1134") may belong to another authority's record.
         let token = identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token);
-        // resourceType (and id) go in front of the resource's own members.
-        let mut body = match resource {
+        // resourceType (and id) go in front of the resource's own members:
+        // one new vector rather than two inserts that shift every member.
+        let members = match resource {
             Json::Obj(members) => members,
             _ => Vec::new(),
         };
-        body.retain(|(k, _)| *k != "resourceType" && *k != "id");
+        let mut body = Vec::with_capacity(members.len() + 2);
+        body.push(("resourceType", kind.into()));
         let url = match &token {
             Some(t) => [kind, "?identifier=", t].concat(),
             None => {
                 let id = simple(uuid);
                 let url = [kind, "/", &id].concat();
-                body.insert(0, ("id", id.into()));
+                body.push(("id", id.into()));
                 url
             }
         };
-        body.insert(0, ("resourceType", kind.into()));
+        body.extend(members.into_iter().filter(|(k, _)| *k != "resourceType" && *k != "id"));
         self.uuids.push(uuid);
         self.entries.push(obj! {
             "fullUrl" => full_url.clone(),
@@ -130,6 +143,13 @@ impl<'a> Ctx<'a> {
     pub fn existing(&self, kind: &str, identity: &str) -> Option<Ref> {
         let uuid = stable_uuid(kind, identity);
         self.uuids.contains(&uuid).then(|| Ref::of(uuid))
+    }
+
+    /// The uuid for `kind` + `identity`, and the entry already added for
+    /// it if any; pass the uuid to [`Ctx::add_as`].
+    pub fn find(&self, kind: &str, identity: &str) -> (uuid::Uuid, Option<Ref>) {
+        let uuid = stable_uuid(kind, identity);
+        (uuid, self.uuids.contains(&uuid).then(|| Ref::of(uuid)))
     }
 
     /// Mutable access to an added resource (to add results to a report).

@@ -188,12 +188,13 @@ pub(crate) fn practitioner<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     }
     // Without an identifier the name as written is the identity.
     let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
-    if let Some(seen) = ctx.existing("Practitioner", &key) {
-        return Some(seen);
+    let (uuid, seen) = ctx.find("Practitioner", &key);
+    if seen.is_some() {
+        return seen;
     }
     let conditional = (!identifier.is_null()).then_some(&identifier);
     let resource = obj! {"identifier" => arr![identifier.clone()], "name" => arr![name]};
-    Some(ctx.add("Practitioner", &key, conditional, resource))
+    Some(ctx.add_as(uuid, "Practitioner", conditional, resource))
 }
 
 /// Organization from an XON (None when empty).
@@ -211,8 +212,9 @@ pub(crate) fn organization<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
 /// Location from a PL (None when empty).
 pub(crate) fn location<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     let name = pl_name(n)?;
-    if let Some(seen) = ctx.existing("Location", &name) {
-        return Some(seen);
+    let (uuid, seen) = ctx.find("Location", &name);
+    if seen.is_some() {
+        return seen;
     }
     let resource = obj! {
         "status" => "active",
@@ -221,7 +223,7 @@ pub(crate) fn location<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
         "mode" => "instance",
         "physicalType" => pl_physical_type(n),
     };
-    Some(ctx.add("Location", &name, None, resource))
+    Some(ctx.add_as(uuid, "Location", None, resource))
 }
 
 fn participant<'a>(ctx: &mut Ctx<'a>, code: &'static str, display: &'static str, n: Node<'a>) -> Vec<Json<'a>> {
@@ -478,10 +480,7 @@ pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) 
     let group = in1.f(8).text();
     let plan = in1.f(2).first();
     let key = format!("{}|IN1|{}|{}|{}", subject.key, payor_key, in1.f(2).c(1).text(), policy);
-    let class: Vec<Json<'a>> = [
-        ("group", group.into_owned(), in1.f(9).first().c(1).text().into_owned()),
-        ("plan", plan.c(1).text().into_owned(), plan.c(2).text().into_owned()),
-    ]
+    let class: Vec<Json<'a>> = [("group", group, in1.f(9).first().c(1).text()), ("plan", plan.c(1).text(), plan.c(2).text())]
     .into_iter()
     .filter(|(_, value, _)| !value.is_empty())
     .map(|(kind, value, name)| {
