@@ -78,6 +78,12 @@ impl Charset {
     /// Decodes bytes of this character set (already unescaped) to text.
     /// Borrows when the bytes are ASCII or valid UTF-8 in a UTF-8 message.
     pub fn decode<'a>(&self, bytes: &'a [u8]) -> Cow<'a, str> {
+        if matches!(self, Charset::Ascii | Charset::Utf8)
+            && let Ok(s) = std::str::from_utf8(bytes)
+        {
+            // The usual case checked in one pass (ASCII is valid UTF-8).
+            return Cow::Borrowed(s);
+        }
         if bytes.is_ascii() {
             // Every supported set is an ASCII superset.
             return Cow::Borrowed(std::str::from_utf8(bytes).unwrap_or_default());

@@ -31,7 +31,7 @@ pub fn decode<'a>(raw: &'a [u8], delims: &Delimiters) -> Cow<'a, [u8]> {
     if esc == delims.field {
         return Cow::Borrowed(raw);
     }
-    let Some(first) = memchr::memchr(esc, raw) else {
+    let Some(first) = crate::element::find_byte(esc, raw) else {
         return Cow::Borrowed(raw);
     };
     let mut out = Vec::with_capacity(raw.len());
