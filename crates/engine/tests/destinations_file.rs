@@ -223,3 +223,28 @@ async fn a_batch_is_written_together_and_fails_file_by_file() {
     assert_eq!(std::fs::read(out.join("TAKEN/x.hl7")).unwrap(), b"old");
     assert_eq!(listing(&out), ["C1/x.hl7", "C4/x.hl7", "TAKEN/x.hl7"], "no temp file left behind");
 }
+
+/// Two deliveries of one batch that name the same file under
+/// `if_exists = "fail"`: the first is written, the second fails for good
+/// with a reason naming the file, nothing is overwritten and its temporary
+/// file is gone. In a new date folder, which the batch creates.
+#[tokio::test]
+async fn if_exists_fail_within_one_batch_keeps_the_first_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = build(
+        tmp.path(),
+        "type = \"file\"\ndirectory = \"out\"\nfile_name = \"${date:%Y/%m/%d}/${control_id}.hl7\"\nif_exists = \"fail\"\n",
+    )
+    .await;
+    let Destination::File(file) = &dest else { panic!("not a file destination") };
+    let answers = file.send_many(&[outbound(b"first", Some("SAME")), outbound(b"second", Some("SAME"))]).await;
+    assert_eq!(answers[0].as_ref().unwrap().summary, "wrote 2026/11/21/SAME.hl7");
+    let err = answers[1].as_ref().unwrap_err();
+    assert!(matches!(err, DeliveryError::FileExists { .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    let reason = err.to_string();
+    assert!(reason.contains("2026/11/21/SAME.hl7") && reason.contains("exists"), "{reason}");
+    let out = tmp.path().join("out");
+    assert_eq!(std::fs::read(out.join("2026/11/21/SAME.hl7")).unwrap(), b"first");
+    assert_eq!(listing(&out), ["2026/11/21/SAME.hl7"], "no temp file left behind");
+}
