@@ -39,7 +39,9 @@
 //! parent folder like a file is, so the parent of every folder created is
 //! fsynced too (the destination's own folder's as well, when start-up
 //! creates it): otherwise a power loss could take the new folder, and the
-//! delivered files in it, away after the delivery was completed.
+//! delivered files in it, away after the delivery was completed. Until
+//! that fsync has worked, the destination remembers the folder, so a batch
+//! of another worker that finds it already there fsyncs its parent too.
 //!
 //! A worker hands over the deliveries it claimed together
 //! ([`FileDestination::send_named`]): their files are written one after the
@@ -53,6 +55,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use tracing::{debug, warn};
@@ -133,7 +136,7 @@ impl FileConfig {
         .map_err(|e| e.to_string())
         .and_then(|r| r);
         checked.map_err(|reason| DestinationError::Directory { path: directory.clone(), reason })?;
-        Ok(FileDestination { directory, template, if_exists: self.if_exists })
+        Ok(FileDestination { directory, template, if_exists: self.if_exists, new_folders: Arc::default() })
     }
 }
 
@@ -143,6 +146,7 @@ pub struct FileDestination {
     directory: PathBuf,
     template: NameTemplate,
     if_exists: IfExists,
+    new_folders: Arc<NewFolders>,
 }
 
 impl FileDestination {
@@ -202,13 +206,14 @@ impl FileDestination {
         }
         let directory = self.directory.clone();
         let if_exists = self.if_exists;
+        let new_folders = Arc::clone(&self.new_folders);
         let first = directory.join(&files[0].name);
         let written = tokio::task::spawn_blocking(move || {
             let pending: Vec<PendingFile> = files
                 .into_iter()
                 .map(|f| PendingFile { target: directory.join(&f.name), relative: f.name, content: f.content })
                 .collect();
-            let results = write_batch(&pending, if_exists, &RealDisk);
+            let results = write_batch(&pending, if_exists, &RealDisk, &new_folders);
             // The names go back for the answers; the contents are dropped
             // here, off the async threads.
             pending.into_iter().map(|f| f.relative).zip(results).collect::<Vec<_>>()
@@ -344,20 +349,58 @@ fn create_durably(folder: &Path, disk: &dyn Disk) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The folders a destination created whose entry in their parent is not
+/// yet known to be durable, shared by its workers. A batch that finds such
+/// a folder (made a moment ago by another worker's batch, or by one whose
+/// fsync of the parent failed) fsyncs the parent too, instead of completing
+/// files in a folder that could still vanish.
+#[derive(Debug, Default)]
+struct NewFolders(Mutex<Vec<PathBuf>>);
+
+impl NewFolders {
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        // A panic elsewhere leaves the list as valid as it was.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates `folder` as [`create_folder`] does, noting what it created
+    /// before another batch can find it.
+    fn create(&self, folder: &Path) -> std::io::Result<()> {
+        let mut list = self.list();
+        let mut created = Vec::new();
+        let result = create_folder(folder, &mut created);
+        list.extend(created);
+        result
+    }
+
+    /// The unsettled folders that one of `files` lies in.
+    fn under(&self, files: &[PendingFile]) -> Vec<PathBuf> {
+        self.list().iter().filter(|f| files.iter().any(|p| p.target.starts_with(f))).cloned().collect()
+    }
+
+    /// `settled` are durable in their parents now.
+    fn settle(&self, settled: &[PathBuf]) {
+        self.list().retain(|f| !settled.contains(f));
+    }
+}
+
 /// Writes a batch of files atomically (see the module documentation):
 /// temp file + write for each, fsync each, rename (or link) each, then one
 /// fsync per folder, including the parent of every folder created. Returns
 /// one result per file, in order; a temporary file whose delivery failed is
 /// removed.
-fn write_batch(files: &[PendingFile], if_exists: IfExists, disk: &dyn Disk) -> Vec<Result<(), DeliveryError>> {
+fn write_batch(
+    files: &[PendingFile],
+    if_exists: IfExists,
+    disk: &dyn Disk,
+    new_folders: &NewFolders,
+) -> Vec<Result<(), DeliveryError>> {
     let err = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| DeliveryError::File { op, path, source }
     };
     // Folders of this batch's files: created (or found) once each.
     let mut folders: Vec<(&Path, Result<(), String>)> = Vec::new();
-    // Every folder this batch created, wherever in the tree.
-    let mut created: Vec<PathBuf> = Vec::new();
     let mut results: Vec<Result<(), DeliveryError>> = Vec::with_capacity(files.len());
     let mut temps: Vec<Option<(PathBuf, std::fs::File)>> = Vec::with_capacity(files.len());
 
@@ -367,7 +410,7 @@ fn write_batch(files: &[PendingFile], if_exists: IfExists, disk: &dyn Disk) -> V
         let made = match folders.iter().find(|(f, _)| *f == parent) {
             Some((_, r)) => r.clone(),
             None => {
-                let r = create_folder(parent, &mut created).map_err(|e| e.to_string());
+                let r = new_folders.create(parent).map_err(|e| e.to_string());
                 folders.push((parent, r.clone()));
                 r
             }
@@ -420,23 +463,29 @@ fn write_batch(files: &[PendingFile], if_exists: IfExists, disk: &dyn Disk) -> V
     // 4. The renames are durable once their folders' entries are on disk,
     //    and a new folder once its parent's entry is: each such folder is
     //    fsynced once, and its failure fails the files relying on it.
-    for (folder, relying) in folders_to_sync(files, &created) {
+    let unsettled = new_folders.under(files);
+    let mut settled = Vec::new();
+    for (folder, relying) in folders_to_sync(files, &unsettled) {
         if !relying.iter().any(|&i| results[i].is_ok()) {
             continue;
         }
-        if let Err(e) = disk.sync_folder(&folder) {
-            let reason = e.to_string();
-            for i in relying {
-                if results[i].is_ok() {
-                    results[i] = Err(DeliveryError::File {
-                        op: "syncing folder",
-                        path: folder.clone(),
-                        source: std::io::Error::new(e.kind(), reason.clone()),
-                    });
+        match disk.sync_folder(&folder) {
+            Ok(()) => settled.extend(unsettled.iter().filter(|u| parent_of(u) == folder).cloned()),
+            Err(e) => {
+                let reason = e.to_string();
+                for i in relying {
+                    if results[i].is_ok() {
+                        results[i] = Err(DeliveryError::File {
+                            op: "syncing folder",
+                            path: folder.clone(),
+                            source: std::io::Error::new(e.kind(), reason.clone()),
+                        });
+                    }
                 }
             }
         }
     }
+    new_folders.settle(&settled);
     results
 }
 
@@ -812,7 +861,7 @@ mod tests {
         let root = tmp.path();
         let disk = WatchedDisk::default();
         let files = pending(root, &["2026/11/21/a.hl7", "2026/11/21/b.hl7", "2026/11/22/c.hl7"]);
-        let results = write_batch(&files, IfExists::Overwrite, &disk);
+        let results = write_batch(&files, IfExists::Overwrite, &disk, &NewFolders::default());
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         // The root holds the new "2026", which holds "11", which holds the
         // two day folders; each day folder holds its files. Each is fsynced
@@ -826,7 +875,8 @@ mod tests {
 
         // The folders exist now: a later batch fsyncs only the file's folder.
         let disk = WatchedDisk::default();
-        let results = write_batch(&pending(root, &["2026/11/21/d.hl7"]), IfExists::Overwrite, &disk);
+        let results =
+            write_batch(&pending(root, &["2026/11/21/d.hl7"]), IfExists::Overwrite, &disk, &NewFolders::default());
         assert!(results[0].is_ok(), "{results:?}");
         assert_eq!(*disk.synced.lock().unwrap(), [root.join("2026/11/21")]);
     }
@@ -855,7 +905,7 @@ mod tests {
         // "new" is created by the batch; its entry lives in the root.
         let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
         let files = pending(root, &["new/a.hl7", "old/b.hl7", "new/deeper/c.hl7"]);
-        let results = write_batch(&files, IfExists::Overwrite, &disk);
+        let results = write_batch(&files, IfExists::Overwrite, &disk, &NewFolders::default());
         for i in [0, 2] {
             match &results[i] {
                 Err(DeliveryError::File { op: "syncing folder", path, .. }) => assert_eq!(path, root),
@@ -865,12 +915,37 @@ mod tests {
         assert!(results[1].is_ok(), "{results:?}");
     }
 
+    /// A folder whose entry is not known to be durable yet (its creator's
+    /// fsync of the parent failed, or another worker made it a moment ago
+    /// and has not fsynced yet) is found existing by the next batch, which
+    /// fsyncs its parent as well; once that worked, it is settled.
+    #[test]
+    fn a_found_folder_not_yet_durable_has_its_parent_fsynced_by_the_next_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let new_folders = NewFolders::default();
+        let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
+        let results = write_batch(&pending(root, &["day/a.hl7"]), IfExists::Overwrite, &disk, &new_folders);
+        assert!(results[0].is_err(), "{results:?}");
+        assert!(root.join("day").is_dir());
+
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["day/b.hl7"]), IfExists::Overwrite, &disk, &new_folders);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(*disk.synced.lock().unwrap(), [root.join("day"), root.to_path_buf()]);
+
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["day/c.hl7"]), IfExists::Overwrite, &disk, &new_folders);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(*disk.synced.lock().unwrap(), [root.join("day")], "settled by the batch before");
+    }
+
     #[test]
     fn a_linked_file_is_delivered_even_if_its_temporary_name_stays() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let disk = WatchedDisk { removal_fails: true, ..WatchedDisk::default() };
-        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk);
+        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &NewFolders::default());
         // The name is there with the content: failing the delivery would
         // have its retry find this very file and fail for good.
         assert!(results[0].is_ok(), "{results:?}");
