@@ -18,21 +18,41 @@ use super::datatypes::identifier_token;
 use super::json::Json;
 use crate::options::Hl7ToFhirOptions;
 
-/// A resource type and the deterministic uuid of one resource.
+/// The deterministic uuid of one entry: its `fullUrl` is `urn:uuid:<uuid>`.
+/// Kept as the uuid, written as text only into the JSON (a Bundle makes
+/// dozens of references, each one a String otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ref {
-    pub full_url: String,
+    uuid: uuid::Uuid,
 }
 
 impl Ref {
     fn of(uuid: uuid::Uuid) -> Ref {
-        Ref { full_url: urn(uuid) }
+        Ref { uuid }
+    }
+
+    /// The entry's `fullUrl`, `urn:uuid:<uuid>`.
+    pub fn full_url(&self) -> String {
+        urn(self.uuid)
+    }
+
+    /// A FHIR Reference to this entry.
+    pub fn reference<'a>(&self) -> Json<'a> {
+        Json::Obj(vec![("reference", Json::Urn(self.uuid))])
+    }
+
+    /// The entry that a Reference made by [`Ref::reference`] points to.
+    pub fn of_reference(reference: &Json<'_>) -> Option<Ref> {
+        match reference.get("reference") {
+            Some(Json::Urn(uuid)) => Some(Ref::of(*uuid)),
+            _ => None,
+        }
     }
 }
 
 /// `urn:uuid:<hyphenated uuid>` (written without the formatting machinery:
 /// a Bundle makes dozens).
-fn urn(uuid: uuid::Uuid) -> String {
+pub(crate) fn urn(uuid: uuid::Uuid) -> String {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let mut s = String::with_capacity(9 + buf.len());
     s.push_str("urn:uuid:");
@@ -44,13 +64,6 @@ fn urn(uuid: uuid::Uuid) -> String {
 fn simple(uuid: uuid::Uuid) -> String {
     let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
     uuid.simple().encode_lower(&mut buf).to_string()
-}
-
-impl Ref {
-    /// A FHIR Reference to this entry.
-    pub fn reference<'a>(&self) -> Json<'a> {
-        Json::Obj(vec![("reference", self.full_url.clone().into())])
-    }
 }
 
 /// The Bundle being built.
@@ -104,9 +117,8 @@ impl<'a> Ctx<'a> {
         identifier: Option<&Json<'_>>,
         resource: Json<'a>,
     ) -> Ref {
-        let full_url = urn(uuid);
         if self.uuids.contains(&uuid) {
-            return Ref { full_url };
+            return Ref::of(uuid);
         }
         // Only a system-qualified identifier is safe to search by: a bare
         // value ("1134") may belong to another authority's record.
@@ -131,11 +143,11 @@ impl<'a> Ctx<'a> {
         body.extend(members.into_iter().filter(|(k, _)| *k != "resourceType" && *k != "id"));
         self.uuids.push(uuid);
         self.entries.push(obj! {
-            "fullUrl" => full_url.clone(),
+            "fullUrl" => Json::Urn(uuid),
             "resource" => Json::Obj(body),
             "request" => obj!{"method" => "PUT", "url" => url},
         });
-        Ref { full_url }
+        Ref::of(uuid)
     }
 
     /// The entry already added for `kind` + `identity`, if any (so callers
@@ -154,8 +166,7 @@ impl<'a> Ctx<'a> {
 
     /// Mutable access to an added resource (to add results to a report).
     pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Json<'a>> {
-        let uuid = uuid::Uuid::parse_str(r.full_url.strip_prefix("urn:uuid:")?).ok()?;
-        let at = self.uuids.iter().position(|u| *u == uuid)?;
+        let at = self.uuids.iter().position(|u| *u == r.uuid)?;
         self.entries.get_mut(at).and_then(|e| e.get_mut("resource"))
     }
 

@@ -534,8 +534,7 @@ fn attachment_document<'a>(ctx: &mut Ctx<'a>, subject: &Subject, obx: &Seg<'a>, 
 /// `referenceRange` and `component`.
 fn link_specimen<'a>(ctx: &mut Ctx<'a>, results: &[Json<'_>], specimen: &Ref) {
     for result in results {
-        let Some(url) = result.get("reference").and_then(Json::as_str) else { continue };
-        let observation = Ref { full_url: url.to_string() };
+        let Some(observation) = Ref::of_reference(result) else { continue };
         let Some(Json::Obj(obs)) = ctx.resource_mut(&observation) else { continue };
         match obs.iter_mut().find(|(k, _)| *k == "specimen") {
             // The mapper leaves a null in place (left out when written).
@@ -1024,7 +1023,7 @@ pub(crate) fn vxu<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
                 let rxr = segs.get(i + 1).filter(|s| s.name == "RXR").copied();
                 let imm = immunization(ctx, subject, &seg, rxr.as_ref(), orc.as_ref())?;
                 let group = ObsContext {
-                    group_key: format!("{}|RXA|{}", subject.key, imm.full_url),
+                    group_key: format!("{}|RXA|{}", subject.key, imm.full_url()),
                     default_time: Some(seg.f(3)),
                     specimen: None,
                     part_of: Some(imm),

@@ -27,6 +27,9 @@ pub(crate) enum Json<'a> {
     /// `datatypes::decimal`.
     Decimal(Cow<'a, str>),
     Str(Cow<'a, str>),
+    /// The string `urn:uuid:<uuid>` (an entry's fullUrl or a reference to
+    /// it), made into text only when written.
+    Urn(uuid::Uuid),
     Arr(Vec<Json<'a>>),
     /// Members in output order. Keys are unique (see [`Json::insert`]).
     Obj(Vec<(&'static str, Json<'a>)>),
@@ -42,7 +45,7 @@ impl<'a> Json<'a> {
             Json::Str(s) => s.is_empty(),
             Json::Arr(a) => a.is_empty(),
             Json::Obj(o) => o.is_empty(),
-            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) => false,
+            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) => false,
         }
     }
 
@@ -112,6 +115,7 @@ impl<'a> Json<'a> {
             // Value and the written JSON differ.
             Json::Decimal(d) => d.parse::<Number>().ok().map(Value::Number),
             Json::Str(s) => (!s.is_empty()).then(|| Value::String(s.into_owned())),
+            Json::Urn(uuid) => Some(Value::String(crate::v2::bundle::urn(uuid))),
             Json::Arr(items) => {
                 let items: Vec<Value> = items.into_iter().filter_map(Json::into_value).collect();
                 (!items.is_empty()).then_some(Value::Array(items))
@@ -264,6 +268,13 @@ impl<'a> Json<'a> {
             // integers, ryu for floats). Numbers are rare in a Bundle.
             Json::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
             Json::Decimal(d) => out.extend_from_slice(d.as_bytes()),
+            Json::Urn(uuid) => {
+                // Hex digits and hyphens: nothing to escape.
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                out.extend_from_slice(b"\"urn:uuid:");
+                out.extend_from_slice(uuid.hyphenated().encode_lower(&mut buf).as_bytes());
+                out.push(b'"');
+            }
             Json::Str(s) if s.is_empty() => return false,
             Json::Str(s) => write_str(out, s),
             Json::Arr(_) | Json::Obj(_) => return false,
@@ -412,6 +423,7 @@ mod tests {
             ("t", true.into()),
             ("list", Json::Arr(vec![Json::Obj(vec![("x", 1u32.into())]), "y".into(), false.into()])),
             ("null", Json::Null),
+            ("urn", Json::Urn(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef))),
         ])
     }
 
