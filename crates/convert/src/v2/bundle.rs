@@ -61,7 +61,7 @@ pub(crate) fn urn(uuid: uuid::Uuid) -> String {
 }
 
 /// The uuid as 32 hex digits (a resource id).
-fn simple(uuid: uuid::Uuid) -> String {
+pub(crate) fn simple(uuid: uuid::Uuid) -> String {
     let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
     uuid.simple().encode_lower(&mut buf).to_string()
 }
@@ -131,13 +131,11 @@ impl<'a> Ctx<'a> {
         };
         let mut body = Vec::with_capacity(members.len() + 2);
         body.push(("resourceType", kind.into()));
-        let url = match &token {
-            Some(t) => [kind, "?identifier=", t].concat(),
+        let url = match token {
+            Some(t) => Json::from([kind, "?identifier=", &t].concat()),
             None => {
-                let id = simple(uuid);
-                let url = [kind, "/", &id].concat();
-                body.push(("id", id.into()));
-                url
+                body.push(("id", Json::Id(None, uuid)));
+                Json::Id(Some(kind), uuid)
             }
         };
         body.extend(members.into_iter().filter(|(k, _)| *k != "resourceType" && *k != "id"));
@@ -176,7 +174,7 @@ impl<'a> Ctx<'a> {
     pub fn finish(self, bundle_identity: &str, timestamp: Json<'a>) -> Json<'a> {
         obj! {
             "resourceType" => "Bundle",
-            "id" => simple(stable_uuid("Bundle", bundle_identity)),
+            "id" => Json::Id(None, stable_uuid("Bundle", bundle_identity)),
             "type" => "transaction",
             "timestamp" => timestamp,
             "entry" => self.entries,
