@@ -33,7 +33,10 @@
 //! poll the folder should ignore names starting with a dot.
 //! With `if_exists = "fail"` the final step is a hard link, which fails
 //! rather than replace an existing file: the temporary file is removed and
-//! the delivery fails for good, naming the file.
+//! the delivery fails for good, naming the file. An existing file holding
+//! exactly the message's content is taken as delivered instead (it is made
+//! durable and the delivery succeeds): it is what an earlier attempt of the
+//! same delivery left when it failed, or stopped, after its link.
 //!
 //! A folder the name makes (`${date:%Y/%m/%d}/...`) is an entry in its
 //! parent folder like a file is, so the parent of every folder created is
@@ -232,7 +235,9 @@ impl FileDestination {
                 .collect(),
             Err(e) => {
                 // The blocking task panicked or was cancelled: nothing is
-                // known to be durable, so every file is retried.
+                // known to be durable, so every file is retried (under
+                // `if_exists = "fail"`, a retry that finds its own file,
+                // linked before the panic, takes it: see `publish`).
                 let reason = e.to_string();
                 warn!(files = count, "file batch task failed; every file of it is retried");
                 (0..count)
@@ -453,7 +458,9 @@ fn write_batch(
     for (((file, result), temp), synced) in files.iter().zip(results.iter_mut()).zip(temps).zip(synced) {
         let Some((path, handle)) = temp else { continue };
         drop(handle);
-        let done = synced.map_err(err("syncing", &path)).and_then(|()| publish(&path, &file.target, if_exists, disk));
+        let done = synced
+            .map_err(err("syncing", &path))
+            .and_then(|()| publish(&path, &file.target, &file.content, if_exists, disk));
         if let Err(e) = done {
             let _ = disk.remove_file(&path);
             *result = Err(e);
@@ -555,7 +562,25 @@ fn sync_chunk(chunk: &[Option<(PathBuf, std::fs::File)>]) -> Vec<std::io::Result
 /// message is delivered: a temporary name that cannot be removed then is
 /// only logged (a hidden leftover readers skip), because failing the
 /// delivery would have its retry find its own file and fail for good.
-fn publish(temp: &Path, target: &Path, if_exists: IfExists, disk: &dyn Disk) -> Result<(), DeliveryError> {
+///
+/// An existing name that already holds exactly `content` is taken as this
+/// delivery's own file, written by an attempt that linked it and then
+/// failed before it was answered (its folder fsync failed, its task
+/// panicked, the process stopped): the retry makes that file durable and
+/// succeeds instead of failing for good with the content in place.
+/// Unlinking the name when the folder fsync fails was the alternative,
+/// but it covers only that one path (not a panic or a crash between the
+/// link and the answer), the unlink is no more durable than the link was
+/// (after a power loss the name can be back), and a reader may already
+/// have taken the file. Nothing is replaced either way; a different
+/// message with byte-identical content is the same delivery to a reader.
+fn publish(
+    temp: &Path,
+    target: &Path,
+    content: &[u8],
+    if_exists: IfExists,
+    disk: &dyn Disk,
+) -> Result<(), DeliveryError> {
     match if_exists {
         IfExists::Overwrite => std::fs::rename(temp, target).map_err(|source| DeliveryError::File {
             op: "renaming to",
@@ -563,13 +588,24 @@ fn publish(temp: &Path, target: &Path, if_exists: IfExists, disk: &dyn Disk) -> 
             source,
         }),
         IfExists::Fail => {
-            std::fs::hard_link(temp, target).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    DeliveryError::FileExists { path: target.to_path_buf() }
-                } else {
-                    DeliveryError::File { op: "linking to", path: target.to_path_buf(), source }
+            match std::fs::hard_link(temp, target) {
+                Ok(()) => {}
+                Err(source) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                    match holds_exactly(target, content) {
+                        // Its own file from an earlier attempt: its
+                        // temporary name goes as after a fresh link, and
+                        // the caller fsyncs the folder.
+                        Ok(true) => debug!("the file was delivered by an earlier attempt"),
+                        Ok(false) => return Err(DeliveryError::FileExists { path: target.to_path_buf() }),
+                        Err(source) => {
+                            return Err(DeliveryError::File { op: "reading", path: target.to_path_buf(), source });
+                        }
+                    }
                 }
-            })?;
+                Err(source) => {
+                    return Err(DeliveryError::File { op: "linking to", path: target.to_path_buf(), source });
+                }
+            }
             if let Err(e) = disk.remove_file(temp) {
                 // The folder, not the name: names may carry message values.
                 warn!(
@@ -580,6 +616,27 @@ fn publish(temp: &Path, target: &Path, if_exists: IfExists, disk: &dyn Disk) -> 
             Ok(())
         }
     }
+}
+
+/// Whether `path` is a regular file holding exactly `content`; when it is,
+/// its content is fsynced (the attempt that linked it may have stopped
+/// before its folder fsync, but its content was fsynced before the link;
+/// fsyncing again costs little and does not rely on that).
+fn holds_exactly(path: &Path, content: &[u8]) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_file() || meta.len() != content.len() as u64 {
+        return Ok(false);
+    }
+    let mut file = std::fs::File::open(path)?;
+    let mut found = Vec::with_capacity(content.len());
+    // One byte more than expected: a file that grew since is not ours.
+    (&mut file).take(content.len() as u64 + 1).read_to_end(&mut found)?;
+    if found != content {
+        return Ok(false);
+    }
+    file.sync_all()?;
+    Ok(true)
 }
 
 /// A parsed file-name template.
@@ -955,6 +1012,38 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".a.hl7."))
             .count();
         assert_eq!(hidden, 1, "the temporary name is left, hidden");
+    }
+
+    /// Under `if_exists = "fail"`, a folder fsync that fails after the
+    /// link fails the delivery as transient; its retry finds its own file
+    /// and completes instead of failing for good with the content there.
+    /// A different content under the name still fails for good.
+    #[test]
+    fn a_retry_after_a_failed_folder_fsync_takes_its_own_linked_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
+        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &NewFolders::default());
+        match &results[0] {
+            Err(e @ DeliveryError::File { op: "syncing folder", .. }) => {
+                assert_eq!(e.class(), super::super::ErrorClass::Transient);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read(root.join("a.hl7")).unwrap(), b"a.hl7", "linked before the fsync failed");
+
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &NewFolders::default());
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(*disk.synced.lock().unwrap(), [root.to_path_buf()], "the folder entry is made durable");
+        let names: Vec<_> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["a.hl7"], "no temporary file left");
+
+        let mut other = pending(root, &["a.hl7"]);
+        other[0].content = b"a.hl8".to_vec();
+        let results = write_batch(&other, IfExists::Fail, &WatchedDisk::default(), &NewFolders::default());
+        assert!(matches!(&results[0], Err(DeliveryError::FileExists { .. })), "{results:?}");
+        assert_eq!(std::fs::read(root.join("a.hl7")).unwrap(), b"a.hl7");
     }
 
     #[test]
