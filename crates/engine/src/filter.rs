@@ -67,7 +67,8 @@
 //! content HL7 v2) rules read `json:` paths, the dot paths of mapping rules
 //! and order keys: `json:resourceType == "Observation"`,
 //! `exists(json:entry[resource.resourceType=Patient])`. A string reads as
-//! it is, a number or boolean as its JSON text, and `null`, an object, an
+//! it is, a number or boolean as JSON text (numbers normalised
+//! as parsed: `5.40` reads as `5.4`), and `null`, an object, an
 //! array or an absent member as "". A JSON `null` reads as absent (as in
 //! mapping rules), so `null(...)` takes HL7 v2 paths only. `exists` is true
 //! for a value that is not `""`, `[]` or `{}`; `present` also for those

@@ -151,6 +151,10 @@ pub struct ChannelIngest {
     /// The channel transform's leading JSON steps, run on a JSON body before
     /// it is stored ([`crate::transform::Transform::check_json`]).
     json_check: Option<crate::transform::Transform>,
+    /// The channel's filter rules, for JSON bodies: a body they stop is
+    /// stored (and recorded as filtered by its deliveries) without the
+    /// `json_check`, whose steps would never run on it.
+    json_filter: Vec<crate::filter::Filter>,
     destinations: Vec<String>,
     store: Arc<dyn Store>,
     stats: IngestStats,
@@ -173,6 +177,7 @@ impl ChannelIngest {
             order_key: channel.order_key.clone(),
             json_check: (channel.content != ContentKind::Hl7v2 && channel.transform.checks_json())
                 .then(|| channel.transform.clone()),
+            json_filter: if channel.content == ContentKind::Hl7v2 { Vec::new() } else { channel.filter.clone() },
             destinations: channel.destinations.iter().map(|d| d.name.clone()).collect(),
             store,
             stats: IngestStats::default(),
@@ -474,6 +479,7 @@ impl ChannelIngest {
         // What every delivery would fail on is answered now (the steps are
         // unconditional and deterministic): the sender learns why.
         if let Some(transform) = &self.json_check
+            && crate::filter::first_rejecting_json(&self.json_filter, &doc).is_none()
             && let Err(e) = transform.check_json(&doc, Some(received.received_at))
         {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -482,8 +488,11 @@ impl ChannelIngest {
         let order_key = self.order_key.of_json(&doc);
         // FHIR bodies are searchable by patient identifier, as PID-3 makes
         // HL7 v2 messages; a plain JSON body has no known place for one.
-        let patient_ids =
-            if self.content == ContentKind::Fhir { crate::config::fhir_patient_ids(&doc) } else { Vec::new() };
+        let patient_ids = if self.content == ContentKind::Fhir {
+            indexable_ids(crate::config::fhir_patient_ids(&doc).into_iter())
+        } else {
+            Vec::new()
+        };
         drop(doc);
         let new = NewMessage {
             channel: self.name.clone(),
@@ -508,6 +517,13 @@ impl ChannelIngest {
             Ok(Accepted::Duplicate { original, .. }) => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 JsonOutcome::Stored { message_id: original, duplicate: true }
+            }
+            Err(e) if e.class() == store::ErrorClass::Permanent => {
+                // The store refuses this request as it is: retrying would
+                // fail the same way, so the sender hears it as bad input.
+                warn!(channel = %self.name, error = %e, "the store refused a message");
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                JsonOutcome::Invalid(format!("the message cannot be stored: {e}"))
             }
             Err(e) => {
                 warn!(channel = %self.name, error = %e, class = ?e.class(), "storing a message failed");
@@ -563,15 +579,30 @@ fn sender_key(message: &hl7v2::Message) -> String {
 /// The first component of every PID-3 repetition (the patient's
 /// identifiers: MRN, and others the sender lists).
 fn patient_ids(message: &hl7v2::Message) -> Vec<String> {
-    let mut ids = Vec::new();
-    if let Some(field) = message.segment("PID").and_then(|s| s.field(3)) {
-        for rep in field.repetitions() {
-            if let Some(c) = rep.component(1) {
-                let id = c.text();
-                if !id.is_empty() && !ids.iter().any(|x: &String| x == id.as_ref()) {
-                    ids.push(id.into_owned());
-                }
-            }
+    let Some(field) = message.segment("PID").and_then(|s| s.field(3)) else {
+        return Vec::new();
+    };
+    indexable_ids(field.repetitions().filter_map(|rep| rep.component(1)).map(|c| c.text().into_owned()))
+}
+
+/// How many identifiers a message is indexed by, and how long one may be:
+/// the store's limits (it refuses a message over them).
+const MAX_PATIENT_IDS: usize = 64;
+const MAX_PATIENT_ID_CHARS: usize = 255;
+
+/// The identifiers to index a message by: each once, in order, without
+/// blank ones or ones longer than the store indexes, and at most as many
+/// as it keeps. The index serves search; a message with more or odder
+/// identifiers is still stored whole, so it is never refused for them.
+fn indexable_ids(found: impl Iterator<Item = String>) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in found {
+        if ids.len() == MAX_PATIENT_IDS {
+            break;
+        }
+        let fits = !id.trim().is_empty() && id.chars().count() <= MAX_PATIENT_ID_CHARS;
+        if fits && !ids.contains(&id) {
+            ids.push(id);
         }
     }
     ids

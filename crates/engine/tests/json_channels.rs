@@ -347,6 +347,64 @@ filter = ['MSH-9-1 == "ORU"']
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
+#[tokio::test]
+async fn a_body_the_channel_filter_stops_is_stored_as_filtered_not_refused_by_the_conversion_it_never_meets() {
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"
+[channels.fhir-in]
+content = "fhir"
+filter = ['json:resourceType == "Bundle"']
+[channels.fhir-in.source]
+type = "http"
+[[channels.fhir-in.transform]]
+type = "fhir_to_hl7"
+message = "ORU_R01"
+[[channels.fhir-in.destinations]]
+name = "emr"
+type = "mllp"
+address = "{addr}"
+"#
+    );
+    let engine = Engine::start(config(dir.path(), &body).unwrap()).await.unwrap();
+    // An Organization cannot become an ORU, but the channel filter stops it
+    // first: it is stored and recorded as filtered, not answered 400.
+    let org = r#"{"resourceType": "Organization", "name": "Nobody"}"#;
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", org.into()).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_, d) = settled(&engine, message_id(&answer), "emr").await;
+    assert_eq!(d.state, DeliveryState::Filtered);
+    assert_eq!(d.filter_rule.as_deref(), Some(r#"channel filter: json:resourceType == "Bundle""#));
+    // A Bundle the filter lets through still meets the check at arrival.
+    let empty = r#"{"resourceType": "Bundle", "type": "collection", "entry": []}"#;
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", empty.into()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(seen.lock().unwrap().is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_patient_with_more_identifiers_than_the_index_keeps_is_stored_and_found_by_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[channels.fhir-in]\ncontent = \"fhir\"\n[channels.fhir-in.source]\ntype = \"http\"\n";
+    let engine = Engine::start(config(dir.path(), body).unwrap()).await.unwrap();
+    // 100 identifiers, a blank one and one longer than the index takes:
+    // stored whole, indexed by what the index can hold.
+    let mut identifiers = vec![serde_json::json!({"value": "   "}), serde_json::json!({"value": "L".repeat(300)})];
+    identifiers.extend((0..100).map(|i| serde_json::json!({"system": "urn:oid:1.2.3", "value": format!("MRN-{i}")})));
+    let patient = serde_json::json!({"resourceType": "Patient", "identifier": identifiers}).to_string();
+    let (status, _, answer) = post(&engine, "fhir-in", "application/fhir+json", patient).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = message_id(&answer);
+    let detail = engine.store().get_message(id).await.unwrap().unwrap();
+    assert_eq!(detail.patient_ids.len(), 64, "{:?}", detail.patient_ids);
+    assert_eq!(detail.patient_ids[0], "MRN-0");
+    let query = store::SearchQuery { patient_id: Some("MRN-0".into()), ..Default::default() };
+    assert_eq!(engine.store().search(&query).await.unwrap().items.len(), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
 fn pms_channel(url: &str, emr: &str) -> String {
     format!(
         r#"
@@ -551,6 +609,12 @@ fn configuration_errors_name_the_step_and_key() {
     );
     assert!(json_filtered.contains("filter = ['json:"), "{json_filtered}");
     config(dir.path(), &json_filtered).unwrap();
+    // A `when` rule reads the HL7 v2 message: a json: path there is refused.
+    let e = errors(&base.replace("when = 'MSH-9-1 == \"ORU\"'", "when = 'json:resourceType == \"Bundle\"'"));
+    assert!(
+        e.contains(r#"destination[0].transform[1].when: "json:resourceType == \"Bundle\"" reads json: paths, but a `when` rule reads the HL7 v2 message"#),
+        "{e}"
+    );
     assert!(
         errors(
             &hl7.replace("[channels.adt.source]", "[channels.adt]\nfilter = 'exists(json:id)'\n[channels.adt.source]")

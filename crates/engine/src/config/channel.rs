@@ -718,7 +718,7 @@ fn check_filter_content(rules: &[Filter], stage: ContentStage, path: &str, error
                 at,
                 format!(
                     "{:?} reads HL7 v2 fields, but here the content is JSON: read it with json: paths (as in \
-                     json:resourceType == \"Observation\"), or filter at a destination after a fhir_to_hl7 step",
+                     json:resourceType == \"Observation\"), or filter at a destination after a fhir_to_hl7 step in the channel transform",
                     rule.source()
                 ),
             ),

@@ -10,10 +10,10 @@
 //! On JSON content only `mapping_rules`, `fhir_to_hl7` and `route` steps
 //! run, and none has a `when` rule (filters, which may read `json:` paths,
 //! decide whether a message goes on at all). So the JSON part of a channel's transform is unconditional, and
-//! [`Transform::check_json`] runs it when the message arrives: a body the
-//! rules reject, or that cannot become the chosen HL7 v2 message, is
-//! answered with that reason (400) instead of being stored to fail every
-//! delivery later.
+//! [`Transform::check_json`] runs it when the message arrives: a body that
+//! passes the channel filter and that the rules reject, or that cannot
+//! become the chosen HL7 v2 message, is answered with that reason (400)
+//! instead of being stored to fail every delivery later.
 
 use std::sync::Arc;
 

@@ -898,13 +898,25 @@ impl Compiler<'_> {
     fn when(&mut self, when: &Option<String>) -> Option<Option<Filter>> {
         match when {
             None => Some(None),
-            Some(text) => match Filter::compile(text) {
-                Ok(f) => Some(Some(f)),
-                Err(e) => {
-                    self.error("when", format!("{e} in {text:?}"));
-                    None
+            Some(text) => {
+                match Filter::compile(text) {
+                    // Steps with `when` run on HL7 v2 only (steps on JSON content
+                    // take none), where a json: path would read as absent and
+                    // the rule silently never (or always) match.
+                    Ok(f) if f.reads() == crate::filter::Reads::Json => {
+                        self.error(
+                        "when",
+                        format!("{text:?} reads json: paths, but a `when` rule reads the HL7 v2 message (PID-8, MSH-9-1)"),
+                    );
+                        None
+                    }
+                    Ok(f) => Some(Some(f)),
+                    Err(e) => {
+                        self.error("when", format!("{e} in {text:?}"));
+                        None
+                    }
                 }
-            },
+            }
         }
     }
 
