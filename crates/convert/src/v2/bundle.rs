@@ -125,10 +125,15 @@ impl<'a> Ctx<'a> {
         let token = identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token);
         // resourceType (and id) go in front of the resource's own members:
         // one new vector rather than two inserts that shift every member.
-        let members = match resource {
+        let mut members = match resource {
             Json::Obj(members) => members,
             _ => Vec::new(),
         };
+        // The mappers never set these two; when one does, it is replaced.
+        // (Checked first: extending by a filter would copy member by member.)
+        if members.iter().any(|(k, _)| *k == "resourceType" || *k == "id") {
+            members.retain(|(k, _)| *k != "resourceType" && *k != "id");
+        }
         let mut body = Vec::with_capacity(members.len() + 2);
         body.push(("resourceType", kind.into()));
         let url = match token {
@@ -138,7 +143,7 @@ impl<'a> Ctx<'a> {
                 Json::Id(Some(kind), uuid)
             }
         };
-        body.extend(members.into_iter().filter(|(k, _)| *k != "resourceType" && *k != "id"));
+        body.append(&mut members);
         self.uuids.push(uuid);
         self.entries.push(obj! {
             "fullUrl" => Json::Urn(uuid),
