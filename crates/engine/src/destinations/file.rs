@@ -39,12 +39,32 @@
 //! same delivery left when it failed, or stopped, after its link.
 //!
 //! A folder the name makes (`${date:%Y/%m/%d}/...`) is an entry in its
-//! parent folder like a file is, so the parent of every folder created is
-//! fsynced too (the destination's own folder's as well, when start-up
-//! creates it): otherwise a power loss could take the new folder, and the
-//! delivered files in it, away after the delivery was completed. Until
-//! that fsync has worked, the destination remembers the folder, so a batch
-//! of another worker that finds it already there fsyncs its parent too.
+//! parent folder like a file is: a power loss could take a folder whose
+//! entry is not on disk, and the delivered files in it, away after the
+//! deliveries were completed. So the destination remembers, in memory, the
+//! sub-folders whose entry it has fsynced in this process; the first time
+//! a batch writes into a sub-folder not remembered, created or found
+//! (found: an earlier process, or another worker, may have made it and
+//! stopped before its fsync), it fsyncs the parents of that folder and of
+//! every folder between it and the destination's folder, and completes
+//! none of that folder's files unless those fsyncs worked. What is
+//! promised: a delivery is completed only once its file, and the entry of
+//! every sub-folder between it and the destination's folder, have been
+//! fsynced by this process (each entry once, not once per delivery). The
+//! memory is bounded: it is forgotten at 4096 folders and then rebuilt, at
+//! the cost of one more fsync per parent; a remembered folder a batch had
+//! to create again (it was removed meanwhile) is forgotten and fsynced in
+//! again.
+//!
+//! The destination's own folder: start-up creates it when asked, fsyncing
+//! the parent of every folder it creates (a failure fails the start-up),
+//! and fsyncs the parent of a folder it finds as well, since an earlier
+//! start may have created it and stopped before that fsync; that fsync
+//! failing for a found folder is only logged (a parent the engine may not
+//! read). Folders above the destination's own parent that an earlier start
+//! created without the fsync are not found again: that one gap remains.
+//! With `create_directory = false` the folder is the operator's, and
+//! nothing above it is fsynced.
 //!
 //! A worker hands over the deliveries it claimed together
 //! ([`FileDestination::send_named`]): their files are written one after the
@@ -139,7 +159,8 @@ impl FileConfig {
         .map_err(|e| e.to_string())
         .and_then(|r| r);
         checked.map_err(|reason| DestinationError::Directory { path: directory.clone(), reason })?;
-        Ok(FileDestination { directory, template, if_exists: self.if_exists, new_folders: Arc::default() })
+        let folders = Arc::new(DurableFolders::new(directory.clone()));
+        Ok(FileDestination { directory, template, if_exists: self.if_exists, folders })
     }
 }
 
@@ -149,7 +170,7 @@ pub struct FileDestination {
     directory: PathBuf,
     template: NameTemplate,
     if_exists: IfExists,
-    new_folders: Arc<NewFolders>,
+    folders: Arc<DurableFolders>,
 }
 
 impl FileDestination {
@@ -209,14 +230,14 @@ impl FileDestination {
         }
         let directory = self.directory.clone();
         let if_exists = self.if_exists;
-        let new_folders = Arc::clone(&self.new_folders);
+        let folders = Arc::clone(&self.folders);
         let first = directory.join(&files[0].name);
         let written = tokio::task::spawn_blocking(move || {
             let pending: Vec<PendingFile> = files
                 .into_iter()
                 .map(|f| PendingFile { target: directory.join(&f.name), relative: f.name, content: f.content })
                 .collect();
-            let results = write_batch(&pending, if_exists, &RealDisk, &new_folders);
+            let results = write_batch(&pending, if_exists, &RealDisk, &folders);
             // The names go back for the answers; the contents are dropped
             // here, off the async threads.
             pending.into_iter().map(|f| f.relative).zip(results).collect::<Vec<_>>()
@@ -343,7 +364,10 @@ fn create_folder(folder: &Path, created: &mut Vec<PathBuf>) -> std::io::Result<(
 
 /// Creates `folder` and the folders missing above it, each made durable in
 /// its parent (the destination's folder at start-up: files completed into
-/// it later must not vanish with it).
+/// it later must not vanish with it). A `folder` found rather than created
+/// has its parent fsynced too (an earlier start may have created it and
+/// stopped before its fsync); that one failing is only logged, as a folder
+/// the operator made may lie in a parent the engine cannot open.
 fn create_durably(folder: &Path, disk: &dyn Disk) -> std::io::Result<()> {
     let mut created = Vec::new();
     create_folder(folder, &mut created)?;
@@ -351,41 +375,89 @@ fn create_durably(folder: &Path, disk: &dyn Disk) -> std::io::Result<()> {
     for new in created.iter().rev() {
         disk.sync_folder(parent_of(new))?;
     }
+    if !created.iter().any(|c| c == folder)
+        && let Err(e) = disk.sync_folder(parent_of(folder))
+    {
+        warn!(
+            folder = %folder.display(), error = %e,
+            "the file destination's folder was found but its entry could not be fsynced in its parent"
+        );
+    }
     Ok(())
 }
 
-/// The folders a destination created whose entry in their parent is not
-/// yet known to be durable, shared by its workers. A batch that finds such
-/// a folder (made a moment ago by another worker's batch, or by one whose
-/// fsync of the parent failed) fsyncs the parent too, instead of completing
-/// files in a folder that could still vanish.
-#[derive(Debug, Default)]
-struct NewFolders(Mutex<Vec<PathBuf>>);
+/// At most this many sub-folders are remembered as durable: date folders
+/// add one a day, but a template such as `${control_id}/...` adds one per
+/// message, and forgetting costs only one more fsync per parent.
+const KNOWN_FOLDERS_MAX: usize = 4096;
 
-impl NewFolders {
-    fn list(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        // A panic elsewhere leaves the list as valid as it was.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The sub-folders of a destination's folder whose entry in their parent
+/// this process has fsynced, shared by its workers. A folder not in the
+/// set (created by a batch, or found: made by an earlier process or by
+/// another worker that has not fsynced yet) has its parent fsynced by the
+/// next batch writing below it before any file there is completed.
+#[derive(Debug)]
+struct DurableFolders {
+    /// The destination's folder: made durable at start-up, and the top of
+    /// the folders a batch fsyncs.
+    root: PathBuf,
+    known: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+impl DurableFolders {
+    fn new(root: PathBuf) -> DurableFolders {
+        DurableFolders { root, known: Mutex::default() }
     }
 
-    /// Creates `folder` as [`create_folder`] does, noting what it created
-    /// before another batch can find it.
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        // A panic elsewhere leaves the set as valid as it was.
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates `folder` as [`create_folder`] does. A folder it had to
+    /// create is forgotten: one remembered was removed since, and its new
+    /// entry is not durable.
     fn create(&self, folder: &Path) -> std::io::Result<()> {
-        let mut list = self.list();
         let mut created = Vec::new();
         let result = create_folder(folder, &mut created);
-        list.extend(created);
+        if !created.is_empty() {
+            let mut known = self.known();
+            for new in &created {
+                known.remove(new);
+            }
+        }
         result
     }
 
-    /// The unsettled folders that one of `files` lies in.
-    fn under(&self, files: &[PendingFile]) -> Vec<PathBuf> {
-        self.list().iter().filter(|f| files.iter().any(|p| p.target.starts_with(f))).cloned().collect()
+    /// The folders one of `files` lies in, below the root, whose entry in
+    /// their parent is not known to be durable: each file's folder and
+    /// those between it and the root.
+    fn unsettled(&self, files: &[PendingFile]) -> Vec<PathBuf> {
+        let known = self.known();
+        let mut unsettled: Vec<PathBuf> = Vec::new();
+        for file in files {
+            for folder in file.folder().ancestors() {
+                if folder == self.root || !folder.starts_with(&self.root) {
+                    break;
+                }
+                if !known.contains(folder) && !unsettled.iter().any(|u| u == folder) {
+                    unsettled.push(folder.to_path_buf());
+                }
+            }
+        }
+        unsettled
     }
 
     /// `settled` are durable in their parents now.
-    fn settle(&self, settled: &[PathBuf]) {
-        self.list().retain(|f| !settled.contains(f));
+    fn settle(&self, settled: Vec<PathBuf>) {
+        if settled.is_empty() {
+            return;
+        }
+        let mut known = self.known();
+        if known.len() + settled.len() > KNOWN_FOLDERS_MAX {
+            known.clear();
+        }
+        known.extend(settled);
     }
 }
 
@@ -398,7 +470,7 @@ fn write_batch(
     files: &[PendingFile],
     if_exists: IfExists,
     disk: &dyn Disk,
-    new_folders: &NewFolders,
+    folders_state: &DurableFolders,
 ) -> Vec<Result<(), DeliveryError>> {
     let err = |op: &'static str, path: &Path| {
         let path = path.to_path_buf();
@@ -415,7 +487,7 @@ fn write_batch(
         let made = match folders.iter().find(|(f, _)| *f == parent) {
             Some((_, r)) => r.clone(),
             None => {
-                let r = new_folders.create(parent).map_err(|e| e.to_string());
+                let r = folders_state.create(parent).map_err(|e| e.to_string());
                 folders.push((parent, r.clone()));
                 r
             }
@@ -468,9 +540,10 @@ fn write_batch(
     }
 
     // 4. The renames are durable once their folders' entries are on disk,
-    //    and a new folder once its parent's entry is: each such folder is
-    //    fsynced once, and its failure fails the files relying on it.
-    let unsettled = new_folders.under(files);
+    //    and a folder not known durable once its parent's entry is: each
+    //    such folder is fsynced once, and its failure fails the files
+    //    relying on it.
+    let unsettled = folders_state.unsettled(files);
     let mut settled = Vec::new();
     for (folder, relying) in folders_to_sync(files, &unsettled) {
         if !relying.iter().any(|&i| results[i].is_ok()) {
@@ -492,14 +565,14 @@ fn write_batch(
             }
         }
     }
-    new_folders.settle(&settled);
+    folders_state.settle(settled);
     results
 }
 
 /// The folders to fsync after the renames, each with the files (by index)
 /// whose durability needs it: a file's own folder, and the parent of every
-/// created folder the file lies in. Deepest first, each once.
-fn folders_to_sync(files: &[PendingFile], created: &[PathBuf]) -> Vec<(PathBuf, Vec<usize>)> {
+/// unsettled folder the file lies in. Deepest first, each once.
+fn folders_to_sync(files: &[PendingFile], unsettled: &[PathBuf]) -> Vec<(PathBuf, Vec<usize>)> {
     let mut needs: Vec<(PathBuf, Vec<usize>)> = Vec::new();
     let mut need = |folder: &Path, index: usize| match needs.iter_mut().find(|(f, _)| f == folder) {
         Some((_, relying)) => {
@@ -511,7 +584,7 @@ fn folders_to_sync(files: &[PendingFile], created: &[PathBuf]) -> Vec<(PathBuf, 
     };
     for (index, file) in files.iter().enumerate() {
         need(file.folder(), index);
-        for new in created.iter().filter(|c| file.target.starts_with(c)) {
+        for new in unsettled.iter().filter(|c| file.target.starts_with(c)) {
             need(parent_of(new), index);
         }
     }
@@ -918,7 +991,8 @@ mod tests {
         let root = tmp.path();
         let disk = WatchedDisk::default();
         let files = pending(root, &["2026/11/21/a.hl7", "2026/11/21/b.hl7", "2026/11/22/c.hl7"]);
-        let results = write_batch(&files, IfExists::Overwrite, &disk, &NewFolders::default());
+        let folders = DurableFolders::new(root.to_path_buf());
+        let results = write_batch(&files, IfExists::Overwrite, &disk, &folders);
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         // The root holds the new "2026", which holds "11", which holds the
         // two day folders; each day folder holds its files. Each is fsynced
@@ -930,12 +1004,51 @@ mod tests {
         let depth = |p: &PathBuf| p.components().count();
         assert!(synced.windows(2).all(|w| depth(&w[0]) >= depth(&w[1])), "{synced:?}");
 
-        // The folders exist now: a later batch fsyncs only the file's folder.
+        // Known durable now: a later batch fsyncs only the file's folder.
         let disk = WatchedDisk::default();
-        let results =
-            write_batch(&pending(root, &["2026/11/21/d.hl7"]), IfExists::Overwrite, &disk, &NewFolders::default());
+        let results = write_batch(&pending(root, &["2026/11/21/d.hl7"]), IfExists::Overwrite, &disk, &folders);
         assert!(results[0].is_ok(), "{results:?}");
         assert_eq!(*disk.synced.lock().unwrap(), [root.join("2026/11/21")]);
+    }
+
+    /// A process that finds a sub-folder it has not made durable itself
+    /// (an earlier process made it and stopped before fsyncing its parent)
+    /// fsyncs the parents up to the destination's folder the first time it
+    /// writes there, and only the file's folder after that.
+    #[test]
+    fn a_folder_found_by_a_new_process_has_its_parents_fsynced_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("2026/11/21")).unwrap();
+        let folders = DurableFolders::new(root.to_path_buf());
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["2026/11/21/a.hl7"]), IfExists::Overwrite, &disk, &folders);
+        assert!(results[0].is_ok(), "{results:?}");
+        let expected: Vec<PathBuf> = ["2026/11/21", "2026/11", "2026", ""].iter().map(|f| root.join(f)).collect();
+        assert_eq!(*disk.synced.lock().unwrap(), expected);
+
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["2026/11/21/b.hl7"]), IfExists::Overwrite, &disk, &folders);
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(*disk.synced.lock().unwrap(), [root.join("2026/11/21")]);
+
+        // A remembered folder removed and made again is fsynced in again.
+        std::fs::remove_dir_all(root.join("2026/11")).unwrap();
+        let disk = WatchedDisk::default();
+        let results = write_batch(&pending(root, &["2026/11/21/c.hl7"]), IfExists::Overwrite, &disk, &folders);
+        assert!(results[0].is_ok(), "{results:?}");
+        let expected: Vec<PathBuf> = ["2026/11/21", "2026/11", "2026"].iter().map(|f| root.join(f)).collect();
+        assert_eq!(*disk.synced.lock().unwrap(), expected);
+    }
+
+    #[test]
+    fn the_memory_of_durable_folders_is_bounded() {
+        let folders = DurableFolders::new(PathBuf::from("/out"));
+        for day in 0..KNOWN_FOLDERS_MAX + 10 {
+            folders.settle(vec![PathBuf::from(format!("/out/{day}"))]);
+            assert!(folders.known().len() <= KNOWN_FOLDERS_MAX);
+        }
+        assert!(folders.known().contains(Path::new(&format!("/out/{}", KNOWN_FOLDERS_MAX + 9))));
     }
 
     #[test]
@@ -948,10 +1061,14 @@ mod tests {
         assert!(root.join("a/b/c").is_dir());
         // "b" is new in "a", "c" new in "b"; "a" was there.
         assert_eq!(*disk.synced.lock().unwrap(), [root.join("a/b"), root.join("a")]);
-        // Found, not created: nothing to fsync.
+        // Found, not created: an earlier start may have stopped before its
+        // fsync, so its parent is fsynced again.
         let disk = WatchedDisk::default();
         create_durably(&root.join("a/b/c"), &disk).unwrap();
-        assert!(disk.synced.lock().unwrap().is_empty());
+        assert_eq!(*disk.synced.lock().unwrap(), [root.join("a/b")]);
+        // Found, and the fsync fails: logged, the start goes on.
+        let disk = WatchedDisk { failing_folder: Some(root.join("a/b")), ..WatchedDisk::default() };
+        create_durably(&root.join("a/b/c"), &disk).unwrap();
     }
 
     #[test]
@@ -959,10 +1076,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         std::fs::create_dir(root.join("old")).unwrap();
-        // "new" is created by the batch; its entry lives in the root.
+        // "old" is known durable in this process; "new" is created by the
+        // batch, and its entry lives in the root.
+        let folders = DurableFolders::new(root.to_path_buf());
+        folders.settle(vec![root.join("old")]);
         let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
         let files = pending(root, &["new/a.hl7", "old/b.hl7", "new/deeper/c.hl7"]);
-        let results = write_batch(&files, IfExists::Overwrite, &disk, &NewFolders::default());
+        let results = write_batch(&files, IfExists::Overwrite, &disk, &folders);
         for i in [0, 2] {
             match &results[i] {
                 Err(DeliveryError::File { op: "syncing folder", path, .. }) => assert_eq!(path, root),
@@ -980,7 +1100,7 @@ mod tests {
     fn a_found_folder_not_yet_durable_has_its_parent_fsynced_by_the_next_batch() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let new_folders = NewFolders::default();
+        let new_folders = DurableFolders::new(root.to_path_buf());
         let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
         let results = write_batch(&pending(root, &["day/a.hl7"]), IfExists::Overwrite, &disk, &new_folders);
         assert!(results[0].is_err(), "{results:?}");
@@ -1002,7 +1122,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let disk = WatchedDisk { removal_fails: true, ..WatchedDisk::default() };
-        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &NewFolders::default());
+        let results =
+            write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &DurableFolders::new(root.to_path_buf()));
         // The name is there with the content: failing the delivery would
         // have its retry find this very file and fail for good.
         assert!(results[0].is_ok(), "{results:?}");
@@ -1023,7 +1144,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let disk = WatchedDisk { failing_folder: Some(root.to_path_buf()), ..WatchedDisk::default() };
-        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &NewFolders::default());
+        let results =
+            write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &DurableFolders::new(root.to_path_buf()));
         match &results[0] {
             Err(e @ DeliveryError::File { op: "syncing folder", .. }) => {
                 assert_eq!(e.class(), super::super::ErrorClass::Transient);
@@ -1033,7 +1155,8 @@ mod tests {
         assert_eq!(std::fs::read(root.join("a.hl7")).unwrap(), b"a.hl7", "linked before the fsync failed");
 
         let disk = WatchedDisk::default();
-        let results = write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &NewFolders::default());
+        let results =
+            write_batch(&pending(root, &["a.hl7"]), IfExists::Fail, &disk, &DurableFolders::new(root.to_path_buf()));
         assert!(results[0].is_ok(), "{results:?}");
         assert_eq!(*disk.synced.lock().unwrap(), [root.to_path_buf()], "the folder entry is made durable");
         let names: Vec<_> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -1041,7 +1164,8 @@ mod tests {
 
         let mut other = pending(root, &["a.hl7"]);
         other[0].content = b"a.hl8".to_vec();
-        let results = write_batch(&other, IfExists::Fail, &WatchedDisk::default(), &NewFolders::default());
+        let results =
+            write_batch(&other, IfExists::Fail, &WatchedDisk::default(), &DurableFolders::new(root.to_path_buf()));
         assert!(matches!(&results[0], Err(DeliveryError::FileExists { .. })), "{results:?}");
         assert_eq!(std::fs::read(root.join("a.hl7")).unwrap(), b"a.hl7");
     }
