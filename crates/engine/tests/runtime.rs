@@ -434,20 +434,25 @@ async fn a_worker_claims_once_when_its_queue_runs_empty() {
 async fn a_failed_claim_ahead_is_logged_and_claimed_again() {
     let warnings = ops_support::Warnings::collect();
     let (receiver, seen) = recording_receiver().await;
-    // One connection and one worker: batches of one, so every batch is
-    // full and the next claim is made ahead while it completes.
+    // Four workers sharing four connections: batches of one, so every
+    // batch is full and each worker claims its next one ahead while it
+    // completes, and two patients' messages go out side by side, so the
+    // per-patient order below is the store's and the workers' doing.
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &to_downstream(receiver, "connections = 1"));
+    let config = config(dir.path(), &to_downstream(receiver, "connections = 4\nworkers = 4"));
     let real = ops_support::open_store(dir.path(), store::StoreOptions::default()).await;
     let watched = Arc::new(WatchedStore::new(real));
     watched.fail_claim_after_deliveries.store(true, Ordering::SeqCst);
     let h = Harness::start_with_store(dir, config, Arc::clone(&watched) as Arc<dyn Store>).await;
     let mut c = Client::connect(h.addr("adt-in")).await;
-    for i in 0..6 {
-        c.send(&[&adt(&format!("AHEAD{i}"), if i % 2 == 0 { "MRN1" } else { "MRN2" })]).await;
+    // All at once, then the acks: the queue fills while the workers run.
+    let messages: Vec<String> =
+        (0..12).map(|i| adt(&format!("AHEAD{i:02}"), if i % 2 == 0 { "MRN1" } else { "MRN2" })).collect();
+    c.send(&messages.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    for _ in &messages {
         assert_eq!(field(&c.read().await.unwrap(), "MSA-1"), "AA");
     }
-    eventually("all 6 delivered", async || seen.lock().unwrap().len() >= 6).await;
+    eventually("all 12 delivered", async || seen.lock().unwrap().len() >= 12).await;
     assert!(watched.claims("downstream").contains(&None), "no claim failed: {:?}", watched.claims("downstream"));
     let seen = seen.lock().unwrap().clone();
     for mrn in ["MRN1", "MRN2"] {
@@ -455,7 +460,7 @@ async fn a_failed_claim_ahead_is_logged_and_claimed_again() {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted, "{mrn}");
-        assert_eq!(ids.len(), 3, "{mrn}: {ids:?}");
+        assert_eq!(ids.len(), 6, "{mrn}: {ids:?}");
     }
     let lines = warnings.lines();
     let logged: Vec<&String> =

@@ -299,11 +299,12 @@ pub struct WatchedStore {
     pub fail_reads: AtomicBool,
     /// Token lookups fail.
     pub fail_tokens: AtomicBool,
-    /// The next claim after one that handed out deliveries fails (once).
+    /// The next claim of a worker after one of its own that handed out
+    /// deliveries fails (once): with batches of one, the claim made ahead.
     pub fail_claim_after_deliveries: AtomicBool,
-    /// Per claim, in order: the destination and how many deliveries it
-    /// handed out (`None`: it failed).
-    claims: Mutex<Vec<(String, Option<usize>)>>,
+    /// Per claim, in order: the destination, the worker and how many
+    /// deliveries it handed out (`None`: it failed).
+    claims: Mutex<Vec<(String, String, Option<usize>)>>,
 }
 
 impl WatchedStore {
@@ -320,7 +321,7 @@ impl WatchedStore {
 
     /// What the claims of `destination` handed out so far, in order.
     pub fn claims(&self, destination: &str) -> Vec<Option<usize>> {
-        self.claims.lock().unwrap().iter().filter(|(d, _)| d == destination).map(|(_, n)| *n).collect()
+        self.claims.lock().unwrap().iter().filter(|(d, _, _)| d == destination).map(|(_, _, n)| *n).collect()
     }
 }
 
@@ -336,14 +337,18 @@ impl Store for WatchedStore {
         self.inner.accept(message).await
     }
     async fn claim(&self, r: &store::ClaimRequest) -> store::Result<store::Claim> {
-        let after_deliveries = matches!(self.claims.lock().unwrap().last(), Some((_, Some(n))) if *n > 0);
+        // The worker's own last claim: other workers' claims interleave.
+        let after_deliveries = matches!(
+            self.claims.lock().unwrap().iter().rev().find(|(_, w, _)| *w == r.worker),
+            Some((_, _, Some(n))) if *n > 0
+        );
         let result = if after_deliveries && self.fail_claim_after_deliveries.swap(false, Ordering::SeqCst) {
             Err(store::StoreError::Closed)
         } else {
             self.inner.claim(r).await
         };
         let handed = result.as_ref().ok().map(|c| c.deliveries.len());
-        self.claims.lock().unwrap().push((r.destination.clone(), handed));
+        self.claims.lock().unwrap().push((r.destination.clone(), r.worker.clone(), handed));
         result
     }
     async fn complete(
