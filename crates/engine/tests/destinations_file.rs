@@ -117,6 +117,33 @@ async fn if_exists_fail_keeps_the_existing_file() {
     assert_eq!(listing(&out), ["C1.hl7"], "the temp file is removed");
 }
 
+/// A delivery whose earlier attempt linked its file and then stopped
+/// before it was answered (a failed folder fsync, a crash) is retried: the
+/// file already holding exactly its content is taken as delivered, not as
+/// another message's file, so it is not dead-lettered.
+#[tokio::test]
+async fn if_exists_fail_takes_its_own_earlier_file_as_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = build(
+        tmp.path(),
+        "type = \"file\"\ndirectory = \"out\"\nfile_name = \"${control_id}.hl7\"\nif_exists = \"fail\"\n",
+    )
+    .await;
+    let out = tmp.path().join("out");
+    // What the first attempt left before it could be answered.
+    std::fs::write(out.join("C1.hl7"), b"same").unwrap();
+    let answer = dest.send(&outbound(b"same", Some("C1"))).await.unwrap();
+    assert_eq!(answer.summary, "wrote C1.hl7");
+    assert_eq!(std::fs::read(out.join("C1.hl7")).unwrap(), b"same");
+    assert_eq!(listing(&out), ["C1.hl7"], "the temp file is removed");
+    // A longer or shorter content is another message's file.
+    for other in [&b"same!"[..], b"sam"] {
+        let err = dest.send(&outbound(other, Some("C1"))).await.unwrap_err();
+        assert!(matches!(err, DeliveryError::FileExists { .. }), "{err:?}");
+    }
+    assert_eq!(listing(&out), ["C1.hl7"]);
+}
+
 #[tokio::test]
 async fn a_missing_folder_is_created_or_refused() {
     let tmp = tempfile::tempdir().unwrap();
