@@ -88,19 +88,12 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
 
     let (ops, rx) = mpsc::channel(options.max_batch.saturating_mul(4).max(64));
     let (changed, changes) = watch::channel(0u64);
-    let checkpoint = Arc::new(Notify::new());
-    let writer = Writer {
-        conn: writer_conn,
-        clock: options.clock.clone(),
-        window: options.duplicate_window,
-        changed,
-        checkpoint: checkpoint.clone(),
-    };
+    let writer = Writer { conn: writer_conn, clock: options.clock.clone(), window: options.duplicate_window, changed };
     let shutdown = Arc::new(Notify::new());
     let handle = writer
         .spawn(rx, options.max_batch, shutdown.clone())
         .map_err(|e| StoreError::InvalidUrl(format!("cannot start the SQLite store writer: {e}")))?;
-    tokio::spawn(checkpointer(readers.clone(), changes.clone(), checkpoint));
+    tokio::spawn(checkpointer(readers.clone(), changes.clone()));
     Ok(Arc::new(SqliteStore {
         ops,
         readers,
@@ -112,8 +105,7 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
 }
 
 /// How often the checkpointer copies committed pages from the log into the
-/// database file when the writer has not asked for it earlier (it does when
-/// the log is long, see `sqlite_writer::CHECKPOINT_NUDGE_FRAMES`).
+/// database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Copies the write-ahead log into the database file on a reader
@@ -122,17 +114,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// messages), and every accept waiting for that commit also waits for the
 /// copy and the database file's fsync. A PASSIVE checkpoint blocks neither
 /// the writer nor the readers; once it has caught up, the writer starts the
-/// log over at its next commit, so the log stays small. Runs every
-/// `CHECKPOINT_EVERY`, and at once when the writer says the log is long.
-/// Stops when the writer has stopped or the pool is closed.
-async fn checkpointer(readers: SqlitePool, changes: watch::Receiver<u64>, nudged: Arc<Notify>) {
+/// log over at its next commit, so the log stays small. Stops when the
+/// writer has stopped or the pool is closed.
+async fn checkpointer(readers: SqlitePool, changes: watch::Receiver<u64>) {
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = nudged.notified() => tick.reset(),
-        }
+        tick.tick().await;
         if changes.has_changed().is_err() || readers.is_closed() {
             break;
         }

@@ -64,46 +64,10 @@ pub(super) fn open_connection(path: &Path, synchronous: SqliteSynchronous) -> Re
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Savepoint and statement journals in memory, not in temp files.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Replaces SQLite's automatic checkpoint (a hook of the same kind): the
-    // checkpointer task copies the log into the database beside the writer,
-    // nudged by the writer when the log gets long; the writer does it itself
-    // only if the log grows far past that.
-    conn.wal_hook(Some(wal_committed));
+    // The checkpointer task copies the log into the database beside the
+    // writer; the writer does it itself only if the log grows far past that.
+    conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
     Ok(conn)
-}
-
-/// Log length (frames of one page) at which the writer nudges the
-/// checkpointer: 32 MiB of 4 KiB pages. Under a steady load of 32 producers
-/// the log grows by ~100,000 frames a second (~6 pages per message), so the
-/// checkpointer's 250 ms tick alone let it reach SQLite's automatic
-/// checkpoint, which then ran inside the writer's COMMIT (8% of the writer's
-/// time, measured) with the database file's fsync on the commit path.
-pub(super) const CHECKPOINT_NUDGE_FRAMES: i32 = 8192;
-
-/// Log length at which the writer checkpoints itself (PASSIVE, what SQLite's
-/// automatic checkpoint does): only when the checkpointer has fallen far
-/// behind, so that the log cannot grow without bound.
-const WRITER_CHECKPOINT_FRAMES: i32 = 32768;
-
-thread_local! {
-    /// Frames in the log after the writer thread's last COMMIT, as the WAL
-    /// hook reported them. The hook is a plain function (no state), and it
-    /// runs on the thread that commits, which is the writer's own.
-    static WAL_FRAMES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
-}
-
-/// The WAL hook: runs after every commit, on the committing thread.
-fn wal_committed(wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
-    WAL_FRAMES.set(frames);
-    if frames >= WRITER_CHECKPOINT_FRAMES {
-        // An error here would make the COMMIT that just succeeded report a
-        // failure (SQLite's own hook ignores it too): the background
-        // checkpointer or the next commit tries again.
-        if let Err(e) = wal.checkpoint() {
-            debug!(error = %rusqlite_summary(&e), "writer checkpoint failed");
-        }
-    }
-    Ok(())
 }
 
 /// The writer thread's state.
@@ -112,8 +76,6 @@ pub(super) struct Writer {
     pub clock: Clock,
     pub window: Duration,
     pub changed: watch::Sender<u64>,
-    /// Wakes the checkpointer when the log is long.
-    pub checkpoint: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -170,14 +132,6 @@ impl Writer {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// After a COMMIT: asks the checkpointer to copy a long log into the
-    /// database now rather than at its next tick.
-    fn nudge_checkpointer(&self) {
-        if WAL_FRAMES.get() >= CHECKPOINT_NUDGE_FRAMES {
-            self.checkpoint.notify_one();
-        }
-    }
-
     fn run_batch(&mut self, batch: Vec<Op>) {
         let mut accepts = Vec::new();
         let mut others = Vec::new();
@@ -206,7 +160,6 @@ impl Writer {
             });
             match result {
                 Ok((answers, queued)) => {
-                    self.nudge_checkpointer();
                     // Wake the workers before answering: when a call
                     // returns, the work it queued has been announced.
                     if queued {
@@ -299,7 +252,6 @@ impl Writer {
 
         match self.exec("COMMIT") {
             Ok(()) => {
-                self.nudge_checkpointer();
                 if wake {
                     self.announce();
                 }
