@@ -298,14 +298,15 @@ async fn a_resource_the_destination_cannot_convert_fails_its_delivery_permanentl
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test]
-async fn a_channel_level_conversion_answers_a_body_it_cannot_convert_with_an_operation_outcome() {
-    let (addr, seen) = emr().await;
-    let dir = tempfile::tempdir().unwrap();
-    let body = format!(
+/// A fhir channel converting to ORU^R01 in its own transform, delivering
+/// over MLLP to `emr`; `channel_line` and `destination_line` go into the
+/// channel's and the destination's tables (a filter, say).
+fn converting_channel(emr: &str, channel_line: &str, destination_line: &str) -> String {
+    format!(
         r#"
 [channels.fhir-in]
 content = "fhir"
+{channel_line}
 [channels.fhir-in.source]
 type = "http"
 [[channels.fhir-in.transform]]
@@ -314,10 +315,17 @@ message = "ORU_R01"
 [[channels.fhir-in.destinations]]
 name = "emr"
 type = "mllp"
-address = "{addr}"
-filter = ['MSH-9-1 == "ORU"']
+address = "{emr}"
+{destination_line}
 "#
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_channel_level_conversion_answers_a_body_it_cannot_convert_with_an_operation_outcome() {
+    let (addr, seen) = emr().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = converting_channel(&addr, "", r#"filter = ['MSH-9-1 == "ORU"']"#);
     let engine = Engine::start(config(dir.path(), &body).unwrap()).await.unwrap();
     let org = r#"{"resourceType": "Organization", "name": "Nobody"}"#;
     let (status, media, answer) = post(&engine, "fhir-in", "application/fhir+json", org.into()).await;
@@ -351,22 +359,7 @@ filter = ['MSH-9-1 == "ORU"']
 async fn a_body_the_channel_filter_stops_is_stored_as_filtered_not_refused_by_the_conversion_it_never_meets() {
     let (addr, seen) = emr().await;
     let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        r#"
-[channels.fhir-in]
-content = "fhir"
-filter = ['json:resourceType == "Bundle"']
-[channels.fhir-in.source]
-type = "http"
-[[channels.fhir-in.transform]]
-type = "fhir_to_hl7"
-message = "ORU_R01"
-[[channels.fhir-in.destinations]]
-name = "emr"
-type = "mllp"
-address = "{addr}"
-"#
-    );
+    let body = converting_channel(&addr, r#"filter = ['json:resourceType == "Bundle"']"#, "");
     let engine = Engine::start(config(dir.path(), &body).unwrap()).await.unwrap();
     // An Organization cannot become an ORU, but the channel filter stops it
     // first: it is stored and recorded as filtered, not answered 400.
