@@ -9,20 +9,19 @@
 //! The Bundle is tests/fixtures/synthea-patient-observations.json: the
 //! Synthea patient of /work/shared/data/fhir (see fixtures/PROVENANCE.md).
 
+mod ops_support;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
-use bytes::BytesMut;
 use engine::config::Config;
 use engine::runtime::Engine;
-use hl7v2::mllp::MllpCodec;
+use ops_support::{ReceivedText, text_receiver};
 use store::{DeliveryDetail, DeliveryState, FailureClass, MessageDetail, MessageId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_util::codec::{Decoder, Encoder};
 
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -47,43 +46,11 @@ fn config(dir: &Path, body: &str) -> Result<Config, String> {
     Config::load(&path).map_err(|e| e.to_string())
 }
 
-/// An MLLP listener that answers AA to every frame and keeps the messages.
-async fn emr() -> (String, Arc<Mutex<Vec<String>>>) {
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let log = Arc::clone(&seen);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let mut codec = MllpCodec::default();
-                let mut buf = BytesMut::new();
-                loop {
-                    while let Ok(Some(frame)) = codec.decode(&mut buf) {
-                        let text = String::from_utf8(frame.to_vec()).unwrap();
-                        let msg = hl7v2::Message::parse(text.as_bytes()).unwrap();
-                        let control = msg.get("MSH-10").map(|v| v.into_owned()).unwrap_or_default();
-                        log.lock().unwrap().push(text);
-                        let ack = format!(
-                            "MSH|^~\\&|EMR|HOSP|PLEXUS||20261121120000||ACK^R01^ACK|A{control}|P|2.5.1\rMSA|AA|{control}\r"
-                        );
-                        let mut out = BytesMut::new();
-                        codec.encode(ack.as_bytes(), &mut out).unwrap();
-                        if stream.write_all(&out).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
+/// An MLLP listener that answers AA to every frame and keeps the messages:
+/// its address (for a config) and what it got.
+async fn emr() -> (String, ReceivedText) {
+    let (addr, seen) = text_receiver().await;
+    (addr.to_string(), seen)
 }
 
 /// An HTTP server that records each request's content type and body.

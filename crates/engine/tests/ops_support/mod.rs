@@ -189,19 +189,40 @@ pub type Received = Arc<Mutex<Vec<(String, String)>>>;
 
 /// An MLLP receiver on `listener` that answers AA and records what it got.
 pub fn mllp_receiver(listener: TcpListener) -> Received {
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Received = Arc::default();
     let log = Arc::clone(&seen);
+    answer_aa(listener, move |msg, _| log.lock().unwrap().push((field(msg, "PID-3-1"), field(msg, "MSH-10"))));
+    seen
+}
+
+/// Every message a [`text_receiver`] got, as text, in arrival order.
+pub type ReceivedText = Arc<Mutex<Vec<String>>>;
+
+/// An MLLP receiver on a fresh port of 127.0.0.1 that answers AA and keeps
+/// each message whole, for tests that check what a destination sent.
+pub async fn text_receiver() -> (SocketAddr, ReceivedText) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: ReceivedText = Arc::default();
+    let log = Arc::clone(&seen);
+    answer_aa(listener, move |_, frame| log.lock().unwrap().push(String::from_utf8(frame.to_vec()).unwrap()));
+    (addr, seen)
+}
+
+/// Accepts MLLP connections on `listener`, hands every frame (parsed, and
+/// as received) to `keep`, and answers it AA.
+fn answer_aa(listener: TcpListener, keep: impl Fn(&hl7v2::Message, &[u8]) + Clone + Send + 'static) {
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else { return };
-            let log = Arc::clone(&log);
+            let keep = keep.clone();
             tokio::spawn(async move {
                 let mut codec = MllpCodec::default();
                 let mut buf = BytesMut::new();
                 loop {
                     while let Ok(Some(frame)) = codec.decode(&mut buf) {
                         let msg = hl7v2::Message::parse(frame.to_vec()).unwrap();
-                        log.lock().unwrap().push((field(&msg, "PID-3-1"), field(&msg, "MSH-10")));
+                        keep(&msg, &frame);
                         let ack = hl7v2::ack::Ack::new(hl7v2::ack::AckCode::ApplicationAccept, "R", "20261121")
                             .for_message(&msg);
                         let mut out = BytesMut::new();
@@ -218,7 +239,6 @@ pub fn mllp_receiver(listener: TcpListener) -> Received {
             });
         }
     });
-    seen
 }
 
 /// [`mllp_receiver`] on a fresh port of 127.0.0.1.
