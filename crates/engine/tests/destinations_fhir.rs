@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use engine::config::Config;
 use hl7v2::mllp::MllpCodec;
-use partner_support::{presigned, settled, start_engine, start_partner, wait_until};
+use partner_support::{presigned, presigned_glucose_source, settled, start_engine, start_partner, wait_until};
 use serde_json::{Value, json};
 use store::{DeliveryState, MessageId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,29 +55,14 @@ fn notification_channel(fhir: &str, partner: SocketAddr) -> String {
 [fhir_servers.hospital]
 base_url = "{fhir}"
 
-[channels.glucose]
-content = "json"
-[channels.glucose.source]
-type = "notification"
-output = "fhir"
-[channels.glucose.source.fields]
-notification_id = "id"
-file_id = "file.id"
-presigned_url = "file.url"
-[channels.glucose.source.auth.hmac]
-secret = "{SECRET}"
-[channels.glucose.source.fetch]
-allowed_hosts = ["127.0.0.1"]
-allow_http = true
-allow_private_addresses = true
-[channels.glucose.source.acknowledgement]
-url = "http://{partner}/ack/{{file_id}}"
+{source}
 [[channels.glucose.destinations]]
 name = "ehr"
 type = "fhir"
 server = "hospital"
 retry = {{ max_attempts = 5, initial_backoff = "100ms", max_backoff = "200ms" }}
-"#
+"#,
+        source = presigned_glucose_source(r#"output = "fhir""#, SECRET, partner)
     )
 }
 

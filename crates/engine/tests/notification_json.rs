@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use engine::config::Config;
 use engine::runtime::Engine;
-use partner_support::{presigned, settled, start_partner, wait_until};
+use partner_support::{presigned, presigned_glucose_source, settled, start_partner, wait_until};
 use serde_json::{Value, json};
 use store::{DeliveryState, FailureClass, MessageId};
 
@@ -65,30 +65,19 @@ async fn start_engine(dir: &std::path::Path, partner: SocketAddr) -> Engine {
 url = "sqlite://{dir}/plexus.db"
 [api]
 listen = "127.0.0.1:0"
-[channels.glucose]
-content = "json"
-[channels.glucose.source]
-type = "notification"
-output = {{ format = "json", rules = "rules/glucose.yaml", resources = ["Observation"] }}
-[channels.glucose.source.fields]
-notification_id = "id"
-file_id = "file.id"
-presigned_url = "file.url"
-[channels.glucose.source.auth.hmac]
-secret = "{SECRET}"
-[channels.glucose.source.fetch]
-allowed_hosts = ["127.0.0.1"]
-allow_http = true
-allow_private_addresses = true
-[channels.glucose.source.acknowledgement]
-url = "http://{partner}/ack/{{file_id}}"
+{source}
 [[channels.glucose.destinations]]
 name = "clinic"
 type = "http"
 url = "http://{partner}/readings"
 retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "100ms" }}
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        source = presigned_glucose_source(
+            r#"output = { format = "json", rules = "rules/glucose.yaml", resources = ["Observation"] }"#,
+            SECRET,
+            partner
+        )
     );
     // Compiled with the folder, as `plexus serve --config` does: the rules
     // path is relative to it.

@@ -156,6 +156,32 @@ pub async fn start_engine(dir: &std::path::Path, channels: &str) -> Engine {
     Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"))
 }
 
+/// The `glucose` channel's notification source for pre-signed files of the
+/// partner at `partner`, signed with `secret` and acknowledged to it, as
+/// TOML; `output` is the source's `output = ...` line.
+pub fn presigned_glucose_source(output: &str, secret: &str, partner: SocketAddr) -> String {
+    format!(
+        r#"[channels.glucose]
+content = "json"
+[channels.glucose.source]
+type = "notification"
+{output}
+[channels.glucose.source.fields]
+notification_id = "id"
+file_id = "file.id"
+presigned_url = "file.url"
+[channels.glucose.source.auth.hmac]
+secret = "{secret}"
+[channels.glucose.source.fetch]
+allowed_hosts = ["127.0.0.1"]
+allow_http = true
+allow_private_addresses = true
+[channels.glucose.source.acknowledgement]
+url = "http://{partner}/ack/{{file_id}}"
+"#
+    )
+}
+
 /// A notification of the pre-signed file `file` of the partner at `partner`.
 pub fn presigned(partner: SocketAddr, id: &str, file: &str) -> Value {
     json!({"id": id, "file": {"id": file, "url": format!("http://{partner}/files/{file}")}})
