@@ -423,6 +423,39 @@ async fn replay_by_search_and_dead_letters() {
     }
 }
 
+/// A replay by search re-queues a patient's messages oldest first: a worker
+/// may claim each as soon as its replay commits, so newest first would send
+/// the newest again before the older ones. With more matches than `max`,
+/// the oldest are replayed and the next call goes on with the newer ones.
+#[tokio::test]
+async fn replay_by_search_goes_in_arrival_order_oldest_first() {
+    let api = api().await;
+    let replayer = api.token("replayer", &[Scope::MessagesReplay]).await;
+    let mut ids = Vec::new();
+    for i in 0..5u32 {
+        let id = accept(api.store.as_ref(), "adt-in", &format!("O{i}"), "MRN9", i, &["ehr"]).await;
+        let d = api.store.get_message(id).await.unwrap().unwrap().deliveries[0].id;
+        api.store.dead_letter(d, "test", None).await.unwrap();
+        ids.push(id);
+    }
+    let replayed_in_order = || async {
+        let mut events = api.store.audit_events(&AuditQuery { limit: 1000, ..AuditQuery::default() }).await.unwrap();
+        events.retain(|e| e.action == "replay");
+        events.sort_by_key(|e| e.id);
+        events.into_iter().map(|e| e.message_id.unwrap()).collect::<Vec<_>>()
+    };
+
+    let filters = json!({ "mrn": "MRN9", "state": "dead", "max": 3 });
+    let (status, body) = api.post("/api/messages/replay", &replayer, filters.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "messages": 3, "replayed": 3, "skipped": 0, "truncated": true }));
+    assert_eq!(replayed_in_order().await, ids[..3], "the oldest three, oldest first");
+
+    let (_, body) = api.post("/api/messages/replay", &replayer, filters).await;
+    assert_eq!(body, json!({ "messages": 2, "replayed": 2, "skipped": 0, "truncated": false }));
+    assert_eq!(replayed_in_order().await, ids, "then the newer two, in order");
+}
+
 #[tokio::test]
 async fn revoked_and_expired_tokens_are_refused() {
     let api = api().await;

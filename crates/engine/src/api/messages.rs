@@ -6,7 +6,7 @@
 //! if it cannot be recorded the contents are not sent. Replays are recorded
 //! by the store in the same transaction as the replay itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
@@ -405,36 +405,48 @@ async fn replay_search(
         return Err(Problem::bad_request(format!("max must be from 1 to {MAX_REPLAY}")));
     }
     let mut q = search_query(&filters)?;
-    let (mut messages, mut replayed, mut skipped) = (0u32, 0usize, 0usize);
+    // The search runs newest first; the replays run oldest first. A replayed
+    // delivery keeps its place in its key's queue, but a worker may claim it
+    // as soon as its replay commits, so replaying newest first would let a
+    // patient's newest message go out again before the older ones are
+    // queued again: the receiver would end with an older version. So every
+    // match is looked at, the oldest `max` are kept (`truncated` when there
+    // were more: a second call with the same filters, `state` among them,
+    // goes on with the newer ones, again in order) and replayed in arrival
+    // order.
+    let mut oldest: VecDeque<store::MessageSummary> = VecDeque::new();
     let mut truncated = false;
-    'pages: loop {
-        q.limit = (max - messages).min(200);
+    loop {
+        q.limit = MAX_PAGE;
         let page = state.store.search(&q).await.map_err(|e| search_error(&e))?;
-        for item in &page.items {
-            if messages == max {
-                truncated = true;
-                break 'pages;
-            }
-            // Destinations this message does not have are simply not replayed.
-            let own: Option<Vec<String>> = b.destinations.as_ref().map(|wanted| {
-                item.deliveries.iter().map(|d| d.destination.clone()).filter(|d| wanted.contains(d)).collect()
-            });
-            if own.as_ref().is_some_and(Vec::is_empty) {
+        for item in page.items {
+            // Messages without any of the wanted destinations are passed over.
+            if let Some(wanted) = &b.destinations
+                && !item.deliveries.iter().any(|d| wanted.contains(&d.destination))
+            {
                 continue;
             }
-            let (r, s) = replay(&state, &caller, item.id, own.as_deref(), b.reason.clone()).await?;
-            messages += 1;
-            replayed += r.len();
-            skipped += s.len();
+            oldest.push_back(item);
+            if oldest.len() > max as usize {
+                oldest.pop_front();
+                truncated = true;
+            }
         }
         match page.next {
-            Some(next) if messages < max => q.cursor = Some(next),
-            Some(_) => {
-                truncated = true;
-                break;
-            }
+            Some(next) => q.cursor = Some(next),
             None => break,
         }
+    }
+    let (mut messages, mut replayed, mut skipped) = (0u32, 0usize, 0usize);
+    for item in oldest.into_iter().rev() {
+        // Destinations this message does not have are simply not replayed.
+        let own: Option<Vec<String>> = b.destinations.as_ref().map(|wanted| {
+            item.deliveries.iter().map(|d| d.destination.clone()).filter(|d| wanted.contains(d)).collect()
+        });
+        let (r, s) = replay(&state, &caller, item.id, own.as_deref(), b.reason.clone()).await?;
+        messages += 1;
+        replayed += r.len();
+        skipped += s.len();
     }
     Ok(Json(json!({ "messages": messages, "replayed": replayed, "skipped": skipped, "truncated": truncated })))
 }

@@ -96,7 +96,7 @@ const OPERATIONS: &[Operation] = &[
         method: "post",
         path: "/api/messages/replay",
         scope: Some("messages:replay"),
-        summary: "Replay every message matching a search (at least one filter; max default 100, at most 1000).",
+        summary: "Replay the oldest matches of a search in arrival order (at least one filter; max default 100, at most 1000).",
         parameters: &[],
         body: Some(
             "{\"channel\", \"state\", \"from\", \"to\", \"control_id\", \"mrn\", \"order_key\", \"type\", \"event\", \
