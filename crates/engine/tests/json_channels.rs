@@ -621,3 +621,45 @@ fn the_example_configuration_loads() {
     let pms = config.channels.iter().find(|c| c.name == "pms-in").expect("the example's JSON channel");
     assert!(pms.transform.checks_json());
 }
+
+/// A body over every channel's `max_body_size` is refused while it is read;
+/// it still gets the channel's kind of answer (an OperationOutcome for a
+/// `fhir` channel, problem details for the others), not axum's plain text,
+/// and nothing is stored.
+#[tokio::test]
+async fn a_body_over_the_largest_limit_is_answered_as_a_problem_of_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+[channels.fhir-in]
+content = "fhir"
+[channels.fhir-in.source]
+type = "http"
+max_body_size = "1KiB"
+[[channels.fhir-in.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+
+[channels.hl7-in.source]
+type = "http"
+max_body_size = "2KiB"
+[[channels.hl7-in.destinations]]
+name = "archive"
+type = "file"
+directory = "out-hl7"
+"#;
+    let engine = Engine::start(config(dir.path(), body).unwrap()).await.unwrap();
+    let big = format!(r#"{{"resourceType": "Patient", "text": "{}"}}"#, "x".repeat(8 * 1024));
+    let (status, media, answer) = post(&engine, "fhir-in", "application/fhir+json", big).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(media, "application/fhir+json");
+    assert_eq!(answer["resourceType"], "OperationOutcome");
+    assert_eq!(answer["issue"][0]["code"], "too-costly");
+
+    let (status, media, answer) = post(&engine, "hl7-in", "text/plain", "x".repeat(8 * 1024)).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(media, "application/problem+json");
+    assert_eq!(answer["status"], 413);
+    assert_eq!(engine.store().search(&Default::default()).await.unwrap().items.len(), 0, "nothing stored");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

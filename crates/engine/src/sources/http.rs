@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -99,7 +100,7 @@ async fn post_message(
     Path(name): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(channel) = state.channels.get(&name) else {
         return problem(
@@ -110,6 +111,17 @@ async fn post_message(
         );
     };
     let kind = channel.ingest.content();
+    // A body over the largest channel's limit is refused while it is read:
+    // answered like any other refusal, not with axum's plain text.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return problem(kind, StatusCode::PAYLOAD_TOO_LARGE, "body too large", "the body exceeds max_body_size");
+        }
+        Err(_) => {
+            return problem(kind, StatusCode::BAD_REQUEST, "unreadable body", "the request body could not be read");
+        }
+    };
     if body.len() > channel.max_body_size {
         return problem(kind, StatusCode::PAYLOAD_TOO_LARGE, "body too large", "the body exceeds max_body_size");
     }

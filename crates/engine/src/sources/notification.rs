@@ -60,6 +60,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -325,7 +326,7 @@ async fn post_notification(
     Path(name): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Some(endpoint) = endpoints.get(&name) else {
         return Problem::new(
@@ -336,20 +337,31 @@ async fn post_notification(
         )
         .into_response();
     };
-    endpoint.receive(&headers, body, peer).await
+    match body {
+        Ok(body) => endpoint.receive(&headers, body, peer).await,
+        // Over the largest channel's limit: refused while it is read, and
+        // answered as a problem like the smaller limits below.
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+        Err(_) => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "Notification not readable",
+            "the request body could not be read",
+        )
+        .into_response(),
+    }
+}
+
+fn too_large() -> Response {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Notification too large", "the body exceeds max_body_size")
+        .into_response()
 }
 
 impl NotificationEndpoint {
     async fn receive(&self, headers: &HeaderMap, body: Bytes, peer: SocketAddr) -> Response {
         let received_at = chrono::Utc::now();
         if body.len() > self.max_body_size {
-            return Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                "Notification too large",
-                "the body exceeds max_body_size",
-            )
-            .into_response();
+            return too_large();
         }
         if let Err(e) = self.verifier.verify(headers, &body, received_at.timestamp()) {
             info!(channel = %self.stage.channel(), %peer, kind = e.kind(), "notification refused");
