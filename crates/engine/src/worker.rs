@@ -182,7 +182,7 @@ impl DestinationWorkers {
                             let delay = error_backoff(failures);
                             warn!(
                                 channel = %self.channel.name, destination = %self.name,
-                                error = %e, class = ?e.class(), retry_in = ?delay,
+                                error = %e.summary(), class = ?e.class(), retry_in = ?delay,
                                 "claiming deliveries failed"
                             );
                             tokio::select! {
@@ -235,7 +235,7 @@ impl DestinationWorkers {
                     // fails too); the error says no more than the store's.
                     warn!(
                         channel = %self.channel.name, destination = %self.name,
-                        error = %e, class = ?e.class(),
+                        error = %e.summary(), class = ?e.class(),
                         "claiming the next deliveries ahead failed; claiming again"
                     );
                 }
@@ -355,7 +355,7 @@ impl DestinationWorkers {
             }
             Err(e) => {
                 warn!(channel = %self.channel.name, destination = %self.name, %message_id, delivery = %id,
-                      error = %e, "recording a delivery outcome failed; it will be attempted again when the lease expires");
+                      error = %e.summary(), "recording a delivery outcome failed; it will be attempted again when the lease expires");
             }
         }
     }

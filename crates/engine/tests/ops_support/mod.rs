@@ -321,6 +321,7 @@ pub struct WatchedStore {
     pub fail_tokens: AtomicBool,
     /// The next claim of a worker after one of its own that handed out
     /// deliveries fails (once): with batches of one, the claim made ahead.
+    /// The error's text names a patient, as a database's message may.
     pub fail_claim_after_deliveries: AtomicBool,
     /// Per claim, in order: the destination, the worker and how many
     /// deliveries it handed out (`None`: it failed).
@@ -363,7 +364,9 @@ impl Store for WatchedStore {
             Some((_, _, Some(n))) if *n > 0
         );
         let result = if after_deliveries && self.fail_claim_after_deliveries.swap(false, Ordering::SeqCst) {
-            Err(store::StoreError::Closed)
+            // A database error quoting a value, as MariaDB's messages do:
+            // only the error's summary may reach the log.
+            Err(store::StoreError::Database(sqlx::Error::Protocol("unexpected row for MRN1 DOE^JANE".into())))
         } else {
             self.inner.claim(r).await
         };
