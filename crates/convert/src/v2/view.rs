@@ -16,26 +16,56 @@ use hl7v2::{Charset, Delimiters, Message};
 
 /// What splitting and decoding need, copied into every node.
 #[derive(Debug, Clone, Copy)]
-struct Cx {
+struct Cx<'a> {
     delims: Delimiters,
     charset: Charset,
     component: u8,
     repetition: u8,
     subcomponent: u8,
+    escape: u8,
+    /// The whole message as text, when every leaf without an escape
+    /// sequence decodes to its own bytes: the message is valid UTF-8 and
+    /// its character set is ASCII or UTF-8, or it is all ASCII (every
+    /// supported set is an ASCII superset). Such a leaf is then a slice of
+    /// this text (no decoding pass, no UTF-8 check per leaf).
+    text: Option<&'a str>,
 }
 
-impl Cx {
-    fn of(msg: &Message) -> Cx {
+impl<'a> Cx<'a> {
+    fn of(msg: &'a Message) -> Cx<'a> {
         let d = *msg.delimiters();
+        let charset = msg.charset();
+        let bytes = msg.as_bytes();
+        let text = match charset {
+            Charset::Ascii | Charset::Utf8 => std::str::from_utf8(bytes).ok(),
+            _ => bytes.is_ascii().then(|| std::str::from_utf8(bytes).ok()).flatten(),
+        };
         // A missing delimiter is stored as the field separator, which never
         // occurs inside a field: splitting on it finds nothing.
         Cx {
             delims: d,
-            charset: msg.charset(),
+            charset,
             component: d.component(),
             repetition: d.repetition().unwrap_or(d.field()),
             subcomponent: d.subcomponent().unwrap_or(d.field()),
+            escape: d.escape().unwrap_or(d.field()),
+            text,
         }
+    }
+
+    /// `raw` as text when it is a slice of the message and the message's
+    /// text is known ([`Cx::text`]); None otherwise (decode it instead).
+    /// A slice cut at ASCII delimiters always falls on character
+    /// boundaries; `get` checks it anyway.
+    #[inline]
+    fn str_of(&self, raw: &[u8]) -> Option<&'a str> {
+        if raw.is_empty() {
+            // Missing nodes are a static empty slice, not in the message.
+            return Some("");
+        }
+        let text = self.text?;
+        let at = raw.as_ptr().addr().wrapping_sub(text.as_ptr().addr());
+        text.get(at..at.checked_add(raw.len())?)
     }
 }
 
@@ -51,14 +81,14 @@ pub(crate) struct Seg<'a> {
     /// Segment id, e.g. `PID`.
     pub name: &'a str,
     seg: hl7v2::Segment<'a>,
-    cx: Cx,
+    cx: Cx<'a>,
 }
 
 /// A node: a field, one repetition, a component or a sub-component.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Node<'a> {
     raw: &'a [u8],
-    cx: Cx,
+    cx: Cx<'a>,
 }
 
 fn nth(raw: &[u8], sep: u8, n: usize) -> &[u8] {
@@ -139,15 +169,27 @@ impl<'a> Node<'a> {
     /// the HL7 null `""`.
     pub fn text(&self) -> Cow<'a, str> {
         let cx = self.cx;
-        let leaf = self
-            .raw
-            .split(|b| *b == cx.repetition || *b == cx.component || *b == cx.subcomponent)
-            .next()
-            .unwrap_or(b"");
+        // One pass: the end of the first leaf, and whether it holds an
+        // escape character (most leaves do not: they are then borrowed as
+        // they are, see `Cx::str_of`).
+        let mut end = self.raw.len();
+        let mut escaped = false;
+        for (i, &b) in self.raw.iter().enumerate() {
+            if b == cx.repetition || b == cx.component || b == cx.subcomponent {
+                end = i;
+                break;
+            }
+            escaped |= b == cx.escape;
+        }
+        let leaf = &self.raw[..end];
         if leaf == b"\"\"" {
             return Cow::Borrowed("");
         }
-        match self.decode(leaf.trim_ascii()) {
+        let leaf = leaf.trim_ascii();
+        if !escaped && let Some(s) = cx.str_of(leaf) {
+            return Cow::Borrowed(s);
+        }
+        match self.decode(leaf) {
             Cow::Borrowed(s) => Cow::Borrowed(s),
             Cow::Owned(s) if s.trim() != s => Cow::Owned(s.trim().to_string()),
             owned => owned,
@@ -161,6 +203,11 @@ impl<'a> Node<'a> {
     }
 
     fn decode(&self, raw: &'a [u8]) -> Cow<'a, str> {
+        if !raw.contains(&self.cx.escape)
+            && let Some(s) = self.cx.str_of(raw)
+        {
+            return Cow::Borrowed(s);
+        }
         match hl7v2::escape::decode(raw, &self.cx.delims) {
             Cow::Borrowed(b) => self.cx.charset.decode(b),
             Cow::Owned(v) => Cow::Owned(self.cx.charset.decode(&v).into_owned()),
@@ -210,6 +257,46 @@ pub(crate) mod tests {
         assert!(m.seg("PID").unwrap().f(2).is_empty());
         assert_eq!(m.seg("PID").unwrap().f(2).text(), "");
         assert!(m.seg("OBX").is_none());
+    }
+
+    #[test]
+    fn leaves_are_decoded_by_the_charset_where_the_message_is_not_plain_text() {
+        // Latin-1 (MSH-18): the non-ASCII leaf is decoded, ASCII ones borrowed.
+        let latin = Message::parse(
+            b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||7||M\xfcller^Ann\xe9 \\T\\ B^X^\xc3\xa9",
+        )
+        .unwrap();
+        let latin = Msg::new(&latin);
+        let pid = latin.seg("PID").unwrap();
+        assert_eq!(pid.f(5).c(1).text(), "Müller");
+        assert_eq!(pid.f(5).c(2).text(), "Anné & B");
+        assert!(matches!(pid.f(5).c(3).text(), Cow::Borrowed("X")));
+        // Bytes that happen to be valid UTF-8 are still Latin-1.
+        assert_eq!(pid.f(5).c(4).text(), "Ã©");
+        assert_eq!(pid.f(5).whole(), "Müller^Anné & B^X^Ã©");
+        // UTF-8 declared, a stray Windows-1252 byte: that leaf falls back,
+        // the others are still read as UTF-8.
+        let mixed = Message::parse(
+            "MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||UNICODE UTF-8\rPID|1||7||Jos\u{e9}^M\u{fc}".as_bytes(),
+        )
+        .unwrap();
+        let mut bytes = mixed.as_bytes().to_vec();
+        bytes.extend_from_slice(b"^\x80 x");
+        let mixed = Message::parse(bytes).unwrap();
+        let mixed = Msg::new(&mixed);
+        let pid = mixed.seg("PID").unwrap();
+        assert_eq!(pid.f(5).c(1).text(), "José");
+        assert_eq!(pid.f(5).c(2).text(), "Mü");
+        assert_eq!(pid.f(5).c(3).text(), "€ x");
+        assert_eq!(pid.f(40).text(), "");
+        // A valid UTF-8 message: leaves are slices of it.
+        let utf8 =
+            Message::parse("MSH|^~\\&|A||||||ADT^A01|1|P|2.5\rPID|1||7||Jos\u{e9}^\"\"^\\S\\".as_bytes()).unwrap();
+        let utf8 = Msg::new(&utf8);
+        let pid = utf8.seg("PID").unwrap();
+        assert!(matches!(pid.f(5).c(1).text(), Cow::Borrowed("José")));
+        assert_eq!(pid.f(5).c(2).text(), "");
+        assert_eq!(pid.f(5).c(3).text(), "^");
     }
 
     #[test]
