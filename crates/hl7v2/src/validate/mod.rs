@@ -214,17 +214,23 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
             .filter(|raw| !raw.starts_with(b"Z"))
             .map(|raw| [raw[0], raw[1], raw[2]])
             .collect();
-        let mut m = grammar::Matcher {
-            segments: &names,
-            version,
-            structure,
-            pos: 0,
-            issues: Vec::new(),
-            limit: MAX_ISSUES,
-            spare: Vec::new(),
-        };
-        m.seq(items, &[]);
-        issues.extend(m.issues);
+        if !matched_before(structure, version, &names) {
+            let mut m = grammar::Matcher {
+                segments: &names,
+                version,
+                structure,
+                pos: 0,
+                issues: Vec::new(),
+                limit: MAX_ISSUES,
+                spare: Vec::new(),
+            };
+            m.seq(items, &[]);
+            let found = m.issues;
+            if found.is_empty() {
+                remember_match(structure, version, names);
+            }
+            issues.extend(found);
+        }
     }
     // Occurrence of each segment name so far (counting per segment would be
     // quadratic in long results), with the name's rules, looked up once.
@@ -250,6 +256,50 @@ pub fn validate(msg: &Message) -> Vec<Issue> {
     }
     issues.truncate(MAX_ISSUES);
     issues
+}
+
+/// Segment sequences (Z segments left out) that matched their structure
+/// without an issue, most recent last, per thread. The matcher's answer
+/// depends only on the structure, the version and the sequence, and a feed
+/// sends the same few shapes again and again (an interface's ORU with its
+/// 12 OBX): a repeated shape is checked by one comparison instead of a walk
+/// of the grammar (about a quarter of a typical ORU's validation). Only
+/// clean matches are kept, so issues are always found by the matcher.
+struct MatchedShapes {
+    shapes: Vec<(&'static str, Version, Vec<[u8; 3]>)>,
+    /// The slot the next new shape takes once the list is full.
+    next: usize,
+}
+
+/// How many shapes each thread remembers, and the longest one kept (a
+/// longer message is matched every time rather than held in memory).
+const MATCHED_SHAPES: usize = 16;
+const MATCHED_SHAPE_MAX_SEGMENTS: usize = 512;
+
+thread_local! {
+    static MATCHED: std::cell::RefCell<MatchedShapes> =
+        const { std::cell::RefCell::new(MatchedShapes { shapes: Vec::new(), next: 0 }) };
+}
+
+fn matched_before(structure: &str, version: Version, names: &[[u8; 3]]) -> bool {
+    MATCHED
+        .with(|m| m.borrow().shapes.iter().any(|(s, v, n)| *v == version && n.as_slice() == names && *s == structure))
+}
+
+fn remember_match(structure: &'static str, version: Version, names: Vec<[u8; 3]>) {
+    if names.len() > MATCHED_SHAPE_MAX_SEGMENTS {
+        return;
+    }
+    MATCHED.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.shapes.len() < MATCHED_SHAPES {
+            m.shapes.push((structure, version, names));
+        } else {
+            let slot = m.next;
+            m.shapes[slot] = (structure, version, names);
+            m.next = (slot + 1) % MATCHED_SHAPES;
+        }
+    });
 }
 
 /// A header value for an issue message: shown when it looks like a code,
@@ -485,6 +535,31 @@ mod tests {
                 "OBX(2)-2: 101 Required field missing: OBX-2 is required when OBX-5 is valued (E)",
             ]
         );
+    }
+
+    #[test]
+    fn a_remembered_shape_does_not_hide_issues_of_another_version_or_structure() {
+        // Segment sequence issues only (the fields here are not the point).
+        let sequence = |text: &str| -> Vec<String> {
+            issues(text).into_iter().filter(|i| i.contains(": 100 Segment sequence error")).collect()
+        };
+        // Valid in 2.5, where SFT exists: the shape is remembered.
+        let v25 = "MSH|^~\\&|A||||20261121||ORU^R01|1|P|2.5\rSFT|X\rPID|1\rOBR|1|||X";
+        assert_eq!(sequence(v25), Vec::<String>::new());
+        assert_eq!(sequence(v25), Vec::<String>::new());
+        // The same segments in 2.4 still fail: SFT came in 2.5.
+        let v24 = v25.replace("|P|2.5", "|P|2.4");
+        assert_eq!(
+            sequence(&v24),
+            ["SFT(1): 100 Segment sequence error: segment SFT is not expected here in ORU_R01 (2.4) (E)"]
+        );
+        assert_eq!(sequence(&v24).len(), 1, "asked twice, still found");
+        // Under another structure the same sequence is matched again.
+        let adt = v25.replace("ORU^R01", "ADT^A01");
+        assert!(sequence(&adt).iter().any(|i| i.contains("required segment EVN is missing")), "{:?}", issues(&adt));
+        // A remembered shape with one more segment is still checked.
+        let extra = format!("{v25}\rSFT|Y");
+        assert_eq!(sequence(&extra).len(), 1, "{:?}", issues(&extra));
     }
 
     #[test]
