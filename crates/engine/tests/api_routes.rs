@@ -456,6 +456,30 @@ async fn replay_by_search_goes_in_arrival_order_oldest_first() {
     assert_eq!(replayed_in_order().await, ids, "then the newer two, in order");
 }
 
+/// Every error under /api is a problem document (docs/api.md), unknown
+/// paths and wrong methods included.
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_answer_problems() {
+    let api = api().await;
+    let reader = api.token("reader", &[Scope::MessagesRead]).await;
+    for uri in ["/api/nothing", "/api/channels/adt-in/deliveries", "/api/messages/x/y/z"] {
+        let (status, problem) = api.get(uri, &reader).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        assert_eq!(problem["type"], "urn:plexus:problem:not-found", "{uri}");
+    }
+    for (method, uri) in [
+        (Method::DELETE, "/api/channels"),
+        (Method::POST, "/api/channels/adt-in"),
+        (Method::GET, "/api/channels/adt-in/stop"),
+        (Method::PUT, "/api/messages"),
+        (Method::DELETE, "/api/messages/replay"),
+    ] {
+        let (status, problem) = api.call(method.clone(), uri, Some(&reader), None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_eq!(problem["type"], "urn:plexus:problem:method-not-allowed", "{method} {uri}");
+    }
+}
+
 #[tokio::test]
 async fn revoked_and_expired_tokens_are_refused() {
     let api = api().await;

@@ -21,6 +21,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/channels", get(list))
         .route("/api/channels/{name}", get(one))
         .route_layer(auth::require(state.auth.clone(), Scope::MessagesRead))
+        .method_not_allowed_fallback(super::problem::wrong_method)
         .with_state(state)
 }
 

@@ -68,6 +68,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/channels/{name}/stop", post(stop))
         .route("/api/channels/{name}/start", post(start))
         .route_layer(auth::require(state.auth.clone(), Scope::ChannelsAdmin))
+        .method_not_allowed_fallback(super::problem::wrong_method)
         .with_state(state)
 }
 

@@ -38,7 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/messages/{id}/replay", post(replay_one))
         .route("/api/messages/replay", post(replay_search))
         .route_layer(auth::require(state.auth.clone(), Scope::MessagesReplay));
-    read.merge(replay).with_state(state)
+    read.merge(replay).method_not_allowed_fallback(super::problem::wrong_method).with_state(state)
 }
 
 /// The search filters as query parameters; every one optional.

@@ -83,4 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(control::router(state.clone()))
         .merge(messages::router(state))
         .merge(openapi::router())
+        // Any other path under /api: a problem document like every error
+        // (the more specific routes merged beside this one win).
+        .route("/api/{*path}", axum::routing::any(problem::no_such_route))
 }

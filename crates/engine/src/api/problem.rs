@@ -50,6 +50,16 @@ impl Problem {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }
 
+    /// 405: the route exists but not with this method.
+    pub fn method_not_allowed() -> Problem {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not take this method (GET /api/openapi.json lists each route's)",
+        )
+    }
+
     /// 409: the request conflicts with the current state.
     pub fn conflict(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
@@ -98,6 +108,16 @@ impl IntoResponse for Problem {
         }
         response
     }
+}
+
+/// The answer of a path under `/api` that no route serves.
+pub async fn no_such_route() -> Problem {
+    Problem::not_found("no API route has this path (GET /api/openapi.json lists them)")
+}
+
+/// The answer of a route called with a method it does not take.
+pub async fn wrong_method() -> Problem {
+    Problem::method_not_allowed()
 }
 
 #[cfg(test)]

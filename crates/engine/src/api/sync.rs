@@ -115,6 +115,7 @@ pub fn router(jobs: JobRunner, servers: SyncServers, auth: Auth) -> Router {
         .route("/api/sync/patients", get(search_patients))
         .route("/api/sync/jobs", get(list_jobs).post(create_job))
         .route("/api/sync/jobs/{id}", get(get_job))
+        .method_not_allowed_fallback(super::problem::wrong_method)
         .with_state(state)
 }
 
