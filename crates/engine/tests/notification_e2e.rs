@@ -391,6 +391,20 @@ async fn bad_notifications_get_clear_answers_and_the_good_one_still_goes_through
         .unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
+    // Over max_body_size (1MiB): refused while read, still a problem.
+    let huge = vec![b' '; 2 << 20];
+    let response = http
+        .post(format!("http://{addr}/channels/glucose/notifications"))
+        .header("x-timestamp", &ts)
+        .header("x-signature", sign(SECRET.as_bytes(), &ts, &huge))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:plexus:problem:too-large", "{problem}");
     let outside =
         json!({"id": "n-out", "patient": "P1", "file": {"id": "out", "url": "https://files.elsewhere.example/b.json"}});
     let (status, problem) = notify(&http, addr, &outside, None, SECRET).await;
