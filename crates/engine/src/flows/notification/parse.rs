@@ -169,8 +169,16 @@ fn optional_id(json: &Value, path: &str) -> Result<Option<String>, ParseError> {
     }
 }
 
+/// The notification and file ids fill one path segment each of the
+/// acknowledgement URL (percent-encoded); `.` and `..` would stay dot
+/// segments there, which URL parsing resolves to another path of the
+/// partner's server, so they are refused.
 fn required_id(json: &Value, path: &str) -> Result<String, ParseError> {
-    optional_id(json, path)?.ok_or_else(|| ParseError::Missing(path.to_string()))
+    let id = optional_id(json, path)?.ok_or_else(|| ParseError::Missing(path.to_string()))?;
+    if id == "." || id == ".." {
+        return Err(ParseError::WrongType { path: path.to_string(), expected: "an id other than `.` and `..`" });
+    }
+    Ok(id)
 }
 
 fn optional_string(json: &Value, path: &str) -> Result<Option<String>, ParseError> {
@@ -234,6 +242,28 @@ mod tests {
             Err(ParseError::Missing("data.location.key".into()))
         );
         assert!(matches!(parse(&fields(), br#"{"id":"n","data":{"fileId":"f"}}"#), Err(ParseError::NoLocation { .. })));
+    }
+
+    #[test]
+    fn dot_segment_ids_are_refused() {
+        // They would become `..` segments of the acknowledgement URL.
+        for (body, path) in [
+            (&br#"{"id":"..","data":{"fileId":"f","url":"https://x.example/"}}"#[..], "id"),
+            (&br#"{"id":"n","data":{"fileId":".","url":"https://x.example/"}}"#[..], "data.fileId"),
+        ] {
+            assert_eq!(
+                parse(&fields(), body),
+                Err(ParseError::WrongType { path: path.into(), expected: "an id other than `.` and `..`" })
+            );
+        }
+        let url = super::super::ack_url_for("https://p.example/n/{notification_id}/ack", "...", "f");
+        assert_eq!(url::Url::parse(&url).unwrap().path(), "/n/.../ack", "three dots are an ordinary segment");
+        assert_eq!(
+            parse(&fields(), br#"{"id":"...","data":{"fileId":"f.1","url":"https://x.example/"}}"#)
+                .unwrap()
+                .notification_id,
+            "..."
+        );
     }
 
     #[test]
