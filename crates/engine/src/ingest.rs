@@ -291,7 +291,12 @@ impl ChannelIngest {
     /// build the ACK. Either the answer (nothing to store) or the message
     /// to store with what [`finish_hl7`](Self::finish_hl7) needs.
     fn prepare_hl7(&self, received: Received) -> Step {
-        let message = match hl7v2::Message::parse(received.bytes.as_slice()) {
+        let Received { bytes, peer, received_at, .. } = received;
+        // The header line is all an answer needs when the message cannot be
+        // parsed or stored; the bytes themselves become the parsed message's
+        // buffer (no copy) and then the stored message.
+        let header = header_segment(&bytes).to_vec();
+        let message = match hl7v2::Message::parse(bytes) {
             Ok(m) => m,
             Err(e) => {
                 let outcome = match self.validation {
@@ -303,7 +308,7 @@ impl ChannelIngest {
                 let mode = e.header().map_or(hl7v2::ack::AckMode::Original, |h| self.mode(h));
                 let ack = self
                     .code(mode, outcome)
-                    .map(|code| (code, ack::for_parse_error(&e, &received.bytes, code, &self.ack_ids.next())));
+                    .map(|code| (code, ack::for_parse_error(&e, &header, code, &self.ack_ids.next())));
                 return Step::Answered(Hl7Outcome::negative(outcome, ack, false));
             }
         };
@@ -342,8 +347,8 @@ impl ChannelIngest {
         let ack_bytes = code.map(|code| ack::build(&message, code, &warnings, &self.ack_ids.next()));
         let new = NewMessage {
             channel: self.name.clone(),
-            received_at: received.received_at,
-            peer_addr: received.peer.clone(),
+            received_at,
+            peer_addr: peer,
             content_type: self.content.media_type().to_string(),
             control_id,
             sender_key: sender_key(&message),
@@ -355,11 +360,8 @@ impl ChannelIngest {
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
             raw: Vec::new(),
         };
-        // The header is enough to answer a failed commit; the bytes
-        // themselves go to the store.
-        let header = header_segment(&received.bytes).to_vec();
-        drop(message);
-        let new = NewMessage { raw: received.bytes, ..new };
+        // Not edited: exactly the bytes received.
+        let new = NewMessage { raw: message.into_bytes(), ..new };
         Step::Store(new, Pending { mode, code, ack: ack_bytes, flagged, header })
     }
 
@@ -563,9 +565,17 @@ struct Pending {
     header: Vec<u8>,
 }
 
-/// The first segment (MSH) of a message that parsed.
+/// The bytes up to the end of the first segment (MSH when the message
+/// parses), with what the parser skips before it (a byte-order mark, blank
+/// lines): enough to parse the header again for the answer to a failed
+/// commit, and what [`hl7v2::ack::Ack::for_parse_error`] reads of a message
+/// whose header is unreadable (its first line).
 fn header_segment(bytes: &[u8]) -> &[u8] {
-    let end = bytes.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(bytes.len());
+    let mut start = if bytes.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    while start < bytes.len() && matches!(bytes[start], b' ' | b'\t' | b'\r' | b'\n') {
+        start += 1;
+    }
+    let end = bytes[start..].iter().position(|&b| b == b'\r' || b == b'\n').map_or(bytes.len(), |i| start + i);
     &bytes[..end]
 }
 
@@ -727,3 +737,22 @@ impl AckIds {
 }
 
 mod ack;
+
+#[cfg(test)]
+mod tests {
+    use super::header_segment;
+
+    #[test]
+    fn header_segment_is_the_first_line_after_what_the_parser_skips() {
+        assert_eq!(header_segment(b"MSH|^~\\&|A\rPID|1"), b"MSH|^~\\&|A");
+        assert_eq!(header_segment(b"\r\n MSH|^~\\&|A\nPID|1"), b"\r\n MSH|^~\\&|A");
+        assert_eq!(header_segment(b"\xEF\xBB\xBFMSH|^~\\&|A\r\n"), b"\xEF\xBB\xBFMSH|^~\\&|A");
+        assert_eq!(header_segment(b"MSH|^~\\&|A"), b"MSH|^~\\&|A");
+        assert_eq!(header_segment(b"\r\r"), b"\r\r");
+        // What is kept parses to the same header as the whole message.
+        let whole = b"\n\nMSH|^~\\&|APP|FAC|||20261121||ADT^A01|77|P|2.5\rPID|1";
+        let head = hl7v2::Message::parse(header_segment(whole)).unwrap();
+        assert_eq!(head.control_id().as_deref(), Some("77"));
+        assert_eq!(head.segment_count(), 1);
+    }
+}
