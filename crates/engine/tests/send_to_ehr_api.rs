@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use base64::Engine as _;
 use engine::flows::send_to_ehr::api::{
     Caller, CallerAuth, MemoryTrackingStore, NoAuth, SEND_TO_EHR_SCOPE, SendToEhrState, TrackingStore, router,
@@ -322,6 +322,24 @@ async fn tracking_refusals() {
     let (status, outcome) = track(&app, "?transaction-id=a&transaction-id=b").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(diagnostics(&outcome), ["transaction-id: given more than once"]);
+}
+
+/// Other paths under /fhir and other methods are refused as FHIR too: an
+/// OperationOutcome with 404 or 405, never an empty body.
+#[tokio::test]
+async fn other_fhir_paths_and_methods_get_operation_outcomes() {
+    let app = app();
+    for (method, uri, status) in [
+        (Method::GET, "/fhir/Patient/p1", StatusCode::NOT_FOUND),
+        (Method::GET, "/fhir/metadata", StatusCode::NOT_FOUND),
+        (Method::GET, SEND, StatusCode::METHOD_NOT_ALLOWED),
+        (Method::DELETE, "/fhir/Binary/b1", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let request = Request::builder().method(method.clone()).uri(uri).body(Body::empty()).expect("request");
+        let (got, outcome) = call(&app, request).await;
+        assert_eq!(got, status, "{method} {uri}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{method} {uri}");
+    }
 }
 
 /// Stands in for API tokens: a bearer `good` has the scope, `weak` has not.

@@ -28,7 +28,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -198,8 +198,26 @@ pub fn router(state: SendToEhrState) -> Router {
         .route("/fhir/Binary/{id}", get(|s, h, id| read_resource(s, h, "Binary", id)))
         .route("/fhir/DocumentReference/{id}", get(|s, h, id| read_resource(s, h, "DocumentReference", id)))
         .route("/fhir/CommunicationRequest/{id}", get(|s, h, id| read_resource(s, h, "CommunicationRequest", id)))
+        // Anything else under /fhir, and a route called with another
+        // method, is answered as FHIR too (an OperationOutcome).
+        .route("/fhir/{*path}", any(no_such_route))
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+async fn no_such_route() -> Rejection {
+    Rejection::one(
+        404,
+        None,
+        "not-found",
+        "Plexus serves CommunicationRequest/$send-to-ehr, CommunicationRequest/$tracking and the submissions' \
+         Binary, DocumentReference and CommunicationRequest here; the EHR's other resources are on its own server",
+    )
+}
+
+async fn wrong_method() -> Rejection {
+    Rejection::one(405, None, "not-supported", "this route does not take this method")
 }
 
 impl IntoResponse for Rejection {
