@@ -405,6 +405,9 @@ async fn bad_notifications_get_clear_answers_and_the_good_one_still_goes_through
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: serde_json::Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "urn:plexus:problem:too-large", "{problem}");
+    let response = http.get(format!("http://{addr}/channels/glucose/notifications")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let outside =
         json!({"id": "n-out", "patient": "P1", "file": {"id": "out", "url": "https://files.elsewhere.example/b.json"}});
     let (status, problem) = notify(&http, addr, &outside, None, SECRET).await;

@@ -517,6 +517,9 @@ file_name = "${message_id}.json"
     assert_eq!(r.status(), 415);
     let r = post("/channels/nope/messages", "text/plain", adt("H2", "MRN1")).await.unwrap();
     assert_eq!(r.status(), 404);
+    let r = client.get(format!("{base}/channels/http-in/messages")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
 
     let r = post("/channels/json-in/messages", "application/fhir+json", r#"{"resourceType":"Patient"}"#.into())
         .await

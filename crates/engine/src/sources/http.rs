@@ -92,6 +92,9 @@ pub fn router(channels: Vec<HttpChannel>) -> Router {
         channels.into_iter().map(|c| (c.ingest.name().to_string(), c)).collect();
     Router::new()
         .route("/channels/{name}/messages", post(post_message))
+        .method_not_allowed_fallback(|| async {
+            problem(ContentKind::Json, StatusCode::METHOD_NOT_ALLOWED, "method not allowed", "send messages with POST")
+        })
         .layer(DefaultBodyLimit::max(limit.max(1)))
         .with_state(HttpState { channels: Arc::new(channels) })
 }

@@ -315,6 +315,14 @@ pub fn router(channels: &[NotificationRuntime]) -> Router {
         channels.iter().map(|c| (c.channel().to_string(), Arc::clone(&c.endpoint))).collect();
     Router::new()
         .route("/channels/{name}/notifications", post(post_notification))
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "send notifications with POST",
+            )
+        })
         .layer(DefaultBodyLimit::max(limit.max(1)))
         .with_state(Arc::new(map))
 }
