@@ -187,12 +187,10 @@ pub fn outcome(issues: &[Issue]) -> Outcome {
 /// ```
 pub fn validate(msg: &Message) -> Vec<Issue> {
     let mut issues = Vec::new();
-    let version = header(msg, &mut issues);
     let Some(msh) = msg.segment_at(0) else {
         return issues;
     };
-    let code = text(&msh, 9, 1, 1);
-    let trigger = text(&msh, 9, 1, 2);
+    let Header { version, code, trigger } = header(&msh, &mut issues);
     let Some(structure) = structure_for(&code, &trigger) else {
         issues.truncate(MAX_ISSUES);
         return issues;
@@ -323,12 +321,19 @@ fn text<'a>(seg: &Segment<'a>, field: usize, rep: usize, component: usize) -> Co
     }
 }
 
-/// Checks MSH; returns the version whose rules apply (2.5 when MSH-12 is
-/// missing or not a version).
-fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
-    let Some(msh) = msg.segment_at(0) else {
-        return Version::V2_5;
-    };
+/// What the rest of the validation needs of the header.
+struct Header<'a> {
+    /// The version whose rules apply (2.5 when MSH-12 is missing or not a
+    /// version).
+    version: Version,
+    /// MSH-9-1 and MSH-9-2, trimmed.
+    code: Cow<'a, str>,
+    trigger: Cow<'a, str>,
+}
+
+/// Checks MSH.
+fn header<'a>(msh: &Segment<'a>, issues: &mut Vec<Issue>) -> Header<'a> {
+    let msh = *msh;
     let at = |field: u32| Location::field("MSH", 1, field);
     let at_component = |field: u32, c: u32| Location { component: Some(c), ..at(field) };
     let raw_version = text(&msh, 12, 1, 1);
@@ -362,7 +367,8 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
             format!("trigger event {} is not in HL7 table 0003", shown(&trigger)),
         ));
     }
-    if msg.presence("MSH-10") == crate::Presence::Absent || text(&msh, 10, 1, 1).is_empty() {
+    // An absent MSH-10 reads as empty too.
+    if text(&msh, 10, 1, 1).is_empty() {
         issues.push(missing(10));
     }
     let processing = text(&msh, 11, 1, 1);
@@ -402,7 +408,7 @@ fn header(msg: &Message, issues: &mut Vec<Issue>) -> Version {
             ));
         }
     }
-    rules_version
+    Header { version: rules_version, code, trigger }
 }
 
 fn fields(seg: &Segment<'_>, rules: &[types::Rule], occurrence: u32, version: Version, issues: &mut Vec<Issue>) {

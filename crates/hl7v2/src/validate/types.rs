@@ -18,15 +18,26 @@ use crate::issue::{ErrorCode, Issue, Location};
 /// ```
 pub fn check_dtm(value: &str) -> Result<(), &'static str> {
     let b = value.as_bytes();
-    let (main, offset) = match b.iter().position(|&c| c == b'+' || c == b'-') {
-        Some(i) => (&b[..i], Some(&b[i + 1..])),
-        None => (b, None),
-    };
-    let (digits, fraction) = match main.iter().position(|&c| c == b'.') {
-        Some(i) => (&main[..i], Some(&main[i + 1..])),
-        None => (main, None),
-    };
-    if !digits.iter().all(u8::is_ascii_digit) {
+    // One pass finds the offset's sign, the first point before it, and
+    // whether everything before both is digits: a message has a dozen
+    // timestamps and this runs on each.
+    let (mut sign, mut point, mut all_digits) = (None, None, true);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'+' | b'-' => {
+                sign = Some(i);
+                break;
+            }
+            b'.' if point.is_none() => point = Some(i),
+            c if point.is_none() && !c.is_ascii_digit() => all_digits = false,
+            _ => {}
+        }
+    }
+    let main = &b[..sign.unwrap_or(b.len())];
+    let offset = sign.map(|i| &b[i + 1..]);
+    let digits = &main[..point.unwrap_or(main.len())];
+    let fraction = point.map(|i| &main[i + 1..]);
+    if !all_digits {
         return Err("not digits");
     }
     if ![4, 6, 8, 10, 12, 14].contains(&digits.len()) {
@@ -385,6 +396,65 @@ pub(crate) fn rules_for(name: [u8; 3]) -> &'static [Rule] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `check_dtm` as it was written before its one-pass scan: splits at the
+    /// sign, then at the point, then checks the digits.
+    fn check_dtm_reference(value: &str) -> Result<(), &'static str> {
+        let b = value.as_bytes();
+        let (main, offset) = match b.iter().position(|&c| c == b'+' || c == b'-') {
+            Some(i) => (&b[..i], Some(&b[i + 1..])),
+            None => (b, None),
+        };
+        let (digits, fraction) = match main.iter().position(|&c| c == b'.') {
+            Some(i) => (&main[..i], Some(&main[i + 1..])),
+            None => (main, None),
+        };
+        if !digits.iter().all(u8::is_ascii_digit) {
+            return Err("not digits");
+        }
+        if ![4, 6, 8, 10, 12, 14].contains(&digits.len()) {
+            return Err("wrong number of digits for a precision");
+        }
+        date_parts(&digits[..digits.len().min(8)])?;
+        let n = |i: usize| u32::from(digits[i] - b'0') * 10 + u32::from(digits[i + 1] - b'0');
+        if digits.len() >= 10 && n(8) > 23 {
+            return Err("hour out of range");
+        }
+        if digits.len() >= 12 && n(10) > 59 {
+            return Err("minute out of range");
+        }
+        if digits.len() >= 14 && n(12) > 59 {
+            return Err("second out of range");
+        }
+        if let Some(f) = fraction {
+            if digits.len() != 14 {
+                return Err("fraction of a second without seconds");
+            }
+            if f.is_empty() || f.len() > 4 || !f.iter().all(u8::is_ascii_digit) {
+                return Err("fraction of a second is not 1 to 4 digits");
+            }
+        }
+        if let Some(z) = offset {
+            if z.len() != 4 || !z.iter().all(u8::is_ascii_digit) {
+                return Err("time zone offset is not +/-HHMM");
+            }
+            let hours = u32::from(z[0] - b'0') * 10 + u32::from(z[1] - b'0');
+            let minutes = u32::from(z[2] - b'0') * 10 + u32::from(z[3] - b'0');
+            if hours > 14 || minutes > 59 {
+                return Err("time zone offset out of range");
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dtm_one_pass_answers_as_the_reference(
+            value in "(19|20)?[0-9]{0,12}(\\.[0-9a.]{0,5})?([+-][0-9a]{0,5})?|[0-9.+ a-]{0,24}"
+        ) {
+            proptest::prop_assert_eq!(check_dtm(&value), check_dtm_reference(&value), "{:?}", value);
+        }
+    }
 
     #[test]
     fn event_table_covers_the_fixture_triggers_and_refuses_typos() {
