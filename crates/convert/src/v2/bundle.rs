@@ -15,7 +15,7 @@
 use sha2::{Digest, Sha256};
 
 use super::datatypes::identifier_token;
-use super::json::Json;
+use super::json::{Entry, Json};
 use crate::options::Hl7ToFhirOptions;
 
 /// The deterministic uuid of one entry: its `fullUrl` is `urn:uuid:<uuid>`.
@@ -70,7 +70,7 @@ pub(crate) fn simple(uuid: uuid::Uuid) -> String {
 #[derive(Debug)]
 pub(crate) struct Ctx<'a> {
     pub opts: &'a Hl7ToFhirOptions,
-    entries: Vec<Json<'a>>,
+    entries: Vec<Entry<'a>>,
     /// The uuid of each entry's fullUrl, beside it (compared as 16 bytes).
     uuids: Vec<uuid::Uuid>,
 }
@@ -93,7 +93,7 @@ impl<'a> Ctx<'a> {
         Ctx { opts, entries: Vec::with_capacity(16), uuids: Vec::with_capacity(16) }
     }
 
-    /// Adds `resource` (its `resourceType` set first). `identity` is the
+    /// Adds `resource` (its `resourceType` and `id` are written first). `identity` is the
     /// text of its identifying fields; `identifier` the business identifier
     /// used for a conditional update, if it has one. Adding the same type and
     /// identity twice keeps the first (a practitioner named in PV1-7 and in
@@ -123,33 +123,16 @@ impl<'a> Ctx<'a> {
         // Only a system-qualified identifier is safe to search by: a bare
         // value ("1134") may belong to another authority's record.
         let token = identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token);
-        // resourceType (and id) go in front of the resource's own members:
-        // one new vector rather than two inserts that shift every member.
-        let mut members = match resource {
-            Json::Obj(members) => members,
-            _ => Vec::new(),
-        };
-        // The mappers never set these two; when one does, it is replaced.
-        // (Checked first: extending by a filter would copy member by member.)
-        if members.iter().any(|(k, _)| *k == "resourceType" || *k == "id") {
+        let mut resource = resource;
+        // The mappers never set these two (the entry writes them in front of
+        // the members); when one does, it is replaced.
+        if let Json::Obj(members) = &mut resource
+            && members.iter().any(|(k, _)| *k == "resourceType" || *k == "id")
+        {
             members.retain(|(k, _)| *k != "resourceType" && *k != "id");
         }
-        let mut body = Vec::with_capacity(members.len() + 2);
-        body.push(("resourceType", kind.into()));
-        let url = match token {
-            Some(t) => Json::from([kind, "?identifier=", &t].concat()),
-            None => {
-                body.push(("id", Json::Id(None, uuid)));
-                Json::Id(Some(kind), uuid)
-            }
-        };
-        body.append(&mut members);
         self.uuids.push(uuid);
-        self.entries.push(obj! {
-            "fullUrl" => Json::Urn(uuid),
-            "resource" => Json::Obj(body),
-            "request" => obj!{"method" => "PUT", "url" => url},
-        });
+        self.entries.push(Entry { uuid, kind, token, resource });
         Ref::of(uuid)
     }
 
@@ -170,7 +153,7 @@ impl<'a> Ctx<'a> {
     /// Mutable access to an added resource (to add results to a report).
     pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Json<'a>> {
         let at = self.uuids.iter().position(|u| *u == r.uuid)?;
-        self.entries.get_mut(at).and_then(|e| e.get_mut("resource"))
+        self.entries.get_mut(at).map(|e| &mut e.resource)
     }
 
     /// The finished transaction Bundle (its empty elements are left out when
@@ -182,7 +165,7 @@ impl<'a> Ctx<'a> {
             "id" => Json::Id(None, stable_uuid("Bundle", bundle_identity)),
             "type" => "transaction",
             "timestamp" => timestamp,
-            "entry" => self.entries,
+            "entry" => Json::Entries(self.entries),
         }
     }
 }

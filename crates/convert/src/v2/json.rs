@@ -36,6 +36,182 @@ pub(crate) enum Json<'a> {
     Arr(Vec<Json<'a>>),
     /// Members in output order. Keys are unique (see [`Json::insert`]).
     Obj(Vec<(&'static str, Json<'a>)>),
+    /// A Bundle's entries, each written as `{"fullUrl", "resource",
+    /// "request"}` with the resource's `resourceType` and `id` in front of
+    /// its members: made into objects only when written (three member lists
+    /// and a URL fewer per entry, and no re-built member list to put the two
+    /// in front).
+    Entries(Vec<Entry<'a>>),
+}
+
+/// One entry of a transaction Bundle (see [`Json::Entries`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Entry<'a> {
+    /// Its fullUrl is `urn:uuid:<uuid>`; its id the uuid's 32 hex digits.
+    pub uuid: uuid::Uuid,
+    /// The resource type.
+    pub kind: &'static str,
+    /// The search token of a conditional update (`PUT
+    /// <kind>?identifier=<token>`, already escaped for a URL, and no `id`);
+    /// None for an update by id (`PUT <kind>/<id>`).
+    pub token: Option<String>,
+    /// The resource's own members (an object), without resourceType and id.
+    pub resource: Json<'a>,
+}
+
+impl<'a> Entry<'a> {
+    /// The request URL.
+    fn url(&self) -> String {
+        match &self.token {
+            Some(t) => [self.kind, "?identifier=", t].concat(),
+            None => [self.kind, "/", &crate::v2::bundle::simple(self.uuid)].concat(),
+        }
+    }
+
+    fn into_value(self) -> Value {
+        let mut resource = serde_json::Map::new();
+        resource.insert("resourceType".into(), Value::String(self.kind.into()));
+        if self.token.is_none() {
+            resource.insert("id".into(), Value::String(crate::v2::bundle::simple(self.uuid)));
+        }
+        let url = self.url();
+        if let Json::Obj(members) = self.resource {
+            for (k, v) in members {
+                if let Some(v) = v.into_value() {
+                    resource.insert(k.to_string(), v);
+                }
+            }
+        }
+        let mut request = serde_json::Map::with_capacity(2);
+        request.insert("method".into(), Value::String("PUT".into()));
+        request.insert("url".into(), Value::String(url));
+        let mut entry = serde_json::Map::with_capacity(3);
+        entry.insert("fullUrl".into(), Value::String(crate::v2::bundle::urn(self.uuid)));
+        entry.insert("resource".into(), Value::Object(resource));
+        entry.insert("request".into(), Value::Object(request));
+        Value::Object(entry)
+    }
+
+    /// The members of the resource as the mapper built them.
+    fn members(&self) -> &[(&'static str, Json<'a>)] {
+        match &self.resource {
+            Json::Obj(members) => members,
+            _ => &[],
+        }
+    }
+
+    /// Writes the request URL as a JSON string (the type and hex digits
+    /// need no escaping; the token may).
+    fn write_url(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        out.extend_from_slice(self.kind.as_bytes());
+        match &self.token {
+            Some(t) => {
+                out.extend_from_slice(b"?identifier=");
+                write_str_body(out, t);
+            }
+            None => {
+                let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+                out.push(b'/');
+                out.extend_from_slice(self.uuid.simple().encode_lower(&mut buf).as_bytes());
+            }
+        }
+        out.push(b'"');
+    }
+
+    fn write_compact(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"fullUrl\":");
+        Json::Urn(self.uuid).write_scalar(out);
+        out.extend_from_slice(b",\"resource\":{\"resourceType\":\"");
+        out.extend_from_slice(self.kind.as_bytes());
+        out.push(b'"');
+        if self.token.is_none() {
+            out.extend_from_slice(b",\"id\":");
+            Json::Id(None, self.uuid).write_scalar(out);
+        }
+        write_members_compact(out, self.members(), true);
+        out.extend_from_slice(b"},\"request\":{\"method\":\"PUT\",\"url\":");
+        self.write_url(out);
+        out.extend_from_slice(b"}}");
+    }
+
+    fn write_pretty(&self, out: &mut Vec<u8>, depth: usize) {
+        out.push(b'{');
+        indent(out, depth + 1);
+        out.extend_from_slice(b"\"fullUrl\": ");
+        Json::Urn(self.uuid).write_scalar(out);
+        out.push(b',');
+        indent(out, depth + 1);
+        out.extend_from_slice(b"\"resource\": {");
+        indent(out, depth + 2);
+        out.extend_from_slice(b"\"resourceType\": \"");
+        out.extend_from_slice(self.kind.as_bytes());
+        out.push(b'"');
+        if self.token.is_none() {
+            out.push(b',');
+            indent(out, depth + 2);
+            out.extend_from_slice(b"\"id\": ");
+            Json::Id(None, self.uuid).write_scalar(out);
+        }
+        write_members_pretty(out, self.members(), true, depth + 1);
+        indent(out, depth + 1);
+        out.extend_from_slice(b"},");
+        indent(out, depth + 1);
+        out.extend_from_slice(b"\"request\": {");
+        indent(out, depth + 2);
+        out.extend_from_slice(b"\"method\": \"PUT\",");
+        indent(out, depth + 2);
+        out.extend_from_slice(b"\"url\": ");
+        self.write_url(out);
+        indent(out, depth + 1);
+        out.push(b'}');
+        indent(out, depth);
+        out.push(b'}');
+    }
+}
+
+/// serde_json's PrettyFormatter: a newline and the indent before each item.
+fn indent(out: &mut Vec<u8>, depth: usize) {
+    out.push(b'\n');
+    out.resize(out.len() + 2 * depth, b' ');
+}
+
+/// Writes an object's members after those already written (`any`: whether
+/// there are some), leaving out empty ones; whether any member was written.
+fn write_members_compact(out: &mut Vec<u8>, members: &[(&'static str, Json<'_>)], mut any: bool) -> bool {
+    for (k, v) in members {
+        let at = out.len();
+        if any {
+            out.push(b',');
+        }
+        write_key(out, k);
+        out.push(b':');
+        if v.write_compact(out) {
+            any = true;
+        } else {
+            out.truncate(at);
+        }
+    }
+    any
+}
+
+/// [`write_members_compact`], indented: members at `depth + 1`.
+fn write_members_pretty(out: &mut Vec<u8>, members: &[(&'static str, Json<'_>)], mut any: bool, depth: usize) -> bool {
+    for (k, v) in members {
+        let at = out.len();
+        if any {
+            out.push(b',');
+        }
+        indent(out, depth + 1);
+        write_key(out, k);
+        out.extend_from_slice(b": ");
+        if v.write_pretty(out, depth + 1) {
+            any = true;
+        } else {
+            out.truncate(at);
+        }
+    }
+    any
 }
 
 impl<'a> Json<'a> {
@@ -48,6 +224,7 @@ impl<'a> Json<'a> {
             Json::Str(s) => s.is_empty(),
             Json::Arr(a) => a.is_empty(),
             Json::Obj(o) => o.is_empty(),
+            Json::Entries(e) => e.is_empty(),
             Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(..) => false,
         }
     }
@@ -67,14 +244,6 @@ impl<'a> Json<'a> {
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
             Json::Obj(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    /// The member `key` of an object, mutably.
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json<'a>> {
-        match self {
-            Json::Obj(members) => members.iter_mut().find(|(k, _)| *k == key).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -139,6 +308,9 @@ impl<'a> Json<'a> {
                 }
                 (!map.is_empty()).then_some(Value::Object(map))
             }
+            Json::Entries(entries) => {
+                (!entries.is_empty()).then(|| Value::Array(entries.into_iter().map(Entry::into_value).collect()))
+            }
         }
     }
 
@@ -181,25 +353,22 @@ impl<'a> Json<'a> {
             Json::Obj(members) => {
                 let mark = out.len();
                 out.push(b'{');
-                let mut any = false;
-                for (k, v) in members {
-                    let at = out.len();
-                    if any {
-                        out.push(b',');
-                    }
-                    write_key(out, k);
-                    out.push(b':');
-                    if v.write_compact(out) {
-                        any = true;
-                    } else {
-                        out.truncate(at);
-                    }
-                }
-                if !any {
+                if !write_members_compact(out, members, false) {
                     out.truncate(mark);
                     return false;
                 }
                 out.push(b'}');
+                true
+            }
+            Json::Entries(entries) => {
+                let Some((first, rest)) = entries.split_first() else { return false };
+                out.push(b'[');
+                first.write_compact(out);
+                for entry in rest {
+                    out.push(b',');
+                    entry.write_compact(out);
+                }
+                out.push(b']');
                 true
             }
             scalar => scalar.write_scalar(out),
@@ -209,10 +378,6 @@ impl<'a> Json<'a> {
     fn write_pretty(&self, out: &mut Vec<u8>, depth: usize) -> bool {
         // serde_json's PrettyFormatter: a newline and the indent before each
         // item, `": "` after a key (empty containers are never written).
-        let indent = |out: &mut Vec<u8>, depth: usize| {
-            out.push(b'\n');
-            out.resize(out.len() + 2 * depth, b' ');
-        };
         match self {
             Json::Arr(items) => {
                 let mark = out.len();
@@ -241,27 +406,28 @@ impl<'a> Json<'a> {
             Json::Obj(members) => {
                 let mark = out.len();
                 out.push(b'{');
-                let mut any = false;
-                for (k, v) in members {
-                    let at = out.len();
-                    if any {
-                        out.push(b',');
-                    }
-                    indent(out, depth + 1);
-                    write_key(out, k);
-                    out.extend_from_slice(b": ");
-                    if v.write_pretty(out, depth + 1) {
-                        any = true;
-                    } else {
-                        out.truncate(at);
-                    }
-                }
-                if !any {
+                if !write_members_pretty(out, members, false, depth) {
                     out.truncate(mark);
                     return false;
                 }
                 indent(out, depth);
                 out.push(b'}');
+                true
+            }
+            Json::Entries(entries) => {
+                if entries.is_empty() {
+                    return false;
+                }
+                out.push(b'[');
+                for (i, entry) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    indent(out, depth + 1);
+                    entry.write_pretty(out, depth + 1);
+                }
+                indent(out, depth);
+                out.push(b']');
                 true
             }
             scalar => scalar.write_scalar(out),
@@ -298,7 +464,7 @@ impl<'a> Json<'a> {
             }
             Json::Str(s) if s.is_empty() => return false,
             Json::Str(s) => write_str(out, s),
-            Json::Arr(_) | Json::Obj(_) => return false,
+            Json::Arr(_) | Json::Obj(_) | Json::Entries(_) => return false,
         }
         true
     }
@@ -322,10 +488,16 @@ pub(crate) fn insert<'a>(members: &mut Vec<(&'static str, Json<'a>)>, key: &'sta
 /// and control characters (short forms where JSON has them, else
 /// `\u00xx`); everything else, non-ASCII included, as is.
 fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    write_str_body(out, s);
+    out.push(b'"');
+}
+
+/// [`write_str`] without the quotes.
+fn write_str_body(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -364,7 +536,6 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
         start = i;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// Whether any of the eight bytes in `w` is below 0x20, `"` or `\` (the
