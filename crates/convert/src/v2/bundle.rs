@@ -162,7 +162,7 @@ impl<'a> Ctx<'a> {
     pub fn finish(self, bundle_identity: &str, timestamp: Json<'a>) -> Json<'a> {
         obj! {
             "resourceType" => "Bundle",
-            "id" => Json::Id(None, stable_uuid("Bundle", bundle_identity)),
+            "id" => Json::Id(stable_uuid("Bundle", bundle_identity)),
             "type" => "transaction",
             "timestamp" => timestamp,
             "entry" => Json::Entries(self.entries),

@@ -30,9 +30,9 @@ pub(crate) enum Json<'a> {
     /// The string `urn:uuid:<uuid>` (an entry's fullUrl or a reference to
     /// it), made into text only when written.
     Urn(uuid::Uuid),
-    /// A resource id, the uuid as 32 hex digits, or with `Some(type)` its
-    /// relative URL `Type/<id>`: made into text only when written.
-    Id(Option<&'static str>, uuid::Uuid),
+    /// A resource id, the uuid as 32 hex digits, made into text only when
+    /// written.
+    Id(uuid::Uuid),
     Arr(Vec<Json<'a>>),
     /// Members in output order. Keys are unique (see [`Json::insert`]).
     Obj(Vec<(&'static str, Json<'a>)>),
@@ -43,6 +43,10 @@ pub(crate) enum Json<'a> {
     /// in front).
     Entries(Vec<Entry<'a>>),
 }
+
+// Values are moved into and out of member lists all the time: keep them at
+// four words (a Cow, or a Vec, and the tag).
+const _: () = assert!(std::mem::size_of::<Json<'static>>() == 32);
 
 /// One entry of a transaction Bundle (see [`Json::Entries`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -127,7 +131,7 @@ impl<'a> Entry<'a> {
         out.push(b'"');
         if self.token.is_none() {
             out.extend_from_slice(b",\"id\":");
-            Json::Id(None, self.uuid).write_scalar(out);
+            Json::Id(self.uuid).write_scalar(out);
         }
         write_members_compact(out, self.members(), true);
         out.extend_from_slice(b"},\"request\":{\"method\":\"PUT\",\"url\":");
@@ -151,7 +155,7 @@ impl<'a> Entry<'a> {
             out.push(b',');
             indent(out, depth + 2);
             out.extend_from_slice(b"\"id\": ");
-            Json::Id(None, self.uuid).write_scalar(out);
+            Json::Id(self.uuid).write_scalar(out);
         }
         write_members_pretty(out, self.members(), true, depth + 1);
         indent(out, depth + 1);
@@ -225,7 +229,7 @@ impl<'a> Json<'a> {
             Json::Arr(a) => a.is_empty(),
             Json::Obj(o) => o.is_empty(),
             Json::Entries(e) => e.is_empty(),
-            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(..) => false,
+            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(_) => false,
         }
     }
 
@@ -288,13 +292,7 @@ impl<'a> Json<'a> {
             Json::Decimal(d) => d.parse::<Number>().ok().map(Value::Number),
             Json::Str(s) => (!s.is_empty()).then(|| Value::String(s.into_owned())),
             Json::Urn(uuid) => Some(Value::String(crate::v2::bundle::urn(uuid))),
-            Json::Id(kind, uuid) => {
-                let id = crate::v2::bundle::simple(uuid);
-                Some(Value::String(match kind {
-                    Some(kind) => [kind, "/", &id].concat(),
-                    None => id,
-                }))
-            }
+            Json::Id(uuid) => Some(Value::String(crate::v2::bundle::simple(uuid))),
             Json::Arr(items) => {
                 let items: Vec<Value> = items.into_iter().filter_map(Json::into_value).collect();
                 (!items.is_empty()).then_some(Value::Array(items))
@@ -451,14 +449,10 @@ impl<'a> Json<'a> {
                 out.extend_from_slice(uuid.hyphenated().encode_lower(&mut buf).as_bytes());
                 out.push(b'"');
             }
-            Json::Id(kind, uuid) => {
-                // A resource type and hex digits: nothing to escape.
+            Json::Id(uuid) => {
+                // Hex digits: nothing to escape.
                 let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
                 out.push(b'"');
-                if let Some(kind) = kind {
-                    out.extend_from_slice(kind.as_bytes());
-                    out.push(b'/');
-                }
                 out.extend_from_slice(uuid.simple().encode_lower(&mut buf).as_bytes());
                 out.push(b'"');
             }
@@ -616,8 +610,7 @@ mod tests {
             ("list", Json::Arr(vec![Json::Obj(vec![("x", 1u32.into())]), "y".into(), false.into()])),
             ("null", Json::Null),
             ("urn", Json::Urn(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef))),
-            ("id", Json::Id(None, uuid::Uuid::from_u128(0xfedc_ba98_7654_3210_fedc_ba98_7654_3210))),
-            ("url", Json::Id(Some("Condition"), uuid::Uuid::from_u128(1))),
+            ("id", Json::Id(uuid::Uuid::from_u128(0xfedc_ba98_7654_3210_fedc_ba98_7654_3210))),
         ])
     }
 
