@@ -98,9 +98,14 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    /// Every parse error is the sender's: 400.
+    /// Every parse error is the sender's: 400 for a body that is not JSON,
+    /// 422 for JSON without the configured fields or with the wrong kind of
+    /// value in one (docs/notifications.md).
     pub fn status(&self) -> http::StatusCode {
-        http::StatusCode::BAD_REQUEST
+        match self {
+            ParseError::NotJson(_) => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::UNPROCESSABLE_ENTITY,
+        }
     }
 
     /// The JSON problem answering this error.
@@ -242,6 +247,11 @@ mod tests {
             Err(ParseError::Missing("data.location.key".into()))
         );
         assert!(matches!(parse(&fields(), br#"{"id":"n","data":{"fileId":"f"}}"#), Err(ParseError::NoLocation { .. })));
+        // Well-formed JSON without what the channel needs: 422, as documented.
+        let missing = parse(&fields(), br#"{"data":{"fileId":"f"}}"#).unwrap_err();
+        assert_eq!(missing.problem().status, 422);
+        let no_location = parse(&fields(), br#"{"id":"n","data":{"fileId":"f"}}"#).unwrap_err();
+        assert_eq!(no_location.problem().status, 422);
     }
 
     #[test]
