@@ -383,7 +383,8 @@ fn observation<'a>(
     json::insert(obj, "referenceRange", arr![reference_range(obx.f(7).text(), units, opts)]);
     json::insert(obj, "component", Json::Arr(components));
     let mut key =
-        format!("{}|OBX|{}|{}|{}", group.group_key, obx.f(3).c(1).text(), obx.f(3).c(3).text(), obx.f(4).text());
+        [&*group.group_key, "|OBX|", &*obx.f(3).c(1).text(), "|", &*obx.f(3).c(3).text(), "|", &*obx.f(4).text()]
+            .concat();
     // A second OBX with the same code and no distinguishing sub-id (OBX-4),
     // such as two comment lines or a repeated measurement, is another
     // Observation: without its position in the identity it would hash to the
@@ -430,7 +431,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
         "method" => cwe(spm.f(7).first(), "0488", opts),
         "bodySite" => cwe(spm.f(8).first(), "", opts),
     };
-    let key = format!("{}|SPM|{}|{}", group_key, ids.c(1).s(1).text(), ids.c(2).s(1).text());
+    let key = [&*group_key, "|SPM|", &*ids.c(1).s(1).text(), "|", &*ids.c(2).s(1).text()].concat();
     let identifier = if filler.is_null() { placer.clone() } else { filler.clone() };
     let resource = obj! {
         "identifier" => arr![placer, filler],
@@ -459,11 +460,12 @@ fn order_identifiers<'a>(
 }
 
 fn key_of(identifier: &Json<'_>) -> String {
-    format!(
-        "{}|{}",
+    [
         identifier.get("system").and_then(Json::as_str).unwrap_or(""),
-        identifier.get("value").and_then(Json::as_str).unwrap_or("")
-    )
+        "|",
+        identifier.get("value").and_then(Json::as_str).unwrap_or(""),
+    ]
+    .concat()
 }
 
 struct Report<'m> {
@@ -609,7 +611,7 @@ pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
                 let (placer, filler) = order_identifiers(orc.as_ref(), Some(seg), ctx.opts);
                 let identifier = if filler.is_null() { placer.clone() } else { filler };
                 let key = if identifier.is_null() {
-                    format!("{}|OBR|{}|{}", subject.key, seg.f(4).c(1).text(), seg.f(7).text())
+                    [&*subject.key, "|OBR|", &*seg.f(4).c(1).text(), "|", &*seg.f(7).text()].concat()
                 } else {
                     key_of(&identifier)
                 };

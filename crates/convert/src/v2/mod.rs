@@ -158,7 +158,7 @@ pub(crate) fn convert<'a>(message: &'a hl7v2::Message, opts: &'a Hl7ToFhirOption
         _ => return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED }),
     }
     // The Bundle's own id: sender and control id identify the message.
-    let identity = format!("{}|{}|{}", msh.f(3).text(), msh.f(4).text(), msh.f(10).text());
+    let identity = [&*msh.f(3).text(), "|", &*msh.f(4).text(), "|", &*msh.f(10).text()].concat();
     let timestamp = datatypes::instant(&msh.f(7).text(), opts);
     Ok(ctx.finish(&identity, timestamp))
 }

@@ -322,7 +322,7 @@ pub(crate) fn encounter<'a>(
     };
     let key = if visit.is_null() {
         // No visit number: the visit is identified by patient, class and start.
-        format!("{}|{}|{}", subject.key, class_code, pv1.f(44).text())
+        [&*subject.key, "|", &*class_code, "|", &*pv1.f(44).text()].concat()
     } else {
         id_key(&visit)
     };
@@ -343,7 +343,7 @@ pub(crate) fn related_person<'a>(ctx: &mut Ctx<'a>, subject: &Subject, nk1: &Seg
     }
     let mut telecom: Vec<Json<'a>> = nk1.f(5).reps().map(|r| xtn(r, "home")).collect();
     telecom.extend(nk1.f(6).reps().map(|r| xtn(r, "work")));
-    let key = format!("{}|NK1|{}|{}", subject.key, nk1.f(1).text(), nk1.f(2).first().c(1).text());
+    let key = [&*subject.key, "|NK1|", &*nk1.f(1).text(), "|", &*nk1.f(2).first().c(1).text()].concat();
     let resource = obj! {
         "identifier" => non_null(nk1.f(33).reps().map(|r| cx(r, opts))),
         "active" => true,
@@ -379,7 +379,7 @@ pub(crate) fn allergy<'a>(ctx: &mut Ctx<'a>, subject: &Subject, al1: &Seg<'a>) {
         _ => "",
     };
     let reactions: Vec<Json<'a>> = al1.f(5).reps().map(|r| text_concept(r.whole())).filter(|v| !v.is_null()).collect();
-    let key = format!("{}|AL1|{}", subject.key, al1.f(3).first().whole());
+    let key = [&*subject.key, "|AL1|", &*al1.f(3).first().whole()].concat();
     let resource = obj! {
         "clinicalStatus" => obj!{
             "coding" => arr![
@@ -414,7 +414,8 @@ pub(crate) fn condition<'a>(ctx: &mut Ctx<'a>, subject: &Subject, dg1: &Seg<'a>)
     let opts = ctx.opts;
     let (patient, encounter) = subject_refs(subject);
     let identifier = super::datatypes::ei(dg1.f(20).first(), "", opts);
-    let key = format!("{}|DG1|{}|{}|{}", subject.key, dg1.f(3).first().whole(), dg1.f(4).text(), dg1.f(5).text());
+    let key =
+        [&*subject.key, "|DG1|", &*dg1.f(3).first().whole(), "|", &*dg1.f(4).text(), "|", &*dg1.f(5).text()].concat();
     let resource = obj! {
         "identifier" => arr![identifier],
         "category" => arr![
@@ -479,7 +480,7 @@ pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) 
     };
     let group = in1.f(8).text();
     let plan = in1.f(2).first();
-    let key = format!("{}|IN1|{}|{}|{}", subject.key, payor_key, in1.f(2).c(1).text(), policy);
+    let key = [&*subject.key, "|IN1|", &*payor_key, "|", &*in1.f(2).c(1).text(), "|", &*policy].concat();
     let class: Vec<Json<'a>> = [("group", group, in1.f(9).first().c(1).text()), ("plan", plan.c(1).text(), plan.c(2).text())]
     .into_iter()
     .filter(|(_, value, _)| !value.is_empty())
