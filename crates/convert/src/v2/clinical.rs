@@ -431,7 +431,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
         "method" => cwe(spm.f(7).first(), "0488", opts),
         "bodySite" => cwe(spm.f(8).first(), "", opts),
     };
-    let key = [&*group_key, "|SPM|", &*ids.c(1).s(1).text(), "|", &*ids.c(2).s(1).text()].concat();
+    let key = [group_key, "|SPM|", &*ids.c(1).s(1).text(), "|", &*ids.c(2).s(1).text()].concat();
     let identifier = if filler.is_null() { placer.clone() } else { filler.clone() };
     let resource = obj! {
         "identifier" => arr![placer, filler],
