@@ -75,6 +75,13 @@ pub(crate) struct Ctx<'a> {
     uuids: Vec<uuid::Uuid>,
 }
 
+/// The search token of a conditional update by `identifier`, if it can
+/// have one: only a system-qualified identifier is safe to search by (a
+/// bare value such as "1134" may belong to another authority's record).
+pub(crate) fn search_token(identifier: Option<&Json<'_>>) -> Option<String> {
+    identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token)
+}
+
 /// The deterministic uuid for `kind` + `identity`.
 pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
     let mut h = Sha256::new();
@@ -120,9 +127,27 @@ impl<'a> Ctx<'a> {
         if self.uuids.contains(&uuid) {
             return Ref::of(uuid);
         }
-        // Only a system-qualified identifier is safe to search by: a bare
-        // value ("1134") may belong to another authority's record.
-        let token = identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token);
+        self.add_token_as(uuid, kind, search_token(identifier), resource)
+    }
+
+    /// [`Ctx::add`] with the search token already made by [`search_token`]
+    /// (so the identifier can be moved into the resource, not copied).
+    pub fn add_token(&mut self, kind: &'static str, identity: &str, token: Option<String>, resource: Json<'a>) -> Ref {
+        self.add_token_as(stable_uuid(kind, identity), kind, token, resource)
+    }
+
+    /// [`Ctx::add_as`] with the search token already made by
+    /// [`search_token`].
+    pub fn add_token_as(
+        &mut self,
+        uuid: uuid::Uuid,
+        kind: &'static str,
+        token: Option<String>,
+        resource: Json<'a>,
+    ) -> Ref {
+        if self.uuids.contains(&uuid) {
+            return Ref::of(uuid);
+        }
         let mut resource = resource;
         // The mappers never set these two (the entry writes them in front of
         // the members); when one does, it is replaced.

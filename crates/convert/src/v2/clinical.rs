@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use super::json::{self, Json};
 use base64::Engine as _;
 
-use super::bundle::{Ctx, Ref};
+use super::bundle::{Ctx, Ref, search_token};
 use super::datatypes::{cwe, date, date_time, decimal, ei, instant, trimmed};
 use super::patient::{Subject, location, organization, practitioner};
 use super::view::{Msg, Node, Seg};
@@ -432,7 +432,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
         "bodySite" => cwe(spm.f(8).first(), "", opts),
     };
     let key = [group_key, "|SPM|", &*ids.c(1).s(1).text(), "|", &*ids.c(2).s(1).text()].concat();
-    let identifier = if filler.is_null() { placer.clone() } else { filler.clone() };
+    let token = search_token(Some(if filler.is_null() { &placer } else { &filler }));
     let resource = obj! {
         "identifier" => arr![placer, filler],
         "type" => cwe(spm.f(4).first(), "0487", opts),
@@ -442,8 +442,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
         "condition" => spm.f(24).reps().map(|r| cwe(r, "0493", opts)).collect::<Vec<_>>(),
         "note" => arr![obj!{"text" => spm.f(14).whole()}],
     };
-    let conditional = (!identifier.is_null()).then_some(&identifier);
-    ctx.add("Specimen", &key, conditional, resource)
+    ctx.add_token("Specimen", &key, token, resource)
 }
 
 fn order_identifiers<'a>(
@@ -495,8 +494,9 @@ fn finish_report<'a>(ctx: &mut Ctx<'a>, subject: &Subject, r: Report<'a>) {
     }
     let (patient, encounter) = refs(subject);
     let (start, end) = (date_time(&obr.f(7).text(), opts), date_time(&obr.f(8).text(), opts));
+    let token = search_token(Some(&r.identifier));
     let resource = obj! {
-        "identifier" => arr![r.placer, r.identifier.clone()],
+        "identifier" => arr![r.placer, r.identifier],
         "status" => status,
         "category" => arr![cwe(obr.f(24).first(), "0074", opts)],
         "code" => code,
@@ -511,8 +511,7 @@ fn finish_report<'a>(ctx: &mut Ctx<'a>, subject: &Subject, r: Report<'a>) {
         "presentedForm" => r.forms,
     };
     let _ = (r.orc, r.index);
-    let conditional = r.identifier.get("system").is_some().then_some(&r.identifier);
-    ctx.add("DiagnosticReport", &r.key, conditional, resource);
+    ctx.add_token("DiagnosticReport", &r.key, token, resource);
 }
 
 /// A standalone DocumentReference for an ED/RP OBX outside any OBR.

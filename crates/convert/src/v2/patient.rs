@@ -2,7 +2,7 @@
 //! XCN/XON/PL participants, AL1, DG1, IN1: the segments of ADT messages,
 //! which the other message types reuse for their patient and visit.
 
-use super::bundle::{Ctx, Ref};
+use super::bundle::{Ctx, Ref, search_token};
 use super::datatypes::{
     authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn, xon, xpn, xtn,
 };
@@ -192,9 +192,9 @@ pub(crate) fn practitioner<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     if seen.is_some() {
         return seen;
     }
-    let conditional = (!identifier.is_null()).then_some(&identifier);
-    let resource = obj! {"identifier" => arr![identifier.clone()], "name" => arr![name]};
-    Some(ctx.add_as(uuid, "Practitioner", conditional, resource))
+    let token = search_token(Some(&identifier));
+    let resource = obj! {"identifier" => arr![identifier], "name" => arr![name]};
+    Some(ctx.add_token_as(uuid, "Practitioner", token, resource))
 }
 
 /// Organization from an XON (None when empty).
@@ -204,9 +204,9 @@ pub(crate) fn organization<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
         return None;
     }
     let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
-    let conditional = (!identifier.is_null()).then_some(&identifier);
-    let resource = obj! {"identifier" => arr![identifier.clone()], "active" => true, "name" => name};
-    Some(ctx.add("Organization", &key, conditional, resource))
+    let token = search_token(Some(&identifier));
+    let resource = obj! {"identifier" => arr![identifier], "active" => true, "name" => name};
+    Some(ctx.add_token("Organization", &key, token, resource))
 }
 
 /// Location from a PL (None when empty).
@@ -218,7 +218,7 @@ pub(crate) fn location<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     }
     let resource = obj! {
         "status" => "active",
-        "name" => name.clone(),
+        "name" => name,
         "description" => n.c(9).text(),
         "mode" => "instance",
         "physicalType" => pl_physical_type(n),
@@ -301,8 +301,15 @@ pub(crate) fn encounter<'a>(
     let opts = ctx.opts;
     let reason = pv2.map(|p| cwe(p.f(3).first(), "", opts)).unwrap_or(Json::Null);
     let discharge = cwe(pv1.f(36).first(), "0112", opts);
+    let key = if visit.is_null() {
+        // No visit number: the visit is identified by patient, class and start.
+        [&*subject.key, "|", &*class_code, "|", &*pv1.f(44).text()].concat()
+    } else {
+        id_key(&visit)
+    };
+    let token = search_token(Some(&visit));
     let resource = obj! {
-        "identifier" => arr![visit.clone()],
+        "identifier" => arr![visit],
         "status" => opts.table("ENCOUNTER", event).map(str::to_string) .unwrap_or_else(|| encounter_status(event, pv1).to_string()),
         "class" => class,
         "type" => arr![cwe(pv1.f(4).first(), "0007", opts), cwe(pv1.f(18).first(), "0018", opts)],
@@ -320,14 +327,7 @@ pub(crate) fn encounter<'a>(
         },
         "location" => locations,
     };
-    let key = if visit.is_null() {
-        // No visit number: the visit is identified by patient, class and start.
-        [&*subject.key, "|", &*class_code, "|", &*pv1.f(44).text()].concat()
-    } else {
-        id_key(&visit)
-    };
-    let conditional = (!visit.is_null()).then_some(&visit);
-    subject.encounter = Some(ctx.add("Encounter", &key, conditional, resource));
+    subject.encounter = Some(ctx.add_token("Encounter", &key, token, resource));
 }
 
 fn subject_refs<'a>(subject: &Subject) -> (Json<'a>, Json<'a>) {
@@ -449,12 +449,13 @@ pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) 
         return;
     }
     let payor_key = if company_id.is_null() { company_name.clone() } else { id_key(&company_id) };
-    let payor = ctx.add(
+    let token = search_token(Some(&company_id));
+    let payor = ctx.add_token(
         "Organization",
         &payor_key,
-        (!company_id.is_null()).then_some(&company_id),
+        token,
         obj! {
-            "identifier" => arr![company_id.clone()],
+            "identifier" => arr![company_id],
             "active" => true,
             "name" => company_name,
             "address" => non_null(in1.f(5).reps().map(xad)),
@@ -495,7 +496,7 @@ pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) 
     })
     .collect();
     let resource = obj! {
-        "identifier" => arr![identifier.clone()],
+        "identifier" => arr![identifier],
         "status" => "active",
         "type" => cwe(in1.f(15).first(), "0086", opts),
         "beneficiary" => subject.patient.reference(),
