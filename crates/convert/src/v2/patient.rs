@@ -75,8 +75,9 @@ pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>
     if identifiers.is_empty() && names.is_empty() {
         return Err(ConvertError::Missing { path: "PID-3 (patient identifier) or PID-5 (name)".into() });
     }
-    let primary = primary_identifier(&identifiers).cloned();
-    let key = match &primary {
+    let primary = primary_identifier(&identifiers);
+    let token = search_token(primary);
+    let key = match primary {
         Some(id) => id_key(id),
         // No identifier at all: name and birth date are the best identity
         // available (and no conditional update is possible).
@@ -134,7 +135,7 @@ pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>
     };
     // The Patient goes first in the Bundle (readers expect it there); its
     // general practitioners (PD1) are added after it and linked back.
-    let patient = ctx.add("Patient", &key, primary.as_ref(), resource);
+    let patient = ctx.add_token("Patient", &key, token, resource);
     let mut general = Vec::new();
     if let Some(pd1) = pd1 {
         for org in pd1.f(3).reps() {
