@@ -10,9 +10,8 @@
 //! HL7 v2 channels take a body of type `x-application/hl7-v2+er7`,
 //! `application/hl7-v2` or `text/plain` and answer with the ACK as the body
 //! (`x-application/hl7-v2+er7`) and a status that follows MSA-1: 200 for
-//! AA/CA, 400 for AR/CR and for AE/CE about the message's content (it does
-//! not parse or fails validation), 503 for an AE/CE that says to send it
-//! again later (the store could not take it, the channel is stopped). JSON and FHIR channels take
+//! AA/CA, 400 for AR/CR, 500 for AE/CE (503 when the store could not take
+//! the message, so the client retries). JSON and FHIR channels take
 //! `application/json` or `application/fhir+json` and answer 202 with
 //! `{"message_id": ..., "duplicate": ...}`; problems are JSON too (RFC 9457
 //! problem details, or a FHIR OperationOutcome for FHIR channels). An
@@ -150,10 +149,7 @@ async fn post_message(
                 AckOutcome::Accepted => StatusCode::OK,
                 AckOutcome::Rejected => StatusCode::BAD_REQUEST,
                 AckOutcome::Errored if out.store_failed => StatusCode::SERVICE_UNAVAILABLE,
-                // AE/CE for the message's content (it does not parse, or
-                // fails validation): the client's request, not the server,
-                // is at fault, and sending it again gives the same answer.
-                AckOutcome::Errored => StatusCode::BAD_REQUEST,
+                AckOutcome::Errored => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let mut response = (status, out.ack.unwrap_or_default()).into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(HL7_V2_CONTENT_TYPE));
