@@ -495,12 +495,20 @@ fn write_str_body(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
-        // Eight bytes at a time while none needs escaping (most text).
-        if let Some(word) = bytes.get(i..i + 8)
-            && let Ok(word) = <[u8; 8]>::try_from(word)
-            && !needs_escape(u64::from_le_bytes(word))
-        {
-            i += 8;
+        // Eight bytes at a time while none needs escaping (most text); the
+        // last few padded with a letter, so a short value or the end of a
+        // longer one is one check too, not a check per byte.
+        let rest = &bytes[i..];
+        let word = match rest.first_chunk::<8>() {
+            Some(word) => *word,
+            None => {
+                let mut word = [b'a'; 8];
+                word[..rest.len()].copy_from_slice(rest);
+                word
+            }
+        };
+        if !needs_escape(u64::from_le_bytes(word)) {
+            i += rest.len().min(8);
             continue;
         }
         let b = bytes[i];
