@@ -401,7 +401,7 @@ impl ChannelIngest {
                 }
             }
             Err(e) => {
-                warn!(channel = %self.name, error = %e, class = ?e.class(), "storing a message failed; answering with an error");
+                warn!(channel = %self.name, error = %e.summary(), class = ?e.class(), "storing a message failed; answering with an error");
                 self.count(AckOutcome::Errored);
                 let ack = self.code(mode, AckOutcome::Errored).and_then(|code| {
                     // The header parsed a moment ago as part of the message.
@@ -523,14 +523,14 @@ impl ChannelIngest {
             Err(e) if e.class() == store::ErrorClass::Permanent => {
                 // The store refuses this request as it is: retrying would
                 // fail the same way, so the sender hears it as bad input.
-                warn!(channel = %self.name, error = %e, "the store refused a message");
+                warn!(channel = %self.name, error = %e.summary(), "the store refused a message");
                 self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                JsonOutcome::Invalid(format!("the message cannot be stored: {e}"))
+                JsonOutcome::Invalid(format!("the message cannot be stored: {}", e.summary()))
             }
             Err(e) => {
-                warn!(channel = %self.name, error = %e, class = ?e.class(), "storing a message failed");
+                warn!(channel = %self.name, error = %e.summary(), class = ?e.class(), "storing a message failed");
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                JsonOutcome::Unavailable(format!("the message could not be stored ({e}); retry later"))
+                JsonOutcome::Unavailable(format!("the message could not be stored ({}); retry later", e.summary()))
             }
         }
     }
