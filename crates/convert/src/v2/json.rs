@@ -496,18 +496,16 @@ fn write_str_body(out: &mut Vec<u8>, s: &str) {
     let mut i = 0;
     while i < bytes.len() {
         // Eight bytes at a time while none needs escaping (most text); the
-        // last few padded with a letter, so a short value or the end of a
-        // longer one is one check too, not a check per byte.
+        // last few of a longer value as the final eight bytes (the overlap
+        // is checked twice, which is harmless).
         let rest = &bytes[i..];
         let word = match rest.first_chunk::<8>() {
-            Some(word) => *word,
-            None => {
-                let mut word = [b'a'; 8];
-                word[..rest.len()].copy_from_slice(rest);
-                word
-            }
+            Some(word) => Some(word),
+            None => bytes.last_chunk::<8>(),
         };
-        if !needs_escape(u64::from_le_bytes(word)) {
+        if let Some(word) = word
+            && !needs_escape(u64::from_le_bytes(*word))
+        {
             i += rest.len().min(8);
             continue;
         }
@@ -647,6 +645,27 @@ mod tests {
             for at in 0..20 {
                 for filler in ["a", "~", "ü"] {
                     let s = format!("{}{special}{}", filler.repeat(at), filler.repeat(19 - at));
+                    let mut out = Vec::new();
+                    Json::Str(s.as_str().into()).write(&mut out, false);
+                    assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strings_of_every_length_are_escaped_wherever_the_special_character_falls() {
+        // Short values and the last bytes of longer ones are checked as a
+        // word of their own (the final eight bytes, overlapping). ("" is
+        // left out, not written.)
+        for len in 1..24 {
+            let clean = "a".repeat(len);
+            let mut out = Vec::new();
+            Json::Str(clean.as_str().into()).write(&mut out, false);
+            assert_eq!(out, serde_json::to_vec(&clean).unwrap(), "{clean:?}");
+            for at in 0..len {
+                for special in ["\"", "\n", "\u{1}"] {
+                    let s = format!("{}{special}{}", "a".repeat(at), "a".repeat(len - at - 1));
                     let mut out = Vec::new();
                     Json::Str(s.as_str().into()).write(&mut out, false);
                     assert_eq!(out, serde_json::to_vec(&s).unwrap(), "{s:?}");
