@@ -529,8 +529,12 @@ pub fn parse_ack(ack: &[u8]) -> Result<AckSummary, DeliveryError> {
     }
     for err in message.segments_named("ERR") {
         let text = [8, 1].into_iter().filter_map(|n| err.get(n)).find(|t| !t.trim().is_empty());
-        if let Some(text) = text {
-            texts.push(text.trim().to_owned());
+        // Plexus itself, like many engines, repeats MSA-3 in ERR-8: one
+        // text said twice is said once.
+        if let Some(text) = text.map(|t| t.trim().to_owned())
+            && !texts.contains(&text)
+        {
+            texts.push(text);
         }
     }
     Ok(AckSummary { code, control_id, text: texts.join("; ") })
@@ -556,6 +560,8 @@ mod tests {
         assert_eq!(summary.code, "AE");
         assert_eq!(summary.control_id, "C42");
         assert_eq!(summary.text, "bad PID; PID-3 missing");
+        let repeated = b"MSH|^~\\&|R|F|S|F|20261121||ACK^A01|A1|P|2.5\rMSA|CE|C43|the channel is stopped\rERR||||E||||the channel is stopped\r";
+        assert_eq!(parse_ack(repeated).unwrap().text, "the channel is stopped");
         assert!(parse_ack(b"MSH|^~\\&|R\r").is_err());
         assert!(parse_ack(b"garbage").is_err());
     }
