@@ -66,24 +66,14 @@ pub fn hl7_to_fhir(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Resu
 /// assert_eq!(json, serde_json::to_vec(&bundle).unwrap());
 /// ```
 pub fn hl7_to_fhir_json(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Result<Vec<u8>, ConvertError> {
-    let bundle = v2::convert(message, options)?;
-    let mut out = Vec::with_capacity(message.as_bytes().len() * 6 + 1024);
-    if !bundle.write(&mut out, false) {
-        out.extend_from_slice(b"null");
-    }
-    Ok(out)
+    v2::convert_json(message, options, false)
 }
 
 /// Like [`hl7_to_fhir_json`], indented by two spaces for people to read:
 /// exactly `serde_json::to_vec_pretty` of [`hl7_to_fhir`]'s Bundle (no
 /// final newline). `plexus convert hl7-to-fhir` prints this.
 pub fn hl7_to_fhir_json_pretty(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Result<Vec<u8>, ConvertError> {
-    let bundle = v2::convert(message, options)?;
-    let mut out = Vec::with_capacity(message.as_bytes().len() * 12 + 2048);
-    if !bundle.write(&mut out, true) {
-        out.extend_from_slice(b"null");
-    }
-    Ok(out)
+    v2::convert_json(message, options, true)
 }
 
 /// Parses `message` (CR, LF or CRLF between segments) and converts it like

@@ -27,7 +27,7 @@ pub(crate) struct Ref {
 }
 
 impl Ref {
-    fn of(uuid: uuid::Uuid) -> Ref {
+    pub(crate) fn of(uuid: uuid::Uuid) -> Ref {
         Ref { uuid }
     }
 
@@ -39,14 +39,6 @@ impl Ref {
     /// A FHIR Reference to this entry.
     pub fn reference<'a>(&self) -> Json<'a> {
         Json::Obj(vec![("reference", Json::Urn(self.uuid))])
-    }
-
-    /// The entry that a Reference made by [`Ref::reference`] points to.
-    pub fn of_reference(reference: &Json<'_>) -> Option<Ref> {
-        match reference.get("reference") {
-            Some(Json::Urn(uuid)) => Some(Ref::of(*uuid)),
-            _ => None,
-        }
     }
 }
 
@@ -66,13 +58,34 @@ pub(crate) fn simple(uuid: uuid::Uuid) -> String {
     uuid.simple().encode_lower(&mut buf).to_string()
 }
 
+/// Where the Bundle's entries go as they are added.
+#[derive(Debug)]
+pub(crate) enum Sink<'a> {
+    /// Kept, for a `serde_json::Value` (see [`Json::into_value`]).
+    Tree(Vec<Entry<'a>>),
+    /// Written as JSON at once, after the Bundle's own members: an entry is
+    /// complete when it is added, so its tree is dropped while still in the
+    /// cache instead of the whole Bundle's at the end.
+    Json {
+        out: Vec<u8>,
+        pretty: bool,
+        /// Entries written so far.
+        count: usize,
+        /// Where `,"entry":[` starts (taken back when no entry comes).
+        entries_at: usize,
+    },
+}
+
 /// The Bundle being built.
 #[derive(Debug)]
 pub(crate) struct Ctx<'a> {
     pub opts: &'a Hl7ToFhirOptions,
-    entries: Vec<Entry<'a>>,
-    /// The uuid of each entry's fullUrl, beside it (compared as 16 bytes).
+    sink: Sink<'a>,
+    /// The uuid of each entry's fullUrl, in order (compared as 16 bytes).
     uuids: Vec<uuid::Uuid>,
+    /// The Bundle's id and timestamp (members in front of its entries).
+    id: uuid::Uuid,
+    timestamp: Json<'a>,
 }
 
 /// The search token of a conditional update by `identifier`, if it can
@@ -96,8 +109,43 @@ pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(opts: &'a Hl7ToFhirOptions) -> Self {
-        Ctx { opts, entries: Vec::with_capacity(16), uuids: Vec::with_capacity(16) }
+    /// A Bundle identified by `bundle_identity` (sender and control id),
+    /// `timestamp` the message's own time (MSH-7), never the clock. With
+    /// `json`, entries are written as they are added (`Some(pretty)`: see
+    /// [`Ctx::finish_json`]); else kept for [`Ctx::finish`].
+    pub fn new(
+        opts: &'a Hl7ToFhirOptions,
+        bundle_identity: &str,
+        timestamp: Json<'a>,
+        json: Option<(bool, usize)>,
+    ) -> Self {
+        let id = stable_uuid("Bundle", bundle_identity);
+        let (sink, timestamp) = match json {
+            None => (Sink::Tree(Vec::with_capacity(16)), timestamp),
+            Some((pretty, capacity)) => {
+                let mut out = Vec::with_capacity(capacity);
+                // The Bundle's own members, then its entries as they come.
+                Self::head(id, timestamp).write(&mut out, pretty);
+                out.pop(); // the closing brace
+                if pretty {
+                    out.pop(); // and the newline before it
+                }
+                let entries_at = out.len();
+                out.extend_from_slice(if pretty { b",\n  \"entry\": [" } else { b",\"entry\":[" });
+                (Sink::Json { out, pretty, count: 0, entries_at }, Json::Null)
+            }
+        };
+        Ctx { opts, sink, uuids: Vec::with_capacity(16), id, timestamp }
+    }
+
+    /// The Bundle's members before `entry` (never empty).
+    fn head(id: uuid::Uuid, timestamp: Json<'a>) -> Json<'a> {
+        obj! {
+            "resourceType" => "Bundle",
+            "id" => Json::Id(id),
+            "type" => "transaction",
+            "timestamp" => timestamp,
+        }
     }
 
     /// Adds `resource` (its `resourceType` and `id` are written first). `identity` is the
@@ -157,15 +205,24 @@ impl<'a> Ctx<'a> {
             members.retain(|(k, _)| *k != "resourceType" && *k != "id");
         }
         self.uuids.push(uuid);
-        self.entries.push(Entry { uuid, kind, token, resource });
+        let entry = Entry { uuid, kind, token, resource };
+        match &mut self.sink {
+            Sink::Tree(entries) => entries.push(entry),
+            Sink::Json { out, pretty, count, .. } => {
+                if *count > 0 {
+                    out.push(b',');
+                }
+                entry.write_in_bundle(out, *pretty);
+                *count += 1;
+            }
+        }
         Ref::of(uuid)
     }
 
-    /// The entry already added for `kind` + `identity`, if any (so callers
-    /// can skip building a resource that would be dropped as a duplicate).
-    pub fn existing(&self, kind: &str, identity: &str) -> Option<Ref> {
-        let uuid = stable_uuid(kind, identity);
-        self.uuids.contains(&uuid).then(|| Ref::of(uuid))
+    /// Adds an entry made before the ones it must follow (see
+    /// [`Ctx::add_token_as`]).
+    pub fn add_entry(&mut self, entry: Entry<'a>) -> Ref {
+        self.add_token_as(entry.uuid, entry.kind, entry.token, entry.resource)
     }
 
     /// The uuid for `kind` + `identity`, and the entry already added for
@@ -175,22 +232,32 @@ impl<'a> Ctx<'a> {
         (uuid, self.uuids.contains(&uuid).then(|| Ref::of(uuid)))
     }
 
-    /// Mutable access to an added resource (to add results to a report).
-    pub fn resource_mut(&mut self, r: &Ref) -> Option<&mut Json<'a>> {
-        let at = self.uuids.iter().position(|u| *u == r.uuid)?;
-        self.entries.get_mut(at).map(|e| &mut e.resource)
+    /// The finished transaction Bundle, for a `serde_json::Value` (its
+    /// empty elements are left out when it is turned into one). For a Ctx
+    /// made with `json`, see [`Ctx::finish_json`].
+    pub fn finish(self) -> Json<'a> {
+        let entries = match self.sink {
+            Sink::Tree(entries) => entries,
+            Sink::Json { .. } => Vec::new(),
+        };
+        let mut bundle = Self::head(self.id, self.timestamp);
+        bundle.insert("entry", Json::Entries(entries));
+        bundle
     }
 
-    /// The finished transaction Bundle (its empty elements are left out when
-    /// it is written or turned into a Value). `timestamp` is the message's
-    /// own time (MSH-7), never the clock.
-    pub fn finish(self, bundle_identity: &str, timestamp: Json<'a>) -> Json<'a> {
-        obj! {
-            "resourceType" => "Bundle",
-            "id" => Json::Id(stable_uuid("Bundle", bundle_identity)),
-            "type" => "transaction",
-            "timestamp" => timestamp,
-            "entry" => Json::Entries(self.entries),
+    /// The finished Bundle's JSON, exactly what [`Ctx::finish`]'s tree
+    /// writes; None for a Ctx made without `json`.
+    pub fn finish_json(self) -> Option<Vec<u8>> {
+        let Sink::Json { mut out, pretty, count, entries_at } = self.sink else { return None };
+        if count == 0 {
+            // No entries: no `entry` member (FHIR has no empty arrays).
+            out.truncate(entries_at);
+        } else if pretty {
+            out.extend_from_slice(b"\n  ]");
+        } else {
+            out.push(b']');
         }
+        out.extend_from_slice(if pretty { b"\n}" } else { b"}" });
+        Some(out)
     }
 }

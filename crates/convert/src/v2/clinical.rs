@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use super::json::{self, Json};
 use base64::Engine as _;
 
-use super::bundle::{Ctx, Ref, search_token};
+use super::bundle::{Ctx, Ref, search_token, stable_uuid};
 use super::datatypes::{cwe, date, date_time, decimal, ei, instant, trimmed};
 use super::patient::{Subject, location, organization, practitioner};
 use super::view::{Msg, Node, Seg};
@@ -390,10 +390,12 @@ fn observation<'a>(
     // Observation: without its position in the identity it would hash to the
     // first one's id and be dropped as a duplicate. The first keeps the plain
     // identity, so ids of messages without repeats do not change.
-    if ctx.existing("Observation", &key).is_some() {
+    let (mut uuid, seen) = ctx.find("Observation", &key);
+    if seen.is_some() {
         key.push_str(&format!("|{position}"));
+        uuid = stable_uuid("Observation", &key);
     }
-    Ok(ObxOut::Observation(ctx.add("Observation", &key, None, resource)))
+    Ok(ObxOut::Observation(ctx.add_as(uuid, "Observation", None, resource)))
 }
 
 /// Collects OBX segments with their NTEs from `segments[start..]` until a
@@ -431,7 +433,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
         "method" => cwe(spm.f(7).first(), "0488", opts),
         "bodySite" => cwe(spm.f(8).first(), "", opts),
     };
-    let key = [group_key, "|SPM|", &*ids.c(1).s(1).text(), "|", &*ids.c(2).s(1).text()].concat();
+    let key = specimen_key(spm, group_key);
     let token = search_token(Some(if filler.is_null() { &placer } else { &filler }));
     let resource = obj! {
         "identifier" => arr![placer, filler],
@@ -443,6 +445,12 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
         "note" => arr![obj!{"text" => spm.f(14).whole()}],
     };
     ctx.add_token("Specimen", &key, token, resource)
+}
+
+/// The identity of the Specimen of an SPM in the order `group_key`.
+fn specimen_key(spm: &Seg<'_>, group_key: &str) -> String {
+    let ids = spm.f(2).first();
+    [group_key, "|SPM|", &*ids.c(1).s(1).text(), "|", &*ids.c(2).s(1).text()].concat()
 }
 
 fn order_identifiers<'a>(
@@ -478,6 +486,10 @@ struct Report<'m> {
     key: String,
     identifier: Json<'m>,
     placer: Json<'m>,
+    /// The Specimen of the order's first SPM, if any: ORU^R01 2.5.1 puts
+    /// the SPECIMEN group after the order's OBXs, whose Observations name
+    /// it (they are written before the SPM is read).
+    first_specimen: Option<Ref>,
 }
 
 fn finish_report<'a>(ctx: &mut Ctx<'a>, subject: &Subject, r: Report<'a>) {
@@ -529,26 +541,6 @@ fn attachment_document<'a>(ctx: &mut Ctx<'a>, subject: &Subject, obx: &Seg<'a>, 
     ctx.add("DocumentReference", &key, None, resource);
 }
 
-/// Links the order's Observations read before its SPM (ORU^R01 2.5.1 puts
-/// the SPECIMEN group after the OBX of the order) to the specimen, unless
-/// they already name one. `specimen` stays where the mapper puts it, before
-/// `referenceRange` and `component`.
-fn link_specimen<'a>(ctx: &mut Ctx<'a>, results: &[Json<'_>], specimen: &Ref) {
-    for result in results {
-        let Some(observation) = Ref::of_reference(result) else { continue };
-        let Some(Json::Obj(obs)) = ctx.resource_mut(&observation) else { continue };
-        match obs.iter_mut().find(|(k, _)| *k == "specimen") {
-            // The mapper leaves a null in place (left out when written).
-            Some((_, slot)) if slot.is_null() => *slot = specimen.reference(),
-            Some(_) => {}
-            None => {
-                let at = obs.iter().position(|(k, _)| *k == "referenceRange" || *k == "component").unwrap_or(obs.len());
-                obs.insert(at, ("specimen", specimen.reference()));
-            }
-        }
-    }
-}
-
 /// ORU^R01: one DiagnosticReport per OBR with its Observations and
 /// Specimens; OBX before the first OBR are patient-level Observations.
 pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Result<(), ConvertError> {
@@ -574,7 +566,8 @@ pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
             Some(r) => ObsContext {
                 group_key: r.key.clone(),
                 default_time: Some(r.obr.f(7)),
-                specimen: spm.clone(),
+                // Before the order's first SPM, that one's specimen.
+                specimen: spm.clone().or_else(|| r.first_specimen.clone()),
                 part_of: None,
             },
             None => ObsContext { group_key: subject.key.clone(), default_time: None, specimen: None, part_of: None },
@@ -594,7 +587,7 @@ pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
         Ok(())
     }
 
-    for seg in &msg.segments {
+    for (at, seg) in msg.segments.iter().enumerate() {
         match seg.name {
             "ORC" => {
                 flush(ctx, subject, &mut pending, &mut report, &spm)?;
@@ -615,6 +608,11 @@ pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
                     key_of(&identifier)
                 };
                 let placer = if key_of(&placer) == key_of(&identifier) { Json::Null } else { placer };
+                let first_specimen = msg.segments[at + 1..]
+                    .iter()
+                    .take_while(|s| s.name != "OBR")
+                    .find(|s| s.name == "SPM")
+                    .map(|spm| Ref::of(stable_uuid("Specimen", &specimen_key(spm, &key))));
                 report = Some(Report {
                     orc: orc.take(),
                     obr: *seg,
@@ -626,6 +624,7 @@ pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
                     key,
                     identifier,
                     placer,
+                    first_specimen,
                 });
             }
             "OBX" => {
@@ -643,7 +642,6 @@ pub(crate) fn oru<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject) -> Re
                 if let Some(r) = report.as_mut() {
                     let s = specimen(ctx, subject, seg, &r.key);
                     r.specimens.push(s.reference());
-                    link_specimen(ctx, &r.results, &s);
                     spm = Some(s);
                 }
             }

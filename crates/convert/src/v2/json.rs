@@ -123,6 +123,18 @@ impl<'a> Entry<'a> {
         out.push(b'"');
     }
 
+    /// Writes this entry as an item of a Bundle's `entry` array (after the
+    /// comma, if any): what [`Json::write`] writes for it in a Bundle.
+    pub fn write_in_bundle(&self, out: &mut Vec<u8>, pretty: bool) {
+        if pretty {
+            // The array is the Bundle's member (depth 1), its items at 2.
+            indent(out, 2);
+            self.write_pretty(out, 2);
+        } else {
+            self.write_compact(out);
+        }
+    }
+
     fn write_compact(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"fullUrl\":");
         Json::Urn(self.uuid).write_scalar(out);

@@ -79,10 +79,32 @@ use view::Msg;
 pub const SUPPORTED: &str = "supported: ADT^A01 A02 A03 A04 A05 A08 A11 A13 A28 A31 A40, ORU^R01, ORM^O01, \
      SIU^S12 S13 S14 S15 S26, MDM^T02 T06, VXU^V04";
 
-/// Converts a parsed message to a transaction Bundle, ready to write or to
-/// turn into a `serde_json::Value` (both leave out its empty elements). Its
-/// text borrows from `message`.
+/// Converts a parsed message to a transaction Bundle, to turn into a
+/// `serde_json::Value` (which leaves out its empty elements). Its text
+/// borrows from `message`.
 pub(crate) fn convert<'a>(message: &'a hl7v2::Message, opts: &'a Hl7ToFhirOptions) -> Result<Json<'a>, ConvertError> {
+    Ok(map(message, opts, None)?.finish())
+}
+
+/// Converts a parsed message to a transaction Bundle written as JSON
+/// (compact, or indented as serde_json's pretty printer does): what
+/// [`convert`]'s tree writes, each entry written as soon as it is complete.
+pub(crate) fn convert_json(
+    message: &hl7v2::Message,
+    opts: &Hl7ToFhirOptions,
+    pretty: bool,
+) -> Result<Vec<u8>, ConvertError> {
+    let capacity = message.as_bytes().len() * if pretty { 12 } else { 6 } + 2048;
+    let ctx = map(message, opts, Some((pretty, capacity)))?;
+    Ok(ctx.finish_json().unwrap_or_default())
+}
+
+/// Maps the message's segments into a Bundle (see [`Ctx::new`] for `json`).
+fn map<'a>(
+    message: &'a hl7v2::Message,
+    opts: &'a Hl7ToFhirOptions,
+    json: Option<(bool, usize)>,
+) -> Result<Ctx<'a>, ConvertError> {
     opts.validate()?;
     let msg = Msg::new(message);
     let msh = msg.seg("MSH").ok_or_else(|| ConvertError::NotHl7("no MSH segment".into()))?;
@@ -110,17 +132,26 @@ pub(crate) fn convert<'a>(message: &'a hl7v2::Message, opts: &'a Hl7ToFhirOption
         return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED });
     }
     let pid = msg.seg("PID").ok_or_else(|| ConvertError::Missing { path: "PID segment".into() })?;
-    let mut ctx = Ctx::new(opts);
-    let mut subject = patient::patient(&mut ctx, pid, msg.seg("PD1"))?;
+    // The Bundle's own id: sender and control id identify the message.
+    let identity = [&*msh.f(3).text(), "|", &*msh.f(4).text(), "|", &*msh.f(10).text()].concat();
+    let timestamp = datatypes::instant(&msh.f(7).text(), opts);
+    let mut ctx = Ctx::new(opts, &identity, timestamp, json);
+    // A40: the surviving Patient links the replaced one, so MRG is read
+    // before it is written (its errors still come after PID's).
+    let replaced = (kind == "ADT" && event == "A40").then(|| {
+        msg.seg("MRG")
+            .ok_or_else(|| ConvertError::Missing { path: "MRG segment".into() })
+            .and_then(|mrg| patient::replaced(mrg, opts))
+    });
+    let mut subject = patient::patient(&mut ctx, pid, msg.seg("PD1"), replaced.as_ref().and_then(|r| r.as_ref().ok()))?;
     let with_visit = !(kind == "ADT" && matches!(event.as_str(), "A28" | "A31" | "A40"));
     if with_visit {
         patient::encounter(&mut ctx, &mut subject, msg.seg("PV1"), msg.seg("PV2"), &event);
     }
     match kind.as_str() {
         "ADT" => {
-            if event == "A40" {
-                let mrg = msg.seg("MRG").ok_or_else(|| ConvertError::Missing { path: "MRG segment".into() })?;
-                patient::merge(&mut ctx, &subject, mrg)?;
+            if let Some(replaced) = replaced {
+                patient::merge(&mut ctx, &subject, replaced?);
             } else {
                 for nk1 in msg.all("NK1") {
                     patient::related_person(&mut ctx, &subject, nk1);
@@ -157,8 +188,5 @@ pub(crate) fn convert<'a>(message: &'a hl7v2::Message, opts: &'a Hl7ToFhirOption
         }
         _ => return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED }),
     }
-    // The Bundle's own id: sender and control id identify the message.
-    let identity = [&*msh.f(3).text(), "|", &*msh.f(4).text(), "|", &*msh.f(10).text()].concat();
-    let timestamp = datatypes::instant(&msh.f(7).text(), opts);
-    Ok(ctx.finish(&identity, timestamp))
+    Ok(ctx)
 }

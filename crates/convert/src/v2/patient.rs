@@ -2,13 +2,14 @@
 //! XCN/XON/PL participants, AL1, DG1, IN1: the segments of ADT messages,
 //! which the other message types reuse for their patient and visit.
 
-use super::bundle::{Ctx, Ref, search_token};
+use super::bundle::{Ctx, Ref, search_token, stable_uuid};
 use super::datatypes::{
     authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn, xon, xpn, xtn,
 };
-use super::json::Json;
+use super::json::{Entry, Json};
 use super::view::{Node, Seg};
 use crate::error::ConvertError;
+use crate::options::Hl7ToFhirOptions;
 use crate::terminology;
 
 /// The patient and visit of a message, for references.
@@ -45,8 +46,14 @@ fn primary_identifier<'j, 'a>(ids: &'j [Json<'a>]) -> Option<&'j Json<'a>> {
     ids.iter().find(|i| code(i)).or_else(|| ids.first())
 }
 
-/// Patient from PID (+ PD1); `merge_from` links a replaced patient (A40).
-pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>>) -> Result<Subject, ConvertError> {
+/// Patient from PID (+ PD1); `replaced` is the patient it replaces (A40,
+/// from [`replaced`]), linked from it.
+pub(crate) fn patient<'a>(
+    ctx: &mut Ctx<'a>,
+    pid: &Seg<'a>,
+    pd1: Option<&Seg<'a>>,
+    replaced: Option<&Replaced<'a>>,
+) -> Result<Subject, ConvertError> {
     let opts = ctx.opts;
     let mut identifiers: Vec<Json<'a>> = non_null(pid.f(3).reps().map(|r| cx(r, opts)));
     // PID-2 (external id) and PID-4 (alternate id) are deprecated but common.
@@ -117,6 +124,28 @@ pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>
         .or_else(|| terminology::gender(&gender_code).map(str::to_string));
     let language = cwe(pid.f(15).first(), "0296", opts);
 
+    // Its general practitioners (PD1) are entries after it, linked from it:
+    // made first, added after it (it is written out as soon as it is added).
+    let mut general = Vec::new();
+    let mut general_entries = Vec::new();
+    if let Some(pd1) = pd1 {
+        for org in pd1.f(3).reps() {
+            if let Some(entry) = organization_entry(opts, org) {
+                general.push(Ref::of(entry.uuid).reference());
+                general_entries.push(entry);
+            }
+        }
+        for doc in pd1.f(4).reps() {
+            match practitioner_entry(ctx, doc) {
+                Some(Ok(entry)) => {
+                    general.push(Ref::of(entry.uuid).reference());
+                    general_entries.push(entry);
+                }
+                Some(Err(seen)) => general.push(seen.reference()),
+                None => {}
+            }
+        }
+    }
     let resource = obj! {
         "identifier" => identifiers,
         "active" => true,
@@ -132,57 +161,60 @@ pub(crate) fn patient<'a>(ctx: &mut Ctx<'a>, pid: &Seg<'a>, pd1: Option<&Seg<'a>
         "multipleBirthInteger" => birth_order,
         "multipleBirthBoolean" => if birth_order.is_none() { multiple } else { Json::Null },
         "communication" => if language.is_null() { Json::Null } else { arr![obj!{"language" => language, "preferred" => true}] },
+        "generalPractitioner" => general,
+        "link" => replaced.map(|old| arr![obj! {"other" => Ref::of(old.uuid).reference(), "type" => "replaces"}]),
     };
-    // The Patient goes first in the Bundle (readers expect it there); its
-    // general practitioners (PD1) are added after it and linked back.
+    // The Patient goes first in the Bundle (readers expect it there).
     let patient = ctx.add_token("Patient", &key, token, resource);
-    let mut general = Vec::new();
-    if let Some(pd1) = pd1 {
-        for org in pd1.f(3).reps() {
-            if let Some(r) = organization(ctx, org) {
-                general.push(r.reference());
-            }
-        }
-        for doc in pd1.f(4).reps() {
-            if let Some(r) = practitioner(ctx, doc) {
-                general.push(r.reference());
-            }
-        }
-    }
-    if !general.is_empty()
-        && let Some(p) = ctx.resource_mut(&patient)
-    {
-        p.insert("generalPractitioner", Json::Arr(general));
+    for entry in general_entries {
+        ctx.add_entry(entry);
     }
     Ok(Subject { patient, key, encounter: None })
 }
 
-/// A40: the surviving patient (`subject`) replaces the one named in MRG-1.
-pub(crate) fn merge<'a>(ctx: &mut Ctx<'a>, subject: &Subject, mrg: &Seg<'a>) -> Result<(), ConvertError> {
-    let opts = ctx.opts;
-    let old_ids = non_null(mrg.f(1).reps().map(|r| cx(r, opts)));
-    let Some(old_primary) = primary_identifier(&old_ids).cloned() else {
+/// The patient an A40 replaces (MRG), read before the surviving patient is
+/// added because that one links to it.
+pub(crate) struct Replaced<'a> {
+    uuid: uuid::Uuid,
+    token: Option<String>,
+    identifiers: Vec<Json<'a>>,
+    names: Vec<Json<'a>>,
+}
+
+/// Reads MRG: the replaced patient's identifiers (MRG-1, required) and names.
+pub(crate) fn replaced<'a>(mrg: &Seg<'a>, opts: &Hl7ToFhirOptions) -> Result<Replaced<'a>, ConvertError> {
+    let identifiers = non_null(mrg.f(1).reps().map(|r| cx(r, opts)));
+    let Some(primary) = primary_identifier(&identifiers) else {
         return Err(ConvertError::Missing { path: "MRG-1 (prior patient identifier)".into() });
     };
-    let old = ctx.add(
-        "Patient",
-        &id_key(&old_primary),
-        Some(&old_primary),
-        obj! {
-            "identifier" => old_ids,
-            "active" => false,
-            "name" => non_null(mrg.f(7).reps().map(xpn)),
-            "link" => arr![obj!{"other" => subject.patient.reference(), "type" => "replaced-by"}],
-        },
-    );
-    if let Some(survivor) = ctx.resource_mut(&subject.patient) {
-        survivor.insert("link", arr![obj! {"other" => old.reference(), "type" => "replaces"}]);
-    }
-    Ok(())
+    let uuid = stable_uuid("Patient", &id_key(primary));
+    let token = search_token(Some(primary));
+    Ok(Replaced { uuid, token, identifiers, names: non_null(mrg.f(7).reps().map(xpn)) })
+}
+
+/// A40: the replaced patient, linked to the surviving one (`subject`),
+/// which already links to it (see [`patient`]).
+pub(crate) fn merge<'a>(ctx: &mut Ctx<'a>, subject: &Subject, old: Replaced<'a>) {
+    let resource = obj! {
+        "identifier" => old.identifiers,
+        "active" => false,
+        "name" => old.names,
+        "link" => arr![obj!{"other" => subject.patient.reference(), "type" => "replaced-by"}],
+    };
+    ctx.add_token_as(old.uuid, "Patient", old.token, resource);
 }
 
 /// Practitioner from an XCN (None when empty).
 pub(crate) fn practitioner<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
+    match practitioner_entry(ctx, n)? {
+        Ok(entry) => Some(ctx.add_entry(entry)),
+        Err(seen) => Some(seen),
+    }
+}
+
+/// The Practitioner entry of an XCN, not yet added; Err with the entry
+/// already added for it (not built again); None when empty.
+fn practitioner_entry<'a>(ctx: &Ctx<'a>, n: Node<'a>) -> Option<Result<Entry<'a>, Ref>> {
     let (identifier, name) = xcn(n, ctx.opts);
     if identifier.is_null() && name.is_null() {
         return None;
@@ -190,24 +222,29 @@ pub(crate) fn practitioner<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     // Without an identifier the name as written is the identity.
     let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
     let (uuid, seen) = ctx.find("Practitioner", &key);
-    if seen.is_some() {
-        return seen;
+    if let Some(seen) = seen {
+        return Some(Err(seen));
     }
     let token = search_token(Some(&identifier));
     let resource = obj! {"identifier" => arr![identifier], "name" => arr![name]};
-    Some(ctx.add_token_as(uuid, "Practitioner", token, resource))
+    Some(Ok(Entry { uuid, kind: "Practitioner", token, resource }))
 }
 
 /// Organization from an XON (None when empty).
 pub(crate) fn organization<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
-    let (identifier, name) = xon(n, ctx.opts);
+    organization_entry(ctx.opts, n).map(|entry| ctx.add_entry(entry))
+}
+
+/// The Organization entry of an XON, not yet added (None when empty).
+fn organization_entry<'a>(opts: &Hl7ToFhirOptions, n: Node<'a>) -> Option<Entry<'a>> {
+    let (identifier, name) = xon(n, opts);
     if identifier.is_null() && name.is_null() {
         return None;
     }
     let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
     let token = search_token(Some(&identifier));
     let resource = obj! {"identifier" => arr![identifier], "active" => true, "name" => name};
-    Some(ctx.add_token("Organization", &key, token, resource))
+    Some(Entry { uuid: stable_uuid("Organization", &key), kind: "Organization", token, resource })
 }
 
 /// Location from a PL (None when empty).

@@ -59,3 +59,31 @@ fn mangled_fhir_gives_errors_not_panics() {
         }
     }
 }
+
+#[test]
+fn a40_errors_name_pid_first_then_mrg() {
+    // MRG is read before the surviving Patient is written (it links the
+    // replaced one); its errors still come after PID's, as the segments
+    // are mapped.
+    let msh = "MSH|^~\\&|ADT|HOSP|||20240101120000+0100||ADT^A40^ADT_A39|M1|P|2.5.1\r";
+    let missing = |text: &str| match convert::hl7_to_fhir_json(
+        &hl7v2::Message::parse(text.as_bytes()).unwrap(),
+        &Default::default(),
+    ) {
+        Err(convert::ConvertError::Missing { path }) => path,
+        other => panic!("{text:?}: {other:?}"),
+    };
+    assert!(missing(&format!("{msh}PID|1\r")).starts_with("PID-3"));
+    assert!(missing(&format!("{msh}PID|1\rMRG|\r")).starts_with("PID-3"));
+    assert_eq!(missing(&format!("{msh}PID|1||7^^^HOSP^MR\r")), "MRG segment");
+    assert!(missing(&format!("{msh}PID|1||7^^^HOSP^MR\rMRG|^^^HOSP^MR\r")).starts_with("MRG-1"));
+    let ok = convert::hl7_to_fhir(
+        &hl7v2::Message::parse(format!("{msh}PID|1||7^^^HOSP^MR\rMRG|6^^^HOSP^MR\r").as_bytes()).unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
+    let entries = ok["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["resource"]["link"][0]["other"]["reference"], entries[1]["fullUrl"]);
+    assert_eq!(entries[1]["resource"]["link"][0]["other"]["reference"], entries[0]["fullUrl"]);
+}
