@@ -38,7 +38,7 @@ impl Ref {
 
     /// A FHIR Reference to this entry.
     pub fn reference<'a>(&self) -> Json<'a> {
-        Json::Obj(vec![("reference", Json::Urn(self.uuid))])
+        Json::Reference(self.uuid)
     }
 }
 

@@ -33,7 +33,15 @@ pub(crate) enum Json<'a> {
     /// A resource id, the uuid as 32 hex digits, made into text only when
     /// written.
     Id(uuid::Uuid),
+    /// A FHIR Reference to an entry, `{"reference": "urn:uuid:<uuid>"}`,
+    /// made into an object only when written (a Bundle holds dozens, each
+    /// a member list otherwise).
+    Reference(uuid::Uuid),
     Arr(Vec<Json<'a>>),
+    /// An array of one object, `[{members}]`: what `arr!` makes of a single
+    /// object (a coding, an identifier's type, a name ...), most arrays of
+    /// a Bundle; one member list, no item list around it.
+    ArrObj(Vec<(&'static str, Json<'a>)>),
     /// Members in output order. Keys are unique (see [`Json::insert`]).
     Obj(Vec<(&'static str, Json<'a>)>),
     /// A Bundle's entries, each written as `{"fullUrl", "resource",
@@ -239,9 +247,9 @@ impl<'a> Json<'a> {
             Json::Null => true,
             Json::Str(s) => s.is_empty(),
             Json::Arr(a) => a.is_empty(),
-            Json::Obj(o) => o.is_empty(),
+            Json::ArrObj(o) | Json::Obj(o) => o.is_empty(),
             Json::Entries(e) => e.is_empty(),
-            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(_) => false,
+            Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(_) | Json::Reference(_) => false,
         }
     }
 
@@ -256,7 +264,7 @@ impl<'a> Json<'a> {
         }
     }
 
-    /// The member `key` of an object.
+    /// The member `key` of an object (not of a [`Json::Reference`]).
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
             Json::Obj(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
@@ -264,10 +272,11 @@ impl<'a> Json<'a> {
         }
     }
 
-    /// Item `at` of an array.
-    pub fn at(&self, at: usize) -> Option<&Json<'a>> {
+    /// The member `key` of an array's first item.
+    pub fn first_get(&self, key: &str) -> Option<&Json<'a>> {
         match self {
-            Json::Arr(items) => items.get(at),
+            Json::Arr(items) => items.first()?.get(key),
+            Json::ArrObj(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -305,6 +314,12 @@ impl<'a> Json<'a> {
             Json::Str(s) => (!s.is_empty()).then(|| Value::String(s.into_owned())),
             Json::Urn(uuid) => Some(Value::String(crate::v2::bundle::urn(uuid))),
             Json::Id(uuid) => Some(Value::String(crate::v2::bundle::simple(uuid))),
+            Json::Reference(uuid) => {
+                let mut map = serde_json::Map::with_capacity(1);
+                map.insert("reference".into(), Value::String(crate::v2::bundle::urn(uuid)));
+                Some(Value::Object(map))
+            }
+            Json::ArrObj(members) => Json::Obj(members).into_value().map(|v| Value::Array(vec![v])),
             Json::Arr(items) => {
                 let items: Vec<Value> = items.into_iter().filter_map(Json::into_value).collect();
                 (!items.is_empty()).then_some(Value::Array(items))
@@ -370,6 +385,16 @@ impl<'a> Json<'a> {
                 out.push(b'}');
                 true
             }
+            Json::ArrObj(members) => {
+                let mark = out.len();
+                out.extend_from_slice(b"[{");
+                if !write_members_compact(out, members, false) {
+                    out.truncate(mark);
+                    return false;
+                }
+                out.extend_from_slice(b"}]");
+                true
+            }
             Json::Entries(entries) => {
                 let Some((first, rest)) = entries.split_first() else { return false };
                 out.push(b'[');
@@ -424,6 +449,31 @@ impl<'a> Json<'a> {
                 out.push(b'}');
                 true
             }
+            Json::ArrObj(members) => {
+                // An array at `depth`, its object at `depth + 1`.
+                let mark = out.len();
+                out.push(b'[');
+                indent(out, depth + 1);
+                out.push(b'{');
+                if !write_members_pretty(out, members, false, depth + 1) {
+                    out.truncate(mark);
+                    return false;
+                }
+                indent(out, depth + 1);
+                out.push(b'}');
+                indent(out, depth);
+                out.push(b']');
+                true
+            }
+            Json::Reference(uuid) => {
+                out.push(b'{');
+                indent(out, depth + 1);
+                out.extend_from_slice(b"\"reference\": ");
+                Json::Urn(*uuid).write_scalar(out);
+                indent(out, depth);
+                out.push(b'}');
+                true
+            }
             Json::Entries(entries) => {
                 if entries.is_empty() {
                     return false;
@@ -461,6 +511,12 @@ impl<'a> Json<'a> {
                 out.extend_from_slice(uuid.hyphenated().encode_lower(&mut buf).as_bytes());
                 out.push(b'"');
             }
+            Json::Reference(uuid) => {
+                // Compact (the pretty writer indents it itself).
+                out.extend_from_slice(b"{\"reference\":");
+                Json::Urn(*uuid).write_scalar(out);
+                out.push(b'}');
+            }
             Json::Id(uuid) => {
                 // Hex digits: nothing to escape.
                 let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
@@ -470,7 +526,7 @@ impl<'a> Json<'a> {
             }
             Json::Str(s) if s.is_empty() => return false,
             Json::Str(s) => write_str(out, s),
-            Json::Arr(_) | Json::Obj(_) | Json::Entries(_) => return false,
+            Json::Arr(_) | Json::ArrObj(_) | Json::Obj(_) | Json::Entries(_) => return false,
         }
         true
     }
@@ -629,6 +685,10 @@ mod tests {
             ("null", Json::Null),
             ("urn", Json::Urn(uuid::Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef))),
             ("id", Json::Id(uuid::Uuid::from_u128(0xfedc_ba98_7654_3210_fedc_ba98_7654_3210))),
+            ("ref", Json::Reference(uuid::Uuid::from_u128(0x1111_2222_3333_4444_5555_6666_7777_8888))),
+            ("refs", Json::Arr(vec![Json::Reference(uuid::Uuid::from_u128(7)), Json::Null])),
+            ("one", Json::ArrObj(vec![("x", "y".into()), ("o", Json::ArrObj(vec![("z", true.into())]))])),
+            ("one_empty", Json::ArrObj(vec![("x", Json::Null), ("o", Json::ArrObj(vec![("z", Json::Null)]))])),
         ])
     }
 
@@ -692,6 +752,10 @@ mod tests {
         assert!(value.get("empty").is_none());
         assert!(value.get("null").is_none());
         assert_eq!(value["list"][0]["x"], 1);
+        assert!(value.get("one_empty").is_none());
+        assert_eq!(value["one"], serde_json::json!([{"x": "y", "o": [{"z": true}]}]));
+        assert_eq!(value["ref"], serde_json::json!({"reference": "urn:uuid:11112222-3333-4444-5555-666677778888"}));
+        assert_eq!(value["refs"].as_array().map(Vec::len), Some(1));
         let empty = Json::Obj(vec![("a", Json::Arr(vec![Json::Null, Json::Obj(vec![]), Json::Str("".into())]))]);
         for pretty in [false, true] {
             let mut out = b"x".to_vec();

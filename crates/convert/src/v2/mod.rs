@@ -26,14 +26,55 @@ macro_rules! obj {
     }};
 }
 
-/// Builds a JSON array, leaving out empty values (as [`obj!`]).
+/// Builds a JSON array, leaving out empty values (as [`obj!`]). An array
+/// that comes out with one object is a [`json::Json::ArrObj`] (no item list
+/// allocated), with one other value an item list of exactly one.
 macro_rules! arr {
+    (@unit $value:expr) => { () };
     ($($value:expr),* $(,)?) => {{
         #[allow(unused_mut)]
-        let mut items: Vec<$crate::v2::json::Json<'_>> = Vec::new();
-        $( $crate::v2::push(&mut items, $crate::v2::json::Json::from($value)); )*
-        $crate::v2::json::Json::Arr(items)
+        let mut items = $crate::v2::Items::default();
+        #[allow(unused_variables)]
+        let capacity = <[()]>::len(&[$(arr!(@unit $value)),*]);
+        $( items.push($crate::v2::json::Json::from($value), capacity); )*
+        items.finish()
     }};
+}
+
+/// The items of an `arr!` as they come: the first one is held until a
+/// second one needs an item list.
+#[derive(Default)]
+pub(crate) struct Items<'a> {
+    first: Option<Json<'a>>,
+    more: Vec<Json<'a>>,
+}
+
+impl<'a> Items<'a> {
+    /// Appends unless empty; `capacity` is the most items there can be.
+    #[inline(always)]
+    pub(crate) fn push(&mut self, value: Json<'a>, capacity: usize) {
+        if value.is_empty() {
+            return;
+        }
+        if !self.more.is_empty() {
+            self.more.push(value);
+        } else if let Some(first) = self.first.take() {
+            self.more.reserve_exact(capacity);
+            self.more.push(first);
+            self.more.push(value);
+        } else {
+            self.first = Some(value);
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn finish(self) -> Json<'a> {
+        match self.first {
+            None => Json::Arr(self.more),
+            Some(Json::Obj(members)) => Json::ArrObj(members),
+            Some(one) => Json::Arr(vec![one]),
+        }
+    }
 }
 
 /// Appends unless empty, reserving room for `capacity` members at the first
@@ -51,14 +92,6 @@ pub(crate) fn put_lazy<'a>(
             members.reserve_exact(capacity);
         }
         members.push((key, value));
-    }
-}
-
-/// Pushes unless empty.
-#[inline(always)]
-pub(crate) fn push<'a>(items: &mut Vec<Json<'a>>, value: Json<'a>) {
-    if !value.is_empty() {
-        items.push(value);
     }
 }
 
@@ -189,4 +222,29 @@ fn map<'a>(
         _ => return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED }),
     }
     Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json::Json;
+
+    #[test]
+    fn arr_keeps_one_object_without_an_item_list() {
+        let one: Json<'_> = arr![obj! {"code" => "x"}, Json::Null, ""];
+        assert!(matches!(&one, Json::ArrObj(members) if members.len() == 1));
+        assert_eq!(one.first_get("code"), Some(&Json::from("x")));
+        let two: Json<'_> = arr![obj! {"code" => "x"}, Json::Null, "y"];
+        assert!(matches!(&two, Json::Arr(items) if items.len() == 2 && items.capacity() == 3));
+        let three: Json<'_> = arr!["a", "b", "c"];
+        assert!(matches!(&three, Json::Arr(items) if items.len() == 3));
+        let text: Json<'_> = arr![Json::Null, "t"];
+        assert!(matches!(&text, Json::Arr(items) if items.len() == 1 && items.capacity() == 1));
+        let none: Json<'_> = arr![Json::Null, obj! {"code" => Json::Null}];
+        assert!(none.is_empty());
+        for (tree, json) in [(one, r#"[{"code":"x"}]"#), (two, r#"[{"code":"x"},"y"]"#), (three, r#"["a","b","c"]"#)] {
+            let mut out = Vec::new();
+            assert!(tree.write(&mut out, false));
+            assert_eq!(String::from_utf8(out).unwrap(), json);
+        }
+    }
 }

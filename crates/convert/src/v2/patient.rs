@@ -36,11 +36,7 @@ fn id_key(identifier: &Json<'_>) -> String {
 /// else the first.
 fn primary_identifier<'j, 'a>(ids: &'j [Json<'a>]) -> Option<&'j Json<'a>> {
     let code = |i: &Json<'_>| {
-        i.get("type")
-            .and_then(|t| t.get("coding"))
-            .and_then(|c| c.at(0))
-            .and_then(|c| c.get("code"))
-            .and_then(Json::as_str)
+        i.get("type").and_then(|t| t.get("coding")).and_then(|c| c.first_get("code")).and_then(Json::as_str)
             == Some("MR")
     };
     ids.iter().find(|i| code(i)).or_else(|| ids.first())
