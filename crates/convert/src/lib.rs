@@ -37,8 +37,7 @@ pub use v2::SUPPORTED;
 /// To send or store the Bundle as JSON, [`hl7_to_fhir_json`] gives the same
 /// bytes as serialising this value, without building it.
 pub fn hl7_to_fhir(message: &hl7v2::Message, options: &Hl7ToFhirOptions) -> Result<serde_json::Value, ConvertError> {
-    // A Bundle always has members; an empty one would be JSON null.
-    v2::convert(message, options).map(|bundle| bundle.into_value().unwrap_or_default())
+    v2::convert(message, options)
 }
 
 /// Converts an HL7 v2 message to a FHIR R4 transaction Bundle, written as

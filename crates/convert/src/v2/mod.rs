@@ -112,11 +112,12 @@ use view::Msg;
 pub const SUPPORTED: &str = "supported: ADT^A01 A02 A03 A04 A05 A08 A11 A13 A28 A31 A40, ORU^R01, ORM^O01, \
      SIU^S12 S13 S14 S15 S26, MDM^T02 T06, VXU^V04";
 
-/// Converts a parsed message to a transaction Bundle, to turn into a
-/// `serde_json::Value` (which leaves out its empty elements). Its text
-/// borrows from `message`.
-pub(crate) fn convert<'a>(message: &'a hl7v2::Message, opts: &'a Hl7ToFhirOptions) -> Result<Json<'a>, ConvertError> {
-    Ok(map(message, opts, None)?.finish())
+/// Converts a parsed message to a transaction Bundle as a
+/// `serde_json::Value` (its empty elements left out).
+pub(crate) fn convert(message: &hl7v2::Message, opts: &Hl7ToFhirOptions) -> Result<serde_json::Value, ConvertError> {
+    let cx = view::Cx::of(message);
+    // A Bundle always has members; an empty one would be JSON null.
+    Ok(map(message, &cx, opts, None)?.finish().into_value().unwrap_or_default())
 }
 
 /// Converts a parsed message to a transaction Bundle written as JSON
@@ -128,18 +129,20 @@ pub(crate) fn convert_json(
     pretty: bool,
 ) -> Result<Vec<u8>, ConvertError> {
     let capacity = message.as_bytes().len() * if pretty { 12 } else { 6 } + 2048;
-    let ctx = map(message, opts, Some((pretty, capacity)))?;
+    let cx = view::Cx::of(message);
+    let ctx = map(message, &cx, opts, Some((pretty, capacity)))?;
     Ok(ctx.finish_json().unwrap_or_default())
 }
 
 /// Maps the message's segments into a Bundle (see [`Ctx::new`] for `json`).
 fn map<'a>(
     message: &'a hl7v2::Message,
+    cx: &'a view::Cx<'a>,
     opts: &'a Hl7ToFhirOptions,
     json: Option<(bool, usize)>,
 ) -> Result<Ctx<'a>, ConvertError> {
     opts.validate()?;
-    let msg = Msg::new(message);
+    let msg = Msg::new(message, cx);
     let msh = msg.seg("MSH").ok_or_else(|| ConvertError::NotHl7("no MSH segment".into()))?;
     let kind = msh.f(9).c(1).text().into_owned();
     let mut event = msh.f(9).c(2).text().into_owned();

@@ -14,9 +14,11 @@ use std::borrow::Cow;
 
 use hl7v2::{Charset, Delimiters, Message};
 
-/// What splitting and decoding need, copied into every node.
+/// What splitting and decoding need, made once per message and shared by
+/// every node (a reference: nodes are copied around a lot, and a datatype
+/// map splits a field into a dozen at once).
 #[derive(Debug, Clone, Copy)]
-struct Cx<'a> {
+pub(crate) struct Cx<'a> {
     delims: Delimiters,
     charset: Charset,
     component: u8,
@@ -32,7 +34,8 @@ struct Cx<'a> {
 }
 
 impl<'a> Cx<'a> {
-    fn of(msg: &'a Message) -> Cx<'a> {
+    /// The context of `msg`'s nodes.
+    pub fn of(msg: &'a Message) -> Cx<'a> {
         let d = *msg.delimiters();
         let charset = msg.charset();
         let bytes = msg.as_bytes();
@@ -81,15 +84,19 @@ pub(crate) struct Seg<'a> {
     /// Segment id, e.g. `PID`.
     pub name: &'a str,
     seg: hl7v2::Segment<'a>,
-    cx: Cx<'a>,
+    cx: &'a Cx<'a>,
 }
 
 /// A node: a field, one repetition, a component or a sub-component.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Node<'a> {
     raw: &'a [u8],
-    cx: Cx<'a>,
+    cx: &'a Cx<'a>,
 }
+
+// A node is its slice and a reference to the message's context: three
+// words, copied by the dozen where a datatype splits a field.
+const _: () = assert!(std::mem::size_of::<Node<'static>>() == 24);
 
 fn nth(raw: &[u8], sep: u8, n: usize) -> &[u8] {
     // n is 1-based; an out-of-range n reads as empty.
@@ -100,9 +107,8 @@ fn nth(raw: &[u8], sep: u8, n: usize) -> &[u8] {
 }
 
 impl<'a> Msg<'a> {
-    /// The view of `msg`.
-    pub fn new(msg: &'a Message) -> Msg<'a> {
-        let cx = Cx::of(msg);
+    /// The view of `msg`, with its context made by [`Cx::of`].
+    pub fn new(msg: &'a Message, cx: &'a Cx<'a>) -> Msg<'a> {
         Msg { segments: msg.segments().map(|seg| Seg { name: seg.name(), seg, cx }).collect() }
     }
 
@@ -222,14 +228,15 @@ pub(crate) mod tests {
     /// A node over `raw` with the default delimiters (for unit tests).
     pub(crate) fn node(raw: &'static str) -> Node<'static> {
         let msg: &'static Message = Box::leak(Box::new(Message::parse("MSH|^~\\&|T").unwrap()));
-        Node { raw: raw.as_bytes(), cx: Cx::of(msg) }
+        Node { raw: raw.as_bytes(), cx: Box::leak(Box::new(Cx::of(msg))) }
     }
 
     #[test]
     fn reads_fields_components_and_subcomponents() {
         let m = Message::parse("MSH|^~\\&|APP|FAC|||20200101||ADT^A01^ADT_A01|1|P|2.5\nPID|1||123^^^HOSP&1.2.3&ISO^MR~456^^^SSA^SS||Doe^John\\T\\Jr^Q\n")
             .unwrap();
-        let m = Msg::new(&m);
+        let cx = Cx::of(&m);
+        let m = Msg::new(&m, &cx);
         let msh = m.seg("MSH").unwrap();
         assert_eq!(msh.f(3).text(), "APP");
         assert_eq!(msh.f(9).c(2).text(), "A01");
@@ -253,7 +260,8 @@ pub(crate) mod tests {
     #[test]
     fn hl7_null_and_missing_read_empty() {
         let m = Message::parse("MSH|^~\\&|A\rPID|1|\"\"|").unwrap();
-        let m = Msg::new(&m);
+        let cx = Cx::of(&m);
+        let m = Msg::new(&m, &cx);
         assert!(m.seg("PID").unwrap().f(2).is_empty());
         assert_eq!(m.seg("PID").unwrap().f(2).text(), "");
         assert!(m.seg("OBX").is_none());
@@ -266,7 +274,8 @@ pub(crate) mod tests {
             b"MSH|^~\\&|A||||||ADT^A01|1|P|2.5||||||8859/1\rPID|1||7||M\xfcller^Ann\xe9 \\T\\ B^X^\xc3\xa9",
         )
         .unwrap();
-        let latin = Msg::new(&latin);
+        let cx = Cx::of(&latin);
+        let latin = Msg::new(&latin, &cx);
         let pid = latin.seg("PID").unwrap();
         assert_eq!(pid.f(5).c(1).text(), "Müller");
         assert_eq!(pid.f(5).c(2).text(), "Anné & B");
@@ -283,7 +292,8 @@ pub(crate) mod tests {
         let mut bytes = mixed.as_bytes().to_vec();
         bytes.extend_from_slice(b"^\x80 x");
         let mixed = Message::parse(bytes).unwrap();
-        let mixed = Msg::new(&mixed);
+        let cx = Cx::of(&mixed);
+        let mixed = Msg::new(&mixed, &cx);
         let pid = mixed.seg("PID").unwrap();
         assert_eq!(pid.f(5).c(1).text(), "José");
         assert_eq!(pid.f(5).c(2).text(), "Mü");
@@ -292,7 +302,8 @@ pub(crate) mod tests {
         // A valid UTF-8 message: leaves are slices of it.
         let utf8 =
             Message::parse("MSH|^~\\&|A||||||ADT^A01|1|P|2.5\rPID|1||7||Jos\u{e9}^\"\"^\\S\\".as_bytes()).unwrap();
-        let utf8 = Msg::new(&utf8);
+        let cx = Cx::of(&utf8);
+        let utf8 = Msg::new(&utf8, &cx);
         let pid = utf8.seg("PID").unwrap();
         assert!(matches!(pid.f(5).c(1).text(), Cow::Borrowed("José")));
         assert_eq!(pid.f(5).c(2).text(), "");
