@@ -128,7 +128,9 @@ fn mime(kind: &str, subtype: &str) -> String {
 
 /// ED (encapsulated data) to an Attachment. The data is validated, because a
 /// FHIR base64Binary that does not decode is invalid.
-fn ed_attachment<'a>(n: Node<'a>, path: &str) -> Result<Json<'a>, ConvertError> {
+fn ed_attachment<'a>(n: Node<'a>, position: usize) -> Result<Json<'a>, ConvertError> {
+    // The error's path, made only for an error.
+    let path = || format!("OBX({position})-5");
     let content_type = mime(&n.c(2).text(), &n.c(3).text());
     let encoding = n.c(4).text().to_ascii_uppercase();
     let raw = n.c(5).whole();
@@ -139,7 +141,7 @@ fn ed_attachment<'a>(n: Node<'a>, path: &str) -> Result<Json<'a>, ConvertError> 
                 String::new()
             } else {
                 base64::engine::general_purpose::STANDARD.decode(&clean).map_err(|e| ConvertError::Invalid {
-                    path: path.into(),
+                    path: path(),
                     reason: format!("ED data is not base64: {e}"),
                 })?;
                 clean
@@ -147,7 +149,7 @@ fn ed_attachment<'a>(n: Node<'a>, path: &str) -> Result<Json<'a>, ConvertError> 
         }
         "HEX" => {
             let bytes = hex::decode(raw.trim())
-                .map_err(|e| ConvertError::Invalid { path: path.into(), reason: format!("ED data is not hex: {e}") })?;
+                .map_err(|e| ConvertError::Invalid { path: path(), reason: format!("ED data is not hex: {e}") })?;
             base64::engine::general_purpose::STANDARD.encode(bytes)
         }
         // "A" (ASCII) and anything else: the text itself.
@@ -158,7 +160,7 @@ fn ed_attachment<'a>(n: Node<'a>, path: &str) -> Result<Json<'a>, ConvertError> 
 
 fn obx_value<'a>(
     obx: &Seg<'a>,
-    path: &str,
+    position: usize,
     opts: &crate::options::Hl7ToFhirOptions,
 ) -> Result<ObxValue<'a>, ConvertError> {
     let kind = obx.f(2).text();
@@ -194,7 +196,7 @@ fn obx_value<'a>(
         }
     };
     match kind.as_ref() {
-        "ED" => return ed_attachment(reps[0], path).map(ObxValue::Attachment),
+        "ED" => return ed_attachment(reps[0], position).map(ObxValue::Attachment),
         "RP" => {
             let n = reps[0];
             let url = n.c(1).text();
@@ -251,13 +253,13 @@ fn reference_range<'a>(text: Cow<'a, str>, units: Node<'a>, opts: &crate::option
     obj! {"text" => t}
 }
 
-fn interpretation<'a>(n: Node<'a>, opts: &crate::options::Hl7ToFhirOptions) -> Json<'a> {
+fn interpretation<'a>(n: Node<'a>, opts: &'a crate::options::Hl7ToFhirOptions) -> Json<'a> {
     let code = n.c(1).text();
     if code.is_empty() {
         return Json::Null;
     }
     if let Some(over) = opts.table("0078", &code) {
-        return obj! {"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over.to_string()}]};
+        return obj! {"coding" => arr![obj!{"system" => terminology::INTERPRETATION_SYSTEM, "code" => over}]};
     }
     let mnemonic = n.c(3).text();
     let v2_flag = mnemonic.is_empty() || mnemonic.eq_ignore_ascii_case("HL70078");
@@ -317,9 +319,8 @@ fn observation<'a>(
     position: usize,
 ) -> Result<ObxOut<'a>, ConvertError> {
     let opts = ctx.opts;
-    let path = format!("OBX({position})-5");
     let code = cwe(obx.f(3).first(), "", opts);
-    let value = obx_value(obx, &path, opts)?;
+    let value = obx_value(obx, position, opts)?;
     let values = match value {
         ObxValue::Attachment(a) => return Ok(ObxOut::Attachment(a)),
         ObxValue::None => Vec::new(),
@@ -337,10 +338,7 @@ fn observation<'a>(
     let opts = ctx.opts;
     let (patient, encounter) = refs(subject);
     let status_code = obx.f(11).text();
-    let status = opts
-        .table("0085", &status_code)
-        .map(str::to_string)
-        .unwrap_or_else(|| terminology::observation_status(&status_code).to_string());
+    let status = opts.table("0085", &status_code).unwrap_or_else(|| terminology::observation_status(&status_code));
     let mut effective = date_time(&obx.f(14).text(), opts);
     if effective.is_null()
         && let Some(t) = group.default_time
@@ -359,7 +357,10 @@ fn observation<'a>(
         "performer" => performers,
     };
     let Json::Obj(obj) = &mut resource else {
-        return Err(ConvertError::Invalid { path, reason: "internal: observation is not an object".into() });
+        return Err(ConvertError::Invalid {
+            path: format!("OBX({position})"),
+            reason: "internal: observation is not an object".into(),
+        });
     };
     let mut components = Vec::new();
     for (k, v) in values {
@@ -496,10 +497,7 @@ fn finish_report<'a>(ctx: &mut Ctx<'a>, subject: &Subject, r: Report<'a>) {
     let opts = ctx.opts;
     let obr = &r.obr;
     let status_code = obr.f(25).text();
-    let status = opts
-        .table("0123", &status_code)
-        .map(str::to_string)
-        .unwrap_or_else(|| terminology::report_status(&status_code).to_string());
+    let status = opts.table("0123", &status_code).unwrap_or_else(|| terminology::report_status(&status_code));
     let mut code = cwe(obr.f(4).first(), "", opts);
     if code.is_null() {
         code = obj! {"text" => "unknown"};
@@ -813,15 +811,14 @@ pub(crate) fn mdm<'a>(ctx: &mut Ctx<'a>, msg: &Msg<'a>, subject: &Subject, event
     let mut text_lines: Vec<String> = Vec::new();
     let mut attachments: Vec<Json<'a>> = Vec::new();
     for (i, obx) in msg.all("OBX").enumerate() {
-        let path = format!("OBX({})-5", i + 1);
         match obx.f(2).text().as_ref() {
             "ED" => {
                 // An ED without data still says what the document is (its
                 // type); the attachment is kept so the reference is not lost.
-                attachments.push(ed_attachment(obx.f(5).first(), &path)?);
+                attachments.push(ed_attachment(obx.f(5).first(), i + 1)?);
             }
             "RP" => {
-                if let ObxValue::Attachment(a) = obx_value(obx, &path, opts)? {
+                if let ObxValue::Attachment(a) = obx_value(obx, i + 1, opts)? {
                     attachments.push(a);
                 }
             }

@@ -144,28 +144,29 @@ fn map<'a>(
     opts.validate()?;
     let msg = Msg::new(message, cx);
     let msh = msg.seg("MSH").ok_or_else(|| ConvertError::NotHl7("no MSH segment".into()))?;
-    let kind = msh.f(9).c(1).text().into_owned();
-    let mut event = msh.f(9).c(2).text().into_owned();
+    // Borrowed from the message; the type's text is made only for an error.
+    let kind = msh.f(9).c(1).text();
+    let mut event = msh.f(9).c(2).text();
     if event.is_empty()
         && let Some(evn) = msg.seg("EVN")
     {
-        event = evn.f(1).text().into_owned();
+        event = evn.f(1).text();
     }
-    let message_type = format!("{kind}^{event}");
-    let supported = match kind.as_str() {
+    let unsupported = || ConvertError::UnsupportedMessage { message_type: format!("{kind}^{event}"), hint: SUPPORTED };
+    let supported = match kind.as_ref() {
         "ADT" => matches!(
-            event.as_str(),
+            event.as_ref(),
             "A01" | "A02" | "A03" | "A04" | "A05" | "A08" | "A11" | "A13" | "A28" | "A31" | "A40"
         ),
         "ORU" => event == "R01",
         "ORM" => event == "O01",
-        "SIU" => matches!(event.as_str(), "S12" | "S13" | "S14" | "S15" | "S26"),
-        "MDM" => matches!(event.as_str(), "T02" | "T06"),
+        "SIU" => matches!(event.as_ref(), "S12" | "S13" | "S14" | "S15" | "S26"),
+        "MDM" => matches!(event.as_ref(), "T02" | "T06"),
         "VXU" => event == "V04",
         _ => false,
     };
     if !supported {
-        return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED });
+        return Err(unsupported());
     }
     let pid = msg.seg("PID").ok_or_else(|| ConvertError::Missing { path: "PID segment".into() })?;
     // The Bundle's own id: sender and control id identify the message.
@@ -180,11 +181,11 @@ fn map<'a>(
             .and_then(|mrg| patient::replaced(mrg, opts))
     });
     let mut subject = patient::patient(&mut ctx, pid, msg.seg("PD1"), replaced.as_ref().and_then(|r| r.as_ref().ok()))?;
-    let with_visit = !(kind == "ADT" && matches!(event.as_str(), "A28" | "A31" | "A40"));
+    let with_visit = !(kind == "ADT" && matches!(event.as_ref(), "A28" | "A31" | "A40"));
     if with_visit {
         patient::encounter(&mut ctx, &mut subject, msg.seg("PV1"), msg.seg("PV2"), &event);
     }
-    match kind.as_str() {
+    match kind.as_ref() {
         "ADT" => {
             if let Some(replaced) = replaced {
                 patient::merge(&mut ctx, &subject, replaced?);
@@ -222,7 +223,7 @@ fn map<'a>(
             }
             clinical::vxu(&mut ctx, &msg, &subject)?;
         }
-        _ => return Err(ConvertError::UnsupportedMessage { message_type, hint: SUPPORTED }),
+        _ => return Err(unsupported()),
     }
     Ok(ctx)
 }

@@ -114,10 +114,7 @@ pub(crate) fn patient<'a>(
         _ => Json::Null,
     };
     let gender_code = pid.f(8).text();
-    let gender = opts
-        .table("0001", &gender_code)
-        .map(str::to_string)
-        .or_else(|| terminology::gender(&gender_code).map(str::to_string));
+    let gender = opts.table("0001", &gender_code).or_else(|| terminology::gender(&gender_code));
     let language = cwe(pid.f(15).first(), "0296", opts);
 
     // Its general practitioners (PD1) are entries after it, linked from it:
@@ -344,7 +341,7 @@ pub(crate) fn encounter<'a>(
     let token = search_token(Some(&visit));
     let resource = obj! {
         "identifier" => arr![visit],
-        "status" => opts.table("ENCOUNTER", event).map(str::to_string) .unwrap_or_else(|| encounter_status(event, pv1).to_string()),
+        "status" => opts.table("ENCOUNTER", event).unwrap_or_else(|| encounter_status(event, pv1)),
         "class" => class,
         "type" => arr![cwe(pv1.f(4).first(), "0007", opts), cwe(pv1.f(18).first(), "0018", opts)],
         "serviceType" => cwe(pv1.f(10).first(), "0069", opts),

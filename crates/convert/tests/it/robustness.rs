@@ -87,3 +87,30 @@ fn a40_errors_name_pid_first_then_mrg() {
     assert_eq!(entries[0]["resource"]["link"][0]["other"]["reference"], entries[1]["fullUrl"]);
     assert_eq!(entries[1]["resource"]["link"][0]["other"]["reference"], entries[0]["fullUrl"]);
 }
+
+#[test]
+fn ed_data_that_does_not_decode_is_an_error_naming_the_obx() {
+    // The path is made only when there is an error; it still names the
+    // OBX by its position in the message (ORU) or among the OBXs (MDM).
+    let invalid = |text: &str| match convert::hl7_to_fhir_json(
+        &hl7v2::Message::parse(text.as_bytes()).unwrap(),
+        &Default::default(),
+    ) {
+        Err(convert::ConvertError::Invalid { path, reason }) => (path, reason),
+        other => panic!("{text:?}: {other:?}"),
+    };
+    let msh = "MSH|^~\\&|LAB|HOSP|||20240101120000+0100||";
+    let pid = "PID|1||7^^^HOSP^MR||Doe^Jane\r";
+    let oru = format!(
+        "{msh}ORU^R01^ORU_R01|1|P|2.5.1\r{pid}OBR|1||F1^LAB|1^Panel\rOBX|1|NM|2^A^LN||5\rOBX|2|ED|3^B^LN||^AP^pdf^Base64^not*base64\r"
+    );
+    let (path, reason) = invalid(&oru);
+    assert_eq!(path, "OBX(2)-5");
+    assert!(reason.contains("base64"), "{reason}");
+    let mdm = format!(
+        "{msh}MDM^T02^MDM_T02|2|P|2.5.1\r{pid}TXA|1|CN|TX|||||||||D1^LAB\rOBX|1|TX|1^Note||text\rOBX|2|ED|2^Doc||^AP^pdf^HEX^xyz\r"
+    );
+    let (path, reason) = invalid(&mdm);
+    assert_eq!(path, "OBX(2)-5");
+    assert!(reason.contains("hex"), "{reason}");
+}
