@@ -521,17 +521,43 @@ pub(crate) fn text_concept(t: Cow<'_, str>) -> Json<'_> {
     }
 }
 
-/// XCN to (Identifier, HumanName) for a Practitioner.
-pub(crate) fn xcn<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> (Json<'a>, Json<'a>) {
-    let c = n.comps::<13>();
-    let id = c[0].text();
-    let identifier = if id.is_empty() {
-        Json::Null
-    } else {
-        obj! {"type" => identifier_type(c[12].text()), "system" => hd_system(c[8], opts), "value" => id}
-    };
+/// An XCN read as far as it identifies a person: its components, its id
+/// (XCN-1) and that id's system (XCN-9), and whether it has a name; the
+/// rest is made by [`Xcn::into_parts`], once a practitioner seen before has
+/// been ruled out.
+pub(crate) struct Xcn<'a> {
+    c: [Node<'a>; 13],
+    pub id: Cow<'a, str>,
+    /// Null without an id.
+    pub system: Json<'static>,
+    pub named: bool,
+}
+
+impl<'a> Xcn<'a> {
+    pub fn of(n: Node<'a>, opts: &Hl7ToFhirOptions) -> Xcn<'a> {
+        let c = n.comps::<13>();
+        let id = c[0].text();
+        let system = if id.is_empty() { Json::Null } else { hd_system(c[8], opts) };
+        let named = !(c[1].s(1).text().is_empty() && c[2].is_empty());
+        Xcn { c, id, system, named }
+    }
+
+    /// (Identifier, HumanName) for a Practitioner, each null when absent.
+    pub fn into_parts(self) -> (Json<'a>, Json<'a>) {
+        let c = self.c;
+        let identifier = if self.id.is_empty() {
+            Json::Null
+        } else {
+            obj! {"type" => identifier_type(c[12].text()), "system" => self.system, "value" => self.id}
+        };
+        (identifier, if self.named { xcn_name(&c) } else { Json::Null })
+    }
+}
+
+/// XCN-2 to XCN-10 as a HumanName.
+fn xcn_name<'a>(c: &[Node<'a>; 13]) -> Json<'a> {
     let family = c[1].s(1).text();
-    let name = if family.is_empty() && c[2].is_empty() {
+    if family.is_empty() && c[2].is_empty() {
         Json::Null
     } else {
         obj! {
@@ -541,8 +567,7 @@ pub(crate) fn xcn<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> (Json<'a>, Json<'
             "prefix" => arr![s(c[5])],
             "suffix" => arr![s(c[4]), s(c[6])],
         }
-    };
-    (identifier, name)
+    }
 }
 
 /// XON to (Identifier, name) for an Organization.
@@ -560,9 +585,18 @@ pub(crate) fn xon<'a>(n: Node<'a>, opts: &Hl7ToFhirOptions) -> (Json<'a>, Json<'
 /// The parts of a PL (person location) that name a place, most general
 /// first: facility, building, floor, point of care, room, bed.
 pub(crate) fn pl_name(n: Node<'_>) -> Option<String> {
-    let parts: Vec<String> =
-        [4, 7, 8, 1, 2, 3].into_iter().map(|c| n.c(c).text().into_owned()).filter(|t| !t.is_empty()).collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
+    let c = n.comps::<8>();
+    let mut name = String::new();
+    for part in [3, 6, 7, 0, 1, 2].map(|at| c[at].text()) {
+        if part.is_empty() {
+            continue;
+        }
+        if !name.is_empty() {
+            name.push_str(", ");
+        }
+        name.push_str(&part);
+    }
+    (!name.is_empty()).then_some(name)
 }
 
 /// The location-physical-type code of the most specific PL part given.

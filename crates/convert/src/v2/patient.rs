@@ -4,7 +4,7 @@
 
 use super::bundle::{Ctx, Ref, search_token, stable_uuid};
 use super::datatypes::{
-    authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xcn, xon, xpn, xtn,
+    Xcn, authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xon, xpn, xtn,
 };
 use super::json::{Entry, Json};
 use super::view::{Node, Seg};
@@ -208,16 +208,23 @@ pub(crate) fn practitioner<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
 /// The Practitioner entry of an XCN, not yet added; Err with the entry
 /// already added for it (not built again); None when empty.
 fn practitioner_entry<'a>(ctx: &Ctx<'a>, n: Node<'a>) -> Option<Result<Entry<'a>, Ref>> {
-    let (identifier, name) = xcn(n, ctx.opts);
-    if identifier.is_null() && name.is_null() {
+    // The identity first: a practitioner named again (PV1-7 and PV1-17 are
+    // often the same) is not built again.
+    let xcn = Xcn::of(n, ctx.opts);
+    if xcn.id.is_empty() && !xcn.named {
         return None;
     }
     // Without an identifier the name as written is the identity.
-    let key = if identifier.is_null() { n.whole().into_owned() } else { id_key(&identifier) };
+    let key = if xcn.id.is_empty() {
+        n.whole().into_owned()
+    } else {
+        [xcn.system.as_str().unwrap_or(""), "|", &xcn.id].concat()
+    };
     let (uuid, seen) = ctx.find("Practitioner", &key);
     if let Some(seen) = seen {
         return Some(Err(seen));
     }
+    let (identifier, name) = xcn.into_parts();
     let token = search_token(Some(&identifier));
     let resource = obj! {"identifier" => arr![identifier], "name" => arr![name]};
     Some(Ok(Entry { uuid, kind: "Practitioner", token, resource }))

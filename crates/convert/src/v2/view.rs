@@ -174,6 +174,10 @@ impl<'a> Node<'a> {
     /// as a primitive means its first sub-component, as HL7 says). Empty for
     /// the HL7 null `""`.
     pub fn text(&self) -> Cow<'a, str> {
+        if self.raw.is_empty() {
+            // Most leaves read are missing (a component not sent).
+            return Cow::Borrowed("");
+        }
         let cx = self.cx;
         // One pass: the end of the first leaf, and whether it holds an
         // escape character (most leaves do not: they are then borrowed as
