@@ -193,34 +193,44 @@ pub(crate) fn authority_system(ns: &str, uid: &str, uid_type: &str, opts: &Hl7To
         return Json::from(sys.clone());
     }
     if !uid.is_empty() {
-        match uid_type.to_ascii_uppercase().as_str() {
-            "ISO" if terminology::is_oid(uid) => return Json::from(format!("urn:oid:{uid}")),
-            "UUID" | "GUID" if uuid::Uuid::parse_str(uid).is_ok() => {
-                return Json::from(format!("urn:uuid:{}", uid.to_ascii_lowercase()));
-            }
-            "URI" | "URL" if uid.contains(':') => return Json::from(uid.to_string()),
-            _ if terminology::is_oid(uid) => return Json::from(format!("urn:oid:{uid}")),
-            _ => {}
+        // The type as given, in any case (no upper-cased copy per identifier).
+        let is = |t: &str| uid_type.eq_ignore_ascii_case(t);
+        if is("ISO") && terminology::is_oid(uid) {
+            return Json::from(["urn:oid:", uid].concat());
+        }
+        if (is("UUID") || is("GUID")) && uuid::Uuid::parse_str(uid).is_ok() {
+            return Json::from(format!("urn:uuid:{}", uid.to_ascii_lowercase()));
+        }
+        if (is("URI") || is("URL")) && uid.contains(':') {
+            return Json::from(uid.to_string());
+        }
+        if terminology::is_oid(uid) {
+            return Json::from(["urn:oid:", uid].concat());
         }
     }
     let name = if ns.is_empty() { uid } else { ns };
     if name.is_empty() {
         return Json::Null;
     }
-    Json::from(format!("{}{}", opts.unknown_authority_prefix, uri_safe(name)))
+    let prefix = &opts.unknown_authority_prefix;
+    let mut system = String::with_capacity(prefix.len() + name.len());
+    system.push_str(prefix);
+    push_uri_safe(&mut system, name);
+    Json::from(system)
 }
 
-/// Percent-encodes what may not appear in a URI.
-pub(crate) fn uri_safe(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+/// Appends `s` percent-encoded where it may not appear in a URI.
+fn push_uri_safe(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
-            out.push(b as char);
+            out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
     }
-    out
 }
 
 fn hd_system(hd: Node<'_>, opts: &Hl7ToFhirOptions) -> Json<'static> {
@@ -699,6 +709,16 @@ mod tests {
         assert_eq!(id["type"]["coding"][0]["code"], "MR");
         let id = cx(node("123456789^^^USSSA^SS"), &o).into_value().unwrap();
         assert_eq!(id["system"], "urn:plexus:authority:USSSA");
+        // Percent-encoded where a URI needs it; the id type in any case.
+        assert_eq!(authority_system("My Auth/\u{e9}", "", "", &o), "urn:plexus:authority:My%20Auth%2F%C3%A9");
+        assert_eq!(authority_system("", "1.2.3", "iso", &o), "urn:oid:1.2.3");
+        assert_eq!(authority_system("NS", "2.16.840", "L", &o), "urn:oid:2.16.840");
+        assert_eq!(
+            authority_system("", "A1B2C3D4-0000-4000-8000-00000000000F", "Guid", &o),
+            "urn:uuid:a1b2c3d4-0000-4000-8000-00000000000f"
+        );
+        assert_eq!(authority_system("", "http://x.example/ids", "uri", &o), "http://x.example/ids");
+        assert_eq!(authority_system("", "", "", &o), Json::Null);
         let mut o2 = opts();
         o2.identifier_systems.insert("USSSA".into(), "http://hl7.org/fhir/sid/us-ssn".into());
         assert_eq!(

@@ -560,6 +560,13 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 fn write_str_body(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
+    // Values under eight bytes (codes, short names, numbers) are checked as
+    // one word made of their bytes (overlapping, no copy), and copied whole
+    // when clean; the byte loop below only sees those that need escaping.
+    if bytes.len() < 8 && !short_needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -604,6 +611,23 @@ fn write_str_body(out: &mut Vec<u8>, s: &str) {
         start = i;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+/// [`needs_escape`] for a value of fewer than eight bytes: its first and
+/// last four bytes (overlapping) as one word, or for one to three bytes the
+/// first, middle and last one with harmless filler.
+fn short_needs_escape(bytes: &[u8]) -> bool {
+    let word = match (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        (Some(head), Some(tail)) => u64::from(u32::from_le_bytes(*head)) | (u64::from(u32::from_le_bytes(*tail)) << 32),
+        _ => match bytes {
+            [] => return false,
+            [first, .., last] | [first @ last] => {
+                let middle = bytes[bytes.len() / 2];
+                u64::from_le_bytes([*first, middle, *last, b'a', b'a', b'a', b'a', b'a'])
+            }
+        },
+    };
+    needs_escape(word)
 }
 
 /// Whether any of the eight bytes in `w` is below 0x20, `"` or `\` (the
