@@ -16,7 +16,8 @@
 //! `{"message_id": ..., "duplicate": ...}`; problems are JSON too (RFC 9457
 //! problem details, or a FHIR OperationOutcome for FHIR channels). An
 //! `Idempotency-Key` header makes a JSON POST safe to retry: the same key
-//! within the store's duplicate window is stored once.
+//! within the store's duplicate window is stored once ([`idempotency_key`]:
+//! an unusable key is refused with 400, not ignored).
 //!
 //! The handler is the same whether it is mounted on the API listener or on
 //! the source's own: [`router`] serves the channels it is given.
@@ -165,11 +166,10 @@ async fn post_message(
                 );
             }
             let mut received = Received::now(body.to_vec(), peer);
-            received.idempotency_key = headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty() && v.len() <= 200);
+            received.idempotency_key = match idempotency_key(&headers) {
+                Ok(key) => key,
+                Err(why) => return problem(kind, StatusCode::BAD_REQUEST, "unusable Idempotency-Key", &why),
+            };
             match channel.ingest.ingest_json(received).await {
                 JsonOutcome::Stored { message_id, duplicate } => (
                     StatusCode::ACCEPTED,
@@ -183,6 +183,38 @@ async fn post_message(
             }
         }
     }
+}
+
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The request's `Idempotency-Key` header, if any: 1 to
+/// [`MAX_IDEMPOTENCY_KEY`] visible ASCII characters (spaces inside
+/// allowed), bare or as a structured-field string (`"..."`, as
+/// draft-ietf-httpapi-idempotency-key-header writes it). A header that is
+/// given but unusable (empty, too long, repeated, other characters) is an
+/// error, for the caller to hear: ignoring it would silently store each
+/// retry again, the very thing the caller sent the key to prevent. The
+/// error names the header.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err("Idempotency-Key: given more than once".into());
+    }
+    let visible_ascii = "Idempotency-Key: only visible ASCII characters are allowed";
+    let value = value.to_str().map_err(|_| visible_ascii.to_string())?.trim();
+    let key = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+    if key.is_empty() {
+        return Err("Idempotency-Key: is empty".into());
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(format!("Idempotency-Key: longer than {MAX_IDEMPOTENCY_KEY} characters"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(visible_ascii.into());
+    }
+    Ok(Some(key.to_string()))
 }
 
 /// A JSON problem: RFC 9457 problem details, or an OperationOutcome for
@@ -213,4 +245,76 @@ fn problem(kind: ContentKind, status: StatusCode, title: &str, detail: &str) -> 
     let mut response = (status, body.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    /// The routes of one JSON channel `pms` on a SQLite store in `dir`.
+    async fn json_channel(dir: &std::path::Path) -> (Router, Arc<dyn store::Store>) {
+        let config = crate::config::Config::from_toml_str(&format!(
+            r#"
+version = 1
+[channels.pms]
+content = "json"
+[channels.pms.source]
+type = "http"
+[[channels.pms.destinations]]
+name = "archive"
+type = "file"
+directory = "{}/out"
+"#,
+            dir.display()
+        ))
+        .unwrap_or_else(|e| panic!("config: {e}"));
+        let url = format!("sqlite://{}/plexus.db", dir.display());
+        let store = store::open(&url, store::StoreOptions::default()).await.expect("store opened");
+        let ingest = Arc::new(ChannelIngest::new(&config.channels[0], Arc::clone(&store)));
+        (router(vec![HttpChannel { ingest, max_body_size: 1 << 20 }]), store)
+    }
+
+    async fn post(app: &Router, key: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::post("/channels/pms/messages").header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let mut request = request.body(Body::from(r#"{"patient": {"id": "P1"}}"#)).expect("request");
+        request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        let response = app.clone().oneshot(request).await.expect("answer");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    /// The same key is stored once; a key the store could not use (too
+    /// long) is refused with the reason instead of being dropped, which
+    /// stored every retry again.
+    #[tokio::test]
+    async fn an_idempotency_key_stores_once_and_an_unusable_one_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (app, store) = json_channel(dir.path()).await;
+        let (status, first) = post(&app, Some("order-1")).await;
+        assert_eq!((status, &first["duplicate"]), (StatusCode::ACCEPTED, &serde_json::json!(false)), "{first}");
+        let (status, again) = post(&app, Some("\"order-1\"")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!((&again["message_id"], &again["duplicate"]), (&first["message_id"], &serde_json::json!(true)));
+
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY + 1);
+        let (status, problem) = post(&app, Some(&long)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["detail"], "Idempotency-Key: longer than 200 characters");
+        let (status, problem) = post(&app, Some("a\tb")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["detail"], "Idempotency-Key: only visible ASCII characters are allowed");
+        let (status, problem) = post(&app, Some(" ")).await;
+        assert_eq!((status, problem["detail"].as_str()), (StatusCode::BAD_REQUEST, Some("Idempotency-Key: is empty")));
+
+        let query = store::SearchQuery { channel: Some("pms".into()), ..Default::default() };
+        assert_eq!(store.search(&query).await.expect("search").items.len(), 1, "only order-1 is stored");
+        store.close().await;
+    }
 }
