@@ -79,7 +79,16 @@ struct App {
 }
 
 fn app_with(config: SendToEhrConfig, source: MemorySource, auth: Arc<dyn CallerAuth>) -> App {
-    let store = Arc::new(MemoryTrackingStore::default());
+    app_on(Arc::new(MemoryTrackingStore::default()), config, source, auth)
+}
+
+/// An app over `store` (two apps on one store stand for a restart).
+fn app_on(
+    store: Arc<MemoryTrackingStore>,
+    config: SendToEhrConfig,
+    source: MemorySource,
+    auth: Arc<dyn CallerAuth>,
+) -> App {
     let state = SendToEhrState {
         config: Arc::new(config),
         fhir_base: "https://plexus.example/fhir".into(),
@@ -116,6 +125,20 @@ async fn post_raw(app: &App, body: Vec<u8>) -> (StatusCode, Value) {
         .body(Body::from(body))
         .expect("request");
     call(app, request).await
+}
+
+/// POSTs `body` with these headers (`Idempotency-Key`, `Authorization`).
+async fn post_with(app: &App, body: &Value, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut request = Request::post(SEND).header(header::CONTENT_TYPE, "application/fhir+json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    call(app, request.body(Body::from(body.to_string())).expect("request")).await
+}
+
+fn transaction_id(answer: &Value) -> String {
+    assert_eq!(answer["parameter"][1]["name"], "transaction-id", "{answer}");
+    answer["parameter"][1]["valueString"].as_str().expect("transaction id").to_string()
 }
 
 async fn track(app: &App, query: &str) -> (StatusCode, Value) {
@@ -351,6 +374,7 @@ impl CallerAuth for TokenAuth {
         assert_eq!(scope, SEND_TO_EHR_SCOPE);
         match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             Some("Bearer good") => Ok(Caller { application: Some("doc-platform".into()) }),
+            Some("Bearer other") => Ok(Caller { application: Some("portal".into()) }),
             Some("Bearer weak") => Err(Rejection::one(403, None, "forbidden", "token lacks the SEND_TO_EHR scope")),
             _ => Err(Rejection::one(401, None, "login", "an API token is required")),
         }
@@ -387,6 +411,123 @@ async fn the_auth_hook_refuses_before_anything_is_read() {
         outputs.document_reference["author"][0]["display"], "doc-platform",
         "the token's application is the default sender"
     );
+}
+
+/// A retry with the same `Idempotency-Key` (the connection dropped after
+/// the POST) is answered with the first answer and files nothing new,
+/// whatever the JSON around the same request looks like; the key with
+/// another document is refused; other keys, and no key, submit anew.
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer_and_stores_nothing() {
+    let app = app();
+    let request = body(&[json!({"name": "document-title", "valueString": "Lettre"})]);
+    let (status, first) = post_with(&app, &request, &[("idempotency-key", "upload-0001")]).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let tx = transaction_id(&first);
+    assert!(uuid::Uuid::parse_str(&tx).is_ok(), "{tx}");
+    assert_eq!(app.store.len(), 1);
+
+    let (status, again) = post_with(&app, &request, &[("idempotency-key", "upload-0001")]).await;
+    assert_eq!((status, &again), (StatusCode::OK, &first), "the same answer, same transaction id");
+    // The same request written otherwise: parameters in another order, the
+    // key as a structured-field string.
+    let mut reordered = request.clone();
+    reordered["parameter"].as_array_mut().expect("parameters").reverse();
+    let (status, again) = post_with(&app, &reordered, &[("idempotency-key", "\"upload-0001\"")]).await;
+    assert_eq!((status, &again), (StatusCode::OK, &first));
+    assert_eq!(app.store.len(), 1, "a retry stores nothing");
+
+    // The key reused for another document: refused, nothing stored.
+    let other = body(&[json!({"name": "document-title", "valueString": "Lettre 2"})]);
+    let (status, outcome) = post_with(&app, &other, &[("idempotency-key", "upload-0001")]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{outcome}");
+    assert_eq!(
+        diagnostics(&outcome),
+        [format!(
+            "Idempotency-Key: already used for another request (transaction-id {tx}); a new document needs a new key"
+        )]
+    );
+    assert_eq!(outcome["issue"][0]["code"], "business-rule");
+    assert_eq!(app.store.len(), 1);
+    assert_eq!(app.store.outputs(&tx).expect("kept").title, "Lettre", "the first document is untouched");
+
+    // Another key, or none, is another submission.
+    let (status, answer) = post_with(&app, &request, &[("idempotency-key", "upload-0002")]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_ne!(transaction_id(&answer), tx);
+    let (_, a) = post(&app, &request).await;
+    let (_, b) = post(&app, &request).await;
+    assert_ne!(transaction_id(&a), transaction_id(&b), "without a key every POST is a submission");
+    assert_eq!(app.store.len(), 4);
+}
+
+/// A retry is answered from the stored submission, before the patient
+/// source is asked: it succeeds while the source is down (after a restart
+/// here: a second router on the same store).
+#[tokio::test]
+async fn a_retry_is_answered_while_the_patient_source_is_down() {
+    let store = Arc::new(MemoryTrackingStore::default());
+    let up = app_on(Arc::clone(&store), SendToEhrConfig::default(), source(), Arc::new(NoAuth));
+    let (status, first) = post_with(&up, &body(&[]), &[("idempotency-key", "k1")]).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let down = app_on(
+        Arc::clone(&store),
+        SendToEhrConfig::default(),
+        MemorySource { down: true, ..source() },
+        Arc::new(NoAuth),
+    );
+    let (status, again) = post_with(&down, &body(&[]), &[("idempotency-key", "k1")]).await;
+    assert_eq!((status, &again), (StatusCode::OK, &first));
+    let (status, outcome) = post_with(&down, &body(&[]), &[("idempotency-key", "k2")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a new key is a new submission: {outcome}");
+    assert_eq!(store.len(), 1);
+}
+
+/// Keys belong to the calling application: the same key from another
+/// application's token is another submission.
+#[tokio::test]
+async fn the_same_key_from_another_application_is_another_submission() {
+    let app = app_with(SendToEhrConfig::default(), source(), Arc::new(TokenAuth));
+    let (status, mine) =
+        post_with(&app, &body(&[]), &[("idempotency-key", "k1"), ("authorization", "Bearer good")]).await;
+    assert_eq!(status, StatusCode::OK, "{mine}");
+    let (status, theirs) =
+        post_with(&app, &body(&[]), &[("idempotency-key", "k1"), ("authorization", "Bearer other")]).await;
+    assert_eq!(status, StatusCode::OK, "{theirs}");
+    assert_ne!(transaction_id(&mine), transaction_id(&theirs));
+    assert_eq!(app.store.len(), 2);
+    // Without a token, nothing is answered, not even a stored submission.
+    let (status, _) = post_with(&app, &body(&[]), &[("idempotency-key", "k1")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// A key the caller counts on but that cannot be used is refused, not
+/// ignored.
+#[tokio::test]
+async fn unusable_idempotency_keys_are_refused() {
+    let app = app();
+    let long = "k".repeat(201);
+    for (value, expected) in [
+        ("  ", "Idempotency-Key: is empty"),
+        ("\"\"", "Idempotency-Key: is empty"),
+        (long.as_str(), "Idempotency-Key: longer than 200 characters"),
+        ("a\tb", "Idempotency-Key: only visible ASCII characters are allowed"),
+    ] {
+        let (status, outcome) = post_with(&app, &body(&[]), &[("idempotency-key", value)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{value:?}: {outcome}");
+        assert_eq!(diagnostics(&outcome), [expected], "{value:?}");
+    }
+    let (status, outcome) = post_with(&app, &body(&[]), &[("idempotency-key", "a"), ("idempotency-key", "b")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(diagnostics(&outcome), ["Idempotency-Key: given more than once"]);
+    let request = Request::post(SEND)
+        .header("idempotency-key", axum::http::HeaderValue::from_bytes(b"caf\xC3\xA9").expect("header"))
+        .body(Body::from(body(&[]).to_string()))
+        .expect("request");
+    let (status, outcome) = call(&app, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(diagnostics(&outcome), ["Idempotency-Key: only visible ASCII characters are allowed"]);
+    assert!(app.store.is_empty());
 }
 
 /// The FHIR client as patient source against the FHIR server peer: a

@@ -80,11 +80,19 @@ struct Api {
 
 impl Api {
     async fn submit(&self, parameters: Value) -> (u16, Value) {
+        self.submit_with_key(parameters, None).await
+    }
+
+    /// Submits with an `Idempotency-Key` header when `key` is given.
+    async fn submit_with_key(&self, parameters: Value, key: Option<&str>) -> (u16, Value) {
         let mut request = self
             .http
             .post(format!("{}/fhir/CommunicationRequest/$send-to-ehr", self.base))
             .header("content-type", "application/fhir+json")
             .body(parameters.to_string());
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -560,5 +568,160 @@ file_name = "${{message_id}}.json"
         format!("https://plexus.example/fhir/Binary/{tx}")
     );
 
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A document platform whose connection dropped after its POST sends it
+/// again with the same `Idempotency-Key`: through the whole engine on
+/// SQLite, retries (sequential, concurrent, and after a restart with the
+/// store reopened) get the first answer, and the document is stored and
+/// delivered once. The key with another document is refused; the key from
+/// another application is its own; once retention removed the first
+/// submission's content, the key is refused rather than guessed at.
+#[tokio::test]
+async fn a_retried_submission_is_stored_and_delivered_once_even_after_a_restart() {
+    let Some(peer) = testkit::FhirPeer::start("engine::send_to_ehr_e2e::idempotency") else { return };
+    let client =
+        fhir::FhirClient::new("ehr", &fhir::ServerConfig::new(peer.base_url.parse().expect("url"))).expect("client");
+    let created = client
+        .create(&json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN8"}],
+                        "name": [{"family": "Morel", "given": ["Anne"]}], "birthDate": "1981-03-04"}))
+        .await
+        .expect("patient created");
+    let patient = created.resource.as_ref().and_then(|r| r["id"].as_str()).expect("patient id").to_string();
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = format!(
+        r#"
+version = 1
+[store]
+url = "sqlite://{dir}/plexus.db"
+[api]
+listen = "127.0.0.1:0"
+[fhir_servers.ehr]
+base_url = "{fhir}"
+[channels.documents.source]
+type = "send_to_ehr"
+patient_source = "ehr"
+output = "json"
+[[channels.documents.destinations]]
+name = "archive"
+type = "file"
+directory = "{dir}/archive"
+file_name = "${{message_id}}.json"
+"#,
+        dir = dir.path().display(),
+        fhir = peer.base_url,
+    );
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
+    let engine = Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let issue = |name: &'static str| {
+        let store = Arc::clone(engine.store());
+        async move { issue_token(store.as_ref(), name, &[Scope::SendToEhr], None).await.expect("token issued").bearer }
+    };
+    let (platform, portal) = (issue("doc-platform").await, issue("portal").await);
+    let api = |base: &str, token: &str| Api {
+        http: reqwest::Client::new(),
+        base: base.to_string(),
+        token: Some(token.to_string()),
+    };
+    let base = format!("http://{}", engine.api_addr());
+    let (app, other_app) = (api(&base, &platform), api(&base, &portal));
+    let letter = |title: &str| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "subject", "valueReference": {"reference": format!("Patient/{patient}")}},
+            {"name": "document-title", "valueString": title},
+            {"name": "payload", "valueString": b64(PDF)},
+        ]})
+    };
+
+    let (status, first) = app.submit_with_key(letter("Lettre"), Some("upload-42")).await;
+    assert_eq!(status, 200, "{first}");
+    let tx = first["parameter"][1]["valueString"].as_str().expect("transaction-id").to_string();
+    let (status, again) = app.submit_with_key(letter("Lettre"), Some("upload-42")).await;
+    assert_eq!((status, &again), (200, &first), "a retry gets the first answer");
+
+    // Retries racing each other: one is stored, all get its answer.
+    let racing: Vec<(u16, Value)> =
+        futures::future::join_all((0..4).map(|_| app.submit_with_key(letter("Compte rendu"), Some("upload-43")))).await;
+    let (status, answer) = &racing[0];
+    assert_eq!(*status, 200, "{answer}");
+    assert!(racing.iter().all(|r| r == &racing[0]), "{racing:?}");
+    let raced = answer["parameter"][1]["valueString"].as_str().expect("transaction-id").to_string();
+    assert_ne!(raced, tx);
+
+    // The key with another document: refused, with the reason.
+    let (status, outcome) = app.submit_with_key(letter("Autre lettre"), Some("upload-42")).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        format!(
+            "Idempotency-Key: already used for another request (transaction-id {tx}); a new document needs a new key"
+        )
+    );
+    // Another application's key is its own.
+    let (status, theirs) = other_app.submit_with_key(letter("Lettre"), Some("upload-42")).await;
+    assert_eq!(status, 200, "{theirs}");
+    assert_ne!(theirs["parameter"][1]["valueString"], tx.as_str());
+
+    let channel = store::SearchQuery { channel: Some("documents".into()), ..Default::default() };
+    let stored = engine.store().search(&channel).await.expect("search").items;
+    assert_eq!(stored.len(), 3, "upload-42, upload-43 and the portal's upload-42");
+    let mut control_ids: Vec<String> = stored.iter().filter_map(|m| m.control_id.clone()).collect();
+    control_ids.sort();
+    let mut expected =
+        vec![tx.clone(), raced.clone(), theirs["parameter"][1]["valueString"].as_str().unwrap_or("").to_string()];
+    expected.sort();
+    assert_eq!(control_ids, expected, "each submission is stored under its transaction id");
+    let tracking = first["parameter"][0]["valueUrl"].as_str().expect("tracking-url").to_string();
+    app.wait_for(&tracking, "completed").await;
+    engine.shutdown(Duration::from_secs(5)).await;
+
+    // After a restart, the store reopened: the retry still gets the first
+    // answer, and nothing new is stored or delivered.
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("config: {e}"));
+    let engine = Engine::start(config).await.unwrap_or_else(|e| panic!("restart: {e}"));
+    let app = api(&format!("http://{}", engine.api_addr()), &platform);
+    let (status, again) = app.submit_with_key(letter("Lettre"), Some("upload-42")).await;
+    assert_eq!((status, &again), (200, &first), "a retry after a restart gets the first answer");
+    assert_eq!(engine.store().search(&channel).await.expect("search").items.len(), 3);
+    for stored in &stored {
+        let detail = engine.store().get_message(stored.id).await.expect("read").expect("kept");
+        assert_eq!(detail.deliveries.len(), 1);
+    }
+    let local_tracking = format!("{}/fhir/CommunicationRequest/$tracking?transaction-id={tx}", app.base);
+    app.wait_for(&local_tracking, "completed").await;
+    let archived = || std::fs::read_dir(dir.path().join("archive")).map(|d| d.count()).unwrap_or(0);
+    for _ in 0..600 {
+        if archived() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(archived(), 3, "each document delivered once");
+
+    // Retention removed the first submission's content (and its answer):
+    // the retry cannot be compared with it, and is refused rather than
+    // stored under the same transaction id or answered blindly.
+    let removed = engine
+        .store()
+        .retention_batch(&store::RetentionRequest {
+            older_than: chrono::Utc::now() + chrono::Duration::hours(1),
+            mode: store::RetentionMode::Contents,
+            batch_size: 100,
+        })
+        .await
+        .expect("retention");
+    assert_eq!(removed.messages, 3, "every submission delivered, so all are eligible");
+    let (status, outcome) = app.submit_with_key(letter("Lettre"), Some("upload-42")).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        format!(
+            "Idempotency-Key: already used (transaction-id {tx}) by a submission whose content retention has \
+             removed, so this request cannot be compared with it; use a new key"
+        )
+    );
+    assert_eq!(engine.store().search(&channel).await.expect("search").items.len(), 3);
     engine.shutdown(Duration::from_secs(5)).await;
 }

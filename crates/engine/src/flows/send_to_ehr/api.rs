@@ -93,14 +93,45 @@ pub struct Submission {
     pub resolved: Resolved,
     /// The calling application (its API token's name), when known.
     pub caller: Option<String>,
+    /// What the operation answers, kept with the submission so that a
+    /// retry with the same `Idempotency-Key` gets the very same answer.
+    pub receipt: Receipt,
+}
+
+/// The operation's answer to a submission and the digest of the request
+/// it answered ([`SendToEhrRequest::digest`](super::request::SendToEhrRequest::digest)):
+/// a retry is answered with `response` only if its request has the same
+/// digest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    /// SHA-256 (hex) of the validated request.
+    pub request_digest: String,
+    /// The success Parameters sent back.
+    pub response: Value,
+}
+
+/// A submission already stored under a transaction id (a retry's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Earlier {
+    /// Stored with this answer.
+    Answered(Receipt),
+    /// Stored, but its answer is gone (retention removed the contents):
+    /// whether the retry is the same request cannot be told.
+    Forgotten,
 }
 
 /// Where submissions and their tracking are kept.
 #[async_trait]
 pub trait TrackingStore: Send + Sync {
     /// Keeps a new submission: its tracking and its resources. Returns once
-    /// it is durable (the operation answers 200 only then).
-    async fn insert(&self, submission: Submission) -> Result<(), TrackingStoreError>;
+    /// it is durable (the operation answers 200 only then): `None` when it
+    /// was stored, or the submission already stored under its transaction
+    /// id (a concurrent retry with the same `Idempotency-Key` got there
+    /// first), in which case nothing was stored.
+    async fn insert(&self, submission: Submission) -> Result<Option<Earlier>, TrackingStoreError>;
+    /// The submission stored under `transaction_id`, if any, with its
+    /// answer.
+    async fn earlier(&self, transaction_id: &str) -> Result<Option<Earlier>, TrackingStoreError>;
     /// A submission's tracking, `None` when unknown.
     async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError>;
     /// A submission's created resources, `None` when unknown (or when
@@ -112,13 +143,16 @@ pub trait TrackingStore: Send + Sync {
 /// An in-memory [`TrackingStore`] (lost on restart).
 #[derive(Debug, Default)]
 pub struct MemoryTrackingStore {
-    entries: Mutex<HashMap<String, (TrackingRecord, Outputs)>>,
+    entries: Mutex<HashMap<String, Entry>>,
 }
+
+/// One submission kept in memory: tracking, resources, answer.
+type Entry = (TrackingRecord, Outputs, Receipt);
 
 impl MemoryTrackingStore {
     /// A submission's resources, when known.
     pub fn outputs(&self, transaction_id: &str) -> Option<Outputs> {
-        self.lock().get(transaction_id).map(|(_, o)| o.clone())
+        self.lock().get(transaction_id).map(|(_, o, _)| o.clone())
     }
 
     /// Replaces a submission's tracking (as the delivery would).
@@ -138,7 +172,7 @@ impl MemoryTrackingStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (TrackingRecord, Outputs)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding the lock leaves the map consistent (each
         // operation is one insert or read), so a poisoned lock is usable.
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -147,14 +181,24 @@ impl MemoryTrackingStore {
 
 #[async_trait]
 impl TrackingStore for MemoryTrackingStore {
-    async fn insert(&self, submission: Submission) -> Result<(), TrackingStoreError> {
-        let Submission { record, outputs, .. } = submission;
-        self.lock().insert(record.transaction_id.clone(), (record, outputs));
-        Ok(())
+    async fn insert(&self, submission: Submission) -> Result<Option<Earlier>, TrackingStoreError> {
+        let Submission { record, outputs, receipt, .. } = submission;
+        // As the message store: the first submission under an id stays.
+        match self.lock().entry(record.transaction_id.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(Some(Earlier::Answered(e.get().2.clone()))),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((record, outputs, receipt));
+                Ok(None)
+            }
+        }
+    }
+
+    async fn earlier(&self, transaction_id: &str) -> Result<Option<Earlier>, TrackingStoreError> {
+        Ok(self.lock().get(transaction_id).map(|(_, _, receipt)| Earlier::Answered(receipt.clone())))
     }
 
     async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError> {
-        Ok(self.lock().get(transaction_id).map(|(r, _)| r.clone()))
+        Ok(self.lock().get(transaction_id).map(|(r, _, _)| r.clone()))
     }
 
     async fn resources(&self, transaction_id: &str, _reader: &str) -> Result<Option<Outputs>, TrackingStoreError> {
@@ -272,20 +316,100 @@ async fn submit(
             format!("request body: {}", e.body_text()),
         )
     })?;
+    let key = idempotency_key(headers)?;
     let json: Value = serde_json::from_slice(&body)
         .map_err(|e| Rejection::one(400, None, "structure", format!("request body: not JSON ({e})")))?;
     let request = validate_request(&json, &state.config, caller.application.as_deref())?;
+    let digest = request.digest();
+    // With a key, the transaction id is the key's (per calling
+    // application): a retry names the submission it repeats, which is
+    // answered again before the patient source is asked anything.
+    let transaction_id = match &key {
+        Some(key) => {
+            let transaction_id = keyed_transaction_id(caller.application.as_deref(), key);
+            let earlier = state.tracking.earlier(&transaction_id).await.map_err(|e| {
+                tracing::error!(error = %e, "send-to-ehr: earlier submission not readable");
+                Rejection::one(503, None, "transient", "the submission could not be checked; retry later")
+            })?;
+            if let Some(earlier) = earlier {
+                return answer_again(earlier, &digest, &transaction_id);
+            }
+            transaction_id
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
     let resolved = resolve(&request, state.source.as_ref()).await?;
-    let transaction_id = uuid::Uuid::now_v7().to_string();
     let outputs = outputs(&request, &resolved, &state.fhir_base, &transaction_id, now);
     let record = TrackingRecord::new(&transaction_id, &request.patient_id, now);
-    let submission = Submission { record, outputs, resolved, caller: caller.application };
-    state.tracking.insert(submission).await.map_err(|e| {
+    let response = success_parameters(&state.fhir_base, &transaction_id);
+    let receipt = Receipt { request_digest: digest.clone(), response: response.clone() };
+    let submission = Submission { record, outputs, resolved, caller: caller.application, receipt };
+    let earlier = state.tracking.insert(submission).await.map_err(|e| {
         tracing::error!(error = %e, "send-to-ehr: submission not stored");
         Rejection::one(503, None, "transient", "the submission could not be stored; retry later")
     })?;
+    if let Some(earlier) = earlier {
+        // A concurrent retry with the same key was stored first.
+        return answer_again(earlier, &digest, &transaction_id);
+    }
     tracing::info!(transaction_id = %transaction_id, bytes = request.payload.len(), "send-to-ehr: submission accepted");
-    Ok(success_parameters(&state.fhir_base, &transaction_id))
+    Ok(response)
+}
+
+/// The request's `Idempotency-Key` header, if any (the rules of HTTP
+/// ingest, [`crate::sources::http::idempotency_key`]). A key that is given
+/// but unusable is refused (400) rather than ignored: the caller counts on
+/// it to make a retry safe.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Rejection> {
+    crate::sources::http::idempotency_key(headers).map_err(|why| Rejection::one(400, None, "structure", why))
+}
+
+/// The transaction id of the submission made with `key` by `caller`: a
+/// UUID (version 8) from the SHA-256 of both, so the same key from another
+/// application names another submission, and the store's duplicate
+/// detection (same channel, sender and control id) catches a retry.
+pub fn keyed_transaction_id(caller: Option<&str>, key: &str) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"plexus send-to-ehr idempotency key\0");
+    hash.update(caller.unwrap_or("").as_bytes());
+    hash.update(b"\0");
+    hash.update(key.as_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
+/// The answer to a retry of an `earlier` submission: its own answer when
+/// the request is the same, otherwise a refusal (the key was reused for
+/// another document, which must not be dropped silently nor filed under
+/// the first one's id).
+fn answer_again(earlier: Earlier, digest: &str, transaction_id: &str) -> Result<Value, Rejection> {
+    match earlier {
+        Earlier::Answered(receipt) if receipt.request_digest == digest => {
+            tracing::info!(transaction_id = %transaction_id, "send-to-ehr: retry answered with the stored submission");
+            Ok(receipt.response)
+        }
+        Earlier::Answered(_) => Err(Rejection::one(
+            422,
+            None,
+            "business-rule",
+            format!(
+                "Idempotency-Key: already used for another request (transaction-id {transaction_id}); \
+                 a new document needs a new key"
+            ),
+        )),
+        Earlier::Forgotten => Err(Rejection::one(
+            422,
+            None,
+            "business-rule",
+            format!(
+                "Idempotency-Key: already used (transaction-id {transaction_id}) by a submission whose content \
+                 retention has removed, so this request cannot be compared with it; use a new key"
+            ),
+        )),
+    }
 }
 
 /// `GET /fhir/{Binary|DocumentReference|CommunicationRequest}/{transaction-id}`:

@@ -6,8 +6,14 @@
 //! CommunicationRequest, see [`build::submission_bundle`]), its control id
 //! the transaction id (indexed, so `$tracking` finds it without a new
 //! table), its order key `Patient/{id}` (one patient's documents reach the
-//! EHR in submission order), with one queued delivery per destination. It
-//! is committed before the operation answers 200.
+//! EHR in submission order), its ACK the operation's answer with the
+//! request's digest ([`Receipt`]), with one queued delivery per
+//! destination. It is committed before the operation answers 200.
+//!
+//! A retry with the same `Idempotency-Key` has the same transaction id (see
+//! [`super::api::keyed_transaction_id`]), so the store's duplicate
+//! detection (channel, sender, control id) stores it once, even when two
+//! race, and hands back the original's ACK: its answer.
 //!
 //! The tracking status is read from the deliveries, never stored twice:
 //! see [`status_of`].
@@ -21,7 +27,7 @@ use store::{
     Accepted, DeliveryDetail, DeliveryState, MessageDetail, NewAuditEvent, NewDelivery, NewMessage, SearchQuery, Store,
 };
 
-use super::api::{Submission, TrackingStore, TrackingStoreError};
+use super::api::{Earlier, Receipt, Submission, TrackingStore, TrackingStoreError};
 use super::build::{self, Outputs};
 use super::tracking::{TrackingRecord, TrackingStatus};
 
@@ -62,7 +68,7 @@ impl StoreTracking {
 
     /// The message a submission is stored as.
     pub fn new_message(&self, submission: &Submission) -> NewMessage {
-        let Submission { record, outputs, resolved, caller } = submission;
+        let Submission { record, outputs, resolved, caller, receipt } = submission;
         let bundle = build::submission_bundle(outputs, resolved);
         let document_type =
             outputs.document_reference.pointer("/type/coding/0/code").and_then(Value::as_str).map(str::to_string);
@@ -79,9 +85,21 @@ impl StoreTracking {
             event: document_type,
             order_key: Some(format!("{ORDER_KEY_PREFIX}{}", record.patient_id)),
             patient_ids: patient_identifiers(&resolved.patient),
-            ack: None,
+            // The answer, stored atomically with the submission: a retry
+            // (same Idempotency-Key, so same control id) gets it back from
+            // the store's duplicate detection.
+            ack: Some(serde_json::to_vec(receipt).unwrap_or_default()),
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
         }
+    }
+}
+
+/// A stored submission's answer from its ACK ([`Receipt`] as JSON);
+/// without one (removed by retention) it is [`Earlier::Forgotten`].
+fn earlier_from_ack(ack: Option<&[u8]>) -> Earlier {
+    match ack.and_then(|ack| serde_json::from_slice::<Receipt>(ack).ok()) {
+        Some(receipt) => Earlier::Answered(receipt),
+        None => Earlier::Forgotten,
     }
 }
 
@@ -103,14 +121,23 @@ fn patient_identifiers(patient: &Value) -> Vec<String> {
 
 #[async_trait]
 impl TrackingStore for StoreTracking {
-    async fn insert(&self, submission: Submission) -> Result<(), TrackingStoreError> {
+    async fn insert(&self, submission: Submission) -> Result<Option<Earlier>, TrackingStoreError> {
         match self.store.accept(self.new_message(&submission)).await {
-            Ok(Accepted::Stored { .. }) => Ok(()),
-            // A fresh UUID v7 cannot collide; if the store still says so,
-            // the submission is not stored under this id: refuse it.
-            Ok(Accepted::Duplicate { .. }) => Err(TrackingStoreError("transaction id already stored".into())),
+            Ok(Accepted::Stored { .. }) => Ok(None),
+            // Same sender and transaction id within the duplicate window: a
+            // retry with the same Idempotency-Key (a fresh UUID v7 never
+            // collides). Nothing was stored; the original's answer is the
+            // ACK the store kept with it.
+            Ok(Accepted::Duplicate { ack, .. }) => Ok(Some(earlier_from_ack(ack.as_deref()))),
             Err(e) => Err(TrackingStoreError(e.summary())),
         }
+    }
+
+    async fn earlier(&self, transaction_id: &str) -> Result<Option<Earlier>, TrackingStoreError> {
+        // Also past the store's duplicate window: as long as the message is
+        // kept, its transaction id is not given to another submission.
+        let Some(detail) = self.message(transaction_id).await? else { return Ok(None) };
+        Ok(Some(earlier_from_ack(detail.ack.as_deref())))
     }
 
     async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError> {

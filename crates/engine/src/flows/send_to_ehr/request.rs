@@ -80,6 +80,40 @@ pub struct SendToEhrRequest {
     pub payload: Vec<u8>,
 }
 
+impl SendToEhrRequest {
+    /// SHA-256 (hex) of everything the request asks for, defaults applied:
+    /// two requests with the same digest file the same document in the
+    /// same place. A retry under the same `Idempotency-Key` must have the
+    /// original's digest; the JSON around it (parameter order, base64 line
+    /// breaks) may differ.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        let sender = match &self.sender {
+            Sender::Rpps(v) => ("rpps", v.as_str()),
+            Sender::Application(v) => ("application", v.as_str()),
+        };
+        let fields: [&[u8]; 9] = [
+            self.patient_id.as_bytes(),
+            self.encounter_id.as_deref().unwrap_or("").as_bytes(),
+            if self.encounter_id.is_some() { b"context" } else { b"" },
+            self.content_type.as_bytes(),
+            self.document_type.as_bytes(),
+            self.title.as_deref().map_or(&b"\xFFdefault"[..], str::as_bytes),
+            sender.0.as_bytes(),
+            sender.1.as_bytes(),
+            &self.payload,
+        ];
+        // Each field length-prefixed, so no two requests hash the same
+        // bytes by moving a boundary.
+        for field in fields {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field);
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// Validates a `$send-to-ehr` request body. `caller` is the calling
 /// application's name (from its API token) used when no
 /// `sender-identifier` is given; without one, `config.default_sender`.
