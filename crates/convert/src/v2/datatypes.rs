@@ -293,6 +293,11 @@ pub(crate) fn identifier_token(identifier: &Json<'_>) -> Option<String> {
 /// `$`), then for a URL query, in one pass (a token is made for every
 /// conditional entry).
 fn token_escape(out: &mut String, s: &str) {
+    // Most systems and values need neither escape: copied whole.
+    if s.bytes().all(|b| TOKEN_PLAIN[usize::from(b)]) {
+        out.push_str(s);
+        return;
+    }
     for b in s.bytes() {
         if matches!(b, b'\\' | b',' | b'|' | b'$') {
             // The search escape's backslash is itself kept as is by the
@@ -303,10 +308,41 @@ fn token_escape(out: &mut String, s: &str) {
     }
 }
 
+/// The bytes a URL query keeps as they are.
+const QUERY_SAFE: [bool; 256] = byte_set(b"-._~:/\\@!*'(),");
+
+/// The bytes a search token keeps as they are: those of a query, except the
+/// search parameter's own specials (`\`, `,`, `|`, `$`), which
+/// [`token_escape`] escapes first.
+const TOKEN_PLAIN: [bool; 256] = {
+    let mut set = QUERY_SAFE;
+    set[b'\\' as usize] = false;
+    set[b',' as usize] = false;
+    set[b'|' as usize] = false;
+    set[b'$' as usize] = false;
+    set
+};
+
+/// ASCII letters and digits, and `extra`.
+const fn byte_set(extra: &[u8]) -> [bool; 256] {
+    let mut set = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        set[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        set[extra[i] as usize] = true;
+        i += 1;
+    }
+    set
+}
+
 /// Appends one byte of a URL query: as is where allowed, else `%XX`.
 fn push_query_byte(out: &mut String, b: u8) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    if b.is_ascii_alphanumeric() || b"-._~:/\\@!*'(),".contains(&b) {
+    if QUERY_SAFE[usize::from(b)] {
         out.push(char::from(b));
     } else {
         out.push('%');
@@ -762,5 +798,9 @@ mod tests {
     fn search_tokens_escape_separators() {
         let t = identifier_token(&obj! {"system" => "urn:oid:1.2", "value" => "a|b,c d"}).unwrap();
         assert_eq!(t, "urn:oid:1.2|a\\%7Cb\\,c%20d");
+        let t = identifier_token(&obj! {"system" => "urn:x:a\\b", "value" => "p$q/é"}).unwrap();
+        assert_eq!(t, "urn:x:a\\\\b|p\\%24q/%C3%A9");
+        let t = identifier_token(&obj! {"system" => "http://h.example/id-1_~.(x)", "value" => "A*7'@!"}).unwrap();
+        assert_eq!(t, "http://h.example/id-1_~.(x)|A*7'@!");
     }
 }
