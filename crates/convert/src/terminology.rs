@@ -57,9 +57,9 @@ pub(crate) fn system_uri_cow(mnemonic: &str) -> Option<Cow<'static, str>> {
     if let Some((_, uri)) = SYSTEMS.iter().find(|(k, _)| k.eq_ignore_ascii_case(m)) {
         return Some(Cow::Borrowed(uri));
     }
-    // HL70078, HL7-0078, HL7 0078: a v2 table.
-    let upper = m.to_ascii_uppercase();
-    if let Some(rest) = upper.strip_prefix("HL7") {
+    // HL70078, HL7-0078, HL7 0078: a v2 table (the prefix in any case,
+    // compared in place: ORU fields name such tables all the time).
+    if let Some(rest) = m.get(3..).filter(|_| m[..3].eq_ignore_ascii_case("HL7")) {
         let digits = rest.trim_start_matches(['-', ' ', '_']);
         if digits.len() == 4 && digits.bytes().all(|b| b.is_ascii_digit()) {
             return Some(v2_table_cow(digits));
@@ -304,6 +304,13 @@ mod tests {
         assert_eq!(system_uri("2.16.840.1.113883.6.1").as_deref(), Some("urn:oid:2.16.840.1.113883.6.1"));
         assert_eq!(system_uri("XYZ"), None);
         assert_eq!(system_uri("HL7nnnn"), None);
+        // The table prefix in any case, with or without a separator.
+        for table in ["hl7-0203", "Hl7 0203", "HL7_0203", " hl70203 "] {
+            assert_eq!(system_uri(table).as_deref(), Some("http://terminology.hl7.org/CodeSystem/v2-0203"), "{table}");
+        }
+        for other in ["HL", "HL7", "\u{e9}l70203", "\u{e9}1234", "XHL70203"] {
+            assert_eq!(system_uri(other), None, "{other}");
+        }
         assert_eq!(system_mnemonic("http://loinc.org").as_deref(), Some("LN"));
         assert_eq!(system_mnemonic("http://terminology.hl7.org/CodeSystem/v2-0203").as_deref(), Some("HL70203"));
     }
