@@ -403,6 +403,11 @@ async fn replay_by_search_and_dead_letters() {
     let (status, problem) = api.post("/api/messages/replay", &replayer, json!({ "reason": "all" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a replay by search needs a filter");
     assert!(problem["detail"].as_str().unwrap().contains("at least one search filter"));
+    // Blank filters filter nothing: refused alike, nothing replayed.
+    let (status, problem) =
+        api.post("/api/messages/replay", &replayer, json!({ "channel": "", "mrn": "  ", "reason": "all" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "blank filters are no filter: {problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("at least one search filter"));
     let (status, _) = api.post("/api/messages/replay", &replayer, json!({ "channel": "adt-in", "max": 0 })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = api.post("/api/messages/replay", &replayer, json!({ "state": "lost" })).await;

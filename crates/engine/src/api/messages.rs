@@ -393,7 +393,10 @@ async fn replay_search(
         ("event", &b.event),
     ]
     .into_iter()
-    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_owned(), v.clone())))
+    // A blank value filters nothing (the search ignores it), so it does not
+    // count as the filter this route requires: `{"channel": ""}` from a
+    // script whose variable was unset must not replay every channel.
+    .filter_map(|(k, v)| v.as_ref().filter(|v| !v.trim().is_empty()).map(|v| (k.to_owned(), v.clone())))
     .collect();
     if filters.is_empty() {
         return Err(Problem::bad_request(
