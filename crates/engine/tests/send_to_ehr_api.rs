@@ -69,6 +69,12 @@ fn source() -> MemorySource {
         "Encounter/e1".into(),
         json!({"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "Patient/p1"}}),
     );
+    // Names its patient by a logical identifier only: cannot be checked.
+    resources.insert(
+        "Encounter/e3".into(),
+        json!({"resourceType": "Encounter", "id": "e3", "status": "finished",
+               "subject": {"identifier": {"system": "urn:oid:1.2.3", "value": "MRN1"}}}),
+    );
     resources.insert("Encounter/e2".into(), json!({"resourceType": "Encounter", "id": "e2", "status": "finished", "subject": {"reference": "Patient/other"}}));
     MemorySource { resources, down: false }
 }
@@ -264,6 +270,11 @@ async fn every_invalid_request_gets_its_status_and_diagnostics() {
             body(&[json!({"name": "context", "valueReference": {"reference": "Encounter/e2"}})]),
             422,
             "context: Encounter/e2 is not an encounter of Patient/p1",
+        ),
+        (
+            body(&[json!({"name": "context", "valueReference": {"reference": "Encounter/e3"}})]),
+            422,
+            "context: Encounter/e3 has no subject reference, so it cannot be checked to be an encounter of Patient/p1",
         ),
         (
             body(&[json!({"name": "document-type", "valueCode": "12345-6"})]),

@@ -114,15 +114,25 @@ pub async fn resolve(request: &SendToEhrRequest, source: &dyn PatientSource) -> 
     if let Some((id, None)) = &encounter {
         problems.push(not_valid("context", "Encounter", id));
     }
-    if let (Some(_), Some((id, Some(enc)))) = (&patient, &encounter)
-        && let Some(subject) = enc.pointer("/subject/reference").and_then(Value::as_str)
-    {
+    if let (Some(_), Some((id, Some(enc)))) = (&patient, &encounter) {
         let expected = format!("Patient/{}", request.patient_id);
-        if subject != expected && !subject.ends_with(&format!("/{expected}")) {
+        // An Encounter that names its patient otherwise (a logical
+        // identifier only) or not at all cannot be checked: refused too,
+        // since accepting it unchecked could file the document under
+        // another patient's encounter.
+        let diagnostics = match enc.pointer("/subject/reference").and_then(Value::as_str) {
+            Some(subject) if subject == expected || subject.ends_with(&format!("/{expected}")) => None,
+            Some(_) => Some(format!("context: Encounter/{id} is not an encounter of {expected}")),
+            None => Some(format!(
+                "context: Encounter/{id} has no subject reference, so it cannot be checked to be an encounter \
+                 of {expected}"
+            )),
+        };
+        if let Some(diagnostics) = diagnostics {
             problems.push(super::outcome::Problem {
                 parameter: Some("context".into()),
                 code: "business-rule",
-                diagnostics: format!("context: Encounter/{id} is not an encounter of Patient/{}", request.patient_id),
+                diagnostics,
             });
         }
     }
