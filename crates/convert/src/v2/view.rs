@@ -173,11 +173,18 @@ impl<'a> Node<'a> {
     /// The decoded, trimmed text of this node's first leaf (a composite read
     /// as a primitive means its first sub-component, as HL7 says). Empty for
     /// the HL7 null `""`.
+    #[inline]
     pub fn text(&self) -> Cow<'a, str> {
+        // Most leaves read are missing (a component not sent): answered
+        // here, inlined, without the call and its saved registers.
         if self.raw.is_empty() {
-            // Most leaves read are missing (a component not sent).
             return Cow::Borrowed("");
         }
+        self.leaf_text()
+    }
+
+    /// [`Node::text`] of a node that is not empty.
+    fn leaf_text(&self) -> Cow<'a, str> {
         let cx = self.cx;
         // One pass: the end of the first leaf, and whether it holds an
         // escape character (most leaves do not: they are then borrowed as
@@ -199,6 +206,15 @@ impl<'a> Node<'a> {
         if !escaped && let Some(s) = cx.str_of(leaf) {
             return Cow::Borrowed(s);
         }
+        self.decoded_leaf(leaf)
+    }
+
+    /// A leaf with an escape sequence, or in a message that is not plain
+    /// text: decoded (rare; kept out of line so the common path above
+    /// saves fewer registers).
+    #[cold]
+    #[inline(never)]
+    fn decoded_leaf(&self, leaf: &'a [u8]) -> Cow<'a, str> {
         match self.decode(leaf) {
             Cow::Borrowed(s) => Cow::Borrowed(s),
             Cow::Owned(s) if s.trim() != s => Cow::Owned(s.trim().to_string()),
