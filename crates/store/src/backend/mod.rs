@@ -28,6 +28,7 @@ mod sqlite;
 mod sqlite_writer;
 mod sync_jobs;
 mod tokens;
+mod wal_vfs;
 mod writer;
 
 use std::sync::Arc;

@@ -382,6 +382,42 @@ mod tests {
         store.close().await;
     }
 
+    /// The writer's log goes through "plexus-wal" (synchronous FULL): a
+    /// write that fails when the commit flushes it is an error for the
+    /// caller, never an ACK, and nothing of it is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_log_flush_is_an_error_not_an_ack() {
+        use super::super::wal_vfs::hooks;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().canonicalize().expect("canonical temp dir").join("flush.db");
+        let key = path.display().to_string();
+        hooks::watch(&key);
+        let url = format!("sqlite://{key}");
+        let store = crate::open(&url, StoreOptions::default()).await.expect("open");
+        store.accept(message(1, 100)).await.expect("accept before the failure");
+        assert!(hooks::stats(&key).syncs > 0, "the writer's log goes through plexus-wal");
+
+        hooks::fail_flushes(&key, true);
+        let failed = store.accept(message(2, 100)).await;
+        hooks::fail_flushes(&key, false);
+        assert!(failed.is_err(), "a commit whose log write failed answered {failed:?}");
+
+        store.accept(message(3, 100)).await.expect("accept after the failure");
+        store.close().await;
+
+        // Reopened: the failed message is not there (the same control id
+        // is stored anew, not answered as a duplicate); the others are.
+        let store = crate::open(&url, StoreOptions::default()).await.expect("reopen");
+        assert!(matches!(store.accept(message(2, 100)).await.expect("accept again"), Accepted::Stored { .. }));
+        for n in [1, 3] {
+            assert!(
+                matches!(store.accept(message(n, 100)).await.expect("duplicate"), Accepted::Duplicate { .. }),
+                "message {n} was stored"
+            );
+        }
+        store.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_store_file_gets_the_store_page_size() {
         let dir = tempfile::tempdir().expect("temp dir");

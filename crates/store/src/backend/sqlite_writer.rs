@@ -29,12 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::common::*;
+use super::wal_vfs;
 use super::writer::{self, Done, Op};
 use crate::clock::{from_micros, to_delta, to_micros};
 use crate::model::*;
@@ -45,9 +46,34 @@ const STATEMENT_CACHE: usize = 64;
 
 /// Opens the writer's connection on a database that the migrations have
 /// already set up. Blocking: call it off the async runtime.
+///
+/// With `synchronous=FULL` the connection writes its log through
+/// [`wal_vfs`] ("plexus-wal"), which writes a commit's frames with one
+/// system call instead of two per frame. That VFS is correct only when
+/// every commit syncs the log (see its module doc), so `NORMAL` keeps the
+/// default VFS.
 pub(super) fn open_connection(path: &Path, synchronous: SqliteSynchronous) -> Result<Connection> {
-    let conn = Connection::open(path)
-        .map_err(|e| StoreError::InvalidUrl(format!("cannot open the SQLite store: {}", rusqlite_summary(&e))))?;
+    let open_error =
+        |e: rusqlite::Error| StoreError::InvalidUrl(format!("cannot open the SQLite store: {}", rusqlite_summary(&e)));
+    let (conn, sync) = match synchronous {
+        SqliteSynchronous::Full => {
+            wal_vfs::register().map_err(|rc| {
+                StoreError::InvalidUrl(format!(
+                    "cannot open the SQLite store: registering its log writer failed (database error {rc})"
+                ))
+            })?;
+            let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), wal_vfs::VFS_NAME)
+                .map_err(open_error)?;
+            (conn, 2)
+        }
+        SqliteSynchronous::Normal => (Connection::open(path).map_err(open_error)?, 1),
+    };
+    // Before anything is written: the log VFS relies on it.
+    conn.pragma_update(None, "synchronous", sync)?;
+    let set: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    if set != sync {
+        return Err(StoreError::InvalidUrl(format!("the SQLite store kept synchronous={set}, expected {sync}")));
+    }
     // Readers never block the writer in WAL mode; this only matters if
     // another process opens the file.
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -56,11 +82,6 @@ pub(super) fn open_connection(path: &Path, synchronous: SqliteSynchronous) -> Re
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::InvalidUrl(format!("the SQLite store needs WAL mode, the file is in {mode} mode")));
     }
-    let sync = match synchronous {
-        SqliteSynchronous::Full => "FULL",
-        SqliteSynchronous::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Savepoint and statement journals in memory, not in temp files.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
