@@ -403,6 +403,14 @@ async fn replay_by_search_and_dead_letters() {
     let (status, problem) = api.post("/api/messages/replay", &replayer, json!({ "reason": "all" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a replay by search needs a filter");
     assert!(problem["detail"].as_str().unwrap().contains("at least one search filter"));
+    // A body over the API's limit is a problem document too, not plain text.
+    let huge = json!({ "channel": "adt-in", "reason": "x".repeat(3 << 20) });
+    let (status, problem) = api.post("/api/messages/replay", &replayer, huge.clone()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{problem}");
+    assert_eq!(problem["type"], "urn:plexus:problem:too-large");
+    let first = dead[0].to_string();
+    let (status, _) = api.post(&format!("/api/messages/{first}/replay"), &replayer, huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // Blank filters filter nothing: refused alike, nothing replayed.
     let (status, problem) =
         api.post("/api/messages/replay", &replayer, json!({ "channel": "", "mrn": "  ", "reason": "all" })).await;

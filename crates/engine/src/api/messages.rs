@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -278,6 +279,16 @@ struct ReplayBody {
     reason: Option<String>,
 }
 
+/// A body axum could not read (over its 2 MiB default limit, say) as a
+/// problem document: its own rejection is plain text.
+fn unreadable_body(e: &BytesRejection) -> Problem {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(e.status(), "too-large", "Body too large", "the request body is over the API's limit")
+    } else {
+        Problem::bad_request("the request body could not be read")
+    }
+}
+
 /// A JSON body that may be absent; a malformed one is a 400 problem.
 fn body<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, Problem> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -291,10 +302,10 @@ async fn replay_one(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: axum::body::Bytes,
+    bytes: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, Problem> {
     let id = message_id(&id)?;
-    let request: ReplayBody = body(&bytes)?;
+    let request: ReplayBody = body(&bytes.map_err(|e| unreadable_body(&e))?)?;
     let message = state
         .store
         .get_message(id)
@@ -378,9 +389,9 @@ struct ReplaySearchBody {
 async fn replay_search(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    bytes: axum::body::Bytes,
+    bytes: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Json<Value>, Problem> {
-    let b: ReplaySearchBody = body(&bytes)?;
+    let b: ReplaySearchBody = body(&bytes.map_err(|e| unreadable_body(&e))?)?;
     let filters: Vec<(String, String)> = [
         ("channel", &b.channel),
         ("state", &b.state),
