@@ -200,6 +200,30 @@ async fn a_slow_loris_is_closed_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn a_connection_is_closed_once_idle_and_not_while_messages_flow() {
+    let h = Harness::start(ARCHIVE).await;
+    let mut c = Client::connect(h.addr("adt-in")).await;
+    let started = std::time::Instant::now();
+    // A message every 1.2 s for 4.8 s, longer than idle_timeout (3 s): each
+    // read moves the connection's one timer later, so it stays open.
+    for i in 0..5 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let m = adt(&format!("IDLE{i}"), "MRN-IDLE");
+        assert_eq!(c.exchange(&m).await, "AA", "message {i} at {:?}", started.elapsed());
+    }
+    let last = std::time::Instant::now();
+    // Then silence: closed after idle_timeout, counted as a timeout.
+    assert!(c.read().await.is_none(), "an idle connection is closed");
+    let silent = last.elapsed();
+    assert!(silent >= Duration::from_millis(2900) && silent < Duration::from_secs(10), "closed after {silent:?}");
+    let stats = h.engine().mllp_stats("adt-in").unwrap();
+    assert_eq!(stats.timeouts.load(Ordering::Relaxed), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_peer_closing_inside_a_frame_is_counted_and_others_go_on() {
     let h = Harness::start(ARCHIVE).await;
     let addr = h.addr("adt-in");

@@ -357,6 +357,15 @@ impl Connection {
         let peer = self.peer.to_string();
         let mut frames = Vec::new();
         let mut out = BytesMut::new();
+        // One timer and one shutdown waiter for the connection's life,
+        // instead of a new timer and waiter per read: moving a timer's
+        // deadline later is an atomic store in tokio, while registering and
+        // dropping one per read takes the timer driver's lock twice, and a
+        // fresh cancellation waiter takes the token's lock twice.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let timer = tokio::time::sleep(self.settings.idle_timeout);
+        tokio::pin!(timer);
         loop {
             // Answer every complete frame already buffered, in order: the
             // frames go to the ingest path together (they share a commit),
@@ -418,12 +427,14 @@ impl Connection {
                 Some(start) => (start + self.settings.frame_timeout).min(idle_deadline),
                 None => idle_deadline,
             };
+            timer.as_mut().reset(deadline);
             let read = tokio::select! {
-                _ = shutdown.cancelled() => return Closed::Shutdown,
-                r = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => r,
+                _ = &mut cancelled => return Closed::Shutdown,
+                _ = &mut timer => None,
+                r = stream.read_buf(&mut buf) => Some(r),
             };
             match read {
-                Ok(Ok(0)) => {
+                Some(Ok(0)) => {
                     return match codec.decode_eof(&mut buf) {
                         Err(MllpError::IncompleteFrame { .. }) => {
                             self.stats.truncated.fetch_add(1, Ordering::Relaxed);
@@ -432,10 +443,10 @@ impl Connection {
                         _ => Closed::Eof,
                     };
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Closed::Io(e),
-                Err(_) if deadline < idle_deadline => return Closed::SlowFrame,
-                Err(_) => return Closed::Idle,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Closed::Io(e),
+                None if deadline < idle_deadline => return Closed::SlowFrame,
+                None => return Closed::Idle,
             }
         }
     }
