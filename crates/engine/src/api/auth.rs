@@ -280,9 +280,16 @@ impl Auth {
 }
 
 impl Inner {
+    /// The token cache. Its critical sections are single map operations,
+    /// so a panic elsewhere while it was held cannot leave it inconsistent;
+    /// a poisoned lock is used rather than failing every later request.
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The token's record, from the cache while fresh.
     async fn lookup(&self, id: &str) -> Result<ApiToken, AuthError> {
-        if let Some(c) = self.cache.lock().expect("token cache").get(id)
+        if let Some(c) = self.cache().get(id)
             && c.fetched.elapsed() < CACHE_TTL
         {
             return Ok(c.token.clone());
@@ -295,7 +302,7 @@ impl Inner {
                 return Err(AuthError::Unavailable);
             }
         };
-        let mut cache = self.cache.lock().expect("token cache");
+        let mut cache = self.cache();
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }
@@ -311,7 +318,7 @@ impl Inner {
         if token.last_used_at.is_some_and(|at| now - at < interval) {
             return;
         }
-        if let Some(c) = self.cache.lock().expect("token cache").get_mut(&token.id) {
+        if let Some(c) = self.cache().get_mut(&token.id) {
             c.token.last_used_at = Some(now);
         }
         let store = Arc::clone(&self.store);

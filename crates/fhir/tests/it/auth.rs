@@ -202,7 +202,10 @@ async fn static_bearer_and_basic_headers_and_no_secret_in_debug_output() {
 
     config.auth = AuthConfig::Basic { username: "svc".into(), password_env: "PW".into() };
     let c = FhirClient::with_secrets("crm", &config, &secrets(&[("PW", "pa55")])).expect("client");
-    let _ = c.read("Patient", "1").await; // the mock wants Bearer: 401
+    // The mock only takes Bearer tokens: the Basic request is refused, and
+    // a static credential is not retried.
+    let err = c.read("Patient", "1").await.expect_err("the mock wants Bearer");
+    assert_eq!(err.status(), Some(401));
     let seen = lock(&log).fhir_auth.last().cloned().unwrap_or_default();
     assert_eq!(seen, format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("svc:pa55")));
     assert!(!format!("{c:?}").contains("pa55"));
