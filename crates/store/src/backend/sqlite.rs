@@ -6,6 +6,12 @@
 //! first, then the other requests each inside its own SAVEPOINT so that one
 //! failing request rolls back only itself, and answers the callers after
 //! COMMIT. Its statements stay prepared and insert one row per execution.
+//! When the writer is idle (nothing queued, the last commit held one
+//! request), a single `accept` on a multi-thread runtime runs its commit on
+//! its own thread with the writer's connection instead (same transaction,
+//! answered after COMMIT): one producer then pays no wake-up of the writer
+//! thread and none back. Under load the callers queue and share the writer
+//! thread's commits as before ([`sqlite_writer::Shared::commit_here`]).
 //!
 //! Migrations, reads (message view, search, counts), API tokens and sync
 //! jobs use sqlx: the migrations run on a connection of their own before the
@@ -30,7 +36,7 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::shared::{question_marks, read_side};
-use super::sqlite_writer::{self, Writer};
+use super::sqlite_writer::{self, Shared, Writer};
 use super::tokens::tokens_side;
 use super::writer::{self, Op};
 use crate::clock::to_micros;
@@ -63,10 +69,15 @@ pub(crate) struct SqliteStore {
     clock: Clock,
     changes: watch::Receiver<u64>,
     shutdown: Arc<Notify>,
+    shared: Arc<Shared>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(open_store(url, options).await?))
+}
+
+async fn open_store(url: &str, options: StoreOptions) -> Result<SqliteStore> {
     if url.contains(":memory:") || url.contains("mode=memory") {
         // Each pooled connection would see its own empty database.
         return Err(StoreError::InvalidUrl(
@@ -108,18 +119,20 @@ pub(crate) async fn open(url: &str, options: StoreOptions) -> Result<Arc<dyn Sto
     let (changed, changes) = watch::channel(0u64);
     let writer = Writer { conn: writer_conn, clock: options.clock.clone(), window: options.duplicate_window, changed };
     let shutdown = Arc::new(Notify::new());
-    let handle = writer
+    let shared = Shared::new(writer);
+    let handle = shared
         .spawn(rx, options.max_batch, shutdown.clone())
         .map_err(|e| StoreError::InvalidUrl(format!("cannot start the SQLite store writer: {e}")))?;
     tokio::spawn(checkpointer(readers.clone(), changes.clone()));
-    Ok(Arc::new(SqliteStore {
+    Ok(SqliteStore {
         ops,
         readers,
         clock: options.clock,
         changes,
         shutdown,
+        shared,
         writer: std::sync::Mutex::new(Some(handle)),
-    }))
+    })
 }
 
 /// How often the checkpointer copies committed pages from the log into the
@@ -177,7 +190,15 @@ impl Store for SqliteStore {
         validate_message(&message)?;
         // Here, on the caller's task, not on the writer thread.
         let stamp = Stamp::of(&message);
-        writer::call(&self.ops, |r| Op::AcceptStamped(message, stamp, r)).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let op = Op::AcceptStamped(message, stamp, reply);
+        // When the writer is idle, commit here: one producer then pays no
+        // wake-up of the writer thread and no wake-up back.
+        if let Some(op) = self.shared.commit_here(op, || self.ops.capacity() == self.ops.max_capacity()) {
+            self.ops.send(op).await.map_err(|_| StoreError::Closed)?;
+        }
+        // See `writer::call` for a dropped reply.
+        answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
     async fn accept_many(&self, messages: Vec<NewMessage>) -> Vec<Result<Accepted>> {
@@ -416,6 +437,38 @@ mod tests {
             );
         }
         store.close().await;
+    }
+
+    /// One producer on a multi-thread runtime commits on its own thread
+    /// (no wake-up of the writer thread and back); on a current-thread
+    /// runtime, where a commit cannot step aside from the runtime, accepts
+    /// go through the writer thread. Either way each is stored and
+    /// answered after its commit.
+    async fn accepts_committed_here(url: &str) -> u64 {
+        let store = open_store(url, StoreOptions::default()).await.expect("open");
+        for n in 0..5 {
+            let Accepted::Stored { id } = store.accept(message(n, 100)).await.expect("accept") else {
+                panic!("duplicate")
+            };
+            assert!(store.get_message(id).await.expect("read").is_some(), "answered after its commit");
+        }
+        let here = store.shared.committed_here();
+        store.close().await;
+        here
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_producer_commits_on_its_own_thread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("here.db").display());
+        assert_eq!(accepts_committed_here(&url).await, 5);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_current_thread_runtime_commits_on_the_writer_thread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("there.db").display());
+        assert_eq!(accepts_committed_here(&url).await, 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

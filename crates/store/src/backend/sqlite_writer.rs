@@ -25,7 +25,8 @@
 //! `split_replayable` ...), so the three backends behave alike.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -105,20 +106,110 @@ impl std::fmt::Debug for Writer {
     }
 }
 
-impl Writer {
+/// The writer and what its thread and the callers share. The connection
+/// sits behind a mutex so that, when the writer is idle, a caller can run
+/// its own accept's commit on its thread instead of waking the writer
+/// thread and being woken by it (see [`Shared::commit_here`]).
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// `None` once the writer thread has stopped and closed the connection.
+    writer: Mutex<Option<Writer>>,
+    /// How many requests the last commit held. More than one means callers
+    /// are queueing: they are better served by one shared commit on the
+    /// writer thread than by each committing alone.
+    last_batch: AtomicUsize,
+    /// The writer thread holds a batch and waits for the connection: no
+    /// caller may take it first (it would overtake the batch and, repeated,
+    /// starve it).
+    thread_waiting: AtomicBool,
+    /// Commits run by `commit_here`.
+    #[cfg(test)]
+    committed_here: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(writer: Writer) -> Arc<Shared> {
+        Arc::new(Shared {
+            writer: Mutex::new(Some(writer)),
+            last_batch: AtomicUsize::new(0),
+            thread_waiting: AtomicBool::new(false),
+            #[cfg(test)]
+            committed_here: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn committed_here(&self) -> u64 {
+        self.committed_here.load(Ordering::Relaxed)
+    }
+
+    /// Commits `op` on the calling thread if nothing is waiting for the
+    /// writer (`queue_empty`), the last commit held one request and no one
+    /// holds the connection; gives `op` back otherwise, to be sent to the
+    /// writer thread. Only on a multi-thread tokio runtime (the commit
+    /// blocks: `block_in_place` moves the worker's other tasks to another
+    /// thread meanwhile).
+    ///
+    /// Order: a caller commits here only its own single request, only when
+    /// no request is queued and the writer thread is not waiting with a
+    /// batch, so a request sent earlier through the channel can be
+    /// overtaken only in the instant between the thread taking it and
+    /// raising `thread_waiting`; such a request was sent concurrently with
+    /// this one (one caller never has two accepts in flight except through
+    /// `accept_many`, which always goes through the channel).
+    pub(super) fn commit_here(&self, op: Op, queue_empty: impl FnOnce() -> bool) -> Option<Op> {
+        if self.last_batch.load(Ordering::Relaxed) > 1 || self.thread_waiting.load(Ordering::Acquire) || !queue_empty()
+        {
+            return Some(op);
+        }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread {
+            return Some(op);
+        }
+        let Ok(mut guard) = self.writer.try_lock() else { return Some(op) };
+        let Some(writer) = guard.as_mut() else { return Some(op) };
+        tokio::task::block_in_place(|| writer.run_batch(vec![op]));
+        self.last_batch.store(1, Ordering::Relaxed);
+        #[cfg(test)]
+        self.committed_here.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
     /// Starts the writer thread. It stops when every sender of `rx` is gone
     /// or when `shutdown` is notified; then it finishes what was already
     /// sent, refuses the rest and closes the connection.
     pub(super) fn spawn(
-        self,
+        self: &Arc<Self>,
         rx: mpsc::Receiver<Op>,
         max_batch: usize,
         shutdown: Arc<Notify>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("plexus-sqlite-writer".into()).spawn(move || self.run(rx, max_batch, shutdown))
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name("plexus-sqlite-writer".into())
+            .spawn(move || shared.run(rx, max_batch, shutdown))
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<Op>, max_batch: usize, shutdown: Arc<Notify>) {
+    fn run_batch(&self, batch: Vec<Op>) {
+        let n = batch.len();
+        // A caller committing here holds the connection: wait for it, and
+        // let no other caller go first.
+        self.thread_waiting.store(true, Ordering::Release);
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.thread_waiting.store(false, Ordering::Release);
+        match guard.as_mut() {
+            Some(writer) => writer.run_batch(batch),
+            None => {
+                for op in batch {
+                    op.fail(StoreError::Closed);
+                }
+            }
+        }
+        self.last_batch.store(n, Ordering::Relaxed);
+    }
+
+    fn run(&self, mut rx: mpsc::Receiver<Op>, max_batch: usize, shutdown: Arc<Notify>) {
         // The channel and the notification are runtime-agnostic, so the
         // thread waits on them with a plain executor: it parks until a
         // request or the shutdown arrives.
@@ -143,12 +234,17 @@ impl Writer {
                 }
             }
         }
-        if let Err((_, e)) = self.conn.close() {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(writer) = writer
+            && let Err((_, e)) = writer.conn.close()
+        {
             warn!(error = %rusqlite_summary(&e), "closing the sqlite store writer's connection failed");
         }
         debug!("sqlite store writer stopped");
     }
+}
 
+impl Writer {
     fn announce(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
