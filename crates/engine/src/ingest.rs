@@ -121,6 +121,13 @@ pub enum JsonOutcome {
     Invalid(String),
     /// The store failed: nothing stored, the sender should retry.
     Unavailable(String),
+    /// The idempotency key was already used for a message with another
+    /// body: nothing stored. Answering it as a duplicate would drop the new
+    /// body silently, so the sender hears that the key was reused.
+    KeyReused {
+        /// The message stored first under the key.
+        original: MessageId,
+    },
 }
 
 /// Counters of one channel's ingest path (the metrics endpoint and the
@@ -496,6 +503,13 @@ impl ChannelIngest {
             Vec::new()
         };
         drop(doc);
+        // Only a keyed message can be a duplicate: its digest tells a retry
+        // (same body) from the key reused for another body. The store
+        // keeps each message's SHA-256, contents retention included.
+        let digest = received.idempotency_key.as_ref().map(|_| {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(&received.bytes)
+        });
         let new = NewMessage {
             channel: self.name.clone(),
             received_at: received.received_at,
@@ -516,10 +530,7 @@ impl ChannelIngest {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 JsonOutcome::Stored { message_id: id, duplicate: false }
             }
-            Ok(Accepted::Duplicate { original, .. }) => {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                JsonOutcome::Stored { message_id: original, duplicate: true }
-            }
+            Ok(Accepted::Duplicate { original, .. }) => self.duplicate_json(original, digest).await,
             Err(e) if e.class() == store::ErrorClass::Permanent => {
                 // The store refuses this request as it is: retrying would
                 // fail the same way, so the sender hears it as bad input.
@@ -531,6 +542,42 @@ impl ChannelIngest {
                 warn!(channel = %self.name, error = %e.summary(), class = ?e.class(), "storing a message failed");
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 JsonOutcome::Unavailable(format!("the message could not be stored ({}); retry later", e.summary()))
+            }
+        }
+    }
+
+    /// The answer to a JSON message the store found a duplicate of
+    /// `original` (same channel and idempotency key): the original's answer
+    /// when the body is the same (`digest`, SHA-256 of the new body),
+    /// otherwise [`JsonOutcome::KeyReused`].
+    async fn duplicate_json(&self, original: MessageId, digest: Option<impl AsRef<[u8]>>) -> JsonOutcome {
+        let stored = match self.store.get_message(original).await {
+            Ok(Some(detail)) => detail.summary.sha256,
+            // Found as a duplicate a moment ago, so only a purge racing
+            // this answer removes it: the body cannot be compared, and a
+            // retry will be stored anew or compared then.
+            Ok(None) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return JsonOutcome::Unavailable("the original message could not be read; retry later".into());
+            }
+            Err(e) => {
+                warn!(channel = %self.name, message_id = %original, error = %e.summary(), "reading a duplicate's original failed");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return JsonOutcome::Unavailable(format!(
+                    "the original message could not be read ({}); retry later",
+                    e.summary()
+                ));
+            }
+        };
+        match digest {
+            Some(digest) if !stored.eq_ignore_ascii_case(&hex::encode(digest.as_ref())) => {
+                debug!(channel = %self.name, message_id = %original, "idempotency key reused for another body");
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                JsonOutcome::KeyReused { original }
+            }
+            _ => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                JsonOutcome::Stored { message_id: original, duplicate: true }
             }
         }
     }
@@ -710,6 +757,12 @@ impl ChannelInjector for Injector {
                 }
                 JsonOutcome::Invalid(reason) => Err(InjectError::Rejected(reason)),
                 JsonOutcome::Unavailable(reason) => Err(InjectError::Unavailable { reason, retry_after: None }),
+                // The key is the origin message's id: a replayed delivery
+                // whose transform output changed (a timestamp, say) is
+                // still the same message, already injected.
+                JsonOutcome::KeyReused { original } => {
+                    Ok(Injection { message_id: original.to_string(), ack_code: None, duplicate: true })
+                }
             },
         }
     }

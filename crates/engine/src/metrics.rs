@@ -584,7 +584,7 @@ impl ChannelMetrics {
                 self.outcome(2, 6);
                 self.error("store");
             }
-            JsonOutcome::Invalid(_) => {
+            JsonOutcome::Invalid(_) | JsonOutcome::KeyReused { .. } => {
                 self.outcome(3, 6);
                 self.error("invalid");
             }

@@ -663,3 +663,99 @@ directory = "out-hl7"
     assert_eq!(engine.store().search(&Default::default()).await.unwrap().items.len(), 0, "nothing stored");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// POSTs `body` to `channel` with an `Idempotency-Key`; the status, content
+/// type and JSON answer.
+async fn post_keyed(
+    engine: &Engine,
+    channel: &str,
+    media: &str,
+    key: &str,
+    body: &str,
+) -> (u16, String, serde_json::Value) {
+    let url = format!("http://{}/channels/{channel}/messages", engine.api_addr());
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", media)
+        .header("idempotency-key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = r.text().await.unwrap();
+    (status, ct, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+/// An `Idempotency-Key` reused with another body is refused with 422 (the
+/// idempotency-key draft's answer) naming the reuse, in the channel's kind
+/// of problem: answering it as a duplicate dropped the new body silently.
+/// A retry with the same body still gets the original answer, before and
+/// after the refusal, and only the first body is stored.
+#[tokio::test]
+async fn an_idempotency_key_reused_for_another_body_is_refused_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+[channels.pms]
+content = "json"
+[channels.pms.source]
+type = "http"
+[[channels.pms.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+
+[channels.fhir-in]
+content = "fhir"
+[channels.fhir-in.source]
+type = "http"
+[[channels.fhir-in.destinations]]
+name = "archive"
+type = "file"
+directory = "out-fhir"
+"#;
+    let engine = Engine::start(config(dir.path(), body).unwrap()).await.unwrap();
+    let order = r#"{"patient": {"id": "P1"}, "order": "CBC"}"#;
+    let other = r#"{"patient": {"id": "P2"}, "order": "BMP"}"#;
+
+    let (status, _, first) = post_keyed(&engine, "pms", "application/json", "order-7", order).await;
+    assert_eq!((status, &first["duplicate"]), (202, &serde_json::json!(false)), "{first}");
+    let (status, _, again) = post_keyed(&engine, "pms", "application/json", "order-7", order).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!((&again["message_id"], &again["duplicate"]), (&first["message_id"], &serde_json::json!(true)));
+
+    let (status, media, refused) = post_keyed(&engine, "pms", "application/json", "order-7", other).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(media, "application/problem+json");
+    assert_eq!((refused["status"].as_u64(), refused["title"].as_str()), (Some(422), Some("Idempotency-Key reused")));
+    let detail = refused["detail"].as_str().unwrap();
+    let original = first["message_id"].as_str().unwrap();
+    assert!(detail.starts_with("Idempotency-Key: already used for another body"), "{detail}");
+    assert!(detail.contains(original), "names the message the key belongs to: {detail}");
+
+    let (status, _, after) = post_keyed(&engine, "pms", "application/json", "order-7", order).await;
+    assert_eq!(
+        (status, &after["message_id"], &after["duplicate"]),
+        (202, &first["message_id"], &serde_json::json!(true))
+    );
+
+    let query = store::SearchQuery { channel: Some("pms".into()), ..Default::default() };
+    let stored = engine.store().search(&query).await.unwrap().items;
+    assert_eq!(stored.len(), 1, "the other body is not stored under the key");
+    let detail = engine.store().get_message(message_id(&first)).await.unwrap().unwrap();
+    assert_eq!(detail.raw.as_deref(), Some(order.as_bytes()), "the key keeps its first body");
+
+    // A FHIR channel answers the same refusal as an OperationOutcome.
+    let patient = r#"{"resourceType": "Patient", "id": "a"}"#;
+    let changed = r#"{"resourceType": "Patient", "id": "b"}"#;
+    let (status, _, _) = post_keyed(&engine, "fhir-in", "application/fhir+json", "patient-1", patient).await;
+    assert_eq!(status, 202);
+    let (status, media, outcome) = post_keyed(&engine, "fhir-in", "application/fhir+json", "patient-1", changed).await;
+    assert_eq!((status, media.as_str()), (422, "application/fhir+json"), "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "business-rule");
+    let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(diagnostics.contains("Idempotency-Key: already used for another body"), "{diagnostics}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

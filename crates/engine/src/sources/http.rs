@@ -17,7 +17,8 @@
 //! problem details, or a FHIR OperationOutcome for FHIR channels). An
 //! `Idempotency-Key` header makes a JSON POST safe to retry: the same key
 //! within the store's duplicate window is stored once ([`idempotency_key`]:
-//! an unusable key is refused with 400, not ignored).
+//! an unusable key is refused with 400, not ignored); the same key with
+//! another body is refused with 422, not answered as a duplicate.
 //!
 //! The handler is the same whether it is mounted on the API listener or on
 //! the source's own: [`router`] serves the channels it is given.
@@ -180,6 +181,17 @@ async fn post_message(
                 JsonOutcome::Unavailable(detail) => {
                     problem(kind, StatusCode::SERVICE_UNAVAILABLE, "message not stored", &detail)
                 }
+                // 422, as draft-ietf-httpapi-idempotency-key-header answers a
+                // key reused with another payload (and $send-to-ehr does).
+                JsonOutcome::KeyReused { original } => problem(
+                    kind,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Idempotency-Key reused",
+                    &format!(
+                        "Idempotency-Key: already used for another body (message {original}); \
+                         this body was not stored: a new message needs a new key"
+                    ),
+                ),
             }
         }
     }
@@ -227,6 +239,7 @@ fn problem(kind: ContentKind, status: StatusCode, title: &str, detail: &str) -> 
                 StatusCode::PAYLOAD_TOO_LARGE => "too-costly",
                 StatusCode::SERVICE_UNAVAILABLE => "transient",
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => "not-supported",
+                StatusCode::UNPROCESSABLE_ENTITY => "business-rule",
                 _ => "invalid",
             };
             (
