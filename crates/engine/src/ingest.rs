@@ -107,6 +107,11 @@ impl Hl7Outcome {
     }
 }
 
+/// The `Retry-After` (seconds) of a stopped channel's 503: a stop is an
+/// operator's pause, typically minutes; half a minute keeps retries cheap
+/// without holding messages back long once the channel is started.
+pub const STOPPED_RETRY_AFTER_SECS: u64 = 30;
+
 /// What the ingest path did with a JSON message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonOutcome {

@@ -178,16 +178,22 @@ impl Engine {
         let send_to_ehr = crate::sources::send_to_ehr::prepare(&channels, &fhir_servers)
             .map_err(|(channel, error)| StartError::Flow { channel, error: error.to_string() })?;
 
-        // Notification channels: endpoint, flow stage and acknowledgement worker each.
-        let notifications = crate::sources::notification::prepare(&channels, &self.store)
-            .map_err(|(channel, error)| StartError::Notification { channel, error })?;
-
         let mut ingest = Ingest::new();
         for c in &channels {
             let metrics = self.telemetry.channel(&c.name);
             ingest.insert(Arc::new(ChannelIngest::new(c, Arc::clone(&self.store)).with_metrics(metrics)));
         }
         let ingest = Arc::new(ingest);
+        // Every source of a channel refuses new messages while the API has
+        // it stopped: its ingest path's switch is the one the API flips.
+        let switch_of = |name: &str| match ingest.channel(name) {
+            Some(c) => Arc::clone(c.switch()),
+            None => Arc::default(),
+        };
+
+        // Notification channels: endpoint, flow stage and acknowledgement worker each.
+        let notifications = crate::sources::notification::prepare(&channels, &self.store, switch_of)
+            .map_err(|(channel, error)| StartError::Notification { channel, error })?;
         self.ingest = Arc::clone(&ingest);
         let injector = Arc::new(Injector::new());
         injector.set(Arc::clone(&ingest));
@@ -195,10 +201,7 @@ impl Engine {
         let node = node_name();
         let mut sources = Vec::new();
         for channel in channels {
-            let switch = match ingest.channel(&channel.name) {
-                Some(c) => Arc::clone(c.switch()),
-                None => Arc::default(),
-            };
+            let switch = switch_of(&channel.name);
             let stage = Arc::new(ChannelStage {
                 switch,
                 name: channel.name.clone(),
@@ -333,7 +336,8 @@ impl Engine {
             Some(operation) => {
                 self.source_addrs.insert(operation.channel().to_string(), self.api_addr);
                 let base = format!("{}://{}/fhir", if api_tls.is_some() { "https" } else { "http" }, self.api_addr);
-                app.merge(operation.router(Arc::clone(&self.store), Arc::new(api_auth.clone()), &base))
+                let switch = switch_of(operation.channel());
+                app.merge(operation.router(Arc::clone(&self.store), Arc::new(api_auth.clone()), &base, switch))
             }
             None => app,
         };

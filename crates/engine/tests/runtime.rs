@@ -798,3 +798,166 @@ retry = {{ max_attempts = 5, initial_backoff = "1s", max_backoff = "4s" }}
     assert!(next >= d.updated_at + chrono::TimeDelta::seconds(600), "retry at {next}, attempt at {}", d.updated_at);
     h.stop().await;
 }
+
+/// A FHIR server with one Patient (`p1`): the patient source of a
+/// `send_to_ehr` channel. Its base URL.
+async fn patient_source() -> String {
+    let app = axum::Router::new().route(
+        "/fhir/Patient/p1",
+        axum::routing::get(|| async {
+            let patient = serde_json::json!({"resourceType": "Patient", "id": "p1",
+                "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN1"}],
+                "name": [{"family": "Durand", "given": ["Léa"]}], "birthDate": "1975-06-30"});
+            ([("content-type", "application/fhir+json")], patient.to_string())
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// Stops (`"stop"`) or starts (`"start"`) `channel` through the API.
+async fn switch_channel(h: &Harness, token: &str, channel: &str, action: &str) {
+    let url = format!("http://{}/api/channels/{channel}/{action}", h.api());
+    let r = reqwest::Client::new().post(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{action} {channel}: {}", r.text().await.unwrap());
+}
+
+/// The messages stored for `channel`.
+async fn stored_in(store: &Arc<dyn Store>, channel: &str) -> usize {
+    let query = store::SearchQuery { channel: Some(channel.into()), ..Default::default() };
+    store.search(&query).await.unwrap().items.len()
+}
+
+/// A stopped `send_to_ehr` channel refuses submissions with 503, a
+/// `Retry-After` and an OperationOutcome saying so, and stores nothing; it
+/// used to keep accepting and storing them. Started again, it accepts.
+#[tokio::test]
+async fn a_stopped_send_to_ehr_channel_refuses_submissions_until_it_is_started() {
+    use base64::Engine as _;
+    use engine::api::auth::Scope;
+    let base = patient_source().await;
+    let h = Harness::start(&format!(
+        r#"
+[fhir_servers.ehr]
+base_url = "{base}"
+[channels.documents.source]
+type = "send_to_ehr"
+patient_source = "ehr"
+[[channels.documents.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+"#
+    ))
+    .await;
+    let admin = h.token("ops", &[Scope::ChannelsAdmin]).await;
+    let clinic = h.token("clinic-app", &[Scope::SendToEhr]).await;
+    let pdf = base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF\n");
+    let parameters = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "subject", "valueReference": {"reference": "Patient/p1"}},
+        {"name": "payload", "valueString": pdf},
+    ]});
+    let submit = async |token: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{}/fhir/CommunicationRequest/$send-to-ehr", h.api()))
+            .header("content-type", "application/fhir+json")
+            .body(parameters.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let r = request.send().await.unwrap();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let status = r.status().as_u16();
+        (status, retry_after, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, _, answer) = submit(Some(&clinic)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(stored_in(h.store(), "documents").await, 1);
+
+    switch_channel(&h, &admin, "documents", "stop").await;
+    let (status, retry_after, outcome) = submit(Some(&clinic)).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("30")), "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "transient");
+    assert_eq!(outcome["issue"][0]["diagnostics"], "the channel is stopped; retry later");
+    // Only a caller allowed to submit learns the channel's state.
+    let (status, _, _) = submit(None).await;
+    assert_eq!(status, 401);
+    assert_eq!(stored_in(h.store(), "documents").await, 1, "a stopped channel stored a submission");
+
+    switch_channel(&h, &admin, "documents", "start").await;
+    let (status, retry_after, answer) = submit(Some(&clinic)).await;
+    assert_eq!((status, retry_after), (200, None), "{answer}");
+    assert_eq!(stored_in(h.store(), "documents").await, 2);
+    h.stop().await;
+}
+
+/// A stopped notification channel refuses notifications with 503, a
+/// `Retry-After` and a JSON problem saying so, and stores nothing; it used
+/// to keep accepting and storing them. Started again, it accepts.
+#[tokio::test]
+async fn a_stopped_notification_channel_refuses_notifications_until_it_is_started() {
+    use engine::api::auth::Scope;
+    let h = Harness::start(
+        r#"
+[channels.glucose]
+content = "json"
+[channels.glucose.source]
+type = "notification"
+[channels.glucose.source.fields]
+notification_id = "id"
+file_id = "file.id"
+presigned_url = "file.url"
+[channels.glucose.source.auth.bearer]
+token = "partner-secret"
+[channels.glucose.source.fetch]
+allowed_hosts = ["*.partner.example"]
+[channels.glucose.source.acknowledgement]
+url = "https://api.partner.example/ack/{notification_id}"
+[[channels.glucose.destinations]]
+name = "archive"
+type = "file"
+directory = "out"
+"#,
+    )
+    .await;
+    let admin = h.token("ops", &[Scope::ChannelsAdmin]).await;
+    let notify = async |id: &str, bearer: &str| {
+        let body = serde_json::json!({"id": id, "file": {"id": format!("file-{id}"),
+            "url": format!("https://files.partner.example/{id}.json?X-Sig=abc")}});
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/channels/glucose/notifications", h.api()))
+            .header("content-type", "application/json")
+            .bearer_auth(bearer)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        let media = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+        let status = r.status().as_u16();
+        (status, retry_after, media, r.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, _, _, answer) = notify("n1", "partner-secret").await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(stored_in(h.store(), "glucose").await, 1);
+
+    switch_channel(&h, &admin, "glucose", "stop").await;
+    let (status, retry_after, media, problem) = notify("n2", "partner-secret").await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("30")), "{problem}");
+    assert_eq!(media.as_deref(), Some("application/problem+json"));
+    assert_eq!(problem["status"], 503);
+    assert_eq!(problem["detail"], "the channel is stopped; send the notification again later");
+    // Only the partner learns the channel's state.
+    let (status, _, _, _) = notify("n2", "wrong").await;
+    assert_eq!(status, 401);
+    assert_eq!(stored_in(h.store(), "glucose").await, 1, "a stopped channel stored a notification");
+
+    switch_channel(&h, &admin, "glucose", "start").await;
+    let (status, retry_after, _, answer) = notify("n2", "partner-secret").await;
+    assert_eq!((status, retry_after), (202, None), "{answer}");
+    assert_eq!(stored_in(h.store(), "glucose").await, 2);
+    h.stop().await;
+}

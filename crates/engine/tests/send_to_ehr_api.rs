@@ -101,6 +101,7 @@ fn app_on(
         source: Arc::new(source),
         tracking: store.clone(),
         auth,
+        switch: Arc::default(),
     };
     App { router: router(state), store }
 }
@@ -574,6 +575,7 @@ async fn fhir_client_resolves_against_the_fhir_peer() {
             source: Arc::new(client),
             tracking: store.clone(),
             auth: Arc::new(NoAuth),
+            switch: Arc::default(),
         }),
         store,
     };

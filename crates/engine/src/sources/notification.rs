@@ -70,6 +70,7 @@ use serde_json::json;
 use store::{Accepted, MessageId, NewDelivery, NewMessage, SearchQuery, Store};
 use tracing::{info, warn};
 
+use crate::api::control::ChannelSwitch;
 use crate::config::{ByteSize, ChannelConfig, ConfigErrors, Duration, RetryConfig};
 use crate::flows::FlowStage;
 use crate::flows::notification::ack::AckWorker;
@@ -244,6 +245,7 @@ impl NotificationRuntime {
 pub fn prepare(
     channels: &[ChannelConfig],
     store: &Arc<dyn Store>,
+    switch_of: impl Fn(&str) -> Arc<ChannelSwitch>,
 ) -> Result<HashMap<String, NotificationRuntime>, (String, String)> {
     let mut out = HashMap::new();
     for channel in channels.iter().filter(|c| c.enabled) {
@@ -279,6 +281,7 @@ pub fn prepare(
             duplicate_window: config.duplicate_window.get(),
             store: Arc::clone(store),
             file_locks: (0..FILE_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            switch: switch_of(&channel.name),
         };
         out.insert(
             channel.name.clone(),
@@ -305,6 +308,8 @@ struct NotificationEndpoint {
     duplicate_window: std::time::Duration,
     store: Arc<dyn Store>,
     file_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The channel's stop/start switch: stopped, notifications are refused.
+    switch: Arc<ChannelSwitch>,
 }
 
 /// The routes of `channels`: `POST /channels/{name}/notifications`. Needs
@@ -374,6 +379,23 @@ impl NotificationEndpoint {
         if let Err(e) = self.verifier.verify(headers, &body, received_at.timestamp()) {
             info!(channel = %self.stage.channel(), %peer, kind = e.kind(), "notification refused");
             return e.problem().into_response();
+        }
+        // After the signature check, so only the partner learns the
+        // channel's state; nothing is stored, the partner notifies again.
+        if self.switch.is_stopped() {
+            info!(channel = %self.stage.channel(), "notification refused: the channel is stopped");
+            let mut response = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "channel-stopped",
+                "Channel stopped",
+                "the channel is stopped; send the notification again later",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::ingest::STOPPED_RETRY_AFTER_SECS),
+            );
+            return response;
         }
         let notification = match parse(&self.fields, &body) {
             Ok(n) => n,

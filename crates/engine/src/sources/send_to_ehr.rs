@@ -46,6 +46,7 @@ use axum::Router;
 use store::{ClaimedDelivery, Store};
 
 use crate::api::auth::{ANONYMOUS, Auth, AuthError, Scope};
+use crate::api::control::ChannelSwitch;
 use crate::config::{ChannelConfig, ConfigErrors};
 use crate::flows::send_to_ehr::Rejection;
 use crate::flows::send_to_ehr::api::{self, Caller, CallerAuth, SendToEhrState};
@@ -240,7 +241,15 @@ impl SendToEhrApi {
     /// The operation's routes, storing submissions in `store` and checking
     /// callers with `auth`. `listener_base` is the API listener's FHIR base
     /// (`http://127.0.0.1:8080/fhir`), used when `public_url` is not set.
-    pub fn router(self, store: Arc<dyn Store>, auth: Arc<dyn CallerAuth>, listener_base: &str) -> Router {
+    /// `switch` is the channel's stop/start switch: stopped, it refuses
+    /// submissions (503).
+    pub fn router(
+        self,
+        store: Arc<dyn Store>,
+        auth: Arc<dyn CallerAuth>,
+        listener_base: &str,
+        switch: Arc<ChannelSwitch>,
+    ) -> Router {
         let fhir_base = self.config.public_url.clone().unwrap_or_else(|| listener_base.to_string());
         tracing::info!(channel = %self.channel, base = %fhir_base, "send-to-ehr operation served");
         api::router(SendToEhrState {
@@ -249,6 +258,7 @@ impl SendToEhrApi {
             source: self.source,
             tracking: Arc::new(StoreTracking::new(store, self.channel, self.destinations)),
             auth,
+            switch,
         })
     }
 }

@@ -220,6 +220,11 @@ pub struct SendToEhrState {
     pub tracking: Arc<dyn TrackingStore>,
     /// Who may call.
     pub auth: Arc<dyn CallerAuth>,
+    /// The channel's stop/start switch (the API's channel stop): while it
+    /// is stopped, submissions are refused with 503 and `Retry-After`, as
+    /// every other source of a stopped channel refuses new messages.
+    /// Tracking and the stored resources stay readable.
+    pub switch: Arc<crate::api::control::ChannelSwitch>,
 }
 
 impl std::fmt::Debug for SendToEhrState {
@@ -289,7 +294,20 @@ async fn send_to_ehr(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match submit(&state, &headers, body, Utc::now()).await {
+    let caller = match state.auth.authorize(&headers, SEND_TO_EHR_SCOPE).await {
+        Ok(caller) => caller,
+        Err(rejection) => return rejection.into_response(),
+    };
+    // Checked after the caller is known, so that only callers allowed to
+    // submit learn the channel's state.
+    if state.switch.is_stopped() {
+        tracing::debug!("send-to-ehr refused: the channel is stopped");
+        let mut response =
+            Rejection::one(503, None, "transient", "the channel is stopped; retry later").into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::ingest::STOPPED_RETRY_AFTER_SECS));
+        return response;
+    }
+    match submit(&state, caller, &headers, body, Utc::now()).await {
         Ok(answer) => fhir_json(StatusCode::OK, &answer),
         Err(rejection) => {
             // Diagnostics may quote request values: debug only.
@@ -301,11 +319,11 @@ async fn send_to_ehr(
 
 async fn submit(
     state: &SendToEhrState,
+    caller: Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     now: DateTime<Utc>,
 ) -> Result<Value, Rejection> {
-    let caller = state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
     let body = body.map_err(|e| {
         let status = e.status().as_u16();
         let status = if status == 413 { 413 } else { 400 };
