@@ -18,10 +18,7 @@
 //! semaphore is acquired *before* `accept()`, so at most `max_connections`
 //! are served and the rest wait in the kernel's backlog instead of costing
 //! memory; accept errors (out of file descriptors ...) back off instead of
-//! spinning. Each connection is its own task with one read buffer, on the
-//! engine's runtime, or, with `PLEXUS_MLLP_THREADS=N` in the environment,
-//! on N threads of its own (a current-thread runtime each): see
-//! [`ConnectionThreads`] for what that saves and what it costs.
+//! spinning. Each connection is its own task with one read buffer.
 //!
 //! A connection reads bytes, and hands every complete frame in its buffer
 //! (pipelining: a sender may write several messages before reading any
@@ -53,7 +50,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration as StdDuration;
 
 use bytes::BytesMut;
@@ -281,33 +278,10 @@ impl MllpSource {
             };
             let tls = self.tls.clone();
             let shutdown = shutdown.clone();
-            match connection_threads() {
-                Some(threads) => {
-                    let std = match socket.into_std() {
-                        Ok(s) => s,
-                        Err(e) => {
-                            debug!(channel = %channel, error = %e, "moving a connection failed");
-                            continue;
-                        }
-                    };
-                    connections.spawn_on(
-                        async move {
-                            let _permit = permit;
-                            match TcpStream::from_std(std) {
-                                Ok(socket) => conn.serve_socket(socket, tls, shutdown).await,
-                                Err(e) => debug!(error = %e, "registering a connection failed"),
-                            }
-                        },
-                        threads.pick(),
-                    );
-                }
-                None => {
-                    connections.spawn(async move {
-                        let _permit = permit;
-                        conn.serve_socket(socket, tls, shutdown).await;
-                    });
-                }
-            }
+            connections.spawn(async move {
+                let _permit = permit;
+                conn.serve_socket(socket, tls, shutdown).await;
+            });
         }
         drop(self.listener);
         info!(channel = %channel, addr = ?addr, open = connections.len(), "mllp source stopped accepting; finishing open connections");
@@ -517,113 +491,4 @@ async fn ingest_batch(ingest: &ChannelIngest, batch: Vec<Received>, out: &mut By
 fn encode_frame(payload: &[u8], out: &mut BytesMut) {
     // Encoding into a buffer cannot fail.
     let _ = MllpCodec::default().encode(payload, out);
-}
-
-/// The threads MLLP connections are served on: each runs a current-thread
-/// runtime of its own, and connections are dealt to them in turn.
-///
-/// Why not the engine's multi-thread runtime: with one message in flight
-/// (window 1, the common sender), a connection's task sleeps twice per
-/// message, waiting for the store's commit and then for the next frame. On
-/// the multi-thread runtime each wake-up makes the worker that wakes leave
-/// its "searching" state and wake a second worker, which finds nothing and
-/// sleeps again: two `futex` calls and one context switch per message for
-/// nothing (measured with `strace -c -f`: 4.15 -> 2.08 `futex` calls per
-/// message; docs/benchmarks.md, session 6). A connection processes its
-/// frames one read after the other anyway, so pinning it to one thread
-/// costs it no parallelism; what is lost is moving connections between
-/// threads when a few busy ones share a thread, and one large message (a
-/// 16 MiB MDM takes a while to validate) holds up the other connections of
-/// its thread meanwhile. Opt-in until a quiet machine shows the saving in
-/// messages per second: on the loaded machine of session 6 the rates did
-/// not tell the two apart.
-#[derive(Debug)]
-struct ConnectionThreads {
-    handles: Vec<tokio::runtime::Handle>,
-    next: AtomicUsize,
-}
-
-/// Environment variable saying how many connection threads to start; unset
-/// or `0` serves connections on the engine's runtime.
-const THREADS_ENV: &str = "PLEXUS_MLLP_THREADS";
-
-impl ConnectionThreads {
-    /// Starts `n` (at least one) threads, or `None` if no thread could start
-    /// (connections are then served on the engine's runtime).
-    fn start(n: usize) -> Option<ConnectionThreads> {
-        let handles = (0..n.max(1))
-            .map(|i| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                std::thread::Builder::new()
-                    .name(format!("plexus-mllp-{i}"))
-                    .spawn(move || {
-                        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                            Ok(r) => r,
-                            Err(e) => {
-                                warn!(error = %e, "starting an mllp connection thread failed");
-                                return;
-                            }
-                        };
-                        let _ = tx.send(runtime.handle().clone());
-                        // Serves the tasks spawned on it for the life of the
-                        // process; connections end with their sources.
-                        runtime.block_on(std::future::pending::<()>());
-                    })
-                    .ok()?;
-                rx.recv().ok()
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(ConnectionThreads { handles, next: AtomicUsize::new(0) })
-    }
-
-    /// The runtime for the next connection.
-    fn pick(&self) -> &tokio::runtime::Handle {
-        &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len()]
-    }
-}
-
-/// How many connection threads: `PLEXUS_MLLP_THREADS` when set to a
-/// number, else none.
-fn thread_count(env: Option<&str>) -> usize {
-    env.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-}
-
-/// The process's connection threads, started on first use; `None` when
-/// connections are served on the engine's runtime.
-fn connection_threads() -> Option<&'static ConnectionThreads> {
-    static THREADS: std::sync::OnceLock<Option<ConnectionThreads>> = std::sync::OnceLock::new();
-    THREADS
-        .get_or_init(|| match thread_count(std::env::var(THREADS_ENV).ok().as_deref()) {
-            0 => None,
-            n => ConnectionThreads::start(n),
-        })
-        .as_ref()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connection_threads_only_when_the_environment_asks() {
-        assert_eq!(thread_count(None), 0);
-        assert_eq!(thread_count(Some("0")), 0);
-        assert_eq!(thread_count(Some(" 2 ")), 2);
-        assert_eq!(thread_count(Some("many")), 0);
-    }
-
-    #[test]
-    fn connections_are_dealt_to_the_threads_in_turn() {
-        let threads = ConnectionThreads::start(2).unwrap();
-        let names: Vec<String> = (0..4)
-            .map(|_| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                threads.pick().spawn(async move {
-                    let _ = tx.send(std::thread::current().name().unwrap_or_default().to_string());
-                });
-                rx.recv_timeout(StdDuration::from_secs(5)).unwrap()
-            })
-            .collect();
-        assert_eq!(names, ["plexus-mllp-0", "plexus-mllp-1", "plexus-mllp-0", "plexus-mllp-1"]);
-    }
 }
