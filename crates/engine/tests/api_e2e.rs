@@ -159,9 +159,11 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
             .send()
             .await
             .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), retry_after, r.text().await.unwrap())
     };
-    let (status, _) = send("RUN-1").await;
+    let (status, retry_after, _) = send("RUN-1").await;
+    assert_eq!(retry_after, None, "only a 503 says when to come back");
     assert_eq!(status, 200);
     eventually("RUN-1 is delivered", async || {
         stored(h.store(), "RUN-1").await.first().is_some_and(|m| m.deliveries[0].state == store::DeliveryState::Sent)
@@ -172,8 +174,8 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
         json_of(http.post(format!("{base}/api/channels/adt-in/stop")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("stopped")));
     // Refused with AE / 503, not stored; the listener still answers.
-    let (status, ack) = send("STOPPED-1").await;
-    assert_eq!(status, 503, "{ack}");
+    let (status, retry_after, ack) = send("STOPPED-1").await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("30")), "{ack}");
     assert!(ack.contains("MSA|AE|STOPPED-1") && ack.contains("the channel is stopped"), "{ack}");
     assert!(stored(h.store(), "STOPPED-1").await.is_empty());
     // Workers do not claim: a replayed delivery stays queued while stopped.
@@ -195,7 +197,7 @@ async fn a_stopped_channel_refuses_messages_and_pauses_its_workers() {
         stored(h.store(), "RUN-1").await[0].deliveries[0].state == store::DeliveryState::Sent
     })
     .await;
-    let (status, _) = send("AFTER-1").await;
+    let (status, _, _) = send("AFTER-1").await;
     assert_eq!(status, 200);
     h.stop().await;
 }

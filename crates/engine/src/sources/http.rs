@@ -10,8 +10,9 @@
 //! HL7 v2 channels take a body of type `x-application/hl7-v2+er7`,
 //! `application/hl7-v2` or `text/plain` and answer with the ACK as the body
 //! (`x-application/hl7-v2+er7`) and a status that follows MSA-1: 200 for
-//! AA/CA, 400 for AR/CR, 500 for AE/CE (503 when the store could not take
-//! the message, so the client retries). JSON and FHIR channels take
+//! AA/CA, 400 for AR/CR, 500 for AE/CE (503 with `Retry-After` when the
+//! store could not take the message or the channel is stopped, so the
+//! client retries). JSON and FHIR channels take
 //! `application/json` or `application/fhir+json` and answer 202 with
 //! `{"message_id": ..., "duplicate": ...}`; problems are JSON too (RFC 9457
 //! problem details, or a FHIR OperationOutcome for FHIR channels). An
@@ -155,7 +156,7 @@ async fn post_message(
             };
             let mut response = (status, out.ack.unwrap_or_default()).into_response();
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(HL7_V2_CONTENT_TYPE));
-            response
+            with_retry_after(response)
         }
         ContentKind::Json | ContentKind::Fhir => {
             if !matches!(media.as_str(), "application/json" | "application/fhir+json") {
@@ -179,7 +180,7 @@ async fn post_message(
                     .into_response(),
                 JsonOutcome::Invalid(detail) => problem(kind, StatusCode::BAD_REQUEST, "invalid message", &detail),
                 JsonOutcome::Unavailable(detail) => {
-                    problem(kind, StatusCode::SERVICE_UNAVAILABLE, "message not stored", &detail)
+                    with_retry_after(problem(kind, StatusCode::SERVICE_UNAVAILABLE, "message not stored", &detail))
                 }
                 // 422, as draft-ietf-httpapi-idempotency-key-header answers a
                 // key reused with another payload (and $send-to-ehr does).
@@ -195,6 +196,17 @@ async fn post_message(
             }
         }
     }
+}
+
+/// A 503 from this source (the channel is stopped, or the store could not
+/// take the message) is transient: it says when to send again, as the
+/// `$send-to-ehr` and notification sources do, so a sender that honours
+/// `Retry-After` does not hammer a stopped channel.
+fn with_retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::ingest::STOPPED_RETRY_AFTER_SECS));
+    }
+    response
 }
 
 /// The longest `Idempotency-Key` accepted.
