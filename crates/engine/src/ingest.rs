@@ -109,7 +109,10 @@ impl Hl7Outcome {
 
 /// The `Retry-After` (seconds) of a stopped channel's 503: a stop is an
 /// operator's pause, typically minutes; half a minute keeps retries cheap
-/// without holding messages back long once the channel is started.
+/// without holding messages back long once the channel is started. The
+/// HTTP source also sends it with the 503 of a failed store commit, which
+/// it cannot tell apart from a stop in its answer and which is as
+/// transient.
 pub const STOPPED_RETRY_AFTER_SECS: u64 = 30;
 
 /// What the ingest path did with a JSON message.
