@@ -95,17 +95,48 @@ pub(crate) fn search_token(identifier: Option<&Json<'_>>) -> Option<String> {
     identifier.filter(|i| i.get("system").and_then(Json::as_str).is_some()).and_then(identifier_token)
 }
 
-/// The deterministic uuid for `kind` + `identity`.
+/// The deterministic uuid for `kind` + `identity`: the first 16 bytes of
+/// SHA-256(kind, 0, identity) as a version-8 uuid.
 pub(crate) fn stable_uuid(kind: &str, identity: &str) -> uuid::Uuid {
-    let mut h = Sha256::new();
-    h.update(kind.as_bytes());
-    h.update([0]);
-    h.update(identity.as_bytes());
-    let digest = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
+    let digest = sha256_prefix(kind.as_bytes(), identity.as_bytes());
     // A version-8 ("custom") uuid: valid RFC 9562 syntax, derived, not random.
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    uuid::Builder::from_custom_bytes(digest).into_uuid()
+}
+
+/// The first 16 bytes of SHA-256(`kind`, 0, `identity`). A Bundle hashes a
+/// dozen short identities: up to 119 bytes are padded here in one or two
+/// blocks on the stack and compressed at once (no hasher and its buffer),
+/// longer ones go through the hasher. Either way the standard digest.
+fn sha256_prefix(kind: &[u8], identity: &[u8]) -> [u8; 16] {
+    const INITIAL: [u32; 8] =
+        [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    let len = kind.len() + 1 + identity.len();
+    let mut out = [0u8; 16];
+    if len > 119 {
+        let mut h = Sha256::new();
+        h.update(kind);
+        h.update([0]);
+        h.update(identity);
+        out.copy_from_slice(&h.finalize()[..16]);
+        return out;
+    }
+    // The message, 0x80, zeros, and its length in bits (big-endian) at the
+    // end of the last block.
+    let mut blocks = [[0u8; 64]; 2];
+    let count = if len < 56 { 1 } else { 2 };
+    {
+        let flat = blocks.as_flattened_mut();
+        flat[..kind.len()].copy_from_slice(kind);
+        flat[kind.len() + 1..len].copy_from_slice(identity);
+        flat[len] = 0x80;
+        flat[count * 64 - 8..count * 64].copy_from_slice(&((len as u64) * 8).to_be_bytes());
+    }
+    let mut state = INITIAL;
+    sha2::block_api::compress256(&mut state, &blocks[..count]);
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 impl<'a> Ctx<'a> {
@@ -259,5 +290,27 @@ impl<'a> Ctx<'a> {
         }
         out.extend_from_slice(if pretty { b"\n}" } else { b"}" });
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_the_sha256_of_kind_and_identity_at_every_length() {
+        // Every padding case: one block, the length spilling into a
+        // second, two blocks, and the hasher beyond.
+        for len in 0..200 {
+            let identity: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            for kind in ["", "Patient", "AllergyIntolerance"] {
+                let mut h = Sha256::new();
+                h.update(kind.as_bytes());
+                h.update([0]);
+                h.update(identity.as_bytes());
+                let digest = h.finalize();
+                assert_eq!(sha256_prefix(kind.as_bytes(), identity.as_bytes()), digest[..16], "{kind} {len}");
+            }
+        }
     }
 }
