@@ -50,6 +50,41 @@ pub(crate) enum Json<'a> {
     /// and a URL fewer per entry, and no re-built member list to put the two
     /// in front).
     Entries(Vec<Entry<'a>>),
+    /// A constant value (a fixed coding, a category): its compact JSON
+    /// copied in one piece, no member lists built, dropped or walked (see
+    /// [`Static`]).
+    Static(&'static Static),
+}
+
+/// A constant JSON value, made once: the tree for the pretty writer and
+/// the `serde_json::Value` path, and its compact text (written by the tree
+/// itself the first time it is needed, so the two cannot differ).
+#[derive(Debug)]
+pub(crate) struct Static {
+    tree: fn() -> Json<'static>,
+    compact: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl Static {
+    /// The constant `tree()` builds (never empty: an empty one is left out
+    /// like any empty value).
+    pub const fn new(tree: fn() -> Json<'static>) -> Static {
+        Static { tree, compact: std::sync::OnceLock::new() }
+    }
+
+    fn compact(&self) -> &[u8] {
+        self.compact.get_or_init(|| {
+            let mut out = Vec::new();
+            (self.tree)().write(&mut out, false);
+            out.into_boxed_slice()
+        })
+    }
+}
+
+impl PartialEq for Static {
+    fn eq(&self, other: &Static) -> bool {
+        self.compact() == other.compact()
+    }
 }
 
 // Values are moved into and out of member lists all the time: keep them at
@@ -249,6 +284,7 @@ impl<'a> Json<'a> {
             Json::Arr(a) => a.is_empty(),
             Json::ArrObj(o) | Json::Obj(o) => o.is_empty(),
             Json::Entries(e) => e.is_empty(),
+            Json::Static(s) => s.compact().is_empty(),
             Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(_) | Json::Reference(_) => false,
         }
     }
@@ -336,6 +372,7 @@ impl<'a> Json<'a> {
             Json::Entries(entries) => {
                 (!entries.is_empty()).then(|| Value::Array(entries.into_iter().map(Entry::into_value).collect()))
             }
+            Json::Static(s) => (s.tree)().into_value(),
         }
     }
 
@@ -490,6 +527,7 @@ impl<'a> Json<'a> {
                 out.push(b']');
                 true
             }
+            Json::Static(s) => (s.tree)().write_pretty(out, depth),
             scalar => scalar.write_scalar(out),
         }
     }
@@ -526,6 +564,14 @@ impl<'a> Json<'a> {
             }
             Json::Str(s) if s.is_empty() => return false,
             Json::Str(s) => write_str(out, s),
+            // Compact only (the pretty writer writes its tree).
+            Json::Static(s) => {
+                let compact = s.compact();
+                if compact.is_empty() {
+                    return false;
+                }
+                out.extend_from_slice(compact);
+            }
             Json::Arr(_) | Json::ArrObj(_) | Json::Obj(_) | Json::Entries(_) => return false,
         }
         true
@@ -787,6 +833,24 @@ mod tests {
             assert_eq!(out, b"x");
         }
         assert_eq!(empty.into_value(), None);
+    }
+
+    #[test]
+    fn a_static_value_is_written_and_read_as_its_tree() {
+        static CODING: Static = Static::new(|| {
+            Json::ArrObj(vec![("coding", Json::ArrObj(vec![("system", "http://x".into()), ("code", "a\"b".into())]))])
+        });
+        static EMPTY: Static = Static::new(|| Json::Obj(vec![("a", Json::Null)]));
+        let with = Json::Obj(vec![("k", Json::Static(&CODING)), ("e", Json::Static(&EMPTY)), ("n", 1u32.into())]);
+        let without = Json::Obj(vec![("k", (CODING.tree)()), ("n", 1u32.into())]);
+        for pretty in [false, true] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            assert!(with.write(&mut a, pretty));
+            assert!(without.write(&mut b, pretty));
+            assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        }
+        assert!(Json::Static(&EMPTY).is_empty());
+        assert_eq!(with.into_value(), without.into_value());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::bundle::{Ctx, Ref, search_token, stable_uuid};
 use super::datatypes::{
     Xcn, authority_system, cwe, cx, date, date_time, pl_name, pl_physical_type, text_concept, xad, xon, xpn, xtn,
 };
-use super::json::{Entry, Json};
+use super::json::{Entry, Json, Static};
 use super::view::{Node, Seg};
 use crate::error::ConvertError;
 use crate::options::Hl7ToFhirOptions;
@@ -19,6 +19,81 @@ pub(crate) struct Subject {
     /// Text identifying the patient (for identities of dependent resources).
     pub key: String,
     pub encounter: Option<Ref>,
+}
+
+/// The identifier types of table 0203 the mappers give themselves.
+static SSN_TYPE: Static = Static::new(|| identifier_type_0203("SS"));
+static DRIVERS_LICENSE_TYPE: Static = Static::new(|| identifier_type_0203("DL"));
+static MEMBER_NUMBER_TYPE: Static = Static::new(|| identifier_type_0203("MB"));
+
+fn identifier_type_0203(code: &'static str) -> Json<'static> {
+    obj! {"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => code}]}
+}
+
+/// Encounter.participant.type for each participant field of PV1.
+static ATTENDER: Static = Static::new(|| participation_type("ATND", "attender"));
+static REFERRER: Static = Static::new(|| participation_type("REF", "referrer"));
+static CONSULTANT: Static = Static::new(|| participation_type("CON", "consultant"));
+static ADMITTER: Static = Static::new(|| participation_type("ADM", "admitter"));
+
+fn participation_type(code: &'static str, display: &'static str) -> Json<'static> {
+    arr![obj! {
+        "coding" => arr![
+            obj!{
+                "system" => "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                "code" => code,
+                "display" => display,
+            },
+        ],
+    }]
+}
+
+static ALLERGY_ACTIVE: Static = Static::new(|| {
+    obj! {
+        "coding" => arr![
+            obj!{
+                "system" => "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                "code" => "active",
+            },
+        ],
+    }
+});
+
+static ENCOUNTER_DIAGNOSIS: Static = Static::new(|| {
+    arr![obj! {
+        "coding" => arr![
+            obj!{
+                "system" => "http://terminology.hl7.org/CodeSystem/condition-category",
+                "code" => "encounter-diagnosis",
+                "display" => "Encounter Diagnosis",
+            },
+        ],
+    }]
+});
+
+/// Coverage.relationship for IN1-17 (the subscriber's relation to the insured).
+static SUBSCRIBER_SELF: Static = Static::new(|| subscriber_relationship("self"));
+static SUBSCRIBER_SPOUSE: Static = Static::new(|| subscriber_relationship("spouse"));
+static SUBSCRIBER_CHILD: Static = Static::new(|| subscriber_relationship("child"));
+static SUBSCRIBER_OTHER: Static = Static::new(|| subscriber_relationship("other"));
+
+fn subscriber_relationship(code: &'static str) -> Json<'static> {
+    obj! {
+        "coding" => arr![
+            obj!{
+                "system" => "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+                "code" => code,
+            },
+        ],
+    }
+}
+
+/// Coverage.class.type for IN1-8 (group) and IN1-2 (plan).
+static CLASS_GROUP: Static = Static::new(|| coverage_class("group"));
+static CLASS_PLAN: Static = Static::new(|| coverage_class("plan"));
+
+fn coverage_class(code: &'static str) -> Json<'static> {
+    obj! {"coding" => arr![obj!{"system" => "http://terminology.hl7.org/CodeSystem/coverage-class", "code" => code}]}
 }
 
 fn non_null<'a>(items: impl IntoIterator<Item = Json<'a>>) -> Vec<Json<'a>> {
@@ -58,7 +133,7 @@ pub(crate) fn patient<'a>(
     let ssn = pid.f(19).text();
     if !ssn.is_empty() {
         identifiers.push(obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => "SS"}]},
+            "type" => Json::Static(&SSN_TYPE),
             "system" => "http://hl7.org/fhir/sid/us-ssn",
             "value" => ssn,
         });
@@ -66,7 +141,7 @@ pub(crate) fn patient<'a>(
     let dl = pid.f(20);
     if !dl.c(1).is_empty() {
         identifiers.push(obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => "DL"}]},
+            "type" => Json::Static(&DRIVERS_LICENSE_TYPE),
             "system" => authority_system(&dl.c(2).text(), "", "", opts),
             "value" => dl.c(1).text(),
             "period" => obj!{"end" => date(&dl.c(3).text())},
@@ -264,25 +339,10 @@ pub(crate) fn location<'a>(ctx: &mut Ctx<'a>, n: Node<'a>) -> Option<Ref> {
     Some(ctx.add_as(uuid, "Location", None, resource))
 }
 
-fn participant<'a>(ctx: &mut Ctx<'a>, code: &'static str, display: &'static str, n: Node<'a>) -> Vec<Json<'a>> {
+fn participant<'a>(ctx: &mut Ctx<'a>, kind: &'static Static, n: Node<'a>) -> Vec<Json<'a>> {
     n.reps()
         .filter_map(|r| practitioner(ctx, r))
-        .map(|p| {
-            obj! {
-                "type" => arr![
-                    obj!{
-                        "coding" => arr![
-                            obj!{
-                                "system" => "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                "code" => code,
-                                "display" => display,
-                            },
-                        ],
-                    },
-                ],
-                "individual" => p.reference(),
-            }
-        })
+        .map(|p| obj! {"type" => Json::Static(kind), "individual" => p.reference()})
         .collect()
 }
 
@@ -326,10 +386,10 @@ pub(crate) fn encounter<'a>(
             obj! {"system" => terminology::ACT_CODE_SYSTEM, "code" => code, "display" => display}
         }
     };
-    let mut participants = participant(ctx, "ATND", "attender", pv1.f(7));
-    participants.extend(participant(ctx, "REF", "referrer", pv1.f(8)));
-    participants.extend(participant(ctx, "CON", "consultant", pv1.f(9)));
-    participants.extend(participant(ctx, "ADM", "admitter", pv1.f(17)));
+    let mut participants = participant(ctx, &ATTENDER, pv1.f(7));
+    participants.extend(participant(ctx, &REFERRER, pv1.f(8)));
+    participants.extend(participant(ctx, &CONSULTANT, pv1.f(9)));
+    participants.extend(participant(ctx, &ADMITTER, pv1.f(17)));
     let mut locations = Vec::new();
     for (field, status) in [(3, "active"), (6, "completed"), (11, "active")] {
         if let Some(loc) = location(ctx, pv1.f(field).first()) {
@@ -419,14 +479,7 @@ pub(crate) fn allergy<'a>(ctx: &mut Ctx<'a>, subject: &Subject, al1: &Seg<'a>) {
     let reactions: Vec<Json<'a>> = al1.f(5).reps().map(|r| text_concept(r.whole())).filter(|v| !v.is_null()).collect();
     let key = [&*subject.key, "|AL1|", &*al1.f(3).first().whole()].concat();
     let resource = obj! {
-        "clinicalStatus" => obj!{
-            "coding" => arr![
-                obj!{
-                    "system" => "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
-                    "code" => "active",
-                },
-            ],
-        },
+        "clinicalStatus" => Json::Static(&ALLERGY_ACTIVE),
         "type" => if al1.f(2).c(1).text() == "MC" { "" } else { "allergy" },
         "category" => arr![category],
         "criticality" => criticality,
@@ -456,17 +509,7 @@ pub(crate) fn condition<'a>(ctx: &mut Ctx<'a>, subject: &Subject, dg1: &Seg<'a>)
         [&*subject.key, "|DG1|", &*dg1.f(3).first().whole(), "|", &*dg1.f(4).text(), "|", &*dg1.f(5).text()].concat();
     let resource = obj! {
         "identifier" => arr![identifier],
-        "category" => arr![
-            obj!{
-                "coding" => arr![
-                    obj!{
-                        "system" => "http://terminology.hl7.org/CodeSystem/condition-category",
-                        "code" => "encounter-diagnosis",
-                        "display" => "Encounter Diagnosis",
-                    },
-                ],
-            },
-        ],
+        "category" => Json::Static(&ENCOUNTER_DIAGNOSIS),
         "code" => code,
         "subject" => patient,
         "encounter" => encounter,
@@ -506,46 +549,32 @@ pub(crate) fn coverage<'a>(ctx: &mut Ctx<'a>, subject: &Subject, in1: &Seg<'a>) 
         Json::Null
     } else {
         obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => "MB"}]},
+            "type" => Json::Static(&MEMBER_NUMBER_TYPE),
             "value" => policy.clone(),
         }
     };
     let relationship = match in1.f(17).c(1).text().as_ref() {
-        "SEL" => "self",
-        "SPO" => "spouse",
-        "CHD" => "child",
-        "" => "",
-        _ => "other",
+        "SEL" => Json::Static(&SUBSCRIBER_SELF),
+        "SPO" => Json::Static(&SUBSCRIBER_SPOUSE),
+        "CHD" => Json::Static(&SUBSCRIBER_CHILD),
+        "" => Json::Null,
+        _ => Json::Static(&SUBSCRIBER_OTHER),
     };
     let group = in1.f(8).text();
     let plan = in1.f(2).first();
     let key = [&*subject.key, "|IN1|", &*payor_key, "|", &*in1.f(2).c(1).text(), "|", &*policy].concat();
-    let class: Vec<Json<'a>> = [("group", group, in1.f(9).first().c(1).text()), ("plan", plan.c(1).text(), plan.c(2).text())]
-    .into_iter()
-    .filter(|(_, value, _)| !value.is_empty())
-    .map(|(kind, value, name)| {
-        obj!{
-            "type" => obj!{
-                "coding" => arr![obj!{"system" => "http://terminology.hl7.org/CodeSystem/coverage-class", "code" => kind}],
-            },
-            "value" => value,
-            "name" => name,
-        }
-    })
-    .collect();
+    let class: Vec<Json<'a>> =
+        [(&CLASS_GROUP, group, in1.f(9).first().c(1).text()), (&CLASS_PLAN, plan.c(1).text(), plan.c(2).text())]
+            .into_iter()
+            .filter(|(_, value, _)| !value.is_empty())
+            .map(|(kind, value, name)| obj! {"type" => Json::Static(kind), "value" => value, "name" => name})
+            .collect();
     let resource = obj! {
         "identifier" => arr![identifier],
         "status" => "active",
         "type" => cwe(in1.f(15).first(), "0086", opts),
         "beneficiary" => subject.patient.reference(),
-        "relationship" => if relationship.is_empty() { Json::Null } else { obj!{
-            "coding" => arr![
-                obj!{
-                    "system" => "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
-                    "code" => relationship,
-                },
-            ],
-        } },
+        "relationship" => relationship,
         "period" => obj!{"start" => date(&in1.f(12).text()), "end" => date(&in1.f(13).text())},
         "payor" => arr![payor.reference()],
         "class" => class,
