@@ -419,7 +419,7 @@ fn specimen<'a>(ctx: &mut Ctx<'a>, subject: &Subject, spm: &Seg<'a>, group_key: 
             return Json::Null;
         }
         obj! {
-            "type" => obj!{"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => kind}]},
+            "type" => Json::IdType(kind.into()),
             "system" => super::datatypes::authority_system(&n.s(2).text(), &n.s(3).text(), &n.s(4).text(), opts),
             "value" => value,
         }

@@ -242,7 +242,7 @@ fn identifier_type<'a>(code: Cow<'a, str>) -> Json<'a> {
     if code.is_empty() {
         return Json::Null;
     }
-    obj! {"coding" => arr![obj!{"system" => terminology::v2_table_cow("0203"), "code" => code}]}
+    Json::IdType(code)
 }
 
 /// CX to Identifier.

@@ -54,6 +54,21 @@ pub(crate) enum Json<'a> {
     /// copied in one piece, no member lists built, dropped or walked (see
     /// [`Static`]).
     Static(&'static Static),
+    /// An Identifier.type coded in v2 table 0203, `{"coding": [{"system":
+    /// "<v2-0203>", "code": <code>}]}`, made into objects only when written
+    /// (most identifiers have one: two member lists fewer each).
+    IdType(Cow<'a, str>),
+}
+
+/// The system of [`Json::IdType`]'s coding.
+const TABLE_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
+
+/// [`Json::IdType`] as a tree (for the pretty writer and the Value path).
+fn id_type_tree<'a>(code: &Cow<'a, str>) -> Json<'a> {
+    Json::Obj(vec![(
+        "coding",
+        Json::ArrObj(vec![("system", Json::from(TABLE_0203)), ("code", Json::Str(code.clone()))]),
+    )])
 }
 
 /// A constant JSON value, made once: the tree for the pretty writer and
@@ -285,6 +300,7 @@ impl<'a> Json<'a> {
             Json::ArrObj(o) | Json::Obj(o) => o.is_empty(),
             Json::Entries(e) => e.is_empty(),
             Json::Static(s) => s.compact().is_empty(),
+            Json::IdType(code) => code.is_empty(),
             Json::Bool(_) | Json::Num(_) | Json::Decimal(_) | Json::Urn(_) | Json::Id(_) | Json::Reference(_) => false,
         }
     }
@@ -305,6 +321,15 @@ impl<'a> Json<'a> {
         match self {
             Json::Obj(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
             _ => None,
+        }
+    }
+
+    /// The code of an Identifier.type made by the mappers (a
+    /// [`Json::IdType`], or a tree with a first coding).
+    pub fn type_code(&self) -> Option<&str> {
+        match self {
+            Json::IdType(code) => Some(code),
+            _ => self.get("coding").and_then(|c| c.first_get("code")).and_then(Json::as_str),
         }
     }
 
@@ -373,6 +398,7 @@ impl<'a> Json<'a> {
                 (!entries.is_empty()).then(|| Value::Array(entries.into_iter().map(Entry::into_value).collect()))
             }
             Json::Static(s) => (s.tree)().into_value(),
+            Json::IdType(code) => (!code.is_empty()).then(|| id_type_tree(&code).into_value()).flatten(),
         }
     }
 
@@ -528,6 +554,7 @@ impl<'a> Json<'a> {
                 true
             }
             Json::Static(s) => (s.tree)().write_pretty(out, depth),
+            Json::IdType(code) => !code.is_empty() && id_type_tree(code).write_pretty(out, depth),
             scalar => scalar.write_scalar(out),
         }
     }
@@ -571,6 +598,14 @@ impl<'a> Json<'a> {
                     return false;
                 }
                 out.extend_from_slice(compact);
+            }
+            Json::IdType(code) if code.is_empty() => return false,
+            Json::IdType(code) => {
+                out.extend_from_slice(b"{\"coding\":[{\"system\":\"");
+                out.extend_from_slice(TABLE_0203.as_bytes());
+                out.extend_from_slice(b"\",\"code\":");
+                write_str(out, code);
+                out.extend_from_slice(b"}]}");
             }
             Json::Arr(_) | Json::ArrObj(_) | Json::Obj(_) | Json::Entries(_) => return false,
         }
@@ -850,6 +885,17 @@ mod tests {
             assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
         }
         assert!(Json::Static(&EMPTY).is_empty());
+        let typed = Json::Obj(vec![("type", Json::IdType("M\"R".into())), ("none", Json::IdType("".into()))]);
+        let tree = Json::Obj(vec![("type", id_type_tree(&"M\"R".into()))]);
+        for pretty in [false, true] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            assert!(typed.write(&mut a, pretty));
+            assert!(tree.write(&mut b, pretty));
+            assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        }
+        assert_eq!(typed.get("type").and_then(Json::type_code), Some("M\"R"));
+        assert_eq!(tree.get("type").and_then(Json::type_code), Some("M\"R"));
+        assert_eq!(typed.into_value(), tree.into_value());
         assert_eq!(with.into_value(), without.into_value());
     }
 

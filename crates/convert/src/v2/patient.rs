@@ -110,10 +110,7 @@ fn id_key(identifier: &Json<'_>) -> String {
 /// PID-3's identifier to use for the conditional update: the MR-typed one,
 /// else the first.
 fn primary_identifier<'j, 'a>(ids: &'j [Json<'a>]) -> Option<&'j Json<'a>> {
-    let code = |i: &Json<'_>| {
-        i.get("type").and_then(|t| t.get("coding")).and_then(|c| c.first_get("code")).and_then(Json::as_str)
-            == Some("MR")
-    };
+    let code = |i: &Json<'_>| i.get("type").and_then(Json::type_code) == Some("MR");
     ids.iter().find(|i| code(i)).or_else(|| ids.first())
 }
 
