@@ -216,6 +216,46 @@ impl<'a> Segment<'a> {
         Some(Field { raw, ctx })
     }
 
+    /// The bytes of field `n` as written, what [`Segment::field`] gives as
+    /// [`Field::raw`], empty when the segment ends before it: for readers
+    /// that split and decode fields themselves and read hundreds per
+    /// message (one lookup of the segment, no field context made).
+    ///
+    /// ```
+    /// use hl7v2::Message;
+    /// let msg = Message::parse("MSH|^~\\&|APP\rPID|1||42^^^H").unwrap();
+    /// let msh = msg.segment("MSH").unwrap();
+    /// assert_eq!(msh.field_bytes(1), b"|");
+    /// assert_eq!(msh.field_bytes(3), b"APP");
+    /// let pid = msg.segment("PID").unwrap();
+    /// assert_eq!(pid.field_bytes(3), b"42^^^H");
+    /// assert_eq!(pid.field_bytes(2), b"");
+    /// assert_eq!(pid.field_bytes(9), b"");
+    /// ```
+    pub fn field_bytes(&self, n: usize) -> &'a [u8] {
+        let span = self.span();
+        let buf = &self.msg.buf;
+        let seps = &self.msg.seps[span.seps_start as usize..(span.seps_start + span.seps_len) as usize];
+        let k = if is_header_name(&span.name) {
+            if seps.len() < 2 {
+                return b"";
+            }
+            if n == 1 {
+                let at = span.start as usize + 3;
+                return &buf[at..at + 1];
+            }
+            // MSH-2 is the first field after the separator; n = 0 wraps
+            // out of range.
+            n.wrapping_sub(1)
+        } else {
+            n
+        };
+        if k == 0 || k >= seps.len() {
+            return b"";
+        }
+        &buf[seps[k - 1] as usize + 1..seps[k] as usize]
+    }
+
     /// The fields in order, from field 1.
     pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'a {
         let seg = *self;

@@ -634,6 +634,23 @@ mod tests {
     }
 
     #[test]
+    fn field_bytes_are_the_fields_raw_bytes() {
+        for text in [
+            "MSH|^~\\&|APP|FAC|||20200101||ADT^A01|1|P|2.5\rPID|1||42^^^H~7||Doe^J|\rZZZ\rNTE",
+            "MSH|^~\\&\rEVN|",
+            "MSH|\rPID|1",
+        ] {
+            let Ok(msg) = Message::parse(text) else { continue };
+            for seg in msg.segments() {
+                for n in 0..seg.field_count() + 3 {
+                    let raw = seg.field(n).map(|f| f.raw()).unwrap_or_default();
+                    assert_eq!(seg.field_bytes(n), raw, "{}-{n} of {text:?}", seg.name());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_bad_segment_name_is_found_wherever_its_line_starts() {
         for pad in 0..9 {
             let text = format!("MSH|^~\\&|{}\rPiD|1", "x".repeat(pad));

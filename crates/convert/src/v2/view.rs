@@ -126,8 +126,7 @@ impl<'a> Msg<'a> {
 impl<'a> Seg<'a> {
     /// Field `n` (1-based as in HL7; MSH-1 is the field separator).
     pub fn f(&self, n: usize) -> Node<'a> {
-        let raw = self.seg.field(n).map(|f| f.raw()).unwrap_or(b"");
-        Node { raw, cx: self.cx }
+        Node { raw: self.seg.field_bytes(n), cx: self.cx }
     }
 }
 
