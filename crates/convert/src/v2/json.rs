@@ -173,9 +173,8 @@ impl<'a> Entry<'a> {
                 write_str_body(out, t);
             }
             None => {
-                let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
                 out.push(b'/');
-                out.extend_from_slice(self.uuid.simple().encode_lower(&mut buf).as_bytes());
+                out.extend_from_slice(&hex32(&self.uuid));
             }
         }
         out.push(b'"');
@@ -569,13 +568,7 @@ impl<'a> Json<'a> {
             // integers, ryu for floats). Numbers are rare in a Bundle.
             Json::Num(n) => out.extend_from_slice(n.to_string().as_bytes()),
             Json::Decimal(d) => out.extend_from_slice(d.as_bytes()),
-            Json::Urn(uuid) => {
-                // Hex digits and hyphens: nothing to escape.
-                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                out.extend_from_slice(b"\"urn:uuid:");
-                out.extend_from_slice(uuid.hyphenated().encode_lower(&mut buf).as_bytes());
-                out.push(b'"');
-            }
+            Json::Urn(uuid) => write_urn(out, uuid),
             Json::Reference(uuid) => {
                 // Compact (the pretty writer indents it itself).
                 out.extend_from_slice(b"{\"reference\":");
@@ -584,10 +577,9 @@ impl<'a> Json<'a> {
             }
             Json::Id(uuid) => {
                 // Hex digits: nothing to escape.
-                let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
-                out.push(b'"');
-                out.extend_from_slice(uuid.simple().encode_lower(&mut buf).as_bytes());
-                out.push(b'"');
+                let mut quoted = [b'"'; 34];
+                quoted[1..33].copy_from_slice(&hex32(uuid));
+                out.extend_from_slice(&quoted);
             }
             Json::Str(s) if s.is_empty() => return false,
             Json::Str(s) => write_str(out, s),
@@ -617,6 +609,39 @@ impl PartialEq<&str> for Json<'_> {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == Some(*other)
     }
+}
+
+/// The uuid as 32 lower-case hex digits, a pair per byte from a table (a
+/// Bundle writes each entry's uuid three times and references dozens).
+fn hex32(uuid: &uuid::Uuid) -> [u8; 32] {
+    static PAIRS: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0u8; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            pairs[b] = [HEX[b >> 4], HEX[b & 0xf]];
+            b += 1;
+        }
+        pairs
+    };
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(uuid.as_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(*b)]);
+    }
+    out
+}
+
+/// Writes `"urn:uuid:<hyphenated uuid>"` (hex digits and hyphens: nothing
+/// to escape) in one copy.
+fn write_urn(out: &mut Vec<u8>, uuid: &uuid::Uuid) {
+    let hex = hex32(uuid);
+    let mut urn = *b"\"urn:uuid:________-____-____-____-____________\"";
+    urn[10..18].copy_from_slice(&hex[..8]);
+    urn[19..23].copy_from_slice(&hex[8..12]);
+    urn[24..28].copy_from_slice(&hex[12..16]);
+    urn[29..33].copy_from_slice(&hex[16..20]);
+    urn[34..46].copy_from_slice(&hex[20..]);
+    out.extend_from_slice(&urn);
 }
 
 /// Sets `key` in `members` (replaced in place, else appended).
@@ -897,6 +922,22 @@ mod tests {
         assert_eq!(tree.get("type").and_then(Json::type_code), Some("M\"R"));
         assert_eq!(typed.into_value(), tree.into_value());
         assert_eq!(with.into_value(), without.into_value());
+    }
+
+    #[test]
+    fn uuids_are_written_as_the_uuid_crate_formats_them() {
+        for n in
+            [0u128, 1, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, u128::MAX, 0xa0b1_c2d3_e4f5_0617_2839_4a5b_6c7d_8e9f]
+        {
+            let uuid = uuid::Uuid::from_u128(n);
+            assert_eq!(hex32(&uuid), uuid.simple().to_string().as_bytes());
+            let mut out = Vec::new();
+            write_urn(&mut out, &uuid);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"urn:uuid:{}\"", uuid.hyphenated()));
+            let mut out = Vec::new();
+            Json::Id(uuid).write_scalar(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{}\"", uuid.simple()));
+        }
     }
 
     #[test]
