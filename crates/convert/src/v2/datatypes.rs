@@ -105,11 +105,16 @@ impl V2Time<'_> {
 /// None when malformed (a value that is not a date is not guessed at).
 pub(crate) fn parse_dtm(raw: &str) -> Option<V2Time<'_>> {
     let raw = raw.trim();
-    let (body, offset) = match raw.find(['+', '-']) {
+    // Most dates asked for are absent (a period's end, an identifier's
+    // dates); the searches below are byte loops, not char patterns.
+    if raw.is_empty() {
+        return None;
+    }
+    let (body, offset) = match raw.bytes().position(|b| b == b'+' || b == b'-') {
         Some(at) => (&raw[..at], Some(Offset::parse(&raw[at..])?)),
         None => (raw, None),
     };
-    let (digits, frac) = match body.split_once('.') {
+    let (digits, frac) = match body.bytes().position(|b| b == b'.').map(|at| (&body[..at], &body[at + 1..])) {
         Some((d, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => (d, Some(f)),
         Some(_) => return None,
         None => (body, None),
