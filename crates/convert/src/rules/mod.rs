@@ -49,7 +49,10 @@
 //!   source-side value in both directions: forward what is read, reverse
 //!   what is written.
 //! - Empty strings, nulls, empty objects and arrays are pruned from the
-//!   output: FHIR forbids empty elements.
+//!   output: FHIR forbids empty elements. So a rule takes such a value, as
+//!   read or as its transforms leave it (`trim` of blanks), for an absent
+//!   one: `required` reports it missing, `default` stands in, validation is
+//!   not run on it, and nothing is written.
 
 mod path;
 mod transform;
@@ -320,6 +323,22 @@ impl MappingRules {
     }
 }
 
+/// Whether `v` is no value: null, `""`, or an object or array holding
+/// nothing else. The output prunes such values (FHIR forbids empty
+/// elements), so a rule treats one, read or made by its transforms, as
+/// absent: `required` reports it, `default` stands in for it, and nothing
+/// is written for it (a filter target such as `telecom[system=phone]` would
+/// otherwise be left holding its `system` and no value).
+fn is_blank(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(items) => items.iter().all(is_blank),
+        Value::Object(map) => map.values().all(is_blank),
+        Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 fn finish(mut out: Value, violations: Vec<RuleViolation>) -> Result<Value, RulesError> {
     if !violations.is_empty() {
         return Err(RulesError::Violations(violations));
@@ -507,7 +526,7 @@ impl Rule {
             }
         };
         for (index, item) in items.into_iter().enumerate() {
-            let value = match item {
+            let value = match item.filter(|v| !is_blank(v)) {
                 Some(v) => {
                     if !matches!(self.input, Input::Many(_))
                         && let Err(e) = self.check(&v)
@@ -516,13 +535,17 @@ impl Rule {
                         continue;
                     }
                     match self.run(v, false) {
-                        Ok(v) => v,
+                        Ok(v) => Some(v).filter(|v| !is_blank(v)),
                         Err(e) => {
                             violations.push(self.violation(&in_path, e));
                             continue;
                         }
                     }
                 }
+                None => None,
+            };
+            let value = match value {
+                Some(v) => v,
                 None => match (&self.default, self.required) {
                     (Some(d), _) => d.clone(),
                     (None, true) => {
@@ -547,23 +570,29 @@ impl Rule {
                 Some(Transform::Split(s)) => s.as_str(),
                 _ => " ",
             };
-            let parts: Vec<String> = self.targets.iter().filter_map(|t| t.get(input)).filter_map(scalar_text).collect();
+            let parts: Vec<String> = self
+                .targets
+                .iter()
+                .filter_map(|t| t.get(input))
+                .filter(|v| !is_blank(v))
+                .filter_map(scalar_text)
+                .collect();
             vec![(!parts.is_empty()).then(|| Value::String(parts.join(sep)))]
         } else {
             let each = self.targets[0].get_each(input);
             if each.is_empty() { vec![None] } else { each.into_iter().map(|v| v.cloned()).collect() }
         };
         for (index, item) in items.into_iter().enumerate() {
-            let Some(v) = item else {
-                if self.required {
-                    violations.push(self.violation(&in_path, "required value is missing"));
-                }
-                continue;
-            };
-            let v = match self.run(v, true) {
-                Ok(v) => v,
-                Err(e) => {
+            let v = match item.filter(|v| !is_blank(v)).map(|v| self.run(v, true)) {
+                Some(Ok(v)) if !is_blank(&v) => v,
+                Some(Err(e)) => {
                     violations.push(self.violation(&in_path, e));
+                    continue;
+                }
+                _ => {
+                    if self.required {
+                        violations.push(self.violation(&in_path, "required value is missing"));
+                    }
                     continue;
                 }
             };
@@ -618,7 +647,8 @@ impl Rule {
                 Ok(Value::String(s.trim().to_string()))
             }
             Some(Transform::Concat(sep)) => {
-                let texts: Vec<String> = parts.iter().flatten().filter_map(|v| scalar_text(v)).collect();
+                let texts: Vec<String> =
+                    parts.iter().flatten().filter(|v| !is_blank(v)).filter_map(|v| scalar_text(v)).collect();
                 Ok(Value::String(texts.join(sep)))
             }
             _ => Err("several sources without template or concat".into()),

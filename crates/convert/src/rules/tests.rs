@@ -255,3 +255,35 @@ fn writing_through_a_scalar_is_a_violation_not_a_panic() {
     let err = rules.apply(&json!({"a": "s", "b": "t"})).unwrap_err().to_string();
     assert!(err.contains("cannot write 'x.y'"), "{err}");
 }
+
+/// An empty string (or empty object or array) is no value: the output
+/// prunes it, so a required rule must report it missing rather than let
+/// the output lose the element, an optional rule writes nothing (no
+/// `telecom` left with a `system` and no value), and a default stands in.
+#[test]
+fn empty_values_count_as_absent() {
+    let rules = MappingRules::from_yaml(PATIENT_YAML).unwrap();
+    let blank = json!({
+        "patient": {"mrn": "", "sex": "", "active": "", "last": "  ", "first": []},
+        "contact": {"phone": "", "email": ""}
+    });
+    let err = rules.apply(&blank).unwrap_err();
+    let RulesError::Violations(v) = &err else { panic!("expected violations, got {err}") };
+    let found: Vec<(&str, &str, &str)> =
+        v.iter().map(|v| (v.rule.as_str(), v.path.as_str(), v.message.as_str())).collect();
+    assert_eq!(found, vec![("mrn", "patient.mrn", "required value is missing")]);
+
+    let mut optional = blank.clone();
+    optional["patient"]["mrn"] = json!("004711");
+    let out = rules.apply(&optional).unwrap();
+    assert_eq!(
+        out,
+        json!({"resourceType": "Patient",
+               "identifier": [{"value": "004711", "system": "urn:oid:1.2.3.4"}],
+               "active": true})
+    );
+
+    // Reverse: an empty target value is missing too.
+    let err = rules.apply_reverse(&json!({"resourceType": "Patient", "identifier": [{"value": ""}]})).unwrap_err();
+    assert!(err.to_string().contains("rule 'mrn' at input path 'identifier[0].value': required value is missing"));
+}
