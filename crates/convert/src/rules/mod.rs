@@ -639,11 +639,25 @@ impl Rule {
     fn combine(&self, paths: &[JsonPath], parts: &[Option<&Value>]) -> Result<Value, String> {
         match self.transforms.first() {
             Some(Transform::Template(t)) => {
-                let mut s = t.clone();
-                for (p, v) in paths.iter().zip(parts) {
-                    let text = v.and_then(scalar_text).unwrap_or_default();
-                    s = s.replace(&format!("{{{p}}}"), &text);
+                // One pass over the template: a value holding `{other}` is
+                // text, not a placeholder to fill in turn.
+                let mut s = String::with_capacity(t.len());
+                let mut rest = t.as_str();
+                while let Some(open) = rest.find('{') {
+                    s.push_str(&rest[..open]);
+                    let after = &rest[open + 1..];
+                    let Some(close) = after.find('}') else {
+                        rest = &rest[open..];
+                        break;
+                    };
+                    let name = &after[..close];
+                    match paths.iter().position(|p| p.to_string() == name) {
+                        Some(i) => s.push_str(&parts[i].and_then(scalar_text).unwrap_or_default()),
+                        None => s.push_str(&rest[open..open + close + 2]),
+                    }
+                    rest = &after[close + 1..];
                 }
+                s.push_str(rest);
                 Ok(Value::String(s.trim().to_string()))
             }
             Some(Transform::Concat(sep)) => {

@@ -287,3 +287,23 @@ fn empty_values_count_as_absent() {
     let err = rules.apply_reverse(&json!({"resourceType": "Patient", "identifier": [{"value": ""}]})).unwrap_err();
     assert!(err.to_string().contains("rule 'mrn' at input path 'identifier[0].value': required value is missing"));
 }
+
+/// A template fills each placeholder from its source once: a value that
+/// happens to hold another placeholder's text (`{last}`) is written as it
+/// is, not filled in turn.
+#[test]
+fn template_values_are_not_read_as_placeholders() {
+    let yaml = r#"
+version: 1
+rules:
+  - sources: [first, last]
+    target: text
+    direction: forward
+    transforms: [{ template: "{first} {last}" }]
+"#;
+    let rules = MappingRules::from_yaml(yaml).unwrap();
+    let out = rules.apply(&json!({"first": "{last}", "last": "Finn"})).unwrap();
+    assert_eq!(out, json!({"text": "{last} Finn"}));
+    let out = rules.apply(&json!({"first": "Huck", "last": "{first}"})).unwrap();
+    assert_eq!(out, json!({"text": "Huck {first}"}));
+}
