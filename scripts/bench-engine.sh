@@ -10,7 +10,8 @@
 # 32 connections (window 1, then window 16) against each. Prints per run:
 # msgs/s, ACK latency, every ACK code, CPU time per message of the receiver
 # and the sender (user + system, from /proc: steadier than wall time on a
-# shared machine), serve's peak resident memory under load, the time from
+# shared machine), how many times per message the receiver's threads were
+# scheduled in (wake-ups), serve's peak resident memory under load, the time from
 # start to accepting MLLP, the disk's fsync latency and the load average.
 #
 # Environment: PLEXUS_SHARED (default ../shared beside the repository),
@@ -47,6 +48,10 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }  # user + system, 1/100 s
+# Times any thread of the process was scheduled in, summed over its live
+# threads (schedstat's third field): a window-1 message's wake-ups, which
+# on a VM cost more than its CPU (docs/benchmarks.md, B session 7).
+sched_slices() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{n += $3} END {print n + 0}'; }
 
 echo "# plexus engine benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
 echo "# $(uptime)"
@@ -64,8 +69,9 @@ PY
 
 # One `plexus send` run: label, port, count, connections, window, receiver pid.
 run() {
-    local label=$1 port=$2 count=$3 conns=$4 window=$5 receiver=$6 before after json sendcpu
+    local label=$1 port=$2 count=$3 conns=$4 window=$5 receiver=$6 before after json sendcpu slices0 slices1
     before=$(cpu_ticks "$receiver")
+    slices0=$(sched_slices "$receiver")
     json=$(python3 - "$BIN" "$port" "$count" "$conns" "$window" <<'PY'
 import json, resource, subprocess, sys
 bin_, port, count, conns, window = sys.argv[1:]
@@ -81,15 +87,19 @@ print(json.dumps(s))
 PY
 )
     after=$(cpu_ticks "$receiver")
-    python3 - "$label" "$json" "$before" "$after" <<'PY'
+    slices1=$(sched_slices "$receiver")
+    python3 - "$label" "$json" "$before" "$after" "$slices0" "$slices1" <<'PY'
 import json, sys
 label, s, before, after = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+# Threads that ended during the run take their count with them: a lower bound.
+slices = max(int(sys.argv[6]) - int(sys.argv[5]), 0)
 n = s.get("messages", 0) or 1
 l = s.get("latency_ms", {})
 codes = " ".join(f"{k} {v}" for k, v in sorted(s.get("codes", {}).items()))
 print(f"{label:<36} {s.get('msgs_per_s', 0):>8.0f} msgs/s  p50 {l.get('p50', 0):.3f} p95 {l.get('p95', 0):.3f} "
       f"p99 {l.get('p99', 0):.3f} ms  [{codes}; unacked {s.get('unacked', '?')}]  "
-      f"CPU/msg receiver {(after - before) * 10000 / n:.0f} us, sender {s['sender_cpu_s'] * 1e6 / n:.0f} us")
+      f"CPU/msg receiver {(after - before) * 10000 / n:.0f} us, sender {s['sender_cpu_s'] * 1e6 / n:.0f} us  "
+      f"receiver scheduled {slices / n:.2f}/msg")
 PY
 }
 
