@@ -39,6 +39,12 @@
 //! store announced, or at most [`IDLE_POLL`] (other processes sharing a
 //! PostgreSQL store do not wake this one). It never busy-polls.
 //!
+//! While a batch is being attempted, its leases are extended every third
+//! of a lease ([`store::Store::extend_lease`]), so an attempt slower than
+//! the lease (a slow receiver, an MLLP send waiting out a reconnect backoff
+//! and its ACK timeout) is not taken over and sent a second time by
+//! another worker or node meanwhile.
+//!
 //! On shutdown a worker finishes the batch it holds and stops; deliveries
 //! it has not claimed stay queued for the next start.
 
@@ -213,7 +219,7 @@ impl DestinationWorkers {
             // Different order keys: safe to run side by side. A shutdown
             // signal lets the batch finish; its deliveries are complete or,
             // if the process dies first, their leases expire.
-            let done = self.attempt_batch(claim.deliveries).await;
+            let done = self.attempt_holding_leases(claim.deliveries).await;
             if !full || shutdown.is_cancelled() || self.channel.switch.is_stopped() {
                 // Nothing is claimed ahead: the loop claims once the
                 // completions are in (or stops, or waits).
@@ -242,6 +248,46 @@ impl DestinationWorkers {
             }
         }
         debug!(channel = %self.channel.name, destination = %self.name, worker = index, "worker stopped");
+    }
+
+    /// [`attempt_batch`](Self::attempt_batch), extending the batch's leases
+    /// every third of a lease while it runs: an attempt may take longer
+    /// than the lease (an MLLP send waits for a pooled connection, a
+    /// reconnect backoff and its `ack_timeout`; a receiver is slow), and a
+    /// lease that runs out mid-attempt lets another worker or node claim
+    /// the delivery and send it a second time while the first attempt is
+    /// still waiting for its answer. A batch done within a third of its
+    /// lease, the usual case, extends nothing. Leases are extended by a
+    /// whole `lease` each time, so a worker that stops (a crash, a hung
+    /// attempt aborted at shutdown) leaves its deliveries to others at most
+    /// one lease later.
+    async fn attempt_holding_leases(&self, deliveries: Vec<ClaimedDelivery>) -> Vec<Done> {
+        let held: Vec<(store::DeliveryId, store::LeaseToken)> = deliveries.iter().map(|d| (d.id, d.lease)).collect();
+        let every = self.lease / 3;
+        let attempt = self.attempt_batch(deliveries);
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                done = &mut attempt => return done,
+                () = tokio::time::sleep(every) => {}
+            }
+            // The attempt goes on while the store extends the leases.
+            let extend = join_all(held.iter().map(|&(id, lease)| self.extend_lease(id, lease)));
+            tokio::select! {
+                done = &mut attempt => return done,
+                _ = extend => {}
+            }
+        }
+    }
+
+    async fn extend_lease(&self, id: store::DeliveryId, lease: store::LeaseToken) {
+        match self.store.extend_lease(id, lease, self.lease).await {
+            Ok(_) => debug!(channel = %self.channel.name, destination = %self.name, delivery = %id, "lease extended"),
+            Err(e) => warn!(
+                channel = %self.channel.name, destination = %self.name, delivery = %id,
+                error = %e.summary(), "extending the lease of a delivery in progress failed"
+            ),
+        }
     }
 
     /// Makes one attempt at each delivery of a claimed batch (each of a
