@@ -432,3 +432,67 @@ async fn https_with_a_private_ca_and_a_client_certificate() {
     assert_eq!(err.kind(), "connect", "{err:?}");
     assert_eq!(server.received.lock().unwrap().len(), 1);
 }
+
+/// A one-request HTTP server on raw TCP: reads the request, answers
+/// `status_line` with a body announced as 100 bytes of which it sends only
+/// `partial`, then keeps the connection open without a byte more (`stall`)
+/// or closes it. The URL to send to.
+async fn truncating_server(status_line: &'static str, partial: &'static str, stall: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/truncated", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        // The whole request: headers, then the Content-Length body.
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            assert!(n > 0, "the request ended early");
+        }
+        let head = format!("{status_line}\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n{partial}");
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.flush().await.unwrap();
+        if stall {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    });
+    url
+}
+
+/// The status decides the delivery; the body is only an excerpt kept with
+/// it. A 2xx whose body cannot be read to its end (the receiver stalls or
+/// drops the connection after answering) is delivered: failing it would
+/// send the message again to a receiver that already took it. A 4xx stays
+/// permanent however its body ends.
+#[tokio::test]
+async fn a_2xx_whose_body_breaks_off_is_delivered() {
+    let url = truncating_server("HTTP/1.1 201 Created", "{\"id\":", true).await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{url}\"\ntimeout = \"500ms\"\n")).await;
+    let response = dest.send(&outbound()).await.expect("a 201 is a delivery");
+    assert_eq!(response.kind, ResponseKind::Http(201));
+    assert_eq!(response.body.as_deref(), Some("{\"id\":"));
+
+    let url = truncating_server("HTTP/1.1 200 OK", "accepted", false).await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{url}\"\n")).await;
+    let response = dest.send(&outbound()).await.expect("a 200 is a delivery");
+    assert_eq!(response.kind, ResponseKind::Http(200));
+
+    let url = truncating_server("HTTP/1.1 422 Unprocessable Entity", "{\"error\":", false).await;
+    let dest = build(&format!("type = \"http\"\nurl = \"{url}\"\n")).await;
+    let err = dest.send(&outbound()).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::HttpStatus { status: 422, .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+}

@@ -40,7 +40,10 @@
 //!
 //! # Answers
 //!
-//! 2xx is success (status and a body excerpt are kept with the delivery).
+//! 2xx is success (status and a body excerpt are kept with the delivery),
+//! even when the body breaks off after the status (the receiver stalls or
+//! closes the connection): the status is the receiver's answer, and
+//! failing a delivery it took would send the message twice.
 //! 408, 429 and 5xx are transient, with the `Retry-After` header (seconds or
 //! an HTTP date) passed on in the error for the store's backoff; every
 //! other status is permanent, including redirects, which are not followed
@@ -392,7 +395,17 @@ impl HttpDestination {
         let response = request.body(body).send().await.map_err(|e| self.request_error(e, &address))?;
         let status = response.status();
         let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(parse_retry_after);
-        let body = read_excerpt(response).await.map_err(|e| self.request_error(e, &address))?;
+        // The status decides: a body that breaks off after it (the receiver
+        // stalls or drops the connection) leaves the excerpt short, but a
+        // 2xx is still a delivery (retrying it would send the message again
+        // to a receiver that took it) and a 4xx still permanent.
+        let (body, broken) = read_excerpt(response).await;
+        if let Some(e) = broken {
+            debug!(
+                message_id = out.message_id, status = status.as_u16(), error = %error_chain(&e.without_url()),
+                "http answered; its body broke off"
+            );
+        }
         debug!(message_id = out.message_id, status = status.as_u16(), "http answered");
         if status.is_success() {
             Ok(DeliveryResponse {
@@ -454,16 +467,28 @@ fn render(env: &minijinja::Environment<'static>, out: &Outbound<'_>) -> Result<S
 
 /// Reads at most [`RESPONSE_EXCERPT_MAX`] bytes of the body, so a huge
 /// answer cannot fill memory; the rest is dropped with the connection.
-async fn read_excerpt(mut response: reqwest::Response) -> Result<String, reqwest::Error> {
+/// Returns what was read, and the error that ended the body early, if one
+/// did (a timeout, a connection closed inside the body).
+async fn read_excerpt(mut response: reqwest::Response) -> (String, Option<reqwest::Error>) {
     let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = RESPONSE_EXCERPT_MAX - bytes.len();
-        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if bytes.len() >= RESPONSE_EXCERPT_MAX {
-            break;
+    let mut broken = None;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = RESPONSE_EXCERPT_MAX - bytes.len();
+                bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if bytes.len() >= RESPONSE_EXCERPT_MAX {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
         }
     }
-    Ok(super::excerpt(&bytes, RESPONSE_EXCERPT_MAX))
+    (super::excerpt(&bytes, RESPONSE_EXCERPT_MAX), broken)
 }
 
 /// Retry (408, 429, 5xx) or dead-letter (everything else that is not 2xx).
