@@ -496,3 +496,41 @@ async fn a_2xx_whose_body_breaks_off_is_delivered() {
     assert!(matches!(err, DeliveryError::HttpStatus { status: 422, .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Permanent);
 }
+
+/// A `Content-Type` given in `headers` is the request's content type: sent
+/// once, not next to the default one (a receiver meeting two takes the
+/// first, joins them or refuses the request). Given twice in the
+/// configuration, or an `Authorization` header next to `auth`, is refused
+/// when it loads.
+#[tokio::test]
+async fn a_content_type_in_headers_is_sent_once() {
+    let (base, server) = start().await;
+    let dest = build(&format!(
+        "type = \"http\"\nurl = \"{base}/ok\"\nbody = '{{\"id\": {{{{ message_id|tojson }}}}}}'\n\
+         headers = {{ \"Content-Type\" = \"application/json\" }}\n"
+    ))
+    .await;
+    dest.send(&outbound()).await.unwrap();
+    let raw =
+        build(&format!("type = \"http\"\nurl = \"{base}/ok\"\nheaders = {{ \"content-type\" = \"text/hl7\" }}\n"))
+            .await;
+    raw.send(&outbound()).await.unwrap();
+    let received = server.received.lock().unwrap();
+    let types = |r: &Received| -> Vec<String> {
+        r.headers.get_all("content-type").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(types(&received[0]), ["application/json"]);
+    assert_eq!(types(&received[1]), ["text/hl7"]);
+    drop(received);
+
+    let config: DestinationConfig = toml::from_str(
+        "type = \"http\"\nurl = \"https://x.example/\"\ncontent_type = \"application/json\"\n\
+         headers = { \"Content-Type\" = \"text/plain\", \"Authorization\" = \"Bearer a\" }\n\
+         auth = { type = \"bearer\", token = \"b\" }\n",
+    )
+    .unwrap();
+    let mut errors = engine::config::ConfigErrors::default();
+    config.validate("d", &mut errors);
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["d.headers.Authorization", "d.headers.Content-Type"], "{errors}");
+}

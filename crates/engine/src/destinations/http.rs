@@ -84,7 +84,8 @@ pub struct HttpConfig {
     #[serde(default)]
     pub body: Option<String>,
     /// The request's `Content-Type`. Defaults to the message's content type
-    /// for raw bodies, `text/plain; charset=utf-8` for templated ones.
+    /// for raw bodies, `text/plain; charset=utf-8` for templated ones. A
+    /// `Content-Type` in `headers` does the same (give one of the two).
     #[serde(default)]
     pub content_type: Option<String>,
     /// Authentication, tagged by `type`: `bearer`, `basic` or `hmac`.
@@ -205,6 +206,11 @@ impl HttpConfig {
             } else if HeaderValue::from_str(value.expose()).is_err() {
                 // The value may be a secret: say what is wrong, not what it is.
                 errors.push(format!("{path}.headers.{name}"), "value has characters not allowed in a header");
+            } else if name.eq_ignore_ascii_case("authorization") && self.auth.is_some() {
+                // Both would be sent: two Authorization headers.
+                errors.push(format!("{path}.headers.{name}"), "set next to auth: give one of them");
+            } else if name.eq_ignore_ascii_case("content-type") && self.content_type.is_some() {
+                errors.push(format!("{path}.headers.{name}"), "set next to content_type: give one of them");
             }
         }
         if let Some(content_type) = &self.content_type
@@ -260,9 +266,12 @@ impl HttpConfig {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        let content_type = match &self.content_type {
-            Some(c) => Some(HeaderValue::from_str(c).map_err(|e| invalid("content_type", e.to_string()))?),
-            None => None,
+        // A Content-Type among the headers is the content type: kept apart
+        // so the request carries one (the builder appends, it does not
+        // replace, so both would be sent).
+        let content_type = match (&self.content_type, headers.remove(reqwest::header::CONTENT_TYPE)) {
+            (Some(c), _) => Some(HeaderValue::from_str(c).map_err(|e| invalid("content_type", e.to_string()))?),
+            (None, from_headers) => from_headers,
         };
         let template = match &self.body {
             Some(body) => Some(compile_template(body, self.template_fuel).map_err(|e| invalid("body", e))?),
