@@ -492,13 +492,14 @@ impl FhirClient {
         let mut seen = std::collections::HashSet::new();
         let mut returned = results.add_page(&first_page, &mut seen) as u64;
         let mut page = first_page;
-        let mut previous_link: Option<String> = None;
+        // Every link followed: a server whose links lead back to any earlier
+        // page (not only the one just read) would otherwise be paged forever.
+        let mut followed: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             if let Some(next) = bundle::next_link(&page) {
-                if previous_link.as_deref() == Some(next) {
-                    return Err(self.invalid("GET", "(next page)", "next link repeats itself"));
+                if !followed.insert(next.to_owned()) {
+                    return Err(self.invalid("GET", "(next page)", "next link leads back to an earlier page"));
                 }
-                previous_link = Some(next.to_owned());
                 let url = self.link_url(next)?;
                 page = self.get_page(url).await?;
                 returned += bundle::search_matches(&page).count() as u64;

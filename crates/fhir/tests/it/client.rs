@@ -446,3 +446,31 @@ async fn included_resources_come_back_apart_from_the_matches() {
     assert_eq!(ids(&r.resources), vec!["o1", "o2"]);
     assert_eq!(ids(&r.included), vec!["p"]);
 }
+
+#[tokio::test]
+async fn next_links_that_loop_back_to_an_earlier_page_are_an_error_not_an_endless_read() {
+    // Page 1 links to page 2, page 2 back to page 1 (a server whose paging
+    // cursor wraps around): following it would read the two pages forever.
+    let (app, hits) = counted(
+        "/fhir/Observation",
+        get(|State(hits): State<Hits>, req: Request| async move {
+            hits.next();
+            let q = req.uri().query().unwrap_or("").to_owned();
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+            let (id, next) = if q.contains("page=2") { ("b", "page=1") } else { ("a", "page=2") };
+            fhir_json(
+                StatusCode::OK,
+                json!({"resourceType": "Bundle", "type": "searchset",
+                       "link": [{"relation": "next", "url": format!("http://{host}/fhir/Observation?{next}")}],
+                       "entry": [{"resource": {"resourceType": "Observation", "id": id}}]}),
+            )
+        }),
+    );
+    let c = mock_client(app).await;
+    let result =
+        tokio::time::timeout(std::time::Duration::from_secs(10), c.search_all(&Search::new("Observation"))).await;
+    let err = result.expect("ends instead of paging forever").expect_err("a looping next link");
+    assert!(err.to_string().contains("earlier page"), "{err}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert_eq!(hits.get(), 3, "the first page, page 2, page 1 again: then it stops");
+}
