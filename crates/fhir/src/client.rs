@@ -652,9 +652,22 @@ impl FhirClient {
                             &format!("{} entries answered for {} sent", responses.len(), chunk.len()),
                         ));
                     }
-                    for (url, r) in chunk.iter().zip(responses) {
-                        results.push(self.entry_result(url, r));
+                    let mut answers: Vec<_> =
+                        chunk.iter().zip(responses).map(|(url, r)| self.entry_result(url, r)).collect();
+                    // An entry the server could not answer this time (429,
+                    // 503 inside a 200 batch-response) gets the retry policy
+                    // like any request, read on its own: failing the whole
+                    // sync for it, or skipping it, would be wrong.
+                    let again: Vec<usize> = (0..answers.len())
+                        .filter(|&i| answers[i].as_ref().is_err_and(|e| e.class() == crate::ErrorClass::Transient))
+                        .collect();
+                    if !again.is_empty() {
+                        let urls: Vec<String> = again.iter().map(|&i| chunk[i].clone()).collect();
+                        for (i, answer) in again.into_iter().zip(self.get_each(&urls).await) {
+                            answers[i] = answer;
+                        }
                     }
+                    results.extend(answers);
                 }
                 Err(e) if e.class() == crate::ErrorClass::Permanent => {
                     tracing::info!(

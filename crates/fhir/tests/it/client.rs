@@ -474,3 +474,38 @@ async fn next_links_that_loop_back_to_an_earlier_page_are_an_error_not_an_endles
     assert_eq!(err.class(), ErrorClass::Permanent);
     assert_eq!(hits.get(), 3, "the first page, page 2, page 1 again: then it stops");
 }
+
+#[tokio::test]
+async fn a_batch_entry_answered_503_is_read_again_on_its_own() {
+    let reads = Hits::default();
+    let app = Router::new()
+        .route(
+            "/fhir/",
+            post(|| async {
+                fhir_json(
+                    StatusCode::OK,
+                    json!({"resourceType": "Bundle", "type": "batch-response", "entry": [
+                        {"resource": patient("a"), "response": {"status": "200 OK"}},
+                        {"response": {"status": "503 Service Unavailable",
+                                      "outcome": outcome("transient", "database busy")}},
+                        {"response": {"status": "404 Not Found", "outcome": outcome("not-found", "no such patient")}}
+                    ]}),
+                )
+            }),
+        )
+        .route(
+            "/fhir/Patient/{id}",
+            get(|State(hits): State<Hits>, axum::extract::Path(id): axum::extract::Path<String>| async move {
+                hits.next();
+                fhir_json(StatusCode::OK, patient(&id))
+            }),
+        )
+        .with_state(reads.clone());
+    let c = mock_client(app).await;
+    let urls: Vec<String> = ["Patient/a", "Patient/b", "Patient/gone"].iter().map(|s| s.to_string()).collect();
+    let answers = c.get_many(&urls).await.expect("batch");
+    assert_eq!(answers[0].as_ref().expect("a")["id"], "a");
+    assert_eq!(answers[1].as_ref().expect("b read again")["id"], "b");
+    assert!(answers[2].as_ref().expect_err("404 stays").is_not_found());
+    assert_eq!(reads.get(), 1, "only the 503 entry is read again, not the 404");
+}
