@@ -287,9 +287,17 @@ pub async fn search_patients(source: &FhirClient, query: &PatientQuery, limit: u
         search = search.param("identifier", identifier.as_str());
     }
     let page = source.search(&search.param("_count", limit.to_string())).await?;
-    let candidates: Vec<PatientCandidate> = bundle::search_matches(&page).filter_map(candidate).take(limit).collect();
-    let truncated =
-        bundle::next_link(&page).is_some() || bundle::total(&page).is_some_and(|t| t > candidates.len() as u64);
+    let mut found: Vec<PatientCandidate> = bundle::search_matches(&page).filter_map(candidate).collect();
+    // A server that ignores `_count` sends more than asked for, maybe with
+    // neither a total nor a next link: what is cut off here must show as
+    // truncated too, or the right patient may be missing from a list that
+    // looks complete.
+    let cut_off = found.len() > limit;
+    found.truncate(limit);
+    let candidates = found;
+    let truncated = cut_off
+        || bundle::next_link(&page).is_some()
+        || bundle::total(&page).is_some_and(|t| t > candidates.len() as u64);
     Ok(Candidates { candidates, truncated })
 }
 

@@ -476,6 +476,35 @@ async fn next_links_that_loop_back_to_an_earlier_page_are_an_error_not_an_endles
 }
 
 #[tokio::test]
+async fn patient_candidates_cut_to_the_limit_are_reported_truncated() {
+    // A server that ignores _count: three matches, no total, no next link.
+    let app = Router::new().route(
+        "/fhir/Patient",
+        get(|| async {
+            fhir_json(
+                StatusCode::OK,
+                json!({"resourceType": "Bundle", "type": "searchset",
+                       "entry": (["a", "b", "c"].iter().map(|id| json!({"resource": {
+                           "resourceType": "Patient", "id": id, "birthDate": "1945-12-10",
+                           "name": [{"family": "Brekke", "given": [id]}]}})).collect::<Vec<_>>())}),
+            )
+        }),
+    );
+    let c = mock_client(app).await;
+    let query = fhir::sync::PatientQuery {
+        family: "Brekke".into(),
+        birth_date: Some("1945-12-10".into()),
+        ..fhir::sync::PatientQuery::default()
+    };
+    let found = fhir::sync::search_patients(&c, &query, 2).await.expect("search");
+    let ids: Vec<&str> = found.candidates.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    assert!(found.truncated, "a third patient matched and is not shown");
+    let all = fhir::sync::search_patients(&c, &query, 3).await.expect("search");
+    assert_eq!((all.candidates.len(), all.truncated), (3, false));
+}
+
+#[tokio::test]
 async fn a_batch_entry_answered_503_is_read_again_on_its_own() {
     let reads = Hits::default();
     let app = Router::new()
