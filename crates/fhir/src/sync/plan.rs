@@ -28,7 +28,9 @@
 //! limit) is removed, keeping its display text: pointing it at the source's
 //! id could name a different resource in the target. A resource referencing
 //! a resource that failed fails too. The desired content is compared with
-//! the target's copy ignoring `meta`: equal means unchanged, not written.
+//! the target's copy ignoring `meta`, except that the copy must carry the
+//! source's profiles, security labels and tags: equal means unchanged, not
+//! written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -514,7 +516,10 @@ pub(crate) fn plan(
             Action::Fail { class: ErrorClass::Permanent, reason: reason.clone() }
         } else {
             match matched.get(source) {
-                Some(Ok(Some(copy))) if resource::same_content(&desired, &copy.resource) => {
+                Some(Ok(Some(copy)))
+                    if resource::same_content(&desired, &copy.resource)
+                        && meta_labels_kept(&desired, &copy.resource) =>
+                {
                     Action::Unchanged { target_id: copy.id.clone() }
                 }
                 Some(Ok(Some(copy))) => Action::Update {
@@ -535,6 +540,26 @@ pub(crate) fn plan(
         });
     }
     plan
+}
+
+/// Whether `copy` carries every profile, security label and tag of
+/// `desired`'s `meta`. [`resource::same_content`] ignores `meta` (servers
+/// add their own tags and versions), but these three come from the source
+/// and mean something: a resource the EHR has just labelled restricted
+/// (`meta.security` R) must not be left unlabelled in the target as
+/// "unchanged". Labels the target added on its own do not count as a change.
+fn meta_labels_kept(desired: &Value, copy: &Value) -> bool {
+    let list = |r: &Value, k: &str| -> Vec<Value> {
+        r.get("meta").and_then(|m| m.get(k)).and_then(Value::as_array).cloned().unwrap_or_default()
+    };
+    // A Coding is the same label when its system and code are.
+    let coding = |c: &Value| (c.get("system").cloned(), c.get("code").cloned());
+    let codings_kept = |k: &str| {
+        let have: Vec<_> = list(copy, k).iter().map(coding).collect();
+        list(desired, k).iter().all(|c| have.contains(&coding(c)))
+    };
+    let profiles = list(copy, "profile");
+    list(desired, "profile").iter().all(|p| profiles.contains(p)) && codings_kept("security") && codings_kept("tag")
 }
 
 /// Drops what a server manages in `meta` (version, lastUpdated, source);
@@ -741,6 +766,49 @@ mod tests {
                    "identifier": [{"system": "urn:plexus:source:ehr", "value": "Observation/o"}]})
         );
         assert_eq!(p.removed_references.get(&ResourceKey::new("Observation", "o")), Some(&1));
+    }
+
+    #[test]
+    fn a_security_label_or_profile_added_on_the_source_is_an_update_not_unchanged() {
+        let source = |meta: Value| {
+            collected(vec![json!({"resourceType": "Condition", "id": "c", "meta": meta,
+                                  "identifier": [{"system": "urn:cond", "value": "1"}], "code": {"text": "x"}})])
+        };
+        let copy = |meta: Value| TargetCopy {
+            id: "T".into(),
+            resource: json!({"resourceType": "Condition", "id": "T", "meta": meta,
+                             "identifier": [{"system": "urn:cond", "value": "1"}], "code": {"text": "x"}}),
+        };
+        let action = |source_meta: Value, target_meta: Value| {
+            let c = source(source_meta);
+            let keys = match_keys(&c, "ehr");
+            let mut lookup = Lookup::default();
+            lookup.found.insert(("Condition".into(), "urn:cond|1".into()), vec![copy(target_meta)]);
+            plan(&c, &keys, &lookup, &base()).items[0].action.clone()
+        };
+        let restricted = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"});
+        // The EHR labelled it restricted since the last sync: the target's
+        // copy must get the label.
+        assert!(matches!(
+            action(json!({"versionId": "2", "security": [restricted]}), json!({"versionId": "1"})),
+            Action::Update { .. }
+        ));
+        assert!(matches!(
+            action(json!({"profile": ["http://x/StructureDefinition/c"]}), json!({"versionId": "1"})),
+            Action::Update { .. }
+        ));
+        assert!(matches!(action(json!({"tag": [{"system": "urn:t", "code": "a"}]}), json!({})), Action::Update { .. }));
+        // The target holds the label (with a display of its own), and tags
+        // of its own: unchanged.
+        let with_display = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+                                  "code": "R", "display": "restricted"});
+        assert_eq!(
+            action(
+                json!({"versionId": "2", "security": [restricted]}),
+                json!({"versionId": "7", "security": [with_display], "tag": [{"system": "urn:crm", "code": "imported"}]})
+            ),
+            Action::Unchanged { target_id: "T".into() }
+        );
     }
 
     #[test]

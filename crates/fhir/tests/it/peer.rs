@@ -676,3 +676,40 @@ async fn known_target_ids_are_read_by_id_and_a_wrong_one_is_searched_for() {
     assert_eq!(third.requests.target.requests, 2, "{:?}", third.requests);
     assert_eq!(third.target_ids[&a], first.target_ids[&a]);
 }
+
+#[tokio::test]
+async fn a_security_label_added_in_the_ehr_reaches_the_target() {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer security label")
+    else {
+        return;
+    };
+    let patient =
+        ehr.create(&json!({"resourceType": "Patient", "name": [{"family": "Label"}]})).await.expect("patient");
+    let pid = patient.key.expect("id").id;
+    let condition = ehr
+        .create(&json!({"resourceType": "Condition", "code": {"text": "HIV"},
+                        "subject": {"reference": format!("Patient/{pid}")}}))
+        .await
+        .expect("condition")
+        .resource
+        .expect("body");
+    let options = SyncOptions::for_types(&["Condition"]);
+    let first = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
+    assert_counts(&first, 2, 0, 0);
+
+    // The EHR labels the condition restricted: only meta changes.
+    let mut labelled = condition.clone();
+    labelled["meta"]["security"] =
+        json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}]);
+    ehr.update(&labelled).await.expect("label");
+    let second = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
+    assert_counts(&second, 0, 1, 1);
+    let copies = all_of_type(&target, "Condition").await;
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0]["meta"]["security"][0]["code"], "R", "{}", copies[0]);
+
+    // The target keeps the label: nothing to do the next time.
+    let third = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
+    assert_counts(&third, 0, 0, 2);
+}
