@@ -116,6 +116,7 @@ pub(crate) async fn collect(
             return Err(FhirError::InvalidRequest(format!("Patient/{patient_id} answered with another resource type")));
         }
         collected.patient = collected.add(patient);
+        let patient_key = ResourceKey::new("Patient", patient_id);
         for (search, answer) in searches.iter().zip(answers) {
             let pages = match answer {
                 Ok(page) => source.remaining_pages(Some(search), page).await,
@@ -123,7 +124,30 @@ pub(crate) async fn collect(
             };
             match pages {
                 Ok(results) => {
-                    for r in results.resources.into_iter().chain(results.included) {
+                    // A server may ignore a search parameter it does not
+                    // support for a type (FHIR lets it) and answer with every
+                    // resource of the type: other patients' records, which
+                    // must not reach the target. A resource in the patient's
+                    // compartment references the patient; the others are
+                    // left out and the type reported.
+                    let (mine, others): (Vec<Value>, Vec<Value>) = results
+                        .resources
+                        .into_iter()
+                        .partition(|r| reference::local_targets(r, source.base_url()).contains(&patient_key));
+                    if !others.is_empty() {
+                        collected.fetch_errors.push(FetchError {
+                            resource_type: search.resource_type().to_owned(),
+                            class: crate::ErrorClass::Permanent,
+                            reason: format!(
+                                "the source answered the search for the patient's {t} resources with {n} that do \
+                                 not reference the patient (does it support the `patient` search parameter for \
+                                 {t}?): they were left out",
+                                t = search.resource_type(),
+                                n = others.len()
+                            ),
+                        });
+                    }
+                    for r in mine.into_iter().chain(results.included) {
                         collected.add(r);
                     }
                 }
