@@ -342,20 +342,25 @@ tokens_side!(Sqlite, SqlitePool, question_marks, "");
 /// unfinished delivery shares its key, and no other delivery of its key is
 /// in flight under a valid lease (a replayed older delivery must not
 /// overtake one being sent).
+///
+/// "Unfinished" is written as the queue indexes' condition is (migration
+/// 0004: three comparisons, not an IN list, which SQLite would evaluate
+/// through a temporary B-tree on every write of a delivery); SQLite uses a
+/// partial index only for a query that contains its condition as written.
 pub(super) const CLAIM_CANDIDATES: &str = "\
 SELECT d.id, d.state, d.total_attempts, d.lease_owner, d.lease_started_at, d.lease_expires_at
 FROM deliveries d
 WHERE d.channel = ?1 AND d.destination = ?2
-  AND d.state IN ('queued', 'in_flight', 'error')
+  AND (d.state = 'queued' OR d.state = 'in_flight' OR d.state = 'error')
   AND ((d.state = 'queued' AND d.next_attempt_at <= ?3)
        OR (d.state = 'in_flight' AND d.lease_expires_at <= ?3))
   AND NOT EXISTS (SELECT 1 FROM deliveries e
                   WHERE e.channel = d.channel AND e.destination = d.destination
-                    AND e.queue_key = d.queue_key AND e.state IN ('queued', 'in_flight', 'error')
+                    AND e.queue_key = d.queue_key AND (e.state = 'queued' OR e.state = 'in_flight' OR e.state = 'error')
                     AND e.id < d.id)
   AND NOT EXISTS (SELECT 1 FROM deliveries f
                   WHERE f.channel = d.channel AND f.destination = d.destination
-                    AND f.queue_key = d.queue_key AND f.state IN ('queued', 'in_flight', 'error')
+                    AND f.queue_key = d.queue_key AND (f.state = 'queued' OR f.state = 'in_flight' OR f.state = 'error')
                     AND f.state = 'in_flight' AND f.lease_expires_at > ?3 AND f.id <> d.id)
 ORDER BY d.id
 LIMIT ?4";
