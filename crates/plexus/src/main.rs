@@ -46,8 +46,35 @@ enum Command {
     Token(cli::token::TokenCommand),
 }
 
+impl Command {
+    /// Commands that only read files and print: the ones people pipe into
+    /// `head`, `grep -q` or `less`. They open no socket, so SIGPIPE can only
+    /// come from stdout.
+    fn is_offline_filter(&self) -> bool {
+        matches!(self, Command::Check(_) | Command::Hl7(_) | Command::Convert(_))
+    }
+}
+
+/// Rust starts programs with SIGPIPE ignored, so printing to a pipe whose
+/// reader has gone (`plexus check ... | head -1`) makes `println!` panic with
+/// a backtrace. A Unix filter should instead end silently, as `cat` does:
+/// give SIGPIPE back its default action. Only for offline commands: `serve`,
+/// `send` and `sync` write to sockets, where a peer that hangs up must be an
+/// error to handle, never the end of the process.
+#[allow(unsafe_code)] // one libc call; see the SAFETY note
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called first thing in main, before any other thread exists;
+    // setting a signal's disposition to SIG_DFL has no other precondition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.is_offline_filter() {
+        die_quietly_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args),
         Command::Check(args) => cli::check::run(args),

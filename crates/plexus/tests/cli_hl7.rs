@@ -327,3 +327,28 @@ fn ack_of_unparsable_input_still_echoes_the_control_id() {
     assert_eq!(ack.get("MSA-2").as_deref(), Some("77"));
     assert!(ack.segment("ERR").is_some());
 }
+
+/// `plexus hl7 inspect FILE | head -1`: the reader goes away and the next
+/// write fails with EPIPE. A filter ends quietly there, as `cat` does, instead
+/// of panicking with "failed printing to stdout" and a backtrace.
+#[test]
+fn a_closed_stdout_pipe_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader); // nobody will read: every write to `writer` is EPIPE
+    let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
+        .args(["hl7", "inspect", path_str(&fixture("ADT-A01-01.hl7"))])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run plexus");
+    assert_eq!(stderr(&out), "", "nothing on stderr");
+    assert_eq!(out.status.signal(), Some(libc_sigpipe()), "ended by SIGPIPE: {:?}", out.status);
+}
+
+/// SIGPIPE's number on Linux and the BSDs (POSIX leaves it open; every Unix
+/// Plexus builds on uses 13).
+fn libc_sigpipe() -> i32 {
+    13
+}
