@@ -92,9 +92,9 @@ export async function messagesPage(view, { params, isCurrent }) {
 }
 
 /**
- * "Replay every match": every message the search finds (up to 100, newest
- * first), after a second click to confirm; needs at least one filter, as the
- * API does.
+ * "Replay every match": the oldest 100 messages the search finds, in arrival
+ * order (POST /api/messages/replay), after a second click to confirm; needs
+ * at least one filter, as the API does.
  */
 function replayAll(query) {
   const status = h('span', { class: 'muted', 'aria-live': 'polite' });
