@@ -328,9 +328,10 @@ fn ack_of_unparsable_input_still_echoes_the_control_id() {
     assert!(ack.segment("ERR").is_some());
 }
 
-/// `plexus hl7 inspect FILE | head -1`: the reader goes away and the next
+/// `plexus check --config FILE | head -1`: the reader goes away and the next
 /// write fails with EPIPE. A filter ends quietly there, as `cat` does, instead
-/// of panicking with "failed printing to stdout" and a backtrace.
+/// of panicking with "failed printing to stdout" and a backtrace (`check`
+/// prints with `println!`).
 #[test]
 fn a_closed_stdout_pipe_ends_the_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
@@ -338,7 +339,8 @@ fn a_closed_stdout_pipe_ends_the_command_quietly() {
     let (reader, writer) = std::io::pipe().expect("pipe");
     drop(reader); // nobody will read: every write to `writer` is EPIPE
     let out = Command::new(env!("CARGO_BIN_EXE_plexus"))
-        .args(["hl7", "inspect", path_str(&fixture("ADT-A01-01.hl7"))])
+        .args(["check", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml"))
         .stdout(writer)
         .stderr(Stdio::piped())
         .output()
