@@ -164,7 +164,11 @@ async fn every_route_refuses_missing_bad_and_unscoped_tokens() {
     let api = api().await;
     let id = accept(api.store.as_ref(), "adt-in", "C1", "MRN1", 0, &["ehr"]).await;
     let metrics_only = api.token("prometheus", &[Scope::Metrics]).await;
-    let forged = format!("{}0", &metrics_only[..metrics_only.len() - 1]);
+    // The token with its last hex digit changed (to a digit it does not
+    // already have: a token ending in 0 would otherwise be "forged" as itself).
+    let (head, last) = metrics_only.split_at(metrics_only.len() - 1);
+    let forged = format!("{head}{}", if last == "0" { '1' } else { '0' });
+    assert_ne!(forged, metrics_only);
     for (method, uri, body, scope) in every_route(id) {
         let (status, problem) = api.call(method.clone(), &uri, None, body.clone()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} without a token");
