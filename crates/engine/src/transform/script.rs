@@ -19,6 +19,12 @@
 //! it), its stack limit (a RangeError past it), and a deadline checked by
 //! the interrupt handler QuickJS calls regularly while running bytecode
 //! (also inside promise jobs).
+//!
+//! A script fails the same way whether it throws in its body or in a
+//! promise job it queued (an `async` function after an `await`, a `.then`
+//! callback, `queueMicrotask`), and a promise rejected with no handler by
+//! the time the jobs are done counts as an uncaught exception: otherwise a
+//! check written as an `async` function could never stop a message.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -30,7 +36,9 @@ use hl7v2::{Delimiters, Message, Path, Presence};
 use rquickjs::context::EvalOptions;
 use rquickjs::convert::Coerced;
 use rquickjs::function::Opt;
-use rquickjs::{CatchResultExt, CaughtError, Context, Ctx, Exception, FromJs, Function, Object, Runtime, Value};
+use rquickjs::{
+    CatchResultExt, CaughtError, Context, Ctx, Exception, FromJs, Function, Object, Persistent, Runtime, Value,
+};
 
 use super::{TransformContext, TransformError, TransformOutcome, remove_segments, segment_ref};
 
@@ -166,19 +174,22 @@ impl Script {
             budget: self.limits.memory_bytes,
             over_budget: false,
         }));
+        // Declared after the runtime, so dropped (and emptied) before it.
+        let unhandled = Unhandled::track(&runtime);
         let result = match Context::full(&runtime) {
             Err(e) => Err(Failure::Engine(e.to_string())),
-            Ok(context) => context.with(|cx| {
-                install(&cx, &state).map_err(|e| Failure::Engine(format!("installing the script's objects: {e}")))?;
-                let evaluated: Result<Value, _> =
-                    cx.eval_with_options(self.wrapped.as_str(), self.eval_options()).catch(&cx);
-                evaluated.map_err(|e| self.failure(&cx, e))?;
-                // Promise callbacks the script queued run now, still under
-                // the deadline; the run is over when none is left.
-                while cx.execute_pending_job() {}
-                Ok(())
-            }),
+            Ok(context) => context
+                .with(|cx| {
+                    install(&cx, &state)
+                        .map_err(|e| Failure::Engine(format!("installing the script's objects: {e}")))?;
+                    let evaluated: Result<Value, _> =
+                        cx.eval_with_options(self.wrapped.as_str(), self.eval_options()).catch(&cx);
+                    evaluated.map(drop).map_err(|e| self.failure(&cx, e))
+                })
+                .and_then(|()| self.run_jobs(&runtime))
+                .and_then(|()| context.with(|cx| unhandled.first(&cx).map_or(Ok(()), |e| Err(self.failure(&cx, e))))),
         };
+        drop(unhandled);
         // A refused write comes first: a script that caught it may then
         // have run into its deadline, but the budget was the cause.
         if state.borrow().over_budget {
@@ -205,6 +216,27 @@ impl Script {
                 Err(TransformError::Script { step: step.to_owned(), message, line, column })
             }
             Err(Failure::Engine(reason)) => Err(engine_error(reason)),
+        }
+    }
+
+    /// Runs the promise jobs the script queued (`async` functions after an
+    /// `await`, `.then` callbacks, `queueMicrotask`), still under the
+    /// deadline, until none is left. A job that throws fails the run as a
+    /// throw in the script's body does: `Ctx::execute_pending_job` would
+    /// discard that exception, so the runtime's variant is used, which
+    /// hands it back.
+    fn run_jobs(&self, runtime: &Runtime) -> Result<(), Failure> {
+        loop {
+            match runtime.execute_pending_job() {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(job) => {
+                    return Err(job.0.with(|cx| {
+                        let thrown = CaughtError::from_error(&cx, rquickjs::Error::Exception);
+                        self.failure(&cx, thrown)
+                    }));
+                }
+            }
         }
     }
 
@@ -269,6 +301,54 @@ impl Script {
             return (Some(line), column);
         }
         (None, None)
+    }
+}
+
+/// The promises of a run that were rejected with no handler yet, each with
+/// its reason, in the order they were rejected: QuickJS reports a rejection
+/// when it happens (`handled == false`) and again if a handler is attached
+/// later (`handled == true`), so whatever is left once the jobs are done
+/// was never handled, the promise form of an uncaught exception (a
+/// rejected `async` function nobody awaited, `Promise.reject(...)`).
+///
+/// The values are kept alive with `Persistent`, which must not outlive the
+/// runtime (QuickJS aborts the process when a runtime is freed with values
+/// still held): dropping this empties the list, so it is declared after
+/// the runtime and dropped before it.
+struct Unhandled(Rc<RefCell<Vec<Rejection>>>);
+
+/// A rejected promise and its reason.
+type Rejection = (Persistent<Value<'static>>, Persistent<Value<'static>>);
+
+impl Unhandled {
+    /// Installs the tracker on `runtime`.
+    fn track(runtime: &Runtime) -> Unhandled {
+        let list: Rc<RefCell<Vec<Rejection>>> = Rc::default();
+        let tracked = Rc::clone(&list);
+        runtime.set_host_promise_rejection_tracker(Some(Box::new(move |cx, promise, reason, handled| {
+            let Ok(mut list) = tracked.try_borrow_mut() else { return };
+            if handled {
+                list.retain(|(p, _)| p.clone().restore(&cx).map_or(true, |p| p != promise));
+            } else {
+                list.push((Persistent::save(&cx, promise), Persistent::save(&cx, reason)));
+            }
+        })));
+        Unhandled(list)
+    }
+
+    /// The reason of the first rejection still unhandled, as if thrown.
+    fn first<'js>(&self, cx: &Ctx<'js>) -> Option<CaughtError<'js>> {
+        let reason = self.0.borrow().first()?.1.clone().restore(cx).ok()?;
+        Some(match reason.as_object().and_then(|o| Exception::from_object(o.clone())) {
+            Some(e) => CaughtError::Exception(e),
+            None => CaughtError::Value(reason),
+        })
+    }
+}
+
+impl Drop for Unhandled {
+    fn drop(&mut self) {
+        self.0.borrow_mut().clear();
     }
 }
 

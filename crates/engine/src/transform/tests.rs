@@ -474,6 +474,54 @@ fn js_thrown_strings_are_reported() {
     }
 }
 
+/// Regression: an exception raised in a promise job (an `async` function,
+/// a `.then` callback, `queueMicrotask`) was dropped by the job loop and an
+/// unhandled rejection went unnoticed, so the message was sent as if the
+/// script had succeeded. Each must fail the run like a synchronous throw,
+/// with the script's message and line.
+#[test]
+fn js_errors_in_promise_jobs_fail_the_run_with_message_and_line() {
+    let cases = [
+        (
+            "async function check() {\n  await null;\n  throw new Error('async no MRN');\n}\ncheck();",
+            "Error: async no MRN",
+            3,
+        ),
+        (
+            "// rejected at once\nasync function check() {\n  throw new TypeError('no PID');\n}\ncheck();",
+            "TypeError: no PID",
+            3,
+        ),
+        ("Promise.resolve(1).then(function () {\n  null.x;\n});", "TypeError: ", 2),
+        ("var p = Promise.reject(new RangeError('bad range'));", "RangeError: bad range", 1),
+        ("queueMicrotask(function () {\n\n  throw new Error('in a microtask');\n});", "Error: in a microtask", 3),
+    ];
+    for (script, expected, expected_line) in cases {
+        match run_err(&js(script)) {
+            TransformError::Script { message, line, .. } => {
+                assert!(message.starts_with(expected), "{script:?}: {message}");
+                assert_eq!(line, Some(expected_line), "{script:?}: {message}");
+            }
+            other => panic!("{script:?}: {other:?}"),
+        }
+    }
+    // A rejected value that is not an Error is reported as a thrown one.
+    match run_err(&js("Promise.reject('plain reason');")) {
+        TransformError::Script { message, .. } => assert_eq!(message, "uncaught exception: plain reason"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn js_rejections_the_script_handles_do_not_fail_the_run() {
+    let t = js("async function late() { await null; msg.set('ZPI-2', 'after await'); }\n\
+                var p = Promise.reject(new Error('handled'));\n\
+                late().then(function () { return p; }).catch(function (e) { msg.set('ZPI-3', e.message); });");
+    let (m, _, _) = run(&t);
+    assert_eq!(m.get("ZPI-2").as_deref(), Some("after await"));
+    assert_eq!(m.get("ZPI-3").as_deref(), Some("handled"));
+}
+
 #[test]
 fn js_runaway_loop_is_stopped_by_the_time_limit() {
     let e = run_err(&js_with("var i = 0;\nwhile (true) { i++; }", 200, 16));
