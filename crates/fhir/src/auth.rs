@@ -5,8 +5,9 @@
 //! mutex. The mutex is held while a token is fetched, so concurrent requests
 //! that find the cache stale wait for the one fetch in progress and then use
 //! its token: the token endpoint is never asked twice at once. A token is
-//! refreshed `refresh_before_expiry_secs` before its `expires_in` runs out,
-//! and when the FHIR server answers 401 to it (the server may have revoked it
+//! refreshed `refresh_before_expiry_secs` before its `expires_in` runs out
+//! (at most a tenth of its lifetime before, so a short-lived token is still
+//! fetched once per lifetime, not once per request), and when the FHIR server answers 401 to it (the server may have revoked it
 //! early); a 401 only discards the token that was actually used, so forty
 //! requests failing with the same old token cause one refresh, not forty.
 //!
@@ -417,7 +418,7 @@ impl TokenSource {
             .as_ref()
             .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
         let refresh_at =
-            expires_in.map(|secs| Instant::now() + Duration::from_secs(secs).saturating_sub(self.refresh_before));
+            expires_in.map(|secs| Instant::now() + usable_for(Duration::from_secs(secs), self.refresh_before));
         tracing::debug!(server = %self.server, expires_in, "obtained an access token");
         Ok(CachedToken { header, refresh_at })
     }
@@ -480,6 +481,16 @@ impl TokenSource {
     }
 }
 
+/// How long a token that `expires_in` may be used: until `refresh_before`
+/// its expiry, but never less than nine tenths of its lifetime. The margin
+/// alone would make a token shorter-lived than it (a 30 s token with the
+/// default 60 s margin) due at once, and then every request would fetch a
+/// new one; a tenth of the lifetime still covers the request's travel time
+/// and clock differences, and a token refused anyway gets the 401 refresh.
+fn usable_for(expires_in: Duration, refresh_before: Duration) -> Duration {
+    expires_in.saturating_sub(refresh_before.min(expires_in / 10))
+}
+
 /// A reqwest error's message without its URL (a token URL may carry a
 /// tenant id; keep error text short and free of anything sensitive).
 fn without_url(e: &reqwest::Error) -> String {
@@ -488,4 +499,19 @@ fn without_url(e: &reqwest::Error) -> String {
         text = text.replace(url.as_str(), "<token endpoint>");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refresh_margin_is_at_most_a_tenth_of_the_lifetime() {
+        let secs = Duration::from_secs;
+        assert_eq!(usable_for(secs(3600), secs(60)), secs(3540));
+        assert_eq!(usable_for(secs(300), secs(60)), secs(270));
+        assert_eq!(usable_for(secs(30), secs(60)), secs(27));
+        assert_eq!(usable_for(secs(30), secs(0)), secs(30));
+        assert_eq!(usable_for(secs(0), secs(60)), secs(0));
+    }
 }

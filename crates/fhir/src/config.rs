@@ -162,7 +162,9 @@ pub enum AuthConfig {
         /// server's default scopes).
         #[serde(default)]
         scopes: Vec<String>,
-        /// Refresh the token this many seconds before it expires. Default 60.
+        /// Refresh the token this many seconds before it expires, but at
+        /// most a tenth of its lifetime before (a token living 30 s is used
+        /// for 27 s, not fetched anew for every request). Default 60.
         #[serde(default = "defaults::refresh_before_expiry_secs")]
         refresh_before_expiry_secs: u64,
     },
@@ -200,7 +202,9 @@ pub enum AuthConfig {
         /// the SMART specification requires. Default 300.
         #[serde(default = "defaults::assertion_lifetime_secs")]
         assertion_lifetime_secs: u64,
-        /// Refresh the token this many seconds before it expires. Default 60.
+        /// Refresh the token this many seconds before it expires, but at
+        /// most a tenth of its lifetime before (a token living 30 s is used
+        /// for 27 s, not fetched anew for every request). Default 60.
         #[serde(default = "defaults::refresh_before_expiry_secs")]
         refresh_before_expiry_secs: u64,
     },

@@ -133,16 +133,21 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
 }
 
 #[tokio::test]
-async fn token_is_refreshed_before_it_expires() {
-    // expires_in 30 s, refreshed 60 s before expiry: every request finds it
-    // due and fetches a new one.
-    let (base, log) = servers(30).await;
+async fn a_token_shorter_lived_than_the_refresh_margin_is_fetched_once_per_lifetime() {
+    // Regression: expires_in 1 s with the 60 s margin made every token due
+    // at once, and every request fetched a new one. It is used for nine
+    // tenths of its lifetime, then refreshed.
+    let (base, log) = servers(1).await;
     let c = client_credentials(&base, ClientAuthMethod::ClientSecretBasic, 60);
-    c.read("Patient", "1").await.expect("read");
-    c.read("Patient", "2").await.expect("read");
+    for id in ["1", "2", "3"] {
+        c.read("Patient", id).await.expect("read");
+    }
+    assert_eq!(lock(&log).requests.len(), 1, "one token for requests within its lifetime");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    c.read("Patient", "4").await.expect("read after expiry");
     let log = lock(&log);
-    assert_eq!(log.requests.len(), 2);
-    assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-2"]);
+    assert_eq!(log.requests.len(), 2, "refreshed once it expired");
+    assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-1", "Bearer token-1", "Bearer token-2"]);
 }
 
 #[tokio::test]
@@ -274,19 +279,20 @@ fn verify_assertion(form: &HashMap<String, String>, algorithm: Algorithm, public
 
 #[tokio::test]
 async fn smart_backend_rs384_assertion_is_signed_and_fresh_each_time() {
-    // expires_in 30 < the 60 s margin: each request needs a new token, so a
-    // new assertion.
-    let (base, log) = servers(30).await;
+    // The server revokes the first token: the refresh signs a new
+    // assertion.
+    let (base, log) = servers(3600).await;
     let token_url = format!("{base}/token");
     let c = smart_client(&base, JwtAlgorithm::RS384, "keys/rsa-private.pem", Some(token_url.clone()));
     c.read("Patient", "1").await.expect("read");
+    lock(&log).revoked.push("token-1".into());
     c.read("Patient", "2").await.expect("read");
     let log = lock(&log);
     assert_eq!(log.requests.len(), 2);
     let first = verify_assertion(&log.requests[0].1, Algorithm::RS384, "keys/rsa-public.pem", &token_url);
     let second = verify_assertion(&log.requests[1].1, Algorithm::RS384, "keys/rsa-public.pem", &token_url);
     assert_ne!(first.jti, second.jti, "a fresh jti per assertion");
-    assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-2"]);
+    assert_eq!(log.fhir_auth, vec!["Bearer token-1", "Bearer token-1", "Bearer token-2"]);
 }
 
 #[tokio::test]
