@@ -18,7 +18,10 @@
 //! no `next` link and fewer matches than `total` have arrived, the client
 //! continues with `_offset`, and fails rather than return a silently
 //! truncated result if the server ignores it. A `next` link to another host
-//! is never followed: it would carry this server's credentials elsewhere.
+//! or port is never followed: it would carry this server's credentials
+//! elsewhere. An `http` link to the host of an `https` base (a server
+//! behind a TLS-terminating proxy) is followed over `https` on the base's
+//! port, never in clear text.
 //!
 //! Logs: request method, path (never the query string: searches carry
 //! names and birth dates), status and attempt, at debug; retries at warn,
@@ -534,6 +537,29 @@ impl FhirClient {
         Ok(results)
     }
 
+    /// The page after `page` of `search`, or `None` after the last: the
+    /// page's `next` link when it has one (on this server's origin only, as
+    /// [`search_all`](Self::search_all) follows them), else, when the server
+    /// reports more matches than `returned` (the matches read so far, this
+    /// page's included) and this page was not empty, `search` again from
+    /// `_offset=returned`. For a caller that must act on each page before
+    /// reading the next (a scheduled poll commits a page before it moves its
+    /// checkpoint); bounding the walk (a server whose links loop) is the
+    /// caller's.
+    pub async fn next_page(&self, search: &Search, page: &Value, returned: u64) -> Result<Option<Value>, FhirError> {
+        if let Some(next) = bundle::next_link(page) {
+            let url = self.link_url(next)?;
+            return self.get_page(url).await.map(Some);
+        }
+        match bundle::total(page) {
+            Some(total) if returned < total && bundle::search_matches(page).next().is_some() => {
+                let next = search.clone().set("_offset", returned.to_string());
+                self.search_page(&next, true).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// `GET Patient/id/$everything` with `params` (`_type`, `_count`,
     /// `_since` ...), every page. Servers without the operation answer 404,
     /// 400 or 501: see [`FhirError::is_unsupported`].
@@ -855,23 +881,18 @@ impl FhirClient {
     }
 
     /// A `next` link resolved against the base, refused unless it stays on
-    /// the same scheme, host and port.
+    /// the base's host and port (see [`same_origin_link`]).
     fn link_url(&self, link: &str) -> Result<Url, FhirError> {
         let url =
             self.inner.base.join(link).map_err(|_| self.invalid("GET", "(next page)", "unparseable next link"))?;
-        let base = &self.inner.base;
-        if url.scheme() != base.scheme()
-            || url.host_str() != base.host_str()
-            || url.port_or_known_default() != base.port_or_known_default()
-        {
-            return Err(self.invalid(
+        same_origin_link(url, &self.inner.base).ok_or_else(|| {
+            self.invalid(
                 "GET",
                 "(next page)",
                 "next link points to another server; not followed (it would receive this \
                  server's credentials)",
-            ));
-        }
-        Ok(url)
+            )
+        })
     }
 
     fn context(&self, method: &str, path: &str) -> RequestContext {
@@ -1042,6 +1063,33 @@ impl FhirClient {
     }
 }
 
+/// `link` if it names `base`'s origin (scheme, host, port), else `None`.
+///
+/// One exception: a server behind a TLS-terminating proxy often builds its
+/// links from the plain-HTTP request the proxy forwarded, so an `https`
+/// base gets `http://same-host/...` links (with no port, or the base's). Such
+/// a link is fetched over `https` on the base's port: the origin that was
+/// configured, so nothing (credentials included) goes anywhere else or in
+/// clear text. The reverse, an `https` link behind an `http` base, and any
+/// other host or port are refused: this is the configured server's
+/// allow-list of one origin, and a link cannot widen it.
+fn same_origin_link(mut link: Url, base: &Url) -> Option<Url> {
+    if link.host_str() != base.host_str() {
+        return None;
+    }
+    if link.scheme() == base.scheme() && link.port_or_known_default() == base.port_or_known_default() {
+        return Some(link);
+    }
+    let proxied_http =
+        link.scheme() == "http" && base.scheme() == "https" && (link.port().is_none() || link.port() == base.port());
+    if !proxied_http {
+        return None;
+    }
+    link.set_scheme("https").ok()?;
+    link.set_port(base.port()).ok()?;
+    Some(link)
+}
+
 fn prefer_representation() -> (HeaderName, HeaderValue) {
     (HeaderName::from_static("prefer"), HeaderValue::from_static("return=representation"))
 }
@@ -1160,5 +1208,47 @@ mod tests {
         assert!(client.link_url("http://127.0.0.1:1/fhir/R4/Patient?page=2").is_ok());
         assert!(client.link_url("http://127.0.0.2:1/fhir/R4/Patient?page=2").is_err());
         assert!(client.link_url("https://127.0.0.1:1/fhir/R4/Patient?page=2").is_err());
+    }
+
+    #[test]
+    fn an_http_next_link_behind_an_https_base_is_followed_over_https_on_the_same_host_only() {
+        let base = Url::parse("https://ehr.example.org/fhir/R4/").expect("url");
+        let link = |s: &str| same_origin_link(Url::parse(s).expect("url"), &base).map(String::from);
+        // The proxy case: the server saw plain HTTP and built its link from it.
+        assert_eq!(
+            link("http://ehr.example.org/fhir/R4?_getpages=a&page=2").as_deref(),
+            Some("https://ehr.example.org/fhir/R4?_getpages=a&page=2")
+        );
+        assert_eq!(link("https://ehr.example.org:443/fhir/R4/x").as_deref(), Some("https://ehr.example.org/fhir/R4/x"));
+        // Another host, another port (the proxied server's own, say), another
+        // scheme: refused.
+        assert_eq!(link("http://evil.example.org/fhir/R4/x"), None);
+        assert_eq!(link("https://evil.example.org/fhir/R4/x"), None);
+        assert_eq!(link("http://ehr.example.org:8080/fhir/R4/x"), None);
+        assert_eq!(link("https://ehr.example.org:8443/fhir/R4/x"), None);
+        assert_eq!(link("ftp://ehr.example.org/fhir/R4/x"), None);
+
+        // A base on its own port: an http link naming that port is upgraded.
+        let base = Url::parse("https://ehr.example.org:8443/fhir/").expect("url");
+        assert_eq!(
+            same_origin_link(Url::parse("http://ehr.example.org:8443/fhir/p2").expect("url"), &base).map(String::from),
+            Some("https://ehr.example.org:8443/fhir/p2".to_owned())
+        );
+        assert_eq!(
+            same_origin_link(Url::parse("http://ehr.example.org/fhir/p2").expect("url"), &base).map(String::from),
+            Some("https://ehr.example.org:8443/fhir/p2".to_owned())
+        );
+        // Through the client, as a search follows it.
+        let client = FhirClient::new("t", &ServerConfig::new(Url::parse("https://127.0.0.1:1/fhir").expect("url")))
+            .expect("client");
+        assert_eq!(
+            client.link_url("http://127.0.0.1:1/fhir/Patient?page=2").expect("followed").as_str(),
+            "https://127.0.0.1:1/fhir/Patient?page=2"
+        );
+        assert!(client.link_url("http://127.0.0.2:1/fhir/Patient?page=2").is_err());
+        // Never a downgrade: an https link behind an http base is another
+        // origin.
+        let base = Url::parse("http://ehr.example.org/fhir/").expect("url");
+        assert_eq!(same_origin_link(Url::parse("https://ehr.example.org/fhir/p2").expect("url"), &base), None);
     }
 }
