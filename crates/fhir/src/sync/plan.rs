@@ -12,6 +12,19 @@
 //! `urn:plexus:source:<source name>`, value `<Type>/<id>` on the source,
 //! added to the resource written, so the next run finds it again.
 //!
+//! **The identity that persists.** Business identifiers change: an EHR
+//! corrects a mistyped MRN, or replaces a temporary registration number
+//! with the permanent one, on the same resource (same logical id). Matched
+//! by the new MRN alone, the target's copy would not be found and a second
+//! Patient would be created. So a resource matched by a business
+//! identifier is written with the provenance identifier too, and looked up
+//! by both: a target resource carrying either is its copy (and is updated to
+//! the corrected identifier). Two different target resources, one carrying
+//! each, are an ambiguous match (a possible duplicate for a person to
+//! resolve), never merged silently. Types whose `identifier` is 0..1
+//! cannot carry both and keep the business identifier alone. Copies written
+//! before the provenance identifier was added get it at their next sync.
+//!
 //! **Look-up.** One search per type and identifier system, values OR-ed
 //! (`identifier=s|a,s|b`), all in one batch: the target's current copies
 //! come back in one or two requests. A key matching two target resources,
@@ -51,12 +64,28 @@ pub(crate) struct MatchKey {
     pub value: String,
     /// True for the provenance identifier Plexus adds.
     pub provenance: bool,
+    /// For a business identifier key: the provenance identifier, carried
+    /// and looked up too, so a copy is found after the business identifier
+    /// changed (module docs). `None` for a provenance key and for types
+    /// with a single identifier.
+    pub persistent: Option<Box<MatchKey>>,
 }
 
 impl MatchKey {
     /// The token search value `system|value`, escaped.
     pub fn token(&self) -> String {
         format!("{}|{}", resource::escape_search_value(&self.system), resource::escape_search_value(&self.value))
+    }
+
+    /// This key and its persistent one: every identifier the resource is
+    /// looked up by.
+    pub fn all(&self) -> impl Iterator<Item = &MatchKey> {
+        std::iter::once(self).chain(self.persistent.as_deref())
+    }
+
+    /// The provenance identifier among [`all`](MatchKey::all), if any.
+    fn provenance_key(&self) -> Option<&MatchKey> {
+        self.all().find(|k| k.provenance)
     }
 }
 
@@ -166,9 +195,17 @@ pub(crate) fn match_keys(collected: &Collected, source_name: &str) -> HashMap<Re
                     Some((rank, pos, system, value))
                 })
                 .min_by_key(|(rank, pos, _, _)| (*rank, *pos));
+            let source_identity =
+                MatchKey { system: provenance.clone(), value: key.to_string(), provenance: true, persistent: None };
             let chosen = match best {
-                Some((_, _, system, value)) => MatchKey { system, value, provenance: false },
-                None => MatchKey { system: provenance.clone(), value: key.to_string(), provenance: true },
+                Some((_, _, system, value)) => MatchKey {
+                    system,
+                    value,
+                    provenance: false,
+                    persistent: (!SINGLE_IDENTIFIER_TYPES.contains(&key.resource_type.as_str()))
+                        .then(|| Box::new(source_identity)),
+                },
+                None => source_identity,
             };
             (key.clone(), chosen)
         })
@@ -289,7 +326,7 @@ async fn look_up_by_id(
             let carried: HashSet<(String, String)> =
                 resource::identifiers(&r).into_iter().filter_map(|i| Some((i.system?, i.value?))).collect();
             for (source, key, _) in hinted.iter().filter(|h| h.2 == id) {
-                if carried.contains(&(key.system.clone(), key.value.clone())) {
+                if key.all().any(|k| carried.contains(&(k.system.clone(), k.value.clone()))) {
                     let copies = lookup.found.entry((t.to_owned(), key.token())).or_default();
                     if !copies.iter().any(|c| c.id == id) {
                         copies.push(TargetCopy { id: id.to_owned(), resource: r.clone() });
@@ -309,7 +346,9 @@ async fn look_up_with(
 ) -> Result<Lookup, FhirError> {
     let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (source, key) in keys {
-        groups.entry((source.resource_type.clone(), key.system.clone())).or_default().push(key.value.clone());
+        for k in key.all() {
+            groups.entry((source.resource_type.clone(), k.system.clone())).or_default().push(k.value.clone());
+        }
     }
     let mut searches = Vec::new();
     for ((resource_type, system), mut values) in groups {
@@ -342,8 +381,10 @@ async fn look_up_with(
     }
     let urls: Vec<String> = searches.iter().map(Search::relative_url).collect();
     let answers = target.get_many(&urls).await?;
-    let wanted: HashSet<(String, String, String)> =
-        keys.iter().map(|(s, k)| (s.resource_type.clone(), k.system.clone(), k.value.clone())).collect();
+    let wanted: HashSet<(String, String, String)> = keys
+        .iter()
+        .flat_map(|(s, key)| key.all().map(|k| (s.resource_type.clone(), k.system.clone(), k.value.clone())))
+        .collect();
     let mut lookup = Lookup::default();
     for (search, answer) in searches.iter().zip(answers) {
         let results = match answer {
@@ -384,7 +425,20 @@ async fn look_up_with(
 }
 
 fn token_of(system: &str, value: &str) -> String {
-    MatchKey { system: system.to_owned(), value: value.to_owned(), provenance: false }.token()
+    MatchKey { system: system.to_owned(), value: value.to_owned(), provenance: false, persistent: None }.token()
+}
+
+/// The target resources carrying any identifier of `key`, each once.
+fn copies_of(lookup: &Lookup, resource_type: &str, key: &MatchKey) -> Vec<TargetCopy> {
+    let mut copies: Vec<TargetCopy> = Vec::new();
+    for k in key.all() {
+        for copy in lookup.found.get(&(resource_type.to_owned(), k.token())).map(Vec::as_slice).unwrap_or(&[]) {
+            if !copies.iter().any(|c| c.id == copy.id) {
+                copies.push(copy.clone());
+            }
+        }
+    }
+    copies
 }
 
 /// Types whose `identifier` is a single element (0..1) in R4.
@@ -410,8 +464,8 @@ pub(crate) fn plan(
             matched.insert(source.clone(), Err(format!("the target cannot be searched for it: {reason}")));
             continue;
         }
-        let copies = lookup.found.get(&(source.resource_type.clone(), key.token())).map(Vec::as_slice).unwrap_or(&[]);
-        let m = match copies {
+        let copies = copies_of(lookup, &source.resource_type, key);
+        let m = match copies.as_slice() {
             [] => Ok(None),
             [one] => {
                 claimed.entry((source.resource_type.clone(), one.id.clone())).or_default().push(source.clone());
@@ -421,7 +475,11 @@ pub(crate) fn plan(
                 "ambiguous match: {} {} resources in the target carry its identifier ({})",
                 many.len(),
                 source.resource_type,
-                if key.provenance { "provenance identifier" } else { "business identifier" },
+                match (key.provenance, key.persistent.is_some()) {
+                    (true, _) => "provenance identifier",
+                    (false, true) => "business or provenance identifier",
+                    (false, false) => "business identifier",
+                },
             )),
         };
         matched.insert(source.clone(), m);
@@ -492,8 +550,8 @@ pub(crate) fn plan(
         if let Some(obj) = desired.as_object_mut() {
             obj.remove("id");
             strip_server_meta(obj);
-            if key.provenance {
-                add_identifier(obj, &source.resource_type, key);
+            if let Some(provenance) = key.provenance_key() {
+                add_identifier(obj, &source.resource_type, provenance);
             }
         }
         reference::rewrite_references(&mut desired, &mut |reference| {
@@ -750,7 +808,8 @@ mod tests {
             vec![TargetCopy {
                 id: "T1".into(),
                 resource: json!({"resourceType": "Patient", "id": "T1", "meta": {"versionId": "8"},
-                                 "identifier": [{"system": "urn:mrn", "value": "1"}]}),
+                                 "identifier": [{"system": "urn:mrn", "value": "1"},
+                                                {"system": "urn:plexus:source:ehr", "value": "Patient/p"}]}),
             }],
         );
         let p = plan(&c, &keys, &lookup, &base());
@@ -777,7 +836,9 @@ mod tests {
         let copy = |meta: Value| TargetCopy {
             id: "T".into(),
             resource: json!({"resourceType": "Condition", "id": "T", "meta": meta,
-                             "identifier": [{"system": "urn:cond", "value": "1"}], "code": {"text": "x"}}),
+                             "identifier": [{"system": "urn:cond", "value": "1"},
+                                            {"system": "urn:plexus:source:ehr", "value": "Condition/c"}],
+                             "code": {"text": "x"}}),
         };
         let action = |source_meta: Value, target_meta: Value| {
             let c = source(source_meta);
@@ -809,6 +870,69 @@ mod tests {
             ),
             Action::Unchanged { target_id: "T".into() }
         );
+    }
+
+    #[test]
+    fn a_corrected_mrn_finds_the_copy_by_its_source_id_and_updates_it() {
+        // The EHR corrected the MRN (M1 -> M2) on the same Patient p.
+        let c = collected(vec![json!({"resourceType": "Patient", "id": "p",
+            "identifier": [{"system": "urn:mrn", "value": "M2", "type": {"coding": [{"code": "MR"}]}}]})]);
+        let keys = match_keys(&c, "ehr");
+        let key = &keys[&ResourceKey::new("Patient", "p")];
+        assert_eq!(key.value, "M2");
+        let tokens: Vec<String> = key.all().map(MatchKey::token).collect();
+        assert_eq!(tokens, vec!["urn:mrn|M2", "urn:plexus:source:ehr|Patient/p"], "looked up by both");
+        let copy = |id: &str, mrn: &str| TargetCopy {
+            id: id.into(),
+            resource: json!({"resourceType": "Patient", "id": id, "meta": {"versionId": "4"}, "identifier": [
+                {"system": "urn:mrn", "value": mrn, "type": {"coding": [{"code": "MR"}]}},
+                {"system": "urn:plexus:source:ehr", "value": "Patient/p"}]}),
+        };
+        // The look-up finds the copy written under M1 by its provenance
+        // identifier only.
+        let mut lookup = Lookup::default();
+        lookup.found.insert(("Patient".into(), "urn:plexus:source:ehr|Patient/p".into()), vec![copy("T1", "M1")]);
+        let p = plan(&c, &keys, &lookup, &base());
+        let item = &p.items[0];
+        assert_eq!(item.action, Action::Update { target_id: "T1".into(), version_id: Some("4".into()) });
+        assert_eq!(
+            item.desired["identifier"],
+            json!([{"system": "urn:mrn", "value": "M2", "type": {"coding": [{"code": "MR"}]}},
+                   {"system": "urn:plexus:source:ehr", "value": "Patient/p"}]),
+            "the corrected MRN replaces the old one, the source id stays"
+        );
+
+        // Another target Patient already carries M2: two records claim to be
+        // this patient; a person decides, nothing is merged or created.
+        let other = TargetCopy {
+            id: "T9".into(),
+            resource: json!({"resourceType": "Patient", "id": "T9", "identifier": [{"system": "urn:mrn", "value": "M2"}]}),
+        };
+        lookup.found.insert(("Patient".into(), "urn:mrn|M2".into()), vec![other]);
+        let p = plan(&c, &keys, &lookup, &base());
+        assert!(
+            matches!(&p.items[0].action, Action::Fail { reason, .. } if reason.contains("business or provenance")),
+            "{:?}",
+            p.items[0].action
+        );
+
+        // Both identifiers on one copy: one match.
+        let mut lookup = Lookup::default();
+        for token in ["urn:mrn|M2", "urn:plexus:source:ehr|Patient/p"] {
+            lookup.found.insert(("Patient".into(), token.into()), vec![copy("T1", "M2")]);
+        }
+        let p = plan(&c, &keys, &lookup, &base());
+        assert_eq!(p.items[0].action, Action::Unchanged { target_id: "T1".into() });
+    }
+
+    #[test]
+    fn a_single_identifier_type_keeps_its_business_identifier_alone() {
+        let c = collected(vec![json!({"resourceType": "Composition", "id": "d",
+                                      "identifier": {"system": "urn:doc", "value": "1"}})]);
+        let keys = match_keys(&c, "ehr");
+        assert_eq!(keys[&ResourceKey::new("Composition", "d")].all().count(), 1);
+        let p = plan(&c, &keys, &Lookup::default(), &base());
+        assert_eq!(p.items[0].desired["identifier"], json!({"system": "urn:doc", "value": "1"}));
     }
 
     #[test]

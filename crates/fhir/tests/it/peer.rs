@@ -713,3 +713,54 @@ async fn a_security_label_added_in_the_ehr_reaches_the_target() {
     let third = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
     assert_counts(&third, 0, 0, 2);
 }
+
+#[tokio::test]
+async fn a_corrected_mrn_updates_the_targets_patient_instead_of_creating_a_second() {
+    let Some(PeerPair { ehr_peer: _ehr_peer, target_peer: _target_peer, ehr, target }) =
+        PeerPair::start("fhir::peer corrected mrn")
+    else {
+        return;
+    };
+    let mrn = |value: &str| {
+        json!({"system": "urn:oid:1.2.36.146.595.217.0.1", "value": value,
+                                   "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                        "code": "MR"}]}})
+    };
+    let patient = ehr
+        .create(&json!({"resourceType": "Patient", "identifier": [mrn("TEMP-0042")], "name": [{"family": "Mrn"}]}))
+        .await
+        .expect("patient")
+        .resource
+        .expect("body");
+    let pid = fhir::resource::id(&patient).expect("id").to_owned();
+    ehr.create(&json!({"resourceType": "Condition", "code": {"text": "asthma"},
+                       "subject": {"reference": format!("Patient/{pid}")}}))
+        .await
+        .expect("condition");
+    let options = SyncOptions::for_types(&["Condition"]);
+    let first = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
+    assert_counts(&first, 2, 0, 0);
+    let copy_id = first.target_patient_id.clone().expect("target patient");
+
+    // Registration replaces the temporary number with the permanent MRN.
+    let mut corrected = patient.clone();
+    corrected["identifier"] = json!([mrn("MRN-7731")]);
+    ehr.update(&corrected).await.expect("correct the MRN");
+    let second = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
+    assert_eq!(second.status, SyncStatus::Succeeded, "{second:#?}");
+    assert_counts(&second, 0, 1, 1);
+    assert_eq!(second.per_type["Patient"].updated, 1);
+    assert_eq!(second.target_patient_id.as_deref(), Some(copy_id.as_str()), "the same target Patient");
+
+    let patients = all_of_type(&target, "Patient").await;
+    assert_eq!(patients.len(), 1, "no second Patient: {patients:#?}");
+    let values: Vec<String> = fhir::resource::identifiers(&patients[0]).into_iter().filter_map(|i| i.value).collect();
+    assert_eq!(values, vec!["MRN-7731".to_owned(), format!("Patient/{pid}")], "the corrected MRN, and the source id");
+    let conditions = all_of_type(&target, "Condition").await;
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0]["subject"]["reference"], format!("Patient/{copy_id}"));
+
+    // And it stays found: nothing to do the next time.
+    let third = sync::sync_patient(&ehr, &target, &pid, &options, &sync::NoProgress).await;
+    assert_counts(&third, 0, 0, 2);
+}
