@@ -137,6 +137,13 @@ pub const ALL_RESOURCE_TYPES: &[&str] = &[
     "VisionPrescription",
 ];
 
+/// The deepest reference depth a sync may follow. Each level can multiply
+/// what is fetched (an Encounter's Practitioner's Organization's parts ...),
+/// and past a few levels the references lead away from the patient into the
+/// rest of the server; the CLI, the REST API and [`sync_patient`] all refuse
+/// a deeper one.
+pub const MAX_REFERENCE_DEPTH: usize = 10;
+
 /// How the clinical resources are read from the source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,7 +165,7 @@ pub struct SyncOptions {
     /// How many levels of references to follow from the patient and the
     /// clinical resources (1: what they reference; 2: also what those
     /// reference ...). References beyond it are removed from what is
-    /// written, with a warning. Default 3.
+    /// written, with a warning. Default 3, at most [`MAX_REFERENCE_DEPTH`].
     pub max_reference_depth: usize,
     /// How to read the clinical resources.
     pub fetch: ClinicalFetch,
@@ -423,6 +430,12 @@ async fn run(
     }
     if let Some(bad) = options.resource_types.iter().find(|t| !resource::is_valid_type(t)) {
         return Err(FhirError::InvalidRequest(format!("invalid resource type {bad:?}")));
+    }
+    if options.max_reference_depth > MAX_REFERENCE_DEPTH {
+        return Err(FhirError::InvalidRequest(format!(
+            "reference depth {} is over the limit of {MAX_REFERENCE_DEPTH}",
+            options.max_reference_depth
+        )));
     }
 
     // 1. Fetch.

@@ -95,3 +95,21 @@ async fn resources_of_other_patients_from_a_source_that_ignores_the_patient_para
     assert!(report.fetch_errors[0].reason.contains("do not reference the patient"), "{report:#?}");
     assert_eq!(report.per_type["Observation"].fetched, 1);
 }
+
+#[tokio::test]
+async fn a_reference_depth_over_the_limit_fails_the_run_before_any_request() {
+    let (source, _) = empty_target().await;
+    let (target, written) = empty_target().await;
+    let options = SyncOptions { max_reference_depth: sync::MAX_REFERENCE_DEPTH + 1, ..SyncOptions::default() };
+    let report = sync::sync_patient(&source, &target, "p", &options, &sync::NoProgress).await;
+    assert_eq!(report.status, SyncStatus::Failed, "{report:#?}");
+    let error = report.error.expect("the run's error");
+    assert!(error.message.contains("reference depth 11 is over the limit of 10"), "{error:?}");
+    assert_eq!(report.requests.source.requests + report.requests.target.requests, 0, "nothing sent");
+    assert!(written.lock().expect("lock").is_empty());
+
+    // The limit itself is allowed.
+    let options = SyncOptions { max_reference_depth: sync::MAX_REFERENCE_DEPTH, ..SyncOptions::default() };
+    let report = sync::sync_patient(&source, &target, "p", &options, &sync::NoProgress).await;
+    assert!(report.error.as_ref().is_none_or(|e| !e.message.contains("over the limit")), "{report:#?}");
+}
