@@ -48,6 +48,7 @@ mod error;
 mod lock;
 mod model;
 mod policy;
+mod poll_checkpoint;
 mod sync_job;
 mod tokens;
 
@@ -63,6 +64,7 @@ pub use error::{ErrorClass, StoreError};
 pub use lock::ClusterLock;
 pub use model::*;
 pub use policy::backoff_delay;
+pub use poll_checkpoint::{MAX_SEEN_AT_CHECKPOINT, PollCheckpoint};
 pub use sync_job::*;
 pub use tokens::{ApiToken, NewApiToken};
 
@@ -255,6 +257,34 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Err(no_sync_jobs())
     }
 
+    /// The checkpoint of a channel's FHIR poll of `resource_type`, if one
+    /// was saved (see [`PollCheckpoint`]).
+    ///
+    /// The checkpoint methods have default bodies that refuse, so that test
+    /// doubles of the store need not implement them; the three backends do.
+    async fn poll_checkpoint(&self, _channel: &str, _resource_type: &str) -> Result<Option<PollCheckpoint>> {
+        Err(no_checkpoints())
+    }
+
+    /// Writes a checkpoint, replacing the one of its channel and resource
+    /// type; `updated_at` is set from the store's clock.
+    async fn save_poll_checkpoint(&self, _checkpoint: &PollCheckpoint) -> Result<()> {
+        Err(no_checkpoints())
+    }
+
+    /// Every saved checkpoint (of one channel when given), ordered by
+    /// channel and resource type.
+    async fn poll_checkpoints(&self, _channel: Option<&str>) -> Result<Vec<PollCheckpoint>> {
+        Err(no_checkpoints())
+    }
+
+    /// Removes a channel's checkpoints (of one resource type when given),
+    /// so that its next poll starts again from the source's `start`.
+    /// Returns how many were removed.
+    async fn delete_poll_checkpoints(&self, _channel: &str, _resource_type: Option<&str>) -> Result<u64> {
+        Err(no_checkpoints())
+    }
+
     /// A counter bumped after every commit that made deliveries claimable in
     /// this process (accepts, replays): idle workers wait on it instead of
     /// polling. Other processes sharing the database do not bump it, so
@@ -301,6 +331,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 /// What a store without API token support answers.
 fn no_tokens() -> StoreError {
     StoreError::invalid("api_tokens", "this store does not keep API tokens")
+}
+
+/// What a store without poll checkpoint support answers.
+fn no_checkpoints() -> StoreError {
+    StoreError::invalid("poll_checkpoints", "this store does not keep poll checkpoints")
 }
 
 /// What a store without sync job support answers.

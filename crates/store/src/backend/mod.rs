@@ -22,6 +22,7 @@ mod locks;
 mod mysql;
 #[cfg(test)]
 mod plans;
+mod poll_checkpoints;
 mod postgres;
 mod shared;
 mod sqlite;

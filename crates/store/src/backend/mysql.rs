@@ -296,6 +296,22 @@ impl Store for MySqlStore {
         super::sync_jobs::mysql::recent(&self.pool, query).await
     }
 
+    async fn poll_checkpoint(&self, channel: &str, resource_type: &str) -> Result<Option<crate::PollCheckpoint>> {
+        super::poll_checkpoints::mysql::get(&self.pool, channel, resource_type).await
+    }
+
+    async fn save_poll_checkpoint(&self, checkpoint: &crate::PollCheckpoint) -> Result<()> {
+        super::poll_checkpoints::mysql::save(&self.pool, checkpoint, self.clock.now()).await
+    }
+
+    async fn poll_checkpoints(&self, channel: Option<&str>) -> Result<Vec<crate::PollCheckpoint>> {
+        super::poll_checkpoints::mysql::list(&self.pool, channel).await
+    }
+
+    async fn delete_poll_checkpoints(&self, channel: &str, resource_type: Option<&str>) -> Result<u64> {
+        super::poll_checkpoints::mysql::delete(&self.pool, channel, resource_type).await
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

@@ -298,6 +298,22 @@ impl Store for PgStore {
         super::sync_jobs::postgres::recent(&self.pool, query).await
     }
 
+    async fn poll_checkpoint(&self, channel: &str, resource_type: &str) -> Result<Option<crate::PollCheckpoint>> {
+        super::poll_checkpoints::postgres::get(&self.pool, channel, resource_type).await
+    }
+
+    async fn save_poll_checkpoint(&self, checkpoint: &crate::PollCheckpoint) -> Result<()> {
+        super::poll_checkpoints::postgres::save(&self.pool, checkpoint, self.clock.now()).await
+    }
+
+    async fn poll_checkpoints(&self, channel: Option<&str>) -> Result<Vec<crate::PollCheckpoint>> {
+        super::poll_checkpoints::postgres::list(&self.pool, channel).await
+    }
+
+    async fn delete_poll_checkpoints(&self, channel: &str, resource_type: Option<&str>) -> Result<u64> {
+        super::poll_checkpoints::postgres::delete(&self.pool, channel, resource_type).await
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }

@@ -315,6 +315,22 @@ impl Store for SqliteStore {
         super::sync_jobs::sqlite::recent(&self.readers, query).await
     }
 
+    async fn poll_checkpoint(&self, channel: &str, resource_type: &str) -> Result<Option<crate::PollCheckpoint>> {
+        super::poll_checkpoints::sqlite::get(&self.readers, channel, resource_type).await
+    }
+
+    async fn save_poll_checkpoint(&self, checkpoint: &crate::PollCheckpoint) -> Result<()> {
+        super::poll_checkpoints::sqlite::save(&self.readers, checkpoint, self.clock.now()).await
+    }
+
+    async fn poll_checkpoints(&self, channel: Option<&str>) -> Result<Vec<crate::PollCheckpoint>> {
+        super::poll_checkpoints::sqlite::list(&self.readers, channel).await
+    }
+
+    async fn delete_poll_checkpoints(&self, channel: &str, resource_type: Option<&str>) -> Result<u64> {
+        super::poll_checkpoints::sqlite::delete(&self.readers, channel, resource_type).await
+    }
+
     fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }

@@ -9,6 +9,7 @@ mod behaviour;
 mod cluster;
 mod crash;
 mod ordering;
+mod poll_checkpoints;
 mod retry_after;
 mod support;
 mod sync_jobs;
