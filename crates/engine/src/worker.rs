@@ -47,11 +47,21 @@
 //!
 //! On shutdown a worker finishes the batch it holds and stops; deliveries
 //! it has not claimed stay queued for the next start.
+//!
+//! A panic in an attempt (a bug in a connector, a transform step, a flow)
+//! is caught at the attempt: it becomes a failed attempt of that delivery
+//! alone ([`panicked`]), transient so the retry policy bounds it and the
+//! order key stays blocked meanwhile, and the worker goes on. Uncaught, it
+//! would end the worker's task: the destination would run one worker
+//! short without a word, and the batch's deliveries would wait for their
+//! leases to expire.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use futures::future::join_all;
 use store::{ClaimRequest, ClaimedDelivery, FailureClass, Outcome, Store};
 use tokio_util::sync::CancellationToken;
@@ -300,14 +310,23 @@ impl DestinationWorkers {
                 return join_all(deliveries.into_iter().map(|d| async move {
                     let for_flow = self.channel.flow.as_ref().map(|_| d.clone());
                     let head = Head::of(&d);
-                    let attempt = self.process(d).await;
+                    let attempt = match AssertUnwindSafe(self.process(d)).catch_unwind().await {
+                        Ok(attempt) => attempt,
+                        Err(panic) => self.panicked(head.message_id, head.attempt, "attempt", panic.as_ref()),
+                    };
                     Done { head, attempt, for_flow, took: started.elapsed() }
                 }))
                 .await;
             }
         };
         // Files: filter and transform each, then write them all at once.
-        let prepared = join_all(deliveries.iter().map(|d| self.prepare(d, None))).await;
+        let prepared = join_all(deliveries.iter().map(|d| async move {
+            match AssertUnwindSafe(self.prepare(d, None)).catch_unwind().await {
+                Ok(prepared) => prepared,
+                Err(panic) => Err(self.panicked(d.message_id, d.attempt, "attempt", panic.as_ref())),
+            }
+        }))
+        .await;
         let mut done: Vec<Option<Done>> = Vec::with_capacity(deliveries.len());
         let mut ready = Vec::with_capacity(deliveries.len());
         let mut slots = Vec::with_capacity(deliveries.len());
@@ -324,7 +343,14 @@ impl DestinationWorkers {
             }
         }
         let heads: Vec<Head> = ready.iter().map(|(d, _)| Head::of(d)).collect();
-        let attempts = self.write_files(file, ready).await;
+        let attempts = match AssertUnwindSafe(self.write_files(file, ready)).catch_unwind().await {
+            Ok(attempts) => attempts,
+            // Files written before the panic are rewritten by the retries,
+            // as after a crash (names are stable across attempts).
+            Err(panic) => {
+                heads.iter().map(|h| self.panicked(h.message_id, h.attempt, "file batch", panic.as_ref())).collect()
+            }
+        };
         for ((slot, head), attempt) in slots.into_iter().zip(heads).zip(attempts) {
             done[slot] = Some(Done { head, attempt, for_flow: None, took: started.elapsed() });
         }
@@ -377,8 +403,11 @@ impl DestinationWorkers {
                 self.metrics.completed(done.state);
                 if let (Some(flow), Some(d), Some(reason), store::DeliveryState::Error | store::DeliveryState::Dead) =
                     (&self.channel.flow, &for_flow, &reason, done.state)
+                    && let Err(panic) = AssertUnwindSafe(flow.failed(d, &self.name, reason)).catch_unwind().await
                 {
-                    flow.failed(d, &self.name, reason).await;
+                    // The outcome is recorded; only the flow's follow-up
+                    // was lost, and the worker must go on.
+                    let _ = self.panicked(message_id, attempt, "flow follow-up", panic.as_ref());
                 }
                 debug!(
                     channel = %self.channel.name, destination = %self.name, %message_id,
@@ -499,6 +528,41 @@ impl DestinationWorkers {
                 content_type: None,
             }),
         }
+    }
+
+    /// The attempt to record for a delivery whose attempt panicked in
+    /// `stage`: failed, transient (a panic may come from a passing state,
+    /// such as a race; a deterministic one ends as the retry policy says
+    /// after its attempts, like any failure that does not go away), with a
+    /// reason free of content. The panic's own text may quote the message
+    /// (a slicing panic quotes the string it slices), so it is logged at
+    /// debug level only.
+    fn panicked(
+        &self,
+        message_id: store::MessageId,
+        attempt: u32,
+        stage: &str,
+        panic: &(dyn std::any::Any + Send),
+    ) -> Attempt {
+        self.metrics.error("panic");
+        warn!(
+            channel = %self.channel.name, destination = %self.name, %message_id, attempt, stage,
+            "internal error: a delivery attempt panicked; recorded as a failed attempt, the worker goes on"
+        );
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        debug!(channel = %self.channel.name, destination = %self.name, %message_id, panic = %text, "panic message");
+        Outcome::Failed {
+            class: FailureClass::Transient,
+            reason: format!(
+                "internal error: the {stage} panicked (a bug in Plexus; the panic message is logged at debug level)"
+            ),
+            response: None,
+        }
+        .into()
     }
 
     /// True when the channel or this destination has filter rules or
@@ -716,6 +780,126 @@ mod tests {
         let file: crate::destinations::DestinationConfig =
             toml::from_str("type = \"file\"\ndirectory = \"o\"").unwrap();
         assert_eq!(claim_batch(&file, 4), CLAIM_BATCH);
+    }
+
+    /// A `channel` destination's injector is the one connector code a test
+    /// can supply: this one panics on its first call, quoting the content
+    /// as a slicing panic would.
+    struct PanicsOnce {
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::destinations::ChannelInjector for PanicsOnce {
+        async fn inject(
+            &self,
+            m: crate::destinations::Injected<'_>,
+        ) -> Result<crate::destinations::Injection, crate::destinations::InjectError> {
+            let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if call == 0 {
+                panic!("a bug quoting {}", String::from_utf8_lossy(m.content));
+            }
+            Ok(crate::destinations::Injection {
+                message_id: format!("t{call}"),
+                ack_code: Some("AA".into()),
+                duplicate: false,
+            })
+        }
+    }
+
+    fn adt(control_id: &str, mrn: &str) -> store::NewMessage {
+        let raw = format!("MSH|^~\\&|HIS|H|LAB|L|20260101120000||ADT^A01|{control_id}|P|2.5\rPID|1||{mrn}||DOE^JANE\r");
+        store::NewMessage {
+            channel: "adt-in".into(),
+            received_at: Utc::now(),
+            peer_addr: None,
+            content_type: crate::destinations::HL7_V2_CONTENT_TYPE.into(),
+            raw: raw.into_bytes(),
+            control_id: Some(control_id.into()),
+            sender_key: "HIS^H".into(),
+            message_type: Some("ADT".into()),
+            event: Some("A01".into()),
+            order_key: Some(mrn.into()),
+            patient_ids: vec![mrn.into()],
+            ack: None,
+            deliveries: vec![store::NewDelivery::queued("copy")],
+        }
+    }
+
+    /// Regression: a panic inside an attempt ended the worker's task, so
+    /// the destination lost a worker without a word and the delivery sat
+    /// leased. Now the attempt is a failed one with a content-free reason,
+    /// and the one worker goes on: it delivers the next message and retries
+    /// the one that panicked. Fails before the fix (the second message is
+    /// never delivered, the task ends with a panic).
+    #[tokio::test]
+    async fn a_panicking_attempt_is_recorded_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/plexus.db", dir.path().display());
+        let store = store::open(&url, store::StoreOptions::default()).await.expect("store opened");
+        let injector = Arc::new(PanicsOnce { calls: Default::default() });
+        let ctx = crate::destinations::BuildContext::new("adt-in", "copy").with_injector(injector.clone());
+        let destination = crate::destinations::ChannelConfig { channel: "lab".into() }.build(&ctx).expect("built");
+        let workers = Arc::new(DestinationWorkers {
+            channel: Arc::new(ChannelStage {
+                name: "adt-in".into(),
+                content: ContentKind::Hl7v2,
+                filter: Vec::new(),
+                transform: Arc::default(),
+                flow: None,
+                switch: Arc::default(),
+            }),
+            name: "copy".into(),
+            destination: Destination::Channel(destination),
+            filter: Vec::new(),
+            transform: Arc::default(),
+            retry: store::RetryPolicy { initial_backoff: Duration::from_millis(50), ..Default::default() },
+            lease: Duration::from_secs(30),
+            batch: 1,
+            workers: 1,
+            store: Arc::clone(&store),
+            node: "test".into(),
+            metrics: crate::metrics::Telemetry::new(Duration::from_secs(60)).destination("adt-in", "copy"),
+        });
+        let first = match store.accept(adt("C1", "MRN-SECRET-1")).await.expect("stored") {
+            store::Accepted::Stored { id } => id,
+            other => panic!("{other:?}"),
+        };
+        let shutdown = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        workers.spawn(&shutdown, &mut tasks);
+        let second = match store.accept(adt("C2", "MRN-2")).await.expect("stored") {
+            store::Accepted::Stored { id } => id,
+            other => panic!("{other:?}"),
+        };
+        let delivery = |id| {
+            let store = Arc::clone(&store);
+            async move { store.get_message(id).await.expect("read").expect("found").deliveries.remove(0) }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while delivery(first).await.state != store::DeliveryState::Sent
+            || delivery(second).await.state != store::DeliveryState::Sent
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "both deliveries should be sent: {:?} / {:?}",
+                delivery(first).await,
+                delivery(second).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let log = delivery(first).await.attempt_log;
+        let outcomes: Vec<&str> = log.iter().map(|a| a.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["failed", "sent"], "{log:?}");
+        assert_eq!(log[0].error_class, Some(FailureClass::Transient));
+        let reason = log[0].reason.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("internal error: the attempt panicked"), "{reason}");
+        assert!(!reason.contains("MRN-SECRET-1"), "the panic's text stays out of the reason: {reason}");
+        shutdown.cancel();
+        while let Some(ended) = tasks.join_next().await {
+            assert!(ended.is_ok(), "the worker task ended normally: {ended:?}");
+        }
+        store.close().await;
     }
 
     #[test]
