@@ -217,7 +217,7 @@ async fn a_valid_submission_is_stored_answered_and_tracked() {
     assert_eq!(bundle["entry"][0]["resource"]["resourceType"], "Communication");
     assert_eq!(bundle["entry"][0]["resource"]["status"], "preparation");
 
-    let mut record = app.store.get(&tx).await.expect("readable").expect("known");
+    let mut record = app.store.get(&tx, None).await.expect("readable").expect("known");
     let sent = chrono::Utc::now();
     record.advance(TrackingStatus::InProgress, sent).expect("in progress");
     record.advance(TrackingStatus::Completed { sent }, sent).expect("completed");
@@ -592,4 +592,83 @@ async fn fhir_client_resolves_against_the_fhir_peer() {
         post(&app, &body(&[json!({"name": "subject", "valueReference": {"reference": "Patient/123"}})])).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(diagnostics(&outcome), ["Resource contains reference to Patient/123 but this resource is not valid"]);
+}
+
+/// A submission is read back only by the application that made it: the
+/// patient's document (Binary), its DocumentReference and
+/// CommunicationRequest, and its tracking. Another application with the
+/// `SEND_TO_EHR` scope gets 404, as for an unknown id, even when it knows
+/// the transaction id: a keyed one is computed from the submitting
+/// application's name and its `Idempotency-Key` (often its own document id),
+/// both easy to guess. Real API tokens and the message store (SQLite).
+#[tokio::test]
+async fn another_application_cannot_read_or_track_a_submission() {
+    use engine::api::auth::{Auth, Scope, issue_token};
+    use engine::flows::send_to_ehr::api::keyed_transaction_id;
+    use engine::flows::send_to_ehr::persist::StoreTracking;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
+    let store = store::open(&url, store::StoreOptions::default()).await.expect("store");
+    let token = |name: &'static str| {
+        let store = Arc::clone(&store);
+        async move { issue_token(store.as_ref(), name, &[Scope::SendToEhr], None).await.expect("token").bearer }
+    };
+    let (platform, portal) = (token("doc-platform").await, token("portal").await);
+    let router = router(SendToEhrState {
+        config: Arc::new(SendToEhrConfig::default()),
+        fhir_base: "https://plexus.example/fhir".into(),
+        source: Arc::new(source()),
+        tracking: Arc::new(StoreTracking::new(Arc::clone(&store), "documents", vec!["ehr".into()])),
+        auth: Arc::new(Auth::new(Arc::clone(&store))),
+        switch: Arc::default(),
+    });
+    let call = |method: Method, uri: String, token: &str, body: Option<&Value>| {
+        let router = router.clone();
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("idempotency-key", "upload-42")
+            .header(header::CONTENT_TYPE, "application/fhir+json")
+            .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
+            .expect("request");
+        async move {
+            let response = router.oneshot(request).await.expect("router answers");
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+            (status, serde_json::from_slice::<Value>(&bytes).expect("JSON body"))
+        }
+    };
+
+    let (status, answer) = call(Method::POST, SEND.into(), &platform, Some(&body(&[]))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let tx = transaction_id(&answer);
+    assert_eq!(tx, keyed_transaction_id(Some("doc-platform"), "upload-42"), "anyone can compute it");
+
+    let reads = [
+        format!("/fhir/Binary/{tx}"),
+        format!("/fhir/DocumentReference/{tx}"),
+        format!("/fhir/CommunicationRequest/{tx}"),
+        format!("/fhir/CommunicationRequest/$tracking?transaction-id={tx}"),
+    ];
+    for uri in &reads {
+        let (status, outcome) = call(Method::GET, uri.clone(), &portal, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{uri}");
+        assert_eq!(outcome["issue"][0]["code"], "not-found", "{uri}");
+        let (status, resource) = call(Method::GET, uri.clone(), &platform, None).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {resource}");
+    }
+    let (_, binary) = call(Method::GET, reads[0].clone(), &platform, None).await;
+    assert_eq!(binary["data"], base64::engine::general_purpose::STANDARD.encode(PDF));
+
+    // Only the submitting application read the contents (three resources,
+    // then the Binary again; tracking is not a read of contents).
+    let audit = store
+        .audit_events(&store::AuditQuery { message_id: None, before_id: None, limit: 100 })
+        .await
+        .expect("audit trail");
+    let readers: Vec<&str> = audit.iter().filter(|e| e.action == "read_content").map(|e| e.actor.as_str()).collect();
+    assert_eq!(readers, ["doc-platform"; 4], "{audit:?}");
 }

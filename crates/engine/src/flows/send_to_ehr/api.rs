@@ -16,7 +16,11 @@
 //! Besides the operation and `$tracking`, the router serves the resources a
 //! submission created (`GET /fhir/Binary/{id}`, `DocumentReference/{id}`,
 //! `CommunicationRequest/{id}`), so the DocumentReference's attachment url
-//! resolves.
+//! resolves. A submission's resources and tracking are served to the
+//! application that made it only ([`TrackingStore::get`] and
+//! [`TrackingStore::resources`] take the caller): transaction ids are not
+//! secrets, and a document in a patient's chart is not for every holder of
+//! the scope.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -132,12 +136,27 @@ pub trait TrackingStore: Send + Sync {
     /// The submission stored under `transaction_id`, if any, with its
     /// answer.
     async fn earlier(&self, transaction_id: &str) -> Result<Option<Earlier>, TrackingStoreError>;
-    /// A submission's tracking, `None` when unknown.
-    async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError>;
-    /// A submission's created resources, `None` when unknown (or when
-    /// retention removed them). `reader` (the caller's name) is recorded
-    /// where reads of contents are audited.
-    async fn resources(&self, transaction_id: &str, reader: &str) -> Result<Option<Outputs>, TrackingStoreError>;
+    /// The tracking of the submission `caller` made under `transaction_id`,
+    /// `None` when unknown or made by another caller.
+    async fn get(
+        &self,
+        transaction_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<TrackingRecord>, TrackingStoreError>;
+    /// The created resources of the submission `caller` made under
+    /// `transaction_id`, `None` when unknown, made by another caller, or
+    /// removed by retention. The reader (`caller`, or `anonymous`) is
+    /// recorded where reads of contents are audited.
+    async fn resources(
+        &self,
+        transaction_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<Outputs>, TrackingStoreError>;
+}
+
+/// The audit actor of a read by `caller` (no name: authentication is off).
+pub fn reader_name(caller: Option<&str>) -> &str {
+    caller.unwrap_or(crate::api::auth::ANONYMOUS)
 }
 
 /// An in-memory [`TrackingStore`] (lost on restart).
@@ -146,13 +165,14 @@ pub struct MemoryTrackingStore {
     entries: Mutex<HashMap<String, Entry>>,
 }
 
-/// One submission kept in memory: tracking, resources, answer.
-type Entry = (TrackingRecord, Outputs, Receipt);
+/// One submission kept in memory: tracking, resources, answer, and the
+/// calling application that made it.
+type Entry = (TrackingRecord, Outputs, Receipt, Option<String>);
 
 impl MemoryTrackingStore {
     /// A submission's resources, when known.
     pub fn outputs(&self, transaction_id: &str) -> Option<Outputs> {
-        self.lock().get(transaction_id).map(|(_, o, _)| o.clone())
+        self.lock().get(transaction_id).map(|(_, o, _, _)| o.clone())
     }
 
     /// Replaces a submission's tracking (as the delivery would).
@@ -182,27 +202,35 @@ impl MemoryTrackingStore {
 #[async_trait]
 impl TrackingStore for MemoryTrackingStore {
     async fn insert(&self, submission: Submission) -> Result<Option<Earlier>, TrackingStoreError> {
-        let Submission { record, outputs, receipt, .. } = submission;
+        let Submission { record, outputs, receipt, caller, .. } = submission;
         // As the message store: the first submission under an id stays.
         match self.lock().entry(record.transaction_id.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(Some(Earlier::Answered(e.get().2.clone()))),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((record, outputs, receipt));
+                e.insert((record, outputs, receipt, caller));
                 Ok(None)
             }
         }
     }
 
     async fn earlier(&self, transaction_id: &str) -> Result<Option<Earlier>, TrackingStoreError> {
-        Ok(self.lock().get(transaction_id).map(|(_, _, receipt)| Earlier::Answered(receipt.clone())))
+        Ok(self.lock().get(transaction_id).map(|(_, _, receipt, _)| Earlier::Answered(receipt.clone())))
     }
 
-    async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError> {
-        Ok(self.lock().get(transaction_id).map(|(r, _, _)| r.clone()))
+    async fn get(
+        &self,
+        transaction_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<TrackingRecord>, TrackingStoreError> {
+        Ok(self.lock().get(transaction_id).filter(|e| e.3.as_deref() == caller).map(|(r, _, _, _)| r.clone()))
     }
 
-    async fn resources(&self, transaction_id: &str, _reader: &str) -> Result<Option<Outputs>, TrackingStoreError> {
-        Ok(self.outputs(transaction_id))
+    async fn resources(
+        &self,
+        transaction_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<Outputs>, TrackingStoreError> {
+        Ok(self.lock().get(transaction_id).filter(|e| e.3.as_deref() == caller).map(|(_, o, _, _)| o.clone()))
     }
 }
 
@@ -467,8 +495,10 @@ async fn read(state: &SendToEhrState, headers: &HeaderMap, resource_type: &str, 
     if !super::request::is_fhir_id(id) {
         return Err(not_found());
     }
-    let reader = caller.application.as_deref().unwrap_or("anonymous");
-    let outputs = state.tracking.resources(id, reader).await.map_err(|e| {
+    // Another application's submission is answered as an unknown one:
+    // transaction ids are not secrets (a keyed one is computed from the
+    // application's name and its Idempotency-Key).
+    let outputs = state.tracking.resources(id, caller.application.as_deref()).await.map_err(|e| {
         tracing::error!(error = %e, "send-to-ehr: resources not readable");
         Rejection::one(503, None, "transient", "the resource is unavailable; retry later")
     })?;
@@ -488,7 +518,7 @@ async fn track(
     query: &str,
     now: DateTime<Utc>,
 ) -> Result<Value, Rejection> {
-    state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
+    let caller = state.auth.authorize(headers, SEND_TO_EHR_SCOPE).await?;
     let ids: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| k == "transaction-id")
         .map(|(_, v)| v.into_owned())
@@ -515,7 +545,7 @@ async fn track(
             ));
         }
     };
-    let record = state.tracking.get(transaction_id).await.map_err(|e| {
+    let record = state.tracking.get(transaction_id, caller.application.as_deref()).await.map_err(|e| {
         tracing::error!(error = %e, "send-to-ehr: tracking not readable");
         Rejection::one(503, None, "transient", "tracking is unavailable; retry later")
     })?;

@@ -80,7 +80,7 @@ impl StoreTracking {
             // Serialising a Value cannot fail (string keys only).
             raw: serde_json::to_vec(&bundle).unwrap_or_default(),
             control_id: Some(record.transaction_id.clone()),
-            sender_key: caller.as_deref().unwrap_or(ANONYMOUS_SENDER).chars().take(MAX_KEY_CHARS).collect(),
+            sender_key: sender_key(caller.as_deref()),
             message_type: Some(MESSAGE_TYPE.to_string()),
             event: document_type,
             order_key: Some(format!("{ORDER_KEY_PREFIX}{}", record.patient_id)),
@@ -92,6 +92,12 @@ impl StoreTracking {
             deliveries: self.destinations.iter().map(NewDelivery::queued).collect(),
         }
     }
+}
+
+/// The stored sender key of `caller`'s submissions: the application that
+/// made a submission, the only one that may read it back.
+fn sender_key(caller: Option<&str>) -> String {
+    caller.unwrap_or(ANONYMOUS_SENDER).chars().take(MAX_KEY_CHARS).collect()
 }
 
 /// A stored submission's answer from its ACK ([`Receipt`] as JSON);
@@ -136,12 +142,17 @@ impl TrackingStore for StoreTracking {
     async fn earlier(&self, transaction_id: &str) -> Result<Option<Earlier>, TrackingStoreError> {
         // Also past the store's duplicate window: as long as the message is
         // kept, its transaction id is not given to another submission.
-        let Some(detail) = self.message(transaction_id).await? else { return Ok(None) };
+        let Some(detail) = self.message(transaction_id, None).await? else { return Ok(None) };
         Ok(Some(earlier_from_ack(detail.ack.as_deref())))
     }
 
-    async fn get(&self, transaction_id: &str) -> Result<Option<TrackingRecord>, TrackingStoreError> {
-        let Some(detail) = self.message(transaction_id).await? else { return Ok(None) };
+    async fn get(
+        &self,
+        transaction_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<TrackingRecord>, TrackingStoreError> {
+        let owner = sender_key(caller);
+        let Some(detail) = self.message(transaction_id, Some(&owner)).await? else { return Ok(None) };
         let summary = &detail.summary;
         let patient_id =
             summary.order_key.as_deref().and_then(|k| k.strip_prefix(ORDER_KEY_PREFIX)).unwrap_or_default().to_string();
@@ -156,13 +167,18 @@ impl TrackingStore for StoreTracking {
         }))
     }
 
-    async fn resources(&self, transaction_id: &str, reader: &str) -> Result<Option<Outputs>, TrackingStoreError> {
-        let Some(detail) = self.message(transaction_id).await? else { return Ok(None) };
+    async fn resources(
+        &self,
+        transaction_id: &str,
+        caller: Option<&str>,
+    ) -> Result<Option<Outputs>, TrackingStoreError> {
+        let owner = sender_key(caller);
+        let Some(detail) = self.message(transaction_id, Some(&owner)).await? else { return Ok(None) };
         let Some(raw) = &detail.raw else { return Ok(None) };
         let submission = build::read_submission(raw).map_err(TrackingStoreError)?;
         // Reading a stored message's content is audited, as in the API.
         let event = NewAuditEvent {
-            actor: reader.to_string(),
+            actor: super::api::reader_name(caller).to_string(),
             action: "read_content".into(),
             message_id: Some(detail.summary.id),
             delivery_id: None,
@@ -175,16 +191,25 @@ impl TrackingStore for StoreTracking {
 
 impl StoreTracking {
     /// The message stored for `transaction_id` (its control id), with its
-    /// deliveries.
-    async fn message(&self, transaction_id: &str) -> Result<Option<MessageDetail>, TrackingStoreError> {
+    /// deliveries; with `owner`, only one whose sender key is `owner` (a
+    /// submission is read back by the application that made it only).
+    async fn message(
+        &self,
+        transaction_id: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<MessageDetail>, TrackingStoreError> {
         let query = SearchQuery {
             channel: Some(self.channel.clone()),
             control_id: Some(transaction_id.to_string()),
-            limit: 1,
+            // One is expected; a few leave room for a (foreign) message of
+            // another sender under the same control id.
+            limit: 8,
             ..SearchQuery::default()
         };
         let page = self.store.search(&query).await.map_err(|e| TrackingStoreError(e.summary()))?;
-        let Some(summary) = page.items.into_iter().next() else { return Ok(None) };
+        let Some(summary) = page.items.into_iter().find(|m| owner.is_none_or(|o| m.sender_key == o)) else {
+            return Ok(None);
+        };
         self.store.get_message(summary.id).await.map_err(|e| TrackingStoreError(e.summary()))
     }
 }
