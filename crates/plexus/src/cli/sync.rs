@@ -107,8 +107,9 @@ pub struct PatientArgs {
     /// Immunization, MedicationRequest, Observation, Procedure.
     #[arg(long, value_delimiter = ',')]
     pub resources: Vec<String>,
-    /// Levels of references to follow.
-    #[arg(long, default_value_t = 3)]
+    /// Levels of references to follow, 0 to 10 (each level can multiply
+    /// what is fetched).
+    #[arg(long, default_value_t = 3, value_parser = parse_depth)]
     pub depth: usize,
     /// Read the clinical resources with Patient/$everything (falls back to
     /// one search per type when the source lacks it).
@@ -120,6 +121,16 @@ pub struct PatientArgs {
     /// Also record the run as a sync job in the config's store.
     #[arg(long)]
     pub record: bool,
+}
+
+/// `--depth`: bounded like the REST API's `depth`, so the command line
+/// cannot ask for a walk through the whole source server.
+fn parse_depth(value: &str) -> Result<usize, String> {
+    let depth: usize = value.trim().parse().map_err(|_| format!("{value:?} is not a whole number"))?;
+    if depth > sync::MAX_REFERENCE_DEPTH {
+        return Err(format!("the reference depth is at most {} (asked for {depth})", sync::MAX_REFERENCE_DEPTH));
+    }
+    Ok(depth)
 }
 
 /// Runs a `plexus sync` subcommand.
@@ -433,5 +444,41 @@ mod tests {
         assert_eq!(parse(&["--resources", "Observation,Condition"]).resource_types, vec!["Observation", "Condition"]);
         assert_eq!(parse(&["--resources", "all"]).resource_types.len(), sync::ALL_RESOURCE_TYPES.len());
         assert_eq!(parse(&["--depth", "1", "--everything"]).fetch, sync::ClinicalFetch::Everything);
+    }
+
+    #[test]
+    fn depth_is_bounded_with_an_error_naming_the_limit() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: SyncCommand,
+        }
+        let parse = |depth: &str| {
+            T::try_parse_from([
+                "t",
+                "patient",
+                "--config",
+                "c.toml",
+                "--source",
+                "a",
+                "--target",
+                "b",
+                "--patient",
+                "1",
+                "--depth",
+                depth,
+            ])
+            .map(|t| match t.c {
+                SyncCommand::Patient(p) => options(&p).max_reference_depth,
+                SyncCommand::Search(_) => unreachable!("parsed a patient command"),
+            })
+        };
+        assert_eq!(parse("0").expect("0"), 0);
+        assert_eq!(parse("10").expect("the limit itself"), sync::MAX_REFERENCE_DEPTH);
+        let err = parse("11").expect_err("over the limit").to_string();
+        assert!(err.contains("the reference depth is at most 10 (asked for 11)"), "{err}");
+        assert!(parse("1000000").is_err());
+        assert!(parse("-1").is_err());
     }
 }
