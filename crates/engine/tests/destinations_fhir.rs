@@ -235,6 +235,103 @@ retry = {{ max_attempts = 3, initial_backoff = "100ms", max_backoff = "100ms" }}
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
+/// The `pms-in` channel of examples/fhir-to-hl7.toml (PMS JSON through
+/// mapping rules to a Patient with a chart-number identifier), delivered
+/// with `by_identifier` as given.
+fn pms_channel(fhir: &str, by_identifier: &str) -> String {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pms-patient.yaml");
+    format!(
+        r#"
+[channels.pms-in]
+content = "json"
+order_key = "json:patient.id"
+[channels.pms-in.source]
+type = "http"
+[[channels.pms-in.transform]]
+type = "mapping_rules"
+rules = "{rules}"
+[[channels.pms-in.destinations]]
+name = "fhir"
+type = "fhir"
+url = "{fhir}"
+by_identifier = "{by_identifier}"
+retry = {{ max_attempts = 1, on_failure = "dead_letter" }}
+"#
+    )
+}
+
+/// Posts a PMS patient record to the engine's `pms-in` channel and waits
+/// until its delivery settled, returning the message id.
+async fn post_pms(http: &reqwest::Client, engine: &engine::runtime::Engine, family: &str) -> MessageId {
+    let body = json!({"patient": {"id": "123456", "first_name": "Jane", "last_name": family, "sex": "F", "dob": "01/31/1980"}});
+    let url = format!("http://{}/channels/pms-in/messages", engine.api_addr());
+    let answer: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+    let id: MessageId = answer["message_id"].as_str().unwrap_or_else(|| panic!("{answer}")).parse().unwrap();
+    let deliveries = settled(engine, id).await;
+    assert_eq!(deliveries[0].state, DeliveryState::Sent, "{:?}", deliveries[0].error_reason);
+    id
+}
+
+/// Regression (examples/fhir-to-hl7.toml): the PMS channel POSTed each
+/// Patient to `.../Patient` with an `http` destination, so a retry or a
+/// replay created a second Patient, and with `by_identifier = "create"` an
+/// edited record left the server's Patient as it was. With `by_identifier
+/// = "update"` (what the example now uses) the Patient is written by its
+/// chart number: created once, updated by the edit, and a replay changes
+/// nothing. The example itself is checked to use that form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_identifier_update_keeps_one_patient_with_the_latest_record() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/fhir-to-hl7.toml")).unwrap();
+    let pms_fhir = example.split("[[channels.pms-in.destinations]]").nth(1).unwrap_or_default();
+    assert!(pms_fhir.contains("type = \"fhir\"") && pms_fhir.contains("by_identifier = \"update\""), "{pms_fhir}");
+
+    let Some(peer) = testkit::FhirPeer::start("engine::destinations_fhir") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &pms_channel(&peer.base_url, "update")).await;
+    let http = reqwest::Client::new();
+
+    let first = post_pms(&http, &engine, "Doe").await;
+    let patients = all(&http, &peer.base_url, "Patient").await;
+    assert_eq!(patients.len(), 1, "{patients:?}");
+    let patient_id = patients[0]["id"].clone();
+    assert_eq!(patients[0]["identifier"][0]["system"], "https://pms.example/chart");
+
+    // The PMS sends the edited record: the same Patient, updated.
+    post_pms(&http, &engine, "Doe-Smith").await;
+    let patients = all(&http, &peer.base_url, "Patient").await;
+    assert_eq!(patients.len(), 1, "{patients:?}");
+    assert_eq!((&patients[0]["id"], &patients[0]["name"][0]["family"]), (&patient_id, &json!("Doe-Smith")));
+
+    // A replay of the first record is delivered again and writes the same
+    // Patient (the operator asked for that content): still one.
+    let replay = store::ReplayRequest { message_id: first, destination: None, actor: "test".into(), reason: None };
+    assert_eq!(engine.store().replay(replay).await.unwrap().replayed.len(), 1);
+    let deliveries = settled(&engine, first).await;
+    assert_eq!(deliveries[0].state, DeliveryState::Sent, "{:?}", deliveries[0].error_reason);
+    assert_eq!(deliveries[0].attempt_log.len(), 2, "delivered twice (the replay)");
+    let patients = all(&http, &peer.base_url, "Patient").await;
+    assert_eq!(patients.len(), 1, "{patients:?}");
+    assert_eq!(patients[0]["id"], patient_id);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `by_identifier = "create"` (the default) never overwrites what the
+/// server holds: the edited record is delivered (200) but changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_identifier_create_leaves_the_servers_patient_as_it_is() {
+    let Some(peer) = testkit::FhirPeer::start("engine::destinations_fhir") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &pms_channel(&peer.base_url, "create")).await;
+    let http = reqwest::Client::new();
+    post_pms(&http, &engine, "Doe").await;
+    post_pms(&http, &engine, "Doe-Smith").await;
+    let patients = all(&http, &peer.base_url, "Patient").await;
+    assert_eq!(patients.len(), 1, "{patients:?}");
+    assert_eq!(patients[0]["name"][0]["family"], "Doe");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
 #[test]
 fn a_fhir_destination_must_name_a_configured_server() {
     let text = r#"

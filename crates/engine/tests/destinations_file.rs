@@ -90,14 +90,41 @@ async fn hostile_control_ids_stay_inside_the_folder() {
 }
 
 #[tokio::test]
-async fn a_retry_overwrites_its_own_file() {
+async fn if_exists_overwrite_replaces_the_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let dest = build(tmp.path(), "type = \"file\"\ndirectory = \"out\"\nfile_name = \"${control_id}.hl7\"\n").await;
+    let dest = build(
+        tmp.path(),
+        "type = \"file\"\ndirectory = \"out\"\nfile_name = \"${control_id}.hl7\"\nif_exists = \"overwrite\"\n",
+    )
+    .await;
     dest.send(&outbound(b"first", Some("C1"))).await.unwrap();
     dest.send(&outbound(b"second", Some("C1"))).await.unwrap();
     let out = tmp.path().join("out");
     assert_eq!(std::fs::read(out.join("C1.hl7")).unwrap(), b"second");
     assert_eq!(listing(&out), ["C1.hl7"]);
+}
+
+/// Regression: the default was `overwrite`, so with a name such as
+/// `${control_id}.hl7` a second message reusing MSH-10 (another sender, a
+/// counter reset) replaced the first one's file without a word. The
+/// default keeps it and fails the second delivery permanently, naming the
+/// file; the same delivery sent again (a retry, a replay) still succeeds.
+/// Fails before the fix (the second send succeeded, the file held
+/// "second").
+#[tokio::test]
+async fn by_default_another_messages_file_is_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = build(tmp.path(), "type = \"file\"\ndirectory = \"out\"\nfile_name = \"${control_id}.hl7\"\n").await;
+    dest.send(&outbound(b"first", Some("C1"))).await.unwrap();
+    let again = dest.send(&outbound(b"first", Some("C1"))).await.unwrap();
+    assert_eq!(again.summary, "wrote C1.hl7", "a retry or replay of the same content is delivered");
+    let err = dest.send(&outbound(b"second", Some("C1"))).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::FileExists { .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Permanent);
+    assert!(err.to_string().contains("C1.hl7 exists with other content"), "{err}");
+    let out = tmp.path().join("out");
+    assert_eq!(std::fs::read(out.join("C1.hl7")).unwrap(), b"first");
+    assert_eq!(listing(&out), ["C1.hl7"], "the temp file is removed");
 }
 
 #[tokio::test]

@@ -22,15 +22,19 @@
 //!   idempotent, so a re-delivery (a retry, a replay, a duplicate
 //!   notification) does not duplicate anything ([`to_transaction`]): a
 //!   resource with an `id` is `PUT Type/id`; one without an id but with a
-//!   system-qualified identifier is `POST Type` with
-//!   `ifNoneExist: identifier=system|value`; one with neither gets an id
+//!   system-qualified identifier is written by that identifier as
+//!   `by_identifier` says ([`ByIdentifier`]): `POST Type` with
+//!   `ifNoneExist: identifier=system|value` (`create`, the default), or the
+//!   conditional update `PUT Type?identifier=system|value` (`update`,
+//!   FHIR R4 3.1.0.4.3); one with neither gets an id
 //!   derived from its content (`PUT Type/plx<hash>`). References to the
 //!   `fullUrl` of an entry updated by id are rewritten to `Type/id` here, so
 //!   they do not depend on the server resolving `urn:uuid:` placeholders;
 //!   references to conditionally created entries are left to the server, as
 //!   FHIR specifies.
 //! - Any other resource is written on its own the same way (`PUT` by id,
-//!   conditional create by identifier, or `PUT` with a content-derived id).
+//!   conditional create or update by identifier, or `PUT` with a
+//!   content-derived id).
 //!
 //! # Answers
 //!
@@ -74,10 +78,37 @@ pub struct FhirConfig {
     /// authentication; use `server` for anything else.
     #[serde(default)]
     pub url: Option<String>,
+    /// How a resource without an `id` but with a system-qualified
+    /// identifier is written: `create` (conditional create, the default)
+    /// or `update` (conditional update). See [`ByIdentifier`].
+    #[serde(default)]
+    pub by_identifier: ByIdentifier,
     /// The named server's configuration, filled in when the whole file is
     /// compiled ([`resolve_servers`]).
     #[serde(skip)]
     pub resolved: Option<fhir::ServerConfig>,
+}
+
+/// How a resource is written by its identifier (see
+/// [`FhirConfig::by_identifier`]). Both are idempotent: sending the same
+/// resource again (a retry, a replay, a notification sent twice) never
+/// adds a second one. They differ for a *changed* resource with the same
+/// identifier (an ADT^A08 after the A01, a PMS record edited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByIdentifier {
+    /// `POST Type` with `If-None-Exist: identifier=system|value`: created
+    /// when no resource has the identifier, otherwise the server's one is
+    /// left as it is (the delivery succeeds, answered 200). For content
+    /// that must not overwrite what the receiver holds (a partner's
+    /// minimal Patient next to the EHR's full record).
+    #[default]
+    Create,
+    /// `PUT Type?identifier=system|value`: the resource with the
+    /// identifier is replaced by this one (created when there is none), so
+    /// the receiver holds the latest version. Several matches fail the
+    /// delivery (412, permanent): the receiver has duplicates to merge.
+    Update,
 }
 
 impl FhirConfig {
@@ -127,7 +158,7 @@ impl FhirConfig {
         // The store retries with the destination's policy.
         server.retry.max_retries = 0;
         let client = fhir::FhirClient::new(&name, &server).map_err(|e| DestinationError::HttpClient(e.to_string()))?;
-        Ok(FhirDestination { client })
+        Ok(FhirDestination { client, by_identifier: self.by_identifier })
     }
 }
 
@@ -164,6 +195,7 @@ pub(crate) fn resolve_servers(
 #[derive(Debug)]
 pub struct FhirDestination {
     client: fhir::FhirClient,
+    by_identifier: ByIdentifier,
 }
 
 impl FhirDestination {
@@ -184,7 +216,8 @@ impl FhirDestination {
             "transaction" => (content, false),
             "batch" => (content, true),
             "collection" | "searchset" => {
-                (to_transaction(&content).map_err(|reason| DeliveryError::Content { reason })?, false)
+                let transaction = to_transaction(&content, self.by_identifier);
+                (transaction.map_err(|reason| DeliveryError::Content { reason })?, false)
             }
             other => {
                 return Err(DeliveryError::Content {
@@ -209,9 +242,14 @@ impl FhirDestination {
     async fn write_one(&self, mut resource: Value) -> Result<DeliveryResponse, DeliveryError> {
         let written = match plan(&mut resource, &mut HashSet::new()) {
             Plan::Put { .. } => self.client.update(&resource).await,
-            Plan::IfNoneExist { token, .. } => {
-                self.client.create_if_none_exist(&resource, &[("identifier", token.as_str())]).await
-            }
+            Plan::ByIdentifier { token, .. } => match self.by_identifier {
+                ByIdentifier::Create => {
+                    self.client.create_if_none_exist(&resource, &[("identifier", token.as_str())]).await
+                }
+                ByIdentifier::Update => {
+                    self.client.conditional_update(&resource, &[("identifier", token.as_str())]).await
+                }
+            },
         }
         .map_err(fhir_failure)?;
         let key = written.key.as_ref().map_or_else(String::new, |k| format!(" {}", k.resource_type));
@@ -228,9 +266,9 @@ impl FhirDestination {
 enum Plan {
     /// `PUT Type/id` (the resource's own id, or one derived from its content).
     Put { url: String },
-    /// `POST Type` with `ifNoneExist: identifier=<token>` (the search for
-    /// its identifier, `system|value` escaped).
-    IfNoneExist { url: String, token: String },
+    /// By its identifier (`token`: the search for it, `system|value`
+    /// escaped), as [`ByIdentifier`] says.
+    ByIdentifier { url: String, token: String },
 }
 
 /// Chooses the request for `resource` (setting a derived id when it has no
@@ -248,7 +286,7 @@ fn plan(resource: &mut Value, used: &mut HashSet<String>) -> Plan {
     if let Some((system, value)) = identifier {
         let token =
             format!("{}|{}", fhir::resource::escape_search_value(&system), fhir::resource::escape_search_value(&value));
-        return Plan::IfNoneExist { url: resource_type, token };
+        return Plan::ByIdentifier { url: resource_type, token };
     }
     // Neither: an id from the content, so the same resource sent again
     // updates itself instead of adding a copy.
@@ -283,9 +321,10 @@ fn plan(resource: &mut Value, used: &mut HashSet<String>) -> Plan {
 
 /// Rewrites a `collection` or `searchset` Bundle into a transaction of
 /// idempotent entries (see the module docs). Entries without a resource and
-/// OperationOutcomes (a search's messages) are left out. `Err` says why the
-/// Bundle cannot be sent.
-pub fn to_transaction(bundle: &Value) -> Result<Value, String> {
+/// OperationOutcomes (a search's messages) are left out; resources with an
+/// identifier are written `by_identifier`. `Err` says why the Bundle cannot
+/// be sent.
+pub fn to_transaction(bundle: &Value, by_identifier: ByIdentifier) -> Result<Value, String> {
     let mut used = HashSet::new();
     let mut entries = Vec::new();
     // fullUrl -> Type/id of the entries updated by id.
@@ -311,10 +350,13 @@ pub fn to_transaction(bundle: &Value) -> Result<Value, String> {
                 }
                 serde_json::json!({"method": "PUT", "url": url})
             }
-            Plan::IfNoneExist { url, token } => {
+            Plan::ByIdentifier { url, token } => {
                 let condition =
                     url::form_urlencoded::Serializer::new(String::new()).append_pair("identifier", token).finish();
-                serde_json::json!({"method": "POST", "url": url, "ifNoneExist": condition})
+                match by_identifier {
+                    ByIdentifier::Create => serde_json::json!({"method": "POST", "url": url, "ifNoneExist": condition}),
+                    ByIdentifier::Update => serde_json::json!({"method": "PUT", "url": format!("{url}?{condition}")}),
+                }
             }
         };
         let mut out = serde_json::Map::new();
@@ -484,7 +526,7 @@ mod tests {
             {"resource": {"resourceType": "OperationOutcome"}},
             {"fullUrl": "urn:uuid:nothing"}
         ]});
-        let tx = to_transaction(&bundle).unwrap();
+        let tx = to_transaction(&bundle, ByIdentifier::Create).unwrap();
         assert_eq!(tx["type"], "transaction");
         let entries = tx["entry"].as_array().unwrap();
         assert_eq!(entries.len(), 4);
@@ -500,20 +542,30 @@ mod tests {
         assert!(url.starts_with("Observation/plx"), "{url}");
         assert_eq!(format!("Observation/{}", entries[2]["resource"]["id"].as_str().unwrap()), url);
         assert_eq!(entries[3]["request"]["url"].as_str().unwrap(), format!("{url}-2"));
-        assert_eq!(to_transaction(&bundle).unwrap(), tx, "not deterministic");
+        assert_eq!(to_transaction(&bundle, ByIdentifier::Create).unwrap(), tx, "not deterministic");
         // References to an entry updated by id point at it; those to a
         // conditionally created one are the server's to resolve.
         assert_eq!(entries[2]["resource"]["device"]["reference"], "Device/meter");
         assert_eq!(entries[2]["resource"]["subject"]["reference"], pid);
+        // by_identifier = "update": the conditional update, the rest alike.
+        let updating = to_transaction(&bundle, ByIdentifier::Update).unwrap();
+        assert_eq!(
+            updating["entry"][0]["request"],
+            json!({"method": "PUT", "url": "Patient?identifier=urn%3Aoid%3A1.2.3%7CP%5C%7C1"})
+        );
+        assert_eq!(updating["entry"].as_array().unwrap()[1..], entries[1..]);
+        assert_eq!(config("url = \"http://x/fhir\"\nby_identifier = \"update\"").by_identifier, ByIdentifier::Update);
+        assert_eq!(config("url = \"http://x/fhir\"").by_identifier, ByIdentifier::Create);
+        assert!(toml::from_str::<FhirConfig>("url = \"http://x/fhir\"\nby_identifier = \"upsert\"").is_err());
     }
 
     #[test]
     fn a_bundle_without_resources_or_with_a_bad_type_is_refused() {
         let empty = json!({"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:x"}]});
-        assert!(to_transaction(&empty).unwrap_err().contains("no resource"));
+        assert!(to_transaction(&empty, ByIdentifier::Create).unwrap_err().contains("no resource"));
         let bad = json!({"resourceType": "Bundle", "type": "collection",
             "entry": [{"resource": {"resourceType": "patient"}}]});
-        assert!(to_transaction(&bad).unwrap_err().contains("entry 0"));
+        assert!(to_transaction(&bad, ByIdentifier::Create).unwrap_err().contains("entry 0"));
     }
 
     #[test]

@@ -31,9 +31,10 @@
 //! to disk with fsync, then renamed over the final name, and the folder
 //! itself is fsynced so the rename survives a power loss. Programs that
 //! poll the folder should ignore names starting with a dot.
-//! With `if_exists = "fail"` the final step is a hard link, which fails
-//! rather than replace an existing file: the temporary file is removed and
-//! the delivery fails for good, naming the file. An existing file holding
+//! With `if_exists = "fail"` (the default) the final step is a hard link,
+//! which fails rather than replace an existing file: the temporary file is
+//! removed and the delivery fails for good, naming the file. (On a file
+//! system without hard links, the name is looked up, then renamed to.) An existing file holding
 //! exactly the message's content is taken as delivered instead (it is made
 //! durable and the delivery succeeds): it is what an earlier attempt of the
 //! same delivery left when it failed, or stopped, after its link.
@@ -95,9 +96,12 @@ pub struct FileConfig {
     /// The file-name template (see the module documentation).
     #[serde(default = "default_file_name")]
     pub file_name: String,
-    /// What to do when the file already exists: `overwrite` (the default:
-    /// a retried delivery rewrites its own file) or `fail` (a permanent
-    /// error, the delivery is dead-lettered).
+    /// What to do when the file already exists with other content: `fail`
+    /// (the default: a permanent error naming the file, so a name two
+    /// messages share, such as `${control_id}.hl7` after MSH-10 was reused,
+    /// never replaces another message's file without a word) or
+    /// `overwrite` (replace it). Either way a retry or replay of the same
+    /// delivery, finding its own file, succeeds. See [`IfExists`].
     #[serde(default)]
     pub if_exists: IfExists,
     /// Create the folder at start-up when it is missing (default true).
@@ -113,14 +117,22 @@ fn default_true() -> bool {
     true
 }
 
-/// See [`FileConfig::if_exists`].
+/// See [`FileConfig::if_exists`]: Mirth's File Writer "file exists"
+/// choice, without its `append`, which cannot be made safe to retry (an
+/// attempt that appended and then failed to be recorded appends again).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IfExists {
-    /// Replace the existing file atomically.
-    #[default]
+    /// Replace the existing file atomically: for names that only this
+    /// message can have (`${message_id}`), or a folder the reader empties
+    /// and where the latest version is what counts.
     Overwrite,
-    /// Leave it and fail the delivery permanently.
+    /// Leave a file with other content and fail the delivery permanently
+    /// (the delivery is kept, failed or dead-lettered by `retry`, with the
+    /// file named, for an operator); a file with exactly this content is
+    /// this delivery's own, written by an earlier attempt, and is taken as
+    /// delivered.
+    #[default]
     Fail,
 }
 
@@ -663,7 +675,29 @@ fn publish(
         IfExists::Fail => {
             match std::fs::hard_link(temp, target) {
                 Ok(()) => {}
-                Err(source) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A file system without hard links (FAT, some network
+                // shares: EPERM or ENOTSUP): look, then rename. Only a
+                // writer outside Plexus racing for the same name between
+                // the two steps can be replaced, where the link could not.
+                Err(source)
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                    ) && !target.exists() =>
+                {
+                    return std::fs::rename(temp, target).map_err(|source| DeliveryError::File {
+                        op: "renaming to",
+                        path: target.to_path_buf(),
+                        source,
+                    });
+                }
+                Err(source)
+                    if source.kind() == std::io::ErrorKind::AlreadyExists
+                        || matches!(
+                            source.kind(),
+                            std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+                        ) =>
+                {
                     match holds_exactly(target, content) {
                         // Its own file from an earlier attempt: its
                         // temporary name goes as after a fresh link, and

@@ -55,7 +55,7 @@ use serde::Deserialize;
 
 use crate::config::ConfigErrors;
 
-pub use self::fhir::{FhirConfig, FhirDestination};
+pub use self::fhir::{ByIdentifier, FhirConfig, FhirDestination};
 pub use channel::{ChannelConfig, ChannelDestination, ChannelInjector, InjectError, Injected, Injection};
 pub use file::{FileConfig, FileDestination, IfExists};
 pub use http::{HttpAuth, HttpConfig, HttpDestination, HttpMethod};
@@ -372,7 +372,7 @@ pub enum DeliveryError {
         source: std::io::Error,
     },
     /// The target file exists and the destination is set not to overwrite.
-    #[error("{path} exists (if_exists = \"fail\")")]
+    #[error("{path} exists with other content (another message has this name; if_exists = \"fail\")")]
     FileExists {
         /// The existing file.
         path: PathBuf,
