@@ -163,7 +163,14 @@ impl ChannelDestination {
             summary.push_str(&format!(" ({code})"));
         }
         if injection.duplicate {
-            summary.push_str(" (duplicate)");
+            // A retry after a crash lands here as it should; a replay does
+            // too, and an operator reading the replayed delivery must see
+            // that the target did not process the message again.
+            summary.push_str(&format!(
+                " (duplicate: channel {:?} already had this message and did not process it again; \
+                 to reprocess it, replay message {} there)",
+                self.target, injection.message_id
+            ));
         }
         Ok(DeliveryResponse { kind: ResponseKind::Local, summary, body: None })
     }
@@ -210,6 +217,27 @@ mod tests {
         assert_eq!(response.summary, "injected into lab as m2 (AA)");
         let seen = recorder.seen.lock().unwrap();
         assert_eq!(seen.as_slice(), [("lab".to_owned(), b"MSH|^~\\&|A\r".to_vec(), "m1".to_owned())]);
+    }
+
+    /// A duplicate (a retry after a crash, or a replay) says that the
+    /// target did not process the message again, and where to replay it.
+    #[tokio::test]
+    async fn a_duplicate_says_the_target_did_not_process_it_again() {
+        struct Duplicate;
+        #[async_trait]
+        impl ChannelInjector for Duplicate {
+            async fn inject(&self, _: Injected<'_>) -> Result<Injection, InjectError> {
+                Ok(Injection { message_id: "m0".into(), ack_code: Some("AA".into()), duplicate: true })
+            }
+        }
+        let ctx = BuildContext::new("adt-in", "copy").with_injector(Arc::new(Duplicate));
+        let dest = ChannelConfig { channel: "lab".into() }.build(&ctx).unwrap();
+        let response = dest.send(&outbound()).await.unwrap();
+        assert_eq!(
+            response.summary,
+            "injected into lab as m0 (AA) (duplicate: channel \"lab\" already had this message and did not \
+             process it again; to reprocess it, replay message m0 there)"
+        );
     }
 
     #[tokio::test]
