@@ -2,7 +2,8 @@
 //! 127.0.0.1:0 for pre-signed URLs (loopback explicitly allowed in their
 //! guard config, and refused by default), and a real S3-compatible server
 //! (moto, from `$PLEXUS_PEERS/moto-venv`) behind a token service for the
-//! temporary-credentials path.
+//! temporary-credentials path. Also the acknowledgement sender against a
+//! partner endpoint on 127.0.0.1:0 that answers with a redirect.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -356,4 +357,94 @@ async fn credentials_are_refreshed_once_for_concurrent_callers_and_again_near_ex
     credentials.credential().await.unwrap();
     credentials.credential().await.unwrap();
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// The partner acknowledgement is a POST that the partner's endpoint must
+/// take itself. An endpoint answering with a redirect (a moved API, a
+/// login page) has not taken it: followed, a 302 turned the POST into a GET
+/// of the other page, whose 200 recorded the partner as acknowledged
+/// although it never received the acknowledgement, and Plexus fetched
+/// whatever URL the partner's answer named (another host, an internal
+/// address). Now the redirect fails the acknowledgement, with its status,
+/// and its target is never requested.
+#[tokio::test]
+async fn an_acknowledgement_answered_with_a_redirect_is_not_taken_as_acknowledged() {
+    use engine::flows::notification::ack::AckWorker;
+    use engine::flows::notification::config::{AckAuth, AcknowledgementConfig};
+    use engine::flows::notification::stage::{ACK_CONTENT_TYPE, ACK_DESTINATION, ACK_TYPE};
+    use store::{DeliveryState, NewDelivery, NewMessage, StoreOptions};
+
+    let elsewhere = Arc::new(AtomicUsize::new(0));
+    let posts = Arc::new(AtomicUsize::new(0));
+    let partner = serve(
+        Router::new()
+            .route(
+                "/ack/{notification}",
+                post(|State((posts, _)): State<(Arc<AtomicUsize>, Arc<AtomicUsize>)>| async move {
+                    posts.fetch_add(1, Ordering::SeqCst);
+                    Redirect::to("/elsewhere")
+                }),
+            )
+            .route(
+                "/elsewhere",
+                get(|State((_, elsewhere)): State<(Arc<AtomicUsize>, Arc<AtomicUsize>)>| async move {
+                    elsewhere.fetch_add(1, Ordering::SeqCst);
+                    "a page that is not the acknowledgement endpoint"
+                }),
+            )
+            .with_state((Arc::clone(&posts), Arc::clone(&elsewhere))),
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("plexus.db").display());
+    let store = store::open(&url, StoreOptions::default()).await.unwrap();
+    let body = serde_json::json!({
+        "message_id": uuid::Uuid::now_v7().to_string(), "notification_id": "n-1", "file_id": "f-1",
+    });
+    let request = store
+        .accept(NewMessage {
+            channel: "glucose".into(),
+            received_at: chrono::Utc::now(),
+            peer_addr: None,
+            content_type: ACK_CONTENT_TYPE.into(),
+            raw: body.to_string().into_bytes(),
+            control_id: None,
+            sender_key: "diabetes-app".into(),
+            message_type: Some(ACK_TYPE.into()),
+            event: None,
+            order_key: None,
+            patient_ids: Vec::new(),
+            ack: None,
+            deliveries: vec![NewDelivery::queued(ACK_DESTINATION)],
+        })
+        .await
+        .unwrap();
+    let store::Accepted::Stored { id } = request else { panic!("stored: {request:?}") };
+
+    let config =
+        AcknowledgementConfig { url: format!("http://{partner}/ack/{{notification_id}}"), auth: AckAuth::None };
+    let worker =
+        Arc::new(AckWorker::new("glucose", config, store::RetryPolicy::default(), Arc::clone(&store)).unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(Arc::clone(&worker).run("node".into(), stop.clone()));
+    // A bound for a failing run, not a speed check.
+    let mut state = DeliveryState::Queued;
+    for _ in 0..200 {
+        let detail = store.get_message(id).await.unwrap().expect("kept");
+        state = detail.deliveries[0].state;
+        if !matches!(state, DeliveryState::Queued | DeliveryState::InFlight) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    running.await.unwrap();
+
+    assert_eq!(posts.load(Ordering::SeqCst), 1, "the acknowledgement was posted once");
+    assert_eq!(elsewhere.load(Ordering::SeqCst), 0, "the redirect's target is not requested");
+    assert!(matches!(state, DeliveryState::Error | DeliveryState::Dead), "not acknowledged: {state:?}");
+    let detail = store.get_message(id).await.unwrap().expect("kept");
+    let reason = detail.deliveries[0].error_reason.clone().unwrap_or_default();
+    assert!(reason.contains("HTTP 303"), "{reason}");
 }

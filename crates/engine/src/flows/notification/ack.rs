@@ -15,7 +15,9 @@
 //! The request: `POST <acknowledgement.url>` with the notification and file
 //! ids filled in, body `{"notification_id": ..., "file_id": ...,
 //! "status": "delivered"}`, authenticated by the configured bearer token or
-//! HMAC signature (same scheme as inbound notifications).
+//! HMAC signature (same scheme as inbound notifications). Redirects are not
+//! followed: a 3xx fails the acknowledgement for good (the configured URL
+//! is wrong), like any other 4xx-class answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +59,12 @@ impl AckWorker {
         retry: store::RetryPolicy,
         store: Arc<dyn Store>,
     ) -> Result<AckWorker, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(ACK_TIMEOUT).build()?;
+        // Redirects are not followed: the partner's endpoint must take the
+        // POST itself. Followed, a 302/303 becomes a GET of another page
+        // whose 200 would record an acknowledgement the partner never got,
+        // and the partner's answer would choose what Plexus requests next.
+        let client =
+            reqwest::Client::builder().timeout(ACK_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build()?;
         Ok(AckWorker { channel: channel.to_string(), config, client, store, retry })
     }
 
@@ -170,11 +177,14 @@ impl AckWorker {
                     } else {
                         FailureClass::Permanent
                     };
-                    Outcome::Failed {
-                        class,
-                        reason: format!("the partner answered HTTP {status}"),
-                        response: Some(answer),
-                    }
+                    let reason = if (300..400).contains(&status) {
+                        format!(
+                            "the partner answered HTTP {status} (a redirect, not followed: check acknowledgement.url)"
+                        )
+                    } else {
+                        format!("the partner answered HTTP {status}")
+                    };
+                    Outcome::Failed { class, reason, response: Some(answer) }
                 }
             }
             Err(e) => Outcome::Failed {
