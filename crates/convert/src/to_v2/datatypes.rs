@@ -64,47 +64,134 @@ fn plain_decimal(text: &str) -> String {
     if fraction.is_empty() { [sign, whole].concat() } else { [sign, whole, ".", &fraction].concat() }
 }
 
-/// FHIR date/dateTime/instant to v2 DTM: `2012-03-14T23:59:54.325-05:00`
-/// becomes `20120314235954.325-0500`; a date keeps its precision. None when
-/// malformed.
-pub(crate) fn v2_time(t: &str) -> Option<String> {
-    let t = t.trim();
-    if t.is_empty() {
-        return None;
+/// The FHIR R4 primitive a time element is declared as; each has its own
+/// regular expression in the specification (and a date must exist in the
+/// calendar, which no regular expression says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimeKind {
+    /// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`.
+    Date,
+    /// A date, or a full date with `Thh:mm:ss[.f...]` and a time zone.
+    DateTime,
+    /// A full date, time and time zone.
+    Instant,
+}
+
+impl TimeKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TimeKind::Date => "date",
+            TimeKind::DateTime => "dateTime",
+            TimeKind::Instant => "instant",
+        }
     }
-    let (date, time) = match t.split_once('T') {
-        Some((d, tm)) => (d, Some(tm)),
-        None => (t, None),
+}
+
+/// Two ASCII digits at `at` as a number.
+fn two_digits(b: &[u8], at: usize) -> Option<u32> {
+    match b.get(at..at + 2)? {
+        [x @ b'0'..=b'9', y @ b'0'..=b'9'] => Some(u32::from(x - b'0') * 10 + u32::from(y - b'0')),
+        _ => None,
+    }
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// A FHIR date, dateTime or instant (`kind`) as a v2 DTM:
+/// `2012-03-14T23:59:54.325-05:00` becomes `20120314235954.325-0500`, `Z`
+/// becomes `+0000`, a date keeps its precision, a fraction keeps at most
+/// the four digits DTM holds. A value that does not match the FHIR R4
+/// regular expression for `kind`, or names a day that does not exist
+/// (2023-02-29, 2024-04-31), is an error saying what is wrong (without the
+/// value, which may be patient data): converting it anyway would put a
+/// wrong or empty time into the message.
+pub(crate) fn v2_time(t: &str, kind: TimeKind) -> Result<String, String> {
+    let fail = |what: &str| Err(format!("{what} (not a valid FHIR {})", kind.name()));
+    let b = t.as_bytes();
+    if b.len() < 4 || !b[..4].iter().all(u8::is_ascii_digit) {
+        return fail("the year must be four digits");
+    }
+    if &b[..4] == b"0000" {
+        return fail("year 0000 does not exist");
+    }
+    let year: u32 = t[..4].parse().unwrap_or(0);
+    let mut out = String::with_capacity(24);
+    out.push_str(&t[..4]);
+    let incomplete =
+        |out: String| if kind == TimeKind::Instant { fail("an instant needs a full date and time") } else { Ok(out) };
+    if b.len() == 4 {
+        return incomplete(out);
+    }
+    let Some(month) = (b[4] == b'-').then(|| two_digits(b, 5)).flatten() else {
+        return fail("the month must be two digits after a '-'");
     };
-    let digits: String = date.chars().filter(|c| *c != '-').collect();
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![4, 6, 8].contains(&digits.len()) {
-        return None;
+    if !(1..=12).contains(&month) {
+        return fail(&format!("month {month:02} does not exist"));
     }
-    let mut out = digits;
-    if let Some(tm) = time {
-        let (clock, offset) = if let Some(c) = tm.strip_suffix('Z') {
-            (c, "+0000".to_string())
-        } else if let Some(at) = tm.rfind(['+', '-']) {
-            (&tm[..at], tm[at..].replace(':', ""))
-        } else {
-            (tm, String::new())
-        };
-        let (hms, frac) = match clock.split_once('.') {
-            Some((h, f)) => (h, Some(f)),
-            None => (clock, None),
-        };
-        let hms: String = hms.chars().filter(|c| *c != ':').collect();
-        if !hms.bytes().all(|b| b.is_ascii_digit()) || ![4, 6].contains(&hms.len()) {
-            return None;
-        }
-        out.push_str(&hms);
-        if let Some(f) = frac.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit())) {
-            out.push('.');
-            out.push_str(&f[..f.len().min(4)]);
-        }
-        out.push_str(&offset);
+    out.push_str(&t[5..7]);
+    if b.len() == 7 {
+        return incomplete(out);
     }
-    Some(out)
+    let Some(day) = (b[7] == b'-').then(|| two_digits(b, 8)).flatten() else {
+        return fail("the day must be two digits after a '-'");
+    };
+    if day == 0 || day > days_in_month(year, month) {
+        let leap = if month == 2 && day == 29 { " (not a leap year)" } else { "" };
+        return fail(&format!("day {day:02} does not exist in month {month:02}{leap}"));
+    }
+    out.push_str(&t[8..10]);
+    if b.len() == 10 {
+        return incomplete(out);
+    }
+    if kind == TimeKind::Date {
+        return fail("a date has no time");
+    }
+    let clock = (b[10] == b'T' && b.get(13) == Some(&b':') && b.get(16) == Some(&b':'))
+        .then(|| Some((two_digits(b, 11)?, two_digits(b, 14)?, two_digits(b, 17)?)))
+        .flatten();
+    let Some((hour, minute, second)) = clock else {
+        return fail("the time must be 'T' and hh:mm:ss");
+    };
+    if hour > 23 || minute > 59 || second > 60 {
+        return fail("the time is out of range (hours 00-23, minutes 00-59, seconds 00-60)");
+    }
+    out.push_str(&t[11..13]);
+    out.push_str(&t[14..16]);
+    out.push_str(&t[17..19]);
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return fail("a '.' after the seconds must be followed by digits");
+        }
+        out.push('.');
+        out.push_str(&t[i + 1..i + 1 + digits.min(4)]);
+        i += 1 + digits;
+    }
+    match b.get(i) {
+        Some(b'Z') if b.len() == i + 1 => out.push_str("+0000"),
+        Some(sign @ (b'+' | b'-')) if b.len() == i + 6 && b[i + 3] == b':' => {
+            let zone = two_digits(b, i + 1).zip(two_digits(b, i + 4));
+            match zone {
+                Some((h, m)) if (h <= 13 && m <= 59) || (h, m) == (14, 0) => {
+                    out.push(char::from(*sign));
+                    out.push_str(&t[i + 1..i + 3]);
+                    out.push_str(&t[i + 4..i + 6]);
+                }
+                _ => return fail("the time zone is out of range (-14:00 to +14:00)"),
+            }
+        }
+        None => return fail("a time needs a time zone (Z or +hh:mm)"),
+        _ => return fail("the time zone must be Z or +hh:mm / -hh:mm, and nothing after it"),
+    }
+    Ok(out)
 }
 
 /// The v2 mnemonic for a system URI (the built-in table; the URI itself
@@ -354,13 +441,52 @@ mod tests {
 
     #[test]
     fn fhir_times_become_dtm_with_precision_and_offset() {
-        assert_eq!(v2_time("2012-03-14T23:59:54.325-05:00").as_deref(), Some("20120314235954.325-0500"));
-        assert_eq!(v2_time("2010-03-01T06:22:41Z").as_deref(), Some("20100301062241+0000"));
-        assert_eq!(v2_time("1988-08-18").as_deref(), Some("19880818"));
-        assert_eq!(v2_time("1988-08").as_deref(), Some("198808"));
-        assert_eq!(v2_time("1988").as_deref(), Some("1988"));
-        assert_eq!(v2_time("yesterday"), None);
-        assert_eq!(v2_time("2012-03-14T23"), None);
+        use TimeKind::{Date, DateTime, Instant};
+        let ok = |t: &str, kind: TimeKind| v2_time(t, kind).unwrap_or_else(|e| panic!("{t}: {e}"));
+        assert_eq!(ok("2012-03-14T23:59:54.325-05:00", DateTime), "20120314235954.325-0500");
+        assert_eq!(ok("2012-03-14T23:59:54.1234567+14:00", Instant), "20120314235954.1234+1400");
+        assert_eq!(ok("2010-03-01T06:22:41Z", Instant), "20100301062241+0000");
+        assert_eq!(ok("1988-08-18", Date), "19880818");
+        assert_eq!(ok("1988-08", DateTime), "198808");
+        assert_eq!(ok("1988", Date), "1988");
+        assert_eq!(ok("2024-02-29", Date), "20240229");
+        assert_eq!(ok("2000-02-29", Date), "20000229");
+        assert_eq!(ok("2016-12-31T23:59:60Z", DateTime), "20161231235960+0000");
+    }
+
+    #[test]
+    fn impossible_or_malformed_fhir_times_are_errors_that_say_why() {
+        use TimeKind::{Date, DateTime, Instant};
+        for (t, kind, why) in [
+            ("2024-13-45", DateTime, "month 13 does not exist"),
+            ("2024-00-10", Date, "month 00 does not exist"),
+            ("2023-02-29", Date, "day 29 does not exist in month 02 (not a leap year)"),
+            ("1900-02-29", Date, "not a leap year"),
+            ("2024-04-31", DateTime, "day 31 does not exist in month 04"),
+            ("2024-01-00", Date, "day 00"),
+            ("0000-01-01", Date, "year 0000"),
+            ("yesterday", DateTime, "four digits"),
+            ("24-01-01", Date, "four digits"),
+            ("2024-1-01", Date, "month must be two digits"),
+            ("20240101", Date, "month must be two digits"),
+            ("2024-05-01T10:00:00+02:00", Date, "a date has no time"),
+            ("2024-05-01", Instant, "an instant needs a full date and time"),
+            ("2024-05-01T10:00:00", DateTime, "needs a time zone"),
+            ("2024-05-01T10:00Z", DateTime, "hh:mm:ss"),
+            ("2012-03-14T23", DateTime, "hh:mm:ss"),
+            ("2024-05-01T24:00:00Z", DateTime, "out of range"),
+            ("2024-05-01T10:61:00Z", DateTime, "out of range"),
+            ("2024-05-01T10:00:00.Z", DateTime, "followed by digits"),
+            ("2024-05-01T10:00:00+14:30", DateTime, "time zone is out of range"),
+            ("2024-05-01T10:00:00+0200", DateTime, "time zone must be"),
+            ("2024-05-01T10:00:00Z ", DateTime, "nothing after it"),
+            (" 2024-05-01", Date, "four digits"),
+        ] {
+            let err = v2_time(t, kind).expect_err(t);
+            assert!(err.contains(why), "{t}: {err}");
+            assert!(err.ends_with(&format!("(not a valid FHIR {})", kind.name())), "{t}: {err}");
+            assert!(!err.contains(t.trim()), "{t}: the value is not repeated: {err}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use hl7v2::Message;
 use serde_json::Value;
 
 use super::datatypes::{coding, cwe, cx, ei, num, st, units, v2_time, xad, xcn, xpn, xtn};
-use super::{Input, SegW};
+use super::{Input, SegW, TimeKind};
 use crate::error::ConvertError;
 use crate::options::{FhirToHl7Options, TargetMessage};
 use crate::terminology;
@@ -64,7 +64,7 @@ fn message_time(input: &Input<'_>, opts: &FhirToHl7Options) -> Result<String, Co
         consider(r.pointer("/meta/lastUpdated").and_then(Value::as_str));
         consider(r.get("start").and_then(Value::as_str));
     }
-    best.and_then(|b| v2_time(&b.to_rfc3339()))
+    best.and_then(|b| v2_time(&b.to_rfc3339(), TimeKind::Instant).ok())
         .ok_or_else(|| missing("message time: give FhirToHl7Options.message_time (the input holds no full time)"))
 }
 
@@ -106,7 +106,7 @@ pub(crate) fn build(
     Ok(msg)
 }
 
-fn pid(patient: &Value, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
+fn pid(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
     let mut s = SegW::new("PID");
     s.put(1, 1, "1");
     let ids: Vec<&Value> = patient.get("identifier").and_then(Value::as_array).into_iter().flatten().collect();
@@ -134,8 +134,14 @@ fn pid(patient: &Value, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
         .flatten()
         .find(|e| st(e, "url") == "http://hl7.org/fhir/StructureDefinition/patient-birthTime")
         .map(|e| st(e, "valueDateTime"));
-    let birth = birth_time.filter(|t| !t.is_empty()).unwrap_or(st(patient, "birthDate"));
-    s.put(7, 1, &v2_time(birth).unwrap_or_default());
+    let birth = match birth_time.filter(|t| !t.is_empty()) {
+        Some(t) => Some(v2_time(t, TimeKind::DateTime).map_err(|reason| ConvertError::Invalid {
+            path: input.path(patient, "birthDate.extension(patient-birthTime).valueDateTime"),
+            reason,
+        })?),
+        None => input.time(patient, "birthDate", TimeKind::Date)?,
+    };
+    s.put(7, 1, &birth.unwrap_or_default());
     s.put(8, 1, if patient.get("gender").is_some() { terminology::gender_v2(st(patient, "gender")) } else { "" });
     for (i, a) in patient.get("address").and_then(Value::as_array).into_iter().flatten().enumerate() {
         xad(&mut s, 11, i + 1, a);
@@ -168,8 +174,8 @@ fn pid(patient: &Value, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
         }
         _ => {}
     }
-    if let Some(t) = patient.get("deceasedDateTime").and_then(Value::as_str) {
-        s.put(29, 1, &v2_time(t).unwrap_or_default()).put(30, 1, "Y");
+    if let Some(t) = input.time(patient, "deceasedDateTime", TimeKind::DateTime)? {
+        s.put(29, 1, &t).put(30, 1, "Y");
     } else if let Some(b) = patient.get("deceasedBoolean").and_then(Value::as_bool) {
         s.put(30, 1, if b { "Y" } else { "N" });
     }
@@ -190,12 +196,12 @@ fn encounter_class(code: &str) -> &'static str {
 
 /// PV1 from an Encounter, or `PV1|1|U` (class unknown) when required and
 /// there is none.
-fn pv1(input: &Input<'_>, encounter: Option<&Value>, opts: &FhirToHl7Options) -> SegW {
+fn pv1(input: &Input<'_>, encounter: Option<&Value>, opts: &FhirToHl7Options) -> Result<SegW, ConvertError> {
     let mut s = SegW::new("PV1");
     s.put(1, 1, "1");
     let Some(enc) = encounter else {
         s.put(2, 1, "U");
-        return s;
+        return Ok(s);
     };
     s.put(2, 1, encounter_class(enc.pointer("/class/code").and_then(Value::as_str).unwrap_or("")));
     if let Some(loc) = enc.pointer("/location/0/location") {
@@ -220,9 +226,9 @@ fn pv1(input: &Input<'_>, encounter: Option<&Value>, opts: &FhirToHl7Options) ->
     if let Some(id) = enc.pointer("/identifier/0") {
         cx(&mut s, 19, 1, id, opts);
     }
-    s.put(44, 1, &enc.pointer("/period/start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
-    s.put(45, 1, &enc.pointer("/period/end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
-    s
+    s.put(44, 1, &input.time(enc, "period.start", TimeKind::DateTime)?.unwrap_or_default());
+    s.put(45, 1, &input.time(enc, "period.end", TimeKind::DateTime)?.unwrap_or_default());
+    Ok(s)
 }
 
 fn status_v2(obs: &Value) -> &'static str {
@@ -232,16 +238,29 @@ fn status_v2(obs: &Value) -> &'static str {
     terminology::observation_status_v2(st(obs, "status"))
 }
 
-fn effective(obs: &Value) -> Option<String> {
-    obs.get("effectiveDateTime")
-        .or(obs.get("effectiveInstant"))
-        .or(obs.pointer("/effectivePeriod/start"))
-        .and_then(Value::as_str)
-        .and_then(v2_time)
+/// effective[x] of an Observation or a DiagnosticReport as a DTM (a
+/// period by its start).
+fn effective(input: &Input<'_>, r: &Value) -> Result<Option<String>, ConvertError> {
+    if r.get("effectiveDateTime").is_some() {
+        input.time(r, "effectiveDateTime", TimeKind::DateTime)
+    } else if r.get("effectiveInstant").is_some() {
+        input.time(r, "effectiveInstant", TimeKind::Instant)
+    } else {
+        input.time(r, "effectivePeriod.start", TimeKind::DateTime)
+    }
 }
 
-/// Writes value[x] of `v` (an Observation or a component) into OBX-2/5/6.
-fn put_value(s: &mut SegW, v: &Value, opts: &FhirToHl7Options) {
+/// Writes value[x] of `v` (`obs` itself, or its component at `element`,
+/// e.g. `component[1]`) into OBX-2/5/6.
+fn put_value(
+    s: &mut SegW,
+    input: &Input<'_>,
+    obs: &Value,
+    element: &str,
+    v: &Value,
+    opts: &FhirToHl7Options,
+) -> Result<(), ConvertError> {
+    let at = |name: &str| if element.is_empty() { name.to_string() } else { format!("{element}.{name}") };
     if let Some(q) = v.get("valueQuantity") {
         let value = num(q.get("value"));
         match st(q, "comparator") {
@@ -289,18 +308,17 @@ fn put_value(s: &mut SegW, v: &Value, opts: &FhirToHl7Options) {
             4,
             &num(r.pointer("/denominator/value")),
         );
-    } else if let Some(t) = v.get("valueDateTime").and_then(Value::as_str) {
-        let dtm = v2_time(t).unwrap_or_default();
+    } else if v.get("valueDateTime").is_some() {
+        let dtm = input.time(obs, &at("valueDateTime"), TimeKind::DateTime)?.unwrap_or_default();
         s.put(2, 1, if dtm.len() <= 8 { "DT" } else { "DTM" }).put(5, 1, &dtm);
     } else if let Some(t) = v.get("valueTime").and_then(Value::as_str) {
         s.put(2, 1, "TM").put(5, 1, &t.replace(':', ""));
-    } else if let Some(p) = v.get("valuePeriod") {
-        s.put(2, 1, "DR").put(5, 1, &p.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default()).put(
-            5,
-            2,
-            &p.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default(),
-        );
+    } else if v.get("valuePeriod").is_some() {
+        let start = input.time(obs, &at("valuePeriod.start"), TimeKind::DateTime)?.unwrap_or_default();
+        let end = input.time(obs, &at("valuePeriod.end"), TimeKind::DateTime)?.unwrap_or_default();
+        s.put(2, 1, "DR").put(5, 1, &start).put(5, 2, &end);
     }
+    Ok(())
 }
 
 fn reference_range(s: &mut SegW, obs: &Value) {
@@ -338,25 +356,28 @@ fn obx_group(
     set_id: &mut usize,
     opts: &FhirToHl7Options,
     out: &mut Vec<SegW>,
-) {
-    let mut rows: Vec<(&Value, &Value, String)> = Vec::new();
+) -> Result<(), ConvertError> {
+    // (the value's owner, its element path, its code, OBX-4)
+    let mut rows: Vec<(&Value, String, &Value, String)> = Vec::new();
     let has_value = obs.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("value")));
     let code = obs.get("code").unwrap_or(&Value::Null);
     let components: Vec<&Value> = obs.get("component").and_then(Value::as_array).into_iter().flatten().collect();
     if has_value || components.is_empty() {
-        rows.push((obs, code, String::new()));
+        rows.push((obs, String::new(), code, String::new()));
     }
-    for c in &components {
-        rows.push((c, c.get("code").unwrap_or(&Value::Null), ordinal.to_string()));
+    for (k, c) in components.iter().enumerate() {
+        rows.push((c, format!("component[{k}]"), c.get("code").unwrap_or(&Value::Null), ordinal.to_string()));
     }
     let device = obs.get("device").and_then(|d| input.resolve(d));
     let performers: Vec<&Value> =
         obs.get("performer").and_then(Value::as_array).into_iter().flatten().filter_map(|p| input.resolve(p)).collect();
-    for (source, code, sub_id) in rows {
+    let when = effective(input, obs)?.unwrap_or_default();
+    let issued = input.time(obs, "issued", TimeKind::Instant)?.unwrap_or_default();
+    for (source, element, code, sub_id) in rows {
         *set_id += 1;
         let mut s = SegW::new("OBX");
         s.put(1, 1, &set_id.to_string());
-        put_value(&mut s, source, opts);
+        put_value(&mut s, input, obs, &element, source, opts)?;
         cwe(&mut s, 3, 1, code, opts);
         s.put(4, 1, &sub_id);
         reference_range(&mut s, source);
@@ -373,7 +394,7 @@ fn obx_group(
             }
         }
         s.put(11, 1, status_v2(obs));
-        s.put(14, 1, &effective(obs).unwrap_or_default());
+        s.put(14, 1, &when);
         let mut n = 0;
         for p in &performers {
             if rtype(p) == "Practitioner" || rtype(p) == "PractitionerRole" {
@@ -388,7 +409,7 @@ fn obx_group(
             let (id, _) = device_ids(d);
             s.put(18, 1, &id);
         }
-        s.put(19, 1, &obs.get("issued").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+        s.put(19, 1, &issued);
         out.push(s);
     }
     if let Some(d) = device
@@ -398,8 +419,8 @@ fn obx_group(
         let mut s = SegW::new("PRT");
         s.put(2, 1, "AD").put(4, 1, "EQUIP").put(4, 2, "Equipment").put(4, 3, "HL70912");
         s.put(10, 1, &id).put(16, 1, &udi);
-        s.put(17, 1, &d.get("manufactureDate").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
-        s.put(18, 1, &d.get("expirationDate").and_then(Value::as_str).and_then(v2_time).unwrap_or_default());
+        s.put(17, 1, &input.time(d, "manufactureDate", TimeKind::DateTime)?.unwrap_or_default());
+        s.put(18, 1, &input.time(d, "expirationDate", TimeKind::DateTime)?.unwrap_or_default());
         s.put(19, 1, st(d, "lotNumber")).put(20, 1, st(d, "serialNumber"));
         s.put(21, 1, d.pointer("/udiCarrier/0/carrierHRF").and_then(Value::as_str).unwrap_or(""));
         out.push(s);
@@ -409,6 +430,7 @@ fn obx_group(
         s.put(1, 1, &(i + 1).to_string()).put(3, 1, st(note, "text"));
         out.push(s);
     }
+    Ok(())
 }
 
 /// One OBR with its members.
@@ -572,7 +594,7 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         let key = format!(
             "{}|{}",
             obs.pointer("/encounter/reference").and_then(Value::as_str).unwrap_or(""),
-            effective(obs).unwrap_or_default()
+            effective(input, obs)?.unwrap_or_default()
         );
         match loose.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(obs),
@@ -602,7 +624,7 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
             reason: "no DiagnosticReport, Observation or DocumentReference about the patient".into(),
         });
     }
-    let mut out = vec![pid(patient, opts)?];
+    let mut out = vec![pid(input, patient, opts)?];
     // PV1 only when every result belongs to the same encounter.
     let encounters: HashSet<&str> = groups
         .iter()
@@ -612,7 +634,7 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
     if encounters.len() == 1
         && let Some(enc) = encounters.iter().next().and_then(|r| input.resolve(&serde_json::json!({"reference": r})))
     {
-        out.push(pv1(input, Some(enc), opts));
+        out.push(pv1(input, Some(enc), opts)?);
     }
     for (n, g) in groups.iter().enumerate() {
         let mut obr = SegW::new("OBR");
@@ -631,10 +653,20 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         } else {
             cwe(&mut obr, 4, 1, &g.code, opts);
         }
-        let when = g.report.and_then(effective).or_else(|| g.observations.iter().find_map(|o| effective(o)));
+        let mut when = match g.report {
+            Some(r) => effective(input, r)?,
+            None => None,
+        };
+        for o in &g.observations {
+            if when.is_some() {
+                break;
+            }
+            when = effective(input, o)?;
+        }
         obr.put(7, 1, &when.unwrap_or_default());
-        let issued = g.report.or(g.observations.first().copied()).and_then(|r| r.get("issued")).and_then(Value::as_str);
-        obr.put(22, 1, &issued.and_then(v2_time).unwrap_or_default());
+        if let Some(r) = g.report.or(g.observations.first().copied()) {
+            obr.put(22, 1, &input.time(r, "issued", TimeKind::Instant)?.unwrap_or_default());
+        }
         obr.put(25, 1, group_status(g));
         out.push(obr);
         if let Some(conclusion) = g.report.map(|r| st(r, "conclusion")).filter(|c| !c.is_empty()) {
@@ -644,7 +676,7 @@ fn oru(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         }
         let mut set_id = 0;
         for (k, obs) in g.observations.iter().enumerate() {
-            obx_group(input, obs, k + 1, &mut set_id, opts, &mut out);
+            obx_group(input, obs, k + 1, &mut set_id, opts, &mut out)?;
         }
         for (content, path) in &g.documents {
             set_id += 1;
@@ -665,21 +697,21 @@ fn mdm(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options, time: &str) 
     })?;
     let mut evn = SegW::new("EVN");
     evn.put(1, 1, "T02").put(2, 1, time);
-    let mut out = vec![evn, pid(patient, opts)?, pv1(input, encounter_of(input, doc), opts)];
+    let mut out = vec![evn, pid(input, patient, opts)?, pv1(input, encounter_of(input, doc), opts)?];
     let mut txa = SegW::new("TXA");
     txa.put(1, 1, "1");
     let code = doc_code(doc);
     cwe(&mut txa, 2, 1, &code, opts);
     let first_ct = doc.pointer("/content/0/attachment/contentType").and_then(Value::as_str).unwrap_or("");
     txa.put(3, 1, if first_ct.starts_with("text/plain") { "TX" } else { "AP" });
-    let date = st(doc, "date");
-    txa.put(4, 1, &v2_time(date).unwrap_or_default());
+    let date = input.time(doc, "date", TimeKind::Instant)?;
+    txa.put(4, 1, date.as_deref().unwrap_or_default());
     if let Some(author) = doc.pointer("/author/0").and_then(|a| input.resolve(a)) {
         xcn(&mut txa, 5, 1, author, opts);
         xcn(&mut txa, 9, 1, author, opts);
     }
-    let created = doc.pointer("/content/0/attachment/creation").and_then(Value::as_str).unwrap_or(date);
-    txa.put(6, 1, &v2_time(created).unwrap_or_default());
+    let created = input.time(doc, "content[0].attachment.creation", TimeKind::DateTime)?.or(date);
+    txa.put(6, 1, &created.unwrap_or_default());
     let unique = doc.get("masterIdentifier").or(doc.pointer("/identifier/0"));
     match unique {
         Some(id) => ei(&mut txa, 12, id, opts),
@@ -735,7 +767,7 @@ fn adt(
 ) -> Result<Vec<SegW>, ConvertError> {
     let mut evn = SegW::new("EVN");
     evn.put(1, 1, event).put(2, 1, time);
-    let mut out = vec![evn, pid(patient, opts)?];
+    let mut out = vec![evn, pid(input, patient, opts)?];
     if let Some(gp) = patient.pointer("/generalPractitioner/0").and_then(|r| input.resolve(r))
         && rtype(gp) != "Organization"
     {
@@ -761,7 +793,7 @@ fn adt(
         out.push(nk1);
     }
     let encounter = input.of_type("Encounter").find(|e| about(input, e, patient));
-    out.push(pv1(input, encounter, opts));
+    out.push(pv1(input, encounter, opts)?);
     Ok(out)
 }
 
@@ -772,8 +804,8 @@ fn siu(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         target: "SIU^S12",
         reason: "no Appointment in the input".into(),
     })?;
-    let start = appt.get("start").and_then(Value::as_str).and_then(v2_time).unwrap_or_default();
-    let end = appt.get("end").and_then(Value::as_str).and_then(v2_time).unwrap_or_default();
+    let start = input.time(appt, "start", TimeKind::Instant)?.unwrap_or_default();
+    let end = input.time(appt, "end", TimeKind::Instant)?.unwrap_or_default();
     let mut practitioners = Vec::new();
     let mut locations = Vec::new();
     for p in appt.get("participant").and_then(Value::as_array).into_iter().flatten() {
@@ -842,7 +874,7 @@ fn siu(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         nte.put(1, 1, "1").put(3, 1, c);
         out.push(nte);
     }
-    out.push(pid(patient, opts)?);
+    out.push(pid(input, patient, opts)?);
     let mut rgs = SegW::new("RGS");
     rgs.put(1, 1, "1").put(2, 1, "A");
     out.push(rgs);
@@ -880,9 +912,9 @@ fn ras(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
             reason: "no MedicationAdministration about the patient".into(),
         });
     }
-    let mut out = vec![pid(patient, opts)?];
+    let mut out = vec![pid(input, patient, opts)?];
     if let Some(enc) = admins.first().and_then(|a| a.get("context")).and_then(|c| input.resolve(c)) {
-        out.push(pv1(input, Some(enc), opts));
+        out.push(pv1(input, Some(enc), opts)?);
     }
     for (i, ma) in admins.iter().enumerate() {
         let mut orc = SegW::new("ORC");
@@ -896,17 +928,14 @@ fn ras(input: &Input<'_>, patient: &Value, opts: &FhirToHl7Options) -> Result<Ve
         out.push(orc);
         let mut rxa = SegW::new("RXA");
         rxa.put(1, 1, "0").put(2, 1, &(i + 1).to_string());
-        let start = ma
-            .get("effectiveDateTime")
-            .or(ma.pointer("/effectivePeriod/start"))
-            .and_then(Value::as_str)
-            .and_then(v2_time)
-            .ok_or_else(|| missing(&format!("MedicationAdministration[{i}].effective[x] (RXA-3 is required)")))?;
-        let end = ma
-            .pointer("/effectivePeriod/end")
-            .and_then(Value::as_str)
-            .and_then(v2_time)
-            .unwrap_or_else(|| start.clone());
+        let start = if ma.get("effectiveDateTime").is_some() {
+            input.time(ma, "effectiveDateTime", TimeKind::DateTime)?
+        } else {
+            input.time(ma, "effectivePeriod.start", TimeKind::DateTime)?
+        };
+        let start =
+            start.ok_or_else(|| missing(&format!("MedicationAdministration[{i}].effective[x] (RXA-3 is required)")))?;
+        let end = input.time(ma, "effectivePeriod.end", TimeKind::DateTime)?.unwrap_or_else(|| start.clone());
         rxa.put(3, 1, &start).put(4, 1, &end);
         let medication = ma
             .get("medicationCodeableConcept")

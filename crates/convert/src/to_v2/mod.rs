@@ -22,13 +22,26 @@ use sha2::{Digest, Sha256};
 use crate::error::ConvertError;
 use crate::options::{FhirToHl7Options, TargetMessage};
 
+pub(crate) use datatypes::TimeKind;
 pub(crate) use writer::SegW;
+
+/// A JSON value that should hold a FHIR time, as a DTM (None for null).
+fn time_value(v: &Value, kind: TimeKind) -> Result<Option<String>, String> {
+    match v {
+        Value::Null => Ok(None),
+        Value::String(t) => datatypes::v2_time(t, kind).map(Some),
+        _ => Err(format!("not a string (a FHIR {} is written as a JSON string)", kind.name())),
+    }
+}
 
 /// The resources of the input, with reference resolution.
 #[derive(Debug)]
 pub(crate) struct Input<'a> {
     /// Every resource, in input order.
     pub resources: Vec<&'a Value>,
+    /// For a Bundle, the index of each resource's entry (entries without a
+    /// resource are skipped, so the two can differ): for error paths.
+    entry_index: Option<Vec<usize>>,
     by_url: HashMap<String, usize>,
     /// The Bundle's timestamp, if any.
     pub timestamp: Option<&'a str>,
@@ -40,18 +53,21 @@ impl<'a> Input<'a> {
             path: "resourceType".into(),
             reason: "the input is not a FHIR resource".into(),
         })?;
-        let mut input = Input { resources: Vec::new(), by_url: HashMap::new(), timestamp: None };
+        let mut input = Input { resources: Vec::new(), entry_index: None, by_url: HashMap::new(), timestamp: None };
         if kind == "Bundle" {
             input.timestamp = root.get("timestamp").and_then(Value::as_str);
-            for entry in root.get("entry").and_then(Value::as_array).into_iter().flatten() {
+            let mut entry_index = Vec::new();
+            for (n, entry) in root.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let Some(res) = entry.get("resource") else { continue };
                 let i = input.resources.len();
                 input.resources.push(res);
+                entry_index.push(n);
                 if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
                     input.by_url.insert(url.to_string(), i);
                 }
                 input.index_type_id(res, i);
             }
+            input.entry_index = Some(entry_index);
         } else {
             input.resources.push(root);
             input.index_type_id(root, 0);
@@ -82,6 +98,45 @@ impl<'a> Input<'a> {
         let id = parts.next()?;
         let kind = parts.next()?;
         self.by_url.get(&format!("{kind}/{id}")).map(|&i| self.resources[i])
+    }
+
+    /// Where `element` (a FHIR path inside resource `r`, e.g.
+    /// `effectivePeriod.start`) is, for an error: `Observation.effectivePeriod.start`,
+    /// and in a Bundle ` at Bundle.entry[3]` after it.
+    pub fn path(&self, r: &Value, element: &str) -> String {
+        let kind = r.get("resourceType").and_then(Value::as_str).unwrap_or("Resource");
+        let entry = self
+            .entry_index
+            .as_ref()
+            .and_then(|entries| entries.get(self.resources.iter().position(|x| std::ptr::eq(*x, r))?));
+        match entry {
+            Some(n) => format!("{kind}.{element} at Bundle.entry[{n}]"),
+            None => format!("{kind}.{element}"),
+        }
+    }
+
+    /// The time at `element` of resource `r` (see [`Input::path`]) as a v2
+    /// DTM: None when absent, an error naming the element when it is not
+    /// a valid FHIR `kind`.
+    pub fn time(&self, r: &Value, element: &str, kind: TimeKind) -> Result<Option<String>, ConvertError> {
+        let mut at = r;
+        for step in element.split('.') {
+            let (name, index) = match step.split_once('[') {
+                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (step, None),
+            };
+            at = match at.get(name) {
+                Some(v) => match index {
+                    Some(i) => match v.get(i) {
+                        Some(v) => v,
+                        None => return Ok(None),
+                    },
+                    None => v,
+                },
+                None => return Ok(None),
+            };
+        }
+        time_value(at, kind).map_err(|reason| ConvertError::Invalid { path: self.path(r, element), reason })
     }
 
     /// Every resource of one type.

@@ -248,6 +248,77 @@ fn attachment_data_that_is_not_base64_is_an_error_naming_the_path() {
     assert!(err.contains("DocumentReference.content[0].attachment.data"), "{err}");
 }
 
+/// `glucose_bundle` with one element of one resource replaced.
+fn glucose_with(entry: usize, pointer: &str, value: Value) -> Value {
+    let mut bundle = glucose_bundle();
+    *bundle.pointer_mut(&format!("/entry/{entry}/resource{pointer}")).unwrap() = value;
+    bundle
+}
+
+#[test]
+fn issue6_impossible_fhir_dates_are_errors_naming_the_element_not_a_wrong_dtm() {
+    // Entry 2 is the glucose Observation, entry 0 the Patient.
+    for (entry, pointer, value, path, why) in [
+        (2, "/effectiveDateTime", "2024-13-45", "Observation.effectiveDateTime at Bundle.entry[2]", "month 13"),
+        (
+            2,
+            "/effectiveDateTime",
+            "2023-02-29T08:30:00+02:00",
+            "Observation.effectiveDateTime at Bundle.entry[2]",
+            "not a leap year",
+        ),
+        (
+            2,
+            "/effectiveDateTime",
+            "2024-05-01T25:30:00+02:00",
+            "Observation.effectiveDateTime at Bundle.entry[2]",
+            "out of range",
+        ),
+        (
+            2,
+            "/effectiveDateTime",
+            "2024-05-01T08:30:00",
+            "Observation.effectiveDateTime at Bundle.entry[2]",
+            "time zone",
+        ),
+        (0, "/birthDate", "1971-02-30", "Patient.birthDate at Bundle.entry[0]", "day 30 does not exist in month 02"),
+        (0, "/birthDate", "1971-02-03T10:00:00Z", "Patient.birthDate at Bundle.entry[0]", "a date has no time"),
+    ] {
+        let bundle = glucose_with(entry, pointer, json!(value));
+        let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default())
+            .map(|m| String::from_utf8_lossy(m.as_bytes()).replace('\r', "\n"))
+            .expect_err(value);
+        assert!(matches!(err, convert::ConvertError::Invalid { .. }), "{value}: {err}");
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("invalid {path}: ")), "{value}: {text}");
+        assert!(text.contains(why), "{value}: {text}");
+    }
+    // Elsewhere: an issued instant without a time, a component's value, a period's end.
+    let mut bundle = glucose_bundle();
+    bundle["entry"][2]["resource"]["issued"] = json!("2024-05-01");
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err().to_string();
+    assert!(err.starts_with("invalid Observation.issued at Bundle.entry[2]: an instant needs"), "{err}");
+    let mut bundle = glucose_bundle();
+    bundle["entry"][4]["resource"]["component"] =
+        json!([{"code": {"text": "served"}, "valueDateTime": "2024-04-31T07:00:00Z"}]);
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err().to_string();
+    assert!(err.starts_with("invalid Observation.component[0].valueDateTime at Bundle.entry[4]: day 31"), "{err}");
+    let mut bundle = patient_bundle();
+    let appointment =
+        bundle["entry"].as_array_mut().unwrap().iter_mut().find(|e| e["resource"]["resourceType"] == "Appointment");
+    appointment.unwrap()["resource"]["end"] = json!("2024-06-10T09:30:00+15:00");
+    let err = fhir_to_hl7(&bundle, TargetMessage::SiuS12, &Default::default()).unwrap_err().to_string();
+    assert!(err.contains("Appointment.end at Bundle.entry[") && err.contains("time zone is out of range"), "{err}");
+    // Valid edge cases still convert, precision and offset kept.
+    let msg =
+        fhir_to_hl7(&glucose_with(0, "/birthDate", json!("2024-02-29")), TargetMessage::OruR01, &Default::default())
+            .unwrap();
+    assert_eq!(msg.get("PID-7").as_deref(), Some("20240229"));
+    let bundle = glucose_with(2, "/effectiveDateTime", json!("2024-05-01T08:30:00.5-14:00"));
+    let msg = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap();
+    assert_eq!(msg.get("OBX(1)-14").as_deref(), Some("20240501083000.5-1400"));
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
