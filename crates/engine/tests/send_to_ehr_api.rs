@@ -332,6 +332,27 @@ async fn a_payload_over_the_limit_is_refused() {
     assert_eq!(diagnostics(&outcome)[0].split(':').next(), Some("request body"));
 }
 
+/// Line breaks in the base64 payload are allowed, so a document of exactly
+/// `max_payload` bytes, encoded in lines (64 characters as in PEM, CRLF
+/// escaped as `\r\n` in the JSON string, 4 bytes a line), is accepted:
+/// the HTTP body limit leaves room for them. Before, it left 64 KiB for the
+/// whole envelope, and a 2 MiB document in lines (174 KB of line breaks)
+/// was refused with 413 although within the limit.
+#[tokio::test]
+async fn a_document_of_the_largest_size_encoded_in_lines_is_accepted() {
+    let max = 2 * 1024 * 1024;
+    let config = SendToEhrConfig { max_payload: engine::config::ByteSize(max), ..SendToEhrConfig::default() };
+    let app = app_with(config, source(), Arc::new(NoAuth));
+    let mut pdf = PDF.to_vec();
+    pdf.resize(max as usize, b'%');
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    let lines: Vec<&str> = encoded.as_bytes().chunks(64).map(|l| std::str::from_utf8(l).expect("base64")).collect();
+    let (status, answer) = post(&app, &body(&[json!({"name": "payload", "valueString": lines.join("\r\n")})])).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let tx = transaction_id(&answer);
+    assert_eq!(app.store.outputs(&tx).expect("stored").binary["data"], encoded, "the bytes as sent");
+}
+
 #[tokio::test]
 async fn a_patient_source_that_is_down_gives_503() {
     let app = app_with(SendToEhrConfig::default(), MemorySource { down: true, ..source() }, Arc::new(NoAuth));

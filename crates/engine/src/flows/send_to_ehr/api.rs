@@ -264,11 +264,18 @@ impl std::fmt::Debug for SendToEhrState {
     }
 }
 
+/// Base64 characters per line the body limit leaves room for: PEM's 64,
+/// the shortest line length encoders use (MIME uses 76).
+const BASE64_LINE_CHARS: usize = 64;
+
+/// A line break as it stands in the JSON string: `\r\n`, escaped.
+const LINE_BREAK_BYTES: usize = 4;
+
 /// The two routes, with a body limit that fits the configured payload
-/// limit in base64 plus the Parameters around it.
+/// limit in base64, broken into lines (allowed, and what MIME and PEM
+/// encoders write), plus the Parameters around it.
 pub fn router(state: SendToEhrState) -> Router {
-    let payload = state.config.max_payload.as_usize();
-    let body_limit = payload.saturating_add(payload / 3).saturating_add(ENVELOPE_BYTES);
+    let body_limit = body_limit(state.config.max_payload.as_usize());
     Router::new()
         .route("/fhir/CommunicationRequest/$send-to-ehr", post(send_to_ehr))
         .route("/fhir/CommunicationRequest/$tracking", get(tracking))
@@ -281,6 +288,13 @@ pub fn router(state: SendToEhrState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// The HTTP body limit for documents of at most `max_payload` bytes.
+fn body_limit(max_payload: usize) -> usize {
+    let base64 = max_payload.div_ceil(3).saturating_mul(4);
+    let breaks = base64.div_ceil(BASE64_LINE_CHARS).saturating_mul(LINE_BREAK_BYTES);
+    base64.saturating_add(breaks).saturating_add(ENVELOPE_BYTES)
 }
 
 async fn no_such_route() -> Rejection {
