@@ -122,6 +122,8 @@ pub struct Engine {
     background: JoinSet<()>,
     /// Patient sync jobs started over the API (recorded as interrupted on stop).
     sync_jobs: crate::flows::patient_sync::JobRunner,
+    /// Counters of each `fhir_poll` channel's poll.
+    fhir_polls: HashMap<String, Arc<crate::sources::fhir_poll::PollStats>>,
 }
 
 impl Engine {
@@ -154,6 +156,7 @@ impl Engine {
             telemetry: crate::metrics::Telemetry::new(config.health.window.get()),
             background: JoinSet::new(),
             sync_jobs: crate::flows::patient_sync::JobRunner::new(Arc::clone(&store)),
+            fhir_polls: HashMap::new(),
         };
         match engine.start_components(config).await {
             Ok(()) => {
@@ -262,6 +265,18 @@ impl Engine {
                     }
                     self.mllp_stats.insert(name.clone(), source.stats());
                     self.sources.spawn(source.run(self.stop_sources.clone()));
+                }
+                SourceConfig::FhirPoll(c) => {
+                    let poller = crate::sources::fhir_poll::FhirPoller::new(
+                        &c,
+                        &fhir_servers,
+                        channel_ingest,
+                        Arc::clone(&self.store),
+                    )
+                    .map_err(|error| StartError::Flow { channel: name.clone(), error })?;
+                    info!(channel = %name, server = %c.server, "fhir poll scheduled");
+                    self.fhir_polls.insert(name.clone(), poller.stats());
+                    self.sources.spawn(poller.run(self.stop_sources.clone()));
                 }
                 // Served on the API listener below (`send_to_ehr`).
                 SourceConfig::SendToEhr(_) => {}
@@ -420,6 +435,11 @@ impl Engine {
     /// Metrics and health states.
     pub fn telemetry(&self) -> &Arc<crate::metrics::Telemetry> {
         &self.telemetry
+    }
+
+    /// Counters of a `fhir_poll` channel's poll.
+    pub fn fhir_poll_stats(&self, channel: &str) -> Option<&Arc<crate::sources::fhir_poll::PollStats>> {
+        self.fhir_polls.get(channel)
     }
 
     /// Counters of a channel's MLLP source.

@@ -423,6 +423,7 @@ fn compile(mut table: toml::Table, base_dir: Option<&Path>, errors: &mut ConfigE
 
     cross_check(&api, &channels, errors);
     crate::sources::send_to_ehr::cross_check(&fhir_servers, &channels, errors);
+    crate::sources::fhir_poll::cross_check(&fhir_servers, &channels, errors);
     crate::destinations::fhir::resolve_servers(&fhir_servers, &mut channels, errors);
     crate::sources::notification::cross_check(&mut channels, base_dir, errors);
     Config { store, api, fhir_servers, channels, health, alerts, retention, base_dir: PathBuf::from(".") }

@@ -15,6 +15,7 @@
 //! get that signal (they stop accepting and finish the commits in flight),
 //! the rest of the engine drains behind them.
 
+pub mod fhir_poll;
 pub mod http;
 pub mod mllp;
 pub mod notification;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use crate::config::ConfigErrors;
 use crate::config::de::{self, PathBuf as CfgPath};
 
+pub use fhir_poll::FhirPollSourceConfig;
 pub use http::HttpSourceConfig;
 pub use mllp::MllpSourceConfig;
 pub use tls::TlsServerConfig;
@@ -36,6 +38,8 @@ pub use tls::TlsServerConfig;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
+    /// A scheduled read of what a FHIR server changed ([`fhir_poll`]).
+    FhirPoll(Box<FhirPollSourceConfig>),
     /// HL7 v2 over MLLP (TCP, optional TLS).
     Mllp(MllpSourceConfig),
     /// `POST /channels/{name}/messages` over HTTP.
@@ -52,6 +56,7 @@ impl SourceConfig {
     /// The connector's name as written in `type`.
     pub fn kind(&self) -> &'static str {
         match self {
+            SourceConfig::FhirPoll(_) => "fhir_poll",
             SourceConfig::Mllp(_) => "mllp",
             SourceConfig::Http(_) => "http",
             SourceConfig::SendToEhr(_) => "send_to_ehr",
@@ -63,6 +68,7 @@ impl SourceConfig {
     /// source without `listen` shares the API listener).
     pub fn own_listener(&self) -> Option<SocketAddr> {
         match self {
+            SourceConfig::FhirPoll(_) => None,
             SourceConfig::Mllp(c) => Some(c.listen),
             SourceConfig::Http(c) => c.listen,
             SourceConfig::SendToEhr(_) => None,
@@ -72,12 +78,23 @@ impl SourceConfig {
 
     /// Whether the source can carry JSON bodies.
     pub fn accepts_json(&self) -> bool {
+        if let SourceConfig::FhirPoll(_) = self {
+            return true;
+        }
         matches!(self, SourceConfig::Http(_) | SourceConfig::SendToEhr(_) | SourceConfig::Notification(_))
     }
 
     /// One line for summaries: `mllp 127.0.0.1:2575 (tls)`.
     pub fn describe(&self) -> String {
         match self {
+            SourceConfig::FhirPoll(c) => {
+                let types: Vec<String> = c.targets().into_iter().map(|t| t.resource_type).collect();
+                let when = match c.when() {
+                    crate::config::RetentionSchedule::Every(every) => format!("every {}s", every.as_secs_f64()),
+                    crate::config::RetentionSchedule::Cron(pattern) => format!("cron {pattern}"),
+                };
+                format!("fhir_poll {} ({}), {when}", c.server, types.join(", "))
+            }
             SourceConfig::Mllp(c) => {
                 let tls = match &c.tls {
                     Some(t) if t.client_ca_file.is_some() => " (tls, client certificates)",
@@ -110,6 +127,7 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
     };
     let config = match table.remove("type") {
         Some(toml::Value::String(kind)) => match kind.as_str() {
+            "fhir_poll" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::FhirPoll),
             "mllp" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Mllp),
             "http" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Http),
             "send_to_ehr" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::SendToEhr),
@@ -117,7 +135,9 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
             other => {
                 errors.push(
                     path.key("type").to_string(),
-                    format!("unknown source type {other:?}, expected mllp, http, send_to_ehr or notification"),
+                    format!(
+                        "unknown source type {other:?}, expected fhir_poll, mllp, http, send_to_ehr or notification"
+                    ),
                 );
                 None
             }
@@ -127,11 +147,12 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
             None
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: mllp, http, send_to_ehr or notification");
+            errors.push(path.key("type").to_string(), "required: fhir_poll, mllp, http, send_to_ehr or notification");
             None
         }
     }?;
     match &config {
+        SourceConfig::FhirPoll(c) => c.validate(path, errors),
         SourceConfig::Mllp(c) => c.validate(path, errors),
         SourceConfig::Http(c) => c.validate(path, errors),
         SourceConfig::SendToEhr(c) => c.validate(path.as_str(), errors),
