@@ -317,9 +317,40 @@ fn put_value(
         let start = input.time(obs, &at("valuePeriod.start"), TimeKind::DateTime)?.unwrap_or_default();
         let end = input.time(obs, &at("valuePeriod.end"), TimeKind::DateTime)?.unwrap_or_default();
         s.put(2, 1, "DR").put(5, 1, &start).put(5, 2, &end);
+    } else if let Some(key) = v.as_object().and_then(|o| o.keys().find(|k| k.starts_with("value"))) {
+        // A value the branches above did not take: a type with no mapping
+        // (SampledData), or a mapped one not in its JSON form. Leaving
+        // OBX-2 and OBX-5 empty would lose the result without a word.
+        let kind = &key["value".len()..];
+        let reason = match MAPPED_VALUE_TYPES.iter().find(|(suffix, _)| *suffix == kind) {
+            Some((_, fhir_type)) => format!("not a valid FHIR {fhir_type}"),
+            None => {
+                let mapped: Vec<&str> = MAPPED_VALUE_TYPES.iter().map(|(_, t)| *t).collect();
+                format!(
+                    "a value of type {kind} has no HL7 v2 mapping (mapped: {}); convert it to one of these first",
+                    mapped.join(", ")
+                )
+            }
+        };
+        return Err(ConvertError::Invalid { path: input.path(obs, &at(key)), reason });
     }
     Ok(())
 }
+
+/// The Observation.value[x] types [`put_value`] maps to OBX-2/5.
+/// (the element name's suffix, the FHIR type)
+const MAPPED_VALUE_TYPES: [(&str, &str); 10] = [
+    ("Quantity", "Quantity"),
+    ("CodeableConcept", "CodeableConcept"),
+    ("String", "string"),
+    ("Boolean", "boolean"),
+    ("Integer", "integer"),
+    ("Range", "Range"),
+    ("Ratio", "Ratio"),
+    ("DateTime", "dateTime"),
+    ("Time", "time"),
+    ("Period", "Period"),
+];
 
 fn reference_range(s: &mut SegW, obs: &Value) {
     let Some(rr) = obs.pointer("/referenceRange/0") else { return };

@@ -319,6 +319,34 @@ fn issue6_impossible_fhir_dates_are_errors_naming_the_element_not_a_wrong_dtm() 
     assert_eq!(msg.get("OBX(1)-14").as_deref(), Some("20240501083000.5-1400"));
 }
 
+#[test]
+fn issue6_an_observation_value_type_with_no_v2_mapping_is_an_error_not_an_empty_obx() {
+    // Before, OBX-2 and OBX-5 were left empty: the result was lost silently.
+    let sampled = json!({"origin": {"value": 0}, "period": 10, "dimensions": 1, "data": "1 2 3"});
+    let mut bundle = glucose_bundle();
+    bundle["entry"][4]["resource"].as_object_mut().unwrap().remove("valueString");
+    bundle["entry"][4]["resource"]["valueSampledData"] = sampled.clone();
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err();
+    assert!(matches!(err, convert::ConvertError::Invalid { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with("invalid Observation.valueSampledData at Bundle.entry[4]: "), "{text}");
+    assert!(text.contains("SampledData has no HL7 v2 mapping"), "{text}");
+    let mut bundle = glucose_bundle();
+    bundle["entry"][2]["resource"]["component"] = json!([{"code": {"text": "trace"}, "valueSampledData": sampled}]);
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err().to_string();
+    assert!(err.starts_with("invalid Observation.component[0].valueSampledData at Bundle.entry[2]: "), "{err}");
+    // A mapped type whose JSON is not that type's form: named too.
+    let bundle = glucose_with(4, "/valueString", json!(42));
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err().to_string();
+    assert!(err.starts_with("invalid Observation.valueString at Bundle.entry[4]: not a valid FHIR string"), "{err}");
+    // A component without a value (dataAbsentReason) is still an OBX without one.
+    let mut bundle = glucose_bundle();
+    bundle["entry"][2]["resource"]["component"] =
+        json!([{"code": {"text": "trace"}, "dataAbsentReason": {"text": "lost"}}]);
+    let msg = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap();
+    assert_valid(&msg, "component without a value");
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
