@@ -111,7 +111,7 @@ pub struct FhirPollSourceConfig {
     /// Where a resource type's first poll starts when it has no checkpoint
     /// yet: `"now"` (the default: only changes from then on) or an RFC 3339
     /// instant (`"2026-01-01T00:00:00Z"`; an old one reads everything).
-    /// Ignored once a checkpoint exists (reset it with `plexus poll reset`).
+    /// Ignored once a checkpoint exists (docs/sync.md, "Checkpoints").
     #[serde(default)]
     pub start: Option<String>,
     /// Read only resources last updated at least this long ago
