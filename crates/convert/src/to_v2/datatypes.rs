@@ -194,6 +194,33 @@ pub(crate) fn v2_time(t: &str, kind: TimeKind) -> Result<String, String> {
     Ok(out)
 }
 
+/// A FHIR `time` (`hh:mm:ss[.f...]`, no zone) as a v2 TM (`hhmmss[.ffff]`);
+/// an error saying why for anything else (25:99 is not a time of day).
+pub(crate) fn v2_tm(t: &str) -> Result<String, String> {
+    let b = t.as_bytes();
+    let clock = (b.get(2) == Some(&b':') && b.get(5) == Some(&b':'))
+        .then(|| Some((two_digits(b, 0)?, two_digits(b, 3)?, two_digits(b, 6)?)))
+        .flatten();
+    let Some((hour, minute, second)) = clock else {
+        return Err("the time must be hh:mm:ss (not a valid FHIR time)".into());
+    };
+    if hour > 23 || minute > 59 || second > 60 {
+        return Err(
+            "the time is out of range: hours 00-23, minutes 00-59, seconds 00-60 (not a valid FHIR time)".into()
+        );
+    }
+    let mut out = [&t[0..2], &t[3..5], &t[6..8]].concat();
+    match b.get(8) {
+        None => {}
+        Some(b'.') if b.len() > 9 && b[9..].iter().all(u8::is_ascii_digit) => {
+            out.push('.');
+            out.push_str(&t[9..t.len().min(13)]);
+        }
+        Some(_) => return Err("only a fraction of a second may follow hh:mm:ss (not a valid FHIR time)".into()),
+    }
+    Ok(out)
+}
+
 /// The v2 mnemonic for a system URI (the built-in table; the URI itself
 /// when unknown, so the meaning is not lost).
 pub(crate) fn mnemonic(system: &str) -> String {
@@ -486,6 +513,15 @@ mod tests {
             assert!(err.contains(why), "{t}: {err}");
             assert!(err.ends_with(&format!("(not a valid FHIR {})", kind.name())), "{t}: {err}");
             assert!(!err.contains(t.trim()), "{t}: the value is not repeated: {err}");
+        }
+    }
+
+    #[test]
+    fn fhir_times_of_day_become_tm_and_impossible_ones_are_errors() {
+        assert_eq!(v2_tm("14:30:00").as_deref(), Ok("143000"));
+        assert_eq!(v2_tm("23:59:60.12345").as_deref(), Ok("235960.1234"));
+        for bad in ["25:99", "24:00:00", "10:60:00", "10:00", "10:00:00Z", "10:00:00.", "1:00:00", ""] {
+            assert!(v2_tm(bad).unwrap_err().contains("not a valid FHIR time"), "{bad}");
         }
     }
 

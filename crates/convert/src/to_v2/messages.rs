@@ -8,7 +8,7 @@ use chrono::DateTime;
 use hl7v2::Message;
 use serde_json::Value;
 
-use super::datatypes::{coding, cwe, cx, ei, num, st, units, v2_time, xad, xcn, xpn, xtn};
+use super::datatypes::{coding, cwe, cx, ei, num, st, units, v2_time, v2_tm, xad, xcn, xpn, xtn};
 use super::{Input, SegW, TimeKind};
 use crate::error::ConvertError;
 use crate::options::{FhirToHl7Options, TargetMessage};
@@ -312,7 +312,9 @@ fn put_value(
         let dtm = input.time(obs, &at("valueDateTime"), TimeKind::DateTime)?.unwrap_or_default();
         s.put(2, 1, if dtm.len() <= 8 { "DT" } else { "DTM" }).put(5, 1, &dtm);
     } else if let Some(t) = v.get("valueTime").and_then(Value::as_str) {
-        s.put(2, 1, "TM").put(5, 1, &t.replace(':', ""));
+        let tm =
+            v2_tm(t).map_err(|reason| ConvertError::Invalid { path: input.path(obs, &at("valueTime")), reason })?;
+        s.put(2, 1, "TM").put(5, 1, &tm);
     } else if v.get("valuePeriod").is_some() {
         let start = input.time(obs, &at("valuePeriod.start"), TimeKind::DateTime)?.unwrap_or_default();
         let end = input.time(obs, &at("valuePeriod.end"), TimeKind::DateTime)?.unwrap_or_default();

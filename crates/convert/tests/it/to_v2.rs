@@ -347,6 +347,19 @@ fn issue6_an_observation_value_type_with_no_v2_mapping_is_an_error_not_an_empty_
     assert_valid(&msg, "component without a value");
 }
 
+#[test]
+fn issue6_an_impossible_value_time_is_an_error_not_a_tm() {
+    let mut bundle = glucose_bundle();
+    bundle["entry"][4]["resource"].as_object_mut().unwrap().remove("valueString");
+    bundle["entry"][4]["resource"]["valueTime"] = json!("25:99");
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err().to_string();
+    assert!(err.starts_with("invalid Observation.valueTime at Bundle.entry[4]: the time must be hh:mm:ss"), "{err}");
+    bundle["entry"][4]["resource"]["valueTime"] = json!("07:15:30.25");
+    let msg = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap();
+    assert_eq!(msg.get("OBX(3)-2").as_deref(), Some("TM"));
+    assert_eq!(msg.get("OBX(3)-5").as_deref(), Some("071530.25"));
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
