@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use engine::runtime::Engine;
 use engine::config::Config;
+use engine::runtime::Engine;
 use serde_json::{Value, json};
 use store::SearchQuery;
 
@@ -50,7 +50,7 @@ directory = "out"
 
 async fn start_engine(dir: &Path, fhir: &str) -> Engine {
     let text = format!(
-        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\n{}",
+        "version = 1\n[store]\nurl = \"sqlite://{}/plexus.db\"\n[api]\nlisten = \"127.0.0.1:0\"\nauth = \"none\"\n{}",
         dir.display(),
         channel(fhir)
     );
@@ -184,6 +184,22 @@ async fn changed_resources_arrive_once_per_version_and_the_checkpoint_survives_a
     let stamp: chrono::DateTime<chrono::Utc> = changed["meta"]["lastUpdated"].as_str().unwrap().parse().unwrap();
     assert_eq!(checkpoint.last_updated, stamp);
     assert_eq!(checkpoint.seen_at_checkpoint, [key(&changed)]);
+    // The channel view shows where the poll stands, per type.
+    let view: Value = http
+        .get(format!("http://{}/api/channels/{CHANNEL}", engine.api_addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shown = view["checkpoints"].as_array().expect("checkpoints in the channel view");
+    assert_eq!(
+        shown.iter().map(|c| c["resource_type"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["Observation", "Patient"]
+    );
+    let shown_at: chrono::DateTime<chrono::Utc> = shown[1]["last_updated"].as_str().unwrap().parse().unwrap();
+    assert_eq!(shown_at, stamp);
     engine.shutdown(Duration::from_secs(5)).await;
 
     // Restarted on the same store: the checkpoints hold, so only what

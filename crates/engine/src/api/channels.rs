@@ -39,7 +39,28 @@ async fn one(State(state): State<ApiState>, Path(name): Path<String>) -> Result<
         .find(|c| c.name == name)
         .ok_or_else(|| Problem::not_found("no enabled channel has this name"))?;
     let counts = state.store.counts().await.map_err(|e| Problem::store("counting deliveries", &e))?;
-    Ok(Json(channel_json(channel, status(&state, &channel.name), &counts)))
+    let mut body = channel_json(channel, status(&state, &channel.name), &counts);
+    // Where a scheduled poll stands, per resource type: what an operator
+    // asks first when changes seem not to arrive.
+    if channel.source == "fhir_poll" {
+        let saved = state
+            .store
+            .poll_checkpoints(Some(&channel.name))
+            .await
+            .map_err(|e| Problem::store("reading poll checkpoints", &e))?;
+        let checkpoints: Vec<Value> = saved
+            .iter()
+            .map(|c| {
+                json!({
+                    "resource_type": c.resource_type,
+                    "last_updated": c.last_updated.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    "updated_at": c.updated_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                })
+            })
+            .collect();
+        body["checkpoints"] = Value::Array(checkpoints);
+    }
+    Ok(Json(body))
 }
 
 /// `running` or `stopped`.
