@@ -28,6 +28,27 @@ pub(crate) fn num(v: Option<&Value>) -> String {
     }
 }
 
+/// [`num`] for a value OBX-5 holds as NM: a JSON number, or (leniently) a
+/// string holding one; anything else is an error saying so, since "abc" in
+/// an NM field is a message its receiver rejects.
+pub(crate) fn checked_num(v: Option<&Value>) -> Result<String, String> {
+    match v {
+        None | Some(Value::Null) | Some(Value::Number(_)) => Ok(num(v)),
+        Some(Value::String(s)) if is_decimal(s) => Ok(plain_decimal(s)),
+        Some(_) => Err("not a number (a FHIR decimal or integer is a JSON number)".into()),
+    }
+}
+
+/// Whether `s` is JSON number syntax (FHIR's decimal pattern).
+fn is_decimal(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (mantissa, exponent) = s.split_once(['e', 'E']).unwrap_or((s, "0"));
+    let (int, frac) = mantissa.split_once('.').map_or((mantissa, None), |(i, f)| (i, Some(f)));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    digits(int) && (int == "0" || !int.starts_with('0')) && frac.is_none_or(digits) && digits(exponent)
+}
+
 /// `text` (a JSON number) without an exponent: the digits moved by the
 /// exponent, none changed. Text that is not a number in exponent form comes
 /// back as it was.
@@ -522,6 +543,23 @@ mod tests {
         assert_eq!(v2_tm("23:59:60.12345").as_deref(), Ok("235960.1234"));
         for bad in ["25:99", "24:00:00", "10:60:00", "10:00", "10:00:00Z", "10:00:00.", "1:00:00", ""] {
             assert!(v2_tm(bad).unwrap_err().contains("not a valid FHIR time"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nm_values_are_numbers_or_number_text() {
+        assert_eq!(checked_num(Some(&serde_json::json!(1.5))).as_deref(), Ok("1.5"));
+        assert_eq!(checked_num(Some(&serde_json::json!("1.50"))).as_deref(), Ok("1.50"));
+        assert_eq!(checked_num(Some(&serde_json::json!("-2.5E+3"))).as_deref(), Ok("-2500"));
+        assert_eq!(checked_num(None).as_deref(), Ok(""));
+        for bad in [
+            serde_json::json!("abc"),
+            serde_json::json!("1,5"),
+            serde_json::json!("01"),
+            serde_json::json!(true),
+            serde_json::json!(""),
+        ] {
+            assert!(checked_num(Some(&bad)).is_err(), "{bad}");
         }
     }
 

@@ -8,7 +8,7 @@ use chrono::DateTime;
 use hl7v2::Message;
 use serde_json::Value;
 
-use super::datatypes::{coding, cwe, cx, ei, num, st, units, v2_time, v2_tm, xad, xcn, xpn, xtn};
+use super::datatypes::{checked_num, coding, cwe, cx, ei, num, st, units, v2_time, v2_tm, xad, xcn, xpn, xtn};
 use super::{Input, SegW, TimeKind};
 use crate::error::ConvertError;
 use crate::options::{FhirToHl7Options, TargetMessage};
@@ -261,8 +261,11 @@ fn put_value(
     opts: &FhirToHl7Options,
 ) -> Result<(), ConvertError> {
     let at = |name: &str| if element.is_empty() { name.to_string() } else { format!("{element}.{name}") };
+    let number = |value: Option<&Value>, name: &str| {
+        checked_num(value).map_err(|reason| ConvertError::Invalid { path: input.path(obs, &at(name)), reason })
+    };
     if let Some(q) = v.get("valueQuantity") {
-        let value = num(q.get("value"));
+        let value = number(q.get("value"), "valueQuantity.value")?;
         match st(q, "comparator") {
             "" => {
                 s.put(2, 1, "NM").put(5, 1, &value);
@@ -292,22 +295,18 @@ fn put_value(
         let (code, display) = if b { ("Y", "Yes") } else { ("N", "No") };
         s.put(5, 1, code).put(5, 2, display).put(5, 3, "HL70136");
     } else if let Some(i) = v.get("valueInteger") {
-        s.put(2, 1, "NM").put(5, 1, &num(Some(i)));
+        s.put(2, 1, "NM").put(5, 1, &number(Some(i), "valueInteger")?);
     } else if let Some(r) = v.get("valueRange") {
-        s.put(2, 1, "SN").put(5, 2, &num(r.pointer("/low/value"))).put(5, 3, "-").put(
-            5,
-            4,
-            &num(r.pointer("/high/value")),
-        );
+        let low = number(r.pointer("/low/value"), "valueRange.low.value")?;
+        let high = number(r.pointer("/high/value"), "valueRange.high.value")?;
+        s.put(2, 1, "SN").put(5, 2, &low).put(5, 3, "-").put(5, 4, &high);
         if let Some(low) = r.get("low") {
             units(s, 6, low);
         }
     } else if let Some(r) = v.get("valueRatio") {
-        s.put(2, 1, "SN").put(5, 2, &num(r.pointer("/numerator/value"))).put(5, 3, ":").put(
-            5,
-            4,
-            &num(r.pointer("/denominator/value")),
-        );
+        let numerator = number(r.pointer("/numerator/value"), "valueRatio.numerator.value")?;
+        let denominator = number(r.pointer("/denominator/value"), "valueRatio.denominator.value")?;
+        s.put(2, 1, "SN").put(5, 2, &numerator).put(5, 3, ":").put(5, 4, &denominator);
     } else if v.get("valueDateTime").is_some() {
         let dtm = input.time(obs, &at("valueDateTime"), TimeKind::DateTime)?.unwrap_or_default();
         s.put(2, 1, if dtm.len() <= 8 { "DT" } else { "DTM" }).put(5, 1, &dtm);

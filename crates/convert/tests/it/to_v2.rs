@@ -360,6 +360,22 @@ fn issue6_an_impossible_value_time_is_an_error_not_a_tm() {
     assert_eq!(msg.get("OBX(3)-5").as_deref(), Some("071530.25"));
 }
 
+#[test]
+fn issue6_a_quantity_value_that_is_not_a_number_is_an_error_not_an_nm_the_receiver_rejects() {
+    let bundle = glucose_with(3, "/valueQuantity/value", json!("about 1850"));
+    let err = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap_err().to_string();
+    assert!(err.starts_with("invalid Observation.valueQuantity.value at Bundle.entry[3]: not a number"), "{err}");
+    // Number text is still taken as written (precision kept).
+    let msg = fhir_to_hl7(
+        &glucose_with(3, "/valueQuantity/value", json!("1850.50")),
+        TargetMessage::OruR01,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_valid(&msg, "number text");
+    assert_eq!(msg.get("OBX(2)-5").as_deref(), Some("1850.50"));
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
