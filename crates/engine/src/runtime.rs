@@ -73,6 +73,14 @@ pub enum StartError {
         /// What failed.
         error: SourceError,
     },
+    /// A `file` source's folders are missing or unusable.
+    #[error("channel {channel:?} source: {error}")]
+    FileSource {
+        /// The channel.
+        channel: String,
+        /// What failed.
+        error: crate::sources::file::FileSourceError,
+    },
     /// A flow's channel could not be set up (its FHIR client).
     #[error("channel {channel:?}: {error}")]
     Flow {
@@ -264,6 +272,14 @@ impl Engine {
                         self.source_addrs.insert(name.clone(), addr);
                     }
                     self.mllp_stats.insert(name.clone(), source.stats());
+                    self.sources.spawn(source.run(self.stop_sources.clone()));
+                }
+                SourceConfig::File(c) => {
+                    let source = c
+                        .build(&base_dir, channel_ingest)
+                        .await
+                        .map_err(|error| StartError::FileSource { channel: name.clone(), error })?;
+                    info!(channel = %name, folder = %source.directory().display(), "file source polling");
                     self.sources.spawn(source.run(self.stop_sources.clone()));
                 }
                 SourceConfig::FhirPoll(c) => {

@@ -16,6 +16,7 @@
 //! the rest of the engine drains behind them.
 
 pub mod fhir_poll;
+pub mod file;
 pub mod http;
 pub mod mllp;
 pub mod notification;
@@ -50,6 +51,8 @@ pub enum SourceConfig {
     /// Partner notifications: `POST /channels/{name}/notifications`
     /// ([`notification`]).
     Notification(Box<notification::NotificationSourceConfig>),
+    /// A drop folder polled for files ([`file`]).
+    File(Box<file::FileSourceConfig>),
 }
 
 impl SourceConfig {
@@ -61,6 +64,7 @@ impl SourceConfig {
             SourceConfig::Http(_) => "http",
             SourceConfig::SendToEhr(_) => "send_to_ehr",
             SourceConfig::Notification(_) => "notification",
+            SourceConfig::File(_) => "file",
         }
     }
 
@@ -73,6 +77,7 @@ impl SourceConfig {
             SourceConfig::Http(c) => c.listen,
             SourceConfig::SendToEhr(_) => None,
             SourceConfig::Notification(c) => c.listen,
+            SourceConfig::File(_) => None,
         }
     }
 
@@ -81,7 +86,10 @@ impl SourceConfig {
         if let SourceConfig::FhirPoll(_) = self {
             return true;
         }
-        matches!(self, SourceConfig::Http(_) | SourceConfig::SendToEhr(_) | SourceConfig::Notification(_))
+        matches!(
+            self,
+            SourceConfig::Http(_) | SourceConfig::SendToEhr(_) | SourceConfig::Notification(_) | SourceConfig::File(_)
+        )
     }
 
     /// One line for summaries: `mllp 127.0.0.1:2575 (tls)`.
@@ -114,6 +122,7 @@ impl SourceConfig {
                 Some(addr) => format!("notification {addr}"),
                 None => "notification (api listener)".to_string(),
             },
+            SourceConfig::File(c) => format!("file {} ({})", c.directory.display(), c.pattern),
         }
     }
 }
@@ -132,11 +141,12 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
             "http" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Http),
             "send_to_ehr" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::SendToEhr),
             "notification" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::Notification),
+            "file" => de::component(toml::Value::Table(table), path, errors).map(SourceConfig::File),
             other => {
                 errors.push(
                     path.key("type").to_string(),
                     format!(
-                        "unknown source type {other:?}, expected fhir_poll, mllp, http, send_to_ehr or notification"
+                        "unknown source type {other:?}, expected fhir_poll, mllp, http, send_to_ehr, notification or file"
                     ),
                 );
                 None
@@ -147,7 +157,10 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
             None
         }
         None => {
-            errors.push(path.key("type").to_string(), "required: fhir_poll, mllp, http, send_to_ehr or notification");
+            errors.push(
+                path.key("type").to_string(),
+                "required: fhir_poll, mllp, http, send_to_ehr, notification or file",
+            );
             None
         }
     }?;
@@ -157,6 +170,7 @@ pub(crate) fn compile(value: toml::Value, path: &CfgPath, errors: &mut ConfigErr
         SourceConfig::Http(c) => c.validate(path, errors),
         SourceConfig::SendToEhr(c) => c.validate(path.as_str(), errors),
         SourceConfig::Notification(c) => c.validate(path.as_str(), errors),
+        SourceConfig::File(c) => c.validate(path, errors),
     }
     Some(config)
 }
