@@ -279,7 +279,10 @@ fn put_value(
         s.put(2, 1, if opts.version.starts_with("2.3") || opts.version.starts_with("2.4") { "CE" } else { "CWE" });
         cwe(s, 5, 1, c, opts);
     } else if let Some(t) = v.get("valueString").and_then(Value::as_str) {
-        let lines: Vec<&str> = t.split('\n').collect();
+        // CRLF, LF or a lone CR ends a line (text from Windows or old Mac
+        // systems): splitting on LF alone left a CR at the end of each
+        // line, written as an escaped \X0D\ the receiver shows as junk.
+        let lines: Vec<&str> = t.split("\r\n").flat_map(|l| l.split(['\n', '\r'])).collect();
         // Several lines travel as TX repetitions (one per line), which
         // receivers display as lines; one short line is ST.
         if lines.len() > 1 || t.len() > 199 {

@@ -376,6 +376,20 @@ fn issue6_a_quantity_value_that_is_not_a_number_is_an_error_not_an_nm_the_receiv
     assert_eq!(msg.get("OBX(2)-5").as_deref(), Some("1850.50"));
 }
 
+#[test]
+fn issue6_crlf_and_cr_line_ends_in_a_string_value_become_tx_lines_not_escaped_crs() {
+    let bundle = glucose_with(4, "/valueString", json!("a|b^c~d\\e&f\r\nsecond\rthird"));
+    let msg = fhir_to_hl7(&bundle, TargetMessage::OruR01, &Default::default()).unwrap();
+    assert_valid(&msg, "CRLF text");
+    let text = String::from_utf8_lossy(msg.as_bytes()).into_owned();
+    assert!(!text.contains("\\X0D\\"), "{text}");
+    assert_eq!(msg.get("OBX(3)-2").as_deref(), Some("TX"));
+    assert_eq!(msg.get("OBX(3)-5(1)").as_deref(), Some("a|b^c~d\\e&f"), "delimiters escaped and read back");
+    assert_eq!(msg.get("OBX(3)-5(2)").as_deref(), Some("second"));
+    assert_eq!(msg.get("OBX(3)-5(3)").as_deref(), Some("third"));
+    assert_eq!(msg.segments_named("OBX").count(), 3, "no segment split");
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
