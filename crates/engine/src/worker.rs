@@ -454,14 +454,28 @@ impl DestinationWorkers {
         let prepared =
             ClaimedDelivery { raw: output.content.clone(), content_type: output.content_type.clone(), ..delivery };
         let attempt = self.process_content(prepared.clone(), Some(&output)).await;
-        if let Outcome::Sent { response: Some(response), transformed } = &attempt.outcome {
-            let sent = FlowOutput { content: transformed.clone().unwrap_or_else(|| output.content.clone()), ..output };
-            if let Err(e) = flow.delivered(&prepared, &self.name, &sent, response).await {
-                warn!(
-                    channel = %self.channel.name, destination = %self.name, message_id = %prepared.message_id,
-                    kind = e.kind(), "the flow's follow-up after delivery failed"
-                );
+        match &attempt.outcome {
+            Outcome::Sent { response: Some(response), transformed } => {
+                let sent =
+                    FlowOutput { content: transformed.clone().unwrap_or_else(|| output.content.clone()), ..output };
+                if let Err(e) = flow.delivered(&prepared, &self.name, &sent, response).await {
+                    warn!(
+                        channel = %self.channel.name, destination = %self.name, message_id = %prepared.message_id,
+                        kind = e.kind(), "the flow's follow-up after delivery failed"
+                    );
+                }
             }
+            // A filter or route step dropped the flow's output: final, so a
+            // flow waiting for every destination must hear of it too.
+            Outcome::Filtered { .. } => {
+                if let Err(e) = flow.filtered(&prepared, &self.name).await {
+                    warn!(
+                        channel = %self.channel.name, destination = %self.name, message_id = %prepared.message_id,
+                        kind = e.kind(), "the flow's follow-up after a filtered delivery failed"
+                    );
+                }
+            }
+            _ => {}
         }
         attempt
     }

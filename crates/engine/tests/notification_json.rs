@@ -175,3 +175,54 @@ url = "https://clinic.example/other"
     assert!(e.contains("channel \"glucose\".source.outputs.clinic.rules") && e.contains("rule 'v'"), "{e}");
     assert!(e.contains("channel \"glucose\".source.outputs.other") && e.contains("needs mapping rules"), "{e}");
 }
+
+/// Regression (session 8, helper H's review): a notification whose only
+/// destination filters the converted output out has nothing left to
+/// deliver,
+/// so the partner must be acknowledged. Before, only a sent delivery told
+/// the flow that a destination was done: the filtered one never did, and the
+/// partner waited for an acknowledgement that never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_whose_output_every_destination_filters_out_is_acknowledged() {
+    let (partner, partner_addr) = start_partner().await;
+    let mut readings: Value = serde_json::from_slice(&bundle(json!(140))).unwrap();
+    readings["entry"].as_array_mut().unwrap().insert(
+        0,
+        json!({"resource": {"resourceType": "Patient", "id": "p1",
+            "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN1"}], "name": [{"family": "Test"}]}}),
+    );
+    partner.add_file("readings", serde_json::to_vec(&readings).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"version = 1
+[store]
+url = "sqlite://{dir}/plexus.db"
+[api]
+listen = "127.0.0.1:0"
+{source}
+[[channels.glucose.destinations]]
+name = "clinic"
+type = "http"
+url = "http://{partner_addr}/readings"
+filter = ['json:resourceType == "Patient"']
+"#,
+        // The configuration check reads a notification channel's filters as
+        // JSON (its stored content); at delivery this one meets the
+        // converted ORU^R01, which has no such JSON member, so it rejects it.
+        dir = dir.path().display(),
+        source = presigned_glucose_source(r#"output = "oru_r01""#, SECRET, partner_addr)
+    );
+    let path = dir.path().join("plexus.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+    let engine = Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let addr = engine.source_addr("glucose").unwrap();
+
+    let id = notify(addr, "n1", "readings", partner_addr).await;
+    let d = delivery(&engine, id).await;
+    assert_eq!(d.state, DeliveryState::Filtered, "{:?}", d.error_reason);
+    wait_until("the acknowledgement", Duration::from_secs(30), || !partner.acks().is_empty()).await;
+    assert_eq!(partner.acked_files(), ["readings"]);
+    assert!(partner.received().is_empty(), "filtered data reached the receiver");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

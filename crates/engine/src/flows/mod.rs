@@ -70,6 +70,17 @@ pub trait FlowStage: Send + Sync + fmt::Debug + 'static {
         response: &store::Response,
     ) -> Result<(), FlowError>;
 
+    /// `destination` has nothing to send: a channel or destination filter,
+    /// or a `route` step, dropped the flow's output and the delivery is
+    /// about to be recorded as filtered. Like `delivered`, it runs before the
+    /// outcome is recorded and at-least-once. Default: nothing (a flow that
+    /// waits for every destination, such as the partner acknowledgement,
+    /// counts this one as done).
+    async fn filtered(&self, delivery: &ClaimedDelivery, destination: &str) -> Result<(), FlowError> {
+        let _ = (delivery, destination);
+        Ok(())
+    }
+
     /// The delivery to `destination` failed for good (`reason` as stored).
     async fn failed(&self, delivery: &ClaimedDelivery, destination: &str, reason: &str) {
         let _ = (delivery, destination, reason);

@@ -391,6 +391,31 @@ impl FlowStage for NotificationStage {
         _sent: &FlowOutput,
         _response: &store::Response,
     ) -> Result<(), FlowError> {
+        self.finished(delivery, destination).await
+    }
+
+    async fn filtered(&self, delivery: &ClaimedDelivery, destination: &str) -> Result<(), FlowError> {
+        // Filtered is final: nothing will ever be sent there, so the
+        // acknowledgement must not wait for it.
+        self.finished(delivery, destination).await
+    }
+
+    async fn failed(&self, delivery: &ClaimedDelivery, destination: &str, reason: &str) {
+        self.lock_bundles().remove(delivery.message_id);
+        self.lock_parsed().remove(&delivery.message_id);
+        self.audit(
+            delivery.message_id,
+            "not_acknowledged",
+            format!("destination {destination} failed for good, the partner is not acknowledged: {reason}"),
+        )
+        .await;
+    }
+}
+
+impl NotificationStage {
+    /// `destination` is done with `delivery`'s notification (sent, or
+    /// filtered with nothing to send).
+    async fn finished(&self, delivery: &ClaimedDelivery, destination: &str) -> Result<(), FlowError> {
         // `delivery.raw` is the prepared content here; the notification is
         // the one `prepare` parsed, or (another process prepared it) read
         // from the store's copy.
@@ -408,17 +433,6 @@ impl FlowStage for NotificationStage {
             .map_err(|e| FlowError::Permanent(format!("the stored notification: {e}")))?;
         self.destination_done(delivery.message_id, destination, &notification).await;
         Ok(())
-    }
-
-    async fn failed(&self, delivery: &ClaimedDelivery, destination: &str, reason: &str) {
-        self.lock_bundles().remove(delivery.message_id);
-        self.lock_parsed().remove(&delivery.message_id);
-        self.audit(
-            delivery.message_id,
-            "not_acknowledged",
-            format!("destination {destination} failed for good, the partner is not acknowledged: {reason}"),
-        )
-        .await;
     }
 }
 
