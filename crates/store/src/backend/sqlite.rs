@@ -18,11 +18,9 @@
 //! writer opens the file, the rest on a pool of readers that WAL lets read
 //! while the writer writes.
 //!
-//! With `synchronous=FULL` (the default) every caller is answered after an
-//! fsync of the WAL that covers its commit, so an acknowledged message
-//! survives a power cut; the writer thread leaves that fsync to a syncer
-//! thread and runs the next batch meanwhile (see [`sqlite_writer`]).
-//! `NORMAL` survives a process crash only.
+//! With `synchronous=FULL` (the default) a COMMIT fsyncs the WAL, so an
+//! acknowledged message survives a power cut; `NORMAL` survives a process
+//! crash only.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -119,7 +117,7 @@ async fn open_store(url: &str, options: StoreOptions) -> Result<SqliteStore> {
 
     let (ops, rx) = mpsc::channel(options.max_batch.saturating_mul(4).max(64));
     let (changed, changes) = watch::channel(0u64);
-    let writer = Writer::new(writer_conn, options.clock.clone(), options.duplicate_window, changed);
+    let writer = Writer { conn: writer_conn, clock: options.clock.clone(), window: options.duplicate_window, changed };
     let shutdown = Arc::new(Notify::new());
     let shared = Shared::new(writer);
     let handle = shared

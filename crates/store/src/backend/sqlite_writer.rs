@@ -18,21 +18,6 @@
 //! sync jobs stay on sqlx's pool: WAL lets them read beside this writer, and
 //! they are async. Both crates link the same `libsqlite3-sys`.
 //!
-//! **The flush overlaps the next batch.** With `synchronous=FULL` a batch
-//! the writer thread runs is committed with its log sync deferred
-//! ([`wal_vfs::LogSync`]): COMMIT writes the frames and returns, a syncer
-//! thread runs the `fdatasync`, and meanwhile the writer runs the next
-//! batch. A batch's callers are answered only when a sync that started
-//! after its COMMIT (so after the frames of its commit and of every commit
-//! before it were in the file) has completed: `Writer::release` answers at
-//! once if a real sync already covers them, and hands them to the syncer
-//! otherwise. That holds for every kind of request, including those whose
-//! own transaction wrote nothing (a duplicate answered from an original
-//! that is not yet synced). The durability argument is in [`wal_vfs`]'s
-//! module doc. A commit run on a caller's thread
-//! ([`Shared::commit_here`], one producer) keeps the real sync inside
-//! COMMIT: there is no next batch to overlap.
-//!
 //! The SQL mirrors the shared `write_side!` of the server backends
 //! (duplicate window, queue keys, head-of-key claims, retries, dead letters,
 //! replay with its audit event, retention), and the database-agnostic
@@ -42,7 +27,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -53,7 +37,6 @@ use uuid::Uuid;
 
 use super::common::*;
 use super::wal_vfs;
-use super::wal_vfs::LogSync;
 use super::writer::{self, Done, Op};
 use crate::clock::{from_micros, to_delta, to_micros};
 use crate::model::*;
@@ -115,16 +98,7 @@ pub(super) struct Writer {
     pub clock: Clock,
     pub window: Duration,
     pub changed: watch::Sender<u64>,
-    /// The log's deferred-sync state; `None` (NORMAL, or a log that is not
-    /// "plexus-wal"'s): every commit syncs inside COMMIT.
-    log: Option<Arc<LogSync>>,
-    /// The syncer thread, once started ([`Shared::spawn`]).
-    syncer: Option<(std::sync::mpsc::Sender<Waiting>, JoinHandle<()>)>,
 }
-
-/// Answers waiting for a sync: the `written` they need durable, the batch's
-/// own error (if it failed), and the answers.
-type Waiting = (u64, Option<Arc<StoreError>>, Vec<Done>);
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -195,8 +169,7 @@ impl Shared {
         }
         let Ok(mut guard) = self.writer.try_lock() else { return Some(op) };
         let Some(writer) = guard.as_mut() else { return Some(op) };
-        // No deferral: the sync stays inside COMMIT, on this thread.
-        tokio::task::block_in_place(|| writer.run_batch(vec![op], false));
+        tokio::task::block_in_place(|| writer.run_batch(vec![op]));
         self.last_batch.store(1, Ordering::Relaxed);
         #[cfg(test)]
         self.committed_here.fetch_add(1, Ordering::Relaxed);
@@ -212,9 +185,6 @@ impl Shared {
         max_batch: usize,
         shutdown: Arc<Notify>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        if let Some(writer) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-            writer.start_syncer()?;
-        }
         let shared = self.clone();
         std::thread::Builder::new()
             .name("plexus-sqlite-writer".into())
@@ -229,7 +199,7 @@ impl Shared {
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.thread_waiting.store(false, Ordering::Release);
         match guard.as_mut() {
-            Some(writer) => writer.run_batch(batch, true),
+            Some(writer) => writer.run_batch(batch),
             None => {
                 for op in batch {
                     op.fail(StoreError::Closed);
@@ -265,144 +235,21 @@ impl Shared {
             }
         }
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(mut writer) = writer {
-            // Every answer handed to the syncer goes out before the thread
-            // reports that it stopped.
-            writer.stop_syncer();
-            if let Err((_, e)) = writer.conn.close() {
-                warn!(error = %rusqlite_summary(&e), "closing the sqlite store writer's connection failed");
-            }
+        if let Some(writer) = writer
+            && let Err((_, e)) = writer.conn.close()
+        {
+            warn!(error = %rusqlite_summary(&e), "closing the sqlite store writer's connection failed");
         }
         debug!("sqlite store writer stopped");
     }
 }
 
-/// The syncer thread: takes every batch of answers waiting, syncs the log
-/// once for all of them (unless a real sync already covered them), then
-/// answers them in the order they were handed over. Stops when the writer
-/// drops its sender.
-fn syncer(log: &LogSync, rx: &std::sync::mpsc::Receiver<Waiting>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(rx.try_iter());
-        let needed = waiting.iter().map(|(w, _, _)| *w).max().unwrap_or(0);
-        let failed = if log.is_durable(needed) && !log.failed() {
-            None
-        } else {
-            match log.sync() {
-                Ok(()) => None,
-                Err(e) => {
-                    warn!(error = %e.kind(), "syncing the sqlite store's log failed; the store refuses writes until it is reopened");
-                    Some(Arc::new(sync_failed()))
-                }
-            }
-        };
-        for (_, batch_error, answers) in waiting {
-            let error = batch_error.or_else(|| failed.clone());
-            for d in answers {
-                d.send(error.clone());
-            }
-        }
-    }
-}
-
-/// A deferred sync of the log failed: what was committed since the last
-/// good sync may not be on the disk.
-fn sync_failed() -> StoreError {
-    StoreError::Busy("the store's log could not be synced to disk (I/O error); reopen the store")
-}
-
 impl Writer {
-    /// A writer on `conn` (from [`open_connection`]), with the log's
-    /// deferred syncs attached when the connection writes through
-    /// "plexus-wal".
-    pub(super) fn new(conn: Connection, clock: Clock, window: Duration, changed: watch::Sender<u64>) -> Writer {
-        // Any read opens the log; then the VFS can hand over its state.
-        let log = conn
-            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
-            .ok()
-            .and_then(|_| LogSync::attach(&conn));
-        Writer { conn, clock, window, changed, log, syncer: None }
-    }
-
-    /// Starts the syncer thread (if the log defers syncs).
-    fn start_syncer(&mut self) -> std::io::Result<()> {
-        let Some(log) = self.log.clone() else { return Ok(()) };
-        let (tx, rx) = std::sync::mpsc::channel::<Waiting>();
-        let handle =
-            std::thread::Builder::new().name("plexus-sqlite-syncer".into()).spawn(move || syncer(&log, &rx))?;
-        self.syncer = Some((tx, handle));
-        Ok(())
-    }
-
-    /// Stops the syncer after it answered everything handed to it.
-    fn stop_syncer(&mut self) {
-        if let Some((tx, handle)) = self.syncer.take() {
-            drop(tx);
-            if handle.join().is_err() {
-                warn!("the sqlite store's log syncer ended abnormally (panicked)");
-            }
-        }
-    }
-
-    /// Lets this batch's COMMIT defer its log sync (the writer thread only,
-    /// and only with a syncer to run it).
-    fn arm(&self, defer: bool) {
-        if defer
-            && self.syncer.is_some()
-            && let Some(log) = &self.log
-        {
-            log.arm(true);
-        }
-    }
-
-    fn disarm(&self) {
-        if let Some(log) = &self.log {
-            log.arm(false);
-        }
-    }
-
-    /// Answers a batch that committed (`batch_error` `None`) or failed after
-    /// reading: at once if a completed sync covers every commit written so
-    /// far (the batch's own and all it could have read), else through the
-    /// syncer, after its next sync.
-    fn release(&self, answers: Vec<Done>, batch_error: Option<Arc<StoreError>>) {
-        if let (Some(log), Some((syncer, _))) = (&self.log, &self.syncer) {
-            let written = log.written();
-            if !log.is_durable(written) || log.failed() {
-                if let Err(std::sync::mpsc::SendError((_, _, answers))) = syncer.send((written, batch_error, answers)) {
-                    for d in answers {
-                        d.send(Some(Arc::new(StoreError::Closed)));
-                    }
-                }
-                return;
-            }
-        }
-        for d in answers {
-            d.send(batch_error.clone());
-        }
-    }
-
-    /// The error for every request once a deferred sync of the log failed.
-    fn log_failed(&self) -> Option<StoreError> {
-        self.log.as_ref().is_some_and(|l| l.failed()).then(sync_failed)
-    }
-
     fn announce(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Runs one batch in one transaction and answers its callers (see
-    /// [`Writer::release`]); `defer`: the writer thread's batch, whose
-    /// COMMIT may leave the sync to the syncer.
-    fn run_batch(&mut self, batch: Vec<Op>, defer: bool) {
-        if let Some(e) = self.log_failed() {
-            let e = Arc::new(e);
-            for op in batch {
-                op.fail(StoreError::Batch(e.clone()));
-            }
-            return;
-        }
+    fn run_batch(&mut self, batch: Vec<Op>) {
         let mut accepts = Vec::new();
         let mut others = Vec::new();
         for op in batch {
@@ -425,10 +272,7 @@ impl Writer {
             let messages: Vec<(&NewMessage, &Stamp)> = accepts.iter().map(|(m, s, _)| (m, s)).collect();
             let result = self.exec("BEGIN IMMEDIATE").and_then(|()| {
                 let r = self.accept_batch(&messages, now)?;
-                self.arm(defer);
-                let committed = self.exec("COMMIT");
-                self.disarm();
-                committed?;
+                self.exec("COMMIT")?;
                 Ok(r)
             });
             match result {
@@ -438,12 +282,9 @@ impl Writer {
                     if queued {
                         self.announce();
                     }
-                    let answers = accepts
-                        .into_iter()
-                        .zip(answers)
-                        .map(|((_, _, reply), answer)| Done::new(reply, Ok(answer)))
-                        .collect();
-                    self.release(answers, None);
+                    for ((_, _, reply), answer) in accepts.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
                     return;
                 }
                 Err(e) => {
@@ -526,15 +367,14 @@ impl Writer {
             return;
         }
 
-        self.arm(defer);
-        let committed = self.exec("COMMIT");
-        self.disarm();
-        match committed {
+        match self.exec("COMMIT") {
             Ok(()) => {
                 if wake {
                     self.announce();
                 }
-                self.release(done, None);
+                for d in done {
+                    d.send(None);
+                }
             }
             Err(e) => {
                 warn!(error = %e.summary(), "group commit failed");
@@ -1064,113 +904,4 @@ fn rusqlite_summary(e: &rusqlite::Error) -> String {
 /// back by itself: nothing of theirs is stored, and retrying later may work.
 fn transaction_lost() -> StoreError {
     StoreError::Busy("the batch's transaction was rolled back by the database (disk full or I/O error)")
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::super::wal_vfs::hooks;
-    use crate::model::*;
-    use crate::{Store, StoreOptions};
-
-    fn message(n: usize) -> NewMessage {
-        NewMessage {
-            channel: "c".into(),
-            received_at: chrono::Utc::now(),
-            peer_addr: None,
-            content_type: "x-application/hl7-v2+er7".into(),
-            raw: format!("MSH|^~\\&|S||R||20250101||ADT^A01|C{n}|P|2.5\r").into_bytes(),
-            control_id: Some(format!("C{n}")),
-            sender_key: "S".into(),
-            message_type: None,
-            event: None,
-            order_key: Some(format!("K{n}")),
-            patient_ids: vec![],
-            ack: Some(format!("ACK {n}").into_bytes()),
-            deliveries: vec![NewDelivery::queued("out")],
-        }
-    }
-
-    /// A store on a new file whose log the test hooks watch.
-    async fn store(dir: &tempfile::TempDir) -> (Arc<dyn Store>, String) {
-        let path = dir.path().canonicalize().expect("canonical temp dir").join("s.db");
-        let key = path.display().to_string();
-        hooks::watch(&key);
-        let store = crate::open(&format!("sqlite://{key}"), StoreOptions::default()).await.expect("open");
-        (store, key)
-    }
-
-    async fn queued(store: &Arc<dyn Store>) -> u64 {
-        let counts = store.counts().await.expect("counts");
-        counts.iter().filter(|c| c.state == DeliveryState::Queued).map(|c| c.count).sum()
-    }
-
-    /// While the syncer's `fdatasync` is held, a batch the writer thread
-    /// committed is visible to readers but none of its callers is
-    /// answered, nor is a duplicate of it (whose own transaction writes
-    /// nothing), whether the duplicate goes through the writer thread or
-    /// commits on its caller's thread. Released, every one is answered.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn callers_are_answered_only_after_the_sync_of_what_they_read() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (store, key) = store(&dir).await;
-        store.accept(message(0)).await.expect("first accept");
-
-        hooks::hold_syncs(&key, true);
-        let batch = tokio::spawn({
-            let store = store.clone();
-            async move { store.accept_many((1..=8).map(message).collect()).await }
-        });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while queued(&store).await < 9 {
-            assert!(tokio::time::Instant::now() < deadline, "the batch was never committed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(hooks::stats(&key).deferred >= 1, "the writer thread's commit left its sync to the syncer");
-        let duplicate_there = tokio::spawn({
-            let store = store.clone();
-            async move { store.accept_many(vec![message(1)]).await }
-        });
-        let duplicate_here = tokio::spawn({
-            let store = store.clone();
-            async move { store.accept(message(2)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!batch.is_finished(), "a batch was answered before its log was synced");
-        assert!(!duplicate_there.is_finished(), "a duplicate was answered before its original was synced");
-        assert!(!duplicate_here.is_finished(), "a duplicate committed here was answered before the sync");
-
-        hooks::hold_syncs(&key, false);
-        for answer in batch.await.expect("batch") {
-            assert!(matches!(answer, Ok(Accepted::Stored { .. })), "{answer:?}");
-        }
-        let there = duplicate_there.await.expect("task").pop().expect("one answer");
-        assert!(matches!(there, Ok(Accepted::Duplicate { .. })), "{there:?}");
-        assert!(matches!(duplicate_here.await.expect("task"), Ok(Accepted::Duplicate { .. })));
-        store.close().await;
-    }
-
-    /// A deferred sync that fails fails the callers waiting for it, and
-    /// every later write, until the store is reopened: after a failed
-    /// `fdatasync` no later sync can vouch for what was written before it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_deferred_sync_fails_its_callers_and_later_writes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (store, key) = store(&dir).await;
-        store.accept(message(0)).await.expect("first accept");
-
-        hooks::fail_syncs(&key, true);
-        let answers = store.accept_many((1..=4).map(message).collect()).await;
-        hooks::fail_syncs(&key, false);
-        assert!(answers.iter().all(Result::is_err), "{answers:?}");
-        assert!(store.accept(message(5)).await.is_err(), "a write after the failed sync");
-        assert!(store.accept_many(vec![message(6)]).await.pop().expect("answer").is_err());
-        store.close().await;
-
-        let store = crate::open(&format!("sqlite://{key}"), StoreOptions::default()).await.expect("reopen");
-        assert!(matches!(store.accept(message(7)).await, Ok(Accepted::Stored { .. })));
-        store.close().await;
-    }
 }

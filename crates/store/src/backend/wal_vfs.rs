@@ -56,62 +56,13 @@
 //! The buffer belongs to one open file of one connection; SQLite calls a
 //! file's methods from one thread at a time (the writer thread), so it needs
 //! no lock.
-//!
-//! **Deferred syncs (the writer's overlap of a batch with the previous
-//! batch's flush).** The writer attaches a [`LogSync`] to its log and arms
-//! it around the COMMIT of a batch it runs on its own thread. The first
-//! xSync of an armed COMMIT then writes the buffer (the frames reach the
-//! file, as above) but does not sync: it counts the commit as written
-//! (`written`) and returns. SQLite then publishes the frames in the
-//! wal-index, so readers, the checkpointer and the writer's next batch see
-//! the commit, which is **not yet durable**. A syncer thread runs
-//! `fdatasync` on its own descriptor of the log and raises `synced` to the
-//! `written` it read before the call; the writer answers a batch's callers
-//! only once `synced` reaches the `written` of the moment its COMMIT
-//! returned ([`super::sqlite_writer`]). Why nothing acknowledged can be lost
-//! and nothing is acted on before its data is durable:
-//! - every caller (accepts, duplicates, claims, completions, replays,
-//!   retention) is answered only after a sync that started after the frames
-//!   of its own commit *and of every earlier commit* were in the file, so an
-//!   answer never rests on a commit that a crash could take away: a
-//!   duplicate answered from a still-unsynced original, a claim of a
-//!   delivery whose message is unsynced, a completion of such a claim, all
-//!   wait for the sync covering what they read;
-//! - an `fdatasync` covers every byte written to the file before it was
-//!   called, whichever descriptor wrote it, and the log is a sequence of
-//!   frames chained by checksums: after a power cut, recovery keeps a prefix
-//!   of the commits, so a lost unsynced commit takes with it only later
-//!   commits, none of which was answered either (a process crash loses
-//!   nothing written: the page cache keeps it);
-//! - only the commit's sync is deferred, and only one per armed COMMIT. The
-//!   sync of a **new log's header** (SQLite writes it at offset 0 and syncs
-//!   it before the first frame when the log starts over, so that frames of
-//!   the previous log can never be replayed after a crash: SQLite ticket
-//!   ff5be73dee) stays a real, synchronous sync: a sync whose buffer holds a
-//!   header write is never deferred. So does the sync a checkpoint makes
-//!   before it copies frames into the database (the writer's own automatic
-//!   checkpoint runs inside COMMIT after the commit's sync, which disarmed
-//!   the deferral; the background checkpointer is a "unix" connection);
-//!   both also count as syncing everything written before them;
-//! - the log can start over only after a checkpoint copied every frame into
-//!   the database, and a checkpoint syncs the log before it copies: frames
-//!   are never overwritten before they are durable, and the database file
-//!   never holds a page whose log frame is not durable;
-//! - readers (message view, search) may show a committed message a moment
-//!   before its accept is answered; if a power cut takes it away, it was
-//!   never acknowledged (as with SQLite's own `synchronous=NORMAL`);
-//! - a failed deferred sync fails every caller waiting for it and leaves the
-//!   log **failed**: after a failed `fdatasync` Linux may have dropped the
-//!   dirty pages and a later sync would report success for data that never
-//!   reached the disk, so the store answers every later write with an error
-//!   until it is reopened (PostgreSQL stops for the same reason).
 
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use rusqlite::ffi;
 
@@ -129,10 +80,6 @@ const FLUSH_BOUND: usize = 1 << 20;
 /// itself never writes more than a page), so a longer write would be cut
 /// short and reported as a full disk. 124 KiB: ~60 frames of 2 KiB pages.
 const WRITE_CHUNK: usize = 0x1f000;
-
-/// The log's header: a write that touches these bytes starts a new log,
-/// and the sync after it is never deferred (see the module doc).
-const WAL_HEADER: i64 = 32;
 
 /// The VFS this one wraps (the process's default, "unix" on Linux).
 static INNER: AtomicPtr<ffi::sqlite3_vfs> = AtomicPtr::new(ptr::null_mut());
@@ -191,118 +138,8 @@ struct LogFile {
     /// `pending_at .. pending_at + pending.len()`.
     pending: Vec<u8>,
     pending_at: i64,
-    /// The log's header was written since the last real sync.
-    header_written: bool,
-    /// Set by the writer ([`LogSync::attach`]); `None`: every sync is real.
-    sync: Option<Arc<LogSync>>,
-    path: String,
-}
-
-/// What the writer, its syncer thread and the log file share about one
-/// store's log: whether the next commit's sync may be deferred, and how far
-/// the log is written and synced, counted in deferred commits. See the
-/// module doc for why this is safe.
-#[derive(Debug)]
-pub(crate) struct LogSync {
-    /// The next commit sync may be deferred (set around the writer thread's
-    /// COMMIT, cleared by the first deferral).
-    armed: AtomicBool,
-    /// Commits whose frames are in the file and whose sync was deferred.
-    written: AtomicU64,
-    /// The `written` that a completed sync covers.
-    synced: AtomicU64,
-    /// A deferred sync failed: nothing written since can be promised.
-    failed: AtomicBool,
-    /// The syncer's own descriptor of the log (an fsync covers every write
-    /// to the file, whichever descriptor made it).
-    file: std::fs::File,
     #[cfg(test)]
     path: String,
-}
-
-impl LogSync {
-    /// Attaches a `LogSync` to the log of `conn`, a connection opened on
-    /// "plexus-wal" whose log is open (any read of the database opens it).
-    /// `None` if the log is not this VFS's or cannot be opened again: then
-    /// every sync stays real and nothing is deferred.
-    pub(crate) fn attach(conn: &rusqlite::Connection) -> Option<Arc<LogSync>> {
-        let mut file: *mut ffi::sqlite3_file = ptr::null_mut();
-        // SAFETY: `conn` is open and used by this thread only; the journal
-        // pointer is the connection's open log file (or its rollback
-        // journal, or null), which we touch only if its methods are ours,
-        // i.e. it was opened by `x_open` as a `LogFile`.
-        unsafe {
-            let rc = ffi::sqlite3_file_control(
-                conn.handle(),
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_JOURNAL_POINTER,
-                (&raw mut file).cast(),
-            );
-            if rc != ffi::SQLITE_OK || file.is_null() || !ptr::eq((*file).pMethods, &LOG_METHODS) {
-                return None;
-            }
-            let f = log(file);
-            if f.sync.is_none() {
-                let handle = std::fs::File::open(&f.path).ok()?;
-                f.sync = Some(Arc::new(LogSync {
-                    armed: AtomicBool::new(false),
-                    written: AtomicU64::new(0),
-                    synced: AtomicU64::new(0),
-                    failed: AtomicBool::new(false),
-                    file: handle,
-                    #[cfg(test)]
-                    path: f.path.clone(),
-                }));
-            }
-            f.sync.clone()
-        }
-    }
-
-    /// Lets the next commit's sync be deferred (`true`), or not.
-    pub(crate) fn arm(&self, armed: bool) {
-        self.armed.store(armed, Ordering::Release);
-    }
-
-    /// How many deferred commits are in the file now.
-    pub(crate) fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
-    }
-
-    /// Whether a completed sync covers the first `written` deferred commits.
-    pub(crate) fn is_durable(&self, written: u64) -> bool {
-        self.synced.load(Ordering::Acquire) >= written
-    }
-
-    pub(crate) fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
-    }
-
-    /// The syncer's sync: `fdatasync` on the log unless a sync already
-    /// covers every deferred commit. Once one fails, every later call fails
-    /// (see the module doc).
-    pub(crate) fn sync(&self) -> std::io::Result<()> {
-        if self.failed() {
-            return Err(std::io::Error::other("an earlier sync of the store's log failed"));
-        }
-        let upto = self.written();
-        if self.is_durable(upto) {
-            return Ok(());
-        }
-        #[cfg(test)]
-        let result = hooks::before_deferred_sync(&self.path).map_or_else(|| self.file.sync_data(), Err);
-        #[cfg(not(test))]
-        let result = self.file.sync_data();
-        match result {
-            Ok(()) => {
-                self.synced.fetch_max(upto, Ordering::AcqRel);
-                Ok(())
-            }
-            Err(e) => {
-                self.failed.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
-    }
 }
 
 /// Where the inner file starts: after `LogFile`, 16-byte aligned.
@@ -363,8 +200,7 @@ unsafe extern "C" fn x_open(
                 inner,
                 pending: Vec::new(),
                 pending_at: 0,
-                header_written: false,
-                sync: None,
+                #[cfg(test)]
                 path: if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() },
             },
         );
@@ -468,9 +304,6 @@ unsafe extern "C" fn log_write(file: *mut ffi::sqlite3_file, data: *const c_void
         let Ok(len) = usize::try_from(amount) else { return ffi::SQLITE_IOERR_WRITE };
         let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
         let end = offset + i64::from(amount);
-        if offset < WAL_HEADER {
-            f.header_written = true;
-        }
         if !f.pending.is_empty() && offset >= f.pending_at && end <= f.pending_end() {
             // A frame of this transaction written again (walFrames rewrites
             // pages and checksums in place): patch the buffer.
@@ -514,42 +347,18 @@ unsafe extern "C" fn log_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_i
     // SAFETY: forwarded with SQLite's own arguments.
     unsafe {
         let f = log(file);
-        let frames = !f.pending.is_empty();
-        #[cfg(test)]
-        let end = if frames { f.pending_end() } else { 0 };
         // The commit's flush: the frames go to the file before the sync
         // that makes them durable, and before SQLite announces them.
         let rc = f.flush();
         if rc != ffi::SQLITE_OK {
             return rc;
         }
-        if let Some(s) = &f.sync
-            && frames
-            && !f.header_written
-            && s.armed.swap(false, Ordering::AcqRel)
-        {
-            // The writer's commit: its frames are in the file; the syncer
-            // makes them durable before anyone is answered.
-            s.written.fetch_add(1, Ordering::AcqRel);
-            #[cfg(test)]
-            hooks::on_deferred(&f.path, end);
-            return ffi::SQLITE_OK;
-        }
-        // A real sync covers every commit written before it.
-        let upto = f.sync.as_ref().map(|s| s.written());
         #[cfg(test)]
-        hooks::on_sync(&f.path, end);
-        let rc = match f.methods().xSync {
+        hooks::on_sync(&f.path);
+        match f.methods().xSync {
             Some(sync) => sync(f.inner, flags),
             None => ffi::SQLITE_IOERR_FSYNC,
-        };
-        if rc == ffi::SQLITE_OK {
-            f.header_written = false;
-            if let (Some(s), Some(upto)) = (&f.sync, upto) {
-                s.synced.fetch_max(upto, Ordering::AcqRel);
-            }
         }
-        rc
     }
 }
 
@@ -738,31 +547,14 @@ pub(crate) mod hooks {
         pub flushes: u64,
         /// Calls to the inner xWrite (`pwrite`s).
         pub writes: u64,
-        /// Real syncs of the log (the inner xSync).
         pub syncs: u64,
-        /// Commit syncs deferred to the syncer.
-        pub deferred: u64,
-    }
-
-    /// A sync of the log, real or deferred, with the end of the bytes the
-    /// sync's flush wrote (0: the buffer was empty).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(crate) enum SyncEvent {
-        Real(i64),
-        Deferred(i64),
     }
 
     #[derive(Debug, Default)]
     struct Watch {
         stats: LogStats,
-        events: Vec<SyncEvent>,
         fail: bool,
-        hold_syncs: bool,
-        fail_syncs: bool,
     }
-
-    /// Wakes deferred syncs waiting in `before_deferred_sync`.
-    static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
 
     static WATCHED: Mutex<Vec<(String, Watch)>> = Mutex::new(Vec::new());
 
@@ -784,10 +576,7 @@ pub(crate) mod hooks {
     }
 
     pub(crate) fn reset(prefix: &str) {
-        with(prefix, |w| {
-            w.stats = LogStats::default();
-            w.events.clear();
-        });
+        with(prefix, |w| w.stats = LogStats::default());
     }
 
     pub(crate) fn fail_flushes(prefix: &str, fail: bool) {
@@ -810,52 +599,8 @@ pub(crate) mod hooks {
         with(path, |w| w.stats.writes += 1);
     }
 
-    pub(super) fn on_sync(path: &str, end: i64) {
-        with(path, |w| {
-            w.stats.syncs += 1;
-            w.events.push(SyncEvent::Real(end));
-        });
-    }
-
-    pub(super) fn on_deferred(path: &str, end: i64) {
-        with(path, |w| {
-            w.stats.deferred += 1;
-            w.events.push(SyncEvent::Deferred(end));
-        });
-    }
-
-    /// The syncs since the last `reset`, in order.
-    pub(crate) fn events(prefix: &str) -> Vec<SyncEvent> {
-        with(prefix, |w| w.events.clone()).unwrap_or_default()
-    }
-
-    /// Holds the syncer's deferred syncs of these logs until released, so a
-    /// test can look at what callers got while their commits are written
-    /// but not synced.
-    pub(crate) fn hold_syncs(prefix: &str, hold: bool) {
-        with(prefix, |w| w.hold_syncs = hold);
-        RELEASED.notify_all();
-    }
-
-    /// Makes the syncer's deferred syncs of these logs fail (an I/O error).
-    pub(crate) fn fail_syncs(prefix: &str, fail: bool) {
-        with(prefix, |w| w.fail_syncs = fail);
-    }
-
-    /// Called by the syncer before its `fdatasync`: waits while held, and
-    /// returns the error to report instead of syncing, if failing.
-    pub(super) fn before_deferred_sync(path: &str) -> Option<std::io::Error> {
-        let mut watched = WATCHED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        loop {
-            let (_, w) = watched.iter_mut().find(|(prefix, _)| path.starts_with(prefix.as_str()))?;
-            if w.fail_syncs {
-                return Some(std::io::Error::other("test: the log's sync fails"));
-            }
-            if !w.hold_syncs {
-                return None;
-            }
-            watched = RELEASED.wait(watched).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+    pub(super) fn on_sync(path: &str) {
+        with(path, |w| w.stats.syncs += 1);
     }
 }
 
@@ -919,12 +664,12 @@ mod tests {
 
         // ~22 pages of 4 KiB, ~90 KiB: ~44 writes from SQLite, one here.
         insert(&writer, 1, 20, 3000);
-        assert_eq!(hooks::stats(&key), hooks::LogStats { flushes: 1, writes: 1, syncs: 1, deferred: 0 });
+        assert_eq!(hooks::stats(&key), hooks::LogStats { flushes: 1, writes: 1, syncs: 1 });
         // ~42 pages, ~170 KiB: more than one write takes (the unix VFS
         // cuts a write at 128 KiB), so two.
         hooks::reset(&key);
         insert(&writer, 21, 40, 3000);
-        assert_eq!(hooks::stats(&key), hooks::LogStats { flushes: 1, writes: 2, syncs: 1, deferred: 0 });
+        assert_eq!(hooks::stats(&key), hooks::LogStats { flushes: 1, writes: 2, syncs: 1 });
 
         // A reader on the plain VFS sees the commit at once.
         let reader = Connection::open(&path).expect("reader");
@@ -945,66 +690,6 @@ mod tests {
         drop(writer);
         // Reopened after a clean close (the log checkpointed away).
         assert_eq!(count(&Connection::open(&path).expect("reopen")), 61);
-    }
-
-    /// The writer's overlap: an armed commit writes its frames and leaves
-    /// the sync to `LogSync::sync`; a reader sees the commit at once. When
-    /// the log starts over, the new header's sync stays real and comes
-    /// before the frames (SQLite ticket ff5be73dee); only the commit's own
-    /// sync is deferred. A real sync covers the deferred commits before it.
-    #[test]
-    fn an_armed_commit_defers_its_sync_but_never_a_new_logs_header() {
-        use hooks::SyncEvent::{Deferred, Real};
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (path, key) = database(&dir, "d.db");
-        let writer = open_writer(&path);
-        insert(&writer, 0, 1, 10);
-        let log = LogSync::attach(&writer).expect("the log is plexus-wal's");
-        assert!(Arc::ptr_eq(&log, &LogSync::attach(&writer).expect("again")), "one state per log");
-
-        hooks::reset(&key);
-        log.arm(true);
-        insert(&writer, 1, 5, 100);
-        let events = hooks::events(&key);
-        assert!(matches!(events[..], [Deferred(end)] if end > 0), "{events:?}");
-        assert_eq!(log.written(), 1);
-        assert!(!log.is_durable(1));
-        let reader = Connection::open(&path).expect("reader");
-        assert_eq!(count(&reader), 6, "committed and in the file before its sync");
-        log.sync().expect("sync");
-        assert!(log.is_durable(1));
-
-        // Not armed: the commit syncs inside COMMIT, and that covers the
-        // deferred commit written before it.
-        log.arm(true);
-        insert(&writer, 6, 1, 10);
-        assert!(!log.is_durable(2));
-        hooks::reset(&key);
-        insert(&writer, 7, 1, 10);
-        assert!(matches!(hooks::events(&key)[..], [Real(_)]));
-        assert!(log.is_durable(2));
-
-        // The log starts over after a complete checkpoint: header first,
-        // synced for real, then the commit's frames, deferred.
-        drop(reader);
-        let (busy, _, _): (i64, i64, i64) = writer
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("checkpoint");
-        assert_eq!(busy, 0);
-        hooks::reset(&key);
-        log.arm(true);
-        insert(&writer, 8, 1, 10);
-        let events = hooks::events(&key);
-        assert!(
-            matches!(events[..], [Real(WAL_HEADER), Deferred(end)] if end > WAL_HEADER),
-            "the new header is synced before any frame: {events:?}"
-        );
-        log.sync().expect("sync");
-        assert!(log.is_durable(log.written()));
-
-        let copy = dir.path().join("copy.db");
-        crash_copy(&path, &copy);
-        assert_eq!(count(&Connection::open(&copy).expect("open the copy")), 9);
     }
 
     #[test]
