@@ -42,6 +42,7 @@ pub struct ServeArgs {
 /// Runs the engine until a signal.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     logging::init(args.log_format, args.log.as_deref())?;
+    logging::log_panics_without_their_text();
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(LoadError::Invalid(errors)) => {
