@@ -230,8 +230,8 @@ fn job_options(request: &JobRequest) -> Result<SyncOptions, String> {
         return Err("patient must be a FHIR id (letters, digits, '-', '.', at most 64)".to_owned());
     }
     if let Some(depth) = request.depth {
-        if depth > 10 {
-            return Err("depth must be at most 10".to_owned());
+        if depth > fhir::sync::MAX_REFERENCE_DEPTH {
+            return Err(format!("depth must be at most {}", fhir::sync::MAX_REFERENCE_DEPTH));
         }
         options.max_reference_depth = depth;
     }

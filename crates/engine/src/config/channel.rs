@@ -535,7 +535,7 @@ pub(super) fn compile(
         if !source.accepts_json() {
             errors.push(
                 path.key("source").key("type").to_string(),
-                format!("a {} source carries HL7 v2 only; content = \"{kind}\" needs an http source", source.kind()),
+                format!("a {} source carries HL7 v2 only; content = \"{kind}\" needs a source that carries JSON (http, file, fhir_poll, notification or send_to_ehr)", source.kind()),
             );
         }
     }
