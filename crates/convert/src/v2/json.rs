@@ -181,38 +181,15 @@ impl<'a> Entry<'a> {
     }
 
     /// Writes this entry as an item of a Bundle's `entry` array (after the
-    /// comma, if any), consuming it: what [`Json::write`] writes for it in a
-    /// Bundle.
-    pub fn write_in_bundle(self, out: &mut Vec<u8>, pretty: bool) {
+    /// comma, if any): what [`Json::write`] writes for it in a Bundle.
+    pub fn write_in_bundle(&self, out: &mut Vec<u8>, pretty: bool) {
         if pretty {
             // The array is the Bundle's member (depth 1), its items at 2.
             indent(out, 2);
             self.write_pretty(out, 2);
         } else {
-            self.into_compact(out);
+            self.write_compact(out);
         }
-    }
-
-    /// [`Entry::write_compact`], dropping each part of the resource as soon
-    /// as it is written (see [`Json::into_compact`]).
-    fn into_compact(self, out: &mut Vec<u8>) {
-        let Entry { uuid, kind, token, resource } = self;
-        out.extend_from_slice(b"{\"fullUrl\":");
-        write_urn(out, &uuid);
-        out.extend_from_slice(b",\"resource\":{\"resourceType\":\"");
-        out.extend_from_slice(kind.as_bytes());
-        out.push(b'"');
-        if token.is_none() {
-            out.extend_from_slice(b",\"id\":");
-            Json::Id(uuid).write_scalar(out);
-        }
-        if let Json::Obj(members) = resource {
-            into_members_compact(out, members, true);
-        }
-        out.extend_from_slice(b"},\"request\":{\"method\":\"PUT\",\"url\":");
-        // The URL from the parts (the resource is gone).
-        Entry { uuid, kind, token, resource: Json::Null }.write_url(out);
-        out.extend_from_slice(b"}}");
     }
 
     fn write_compact(&self, out: &mut Vec<u8>) {
@@ -283,25 +260,6 @@ fn write_members_compact(out: &mut Vec<u8>, members: &[(&'static str, Json<'_>)]
         write_key(out, k);
         out.push(b':');
         if v.write_compact(out) {
-            any = true;
-        } else {
-            out.truncate(at);
-        }
-    }
-    any
-}
-
-/// [`write_members_compact`] consuming the members: each is dropped right
-/// after it is written (see [`Json::into_compact`]).
-fn into_members_compact(out: &mut Vec<u8>, members: Vec<(&'static str, Json<'_>)>, mut any: bool) -> bool {
-    for (k, v) in members {
-        let at = out.len();
-        if any {
-            out.push(b',');
-        }
-        write_key(out, k);
-        out.push(b':');
-        if v.into_compact(out) {
             any = true;
         } else {
             out.truncate(at);
@@ -511,76 +469,6 @@ impl<'a> Json<'a> {
                 true
             }
             scalar => scalar.write_scalar(out),
-        }
-    }
-
-    /// [`Json::write_compact`] consuming the tree: each node is dropped as
-    /// soon as it is written, in the same walk, while it is still in cache
-    /// (writing and then dropping a Bundle entry walked its tree twice, and
-    /// the drop's walk was about a tenth of a conversion's time).
-    fn into_compact(self, out: &mut Vec<u8>) -> bool {
-        match self {
-            Json::Str(s) => {
-                if s.is_empty() {
-                    return false;
-                }
-                write_str(out, &s);
-                true
-            }
-            Json::Obj(members) => {
-                let mark = out.len();
-                out.push(b'{');
-                if !into_members_compact(out, members, false) {
-                    out.truncate(mark);
-                    return false;
-                }
-                out.push(b'}');
-                true
-            }
-            Json::ArrObj(members) => {
-                let mark = out.len();
-                out.extend_from_slice(b"[{");
-                if !into_members_compact(out, members, false) {
-                    out.truncate(mark);
-                    return false;
-                }
-                out.extend_from_slice(b"}]");
-                true
-            }
-            Json::Arr(items) => {
-                let mark = out.len();
-                out.push(b'[');
-                let mut any = false;
-                for item in items {
-                    let at = out.len();
-                    if any {
-                        out.push(b',');
-                    }
-                    if item.into_compact(out) {
-                        any = true;
-                    } else {
-                        out.truncate(at);
-                    }
-                }
-                if !any {
-                    out.truncate(mark);
-                    return false;
-                }
-                out.push(b']');
-                true
-            }
-            // These own nothing: no drop to call after writing them.
-            owns_nothing @ (Json::Null
-            | Json::Bool(_)
-            | Json::Urn(_)
-            | Json::Id(_)
-            | Json::Reference(_)
-            | Json::Static(_)) => {
-                let written = owns_nothing.write_scalar(out);
-                std::mem::forget(owns_nothing);
-                written
-            }
-            other => other.write_compact(out),
         }
     }
 
@@ -949,25 +837,6 @@ mod tests {
         let mut out = Vec::new();
         Json::Str(all.as_str().into()).write(&mut out, false);
         assert_eq!(out, serde_json::to_vec(&all).unwrap());
-    }
-
-    #[test]
-    fn the_consuming_writer_writes_what_the_borrowing_one_writes() {
-        let mut borrowed = Vec::new();
-        sample().write(&mut borrowed, false);
-        let mut consumed = Vec::new();
-        assert!(sample().into_compact(&mut consumed));
-        assert_eq!(String::from_utf8(consumed).unwrap(), String::from_utf8(borrowed).unwrap());
-        // Empty all the way down: nothing written, as by the borrowing writer.
-        let empty = obj! {"a" => arr![obj!{"b" => ""}], "c" => Json::Null};
-        let mut out = Vec::new();
-        assert!(!empty.into_compact(&mut out));
-        assert!(out.is_empty());
-        let entry = Entry { uuid: uuid::Uuid::from_u128(7), kind: "Patient", token: None, resource: sample() };
-        let (mut borrowed, mut consumed) = (Vec::new(), Vec::new());
-        entry.write_compact(&mut borrowed);
-        entry.into_compact(&mut consumed);
-        assert_eq!(String::from_utf8(consumed).unwrap(), String::from_utf8(borrowed).unwrap());
     }
 
     #[test]

@@ -53,11 +53,6 @@ impl<'a> Items<'a> {
     /// Appends unless empty; `capacity` is the most items there can be.
     #[inline(always)]
     pub(crate) fn push(&mut self, value: Json<'a>, capacity: usize) {
-        if let Json::Null = value {
-            // As in `put_lazy`: nothing to free.
-            std::mem::forget(value);
-            return;
-        }
         if value.is_empty() {
             return;
         }
@@ -92,11 +87,7 @@ pub(crate) fn put_lazy<'a>(
     key: &'static str,
     value: Json<'a>,
 ) {
-    if let Json::Null = value {
-        // Most values left out are absent fields: nothing to free, so no
-        // call to drop them (a drop_in_place call per absent member).
-        std::mem::forget(value);
-    } else if !value.is_empty() {
+    if !value.is_empty() {
         if members.capacity() == 0 {
             members.reserve_exact(capacity);
         }
