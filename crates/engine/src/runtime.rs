@@ -534,11 +534,16 @@ fn health_router(ready: Arc<AtomicBool>) -> Router {
 /// Names this process in the store's attempt log: the host name and the
 /// process id.
 fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// This machine's host name (`plexus` when it cannot be read), which tells
+/// nodes apart in the attempt log and in the file source's claims.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "plexus".to_string());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "plexus".to_string())
 }

@@ -364,13 +364,10 @@ static SOURCES_STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 
 /// A new claim tag for a source of this process: `PID.N@HOST`.
 pub fn claim_tag() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "plexus".to_string());
-    let host: String = host.chars().map(|c| if matches!(c, '~' | '/' | '\\' | '@') { '_' } else { c }).collect();
+    let host: String = crate::runtime::host_name()
+        .chars()
+        .map(|c| if matches!(c, '~' | '/' | '\\' | '@') { '_' } else { c })
+        .collect();
     let n = SOURCES_STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}.{n}@{host}", std::process::id())
 }
