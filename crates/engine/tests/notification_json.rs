@@ -178,10 +178,9 @@ url = "https://clinic.example/other"
 
 /// Regression (session 8, helper H's review): a notification whose only
 /// destination filters the converted output out has nothing left to
-/// deliver,
-/// so the partner must be acknowledged. Before, only a sent delivery told
-/// the flow that a destination was done: the filtered one never did, and the
-/// partner waited for an acknowledgement that never came.
+/// deliver, so the partner must be acknowledged. Before, only a sent
+/// delivery told the flow that a destination was done: the filtered one
+/// never did, and the partner waited for an acknowledgement that never came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_whose_output_every_destination_filters_out_is_acknowledged() {
     let (partner, partner_addr) = start_partner().await;
@@ -193,29 +192,20 @@ async fn a_notification_whose_output_every_destination_filters_out_is_acknowledg
     );
     partner.add_file("readings", serde_json::to_vec(&readings).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"version = 1
-[store]
-url = "sqlite://{dir}/plexus.db"
-[api]
-listen = "127.0.0.1:0"
-{source}
+    // The configuration check reads a notification channel's filters as
+    // JSON (its stored content); at delivery this one meets the converted
+    // ORU^R01, which has no such JSON member, so it rejects it.
+    let channels = format!(
+        r#"{source}
 [[channels.glucose.destinations]]
 name = "clinic"
 type = "http"
 url = "http://{partner_addr}/readings"
 filter = ['json:resourceType == "Patient"']
 "#,
-        // The configuration check reads a notification channel's filters as
-        // JSON (its stored content); at delivery this one meets the
-        // converted ORU^R01, which has no such JSON member, so it rejects it.
-        dir = dir.path().display(),
         source = presigned_glucose_source(r#"output = "oru_r01""#, SECRET, partner_addr)
     );
-    let path = dir.path().join("plexus.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
-    let engine = Engine::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
+    let engine = partner_support::start_engine(dir.path(), &channels).await;
     let addr = engine.source_addr("glucose").unwrap();
 
     let id = notify(addr, "n1", "readings", partner_addr).await;
